@@ -1,0 +1,61 @@
+"""The ``cytotune`` command: one entry point, one module per subcommand.
+
+Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``; modules are
+imported only when their subcommand (or the help) is needed, so ``cytotune --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import engine
+
+# name -> (module, one-line help). Dict table, no if/elif chain.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "ingest": ("engine.data.ingest_command", "turn crops (folders, CSV/Parquet index, TIFF/PNG/npy/npz) into a dataset"),
+    "synth": ("engine.synth.command", "generate synthetic fluorescence cells with ground-truth evidence masks"),
+    "folds": ("engine.data.folds_command", "freeze stratified, grouped cross-validation folds with a leakage audit"),
+    "info": ("engine.data.info_command", "describe a dataset: channels, classes, groups, stats, quarantine, folds"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cytotune",
+        description=(
+            "Distributed AutoML and explanations for single-cell microscopy images. "
+            "Typical flow: ingest (or synth) -> folds -> search -> explain -> dashboard -> pull."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"cytotune {engine.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        child = sub.add_parser(
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(child)
+        child.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as exc:
+        print(f"cytotune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
