@@ -14,14 +14,27 @@ import engine
 
 # name -> (module, one-line help). Dict table, no if/elif chain.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "ingest": ("engine.data.ingest_command", "turn crops (folders, CSV/Parquet index, TIFF/PNG/npy/npz) into a dataset"),
-    "synth": ("engine.synth.command", "generate synthetic fluorescence cells with ground-truth evidence masks"),
-    "folds": ("engine.data.folds_command", "freeze stratified, grouped cross-validation folds with a leakage audit"),
-    "info": ("engine.data.info_command", "describe a dataset: channels, classes, groups, stats, quarantine, folds"),
+    "ingest": (
+        "engine.data.ingest_command",
+        "turn crops (folders, CSV/Parquet index, TIFF/PNG/npy/npz) into a dataset",
+    ),
+    "synth": (
+        "engine.synth.command",
+        "generate synthetic fluorescence cells with ground-truth evidence masks",
+    ),
+    "folds": (
+        "engine.data.folds_command",
+        "freeze stratified, grouped cross-validation folds with a leakage audit",
+    ),
+    "info": (
+        "engine.data.info_command",
+        "describe a dataset: channels, classes, groups, stats, quarantine, folds",
+    ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only ``command``'s module is imported (all of them when None)."""
     parser = argparse.ArgumentParser(
         prog="cytotune",
         description=(
@@ -32,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cytotune {engine.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if command not in (None, name):
+            sub.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(module_name)
         child = sub.add_parser(
             name,
@@ -45,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    parser = build_parser(command if command in SUBCOMMANDS else "")
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

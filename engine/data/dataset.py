@@ -63,13 +63,17 @@ class CellDataset:
     def labels(self) -> np.ndarray:
         """Integer class index per row (classification datasets)."""
         if self.manifest.task != "classification":
-            raise ValueError(f"dataset {self.path} is a {self.manifest.task} dataset; it has no class labels")
+            raise ValueError(
+                f"dataset {self.path} is a {self.manifest.task} dataset; it has no class labels"
+            )
         names = self.table(["label"]).column("label").to_pylist()
         return np.array([self.manifest.label_map[n] for n in names], dtype=np.int64)
 
     def quarantine(self) -> pd.DataFrame:
         """The crops that ingest refused, with the reason for each."""
         path = self.path / QUARANTINE_NAME
-        return pq.read_table(path).to_pandas() if path.is_file() else pd.DataFrame(
-            columns=["cell_id", "source", "reason"]
+        return (
+            pq.read_table(path).to_pandas()
+            if path.is_file()
+            else pd.DataFrame(columns=["cell_id", "source", "reason"])
         )

@@ -108,7 +108,9 @@ class Manifest:
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); re-run ingest to rebuild it") from exc
+            raise ValueError(
+                f"{path} is not valid JSON ({exc}); re-run ingest to rebuild it"
+            ) from exc
         return cls.from_dict(data)
 
 

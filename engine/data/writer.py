@@ -50,7 +50,9 @@ class DatasetSpec:
         if self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {SUPPORTED_DTYPES}")
         if len(self.shape) != 3 or self.shape[0] != len(self.channel_names):
-            raise ValueError(f"shape {self.shape} must be (C, H, W) with C = {len(self.channel_names)}")
+            raise ValueError(
+                f"shape {self.shape} must be (C, H, W) with C = {len(self.channel_names)}"
+            )
         if self.task == "regression" and not self.targets:
             raise ValueError("a regression dataset needs at least one target column name")
         names = list(self.group_columns) + list(self.targets) + list(self.metadata_columns)
@@ -178,6 +180,11 @@ class DatasetWriter:
     def num_quarantined(self) -> int:
         return len(self._quarantine)
 
+    @property
+    def quarantined(self) -> list[dict]:
+        """Rows refused so far: ``cell_id``, ``source``, ``reason``."""
+        return list(self._quarantine)
+
     def quarantine(self, cell_id: str, source: str, reason: str) -> None:
         """Record a crop that could not be accepted, with the reason, instead of dropping it."""
         self._quarantine.append({"cell_id": str(cell_id), "source": str(source), "reason": reason})
@@ -295,7 +302,9 @@ class DatasetWriter:
         """Order-independent hash of all rows plus the dataset-level contract."""
         h = hashlib.sha256()
         spec = self.spec
-        h.update(repr((spec.channel_names, spec.dtype, spec.shape, spec.task, spec.targets)).encode())
+        h.update(
+            repr((spec.channel_names, spec.dtype, spec.shape, spec.task, spec.targets)).encode()
+        )
         for cell_id in sorted(self._digests):
             h.update(cell_id.encode())
             h.update(self._digests[cell_id])
@@ -323,7 +332,9 @@ class DatasetWriter:
             content_hash=self._content_hash(),
             stats=self._stats.result(),
             shards=self._shards,
-            label_map={c: i for i, c in enumerate(classes)} if self.spec.task == "classification" else {},
+            label_map={c: i for i, c in enumerate(classes)}
+            if self.spec.task == "classification"
+            else {},
             class_counts={c: self._class_counts[c] for c in classes},
             targets=list(self.spec.targets),
             group_columns=list(self.spec.group_columns),
