@@ -1,0 +1,147 @@
+"""Batch augmentations and normalisation on torch tensors, deterministic per (seed, epoch, cell).
+
+All random parameters of a crop derive from a 64-bit per-row seed (``row_seeds``), never from
+batch composition or order, so the same crop gets the same augmentation in the same epoch on the
+in-process loader and the Ray Data loader, on CPU and GPU. Geometric transforms (rotation,
+shifts, flips, 90-degree turns) are fused into one affine resampling per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+NORMALIZATIONS = ("zscore", "percentile", "none")
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentations used by the seed studies (all off by default except where noted).
+
+    Args:
+        rotate_degrees: random rotation within +-this angle.
+        shift: random translation up to this fraction of the crop size.
+        flip: random horizontal flip.
+        rot90: random multiple of 90 degrees.
+        sharpen: maximal unsharp-mask strength (0 disables).
+        sharpen_prob: probability of sharpening a crop.
+    """
+
+    rotate_degrees: float = 0.0
+    shift: float = 0.0
+    flip: bool = False
+    rot90: bool = False
+    sharpen: float = 0.0
+    sharpen_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        checks = {
+            "rotate_degrees": 0 <= self.rotate_degrees <= 180,
+            "shift": 0 <= self.shift <= 0.5,
+            "sharpen": 0 <= self.sharpen <= 10,
+            "sharpen_prob": 0 <= self.sharpen_prob <= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"augment {name}={getattr(self, name)} out of range (rotate_degrees 0..180, shift 0..0.5, sharpen 0..10, sharpen_prob 0..1)")
+
+    @property
+    def geometric(self) -> bool:
+        return bool(self.rotate_degrees or self.shift or self.flip or self.rot90)
+
+    @property
+    def enabled(self) -> bool:
+        return self.geometric or self.sharpen > 0
+
+    @classmethod
+    def standard(cls) -> AugmentConfig:
+        """The seeds' recipe: +-15 degree rotation, 10 % shifts, flips, 90-degree turns, light sharpening."""
+        return cls(rotate_degrees=15.0, shift=0.1, flip=True, rot90=True, sharpen=1.0, sharpen_prob=0.3)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def row_seeds(cell_ids, seed: int, epoch: int) -> np.ndarray:
+    """One uint64 seed per crop from (seed, epoch, cell id); independent of order and batching."""
+    ids = np.fromiter((zlib.crc32(str(c).encode()) for c in cell_ids), dtype=np.uint64, count=len(cell_ids))
+    with np.errstate(over="ignore"):
+        base = _splitmix64(np.uint64(seed) * np.uint64(1_000_003) + np.uint64(epoch))
+        return _splitmix64(ids ^ base)
+
+
+def uniforms(seeds: np.ndarray, count: int) -> np.ndarray:
+    """``count`` independent U[0, 1) numbers per seed, shape (N, count)."""
+    out = np.empty((len(seeds), count))
+    state = np.asarray(seeds, dtype=np.uint64)
+    for j in range(count):
+        state = _splitmix64(state)
+        out[:, j] = (state >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return out
+
+
+def augment(images: torch.Tensor, seeds: np.ndarray, config: AugmentConfig) -> torch.Tensor:
+    """Augment a float batch ``(B, C, H, W)`` (raw intensities, dark background = 0)."""
+    if not config.enabled or images.shape[0] == 0:
+        return images
+    u = torch.as_tensor(uniforms(seeds, 7), dtype=torch.float32, device=images.device)  # (B, 7)
+    if config.geometric:
+        images = _affine(images, u, config)
+    if config.sharpen > 0:
+        images = _sharpen(images, u, config)
+    return images
+
+
+def _affine(images: torch.Tensor, u: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
+    angle = (2 * u[:, 0] - 1) * math.radians(config.rotate_degrees)
+    if config.rot90:
+        angle = angle + torch.floor(u[:, 1] * 4) * (math.pi / 2)
+    flip = torch.where(u[:, 2] < 0.5, -1.0, 1.0) if config.flip else torch.ones_like(angle)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(images.shape[0], 2, 3, device=images.device)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    theta[:, 0, 2] = (2 * u[:, 3] - 1) * 2 * config.shift  # grid units span 2 per crop side
+    theta[:, 1, 2] = (2 * u[:, 4] - 1) * 2 * config.shift
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _sharpen(images: torch.Tensor, u: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
+    channels = images.shape[1]
+    kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], device=images.device) / 16
+    kernel = kernel.expand(channels, 1, 3, 3)
+    blurred = F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
+    strength = torch.where(u[:, 5] < config.sharpen_prob, u[:, 6] * config.sharpen, 0.0)
+    return images + strength.view(-1, 1, 1, 1) * (images - blurred)
+
+
+def normalization_constants(stats, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (offset, scale) so that ``(x - offset) / scale`` normalises raw pixels."""
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"normalization {method!r} is not one of {NORMALIZATIONS}")
+    c = len(stats.mean)
+    if method == "none":
+        return np.zeros(c), np.ones(c)
+    if method == "zscore":
+        offset, scale = np.asarray(stats.mean), np.asarray(stats.std)
+    else:
+        offset, scale = np.asarray(stats.p01), np.asarray(stats.p99) - np.asarray(stats.p01)
+    return offset, np.where(scale > 0, scale, 1.0)
+
+
+def normalize(images: torch.Tensor, offset: np.ndarray, scale: np.ndarray) -> torch.Tensor:
+    o = torch.as_tensor(offset, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(scale, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - o) / s

@@ -1,0 +1,210 @@
+"""Batches for training and inference: Ray Data streaming from Parquet, or in process for tiny data.
+
+Both loaders yield the same ``Batch`` (normalised float images on the target device, targets,
+cell ids, optional masks) and share ``_finish``, which augments (deterministic per seed, epoch
+and cell) and normalises on the device, so heavy pixel work runs on the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from .augment import AugmentConfig, augment, normalization_constants, normalize, row_seeds
+from .dataset import CellDataset
+from .schema import decode_images, decode_masks
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How batches are drawn.
+
+    Args:
+        batch_size: crops per batch.
+        shuffle: new order every epoch (seeded by ``seed`` and the epoch).
+        seed: seed of order and augmentation.
+        normalization: "zscore" (manifest mean/std), "percentile" (p01..p99) or "none".
+        augment: augmentations (applied only when ``train`` is passed to ``epoch``).
+        drop_last: drop the last incomplete batch.
+        with_masks: also return cell masks ``(B, 1, H, W)``.
+        pin_memory: pin host batches before the copy to a GPU.
+        prefetch_batches: batches the Ray Data iterator prepares ahead.
+    """
+
+    batch_size: int = 64
+    shuffle: bool = True
+    seed: int = 0
+    normalization: str = "zscore"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    drop_last: bool = False
+    with_masks: bool = False
+    pin_memory: bool = False
+    prefetch_batches: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        normalization_constants(_UnitStats, self.normalization)  # validates the name
+
+
+class _UnitStats:
+    mean = std = p01 = p99 = [0.0]
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, C, H, W) float32, normalised
+    targets: torch.Tensor  # (B,) int64 class index, or (B, T) float32 regression targets
+    cell_ids: np.ndarray  # (B,) str
+    masks: torch.Tensor | None = None  # (B, 1, H, W) float32
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass
+class _Decoder:
+    """Arrow rows of the split -> numpy arrays; small and picklable for Ray Data tasks."""
+
+    manifest: object
+    cell_ids: np.ndarray | None
+    with_masks: bool
+
+    def select(self, table: pa.Table) -> pa.Table:
+        if self.cell_ids is None:
+            return table
+        wanted = pa.array(self.cell_ids.tolist(), pa.string())
+        return table.filter(pc.is_in(table.column("cell_id"), value_set=wanted))
+
+    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+        m = self.manifest
+        table = self.select(table)
+        images = decode_images(table.column("image").to_pylist(), m.dtype, m.shape)
+        out = {"cell_id": np.asarray(table.column("cell_id").to_pylist(), dtype=object)}
+        out["image"] = images if m.dtype in ("uint8", "float32") else images.astype(np.float32)  # torch has no uint16 math
+        if m.task == "classification":
+            out["target"] = np.array([m.label_map[v] for v in table.column("label").to_pylist()], dtype=np.int64)
+        else:
+            out["target"] = np.stack([table.column(t).to_numpy() for t in m.targets], axis=1).astype(np.float32)
+        if self.with_masks:
+            out["mask"] = decode_masks(table.column("mask").to_pylist(), *m.shape[1:])
+        return out
+
+
+class _Loader:
+    """Shared parts: split selection, target columns, the device-side finishing step."""
+
+    def __init__(self, dataset: CellDataset | str | Path, cell_ids=None, config: LoaderConfig | None = None, device: str | torch.device = "cpu") -> None:
+        self.dataset = dataset if isinstance(dataset, CellDataset) else CellDataset(dataset)
+        self.config = config or LoaderConfig()
+        self.device = torch.device(device)
+        m = self.dataset.manifest
+        self.manifest = m
+        self.offset, self.scale = normalization_constants(m.stats, self.config.normalization)
+        self.cell_ids = None if cell_ids is None else np.asarray(cell_ids, dtype=object)
+        self.target_columns = ["label"] if m.task == "classification" else list(m.targets)
+        self.columns = ["cell_id", "image", *self.target_columns] + (["mask"] if self.config.with_masks else [])
+        self.decoder = _Decoder(m, self.cell_ids, self.config.with_masks)
+
+    def num_rows(self) -> int:
+        return len(self.dataset) if self.cell_ids is None else len(self.cell_ids)
+
+    def __len__(self) -> int:
+        n, b = self.num_rows(), self.config.batch_size
+        return n // b if self.config.drop_last else -(-n // b)
+
+    def _finish(self, arrays: dict[str, np.ndarray], epoch: int, train: bool) -> Batch:
+        """Host arrays -> device tensors; augment (train only) then normalise."""
+        pin = self.config.pin_memory and self.device.type == "cuda"
+
+        def to_device(a: np.ndarray) -> torch.Tensor:
+            a = np.ascontiguousarray(a)
+            t = torch.from_numpy(a if a.flags.writeable else a.copy())
+            return (t.pin_memory() if pin else t).to(self.device, non_blocking=pin)
+
+        images = to_device(arrays["image"]).float()
+        masks = to_device(arrays["mask"]).unsqueeze(1).float() if "mask" in arrays else None
+        if train and self.config.augment.enabled:
+            seeds = row_seeds(arrays["cell_id"], self.config.seed, epoch)
+            if masks is not None:  # masks follow the same geometry (evaluated as an extra channel)
+                both = augment(torch.cat([images, masks], 1), seeds, AugmentConfig(**{**self.config.augment.__dict__, "sharpen": 0.0}))
+                images, masks = both[:, :-1], (both[:, -1:] > 0.5).float()
+                images = augment(images, seeds, AugmentConfig(sharpen=self.config.augment.sharpen, sharpen_prob=self.config.augment.sharpen_prob))
+            else:
+                images = augment(images, seeds, self.config.augment)
+        images = normalize(images, self.offset, self.scale)
+        return Batch(images=images, targets=to_device(arrays["target"]), cell_ids=arrays["cell_id"], masks=masks)
+
+    def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
+        raise NotImplementedError
+
+
+class InProcessLoader(_Loader):
+    """Holds the selected rows in memory; for tiny data, tests and single-process use."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrays = self.decoder(self.dataset.table(self.columns))
+        if self.cell_ids is not None and len(self.arrays["cell_id"]) != len(set(self.cell_ids.tolist())):
+            missing = len(set(self.cell_ids.tolist())) - len(self.arrays["cell_id"])
+            raise ValueError(f"{missing} requested cell ids are not in dataset {self.dataset.path}")
+
+    def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
+        n, b = len(self.arrays["cell_id"]), self.config.batch_size
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(n) if self.config.shuffle else np.arange(n)
+        stop = n - n % b if self.config.drop_last else n
+        for start in range(0, stop, b):
+            rows = order[start : start + b]
+            yield self._finish({k: v[rows] for k, v in self.arrays.items()}, epoch, train)
+
+
+class RayDataLoader(_Loader):
+    """Streams the Parquet shards through Ray Data (read, filter to the split, decode) to torch.
+
+    Args:
+        shuffle_buffer: rows in the local shuffle buffer (with per-epoch block-order shuffling).
+        decode_batch_rows: rows per Ray Data decode task.
+    """
+
+    def __init__(self, *args, shuffle_buffer: int = 2048, decode_batch_rows: int = 1024, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        import ray
+
+        from engine.cluster import ensure_ray
+
+        ensure_ray()
+        self.shuffle_buffer = shuffle_buffer
+        self._base = ray.data.read_parquet(self.dataset.shard_paths, columns=self.columns).map_batches(
+            self.decoder, batch_format="pyarrow", batch_size=decode_batch_rows, zero_copy_batch=True
+        )
+
+    def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
+        ds = self._base
+        shuffle = self.config.shuffle
+        if shuffle:
+            ds = ds.randomize_block_order(seed=self.config.seed * 100_003 + epoch)
+        for arrays in ds.iter_batches(
+            batch_size=self.config.batch_size,
+            batch_format="numpy",
+            drop_last=self.config.drop_last,
+            prefetch_batches=self.config.prefetch_batches,
+            local_shuffle_buffer_size=self.shuffle_buffer if shuffle else None,
+            local_shuffle_seed=self.config.seed * 100_003 + epoch if shuffle else None,
+        ):
+            yield self._finish(arrays, epoch, train)
+
+
+LOADERS = {"inprocess": InProcessLoader, "ray": RayDataLoader}
+
+
+def create_loader(kind: str, dataset, cell_ids=None, config: LoaderConfig | None = None, device="cpu", **kwargs) -> _Loader:
+    """Factory: ``create_loader("ray" | "inprocess", dataset, cell_ids, config, device)``."""
+    if kind not in LOADERS:
+        raise ValueError(f"loader {kind!r} is not one of {sorted(LOADERS)}")
+    return LOADERS[kind](dataset, cell_ids, config, device, **kwargs)
