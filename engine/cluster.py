@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 
-def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> None:
+def ensure_ray(
+    address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True
+) -> None:
     """Initialise Ray once per process.
 
     Args:
@@ -19,7 +21,12 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, quiet
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"include_dashboard": False, "log_to_driver": not quiet, "configure_logging": True, "logging_level": "ERROR" if quiet else "INFO"}
+    kwargs = {
+        "include_dashboard": False,
+        "log_to_driver": not quiet,
+        "configure_logging": True,
+        "logging_level": "ERROR" if quiet else "INFO",
+    }
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     try:

@@ -49,7 +49,9 @@ class AugmentConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"augment {name}={getattr(self, name)} out of range (rotate_degrees 0..180, shift 0..0.5, sharpen 0..10, sharpen_prob 0..1)")
+                raise ValueError(
+                    f"augment {name}={getattr(self, name)} out of range (rotate_degrees 0..180, shift 0..0.5, sharpen 0..10, sharpen_prob 0..1)"
+                )
 
     @property
     def geometric(self) -> bool:
@@ -62,7 +64,9 @@ class AugmentConfig:
     @classmethod
     def standard(cls) -> AugmentConfig:
         """The seeds' recipe: +-15 degree rotation, 10 % shifts, flips, 90-degree turns, light sharpening."""
-        return cls(rotate_degrees=15.0, shift=0.1, flip=True, rot90=True, sharpen=1.0, sharpen_prob=0.3)
+        return cls(
+            rotate_degrees=15.0, shift=0.1, flip=True, rot90=True, sharpen=1.0, sharpen_prob=0.3
+        )
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -75,7 +79,9 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 def row_seeds(cell_ids, seed: int, epoch: int) -> np.ndarray:
     """One uint64 seed per crop from (seed, epoch, cell id); independent of order and batching."""
-    ids = np.fromiter((zlib.crc32(str(c).encode()) for c in cell_ids), dtype=np.uint64, count=len(cell_ids))
+    ids = np.fromiter(
+        (zlib.crc32(str(c).encode()) for c in cell_ids), dtype=np.uint64, count=len(cell_ids)
+    )
     with np.errstate(over="ignore"):
         base = _splitmix64(np.uint64(seed) * np.uint64(1_000_003) + np.uint64(epoch))
         return _splitmix64(ids ^ base)
@@ -120,7 +126,9 @@ def _affine(images: torch.Tensor, u: torch.Tensor, config: AugmentConfig) -> tor
 
 def _sharpen(images: torch.Tensor, u: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
     channels = images.shape[1]
-    kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], device=images.device) / 16
+    kernel = (
+        torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], device=images.device) / 16
+    )
     kernel = kernel.expand(channels, 1, 3, 3)
     blurred = F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
     strength = torch.where(u[:, 5] < config.sharpen_prob, u[:, 6] * config.sharpen, 0.0)

@@ -72,19 +72,30 @@ class IngestReport:
         return self.manifest.num_quarantined / max(self.total, 1)
 
 
+def _read(path: Path, channel_axis: str) -> np.ndarray:
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    try:
+        return read_image(path, channel_axis)
+    except ValueError as exc:
+        if "unsupported file type" in str(exc):
+            raise
+        raise ValueError(f"unreadable file {path.name}: {exc}") from exc
+    except Exception as exc:  # decoder errors (truncated PNG, corrupt TIFF, ...)
+        raise ValueError(f"unreadable file {path.name}: {type(exc).__name__}: {exc}") from exc
+
+
 def _load(record: CropRecord, options: IngestOptions):
     """Read and shape one crop -> (image, mask, error). Runs in worker processes."""
     try:
-        if record.path is None and record.array is None:
-            raise ValueError(
-                f"no readable image for this row ({record.source}); unsupported or missing path"
-            )
         if record.array is not None:
             image = to_chw(record.array, options.channel_axis)
+        elif record.path is not None:
+            image = _read(record.path, options.channel_axis)
         else:
-            if not record.path.is_file():
-                raise ValueError(f"file not found: {record.path}")
-            image = read_image(record.path, options.channel_axis)
+            raise ValueError(
+                f"no image for this row ({record.source}): unsupported file type or empty path"
+            )
         if options.channel_order is not None:
             if max(options.channel_order) >= image.shape[0]:
                 raise ValueError(
@@ -95,7 +106,7 @@ def _load(record: CropRecord, options: IngestOptions):
         image = normalise_dtype(image)
         mask = record.mask
         if record.mask_path is not None:
-            mask = read_image(record.mask_path)[0]
+            mask = _read(record.mask_path, "auto")[0]
         if mask is not None:
             mask = (np.asarray(mask) > 0).astype(np.uint8)
         if options.size is not None:
@@ -103,14 +114,10 @@ def _load(record: CropRecord, options: IngestOptions):
             if mask is not None:
                 mask = fit(mask, options.size, options.fit_mode, nearest=True)
         return np.ascontiguousarray(image), mask, None
+    except ValueError as exc:
+        return None, None, str(exc)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a quarantine reason
-        return (
-            None,
-            None,
-            f"unreadable: {type(exc).__name__}: {exc}"
-            if not isinstance(exc, ValueError)
-            else str(exc),
-        )
+        return None, None, f"failed: {type(exc).__name__}: {exc}"
 
 
 def _load_star(args):

@@ -87,11 +87,17 @@ class _Decoder:
         table = self.select(table)
         images = decode_images(table.column("image").to_pylist(), m.dtype, m.shape)
         out = {"cell_id": np.asarray(table.column("cell_id").to_pylist(), dtype=object)}
-        out["image"] = images if m.dtype in ("uint8", "float32") else images.astype(np.float32)  # torch has no uint16 math
+        out["image"] = (
+            images if m.dtype in ("uint8", "float32") else images.astype(np.float32)
+        )  # torch has no uint16 math
         if m.task == "classification":
-            out["target"] = np.array([m.label_map[v] for v in table.column("label").to_pylist()], dtype=np.int64)
+            out["target"] = np.array(
+                [m.label_map[v] for v in table.column("label").to_pylist()], dtype=np.int64
+            )
         else:
-            out["target"] = np.stack([table.column(t).to_numpy() for t in m.targets], axis=1).astype(np.float32)
+            out["target"] = np.stack(
+                [table.column(t).to_numpy() for t in m.targets], axis=1
+            ).astype(np.float32)
         if self.with_masks:
             out["mask"] = decode_masks(table.column("mask").to_pylist(), *m.shape[1:])
         return out
@@ -100,7 +106,13 @@ class _Decoder:
 class _Loader:
     """Shared parts: split selection, target columns, the device-side finishing step."""
 
-    def __init__(self, dataset: CellDataset | str | Path, cell_ids=None, config: LoaderConfig | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        dataset: CellDataset | str | Path,
+        cell_ids=None,
+        config: LoaderConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.dataset = dataset if isinstance(dataset, CellDataset) else CellDataset(dataset)
         self.config = config or LoaderConfig()
         self.device = torch.device(device)
@@ -109,7 +121,9 @@ class _Loader:
         self.offset, self.scale = normalization_constants(m.stats, self.config.normalization)
         self.cell_ids = None if cell_ids is None else np.asarray(cell_ids, dtype=object)
         self.target_columns = ["label"] if m.task == "classification" else list(m.targets)
-        self.columns = ["cell_id", "image", *self.target_columns] + (["mask"] if self.config.with_masks else [])
+        self.columns = ["cell_id", "image", *self.target_columns] + (
+            ["mask"] if self.config.with_masks else []
+        )
         self.decoder = _Decoder(m, self.cell_ids, self.config.with_masks)
 
     def num_rows(self) -> int:
@@ -133,13 +147,29 @@ class _Loader:
         if train and self.config.augment.enabled:
             seeds = row_seeds(arrays["cell_id"], self.config.seed, epoch)
             if masks is not None:  # masks follow the same geometry (evaluated as an extra channel)
-                both = augment(torch.cat([images, masks], 1), seeds, AugmentConfig(**{**self.config.augment.__dict__, "sharpen": 0.0}))
+                both = augment(
+                    torch.cat([images, masks], 1),
+                    seeds,
+                    AugmentConfig(**{**self.config.augment.__dict__, "sharpen": 0.0}),
+                )
                 images, masks = both[:, :-1], (both[:, -1:] > 0.5).float()
-                images = augment(images, seeds, AugmentConfig(sharpen=self.config.augment.sharpen, sharpen_prob=self.config.augment.sharpen_prob))
+                images = augment(
+                    images,
+                    seeds,
+                    AugmentConfig(
+                        sharpen=self.config.augment.sharpen,
+                        sharpen_prob=self.config.augment.sharpen_prob,
+                    ),
+                )
             else:
                 images = augment(images, seeds, self.config.augment)
         images = normalize(images, self.offset, self.scale)
-        return Batch(images=images, targets=to_device(arrays["target"]), cell_ids=arrays["cell_id"], masks=masks)
+        return Batch(
+            images=images,
+            targets=to_device(arrays["target"]),
+            cell_ids=arrays["cell_id"],
+            masks=masks,
+        )
 
     def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
         raise NotImplementedError
@@ -151,13 +181,19 @@ class InProcessLoader(_Loader):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.arrays = self.decoder(self.dataset.table(self.columns))
-        if self.cell_ids is not None and len(self.arrays["cell_id"]) != len(set(self.cell_ids.tolist())):
+        if self.cell_ids is not None and len(self.arrays["cell_id"]) != len(
+            set(self.cell_ids.tolist())
+        ):
             missing = len(set(self.cell_ids.tolist())) - len(self.arrays["cell_id"])
             raise ValueError(f"{missing} requested cell ids are not in dataset {self.dataset.path}")
 
     def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
         n, b = len(self.arrays["cell_id"]), self.config.batch_size
-        order = np.random.default_rng([self.config.seed, epoch]).permutation(n) if self.config.shuffle else np.arange(n)
+        order = (
+            np.random.default_rng([self.config.seed, epoch]).permutation(n)
+            if self.config.shuffle
+            else np.arange(n)
+        )
         stop = n - n % b if self.config.drop_last else n
         for start in range(0, stop, b):
             rows = order[start : start + b]
@@ -172,7 +208,9 @@ class RayDataLoader(_Loader):
         decode_batch_rows: rows per Ray Data decode task.
     """
 
-    def __init__(self, *args, shuffle_buffer: int = 2048, decode_batch_rows: int = 1024, **kwargs) -> None:
+    def __init__(
+        self, *args, shuffle_buffer: int = 2048, decode_batch_rows: int = 1024, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         import ray
 
@@ -180,8 +218,15 @@ class RayDataLoader(_Loader):
 
         ensure_ray()
         self.shuffle_buffer = shuffle_buffer
-        self._base = ray.data.read_parquet(self.dataset.shard_paths, columns=self.columns).map_batches(
-            self.decoder, batch_format="pyarrow", batch_size=decode_batch_rows, zero_copy_batch=True
+        self._base = (
+            ray.data.read_parquet(self.dataset.shard_paths)
+            .select_columns(self.columns)
+            .map_batches(
+                self.decoder,
+                batch_format="pyarrow",
+                batch_size=decode_batch_rows,
+                zero_copy_batch=True,
+            )
         )
 
     def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
@@ -203,7 +248,9 @@ class RayDataLoader(_Loader):
 LOADERS = {"inprocess": InProcessLoader, "ray": RayDataLoader}
 
 
-def create_loader(kind: str, dataset, cell_ids=None, config: LoaderConfig | None = None, device="cpu", **kwargs) -> _Loader:
+def create_loader(
+    kind: str, dataset, cell_ids=None, config: LoaderConfig | None = None, device="cpu", **kwargs
+) -> _Loader:
     """Factory: ``create_loader("ray" | "inprocess", dataset, cell_ids, config, device)``."""
     if kind not in LOADERS:
         raise ValueError(f"loader {kind!r} is not one of {sorted(LOADERS)}")

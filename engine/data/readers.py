@@ -12,15 +12,19 @@ from pathlib import Path
 import numpy as np
 
 CHANNEL_AXES = ("auto", "first", "last")
-_READERS: dict[str, Callable[[Path], np.ndarray]] = {}
+_READERS: dict[str, tuple[Callable[[Path], np.ndarray], str]] = {}
 
 
-def register_reader(*extensions: str):
-    """Register a reader for the given lower-case extensions (with the dot)."""
+def register_reader(*extensions: str, channel_axis: str = "auto"):
+    """Register a reader for lower-case extensions (with the dot).
+
+    ``channel_axis`` is where that format keeps channels ("last" for PIL images; "auto" lets the
+    user's option or the shape decide).
+    """
 
     def wrap(fn):
         for ext in extensions:
-            _READERS[ext] = fn
+            _READERS[ext] = (fn, channel_axis)
         return fn
 
     return wrap
@@ -30,7 +34,7 @@ def supported_extensions() -> list[str]:
     return sorted(_READERS)
 
 
-@register_reader(".png", ".jpg", ".jpeg", ".bmp")
+@register_reader(".png", ".jpg", ".jpeg", ".bmp", channel_axis="last")
 def _read_pil(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -62,15 +66,17 @@ def read_image(path: str | Path, channel_axis: str = "auto") -> np.ndarray:
     Args:
         path: image file (PNG, JPEG, BMP, TIFF incl. multi-page, NPY).
         channel_axis: where the channels are in a 3-D array: "first" (C, H, W), "last" (H, W, C)
-            or "auto" (the last axis if it is small (<= 16) and the first is not).
+            or "auto" (the last axis when it is at most 16 and smaller than the first). PNG/JPEG/BMP
+            always keep channels last.
     """
     path = Path(path)
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
+    entry = _READERS.get(path.suffix.lower())
+    if entry is None:
         raise ValueError(
             f"unsupported file type {path.suffix!r} ({path.name}); supported: {', '.join(supported_extensions())}"
         )
-    return to_chw(reader(path), channel_axis)
+    reader, native_axis = entry
+    return to_chw(reader(path), channel_axis if native_axis == "auto" else native_axis)
 
 
 def to_chw(array: np.ndarray, channel_axis: str = "auto") -> np.ndarray:
@@ -83,7 +89,7 @@ def to_chw(array: np.ndarray, channel_axis: str = "auto") -> np.ndarray:
     if array.ndim != 3:
         raise ValueError(f"expected a 2-D or 3-D image, got shape {array.shape}")
     if channel_axis == "last" or (
-        channel_axis == "auto" and array.shape[-1] <= 16 and array.shape[0] > 16
+        channel_axis == "auto" and array.shape[-1] <= 16 and array.shape[-1] < array.shape[0]
     ):
         array = np.moveaxis(array, -1, 0)
     return np.ascontiguousarray(array)

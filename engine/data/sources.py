@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .readers import supported_extensions
-
 PATH_COLUMNS = ("path", "image", "file", "filename")
 MASK_COLUMNS = ("mask", "mask_path")
 
@@ -70,7 +68,6 @@ def list_source(
 
 
 def _list_folder(root: Path) -> SourceListing:
-    extensions = set(supported_extensions())
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise ValueError(
