@@ -84,9 +84,7 @@ def _list_folder(root: Path) -> SourceListing:
                     path=path,
                     label=class_dir.name,
                 )
-                if path.suffix.lower() not in extensions:
-                    record.path = None  # quarantined later with the reason
-                records.append(record)
+                records.append(record)  # unsupported file types are quarantined by ingest
     return SourceListing(records, [], "folder")
 
 
