@@ -53,7 +53,7 @@ class CellDataset:
         column = self.table(["image"]).column("image")
         if rows is not None:
             column = column.take(pa.array(np.asarray(rows, dtype=np.int64)))
-        return decode_images(column.to_pylist(), self.manifest.dtype, self.manifest.shape)
+        return decode_images(column, self.manifest.dtype, self.manifest.shape)
 
     def masks(self, column: str = "mask") -> np.ndarray:
         """Cell masks (or ``column="evidence"``) as (N, H, W) uint8; rows without a mask are all ones."""

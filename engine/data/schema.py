@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -128,7 +129,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def decode_images(blobs, dtype: str, shape) -> np.ndarray:
-    """Turn a sequence of raw image blobs of one dtype and shape into an (N, C, H, W) array."""
+    """Turn raw image blobs of one dtype and shape into an (N, C, H, W) array.
+
+    ``blobs`` is an Arrow binary (chunked) array, decoded without copying per row, or a sequence
+    of ``bytes``.
+    """
+    if isinstance(blobs, pa.ChunkedArray):
+        blobs = blobs.combine_chunks()
+    if isinstance(blobs, pa.BinaryArray) and blobs.null_count == 0:
+        if len(blobs) == 0:
+            return np.empty((0, *shape), dtype=dtype)
+        offsets = np.frombuffer(blobs.buffers()[1], dtype=np.int32)[blobs.offset : blobs.offset + len(blobs) + 1]
+        start, stop = int(offsets[0]), int(offsets[-1])
+        data = np.frombuffer(blobs.buffers()[2], dtype=np.uint8)[start:stop]
+        return data.view(dtype).reshape(len(blobs), *shape)
     blobs = [b.as_py() if hasattr(b, "as_py") else b for b in blobs]
     if not blobs:
         return np.empty((0, *shape), dtype=dtype)
