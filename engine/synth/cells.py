@@ -82,7 +82,7 @@ def _lerp(lo, hi, t):
 def sample_cells(tape: Tape, size: int, irregular: ShapeStyle, regular: ShapeStyle, t) -> Cells:
     """Draw cell and nucleus geometry; per cell, parameters blend the two styles by ``t`` (N,).
 
-    Consumes 20 uniforms and 11 normals per cell from ``tape``.
+    Consumes 19 uniforms and 11 normals per cell from ``tape``.
     """
     t = np.asarray(t, dtype=np.float64)
     style = {

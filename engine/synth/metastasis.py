@@ -41,7 +41,8 @@ class MetastasisOptions(SynthOptions):
 
     Attributes:
         shape_difference: in [0, 1]; how much rounder metastasizing cells are. At 0 both classes
-            share one shape distribution and only the vimentin layout tells them apart.
+            share one shape distribution and only the cytoskeleton tells them apart (vimentin
+            layout; fewer stress fibres and a brighter cortex in metastasizing cells).
     """
 
     shape_difference: float = 1.0
@@ -96,7 +97,7 @@ class Metastasis(SynthTask):
         arc_angle = centre[..., None] + span[..., None] * t  # (N, ARCS, V)
         wobble = np.cumsum(0.04 * tape.normal(N_ARCS, ARC_VERTICES), axis=-1)
         x, y = cells.nucleus_point(arc_angle, radius[..., None] + wobble)
-        longest = 0.06 * size  # bound on an arc segment: span * radius * nucleus / (V - 1)
+        longest = 0.03 * size  # a typical arc segment; longer ones get sparser points
         x, y, ds, alive = shapes.densify(x, y, SPACING * px, longest, cells.rho_at(x, y) < 0.95)
         cage = (x, y, shapes.line_weight(arc_weight[..., None] * alive, ds, sigma), 1)
 
@@ -107,12 +108,12 @@ class Metastasis(SynthTask):
         count = np.where(met > 0, np.floor(3 * u_count), 4 + np.floor(7 * u_count))
         fibre_weight = fibre_weight * (np.arange(N_FIBRES)[None, :] < count[:, None])
         tilt = 0.12 * tape.normal(N_FIBRES)
-        along = np.array([-1.8, 1.8])[None, None, :] * cells.a[:, None, None]  # (N, 1, 2)
+        along = np.array([-1.2, 1.2])[None, None, :] * cells.a[:, None, None]  # (N, 1, 2)
         across = ((2 * u_offset - 1) * 0.75 * cells.b[:, None])[..., None]  # (N, F, 1)
         fu = along * np.cos(tilt)[..., None] - across * np.sin(tilt)[..., None]
         fv = along * np.sin(tilt)[..., None] + across * np.cos(tilt)[..., None]
         x, y = shapes.to_crop(fu, fv, cells.cx, cells.cy, cells.phi)
-        x, y, ds = shapes.densify(x, y, SPACING * px, 1.8 * size)  # 3.6 a <= 1.8 size
+        x, y, ds = shapes.densify(x, y, SPACING * px, 0.8 * size)  # a typical 2.4 a
         intensity = fibre_weight[..., None] * (cells.rho_at(x, y) < 0.92)
         fibres = (x, y, shapes.line_weight(intensity, ds, sigma), 2)
 

@@ -101,14 +101,13 @@ class Microtubule(SynthTask):
         step = 0.6 * size / (TUBE_VERTICES - 1)
         x, y, head = shapes.walk(x0, y0, heading, step, turns)
         # Followers copy their leader's path, shifted sideways: bundles of parallel tubes.
-        take = lambda a: np.take_along_axis(a, leader[..., None], axis=1)  # noqa: E731
-        x, y, head = take(x), take(y), take(head)
+        x, y, head = (np.take_along_axis(a, leader[..., None], axis=1) for a in (x, y, head))
         offset = (m % BUNDLE - (BUNDLE - 1) / 2.0) * (0.3 + 0.3 * s[:, None]) * px
         lateral = np.where(bundled, offset, 0.0)
         x = x - lateral[..., None] * np.sin(head)
         y = y + lateral[..., None] * np.cos(head)
         alive = shapes.alive_until_exit(cells.rho_at(x, y), 0.96)
-        x, y, ds, alive = shapes.densify(x, y, SPACING * px, 1.2 * step, alive)
+        x, y, ds, alive = shapes.densify(x, y, SPACING * px, step, alive)
         w = (weight * np.where(bundled, 1.0 + 0.3 * s[:, None], 1.0))[..., None] * alive
         sigma = SIGMA * px
         layer = bundled.astype(np.int64)[..., None]  # 0: radial array, 1: bundles

@@ -2,7 +2,7 @@
 
 Everything works on whole batches at once: polar coordinates of star-shaped outlines, filament
 paths as random walks, bilinear splats of path points, separable Gaussian blur and smooth random
-fields (both as small matrix products). Coordinates are pixels of a square ``size`` crop with
+fields (separable filters, no BLAS). Coordinates are pixels of a square ``size`` crop with
 pixel ``(row, col)`` centred at ``(y, x) = (row, col)``; arrays carry the batch axis first.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from scipy import ndimage
 
 TWO_PI = 2.0 * np.pi
 OUTSIDE = np.float32(9.0)  # normalised radius reported for points that fall off the crop
@@ -192,18 +193,20 @@ def alive_until_exit(rho_at_points: np.ndarray, limit) -> np.ndarray:
     return np.minimum.accumulate(inside, axis=-1).astype(np.float32)
 
 
+# Blur and upsampling avoid BLAS on purpose: a threaded GEMM may sum in a different order with
+# another thread count or CPU, and the crops must be identical bytes wherever they are made.
 @lru_cache(maxsize=32)
-def _blur_matrix(size: int, sigma: float) -> np.ndarray:
-    i = np.arange(size)
-    kernel = np.exp(-np.square(i[:, None] - i[None, :]) / (2.0 * sigma**2))
-    full = np.exp(-np.square(np.arange(-size, size + 1)) / (2.0 * sigma**2)).sum()
-    return (kernel / full).astype(np.float32)  # zero padding: mass leaves at the borders
+def _gauss_kernel(sigma: float) -> np.ndarray:
+    radius = max(1, int(np.ceil(4.0 * sigma)))
+    k = np.exp(-np.square(np.arange(-radius, radius + 1)) / (2.0 * sigma**2))
+    return (k / k.sum()).astype(np.float32)
 
 
 def blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of (N, H, W) images with ``sigma`` in pixels."""
-    k = _blur_matrix(images.shape[-1], round(float(sigma), 3))
-    return k @ images @ k.T
+    """Separable Gaussian blur over the last two axes, ``sigma`` in pixels, zero padding."""
+    k = _gauss_kernel(round(float(sigma), 3))
+    out = ndimage.correlate1d(images, k, axis=-1, mode="constant")
+    return ndimage.correlate1d(out, k, axis=-2, mode="constant")
 
 
 @lru_cache(maxsize=16)
@@ -220,7 +223,8 @@ def smooth_field(white: np.ndarray, size: int) -> np.ndarray:
     The grain is set by ``L`` relative to the crop, so fields look the same at every size.
     """
     m = _upsample_matrix(size, white.shape[-1])
-    return m @ white.astype(np.float32) @ m.T
+    rows = np.einsum("nkl,jl->nkj", white.astype(np.float32), m)  # (N, L, size)
+    return np.einsum("ik,nkj->nij", m, rows)
 
 
 def soft_inside(rho: np.ndarray, width: float) -> np.ndarray:

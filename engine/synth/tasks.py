@@ -8,6 +8,7 @@ live in ``layout.py`` and ``generate.py``. Register new tasks with ``@register_t
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -20,7 +21,7 @@ def check_range(name: str, value, lo, hi, *, integer: bool = False, lo_open: boo
     bad_type = isinstance(value, bool) or not isinstance(
         value, (int, float, np.integer, np.floating)
     )
-    if integer and not bad_type and float(value) != int(value):
+    if integer and not bad_type and not float(value).is_integer():
         bad_type = True
     if bad_type:
         raise ValueError(f"option {name}={value!r} must be {kind} in {_interval(lo, hi, lo_open)}")
@@ -34,6 +35,16 @@ def check_range(name: str, value, lo, hi, *, integer: bool = False, lo_open: boo
 
 def _interval(lo, hi, lo_open: bool) -> str:
     return f"{'(' if lo_open else '['}{lo}, {hi}]"
+
+
+# option -> (low, high, integer, low bound excluded)
+_SHARED_RANGES = {
+    "plates": (1, 26, True, False),
+    "wells_per_class": (1, 99, True, False),
+    "fields_per_well": (1, 999, True, False),
+    "weak_fraction": (0, 1, False, True),
+    "confound": (0, 1, False, False),
+}
 
 
 @dataclass(frozen=True)
@@ -57,19 +68,9 @@ class SynthOptions:
     confound: float = 0.0
 
     def __post_init__(self) -> None:
-        self._set("plates", check_range("plates", self.plates, 1, 26, integer=True))
-        self._set(
-            "wells_per_class",
-            check_range("wells_per_class", self.wells_per_class, 1, 99, integer=True),
-        )
-        self._set(
-            "fields_per_well",
-            check_range("fields_per_well", self.fields_per_well, 1, 999, integer=True),
-        )
-        self._set(
-            "weak_fraction", check_range("weak_fraction", self.weak_fraction, 0, 1, lo_open=True)
-        )
-        self._set("confound", check_range("confound", self.confound, 0, 1))
+        for name, (lo, hi, integer, lo_open) in _SHARED_RANGES.items():
+            value = check_range(name, getattr(self, name), lo, hi, integer=integer, lo_open=lo_open)
+            self._set(name, value)
 
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
@@ -169,8 +170,6 @@ def register_task(name: str):
 
 def list_tasks(pattern: str = "*") -> list[str]:
     """Names of the registered tasks matching a shell-style ``pattern``."""
-    import fnmatch
-
     return sorted(n for n in _TASKS if fnmatch.fnmatch(n, pattern))
 
 

@@ -1,0 +1,117 @@
+"""Family registry and the one model factory (timm ``models/_registry.py`` style)."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .config import ModelConfig, TaskSpec, close_matches
+
+
+@dataclass(frozen=True)
+class FamilyEntry:
+    """A registered family: its model class and its typed args dataclass."""
+
+    name: str
+    model_cls: type[nn.Module]
+    args_cls: type
+    doc: str
+
+
+_FAMILIES: dict[str, FamilyEntry] = {}
+_TOP_LEVEL = ("in_chans", "task", "num_outputs", "target_names")
+
+
+def register_family(name: str, *, args: type) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator registering a model family.
+
+    The class is built as ``model_cls(args, in_chans, task)`` where ``args`` is an instance of
+    the frozen dataclass ``args``.
+
+    Args:
+        name: family name used in configs and search spaces.
+        args: the family's frozen args dataclass (every field has a default).
+    """
+    if not dataclasses.is_dataclass(args):
+        raise TypeError(f"family {name!r}: args must be a dataclass, got {args!r}")
+
+    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _FAMILIES and _FAMILIES[name].model_cls is not cls:
+            raise ValueError(
+                f"family {name!r} is already registered by {_FAMILIES[name].model_cls}"
+            )
+        doc = (cls.__doc__ or "").strip().splitlines()
+        _FAMILIES[name] = FamilyEntry(name, cls, args, doc[0] if doc else "")
+        cls.family_name = name
+        return cls
+
+    return decorator
+
+
+def get_family(name: str) -> FamilyEntry:
+    """The registry entry of ``name``; unknown names raise ValueError with close matches."""
+    if name not in _FAMILIES:
+        raise ValueError(
+            f"unknown model family {name!r}{close_matches(name, _FAMILIES)}; "
+            f"registered: {sorted(_FAMILIES)}"
+        )
+    return _FAMILIES[name]
+
+
+def family_args(name: str) -> type:
+    """The args dataclass of family ``name``."""
+    return get_family(name).args_cls
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered family names matching a glob pattern, e.g. ``list_models("proto*")``."""
+    return sorted(n for n in _FAMILIES if fnmatch.fnmatchcase(n, pattern))
+
+
+def create_model(config_or_name: ModelConfig | Mapping[str, Any] | str, **kwargs: Any) -> nn.Module:
+    """Build a model from a config, a config dict, or a family name plus keyword args.
+
+    Args:
+        config_or_name: a :class:`ModelConfig`, its ``to_dict()`` form, or a family name.
+        **kwargs: ``in_chans``, ``task`` (kind name, dict or TaskSpec), ``num_outputs``,
+            ``target_names`` and family args; with a config they override its values.
+
+    Returns:
+        The model, with ``model.config`` set to the exact config that rebuilds it.
+
+    Example:
+        >>> m = create_model("small_cnn", in_chans=4, task="multiclass", num_outputs=3, filters=16)
+        >>> m2 = create_model(m.config)  # same architecture
+    """
+    if isinstance(config_or_name, str):
+        config = ModelConfig(get_family(config_or_name).name)
+    elif isinstance(config_or_name, ModelConfig):
+        config = config_or_name
+    elif isinstance(config_or_name, Mapping):
+        config = ModelConfig.from_dict(config_or_name)
+    else:
+        raise TypeError(
+            f"create_model takes a ModelConfig, dict or family name, got {config_or_name!r}"
+        )
+    if kwargs:
+        config = _apply_overrides(config, kwargs)
+    entry = get_family(config.family)
+    model = entry.model_cls(config.args, config.in_chans, config.task)
+    model.config = config
+    return model
+
+
+def _apply_overrides(config: ModelConfig, kwargs: dict[str, Any]) -> ModelConfig:
+    top = {k: kwargs.pop(k) for k in _TOP_LEVEL if k in kwargs}
+    if {"task", "num_outputs", "target_names"} & set(top):
+        task = top.pop("task", config.task.kind if "num_outputs" in top else config.task)
+        spec = TaskSpec.parse(task, top.pop("num_outputs", None))
+        if "target_names" in top:
+            spec = dataclasses.replace(spec, target_names=tuple(top.pop("target_names")))
+        top["task"] = spec
+    return config.replace(**top, **kwargs)

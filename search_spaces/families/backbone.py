@@ -1,0 +1,64 @@
+"""``backbone``: any timm model by name with N input channels and a task head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from .._registry import register_family
+from ..config import TaskSpec, check_fields
+from ..tasks import CytoModel, TaskHead
+from ._trunk import create_timm
+
+
+@dataclass(frozen=True)
+class BackboneArgs:
+    """Args of the ``backbone`` family.
+
+    Attributes:
+        backbone: timm model name (``timm.list_models()``).
+        pretrained: local weight file or directory, or None for random init.
+        timm_kwargs: extra ``timm.create_model`` arguments (e.g. ``{"channels": [16, 32, 64, 128]}``).
+        drop_rate: timm dropout before the (removed) classifier.
+        mlp: hidden widths of the task head.
+        dropout: dropout after each hidden layer of the head.
+    """
+
+    backbone: str = "resnet10t"
+    pretrained: str | bool | None = None
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    drop_rate: float = 0.0
+    mlp: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("drop_rate", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@register_family("backbone", args=BackboneArgs)
+class BackboneModel(CytoModel):
+    """A timm backbone (global-pooled features) followed by a task head."""
+
+    def __init__(self, args: BackboneArgs, in_chans: int, task: TaskSpec):
+        super().__init__(in_chans, task)
+        self.backbone = create_timm(
+            args.backbone,
+            in_chans,
+            args.pretrained,
+            args.timm_kwargs,
+            num_classes=0,
+            drop_rate=args.drop_rate,
+        )
+        self.head = TaskHead(self.backbone.num_features, task, args.mlp, args.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))  # (B, C, H, W) -> (B, F) -> (B, outputs)
+
+    def feature_layers(self) -> dict[str, nn.Module]:
+        names = [info["module"] for info in self.backbone.feature_info]
+        return {f"backbone.{n}": self.backbone.get_submodule(n) for n in names}

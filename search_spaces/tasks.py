@@ -1,0 +1,144 @@
+"""Task heads, losses, metrics and explanation score functions shared by every family.
+
+Classification (binary = two logits, multiclass = K logits) uses softmax cross-entropy;
+regression has one head per continuous target, MSE loss and R^2 per target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import TaskSpec
+
+
+def mlp(in_features: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:
+    """Linear -> ReLU -> Dropout per hidden width; returns the stack and its output width."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        in_features = width
+    return nn.Sequential(*layers), in_features
+
+
+class TaskHead(nn.Module):
+    """Optional MLP then the task output: K logits, or one linear head per regression target.
+
+    Args:
+        in_features: width of the pooled features.
+        task: the task spec.
+        hidden: MLP widths before the output (paper head: ``(1024, 512)``).
+        dropout: dropout after each hidden layer.
+    """
+
+    def __init__(
+        self, in_features: int, task: TaskSpec, hidden: Sequence[int] = (), dropout: float = 0.0
+    ):
+        super().__init__()
+        self.task = task
+        self.mlp, width = mlp(in_features, hidden, dropout)
+        if task.is_classification:
+            self.out = nn.Linear(width, task.num_outputs)
+        else:
+            self.out = nn.ModuleList(nn.Linear(width, 1) for _ in range(task.num_outputs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.mlp(x)  # (B, width)
+        if isinstance(self.out, nn.ModuleList):
+            return torch.cat([head(x) for head in self.out], dim=1)  # (B, T)
+        return self.out(x)  # (B, K)
+
+
+def task_loss(task: TaskSpec, output: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy (``target`` class indices, (B,)) or MSE (``target`` (B, T) or (B,))."""
+    if task.is_classification:
+        return F.cross_entropy(output, target.long())
+    return F.mse_loss(output, target.float().reshape(output.shape))
+
+
+def r2_score(pred: Tensor, target: Tensor) -> Tensor:
+    """Coefficient of determination per target column: (T,) for (B, T) inputs."""
+    target = target.float().reshape(pred.shape)
+    ss_res = ((target - pred) ** 2).sum(0)
+    ss_tot = ((target - target.mean(0)) ** 2).sum(0).clamp_min(1e-12)
+    return 1 - ss_res / ss_tot
+
+
+def task_metrics(task: TaskSpec, output: Tensor, target: Tensor) -> dict[str, float]:
+    """``accuracy`` for classification; ``r2`` (mean) and ``r2/<target>`` for regression."""
+    output = output.detach()
+    if task.is_classification:
+        return {"accuracy": (output.argmax(1) == target.long()).float().mean().item()}
+    r2 = r2_score(output, target)
+    names = task.target_names or tuple(str(i) for i in range(task.num_outputs))
+    return {"r2": r2.mean().item(), **{f"r2/{n}": v.item() for n, v in zip(names, r2)}}
+
+
+def task_score(task: TaskSpec, output: Tensor, target: int | Tensor) -> Tensor:
+    """The scalar per sample an explainer differentiates: class logit or target prediction.
+
+    For regression the score is the prediction itself ("higher prediction": attributions
+    show what pushes the target up).
+
+    Args:
+        output: model output (B, K) or (B, T).
+        target: an output index, or a (B,) tensor of indices.
+
+    Returns:
+        (B,) scores.
+    """
+    if isinstance(target, int):
+        if not 0 <= target < output.shape[1]:
+            raise ValueError(f"target {target} out of range for {output.shape[1]} outputs")
+        return output[:, target]
+    return output.gather(1, target.long().view(-1, 1)).squeeze(1)
+
+
+@dataclass
+class LossOutput:
+    """What ``model.compute_loss`` returns: total loss, model output and named loss parts."""
+
+    loss: Tensor
+    output: Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+class CytoModel(nn.Module):
+    """Base of every family: task, loss, score and the layers explainers hook.
+
+    Subclasses implement ``forward`` and ``feature_layers``.
+    """
+
+    family_name: str = ""
+
+    def __init__(self, in_chans: int, task: TaskSpec):
+        super().__init__()
+        self.in_chans = in_chans
+        self.task = task
+
+    def feature_layers(self) -> dict[str, nn.Module]:
+        """Modules whose output feature maps explainers hook, shallow to deep, keyed by their
+        path in the model (``model.get_submodule(name)``)."""
+        raise NotImplementedError
+
+    @property
+    def target_layer(self) -> nn.Module:
+        """The default Grad-CAM layer: the deepest feature layer."""
+        return list(self.feature_layers().values())[-1]
+
+    def compute_loss(self, x: Tensor, target: Tensor, mask: Tensor | None = None) -> LossOutput:
+        """Forward pass and task loss; ``mask`` is used by families that take cell masks."""
+        output = self(x)
+        loss = task_loss(self.task, output, target)
+        return LossOutput(loss, output, {"task": loss.item()})
+
+    def score(self, output: Tensor, target: int | Tensor) -> Tensor:
+        """Per-sample explanation score, see :func:`task_score`."""
+        return task_score(self.task, output, target)
+
+    def metrics(self, output: Tensor, target: Tensor) -> dict[str, float]:
+        return task_metrics(self.task, output, target)
