@@ -83,8 +83,10 @@ class _Decoder:
         return table.filter(pc.is_in(table.column("cell_id"), value_set=wanted))
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+        return self.decode(self.select(table))
+
+    def decode(self, table: pa.Table) -> dict[str, np.ndarray]:
         m = self.manifest
-        table = self.select(table)
         images = decode_images(table.column("image"), m.dtype, m.shape)
         out = {"cell_id": np.asarray(table.column("cell_id").to_pylist(), dtype=object)}
         out["image"] = (
@@ -236,16 +238,13 @@ class RayDataLoader(_Loader):
         store = ray.available_resources().get("object_store_memory", 0)
         self.cache = cache == "always" or (cache == "auto" and split_bytes < 0.25 * store)
         self._cached = None
-        self._base = (
-            ray.data.read_parquet(self.dataset.shard_paths)
-            .select_columns(self.columns)
-            .map_batches(
-                self.decoder,
-                batch_format="pyarrow",
-                batch_size=decode_batch_rows,
-                zero_copy_batch=True,
+        # Rows stay Arrow (pixels as binary) through Ray Data: converting them to tensor columns
+        # and back costs copies; the driver decodes each batch zero-copy in ``decoder``.
+        self._base = ray.data.read_parquet(self.dataset.shard_paths).select_columns(self.columns)
+        if self.cell_ids is not None:
+            self._base = self._base.map_batches(
+                self.decoder.select, batch_format="pyarrow", batch_size=decode_batch_rows, zero_copy_batch=True
             )
-        )
 
     def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
         if self.cache and self._cached is None:
@@ -256,13 +255,13 @@ class RayDataLoader(_Loader):
             ds = ds.randomize_block_order(seed=self.config.seed * 100_003 + epoch)
         for arrays in ds.iter_batches(
             batch_size=self.config.batch_size,
-            batch_format="numpy",
+            batch_format="pyarrow",
             drop_last=self.config.drop_last,
             prefetch_batches=self.config.prefetch_batches,
             local_shuffle_buffer_size=self.shuffle_buffer if shuffle else None,
             local_shuffle_seed=self.config.seed * 100_003 + epoch if shuffle else None,
         ):
-            yield self._finish(arrays, epoch, train)
+            yield self._finish(self.decoder.decode(arrays), epoch, train)
 
 
 LOADERS = {"inprocess": InProcessLoader, "ray": RayDataLoader}
