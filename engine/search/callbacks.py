@@ -1,0 +1,264 @@
+"""Tune callbacks on the driver: the results store writer and the compact live table."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+
+from ray.tune import Callback
+
+from .store import StudyStore
+from .study import StudyConfig
+
+_FOLD_KEY = re.compile(r"^fold(\d+)/(.+)$")
+
+
+def flatten_params(sample: dict) -> dict:
+    """{"family": f, f: {...}, "train": {...}} -> {"family": f, "f.key": v, "train.key": v}."""
+    out = {"family": sample.get("family")}
+    for group, values in sample.items():
+        if isinstance(values, dict):
+            out.update({f"{group}.{k}": v for k, v in values.items()})
+    return out
+
+
+def key_params(sample: dict, limit: int = 4) -> str:
+    """A short human summary of the parameters that matter most."""
+    family = sample.get("family", "?")
+    values = dict(sample.get(family, {}))
+    train = sample.get("train", {})
+    parts = [f"{v}" if k == "backbone" else f"{k}={_short(v)}" for k, v in values.items()][
+        : limit - 1
+    ]
+    if "lr" in train:
+        parts.append(f"lr={train['lr']:.1e}")
+    return " ".join(parts)
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(map(str, value)) or "-"
+    return str(value)
+
+
+class StoreCallback(Callback):
+    """Writes trials, folds and learning curves to the study store as results arrive."""
+
+    def __init__(self, store: StudyStore, study: StudyConfig, flush_every_s: float = 2.0) -> None:
+        self.store, self.study, self.flush_every_s = store, study, flush_every_s
+        self._last_flush = 0.0
+
+    def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment
+        return {
+            "store": StudyStore(self.store.uri),
+            "study": self.study,
+            "flush_every_s": self.flush_every_s,
+            "_last_flush": 0.0,
+        }
+
+    def _flush(self, force: bool = False) -> None:
+        if force or time.time() - self._last_flush > self.flush_every_s:
+            self.store.flush()
+            self._last_flush = time.time()
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        existing = {r["trial_id"]: r for r in self.store.rows("trials")}
+        row = existing.get(trial.trial_id, {})
+        self.store.upsert(
+            "trials",
+            (trial.trial_id,),
+            {
+                "trial_id": trial.trial_id,
+                "number": row.get("number", len(existing)),
+                "status": "running",
+                "family": trial.config.get("family"),
+                "params": json.dumps(trial.config, default=str),
+                "started_at": row.get("started_at", time.time()),
+                **{
+                    f"param.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
+                    for k, v in flatten_params(trial.config).items()
+                    if k != "family"
+                },
+            },
+        )
+        self._flush(force=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        epoch = int(result["epoch"])
+        means = {k: v for k, v in result.items() if k.startswith("val/")}
+        self.store.upsert(
+            "trials",
+            (trial.trial_id,),
+            {
+                "epochs_done": epoch,
+                "train_loss": result.get("train_loss"),
+                "images_per_s": result.get("images_per_s"),
+                **means,
+            },
+        )
+        folds: dict[int, dict] = {}
+        for key, value in result.items():
+            match = _FOLD_KEY.match(key)
+            if match:
+                folds.setdefault(int(match.group(1)), {})[match.group(2)] = value
+        for fold, values in folds.items():
+            self.store.upsert(
+                "epochs",
+                (trial.trial_id, epoch, fold),
+                {"trial_id": trial.trial_id, "epoch": epoch, "fold": fold, **values},
+            )
+        self.store.upsert(
+            "epochs",
+            (trial.trial_id, epoch, -1),
+            {
+                "trial_id": trial.trial_id,
+                "epoch": epoch,
+                "fold": -1,
+                **{k[4:]: v for k, v in means.items()},
+            },
+        )
+        self._flush()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        done = self.store.rows("trials")
+        row = next((r for r in done if r["trial_id"] == trial.trial_id), {})
+        epochs = int(row.get("epochs_done") or 0)
+        status = "completed" if epochs >= self.study.budget.max_epochs else "pruned"
+        update = {"status": status, "ended_at": time.time()}
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            update["checkpoint"] = checkpoint.path
+            self._record_folds(trial.trial_id, checkpoint)
+        self.store.upsert("trials", (trial.trial_id,), update)
+        self._flush(force=True)
+
+    def _record_folds(self, trial_id: str, checkpoint) -> None:
+        try:
+            with checkpoint.filesystem.open_input_stream(
+                f"{checkpoint.path}/metrics.json"
+            ) as handle:
+                details = json.loads(handle.read())
+        except (FileNotFoundError, OSError):
+            return
+        for fold in details:
+            row = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in fold.items()}
+            self.store.upsert("folds", (trial_id, int(fold["fold"])), {"trial_id": trial_id, **row})
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.store.upsert(
+            "trials",
+            (trial.trial_id,),
+            {"status": "failed", "ended_at": time.time(), "error": _error_text(trial)},
+        )
+        self._flush(force=True)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._flush(force=True)
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        from pathlib import Path
+
+        text = Path(path).read_text() if path else ""
+    except OSError:
+        text = ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "trial failed (see the Ray logs)"
+
+
+class LiveTable(Callback):
+    """A compact progress table instead of Ray's log stream; one line per event off a terminal."""
+
+    def __init__(self, study: StudyConfig, stream=None, refresh_s: float = 1.0) -> None:
+        self.study, self.stream, self.refresh_s = study, stream or sys.stdout, refresh_s
+        self.objective = study.objectives[0]
+        self.rows: dict[str, dict] = {}
+        self._drawn, self._last = 0, 0.0
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "stream": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.stream = sys.stdout
+
+    def _better(self, a, b) -> bool:
+        return b is None or (a is not None and (a > b if self.objective.mode == "max" else a < b))
+
+    def _best(self):
+        best = None
+        for row in self.rows.values():
+            if self._better(row.get("value"), best):
+                best = row.get("value")
+        return best
+
+    def _event(self, trial, status: str, result: dict | None = None) -> None:
+        row = self.rows.setdefault(
+            trial.trial_id,
+            {
+                "n": len(self.rows) + 1,
+                "family": trial.config.get("family", "?"),
+                "params": key_params(trial.config),
+            },
+        )
+        row["status"] = status
+        if result is not None:
+            row["epoch"] = int(result["epoch"])
+            row["value"] = result.get(self.objective.key)
+            row["std"] = result.get(f"{self.objective.key}_std")
+        if self.tty:
+            self._redraw()
+        elif status != "running" or result is None:
+            self.stream.write(self._line(row) + "\n")
+            self.stream.flush()
+
+    def _line(self, row: dict) -> str:
+        value = row.get("value")
+        metric = "      -      " if value is None else f"{value:.4f} ± {row.get('std') or 0:.3f}"
+        best = self._best()
+        folds = f"{row.get('epoch', 0)}/{self.study.budget.max_epochs} x{self.study.folds.k}f"
+        return f"{row['n']:>5}  {row['family'][:18]:<18} {row['params'][:40]:<40} {folds:>10}  {metric}  {row['status']:<9} best {best if best is None else round(best, 4)}"
+
+    def _header(self) -> str:
+        return f"trial  {'family':<18} {'key parameters':<40} {'epoch x K':>10}  {self.objective.metric:<13}  status"
+
+    def _redraw(self, force: bool = False) -> None:
+        if not force and time.time() - self._last < self.refresh_s:
+            return
+        lines = [self._header()] + [
+            self._line(r) for r in sorted(self.rows.values(), key=lambda r: r["n"])
+        ][-30:]
+        if self._drawn:
+            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+        self._drawn, self._last = len(lines), time.time()
+
+    def setup(self, **info) -> None:
+        self.stream.write(self._header() + "\n" if not self.tty else "")
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._event(trial, "running")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._event(trial, "running", result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        row = self.rows.get(trial.trial_id, {})
+        self._event(
+            trial, "done" if row.get("epoch", 0) >= self.study.budget.max_epochs else "pruned"
+        )
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._event(trial, "failed")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self.tty:
+            self._redraw(force=True)

@@ -1,0 +1,56 @@
+"""The leaderboard of a study as a DataFrame and as text (the end of a search, the demo)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .store import StudyStore
+
+
+def leaderboard(
+    store: StudyStore, metric: str, mode: str, include_pruned: bool = True
+) -> pd.DataFrame:
+    """Trials ranked by the fold mean of ``metric`` (best first), with mean and std columns."""
+    trials = store.table("trials")
+    key = f"val/{metric}"
+    if trials.empty or key not in trials:
+        return pd.DataFrame()
+    if not include_pruned:
+        trials = trials[trials["status"] != "pruned"]
+    ranked = trials.sort_values(key, ascending=(mode == "min"), na_position="last").reset_index(
+        drop=True
+    )
+    ranked.insert(0, "rank", range(1, len(ranked) + 1))
+    return ranked
+
+
+def format_leaderboard(
+    store: StudyStore,
+    metric: str,
+    mode: str,
+    top: int = 10,
+    extra=("accuracy", "balanced_accuracy", "auc_macro", "r2"),
+) -> str:
+    """A text table: rank, trial, family, status, epochs, metric mean ± std and a few others."""
+    board = leaderboard(store, metric, mode)
+    if board.empty:
+        return "no finished trial yet"
+    metrics = [metric] + [m for m in extra if m != metric and f"val/{m}" in board]
+    head = f"{'rank':>4}  {'trial':<14} {'family':<18} {'status':<9} {'ep':>3}  " + "  ".join(
+        f"{m:<17}" for m in metrics
+    )
+    lines = [head]
+    for row in board.head(top).to_dict("records"):
+        cells = []
+        for m in metrics:
+            mean, std = row.get(f"val/{m}"), row.get(f"val/{m}_std")
+            cells.append(
+                f"{'-':<17}"
+                if pd.isna(mean)
+                else f"{mean:.4f} ± {0 if pd.isna(std) else std:.4f}  "
+            )
+        lines.append(
+            f"{row['rank']:>4}  {row['trial_id']:<14} {str(row['family'])[:18]:<18} {row['status']:<9} {int(row.get('epochs_done') or 0):>3}  "
+            + "  ".join(cells)
+        )
+    return "\n".join(lines)

@@ -1,0 +1,159 @@
+"""Launch or resume a study: folds, search space, Ray Tune + Optuna + ASHA, results store."""
+
+from __future__ import annotations
+
+import time
+
+from engine.data.folds import list_folds, load_folds, make_folds, save_folds
+
+from .callbacks import LiveTable, StoreCallback
+from .leaderboard import format_leaderboard
+from .store import StudyStore
+from .study import StudyConfig, load_spaces
+from .trainable import run_trial
+
+
+def prepare_folds(study: StudyConfig):
+    """Load the study's fold set, creating it when the dataset has none of that name."""
+    spec = study.folds
+    name = spec.resolved_name
+    if name in list_folds(study.dataset):
+        folds = load_folds(study.dataset, name)
+        if (folds.k, folds.group) != (spec.k, spec.group) and spec.method != "leave-one-group-out":
+            raise ValueError(
+                f"fold set {name!r} in {study.dataset} has k={folds.k}, group={folds.group}, but the study asks "
+                f"for k={spec.k}, group={spec.group}; give folds.name another name"
+            )
+        return folds
+    folds = make_folds(
+        study.dataset,
+        k=spec.k,
+        group=spec.group,
+        stratify=spec.stratify,
+        method=spec.method,
+        seed=spec.seed,
+        name=name,
+    )
+    save_folds(study.dataset, folds)
+    return folds
+
+
+def _searcher(study: StudyConfig, space, store: StudyStore):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=study.seed, multivariate=True, group=True),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=study.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=study.seed),
+    }
+    metrics = [o.key for o in study.objectives]
+    modes = [o.mode for o in study.objectives]
+    sampler = "nsga2" if study.multi_objective and study.sampler == "tpe" else study.sampler
+    storage = optuna.storages.RDBStorage(store.optuna_url) if store.optuna_url else None
+    return OptunaSearch(
+        space=space.define_by_run,
+        metric=metrics if study.multi_objective else metrics[0],
+        mode=modes if study.multi_objective else modes[0],
+        points_to_evaluate=[space.default_params()],
+        sampler=samplers[sampler](),
+        storage=storage,
+        study_name=study.name,
+        seed=study.seed,
+    )
+
+
+def run_search(
+    study: StudyConfig, address: str | None = None, resume: bool = False, verbose: bool = True
+) -> StudyStore:
+    """Run (or resume) a study and return its store."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from engine.cluster import ensure_ray
+
+    store = StudyStore(study.study_dir)
+    if store.exists() and not resume:
+        raise FileExistsError(
+            f"study {study.name!r} already exists at {store.uri}; pass --resume to continue it or --name to start another"
+        )
+    if resume and not store.exists():
+        raise FileNotFoundError(
+            f"no study {study.name!r} at {store.uri} to resume; drop --resume to start it"
+        )
+    folds = prepare_folds(study)
+    space = load_spaces(study.space)
+    ensure_ray(address)
+    if not resume:
+        from engine.data import Manifest
+
+        store.create(
+            study.to_yaml(),
+            {
+                "name": study.name,
+                "dataset": study.dataset,
+                "dataset_hash": Manifest.load(study.dataset).content_hash,
+                "folds": folds.name,
+                "fold_hash": folds.hash,
+                "space": space.to_dict(),
+                "objectives": [o.__dict__ for o in study.objectives],
+            },
+        )
+    else:
+        store.update_status(status="running", resumed=time.time())
+    objective = study.objectives[0]
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            metric=objective.key,
+            mode=objective.mode,
+            max_t=study.budget.max_epochs,
+            grace_period=study.budget.grace_epochs,
+            reduction_factor=3,
+        )
+        if study.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, study=study), resources)
+    callbacks = (
+        [StoreCallback(store, study), LiveTable(study)]
+        if verbose
+        else [StoreCallback(store, study)]
+    )
+    run_config = tune.RunConfig(
+        name="tune",
+        storage_path=store.path if store.is_local else study.study_dir,
+        failure_config=tune.FailureConfig(max_failures=study.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=callbacks,
+        verbose=0,
+    )
+    started = time.time()
+    if resume and tune.Tuner.can_restore(store.tune_dir):
+        tuner = tune.Tuner.restore(
+            store.tune_dir, trainable, resume_unfinished=True, resume_errored=True, param_space=None
+        )
+        # callbacks are not restored with the experiment; reattach the driver-side ones
+        tuner._local_tuner._run_config.callbacks = callbacks
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(study, space, store),
+                scheduler=scheduler,
+                num_samples=study.budget.trials,
+                max_concurrent_trials=study.budget.max_concurrent,
+                time_budget_s=study.budget.time_budget_s,
+            ),
+            run_config=run_config,
+        )
+    tuner.fit()
+    store.update_status(status="finished", finished=time.time(), wall_s=time.time() - started)
+    if verbose:
+        print()
+        print(format_leaderboard(store, objective.metric, objective.mode))
+        print(
+            f"\nstudy: {store.uri}\nnext:  cytotune dashboard --study {store.uri}\n       cytotune pull --study {store.uri} --rank 1 --out bundle/"
+        )
+    return store

@@ -1,0 +1,148 @@
+"""The results store: one study directory with Parquet tables, configs, checkpoints and Optuna.
+
+Layout (local path or any pyarrow filesystem URI such as ``s3://bucket/studies/NAME``)::
+
+    study.yaml       the resolved study file            study.json   status, hashes, timings
+    trials.parquet   one row per trial                  folds.parquet  one row per trial x fold
+    epochs.parquet   learning curves (trial, epoch, fold)
+    optuna.db        Optuna storage (optuna-dashboard sqlite:///.../optuna.db)
+    tune/            Ray Tune's experiment (trial checkpoints: fold_0 ... fold_K-1)
+
+Tables are rewritten whole through a temporary file and a rename, so readers (the dashboard)
+never see a half-written table. Only the search driver writes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+TABLES = ("trials", "folds", "epochs")
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Filesystem and path for a local path or a URI (s3://, gs://, hdfs://, file://)."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+class StudyStore:
+    """Read and write one study directory."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.fs, self.path = resolve(uri)
+        self._tables: dict[str, dict[tuple, dict]] = {name: {} for name in TABLES}
+        self._loaded = False
+
+    # -- locations -------------------------------------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.path.rstrip("/"), *parts])
+
+    @property
+    def tune_dir(self) -> str:
+        return self.join("tune")
+
+    @property
+    def optuna_url(self) -> str | None:
+        return f"sqlite:///{self.join('optuna.db')}" if self.is_local else None
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.join("study.json")).type == pafs.FileType.File
+
+    # -- raw files -------------------------------------------------------------------------
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Atomic write: temporary file then rename (a move on object stores)."""
+        target = self.join(name)
+        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        tmp = f"{target}.{uuid.uuid4().hex[:8]}.tmp"
+        with self.fs.open_output_stream(tmp) as handle:
+            handle.write(data)
+        if self.is_local:
+            os.replace(tmp, target)
+        else:
+            self.fs.move(tmp, target)
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.fs.open_input_stream(self.join(name)) as handle:
+            return handle.read()
+
+    def write_json(self, name: str, data: dict) -> None:
+        self.write_bytes(name, json.dumps(data, indent=2, default=str).encode())
+
+    def read_json(self, name: str) -> dict:
+        return json.loads(self.read_bytes(name))
+
+    # -- study metadata --------------------------------------------------------------------
+    def create(self, config_yaml: str, info: dict) -> None:
+        self.write_bytes("study.yaml", config_yaml.encode())
+        self.write_json("study.json", {"status": "running", "created": time.time(), **info})
+
+    def status(self) -> dict:
+        if not self.exists():
+            raise FileNotFoundError(
+                f"{self.uri} is not a cytotune study (no study.json); start one with `cytotune search --config study.yaml`"
+            )
+        return self.read_json("study.json")
+
+    def update_status(self, **fields) -> None:
+        self.write_json("study.json", {**self.status(), **fields, "updated": time.time()})
+
+    # -- tables ----------------------------------------------------------------------------
+    def table(self, name: str) -> pd.DataFrame:
+        """A table as a DataFrame (empty when nothing was written yet)."""
+        if name not in TABLES:
+            raise ValueError(f"table {name!r} is not one of {TABLES}")
+        target = self.join(f"{name}.parquet")
+        if self.fs.get_file_info(target).type != pafs.FileType.File:
+            return pd.DataFrame()
+        with self.fs.open_input_file(target) as handle:
+            return pq.read_table(handle).to_pandas()
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        keys = {
+            "trials": ("trial_id",),
+            "folds": ("trial_id", "fold"),
+            "epochs": ("trial_id", "epoch", "fold"),
+        }
+        for name in TABLES:
+            frame = self.table(name)
+            for row in frame.to_dict("records"):
+                self._tables[name][tuple(row[k] for k in keys[name])] = row
+        self._loaded = True
+
+    def upsert(self, name: str, key: tuple, row: dict) -> None:
+        """Insert or update a row (in memory until ``flush``)."""
+        self._load()
+        self._tables[name][key] = {**self._tables[name].get(key, {}), **row}
+
+    def rows(self, name: str) -> list[dict]:
+        self._load()
+        return list(self._tables[name].values())
+
+    def flush(self) -> None:
+        """Write every table atomically."""
+        self._load()
+        for name, rows in self._tables.items():
+            if not rows:
+                continue
+            frame = pd.DataFrame(list(rows.values()))
+            buffer = io.BytesIO()
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+            self.write_bytes(f"{name}.parquet", buffer.getvalue())

@@ -1,0 +1,281 @@
+"""The study file: what to search, on which data and folds, with which budget and resources.
+
+A study YAML is parsed into frozen, validated dataclasses before anything starts; every error
+names the key and the bad value. Example (``cytotune search --config study.yaml``)::
+
+    name: metastasis-demo
+    dataset: runs/demo/dataset
+    folds: {name: k5-well, k: 5, group: well}      # created when missing
+    space: default                                 # packaged name or YAML path (or a list)
+    budget: {trials: 12, max_epochs: 6, grace_epochs: 2, time_budget_s: 1800}
+    resources: {cpus: 1, gpus: 0.25}
+    objective: {metric: f1_weighted, mode: max}    # or objectives: [...] for several (NSGA-II)
+    train: {precision: auto, augment: standard}    # overrides for every trial's TrainConfig
+    seed: 0
+    storage: runs/studies                          # local dir or pyarrow filesystem URI
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SAMPLERS = ("tpe", "nsga2", "random")
+SCHEDULERS = ("asha", "none")
+LOADERS = ("auto", "ray", "inprocess")
+
+
+class StudyError(ValueError):
+    """A study file that cannot run, with the key and the fix in the message."""
+
+
+def _fail(where: str, message: str) -> None:
+    raise StudyError(f"study file: {where}: {message}")
+
+
+@dataclass(frozen=True)
+class FoldsSpec:
+    name: str | None = None
+    k: int = 5
+    group: str | None = "well"
+    stratify: str | None = "label"
+    method: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 2:
+            _fail("folds.k", f"must be >= 2, got {self.k}")
+
+    @property
+    def resolved_name(self) -> str:
+        return self.name or f"k{self.k}-{self.group or 'cell'}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    trials: int = 10
+    max_epochs: int = 10
+    grace_epochs: int = 2
+    time_budget_s: float | None = None
+    max_concurrent: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            _fail("budget.trials", f"must be >= 1, got {self.trials}")
+        if self.max_epochs < 1:
+            _fail("budget.max_epochs", f"must be >= 1, got {self.max_epochs}")
+        if not 1 <= self.grace_epochs <= self.max_epochs:
+            _fail(
+                "budget.grace_epochs",
+                f"must be within 1..max_epochs ({self.max_epochs}), got {self.grace_epochs}",
+            )
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            _fail("budget.time_budget_s", f"must be > 0 seconds, got {self.time_budget_s}")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.cpus <= 0:
+            _fail("resources.cpus", f"must be > 0, got {self.cpus}")
+        if self.gpus < 0 or (self.gpus > 1 and self.gpus != int(self.gpus)):
+            _fail(
+                "resources.gpus", f"must be a fraction in [0, 1] or a whole number, got {self.gpus}"
+            )
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "f1_weighted"
+    mode: str | None = None  # default from the metric's direction
+
+    def __post_init__(self) -> None:
+        from engine.metrics import metric_direction
+
+        try:
+            direction = metric_direction(self.metric)
+        except ValueError as exc:
+            _fail("objective.metric", str(exc))
+        if self.mode is None:
+            object.__setattr__(self, "mode", direction)
+        if self.mode not in ("max", "min"):
+            _fail("objective.mode", f"must be 'max' or 'min', got {self.mode!r}")
+
+    @property
+    def key(self) -> str:
+        """The name the trials report the fold mean under."""
+        return f"val/{self.metric}"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A validated study; see the module docstring for the file format."""
+
+    name: str
+    dataset: str
+    folds: FoldsSpec = field(default_factory=FoldsSpec)
+    space: tuple[str, ...] = ("default",)
+    budget: Budget = field(default_factory=Budget)
+    resources: Resources = field(default_factory=Resources)
+    objectives: tuple[Objective, ...] = (Objective(),)
+    sampler: str = "tpe"
+    scheduler: str = "asha"
+    train: dict = field(default_factory=dict)
+    seed: int = 0
+    storage: str = "runs/studies"
+    well_column: str | None = None
+    loader: str = "auto"
+    max_failures: int = 1
+    checkpoint_every: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            _fail("name", f"must be a non-empty name without '/', got {self.name!r}")
+        if self.sampler not in SAMPLERS:
+            _fail("sampler", f"{self.sampler!r} is not one of {SAMPLERS}")
+        if self.scheduler not in SCHEDULERS:
+            _fail("scheduler", f"{self.scheduler!r} is not one of {SCHEDULERS}")
+        if self.loader not in LOADERS:
+            _fail("loader", f"{self.loader!r} is not one of {LOADERS}")
+        if len(self.objectives) > 1 and self.scheduler == "asha":
+            _fail(
+                "scheduler",
+                "ASHA prunes on one metric; with several objectives set scheduler: none",
+            )
+        if self.max_failures < 0:
+            _fail("max_failures", f"must be >= 0, got {self.max_failures}")
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def study_dir(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["space"] = list(self.space)
+        data["objectives"] = [dataclasses.asdict(o) for o in self.objectives]
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict, base_dir: str | Path = ".") -> StudyConfig:
+        if not isinstance(data, dict):
+            raise StudyError(
+                f"study file: expected a mapping at top level, got {type(data).__name__}"
+            )
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)} | {"objective"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            _fail(unknown[0], f"unknown key; valid keys: {sorted(known)}")
+        for key in ("dataset",):
+            if key not in data:
+                _fail(
+                    key,
+                    "missing (the dataset directory made by `cytotune ingest` or `cytotune synth`)",
+                )
+        base = Path(base_dir)
+        dataset = Path(str(data["dataset"]))
+        data["dataset"] = str(dataset if dataset.is_absolute() else (base / dataset))
+        data.setdefault("name", Path(data["dataset"]).name)
+        if "objective" in data and "objectives" in data:
+            _fail("objective", "give either objective or objectives, not both")
+        objectives = data.pop("objectives", None) or [
+            data.pop("objective", {"metric": "f1_weighted"})
+        ]
+        data.pop("objective", None)
+        data["objectives"] = tuple(
+            _build(Objective, o, f"objectives[{i}]") for i, o in enumerate(objectives)
+        )
+        for key, kind in (("folds", FoldsSpec), ("budget", Budget), ("resources", Resources)):
+            if key in data:
+                data[key] = _build(kind, data[key], key)
+        space = data.get("space", "default")
+        spaces = [space] if isinstance(space, str) else list(space)
+        data["space"] = tuple(_space_ref(s, base) for s in spaces)
+        if not isinstance(data.get("train", {}), dict):
+            _fail("train", f"must be a mapping of trainer settings, got {data['train']!r}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise StudyError(f"study file: {exc}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> StudyConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"study file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise StudyError(f"study file {path}: invalid YAML: {exc}") from None
+        return cls.from_dict(data, base_dir=path.parent)
+
+
+def _build(kind: type, value: Any, where: str):
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, dict):
+        _fail(where, f"must be a mapping, got {value!r}")
+    names = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        _fail(f"{where}.{unknown[0]}", f"unknown key; valid keys: {sorted(names)}")
+    for key, item in value.items():
+        expected = names[key].type
+        if (
+            "int" in str(expected)
+            and "float" not in str(expected)
+            and item is not None
+            and not isinstance(item, int)
+        ):
+            _fail(f"{where}.{key}", f"must be an integer, got {item!r}")
+        if "float" in str(expected) and item is not None and not isinstance(item, (int, float)):
+            _fail(f"{where}.{key}", f"must be a number, got {item!r}")
+    return kind(**value)
+
+
+def _space_ref(ref: str, base: Path) -> str:
+    """Packaged space names stay names; paths resolve against the study file's folder."""
+    from search_spaces import list_spaces
+
+    if ref in list_spaces():
+        return ref
+    path = Path(ref)
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        _fail(
+            "space", f"{ref!r} is neither a packaged space ({', '.join(list_spaces())}) nor a file"
+        )
+    return str(path)
+
+
+def load_spaces(refs: tuple[str, ...]):
+    """Load and merge the study's search spaces (families must not repeat)."""
+    from search_spaces import SearchSpace, load_space
+
+    spaces = [load_space(r) for r in refs]
+    if len(spaces) == 1:
+        return spaces[0]
+    families: dict = {}
+    for space in spaces:
+        clash = set(families) & set(space.families)
+        if clash:
+            _fail("space", f"family {sorted(clash)[0]!r} appears in several spaces; keep it in one")
+        families.update(space.families)
+    first = spaces[0]
+    return SearchSpace(
+        "+".join(s.name for s in spaces), families, first.train, first.default_family, "merged"
+    )
