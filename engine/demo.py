@@ -1,9 +1,10 @@
 """Run the embedded default end to end on synthetic cells, with no data of your own.
 
 Steps: synthesise metastasis-task cells (3 channels: DNA, actin, vimentin; per-plate batch
-effects; cell and evidence masks) -> check the dataset like an ingested one (manifest, stats,
-quarantine) -> freeze 5 grouped, stratified folds by well with a leakage audit (and what plain
-per-cell k-fold would leak). Later stages (search, explain, leaderboard) join as they land.
+effects; cell and evidence masks) -> check the dataset like an ingested one -> freeze grouped,
+stratified folds by well with a leakage audit -> a small cross-family search (Ray Tune + Optuna
+TPE + ASHA on a local Ray instance) -> the leaderboard. Sized to finish in a few minutes on
+2 CPU cores; the study directory it writes is what `cytotune dashboard` and `cytotune pull` read.
 Example:
   cytotune demo --out runs/demo
 """
@@ -11,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -21,26 +23,55 @@ from engine.data.folds_command import format_audit
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="working directory (default runs/demo)")
-    parser.add_argument("--n", type=int, default=2000, help="synthetic cells (default 2000)")
-    parser.add_argument("--size", type=int, default=64, help="crop size in pixels (default 64)")
+    parser.add_argument("--n", type=int, default=1200, help="synthetic cells (default 1200)")
+    parser.add_argument("--size", type=int, default=48, help="crop size in pixels (default 48)")
+    parser.add_argument("--trials", type=int, default=6, help="search trials (default 6)")
+    parser.add_argument("--epochs", type=int, default=4, help="max epochs per trial (default 4)")
+    parser.add_argument("--folds", type=int, default=3, help="cross-validation folds (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
 
 
+def study_for(dataset: Path, storage: Path, args: argparse.Namespace):
+    """The demo's study: the laptop-sized space, balanced accuracy, well-level metrics."""
+    from engine.search.study import Budget, FoldsSpec, Objective, Resources, StudyConfig
+
+    return StudyConfig(
+        name="demo",
+        dataset=str(dataset),
+        folds=FoldsSpec(name=f"k{args.folds}-well", k=args.folds, group="well", seed=args.seed),
+        space=("demo",),
+        budget=Budget(trials=args.trials, max_epochs=args.epochs, grace_epochs=1),
+        resources=Resources(cpus=1, gpus=0),
+        objectives=(Objective("balanced_accuracy"),),
+        train={"loader": "inprocess"},
+        seed=args.seed,
+        storage=str(storage),
+        well_column="well",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    from engine.search.runner import run_search
     from engine.synth import write_dataset
 
     out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise FileExistsError(f"{out} already holds a demo; pass --overwrite to replace it or choose another --out")
+        shutil.rmtree(out)
     dataset = out / "dataset"
     start = time.perf_counter()
-    print(f"[1/3] synthesising {args.n} metastasis-task cells at {args.size} px -> {dataset}")
-    write_dataset("metastasis", dataset, n=args.n, size=args.size, seed=args.seed, overwrite=args.overwrite)
-    print("[2/3] dataset check")
+    print(f"[1/4] synthesising {args.n} metastasis-task cells at {args.size} px -> {dataset}")
+    write_dataset("metastasis", dataset, n=args.n, size=args.size, seed=args.seed)
+    print("[2/4] dataset check")
     info_command.run(argparse.Namespace(dataset=str(dataset), quarantine=False))
-    print("[3/3] freezing 5 grouped folds by well")
-    folds = make_folds(dataset, k=5, group="well", stratify="label", seed=args.seed, audit_naive=True)
-    save_folds(dataset, folds, overwrite=args.overwrite)
-    print(f"fold set {folds.name} hash {folds.hash}")
+    print(f"[3/4] freezing {args.folds} grouped folds by well")
+    folds = make_folds(dataset, k=args.folds, group="well", stratify="label", seed=args.seed, name=f"k{args.folds}-well", audit_naive=True)
+    save_folds(dataset, folds)
     print(format_audit(folds.audit, folds.group))
-    print(f"done in {time.perf_counter() - start:.1f} s. Next: cytotune info {dataset}")
+    print(f"[4/4] searching {args.trials} configurations x {args.folds} folds (Ray Tune + Optuna TPE + ASHA)")
+    run_search(study_for(dataset, out / "studies", args), address=args.address)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0

@@ -128,6 +128,8 @@ class StoreCallback(Callback):
         row = next((r for r in done if r["trial_id"] == trial.trial_id), {})
         epochs = int(row.get("epochs_done") or 0)
         status = "completed" if epochs >= self.study.budget.max_epochs else "pruned"
+        if row.get("status") in ("completed", "pruned"):
+            return  # already recorded before a driver restart; Tune only re-confirms it
         update = {"status": status, "ended_at": time.time()}
         checkpoint = trial.checkpoint
         if checkpoint is not None:
@@ -147,6 +149,12 @@ class StoreCallback(Callback):
         for fold in details:
             row = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in fold.items()}
             self.store.upsert("folds", (trial_id, int(fold["fold"])), {"trial_id": trial_id, **row})
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        row = next((r for r in self.store.rows("trials") if r["trial_id"] == trial.trial_id), {})
+        retries = int(row.get("retries") or 0) + 1
+        self.store.upsert("trials", (trial.trial_id,), {"retries": retries, "last_error": _error_text(trial)})
+        self._flush(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.store.upsert(

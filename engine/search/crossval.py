@@ -116,12 +116,10 @@ class CrossValidation:
             train_loss.append(stats["loss"])
         self.epoch += 1
         seconds = time.perf_counter() - start
-        per_fold = [scalar_metrics(d) for d in details]
+        per_fold = [{k: v for k, v in scalar_metrics(d).items() if k not in ("fold", "epoch")} for d in details]
         report = {f"val/{k}": v for k, v in mean_std(per_fold).items()}
-        for d in per_fold:
-            report.update(
-                {f"fold{int(d['fold'])}/{k}": v for k, v in d.items() if k not in ("fold", "epoch")}
-            )
+        for detail, scalars in zip(details, per_fold):
+            report.update({f"fold{detail['fold']}/{k}": v for k, v in scalars.items()})
         report.update(
             epoch=self.epoch,
             train_loss=float(np.mean(train_loss)),

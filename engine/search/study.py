@@ -190,6 +190,10 @@ class StudyConfig:
         dataset = Path(str(data["dataset"]))
         data["dataset"] = str(dataset if dataset.is_absolute() else (base / dataset))
         data.setdefault("name", Path(data["dataset"]).name)
+        storage = str(data.get("storage", "runs/studies"))
+        if "://" not in storage and not Path(storage).is_absolute():
+            storage = str(base / storage)
+        data["storage"] = storage
         if "objective" in data and "objectives" in data:
             _fail("objective", "give either objective or objectives, not both")
         objectives = data.pop("objectives", None) or [

@@ -7,23 +7,26 @@ validation metrics ASHA prunes on, and a checkpoint directory holding every fold
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 from .crossval import CrossValidation
 from .study import StudyConfig
 
-# Test hook: fail a trial once at this epoch (the marker file records that it happened).
-FAIL_AT_EPOCH = "CYTOTUNE_FAIL_ONCE_AT_EPOCH"
-FAIL_MARKER = "CYTOTUNE_FAIL_MARKER"
+# Fault-injection hook for tests and drills: a file of this name in the study directory holding
+# an epoch number makes the next trial reaching that epoch fail once (the file is then renamed).
+FAIL_ONCE_FILE = "fail-once-at-epoch"
 
 
-def _maybe_fail(epoch: int) -> None:
-    target, marker = os.environ.get(FAIL_AT_EPOCH), os.environ.get(FAIL_MARKER)
-    if target is not None and marker and int(target) == epoch and not Path(marker).exists():
-        Path(marker).write_text(str(epoch))
-        raise RuntimeError(f"injected failure at epoch {epoch} ({FAIL_AT_EPOCH})")
+def _maybe_fail(study: StudyConfig, epoch: int) -> None:
+    hook = Path(study.study_dir) / FAIL_ONCE_FILE
+    if "://" in study.study_dir or not hook.is_file() or hook.read_text().strip() != str(epoch):
+        return
+    try:
+        hook.rename(hook.with_suffix(".done"))
+    except FileNotFoundError:  # another trial took it
+        return
+    raise RuntimeError(f"injected failure at epoch {epoch} ({FAIL_ONCE_FILE})")
 
 
 def pick_device(gpus: float) -> str:
@@ -43,7 +46,6 @@ def run_trial(config: dict, study: StudyConfig) -> None:
             cv.restore(directory)
     while cv.epoch < study.budget.max_epochs:
         report, details = cv.run_epoch()
-        _maybe_fail(cv.epoch)
         last = cv.epoch == study.budget.max_epochs
         if last or cv.epoch % study.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as directory:
@@ -51,3 +53,4 @@ def run_trial(config: dict, study: StudyConfig) -> None:
                 tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
         else:
             tune.report(report)
+        _maybe_fail(study, cv.epoch)

@@ -1,0 +1,195 @@
+"""A fold checkpoint is a directory: ``model.pt`` + ``config.json`` + ``trainer.pt``.
+
+``config.json`` holds the model config, the training config, the data contract (channels,
+shape, dtype, normalisation, label map or targets) and the model's extra state (ProtoPNet stage
+and prototype sources), so :func:`load_model` rebuilds the model from the directory alone.
+``trainer.pt`` holds what resuming needs on top (optimiser, schedule, RNG, history). All files
+load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.data.augment import normalization_constants
+from search_spaces import ModelConfig, create_model
+
+from .config import TrainConfig
+
+FORMAT = "cytotune-fold-checkpoint"
+VERSION = 1
+MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.pt", "config.json", "trainer.pt"
+
+
+def _dump_sources(sources: list) -> list[dict | None]:
+    return [None if s is None else dataclasses.asdict(s) for s in sources]
+
+
+def _load_sources(model: nn.Module, sources: list[dict | None]) -> None:
+    from search_spaces.families.protopnet import PrototypeSource
+
+    model.prototype_sources = [
+        None if s is None else PrototypeSource(**{**s, "box": tuple(s["box"])}) for s in sources
+    ]
+
+
+# Model attributes that are not in ``state_dict`` but belong to a trained model: (dump, restore).
+EXTRA_STATE = {
+    "stage": (lambda stage: stage, lambda model, stage: model.set_stage(stage)),
+    "prototype_sources": (_dump_sources, _load_sources),
+}
+
+
+def model_extra_state(model: nn.Module) -> dict[str, Any]:
+    """The ``EXTRA_STATE`` attributes the model has, as JSON-able values."""
+    return {
+        name: dump(getattr(model, name))
+        for name, (dump, _) in EXTRA_STATE.items()
+        if hasattr(model, name)
+    }
+
+
+def load_model_extra_state(model: nn.Module, extra: dict[str, Any]) -> None:
+    for name, value in extra.items():
+        EXTRA_STATE[name][1](model, value)
+
+
+def data_contract(manifest, normalization: str) -> dict[str, Any]:
+    """What the model expects as input and what its outputs mean."""
+    offset, scale = normalization_constants(manifest.stats, normalization)
+    return {
+        "dataset": manifest.name,
+        "content_hash": manifest.content_hash,
+        "task": manifest.task,
+        "channel_names": list(manifest.channel_names),
+        "shape": list(manifest.shape),  # (C, H, W)
+        "dtype": manifest.dtype,
+        "normalization": {
+            "method": normalization,
+            "offset": [float(v) for v in offset],  # x_norm = (x - offset) / scale per channel
+            "scale": [float(v) for v in scale],
+            "stats": dataclasses.asdict(manifest.stats),
+        },
+        "label_map": dict(manifest.label_map),
+        "classes": list(manifest.classes),
+        "targets": list(manifest.targets),
+        "has_mask": bool(manifest.has_mask),
+    }
+
+
+def checkpoint_config(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    manifest,
+    fold: int,
+    epoch: int,
+    metrics: dict | None = None,
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
+        "data": data_contract(manifest, train_config.normalization),
+        "fold": fold,
+        "epoch": epoch,
+        "metrics": metrics or {},
+    }
+
+
+def write(
+    directory: str | Path, model_state: dict, trainer_state: dict, config: dict[str, Any]
+) -> Path:
+    """Write the three files into a temporary sibling directory, then rename it into place.
+
+    An existing checkpoint is moved aside first and deleted after the rename, so a crash leaves
+    either the old or the new checkpoint complete (plus, at worst, a hidden leftover directory).
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        torch.save(model_state, tmp / MODEL_FILE)
+        torch.save(trainer_state, tmp / TRAINER_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=float))
+        old = None
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint directory, checked for format and version."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a cytotune checkpoint: {CONFIG_FILE} missing")
+    config = json.loads(path.read_text())
+    if config.get("format") != FORMAT or config.get("version") != VERSION:
+        raise ValueError(
+            f"{path} is not a {FORMAT} version {VERSION} (format={config.get('format')!r}, "
+            f"version={config.get('version')!r}); re-train or use a matching cytotune"
+        )
+    return config
+
+
+def read(directory: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict, dict]:
+    """``(config, model state dict, trainer state)`` of a checkpoint directory."""
+    directory = Path(directory)
+    config = read_config(directory)
+    model_state = torch.load(directory / MODEL_FILE, map_location=device, weights_only=True)
+    trainer_state = torch.load(directory / TRAINER_FILE, map_location=device, weights_only=True)
+    return config, model_state, trainer_state
+
+
+def check_contract(data: dict[str, Any], manifest, directory: str | Path) -> None:
+    """Raise ValueError when a dataset does not match a checkpoint's data contract."""
+    current = data_contract(manifest, data["normalization"]["method"])
+    for key in ("channel_names", "shape", "task", "label_map", "targets"):
+        if current[key] != data[key]:
+            raise ValueError(
+                f"dataset {manifest.name!r} does not match checkpoint {directory}: {key} is "
+                f"{current[key]!r}, the checkpoint was trained on {data[key]!r}"
+            )
+
+
+def model_config_of(config: dict[str, Any]) -> ModelConfig:
+    """The checkpoint's ModelConfig without pretrained-weight paths (the weights are in model.pt)."""
+    model_config = ModelConfig.from_dict(config["model"])
+    if getattr(model_config.args, "pretrained", None):
+        model_config = model_config.replace(pretrained=None)
+    return model_config
+
+
+def load_model(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from ``config.json`` + ``model.pt`` alone.
+
+    Returns:
+        ``(model, config)``: the model in eval mode on ``device`` and the parsed
+        ``config.json`` (``config["data"]`` says how to prepare its inputs).
+    """
+    directory = Path(directory)
+    config = read_config(directory)
+    model = create_model(model_config_of(config))
+    state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    load_model_extra_state(model, config.get("model_extra", {}))
+    return model.to(device).eval(), config

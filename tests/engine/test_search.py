@@ -1,0 +1,176 @@
+"""Search: study validation, a smoke study on CPU, injected failure retried, kill + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from engine.search import StudyConfig, StudyError, StudyStore
+
+TINY_SPACE = {
+    "name": "tiny",
+    "default_family": "small_cnn",
+    "families": {
+        "small_cnn": {
+            "conv_layers": {"type": "int", "low": 1, "high": 2, "default": 2},
+            "filters": {"type": "categorical", "choices": [4, 8], "default": 8},
+            "dense_units": 16,
+            "dense_layers": 1,
+            "dropout": 0.0,
+        },
+        "backbone": {"backbone": "resnet10t", "timm_kwargs": {"type": "fixed", "value": {"channels": [4, 8, 8, 16], "stem_width": 4}}},
+    },
+    "train": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True, "default": 3e-3}, "batch_size": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from engine.synth import write_dataset
+
+    root = tmp_path_factory.mktemp("search")
+    write_dataset("metastasis", root / "dataset", n=160, size=32, seed=0, progress=False)
+    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY_SPACE))
+    return root
+
+
+def _study_file(root: Path, name: str, **overrides) -> Path:
+    data = {
+        "name": name,
+        "dataset": "dataset",
+        "folds": {"k": 2, "group": "well"},
+        "space": "tiny.yaml",
+        "budget": {"trials": 3, "max_epochs": 2, "grace_epochs": 1},
+        "resources": {"cpus": 1},
+        "objective": {"metric": "balanced_accuracy"},
+        "train": {"loader": "inprocess"},
+        "storage": "studies",
+        "well_column": "well",
+        "max_failures": 2,
+        **overrides,
+    }
+    if "objectives" in overrides:
+        del data["objective"]
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"budget": {"trials": 0}}, "budget.trials"),
+        ({"budget": {"grace_epochs": 9, "max_epochs": 2}}, "budget.grace_epochs"),
+        ({"objective": {"metric": "f1_wrong"}}, "objective.metric"),
+        ({"sampler": "grid"}, "sampler"),
+        ({"space": "nowhere.yaml"}, "space"),
+        ({"resources": {"gpus": 1.5}}, "resources.gpus"),
+        ({"budgett": {}}, "budgett"),
+        ({"objectives": [{"metric": "accuracy"}, {"metric": "log_loss"}]}, "ASHA prunes on one metric"),
+    ],
+)
+def test_invalid_study_files_fail_before_anything_starts(workspace, change, message):
+    with pytest.raises(StudyError, match=message):
+        StudyConfig.from_yaml(_study_file(workspace, "bad", **change))
+
+
+def test_study_file_round_trip(workspace):
+    study = StudyConfig.from_yaml(_study_file(workspace, "rt"))
+    assert study.objectives[0].mode == "max" and study.folds.resolved_name == "k2-well"
+    assert StudyConfig.from_dict(yaml.safe_load(study.to_yaml())) == study
+
+
+def test_smoke_study_writes_a_complete_store(workspace, ray_local):
+    from engine.search.runner import run_search
+    from engine.train import load_model
+    from engine.data import CellDataset
+    from engine.data.folds import load_folds
+    from sklearn.metrics import balanced_accuracy_score
+
+    study = StudyConfig.from_yaml(_study_file(workspace, "smoke"))
+    store = run_search(study, verbose=False)
+    trials, folds, epochs = store.table("trials"), store.table("folds"), store.table("epochs")
+    assert len(trials) == 3 and set(trials["status"]) <= {"completed", "pruned"}
+    first = trials.sort_values("number").iloc[0]
+    assert json.loads(first["params"])["small_cnn"] == {"conv_layers": 2, "filters": 8, "dense_units": 16, "dense_layers": 1, "dropout": 0.0}
+    assert (Path(store.path) / "optuna.db").is_file() and store.status()["status"] == "finished"
+    completed = trials[trials["status"] == "completed"]
+    assert len(completed) >= 1 and set(folds["trial_id"]) >= set(completed["trial_id"])
+    assert {"confusion_matrix", "roc", "f1_weighted", "auc_macro", "well/accuracy"} <= set(folds.columns)
+    assert set(epochs["fold"]) == {-1, 0, 1}
+    # the stored fold metric equals scikit-learn on the checkpointed fold model's predictions
+    best = completed.iloc[0]
+    fold_row = folds[(folds["trial_id"] == best["trial_id"]) & (folds["fold"] == 1)].iloc[0]
+    model, config = load_model(Path(best["checkpoint"]) / "fold_1")
+    ds = CellDataset(workspace / "dataset")
+    _, val_ids = load_folds(ds.path, "k2-well").split(1)
+    meta = ds.metadata().set_index("cell_id")
+    rows = np.array([meta.index.get_loc(c) for c in val_ids])
+    stats = ds.manifest.stats
+    x = ((ds.images(rows) - np.reshape(stats.mean, (1, -1, 1, 1))) / np.reshape(stats.std, (1, -1, 1, 1))).astype(np.float32)
+    import torch
+
+    with torch.no_grad():
+        pred = model.eval()(torch.from_numpy(x)).argmax(1).numpy()
+    truth = ds.labels()[rows]
+    assert fold_row["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, pred), abs=1e-9)
+    mean = folds[folds["trial_id"] == best["trial_id"]]["balanced_accuracy"].mean()
+    assert best["val/balanced_accuracy"] == pytest.approx(mean)
+
+
+def test_injected_failure_is_retried_from_checkpoint(workspace, ray_local):
+    from engine.search.runner import run_search
+    from engine.search.trainable import FAIL_ONCE_FILE
+
+    study = StudyConfig.from_yaml(_study_file(workspace, "retry", budget={"trials": 1, "max_epochs": 2, "grace_epochs": 1}, scheduler="none"))
+    Path(study.study_dir).mkdir(parents=True)
+    (Path(study.study_dir) / FAIL_ONCE_FILE).write_text("1")
+    store = run_search(study, verbose=False)
+    trial = store.table("trials").iloc[0]
+    assert (Path(study.study_dir) / FAIL_ONCE_FILE).with_suffix(".done").is_file(), "the failure was injected"
+    assert trial["status"] == "completed" and trial["retries"] == 1 and "injected failure" in trial["last_error"]
+    epochs = store.table("epochs")
+    assert sorted(epochs[epochs["fold"] == -1]["epoch"]) == [1, 2]  # resumed at epoch 2, nothing repeated
+
+
+def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):
+    study_file = _study_file(workspace, "resume", budget={"trials": 4, "max_epochs": 2, "grace_epochs": 1}, scheduler="none", max_failures=0)
+    study = StudyConfig.from_yaml(study_file)
+    store = StudyStore(study.study_dir)
+    script = textwrap.dedent(f"""
+        import sys
+        from engine.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script, "search", "--config", str(study_file), "--quiet"], env=env, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        done = store.table("trials") if store.exists() else None
+        if done is not None and not done.empty and (done["status"] == "completed").sum() >= 1:
+            break
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = store.table("trials")
+    completed_before = before[before["status"] == "completed"]
+    assert 1 <= len(completed_before) < 4
+    result = subprocess.run([sys.executable, "-c", script, "search", "--config", str(study_file), "--resume", "--quiet"], env=env, timeout=400)
+    assert result.returncode == 0
+    after = store.table("trials")
+    assert len(after) == 4 and after["trial_id"].is_unique and set(after["status"]) == {"completed"}
+    kept = after.set_index("trial_id").loc[completed_before["trial_id"]]
+    assert (kept["ended_at"].to_numpy() == completed_before.set_index("trial_id")["ended_at"].to_numpy()).all()
+    epochs = store.table("epochs")
+    assert not epochs.duplicated(["trial_id", "epoch", "fold"]).any()
+    assert len(epochs[epochs["fold"] == -1]) == 4 * 2
