@@ -68,6 +68,8 @@ class StoreCallback(Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         existing = {r["trial_id"]: r for r in self.store.rows("trials")}
         row = existing.get(trial.trial_id, {})
+        if row.get("status") in ("completed", "pruned"):
+            return  # restored after a driver restart from its final checkpoint: nothing re-runs
         self.store.upsert(
             "trials",
             (trial.trial_id,),

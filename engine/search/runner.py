@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from engine.data.folds import list_folds, load_folds, make_folds, save_folds
@@ -129,6 +130,8 @@ def run_search(
         callbacks=callbacks,
         verbose=0,
     )
+    # snapshot Tune's experiment state often, so a killed driver loses little on --resume
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     started = time.time()
     if resume and tune.Tuner.can_restore(store.tune_dir):
         tuner = tune.Tuner.restore(
