@@ -149,7 +149,8 @@ def normalization_constants(stats, method: str) -> tuple[np.ndarray, np.ndarray]
     return offset, np.where(scale > 0, scale, 1.0)
 
 
-def normalize(images: torch.Tensor, offset: np.ndarray, scale: np.ndarray) -> torch.Tensor:
+def normalize(images: torch.Tensor, offset, scale) -> torch.Tensor:
+    """``(images - offset) / scale`` per channel; pass tensors already on the device to avoid copies."""
     o = torch.as_tensor(offset, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     s = torch.as_tensor(scale, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images - o) / s

@@ -120,7 +120,10 @@ class _Loader:
         self.device = torch.device(device)
         m = self.dataset.manifest
         self.manifest = m
-        self.offset, self.scale = normalization_constants(m.stats, self.config.normalization)
+        offset, scale = normalization_constants(m.stats, self.config.normalization)
+        # kept on the device once, so normalising a batch needs no host-to-device copy
+        self.offset = torch.as_tensor(offset, dtype=torch.float32, device=self.device)
+        self.scale = torch.as_tensor(scale, dtype=torch.float32, device=self.device)
         self.cell_ids = None if cell_ids is None else np.asarray(cell_ids, dtype=object)
         self.target_columns = ["label"] if m.task == "classification" else list(m.targets)
         self.columns = ["cell_id", "image", *self.target_columns] + (

@@ -29,9 +29,8 @@ def key_params(sample: dict, limit: int = 4) -> str:
     family = sample.get("family", "?")
     values = dict(sample.get(family, {}))
     train = sample.get("train", {})
-    parts = [f"{v}" if k == "backbone" else f"{k}={_short(v)}" for k, v in values.items()][
-        : limit - 1
-    ]
+    shown = [(k, v) for k, v in values.items() if not isinstance(v, dict)]
+    parts = [f"{v}" if k == "backbone" else f"{k}={_short(v)}" for k, v in shown][: limit - 1]
     if "lr" in train:
         parts.append(f"lr={train['lr']:.1e}")
     return " ".join(parts)

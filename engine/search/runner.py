@@ -43,6 +43,11 @@ def _searcher(study: StudyConfig, space, store: StudyStore):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=study.seed, multivariate=True, group=True),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=study.seed),
@@ -132,6 +137,7 @@ def run_search(
     )
     # snapshot Tune's experiment state often, so a killed driver loses little on --resume
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune boxes, our table instead
     started = time.time()
     if resume and tune.Tuner.can_restore(store.tune_dir):
         tuner = tune.Tuner.restore(

@@ -251,7 +251,7 @@ class ProtoPNet(CytoModel):
         was_training = self.training
         self.eval()
         n_proto = self.prototypes.shape[0]
-        best = torch.full((n_proto,), float("inf"))
+        best = torch.full((n_proto,), float("inf"), device=self.prototypes.device)
         best_z = self.prototypes.detach().clone()
         sources = list(self.prototype_sources)
         seen = 0

@@ -278,3 +278,36 @@ def test_ray_loader_matches_inprocess(data, ray_local):
     np.testing.assert_allclose(a.outputs[order_a], b.outputs[order_b], rtol=1e-5, atol=1e-6)
     stats = ray_trainer.train_epoch(0)
     assert stats["images"] == len(ray_trainer.train_loader) * 32 and np.isfinite(stats["loss"])
+
+
+# ------------------------------------------------------------------------------ regression
+def test_regression_fold(tmp_path):
+    from sklearn.metrics import mean_squared_error
+
+    from engine.data import DatasetSpec, DatasetWriter
+    from engine.synth import render
+
+    cells = render("metastasis", 96, size=32, seed=1)
+    spec = DatasetSpec(("dna", "actin", "vimentin"), "uint16", (3, 32, 32), "regression",
+                       targets=("vimentin", "area"))  # fmt: skip
+    with DatasetWriter(tmp_path / "reg", spec) as writer:
+        for i, (image, mask) in enumerate(zip(cells.images, cells.masks)):
+            area = float(mask.mean())
+            vimentin = float(image[2][mask > 0].mean() / 1000)
+            writer.add(f"c{i}", image, targets={"vimentin": vimentin, "area": area}, mask=mask)
+    dataset = CellDataset(tmp_path / "reg")
+    ids = dataset.metadata()["cell_id"].to_numpy()
+    t = FoldTrainer(
+        model_config(dataset, "small_cnn"),
+        TrainConfig(epochs=2, batch_size=32),
+        dataset,
+        ids[:64],
+        ids[64:],
+    )
+    assert t.model.task.kind == "regression" and t.class_weights is None
+    t.fit()
+    evaluation = t.evaluate()
+    assert evaluation.outputs.shape == evaluation.targets.shape == (32, 2)
+    mse = mean_squared_error(evaluation.targets, evaluation.outputs)
+    assert evaluation.loss == pytest.approx(mse, rel=1e-5)
+    assert set(evaluation.metrics()) >= {"r2/vimentin", "mse/area"}
