@@ -44,7 +44,9 @@ def make_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
 def write_sources(crops: np.ndarray, root: Path) -> tuple[Path, list[Path]]:
     from engine.data import DatasetSpec, DatasetWriter
 
-    spec = DatasetSpec(channel_names=("dna", "actin", "vimentin"), dtype="uint8", shape=crops.shape[1:])
+    spec = DatasetSpec(
+        channel_names=("dna", "actin", "vimentin"), dtype="uint8", shape=crops.shape[1:]
+    )
     png_paths = []
     with DatasetWriter(root / "dataset", spec, rows_per_shard=2048) as writer:
         for i, crop in enumerate(crops):
@@ -92,8 +94,12 @@ def bench_size(size: int, n: int, workers: int, batch: int, epochs: int, device:
         mean = torch.tensor(crops.mean(axis=(0, 2, 3)), device=device).view(1, 3, 1, 1)
         std = torch.tensor(crops.std(axis=(0, 2, 3)), device=device).view(1, 3, 1, 1)
         png_loader = torch.utils.data.DataLoader(
-            PngDataset(pngs, [i % 2 for i in range(n)]), batch_size=batch, shuffle=True,
-            num_workers=workers, pin_memory=device == "cuda", persistent_workers=workers > 0,
+            PngDataset(pngs, [i % 2 for i in range(n)]),
+            batch_size=batch,
+            shuffle=True,
+            num_workers=workers,
+            pin_memory=device == "cuda",
+            persistent_workers=workers > 0,
         )
 
         def png_epoch(_epoch):
@@ -109,7 +115,11 @@ def bench_size(size: int, n: int, workers: int, batch: int, epochs: int, device:
             return lambda epoch: (b.images for b in loader.epoch(epoch))
 
         result = {
-            "size": size, "n": n, "workers": workers, "batch": batch, "device": device,
+            "size": size,
+            "n": n,
+            "workers": workers,
+            "batch": batch,
+            "device": device,
             "png_dataloader": time_epochs(png_epoch, epochs),
             "ray_data_streaming": time_epochs(ours(stream_loader), epochs),
             "ray_data_cached": time_epochs(ours(ray_loader), epochs),
@@ -121,7 +131,9 @@ def bench_size(size: int, n: int, workers: int, batch: int, epochs: int, device:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--n", type=int, default=8192)
     parser.add_argument("--workers", type=int, default=2)
@@ -134,11 +146,17 @@ def main() -> None:
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    machine = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
+    machine = (
+        torch.cuda.get_device_name()
+        if device == "cuda"
+        else platform.processor() or platform.machine()
+    )
     for size in args.sizes:
         result = bench_size(size, args.n, args.workers, args.batch, args.epochs, device)
         result.update(machine=machine, cpus=os.cpu_count())
-        line = json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
+        line = json.dumps(
+            {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+        )
         print(line, flush=True)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,7 @@ class StoreCallback(Callback):
                 "epoch": epoch,
                 "fold": -1,
                 **{k[4:]: v for k, v in means.items()},
+                **{k: result.get(k) for k in ("train_loss", "images_per_s", "epoch_seconds")},
             },
         )
         self._flush()
@@ -154,7 +155,9 @@ class StoreCallback(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         row = next((r for r in self.store.rows("trials") if r["trial_id"] == trial.trial_id), {})
         retries = int(row.get("retries") or 0) + 1
-        self.store.upsert("trials", (trial.trial_id,), {"retries": retries, "last_error": _error_text(trial)})
+        self.store.upsert(
+            "trials", (trial.trial_id,), {"retries": retries, "last_error": _error_text(trial)}
+        )
         self._flush(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:

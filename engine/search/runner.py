@@ -39,11 +39,28 @@ def prepare_folds(study: StudyConfig):
     return folds
 
 
+def check_resources(study: StudyConfig) -> None:
+    """Refuse a study whose trials could never be scheduled (instead of waiting forever)."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    wanted = study.resources
+    autoscaling = os.environ.get("CYTOTUNE_AUTOSCALING") == "1"
+    if not autoscaling and (wanted.cpus > cpus or wanted.gpus > gpus):
+        raise ValueError(
+            f"each trial asks for {wanted.cpus:g} CPU and {wanted.gpus:g} GPU, but the largest Ray node has "
+            f"{cpus:g} CPU and {gpus:g} GPU; lower resources in the study file (or set CYTOTUNE_AUTOSCALING=1 "
+            "on an autoscaling cluster whose workers will have them)"
+        )
+
+
 def _searcher(study: StudyConfig, space, store: StudyStore):
+    import warnings
+
     import optuna
     from ray.tune.search.optuna import OptunaSearch
-
-    import warnings
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -107,6 +124,7 @@ def run_search(
         )
     else:
         store.update_status(status="running", resumed=time.time())
+    check_resources(study)
     objective = study.objectives[0]
     scheduler = (
         ASHAScheduler(
@@ -137,7 +155,9 @@ def run_search(
     )
     # snapshot Tune's experiment state often, so a killed driver loses little on --resume
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune boxes, our table instead
+    os.environ.setdefault(
+        "RAY_AIR_NEW_OUTPUT", "0"
+    )  # with verbose=0: no Tune boxes, our table instead
     started = time.time()
     if resume and tune.Tuner.can_restore(store.tune_dir):
         tuner = tune.Tuner.restore(
