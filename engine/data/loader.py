@@ -142,7 +142,9 @@ class _Loader:
         """Host arrays -> device tensors; augment (train only) then normalise."""
         pin = self.config.pin_memory and self.device.type == "cuda"
 
-        def to_device(a: np.ndarray) -> torch.Tensor:
+        def to_device(a) -> torch.Tensor:
+            if isinstance(a, torch.Tensor):  # already resident on the device
+                return a
             a = np.ascontiguousarray(a)
             t = torch.from_numpy(a if a.flags.writeable else a.copy())
             return (t.pin_memory() if pin else t).to(self.device, non_blocking=pin)
@@ -181,7 +183,10 @@ class _Loader:
 
 
 class InProcessLoader(_Loader):
-    """Holds the selected rows in memory; for tiny data, tests and single-process use."""
+    """Holds the selected rows in memory (on the GPU when they fit); for single-node trials,
+    tiny data and tests."""
+
+    DEVICE_RESIDENT_BYTES = 2 << 30  # splits under 2 GiB of pixels stay on the GPU
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -191,6 +196,13 @@ class InProcessLoader(_Loader):
         ):
             missing = len(set(self.cell_ids.tolist())) - len(self.arrays["cell_id"])
             raise ValueError(f"{missing} requested cell ids are not in dataset {self.dataset.path}")
+        pixels = sum(v.nbytes for k, v in self.arrays.items() if k != "cell_id")
+        if self.device.type == "cuda" and pixels < self.DEVICE_RESIDENT_BYTES:
+            # small splits live on the GPU: batches are gathered there, no host-to-device copies
+            self.arrays = {
+                k: v if k == "cell_id" else torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
+                for k, v in self.arrays.items()
+            }
 
     def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
         n, b = len(self.arrays["cell_id"]), self.config.batch_size
@@ -202,7 +214,9 @@ class InProcessLoader(_Loader):
         stop = n - n % b if self.config.drop_last else n
         for start in range(0, stop, b):
             rows = order[start : start + b]
-            yield self._finish({k: v[rows] for k, v in self.arrays.items()}, epoch, train)
+            index = torch.as_tensor(rows, device=self.device)
+            batch = {k: v[rows] if isinstance(v, np.ndarray) else v[index] for k, v in self.arrays.items()}
+            yield self._finish(batch, epoch, train)
 
 
 class RayDataLoader(_Loader):

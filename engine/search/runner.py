@@ -39,6 +39,10 @@ def prepare_folds(study: StudyConfig):
     return folds
 
 
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
 def check_resources(study: StudyConfig) -> None:
     """Refuse a study whose trials could never be scheduled (instead of waiting forever)."""
     import ray
@@ -149,7 +153,8 @@ def run_search(
         name="tune",
         storage_path=store.path if store.is_local else study.study_dir,
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # two kept: the experiment snapshot a resume starts from may still name the previous one
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=callbacks,
         verbose=0,
     )
@@ -174,6 +179,8 @@ def run_search(
                 num_samples=study.budget.trials,
                 max_concurrent_trials=study.budget.max_concurrent,
                 time_budget_s=study.budget.time_budget_s,
+                reuse_actors=True,
+                trial_dirname_creator=_trial_dirname,  # a finished trial's worker takes the next one (no actor start-up)
             ),
             run_config=run_config,
         )
