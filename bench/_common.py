@@ -50,6 +50,17 @@ def fixed_space(path: Path, family: str, args: dict, batch_size: int, lr: float 
     return path
 
 
+def throughput_train(loader: str) -> dict:
+    """Trainer settings of the throughput runs: bf16, channels_last, no warm-up or class weights."""
+    return {
+        "loader": loader,
+        "precision": "bf16",
+        "channels_last": True,
+        "warmup_epochs": 0,
+        "class_weighting": "none",
+    }
+
+
 def study(path: Path, **fields) -> Path:
     path.write_text(yaml.safe_dump(fields))
     return path

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import fixed_space, machine, random_dataset, study, write_result
+from _common import fixed_space, machine, random_dataset, study, throughput_train, write_result
 
 CASES = {"resnet50-224": ("resnet50", 224, 8192), "resnet18-64": ("resnet18", 64, 32768)}
 
@@ -64,13 +64,7 @@ def engine_trial(
         budget={"trials": 1, "max_epochs": epochs, "grace_epochs": 1},
         resources={"cpus": 4, "gpus": 1},
         scheduler="none",
-        train={
-            "loader": loader,
-            "precision": "bf16",
-            "channels_last": True,
-            "warmup_epochs": 0,
-            "class_weighting": "none",
-        },
+        train=throughput_train(loader),
         storage=str(root / "studies"),
     )
     store = run_search(StudyConfig.from_yaml(path), verbose=False)

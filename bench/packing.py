@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import fixed_space, machine, random_dataset, study, write_result
+from _common import fixed_space, machine, random_dataset, study, throughput_train, write_result
 
 
 def run(
@@ -35,13 +35,7 @@ def run(
         },
         resources={"cpus": cpus, "gpus": gpus},
         scheduler="none",
-        train={
-            "loader": loader,
-            "precision": "bf16",
-            "channels_last": True,
-            "warmup_epochs": 0,
-            "class_weighting": "none",
-        },
+        train=throughput_train(loader),
         storage=str(root / "studies"),
     )
     start = time.perf_counter()
