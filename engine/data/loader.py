@@ -181,42 +181,46 @@ class _Loader:
     def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
         raise NotImplementedError
 
+    RESIDENT_BYTES = 2 << 30  # splits under 2 GiB of pixels are held whole (on the GPU if any)
+
+    def _resident(self, arrays: dict) -> dict:
+        """Move a decoded split to the device once, so batches are gathered there (no copies)."""
+        if self.device.type != "cuda":
+            return arrays
+        return {
+            k: v if k == "cell_id" else torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
+            for k, v in arrays.items()
+        }
+
+    def _iterate_resident(self, arrays: dict, epoch: int, train: bool) -> Iterator[Batch]:
+        """Batches from a held split, in a fresh permutation per (seed, epoch)."""
+        n, b = len(arrays["cell_id"]), self.config.batch_size
+        shuffled = np.random.default_rng([self.config.seed, epoch]).permutation(n)
+        order = shuffled if self.config.shuffle else np.arange(n)
+        stop = n - n % b if self.config.drop_last else n
+        for start in range(0, stop, b):
+            rows = order[start : start + b]
+            index = torch.as_tensor(rows, device=self.device)
+            batch = {
+                k: v[rows] if isinstance(v, np.ndarray) else v[index] for k, v in arrays.items()
+            }
+            yield self._finish(batch, epoch, train)
+
 
 class InProcessLoader(_Loader):
     """Holds the selected rows in memory (on the GPU when they fit); for single-node trials,
     tiny data and tests."""
 
-    DEVICE_RESIDENT_BYTES = 2 << 30  # splits under 2 GiB of pixels stay on the GPU
-
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.arrays = self.decoder(self.dataset.table(self.columns))
-        if self.cell_ids is not None and len(self.arrays["cell_id"]) != len(
-            set(self.cell_ids.tolist())
-        ):
-            missing = len(set(self.cell_ids.tolist())) - len(self.arrays["cell_id"])
+        arrays = self.decoder(self.dataset.table(self.columns))
+        if self.cell_ids is not None and len(arrays["cell_id"]) != len(set(self.cell_ids.tolist())):
+            missing = len(set(self.cell_ids.tolist())) - len(arrays["cell_id"])
             raise ValueError(f"{missing} requested cell ids are not in dataset {self.dataset.path}")
-        pixels = sum(v.nbytes for k, v in self.arrays.items() if k != "cell_id")
-        if self.device.type == "cuda" and pixels < self.DEVICE_RESIDENT_BYTES:
-            # small splits live on the GPU: batches are gathered there, no host-to-device copies
-            self.arrays = {
-                k: v if k == "cell_id" else torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
-                for k, v in self.arrays.items()
-            }
+        self.arrays = self._resident(arrays)
 
     def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
-        n, b = len(self.arrays["cell_id"]), self.config.batch_size
-        order = (
-            np.random.default_rng([self.config.seed, epoch]).permutation(n)
-            if self.config.shuffle
-            else np.arange(n)
-        )
-        stop = n - n % b if self.config.drop_last else n
-        for start in range(0, stop, b):
-            rows = order[start : start + b]
-            index = torch.as_tensor(rows, device=self.device)
-            batch = {k: v[rows] if isinstance(v, np.ndarray) else v[index] for k, v in self.arrays.items()}
-            yield self._finish(batch, epoch, train)
+        return self._iterate_resident(self.arrays, epoch, train)
 
 
 class RayDataLoader(_Loader):
@@ -255,15 +259,39 @@ class RayDataLoader(_Loader):
         store = ray.available_resources().get("object_store_memory", 0)
         self.cache = cache == "always" or (cache == "auto" and split_bytes < 0.25 * store)
         self._cached = None
+        # after one full streamed epoch, a small split is held whole (on the GPU when training
+        # there) and later epochs skip Ray Data's per-epoch start-up entirely
+        self.hold = cache != "never" and split_bytes < self.RESIDENT_BYTES
+        self._held: dict | None = None
         # Rows stay Arrow (pixels as binary) through Ray Data: converting them to tensor columns
         # and back costs copies; the driver decodes each batch zero-copy in ``decoder``.
         self._base = ray.data.read_parquet(self.dataset.shard_paths).select_columns(self.columns)
         if self.cell_ids is not None:
             self._base = self._base.map_batches(
-                self.decoder.select, batch_format="pyarrow", batch_size=decode_batch_rows, zero_copy_batch=True
+                self.decoder.select,
+                batch_format="pyarrow",
+                batch_size=decode_batch_rows,
+                zero_copy_batch=True,
             )
 
     def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
+        if self._held is not None:
+            yield from self._iterate_resident(self._held, epoch, train)
+            return
+        collected = [] if self.hold else None
+        for arrays in self._stream(epoch, drop_last=self.config.drop_last and collected is None):
+            if collected is not None:  # every row is kept, even those of a dropped last batch
+                collected.append({k: np.array(v) for k, v in arrays.items()})
+                if self.config.drop_last and len(arrays["cell_id"]) < self.config.batch_size:
+                    continue
+            yield self._finish(arrays, epoch, train)
+        if collected:
+            self._held = self._resident(
+                {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
+            )
+
+    def _stream(self, epoch: int, drop_last: bool) -> Iterator[dict]:
+        """Decoded host batches of one epoch, straight from Ray Data."""
         if self.cache and self._cached is None:
             self._cached = self._base.materialize()
         ds = self._cached if self._cached is not None else self._base
@@ -273,12 +301,12 @@ class RayDataLoader(_Loader):
         for arrays in ds.iter_batches(
             batch_size=self.config.batch_size,
             batch_format="pyarrow",
-            drop_last=self.config.drop_last,
+            drop_last=drop_last,
             prefetch_batches=self.config.prefetch_batches,
             local_shuffle_buffer_size=self.shuffle_buffer if shuffle else None,
             local_shuffle_seed=self.config.seed * 100_003 + epoch if shuffle else None,
         ):
-            yield self._finish(self.decoder.decode(arrays), epoch, train)
+            yield self.decoder.decode(arrays)
 
 
 LOADERS = {"inprocess": InProcessLoader, "ray": RayDataLoader}

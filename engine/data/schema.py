@@ -139,7 +139,9 @@ def decode_images(blobs, dtype: str, shape) -> np.ndarray:
     if isinstance(blobs, pa.BinaryArray) and blobs.null_count == 0:
         if len(blobs) == 0:
             return np.empty((0, *shape), dtype=dtype)
-        offsets = np.frombuffer(blobs.buffers()[1], dtype=np.int32)[blobs.offset : blobs.offset + len(blobs) + 1]
+        offsets = np.frombuffer(blobs.buffers()[1], dtype=np.int32)[
+            blobs.offset : blobs.offset + len(blobs) + 1
+        ]
         start, stop = int(offsets[0]), int(offsets[-1])
         data = np.frombuffer(blobs.buffers()[2], dtype=np.uint8)[start:stop]
         return data.view(dtype).reshape(len(blobs), *shape)

@@ -177,3 +177,14 @@ def test_regression_targets(tmp_path):
     )
     assert batch.targets.dtype == torch.float32 and batch.targets.shape == (5, 2)
     np.testing.assert_allclose(batch.targets.numpy(), [[i * 0.5, -i] for i in range(5)])
+
+
+def test_ray_loader_holds_the_whole_split_after_one_epoch(dataset, ray_local):
+    config = LoaderConfig(batch_size=8, drop_last=True)
+    wanted = [f"cell{i:03d}" for i in range(30)]
+    loader = create_loader("ray", dataset, wanted, config)
+    first = [c for b in loader.epoch(0) for c in b.cell_ids]
+    assert len(first) == 24 and set(first) <= set(wanted)
+    assert sorted(loader._held["cell_id"]) == sorted(wanted)  # dropped rows are still held
+    second = [c for b in loader.epoch(1) for c in b.cell_ids]
+    assert len(second) == 24 and second != first

@@ -91,11 +91,12 @@ def test_study_file_round_trip(workspace):
 
 
 def test_smoke_study_writes_a_complete_store(workspace, ray_local):
-    from engine.search.runner import run_search
-    from engine.train import load_model
+    from sklearn.metrics import balanced_accuracy_score
+
     from engine.data import CellDataset
     from engine.data.folds import load_folds
-    from sklearn.metrics import balanced_accuracy_score
+    from engine.search.runner import run_search
+    from engine.train import load_model
 
     study = StudyConfig.from_yaml(_study_file(workspace, "smoke"))
     store = run_search(study, verbose=False)
@@ -147,7 +148,7 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):
     study_file = _study_file(workspace, "resume", budget={"trials": 4, "max_epochs": 2, "grace_epochs": 1}, scheduler="none", max_failures=0)
     study = StudyConfig.from_yaml(study_file)
     store = StudyStore(study.study_dir)
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import sys
         from engine.cli import main
         sys.exit(main(sys.argv[1:]))
