@@ -101,7 +101,9 @@ def augment(images: torch.Tensor, seeds: np.ndarray, config: AugmentConfig) -> t
     """Augment a float batch ``(B, C, H, W)`` (raw intensities, dark background = 0)."""
     if not config.enabled or images.shape[0] == 0:
         return images
-    u = torch.as_tensor(uniforms(seeds, 7), dtype=torch.float32, device=images.device)  # (B, 7)
+    u = torch.as_tensor(uniforms(seeds, 7), dtype=torch.float32)  # (B, 7)
+    if images.device.type == "cuda":  # pinned + non-blocking: no stall of the CPU per batch
+        u = u.pin_memory().to(images.device, non_blocking=True)
     if config.geometric:
         images = _affine(images, u, config)
     if config.sharpen > 0:

@@ -198,9 +198,11 @@ class _Loader:
         shuffled = np.random.default_rng([self.config.seed, epoch]).permutation(n)
         order = shuffled if self.config.shuffle else np.arange(n)
         stop = n - n % b if self.config.drop_last else n
+        # one upload per epoch: a per-batch host-to-device index copy would stall the CPU
+        # until the GPU queue drains, losing the overlap of data preparation and compute
+        order_device = torch.as_tensor(order, device=self.device)
         for start in range(0, stop, b):
-            rows = order[start : start + b]
-            index = torch.as_tensor(rows, device=self.device)
+            rows, index = order[start : start + b], order_device[start : start + b]
             batch = {
                 k: v[rows] if isinstance(v, np.ndarray) else v[index] for k, v in arrays.items()
             }
