@@ -30,6 +30,7 @@ def bare_loop(model_name: str, size: int, batch: int, steps: int) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, size, size, device="cuda").to(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch,), device="cuda")
+
     def window(n: int) -> float:
         torch.cuda.synchronize()
         start = time.perf_counter()
@@ -43,7 +44,9 @@ def bare_loop(model_name: str, size: int, batch: int, steps: int) -> float:
         return n * batch / (time.perf_counter() - start)
 
     window(10)  # warm-up
-    return max(window(steps) for _ in range(3))  # best of three windows, like the engine's best epoch
+    return max(
+        window(steps) for _ in range(3)
+    )  # best of three windows, like the engine's best epoch
 
 
 def engine_trial(

@@ -26,8 +26,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "engine.data.folds_command",
         "freeze stratified, grouped cross-validation folds with a leakage audit",
     ),
-    "search": ("engine.search.command", "search model families with Ray Tune + Optuna + ASHA over grouped CV folds"),
-    "demo": ("engine.demo", "run the embedded default end to end on synthetic cells (no data needed)"),
+    "search": (
+        "engine.search.command",
+        "search model families with Ray Tune + Optuna + ASHA over grouped CV folds",
+    ),
+    "demo": (
+        "engine.demo",
+        "run the embedded default end to end on synthetic cells (no data needed)",
+    ),
     "info": (
         "engine.data.info_command",
         "describe a dataset: channels, classes, groups, stats, quarantine, folds",

@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
-            raise FileExistsError(f"{out} already holds a demo; pass --overwrite to replace it or choose another --out")
+            raise FileExistsError(
+                f"{out} already holds a demo; pass --overwrite to replace it or choose another --out"
+            )
         shutil.rmtree(out)
     dataset = out / "dataset"
     start = time.perf_counter()
@@ -68,10 +70,20 @@ def run(args: argparse.Namespace) -> int:
     print("[2/4] dataset check")
     info_command.run(argparse.Namespace(dataset=str(dataset), quarantine=False))
     print(f"[3/4] freezing {args.folds} grouped folds by well")
-    folds = make_folds(dataset, k=args.folds, group="well", stratify="label", seed=args.seed, name=f"k{args.folds}-well", audit_naive=True)
+    folds = make_folds(
+        dataset,
+        k=args.folds,
+        group="well",
+        stratify="label",
+        seed=args.seed,
+        name=f"k{args.folds}-well",
+        audit_naive=True,
+    )
     save_folds(dataset, folds)
     print(format_audit(folds.audit, folds.group))
-    print(f"[4/4] searching {args.trials} configurations x {args.folds} folds (Ray Tune + Optuna TPE + ASHA)")
+    print(
+        f"[4/4] searching {args.trials} configurations x {args.folds} folds (Ray Tune + Optuna TPE + ASHA)"
+    )
     run_search(study_for(dataset, out / "studies", args), address=args.address)
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0

@@ -28,9 +28,15 @@ TINY_SPACE = {
             "dense_layers": 1,
             "dropout": 0.0,
         },
-        "backbone": {"backbone": "resnet10t", "timm_kwargs": {"type": "fixed", "value": {"channels": [4, 8, 8, 16], "stem_width": 4}}},
+        "backbone": {
+            "backbone": "resnet10t",
+            "timm_kwargs": {"type": "fixed", "value": {"channels": [4, 8, 8, 16], "stem_width": 4}},
+        },
     },
-    "train": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True, "default": 3e-3}, "batch_size": 32},
+    "train": {
+        "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True, "default": 3e-3},
+        "batch_size": 32,
+    },
 }
 
 
@@ -76,7 +82,10 @@ def _study_file(root: Path, name: str, **overrides) -> Path:
         ({"space": "nowhere.yaml"}, "space"),
         ({"resources": {"gpus": 1.5}}, "resources.gpus"),
         ({"budgett": {}}, "budgett"),
-        ({"objectives": [{"metric": "accuracy"}, {"metric": "log_loss"}]}, "ASHA prunes on one metric"),
+        (
+            {"objectives": [{"metric": "accuracy"}, {"metric": "log_loss"}]},
+            "ASHA prunes on one metric",
+        ),
     ],
 )
 def test_invalid_study_files_fail_before_anything_starts(workspace, change, message):
@@ -103,11 +112,19 @@ def test_smoke_study_writes_a_complete_store(workspace, ray_local):
     trials, folds, epochs = store.table("trials"), store.table("folds"), store.table("epochs")
     assert len(trials) == 3 and set(trials["status"]) <= {"completed", "pruned"}
     first = trials.sort_values("number").iloc[0]
-    assert json.loads(first["params"])["small_cnn"] == {"conv_layers": 2, "filters": 8, "dense_units": 16, "dense_layers": 1, "dropout": 0.0}
+    assert json.loads(first["params"])["small_cnn"] == {
+        "conv_layers": 2,
+        "filters": 8,
+        "dense_units": 16,
+        "dense_layers": 1,
+        "dropout": 0.0,
+    }
     assert (Path(store.path) / "optuna.db").is_file() and store.status()["status"] == "finished"
     completed = trials[trials["status"] == "completed"]
     assert len(completed) >= 1 and set(folds["trial_id"]) >= set(completed["trial_id"])
-    assert {"confusion_matrix", "roc", "f1_weighted", "auc_macro", "well/accuracy"} <= set(folds.columns)
+    assert {"confusion_matrix", "roc", "f1_weighted", "auc_macro", "well/accuracy"} <= set(
+        folds.columns
+    )
     assert set(epochs["fold"]) == {-1, 0, 1}
     # the stored fold metric equals scikit-learn on the checkpointed fold model's predictions
     best = completed.iloc[0]
@@ -118,13 +135,18 @@ def test_smoke_study_writes_a_complete_store(workspace, ray_local):
     meta = ds.metadata().set_index("cell_id")
     rows = np.array([meta.index.get_loc(c) for c in val_ids])
     stats = ds.manifest.stats
-    x = ((ds.images(rows) - np.reshape(stats.mean, (1, -1, 1, 1))) / np.reshape(stats.std, (1, -1, 1, 1))).astype(np.float32)
+    x = (
+        (ds.images(rows) - np.reshape(stats.mean, (1, -1, 1, 1)))
+        / np.reshape(stats.std, (1, -1, 1, 1))
+    ).astype(np.float32)
     import torch
 
     with torch.no_grad():
         pred = model.eval()(torch.from_numpy(x)).argmax(1).numpy()
     truth = ds.labels()[rows]
-    assert fold_row["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, pred), abs=1e-9)
+    assert fold_row["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(truth, pred), abs=1e-9
+    )
     mean = folds[folds["trial_id"] == best["trial_id"]]["balanced_accuracy"].mean()
     assert best["val/balanced_accuracy"] == pytest.approx(mean)
 
@@ -133,19 +155,41 @@ def test_injected_failure_is_retried_from_checkpoint(workspace, ray_local):
     from engine.search.runner import run_search
     from engine.search.trainable import FAIL_ONCE_FILE
 
-    study = StudyConfig.from_yaml(_study_file(workspace, "retry", budget={"trials": 1, "max_epochs": 2, "grace_epochs": 1}, scheduler="none"))
+    study = StudyConfig.from_yaml(
+        _study_file(
+            workspace,
+            "retry",
+            budget={"trials": 1, "max_epochs": 2, "grace_epochs": 1},
+            scheduler="none",
+        )
+    )
     Path(study.study_dir).mkdir(parents=True)
     (Path(study.study_dir) / FAIL_ONCE_FILE).write_text("1")
     store = run_search(study, verbose=False)
     trial = store.table("trials").iloc[0]
-    assert (Path(study.study_dir) / FAIL_ONCE_FILE).with_suffix(".done").is_file(), "the failure was injected"
-    assert trial["status"] == "completed" and trial["retries"] == 1 and "injected failure" in trial["last_error"]
+    assert (Path(study.study_dir) / FAIL_ONCE_FILE).with_suffix(".done").is_file(), (
+        "the failure was injected"
+    )
+    assert (
+        trial["status"] == "completed"
+        and trial["retries"] == 1
+        and "injected failure" in trial["last_error"]
+    )
     epochs = store.table("epochs")
-    assert sorted(epochs[epochs["fold"] == -1]["epoch"]) == [1, 2]  # resumed at epoch 2, nothing repeated
+    assert sorted(epochs[epochs["fold"] == -1]["epoch"]) == [
+        1,
+        2,
+    ]  # resumed at epoch 2, nothing repeated
 
 
 def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):
-    study_file = _study_file(workspace, "resume", budget={"trials": 4, "max_epochs": 2, "grace_epochs": 1}, scheduler="none", max_failures=0)
+    study_file = _study_file(
+        workspace,
+        "resume",
+        budget={"trials": 4, "max_epochs": 2, "grace_epochs": 1},
+        scheduler="none",
+        max_failures=0,
+    )
     study = StudyConfig.from_yaml(study_file)
     store = StudyStore(study.study_dir)
     script = textwrap.dedent("""
@@ -154,7 +198,11 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):
         sys.exit(main(sys.argv[1:]))
     """)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", script, "search", "--config", str(study_file), "--quiet"], env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, "search", "--config", str(study_file), "--quiet"],
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline:
         done = store.table("trials") if store.exists() else None
@@ -166,12 +214,27 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):
     before = store.table("trials")
     completed_before = before[before["status"] == "completed"]
     assert 1 <= len(completed_before) < 4
-    result = subprocess.run([sys.executable, "-c", script, "search", "--config", str(study_file), "--resume", "--quiet"], env=env, timeout=400)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "search",
+            "--config",
+            str(study_file),
+            "--resume",
+            "--quiet",
+        ],
+        env=env,
+        timeout=400,
+    )
     assert result.returncode == 0
     after = store.table("trials")
     assert len(after) == 4 and after["trial_id"].is_unique and set(after["status"]) == {"completed"}
     kept = after.set_index("trial_id").loc[completed_before["trial_id"]]
-    assert (kept["ended_at"].to_numpy() == completed_before.set_index("trial_id")["ended_at"].to_numpy()).all()
+    assert (
+        kept["ended_at"].to_numpy() == completed_before.set_index("trial_id")["ended_at"].to_numpy()
+    ).all()
     epochs = store.table("epochs")
     assert not epochs.duplicated(["trial_id", "epoch", "fold"]).any()
     assert len(epochs[epochs["fold"] == -1]) == 4 * 2

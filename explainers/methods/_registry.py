@@ -1,0 +1,72 @@
+"""Explainer registry and the one factory (timm ``models/_registry.py`` style)."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+_EXPLAINERS: dict[str, type] = {}
+
+
+def _close_matches(name: str) -> str:
+    hits = difflib.get_close_matches(str(name), list(_EXPLAINERS), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(h) for h in hits)}?)" if hits else ""
+
+
+def register_explainer(name: str) -> Callable[[type], type]:
+    """Class decorator registering an attribution method under ``name``.
+
+    The class is built by :func:`create_explainer` through its ``create(model, layer, **kw)``
+    classmethod (``Explainer.create`` calls the constructor).
+
+    Args:
+        name: the method name used in configs and on the command line, e.g. ``"gradcam"``.
+    """
+
+    def decorator(cls: type) -> type:
+        if name in _EXPLAINERS and _EXPLAINERS[name] is not cls:
+            raise ValueError(f"explainer {name!r} is already registered by {_EXPLAINERS[name]}")
+        _EXPLAINERS[name] = cls
+        cls.name = name
+        return cls
+
+    return decorator
+
+
+def get_explainer_class(name: str) -> type:
+    """The class registered as ``name``; unknown names raise ValueError with close matches."""
+    if name not in _EXPLAINERS:
+        raise ValueError(
+            f"unknown explainer {name!r}{_close_matches(name)}; registered: {sorted(_EXPLAINERS)}"
+        )
+    return _EXPLAINERS[name]
+
+
+def list_explainers(pattern: str = "*") -> list[str]:
+    """Registered explainer names matching a glob pattern, e.g. ``list_explainers("*cam*")``."""
+    return sorted(n for n in _EXPLAINERS if fnmatch.fnmatchcase(n, pattern))
+
+
+def create_explainer(name: str, model: nn.Module, layer: Any = None, **kwargs: Any) -> Any:
+    """Build a registered explainer.
+
+    Args:
+        name: registered name (:func:`list_explainers`).
+        model: the model to explain (a ``CytoModel`` or any module returning (B, K) outputs).
+        layer: CAM layer(s): a module path, a module, or a list of them; None = the model's
+            ``target_layer``. Must be None for input-attribution methods.
+        **kwargs: method options (the class's ``defaults``); ``"smoothgrad"`` also takes
+            ``base`` (a registered name or an explainer, default ``"saliency"``).
+
+    Returns:
+        The explainer; call ``.attribute(x, target=None, **options)``.
+
+    Example:
+        >>> cam = create_explainer("gradcam++", model, layer="backbone.layer3", normalize=True)
+        >>> maps = cam.attribute(x)  # (B, 1, H, W)
+    """
+    return get_explainer_class(name).create(model, layer, **kwargs)

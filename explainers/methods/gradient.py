@@ -1,0 +1,186 @@
+"""Input attributions through captum: Saliency, InputXGradient, IntegratedGradients, Occlusion.
+
+All return (B, C, H, W): one map per input channel (channels are never merged, so the share of
+each stain can be read off with :func:`~explainers.methods.channel_attribution`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from ._registry import register_explainer
+from .base import Explainer, predict_target
+
+
+def captum_attr() -> Any:
+    """The ``captum.attr`` module, or an ImportError with the install hint."""
+    try:
+        import captum.attr
+    except ImportError as err:  # pragma: no cover - captum is a dependency
+        raise ImportError(
+            "this explainer needs captum: pip install 'captum>=0.7' (on the GPU machine, carry "
+            "the bundle of ../shared/tools/gpu-bundle.sh)"
+        ) from err
+    return captum.attr
+
+
+def forward_func(model: nn.Module, keys: tuple[str, ...]) -> Callable[..., Tensor]:
+    """``f(x, *values)`` calling ``model(x, **dict(zip(keys, values)))`` (captum passes extra
+    forward arguments positionally and batches their tensors like the input)."""
+
+    def f(x: Tensor, *values: Any) -> Tensor:
+        return model(x, **dict(zip(keys, values)))
+
+    return f
+
+
+class _Captum(Explainer):
+    """Resolves targets and forward kwargs, then calls one captum attribution method."""
+
+    def _call(self, cls_name: str, x: Tensor, target: Any, fk: dict, init: dict, **kw: Any):
+        t = predict_target(self.model, x, target, fk)
+        x = x.detach().requires_grad_(True)
+        method = getattr(captum_attr(), cls_name)(forward_func(self.model, tuple(fk)), **init)
+        return method.attribute(
+            x, target=t, additional_forward_args=tuple(fk.values()) or None, **kw
+        )
+
+
+@register_explainer("saliency")
+class Saliency(_Captum):
+    """Gradient of the score with respect to each input pixel and channel (captum Saliency).
+
+    Args:
+        model: the model, in eval mode.
+        abs: absolute gradients (default True, as captum and Simonyan et al.).
+        forward_kwargs: extra keyword arguments of the model's forward.
+    """
+
+    defaults = {"abs": True}
+
+    def _attribute(self, x: Tensor, target: Any, *, abs: bool, forward_kwargs: dict) -> Tensor:
+        return self._call("Saliency", x, target, forward_kwargs, {}, abs=abs)
+
+
+@register_explainer("inputxgradient")
+class InputXGradient(_Captum):
+    """Input times gradient (captum InputXGradient). Options: ``forward_kwargs``."""
+
+    def _attribute(self, x: Tensor, target: Any, *, forward_kwargs: dict) -> Tensor:
+        return self._call("InputXGradient", x, target, forward_kwargs, {})
+
+
+@register_explainer("integrated_gradients")
+class IntegratedGradients(_Captum):
+    """Integrated Gradients (Sundararajan et al. 2017, captum IntegratedGradients).
+
+    Completeness: the attributions of an image sum to f(x) - f(baseline), up to the error of the
+    ``n_steps`` quadrature.
+
+    Args:
+        model: the model, in eval mode.
+        baseline: a scalar or a tensor broadcastable to x (default 0: black in every channel,
+            i.e. the per-channel mean for standardised inputs).
+        n_steps: integration steps (default 50).
+        method: captum's quadrature, ``"gausslegendre"`` (default), ``"riemann_trapezoid"``, ...
+        internal_batch_size: images per forward inside captum (None: B * n_steps at once).
+        forward_kwargs: extra keyword arguments of the model's forward.
+    """
+
+    defaults = {
+        "baseline": 0.0,
+        "n_steps": 50,
+        "method": "gausslegendre",
+        "internal_batch_size": None,
+    }
+
+    def _attribute(
+        self,
+        x: Tensor,
+        target: Any,
+        *,
+        baseline: float | Tensor,
+        n_steps: int,
+        method: str,
+        internal_batch_size: int | None,
+        forward_kwargs: dict,
+    ) -> Tensor:
+        if int(n_steps) < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+        init = {"multiply_by_inputs": True}
+        return self._call(
+            "IntegratedGradients",
+            x,
+            target,
+            forward_kwargs,
+            init,
+            baselines=baseline,
+            n_steps=int(n_steps),
+            method=method,
+            internal_batch_size=internal_batch_size,
+        )
+
+
+def occlusion_window(size: int) -> int:
+    """Default square window: about 1/8 of the side (4 px at 32, 28 px at 224), at least 2."""
+    return max(2, round(size / 8))
+
+
+@register_explainer("occlusion")
+class Occlusion(_Captum):
+    """Occlusion (Zeiler & Fergus 2014, captum Occlusion): score drop when a window is blanked.
+
+    Args:
+        model: the model, in eval mode.
+        window: side of the square window in pixels (default :func:`occlusion_window` of the
+            smaller image side).
+        stride: window step (default half the window).
+        per_channel: occlude one channel at a time (default True, per-channel maps; C times the
+            forwards) or all channels together (the map repeated over channels).
+        baseline: value put in the window (default 0).
+        perturbations_per_eval: occluded copies per forward (default 8; raise on a GPU).
+        forward_kwargs: extra keyword arguments of the model's forward.
+    """
+
+    defaults = {
+        "window": None,
+        "stride": None,
+        "per_channel": True,
+        "baseline": 0.0,
+        "perturbations_per_eval": 8,
+    }
+
+    def _attribute(
+        self,
+        x: Tensor,
+        target: Any,
+        *,
+        window: int | None,
+        stride: int | None,
+        per_channel: bool,
+        baseline: float | Tensor,
+        perturbations_per_eval: int,
+        forward_kwargs: dict,
+    ) -> Tensor:
+        window = int(window or occlusion_window(min(x.shape[-2:])))
+        stride = int(stride or max(1, window // 2))
+        if not 0 < window <= min(x.shape[-2:]) or stride < 1:
+            raise ValueError(
+                f"occlusion window {window} / stride {stride} do not fit a {tuple(x.shape[-2:])} "
+                "image; use 1 <= window <= image side and stride >= 1"
+            )
+        chans = 1 if per_channel else x.shape[1]
+        return self._call(
+            "Occlusion",
+            x,
+            target,
+            forward_kwargs,
+            {},
+            sliding_window_shapes=(chans, window, window),
+            strides=(chans, stride, stride),
+            baselines=baseline,
+            perturbations_per_eval=int(perturbations_per_eval),
+        )

@@ -1,0 +1,138 @@
+"""SmoothGrad, Integrated Gradients, Occlusion, Saliency and InputXGradient against captum's
+own classes called directly on the same inputs, and IG completeness."""
+
+from __future__ import annotations
+
+import captum.attr as ca
+import pytest
+import torch
+from torch import nn
+
+from explainers.methods import (
+    GradCAM,
+    InputXGradient,
+    IntegratedGradients,
+    Occlusion,
+    Saliency,
+    SmoothGrad,
+    create_explainer,
+)
+
+from .conftest import inputs, small_cnn
+
+TARGET = torch.tensor([2, 0])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_cnn(3)
+
+
+@pytest.mark.parametrize("base,ref", [(Saliency, ca.Saliency), (InputXGradient, ca.InputXGradient)])
+def test_smoothgrad_equals_captum_noise_tunnel(model, base, ref):
+    """Same seed, same noise layout as NoiseTunnel: equal to float rounding."""
+    x = inputs(2, 3)
+    ours = SmoothGrad(base(model), sigma=0.2, n=6, seed=7).attribute(x, TARGET)
+    torch.manual_seed(7)
+    expected = ca.NoiseTunnel(ref(model)).attribute(
+        x, nt_type="smoothgrad", nt_samples=6, stdevs=0.2, target=TARGET
+    )
+    torch.testing.assert_close(ours, expected, atol=1e-7, rtol=1e-5)
+    # chunked base calls (2 noisy copies each) draw the same noise
+    chunked = SmoothGrad(base(model), sigma=0.2, n=6, seed=7, batch_size=6).attribute(x, TARGET)
+    torch.testing.assert_close(chunked, expected, atol=1e-7, rtol=1e-5)
+
+
+def test_smoothgrad_squared_and_seed(model):
+    x = inputs(2, 3)
+    sg = SmoothGrad(Saliency(model, abs=False), sigma=0.1, n=4, squared=True)
+    torch.manual_seed(0)
+    expected = ca.NoiseTunnel(ca.Saliency(model)).attribute(
+        x, nt_type="smoothgrad_sq", nt_samples=4, stdevs=0.1, target=TARGET, abs=False
+    )
+    torch.testing.assert_close(sg.attribute(x, TARGET), expected, atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(sg.attribute(x, TARGET), sg.attribute(x, TARGET))  # seeded
+    assert not torch.equal(sg.attribute(x, TARGET), sg.attribute(x, TARGET, seed=1))
+
+
+def test_smoothgrad_wraps_cams(model):
+    """Over a CAM: the mean of the CAMs of the noisy copies; sigma=0 gives the plain CAM."""
+    x = inputs(2, 3)
+    cam = GradCAM(model, "blocks.1")
+    torch.testing.assert_close(SmoothGrad(cam, sigma=0.0, n=3).attribute(x, 1), cam.attribute(x, 1))
+    sg = create_explainer("smoothgrad", model, "blocks.1", base="gradcam", n=4, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    noisy = x[:, None] + 0.15 * torch.randn((2, 4, 3, 32, 32), generator=gen)
+    expected = torch.stack([cam.attribute(noisy[i], 1).mean(0) for i in range(2)])
+    torch.testing.assert_close(sg.attribute(x, 1), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_integrated_gradients_equal_captum(model):
+    x, base = inputs(2, 3), 0.1 * inputs(2, 3, seed=5)
+    ours = IntegratedGradients(model, baseline=base, n_steps=16).attribute(x, TARGET)
+    expected = ca.IntegratedGradients(model).attribute(x, base, target=TARGET, n_steps=16)
+    torch.testing.assert_close(ours, expected, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("task,num_outputs", [("multiclass", 3), ("regression", 2)])
+def test_integrated_gradients_completeness(task, num_outputs):
+    """Sum of attributions = f(x) - f(baseline) for the explained score (the prediction itself
+    for regression), within 2% of |f(x) - f(baseline)| + 1e-5 at 256 Gauss-Legendre steps
+    (ReLU and max-pool kinks limit the quadrature; observed 0.1-1.5%)."""
+    model, x = small_cnn(3, task=task, num_outputs=num_outputs, seed=2), inputs(3, 3)
+    target = torch.tensor([1, 0, 1])
+    attr = IntegratedGradients(model, n_steps=256).attribute(x, target)
+    with torch.no_grad():
+        delta = model(x) - model(torch.zeros_like(x))
+    expected = delta.gather(1, target[:, None])[:, 0]
+    torch.testing.assert_close(attr.sum((1, 2, 3)), expected, rtol=2e-2, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_occlusion_equals_captum(model, per_channel):
+    x = inputs(2, 3)
+    ours = Occlusion(model, per_channel=per_channel).attribute(x, TARGET)
+    chans = 1 if per_channel else 3
+    expected = ca.Occlusion(model).attribute(
+        x, sliding_window_shapes=(chans, 4, 4), strides=(chans, 2, 2), target=TARGET
+    )
+    assert ours.shape == x.shape
+    torch.testing.assert_close(ours, expected, atol=1e-7, rtol=1e-5)
+
+
+def test_saliency_and_input_x_gradient_equal_captum(model):
+    x = inputs(2, 3)
+    torch.testing.assert_close(
+        Saliency(model).attribute(x, TARGET), ca.Saliency(model).attribute(x, target=TARGET)
+    )
+    torch.testing.assert_close(
+        InputXGradient(model).attribute(x, TARGET),
+        ca.InputXGradient(model).attribute(x, target=TARGET),
+    )
+
+
+class Masked(nn.Module):
+    """A model whose forward takes a mask keyword (like ProtoPNet's ``forward(x, mask)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+    def forward(self, x, mask=None):
+        x = x if mask is None else x * mask
+        return self.lin(x.mean((2, 3)))
+
+
+def test_forward_kwargs_reach_the_model_in_every_method():
+    torch.manual_seed(0)
+    model, x = Masked(), inputs(2, 2, size=8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., :4] = 1
+    extra = {"occlusion": {"window": 2, "stride": 2}}  # windows that do not straddle the edge
+    for name in ("saliency", "integrated_gradients", "occlusion", "smoothgrad"):
+        explainer = create_explainer(
+            name, model, forward_kwargs={"mask": mask}, **extra.get(name, {})
+        )
+        attr = explainer.attribute(x, 0)
+        assert attr[..., 4:].abs().max() == 0, name  # masked-out pixels have no effect
+        assert attr[..., :4].abs().max() > 0, name
