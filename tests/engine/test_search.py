@@ -238,3 +238,26 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):
     epochs = store.table("epochs")
     assert not epochs.duplicated(["trial_id", "epoch", "fold"]).any()
     assert len(epochs[epochs["fold"] == -1]) == 4 * 2
+
+
+def test_multi_objective_study_uses_nsga2(workspace, ray_local):
+    from engine.search.runner import run_search
+
+    path = _study_file(
+        workspace,
+        "pareto",
+        objectives=[{"metric": "balanced_accuracy"}, {"metric": "log_loss"}],
+        scheduler="none",
+        budget={"trials": 2, "max_epochs": 1, "grace_epochs": 1},
+    )
+    study = StudyConfig.from_yaml(path)
+    assert study.multi_objective and [o.mode for o in study.objectives] == ["max", "min"]
+    store = run_search(study, verbose=False)
+    trials = store.table("trials")
+    assert len(trials) == 2 and set(trials["status"]) == {"completed"}
+    import optuna
+
+    loaded = optuna.load_study(study_name="pareto", storage=store.optuna_url)
+    assert type(loaded.sampler).__name__ == "NSGAIISampler" or len(loaded.directions) == 2
+    assert [d.name for d in loaded.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert len(loaded.trials) == 2
