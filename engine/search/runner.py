@@ -39,6 +39,19 @@ def prepare_folds(study: StudyConfig):
     return folds
 
 
+def max_concurrent(study: StudyConfig) -> int | None:
+    """The study's concurrency; with the Ray Data loader, capped so one CPU stays free for its
+    read and filter tasks (trials that reserve every CPU would wait on them forever)."""
+    import ray
+
+    wanted = study.budget.max_concurrent
+    if study.loader != "ray" and study.train.get("loader") != "ray":
+        return wanted
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    cap = max(1, int((cpus - 1) // study.resources.cpus))
+    return cap if wanted is None else min(wanted, cap)
+
+
 def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -177,7 +190,7 @@ def run_search(
                 search_alg=_searcher(study, space, store),
                 scheduler=scheduler,
                 num_samples=study.budget.trials,
-                max_concurrent_trials=study.budget.max_concurrent,
+                max_concurrent_trials=max_concurrent(study),
                 time_budget_s=study.budget.time_budget_s,
                 reuse_actors=True,
                 trial_dirname_creator=_trial_dirname,  # a finished trial's worker takes the next one (no actor start-up)

@@ -261,3 +261,20 @@ def test_multi_objective_study_uses_nsga2(workspace, ray_local):
     assert type(loaded.sampler).__name__ == "NSGAIISampler" or len(loaded.directions) == 2
     assert [d.name for d in loaded.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert len(loaded.trials) == 2
+
+
+def test_ray_data_loader_inside_trials_never_starves(workspace, ray_local):
+    """Trials reserving every CPU would leave Ray Data's tasks none; concurrency is capped."""
+    from engine.search.runner import max_concurrent, run_search
+
+    path = _study_file(
+        workspace,
+        "raydata",
+        train={"loader": "ray"},
+        scheduler="none",
+        budget={"trials": 2, "max_epochs": 1, "grace_epochs": 1},
+    )
+    study = StudyConfig.from_yaml(path)
+    assert max_concurrent(study) == 1  # 2 CPUs, 1 per trial: one stays free for data tasks
+    store = run_search(study, verbose=False)
+    assert set(store.table("trials")["status"]) == {"completed"}
