@@ -57,8 +57,7 @@ class CrossValidation:
             sample, in_chans=self.manifest.num_channels, task=kind, num_outputs=outputs
         )
         overrides = {"epochs": study.budget.max_epochs, "seed": study.seed, **study.train}
-        if study.loader != "auto":
-            overrides["loader"] = study.loader
+        overrides["loader"] = study.effective_loader
         self.train_config = TrainConfig.from_sample(sample.get("train", {}), **overrides)
         self.trainers = [
             FoldTrainer(

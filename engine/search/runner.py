@@ -45,7 +45,7 @@ def max_concurrent(study: StudyConfig) -> int | None:
     import ray
 
     wanted = study.budget.max_concurrent
-    if study.loader != "ray" and study.train.get("loader") != "ray":
+    if study.effective_loader != "ray":
         return wanted
     cpus = int(ray.cluster_resources().get("CPU", 1))
     cap = max(1, int((cpus - 1) // study.resources.cpus))

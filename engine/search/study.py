@@ -153,6 +153,11 @@ class StudyConfig:
             _fail("max_failures", f"must be >= 0, got {self.max_failures}")
 
     @property
+    def effective_loader(self) -> str:
+        """The loader trials use: ``loader`` when set, else ``train.loader``, else Ray Data."""
+        return self.loader if self.loader != "auto" else str(self.train.get("loader", "ray"))
+
+    @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
