@@ -16,7 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from .augment import AugmentConfig, augment, normalization_constants, normalize, row_seeds
+from .augment import (
+    NORMALIZATIONS,
+    AugmentConfig,
+    augment,
+    normalization_constants,
+    normalize,
+    row_seeds,
+)
 from .dataset import CellDataset
 from .schema import decode_images, decode_masks
 
@@ -50,11 +57,8 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        normalization_constants(_UnitStats, self.normalization)  # validates the name
-
-
-class _UnitStats:
-    mean = std = p01 = p99 = [0.0]
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization {self.normalization!r} is not one of {NORMALIZATIONS}")
 
 
 @dataclass

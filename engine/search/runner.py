@@ -181,8 +181,6 @@ def run_search(
         tuner = tune.Tuner.restore(
             store.tune_dir, trainable, resume_unfinished=True, resume_errored=True, param_space=None
         )
-        # callbacks are not restored with the experiment; reattach the driver-side ones
-        tuner._local_tuner._run_config.callbacks = callbacks
     else:
         tuner = tune.Tuner(
             trainable,

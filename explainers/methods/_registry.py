@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
+from search_spaces.config import close_matches
+
 _EXPLAINERS: dict[str, type] = {}
-
-
-def _close_matches(name: str) -> str:
-    hits = difflib.get_close_matches(str(name), list(_EXPLAINERS), n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(repr(h) for h in hits)}?)" if hits else ""
 
 
 def register_explainer(name: str) -> Callable[[type], type]:
@@ -41,7 +37,7 @@ def get_explainer_class(name: str) -> type:
     """The class registered as ``name``; unknown names raise ValueError with close matches."""
     if name not in _EXPLAINERS:
         raise ValueError(
-            f"unknown explainer {name!r}{_close_matches(name)}; registered: {sorted(_EXPLAINERS)}"
+            f"unknown explainer {name!r}{close_matches(name, _EXPLAINERS)}; registered: {sorted(_EXPLAINERS)}"
         )
     return _EXPLAINERS[name]
 

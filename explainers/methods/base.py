@@ -13,7 +13,6 @@ prediction itself ("higher prediction").
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -21,12 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from search_spaces.config import close_matches as _hint
+
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
-
-
-def _hint(name: str, options: Sequence[str]) -> str:
-    hits = difflib.get_close_matches(str(name), list(options), n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(repr(h) for h in hits)}?)" if hits else ""
 
 
 def is_classification(model: nn.Module) -> bool:
