@@ -8,7 +8,10 @@
       overlays/<trial_id>/<method>/<cell_id>.png   pseudo-colour overlays for a sample of cells
       overlays.parquet                     index of the overlays (OVERLAY_COLUMNS)
       population/<trial_id>/<method>/<class>/{gmean_image,gmean_map,correlation}.{npy,png}
-      population.parquet                   one row per trial x method x class (POPULATION_COLUMNS)
+          gmean_image (C, H, W), gmean_map (H, W), correlation (C + 1, H, W): per channel, then
+          the channel mean; correlation.png shows the C + 1 panels left to right
+      population.parquet                   one row per trial x method x class x channel
+                                           (POPULATION_COLUMNS; paths relative to the study)
       quality.parquet                      one row per trial x method x metric (QUALITY_COLUMNS)
       prototypes/<trial_id>/fold_<k>/prototype_<j>.png   mosaic of the top training patches
       prototypes.parquet                   one row per prototype (PROTOTYPE_COLUMNS)
@@ -55,9 +58,11 @@ POPULATION_COLUMNS = (
     "trial_id",
     "method",
     "class",
+    "channel",  # a channel name, or "all" for the channel mean of Gmean-Shape
     "n",
     "positive_ratio",
     "negative_ratio",
+    "mean_r",
     "gmean_image",
     "gmean_map",
     "correlation",
@@ -84,7 +89,13 @@ def population_dir(study_dir: str | Path, trial_id: str, method: str, cls: str) 
 
 
 def prototype_path(study_dir: str | Path, trial_id: str, fold: int, prototype: int) -> Path:
-    return explain_dir(study_dir) / "prototypes" / trial_id / f"fold_{fold}" / f"prototype_{prototype}.png"
+    return (
+        explain_dir(study_dir)
+        / "prototypes"
+        / trial_id
+        / f"fold_{fold}"
+        / f"prototype_{prototype}.png"
+    )
 
 
 def attention_path(study_dir: str | Path, trial_id: str, cell_id: str) -> Path:
@@ -108,4 +119,8 @@ def encode_map(array: np.ndarray) -> tuple[bytes, list[int]]:
 
 def decode_map(data: bytes, shape) -> np.ndarray:
     """One stored map as a float32 array of ``shape`` (C, H, W)."""
-    return np.frombuffer(data, dtype=np.float16).reshape(tuple(int(s) for s in shape)).astype(np.float32)
+    return (
+        np.frombuffer(data, dtype=np.float16)
+        .reshape(tuple(int(s) for s in shape))
+        .astype(np.float32)
+    )

@@ -1,0 +1,176 @@
+"""Stage 2: population maps per trial, method and class (the seed paper's global method).
+
+Gmean-Shape: weighted geometric mean of the class's crops, each channel scaled by the dataset's
+99th percentile. Gmean-<method>: geometric mean of the cells' maps (positive part, summed over
+channels, each scaled to a maximum of 1 so every cell counts alike). Both stream over the data
+(log-space sums), then a patch-wise Pearson map compares them per channel and for the channel
+mean, with the shares of pixels above ``|r| > threshold``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ..methods.channels import overlay
+from ..population import PerClassGeometricMean, compare_population_maps
+from .config import ExplainConfig
+from .figures import diverging, grid, save_png
+from .layout import explain_dir, maps_path, population_dir
+from .plan import ExplainPlan
+from .state import ExplainState
+
+CHUNK = 2048
+
+
+def class_of_cells(plan: ExplainPlan) -> tuple[list[str], pd.Series]:
+    """Population groups and each planned cell's group (true class; ``all`` for regression)."""
+    if plan.manifest.task != "classification":
+        return ["all"], pd.Series("all", index=plan.cells["cell_id"].to_numpy())
+    meta = plan.dataset.metadata().set_index("cell_id")["label"]
+    return list(plan.manifest.classes), meta.loc[plan.cells["cell_id"].to_numpy()]
+
+
+def image_scale(plan: ExplainPlan) -> np.ndarray:
+    p99 = np.asarray(plan.manifest.stats.p99, dtype=float)
+    return np.where(p99 > 0, p99, 1.0)[:, None, None]  # (C, 1, 1)
+
+
+def gmean_images(plan: ExplainPlan, classes: list[str], groups: pd.Series, eps: float) -> dict:
+    """Gmean-Shape per class, streaming over the planned cells in chunks."""
+    acc = PerClassGeometricMean(classes, plan.manifest.shape, eps=eps)
+    rows = plan.cells["row"].to_numpy()
+    scale = image_scale(plan)
+    for start in range(0, len(rows), CHUNK):
+        chunk = rows[start : start + CHUNK]
+        images = np.clip(plan.dataset.images(chunk).astype(np.float64) / scale, 0, 1)
+        acc.update(images, groups.to_numpy()[start : start + CHUNK])
+    return acc.results()
+
+
+def gmean_maps(
+    path, classes: list[str], groups: pd.Series, hw: tuple[int, int], eps: float
+) -> dict:
+    """Gmean of one (trial, method) map table per class (regression: first target only)."""
+    acc = PerClassGeometricMean(classes, (1, *hw), eps=eps)
+    lookup = groups.to_dict()
+    file = pq.ParquetFile(path)
+    for batch in file.iter_batches(
+        batch_size=CHUNK, columns=["cell_id", "map", "map_shape", "target_index"]
+    ):
+        frame = batch.to_pandas()
+        frame = frame[frame["target_index"] == frame["target_index"].min()]
+        if frame.empty:
+            continue
+        shape = tuple(frame["map_shape"].iloc[0])
+        blob = b"".join(frame["map"].tolist())
+        maps = np.frombuffer(blob, np.float16).reshape(len(frame), *shape).astype(np.float64)
+        maps = np.clip(maps, 0, None).sum(1, keepdims=True)  # (B, 1, H, W)
+        peak = maps.reshape(len(frame), -1).max(1)
+        maps = np.where(
+            peak[:, None, None, None] > 0, maps / np.maximum(peak, 1e-30)[:, None, None, None], 0
+        )
+        acc.update(maps, [lookup[c] for c in frame["cell_id"]])
+    return acc.results()
+
+
+def _save_npy(path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array.astype(np.float32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(path)
+
+
+def run_population(
+    plan: ExplainPlan, config: ExplainConfig, state: ExplainState, eps: float = 1e-3
+) -> pd.DataFrame:
+    """Write population maps and ``population.parquet``; returns the summary table."""
+    classes, groups = class_of_cells(plan)
+    names = list(plan.manifest.channel_names)
+    hw = tuple(plan.manifest.shape[1:])
+    key = config.maps_key() + f"-r{config.radius}-t{config.threshold}"
+    summary_path = explain_dir(plan.study_dir) / "population.parquet"
+    old = pd.read_parquet(summary_path) if summary_path.is_file() else pd.DataFrame()
+    shape_means = None
+    rows: list[dict] = []
+    for trial in plan.trials:
+        for method in config.method_names:
+            part = f"population/{trial.trial_id}/{method}"
+            source = maps_path(plan.study_dir, trial.trial_id, method)
+            if not source.is_file():
+                continue  # the method failed on this trial (see explain.json failures)
+            part_key = key + "-" + config.method_key(method)
+            if state.done(part, part_key) and not config.overwrite and not old.empty:
+                kept = old[(old["trial_id"] == trial.trial_id) & (old["method"] == method)]
+                if len(kept):
+                    rows += kept.to_dict("records")
+                    continue
+            if shape_means is None:
+                shape_means = gmean_images(plan, classes, groups, eps)
+            map_means = gmean_maps(source, classes, groups, hw, eps)
+            for cls in classes:
+                if cls not in map_means or cls not in shape_means:
+                    continue
+                rows += _write_class(
+                    plan,
+                    config,
+                    trial.trial_id,
+                    method,
+                    cls,
+                    shape_means[cls],
+                    map_means[cls][0],
+                    names,
+                    int((groups == cls).sum()),
+                )
+            state.finish(part, part_key)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        _write_table(table, summary_path)
+    return table
+
+
+def _write_class(plan, config, trial_id, method, cls, image, cam, names, n) -> list[dict]:
+    out = population_dir(plan.study_dir, trial_id, method, cls)
+    channels = [image[c] for c in range(image.shape[0])] + [image.mean(0)]
+    labels = names + ["all"]
+    results = [compare_population_maps(ch, cam, config.radius, config.threshold) for ch in channels]
+    correlation = np.stack([r["r"] for r in results])  # (C + 1, H, W)
+    _save_npy(out / "gmean_image.npy", image)
+    _save_npy(out / "gmean_map.npy", cam)
+    _save_npy(out / "correlation.npy", correlation)
+    save_png(out / "gmean_image.png", overlay(image, None, channel_names=names), scale=4)
+    save_png(out / "gmean_map.png", overlay(image, cam, channel_names=names, alpha=0.7), scale=4)
+    save_png(
+        out / "correlation.png",
+        grid([diverging(r) for r in correlation], len(correlation)),
+        scale=4,
+    )
+    rel = lambda name: str((out / name).relative_to(plan.study_dir))  # noqa: E731
+    return [
+        {
+            "trial_id": trial_id,
+            "method": method,
+            "class": cls,
+            "channel": label,
+            "n": n,
+            "positive_ratio": r["positive_ratio"],
+            "negative_ratio": r["negative_ratio"],
+            "mean_r": r["mean_r"],
+            "gmean_image": rel("gmean_image.png"),
+            "gmean_map": rel("gmean_map.png"),
+            "correlation": rel("correlation.png"),
+        }
+        for label, r in zip(labels, results)
+    ]
+
+
+def _write_table(table: pd.DataFrame, path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(path)

@@ -1,0 +1,58 @@
+"""``explain/explain.json``: which parts of the job are finished (what a rerun may skip)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.data.schema import atomic_write_text
+
+from .layout import STATE_FILE, explain_dir
+
+
+class ExplainState:
+    """Finished parts keyed by name (``maps/<trial>/<method>``, ``population/<trial>``, ...).
+
+    A part is finished when its outputs were moved into place *and* it was recorded here with
+    the key of the settings that produced it; a part recorded with another key is recomputed.
+    """
+
+    def __init__(self, study_dir: str | Path) -> None:
+        self.path = explain_dir(study_dir) / STATE_FILE
+        self.data: dict[str, Any] = {"parts": {}, "failures": {}, "timings": {}}
+        if self.path.is_file():
+            try:
+                self.data = {**self.data, **json.loads(self.path.read_text())}
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{self.path} is corrupt ({exc}); rerun with --overwrite to recompute everything"
+                ) from None
+
+    def done(self, part: str, key: str) -> bool:
+        return self.data["parts"].get(part, {}).get("key") == key
+
+    def finish(self, part: str, key: str, **info: Any) -> None:
+        self.data["parts"][part] = {"key": key, "finished": time.time(), **info}
+        self.save()
+
+    def fail(self, part: str, reason: str) -> None:
+        self.data["failures"][part] = reason
+        self.save()
+
+    def clear_failure(self, part: str) -> None:
+        if self.data["failures"].pop(part, None) is not None:
+            self.save()
+
+    def time(self, stage: str, seconds: float) -> None:
+        self.data["timings"][stage] = round(seconds, 3)
+        self.save()
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str))

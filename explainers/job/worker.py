@@ -1,0 +1,264 @@
+"""The explain kernel: fold models of the explained trials, applied to one batch of crops.
+
+``MapWorker`` is a callable class, so Ray Data runs it in GPU actors (``map_batches(MapWorker,
+num_gpus=...)``) and the bare-kernel benchmark calls it directly on the same Arrow batches.
+Each output row is one (cell, trial, method[, regression target]) map with its prediction and
+per-cell localisation scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from engine.data.augment import normalize
+from engine.data.schema import Manifest, decode_images, decode_masks
+from engine.train.checkpoint import load_model
+
+from ..methods import create_explainer
+from ..methods._registry import get_explainer_class
+from ..quality import mass_inside, pointing_game
+from .layout import encode_map
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("trial_id", pa.string()),
+        ("method", pa.string()),
+        ("fold", pa.int32()),
+        ("label", pa.string()),
+        ("label_index", pa.int32()),
+        ("prediction", pa.string()),
+        ("prediction_index", pa.int32()),
+        ("confidence", pa.float32()),
+        ("correct", pa.bool_()),
+        ("target_index", pa.int32()),
+        ("true_value", pa.float32()),
+        ("predicted_value", pa.float32()),
+        ("abs_error", pa.float32()),
+        ("map", pa.binary()),
+        ("map_shape", pa.list_(pa.int32())),
+        ("mass_cell", pa.float32()),
+        ("mass_evidence", pa.float32()),
+        ("pointing_hit", pa.float32()),
+        ("seconds", pa.float32()),
+        ("error", pa.string()),  # set on the one row reporting that a method failed on a trial
+    ]
+)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def layer_for(method: str, model) -> object:
+    """CAM layer(s): the deepest feature layer; LayerCAM fuses the two deepest."""
+    cls = get_explainer_class(method)
+    if not getattr(cls, "uses_layer", False):
+        return None
+    layers = list(model.feature_layers())
+    return layers[-2:] if method == "layercam" and len(layers) > 1 else layers[-1]
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    offset: torch.Tensor
+    scale: torch.Tensor
+    takes_mask: bool
+
+
+class MapWorker:
+    """Explains batches of Arrow rows (``cell_id``, ``image``, label/targets, ``fold``, masks).
+
+    Args:
+        units: ``{trial_id: {fold: checkpoint_dir}}`` of the models to hold.
+        methods: ``{method: options}`` to run.
+        manifest: the dataset manifest (as a dict) for decoding pixels and labels.
+        precision: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``fp32``.
+        device: torch device (default: CUDA when present).
+        trial_methods: the methods to run per trial (default: every method on every trial).
+    """
+
+    def __init__(
+        self,
+        units: dict[str, dict[int, str]],
+        methods: dict[str, dict],
+        manifest: dict,
+        precision: str = "auto",
+        device: str | None = None,
+        trial_methods: dict[str, list[str]] | None = None,
+    ) -> None:
+        self.device = pick_device(device)
+        self.manifest = Manifest.from_dict(manifest)
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.methods = methods
+        # which methods each trial still needs (None: all of them)
+        self.trial_methods = trial_methods or {t: list(methods) for t in units}
+        self.models: dict[tuple[str, int], LoadedModel] = {}
+        for trial_id, folds in units.items():
+            for fold, directory in folds.items():
+                model, config = load_model(directory, self.device)
+                norm = config["data"]["normalization"]
+                takes_mask = "mask" in inspect.signature(model.forward).parameters
+                self.models[(trial_id, int(fold))] = LoadedModel(
+                    model,
+                    torch.tensor(norm["offset"], dtype=torch.float32, device=self.device),
+                    torch.tensor(norm["scale"], dtype=torch.float32, device=self.device),
+                    takes_mask,
+                )
+        self.failures: dict[tuple[str, str], str] = {}
+
+    # -- decoding ----------------------------------------------------------------------------
+    def _decode(self, table: pa.Table) -> dict:
+        m = self.manifest
+        images = decode_images(table.column("image"), m.dtype, m.shape)
+        out = {
+            "cell_id": np.asarray(table.column("cell_id").to_pylist(), dtype=object),
+            "fold": table.column("fold").to_numpy().astype(np.int64),
+            "image": images if m.dtype in ("uint8", "float32") else images.astype(np.float32),
+        }
+        names = table.column_names
+        h, w = m.shape[1:]
+        out["mask"] = (
+            decode_masks(table.column("mask").to_pylist(), h, w) if "mask" in names else None
+        )
+        out["evidence"] = (
+            decode_masks(table.column("evidence").to_pylist(), h, w)
+            if "evidence" in names
+            else None
+        )
+        if m.task == "classification":
+            out["label"] = np.asarray(table.column("label").to_pylist(), dtype=object)
+        else:
+            out["target"] = np.stack([table.column(t).to_numpy() for t in m.targets], 1)
+        return out
+
+    # -- the kernel --------------------------------------------------------------------------
+    def __call__(self, table: pa.Table) -> pa.Table:
+        batch = self._decode(table)
+        rows: list[dict] = []
+        for fold in np.unique(batch["fold"]):
+            idx = np.flatnonzero(batch["fold"] == fold)
+            x_raw = torch.from_numpy(np.ascontiguousarray(batch["image"][idx])).to(self.device)
+            mask = None
+            if batch["mask"] is not None:
+                mask = torch.from_numpy(batch["mask"][idx]).to(self.device).float()[:, None]
+            for (trial_id, model_fold), loaded in self.models.items():
+                if model_fold == fold:
+                    rows += self._explain(trial_id, int(fold), loaded, x_raw, mask, batch, idx)
+        if not rows:
+            return OUTPUT_SCHEMA.empty_table()
+        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+
+    def _autocast(self):
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _explain(self, trial_id, fold, loaded, x_raw, mask, batch, idx) -> list[dict]:
+        m = self.manifest
+        model = loaded.model
+        x = normalize(x_raw.float(), loaded.offset, loaded.scale)  # (B, C, H, W)
+        fk = {"mask": mask} if loaded.takes_mask and mask is not None else {}
+        with torch.no_grad(), self._autocast():
+            output = model(x, **fk).float()  # (B, K)
+        classification = m.task == "classification"
+        if classification:
+            probs = torch.softmax(output, 1)
+            conf, pred = probs.max(1)
+            targets = [pred]
+            pred_np, conf_np = pred.cpu().numpy(), conf.cpu().numpy()
+        else:
+            targets = [
+                torch.full((len(idx),), t, device=self.device) for t in range(output.shape[1])
+            ]
+            values = output.cpu().numpy()
+        cell_ids = batch["cell_id"][idx]
+        evidence = batch["evidence"][idx] if batch["evidence"] is not None else None
+        cell_mask = batch["mask"][idx] if batch["mask"] is not None else None
+        rows = []
+        for method in self.trial_methods[trial_id]:
+            options = self.methods[method]
+            if (trial_id, method) in self.failures:
+                continue
+            layer = layer_for(method, model)
+            for target in targets:
+                start = time.perf_counter()
+                try:
+                    explainer = create_explainer(method, model, layer, **options)
+                    with self._autocast():
+                        maps = explainer.attribute(x, target=target, forward_kwargs=fk)
+                    maps = maps.detach().float().cpu().numpy()  # (B, C or 1, H, W)
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                    self.failures[(trial_id, method)] = error
+                    rows.append(
+                        {
+                            "cell_id": "",
+                            "trial_id": trial_id,
+                            "method": method,
+                            "fold": fold,
+                            "error": error,
+                        }
+                    )
+                    break
+                seconds = (time.perf_counter() - start) / len(idx)
+                has_mask = cell_mask is not None and cell_mask.any()
+                mass_cell = mass_inside(maps, cell_mask) if has_mask else np.full(len(idx), np.nan)
+                if evidence is not None:
+                    mass_ev = mass_inside(maps, evidence)
+                    hits = pointing_game(maps, evidence).astype(np.float32)
+                    hits[evidence.reshape(len(idx), -1).sum(1) == 0] = np.nan
+                else:
+                    mass_ev = hits = np.full(len(idx), np.nan)
+                t = int(target[0])
+                for i in range(len(idx)):
+                    data, shape = encode_map(maps[i])
+                    row = {
+                        "cell_id": str(cell_ids[i]),
+                        "trial_id": trial_id,
+                        "method": method,
+                        "fold": fold,
+                        "map": data,
+                        "map_shape": shape,
+                        "mass_cell": mass_cell[i],
+                        "mass_evidence": mass_ev[i],
+                        "pointing_hit": hits[i],
+                        "seconds": seconds,
+                    }
+                    if classification:
+                        label = batch["label"][idx[i]]
+                        li, pi = m.label_map[label], int(pred_np[i])
+                        row |= {
+                            "label": label,
+                            "label_index": li,
+                            "prediction": m.classes[pi],
+                            "prediction_index": pi,
+                            "confidence": float(conf_np[i]),
+                            "correct": li == pi,
+                            "target_index": pi,
+                        }
+                    else:
+                        truth, value = float(batch["target"][idx[i], t]), float(values[i, t])
+                        row |= {
+                            "label": m.targets[t],
+                            "label_index": -1,
+                            "prediction": f"{value:.6g}",
+                            "prediction_index": -1,
+                            "correct": False,
+                            "target_index": t,
+                            "true_value": truth,
+                            "predicted_value": value,
+                            "abs_error": abs(value - truth),
+                        }
+                    rows.append(row)
+        return rows
