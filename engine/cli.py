@@ -34,6 +34,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "engine.demo",
         "run the embedded default end to end on synthetic cells (no data needed)",
     ),
+    "pull": (
+        "engine.export.command",
+        "pull a trial as a self-contained bundle (weights, contract, card); manage aliases",
+    ),
     "info": (
         "engine.data.info_command",
         "describe a dataset: channels, classes, groups, stats, quarantine, folds",

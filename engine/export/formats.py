@@ -1,0 +1,202 @@
+"""Weight formats of a bundle, one registry entry each: ``state_dict``, ``torchscript``, ``onnx``.
+
+Every format exports a :class:`~engine.export.ensemble.BundleModel` (raw pixels in, with the
+normalisation inside) and loads back as a runner ``(pixels, mask) -> numpy outputs``.
+
+- ``state_dict``: the members' ``model.pt`` state dicts; rebuilt with cytotune from
+  ``config.json`` (always written: it is the bundle's source of truth).
+- ``torchscript``: ``torch.jit.script`` when the model scripts, else ``torch.jit.trace``; no
+  registered family scripts today (the shared task head and ``CytoModel`` use Python that
+  TorchScript rejects), so bundles hold traced graphs. Loads with plain ``torch.jit.load``.
+- ``onnx``: the TorchScript-based exporter (``dynamo=False``, opset 17; the dynamo exporter
+  needs ``onnxscript``), dynamic batch axis. Loads with plain ``onnxruntime``.
+
+Traced and ONNX graphs fix the crop size (H, W) of the data contract and keep only the batch
+dimension dynamic; attention weights and prototype distances are not outputs.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .ensemble import BundleModel
+
+ONNX_OPSET = 17
+Runner = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Format:
+    """A weight format: where it goes, how to write it and how to run it back."""
+
+    name: str
+    filename: str
+    export: Callable[[BundleModel, Path, tuple], dict[str, Any]]
+    runner: Callable[[Path], Runner] | None  # None: needs cytotune (see engine.export.bundle)
+    requires: tuple[str, ...] = ()
+    install: str = ""
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register_format(fmt: Format) -> Format:
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def get_format(name: str) -> Format:
+    from search_spaces.config import close_matches
+
+    if name not in FORMATS:
+        raise ValueError(
+            f"unknown bundle format {name!r}{close_matches(name, FORMATS)}; "
+            f"choose from {', '.join(FORMATS)}"
+        )
+    return FORMATS[name]
+
+
+def parse_formats(text: str | list[str]) -> list[str]:
+    """``"state_dict,onnx"`` -> checked names, ``state_dict`` always included and first."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    for name in names:
+        fmt = get_format(name)
+        check_requirements(fmt)
+    return ["state_dict"] + [n for n in dict.fromkeys(names) if n != "state_dict"]
+
+
+def check_requirements(fmt: Format) -> None:
+    import importlib.util
+
+    missing = [m for m in fmt.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(
+            f"format {fmt.name!r} needs {', '.join(missing)}; install it with {fmt.install}"
+        )
+
+
+def example_inputs(model: BundleModel, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The positional inputs of an export: ``(pixels,)`` or ``(pixels, mask)``."""
+    if not model.with_mask:
+        return (pixels,)
+    n, _, h, w = pixels.shape
+    return (pixels, torch.ones(n, 1, h, w))
+
+
+def io_names(model: BundleModel) -> tuple[list[str], list[str]]:
+    return (["pixels", "mask"] if model.with_mask else ["pixels"]), [model.output_name]
+
+
+# ------------------------------------------------------------------------------ state_dict
+def _export_state_dict(model: BundleModel, directory: Path, example: tuple) -> dict[str, Any]:
+    (directory / "weights").mkdir(exist_ok=True)
+    files = []
+    for i, member in enumerate(model.members):
+        name = f"weights/member_{i}.pt"
+        torch.save(member.state_dict(), directory / name)
+        files.append(name)
+    return {"files": files}
+
+
+register_format(Format("state_dict", "weights", _export_state_dict, None))
+
+
+# ------------------------------------------------------------------------------ torchscript
+def _export_torchscript(model: BundleModel, directory: Path, example: tuple) -> dict[str, Any]:
+    info: dict[str, Any] = {"file": "model.torchscript.pt"}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation note
+            scripted = torch.jit.script(model)
+        info["method"] = "script"
+    except Exception as exc:  # TorchScript raises many types; the reason goes in bundle.json
+        reason = str(exc).strip().splitlines()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation notes and TracerWarnings
+            scripted = torch.jit.trace(model, example, check_trace=False)
+        info["method"] = "trace"
+        info["script_error"] = next((line for line in reason if line.strip()), type(exc).__name__)
+        info["note"] = (
+            "traced: control flow is fixed for the contract's crop size; the batch size is free"
+        )
+    scripted.save(str(directory / info["file"]))
+    return info
+
+
+def _run_torchscript(path: Path) -> Runner:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation note
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(pixels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        inputs = [torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))]
+        if mask is not None:
+            inputs.append(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)))
+        with torch.no_grad():
+            return module(*inputs).numpy()
+
+    return run
+
+
+register_format(
+    Format("torchscript", "model.torchscript.pt", _export_torchscript, _run_torchscript)
+)
+
+
+# ------------------------------------------------------------------------------ onnx
+def _export_onnx(model: BundleModel, directory: Path, example: tuple) -> dict[str, Any]:
+    inputs, outputs = io_names(model)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings and the exporter's deprecation note
+        torch.onnx.export(
+            model,
+            example,
+            buffer,
+            dynamo=False,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
+            opset_version=ONNX_OPSET,
+        )
+    info = {"file": "model.onnx", "opset": ONNX_OPSET, "exporter": "torch.onnx (dynamo=False)"}
+    (directory / info["file"]).write_bytes(buffer.getvalue())
+    return info
+
+
+def _run_onnx(path: Path) -> Runner:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(pixels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        feed = {names[0]: np.ascontiguousarray(pixels, dtype=np.float32)}
+        if len(names) > 1:
+            n, _, h, w = pixels.shape
+            feed[names[1]] = np.ascontiguousarray(
+                np.ones((n, 1, h, w), np.float32) if mask is None else mask, dtype=np.float32
+            )
+        return session.run(None, feed)[0]
+
+    return run
+
+
+register_format(
+    Format(
+        "onnx",
+        "model.onnx",
+        _export_onnx,
+        _run_onnx,
+        requires=("onnx", "onnxruntime"),
+        install="pip install onnx onnxruntime (or pip install 'cytotune[dev]')",
+    )
+)
