@@ -30,6 +30,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "engine.search.command",
         "search model families with Ray Tune + Optuna + ASHA over grouped CV folds",
     ),
+    "explain": (
+        "explainers.job.command",
+        "explain the best trials: maps, population maps, mosaics, quality scores",
+    ),
     "demo": (
         "engine.demo",
         "run the embedded default end to end on synthetic cells (no data needed)",
@@ -42,6 +46,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "engine.data.info_command",
         "describe a dataset: channels, classes, groups, stats, quarantine, folds",
     ),
+    "dashboard": ("dashboard.command", "browse studies, trials, comparisons and explanations in the browser"),
 }
 
 

@@ -1,0 +1,104 @@
+"""Stage 6: attention maps of multi-attention channel models, per channel pair.
+
+For a block with queries from channel i and keys from channel j, the attention a key token
+receives (mean over heads and queries) says where in channel j the model looked while reading
+channel i. Each cell gets one panel per pair: that map, upsampled, over channel j's image
+(``mhl_attention``: one self-attention map over all channels).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..methods.channels import overlay
+from .config import ExplainConfig
+from .figures import grid, save_png
+from .layout import ATTENTION_COLUMNS, attention_path, explain_dir
+from .plan import ExplainPlan
+from .state import ExplainState
+
+MAX_CELLS = 16
+
+
+def received_attention(weights, size: tuple[int, int]):
+    """(B, heads, Tq, Tk) weights of a square token grid -> (B, H, W) attention per key position."""
+    import torch.nn.functional as F
+
+    b, _, _, tk = weights.shape
+    side = math.isqrt(tk)
+    if side * side != tk:
+        raise ValueError(f"{tk} key tokens do not form a square grid; cannot map them to pixels")
+    received = weights.float().mean((1, 2)).reshape(b, 1, side, side)  # (B, 1, s, s)
+    return F.interpolate(received, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def pair_panels(
+    model, image: np.ndarray, maps: dict[str, np.ndarray], names: list[str]
+) -> np.ndarray:
+    tiles = []
+    for pair, amap in maps.items():
+        if pair == "all":
+            tiles.append(overlay(image, amap, channel_names=names, alpha=0.6))
+            continue
+        j = int(pair.split("-")[1])
+        tiles.append(overlay(image[j : j + 1], amap, channel_names=[names[j]], alpha=0.6))
+    return grid(tiles, len(tiles))
+
+
+def run_attention(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -> pd.DataFrame:
+    import torch
+
+    from engine.data.augment import normalize
+    from engine.train.checkpoint import load_model
+
+    path = explain_dir(plan.study_dir) / "attention.parquet"
+    trials = [t for t in plan.trials if t.family in ("channel_attention", "mhl_attention")]
+    if not trials:
+        return pd.DataFrame(columns=list(ATTENTION_COLUMNS))
+    key = f"{config.maps_key()}-{MAX_CELLS}"
+    if state.done("attention", key) and path.is_file() and not config.overwrite:
+        return pd.read_parquet(path)
+    names = list(plan.manifest.channel_names)
+    hw = tuple(plan.manifest.shape[1:])
+    sample = plan.cells.sample(n=min(MAX_CELLS, len(plan.cells)), random_state=config.seed)
+    records = []
+    for trial in trials:
+        for fold, group in sample.groupby("fold"):
+            model, cfg = load_model(trial.fold_dirs[int(fold)], "cpu")
+            norm = cfg["data"]["normalization"]
+            images = plan.dataset.images(group["row"].to_numpy()).astype(np.float32)
+            x = normalize(
+                torch.from_numpy(images), torch.tensor(norm["offset"]), torch.tensor(norm["scale"])
+            )
+            with torch.no_grad():
+                model(x)
+            maps = {
+                p: received_attention(w, hw).numpy() for p, w in model.attention_weights.items()
+            }
+            for k, cell_id in enumerate(group["cell_id"]):
+                figure = pair_panels(model, images[k], {p: m[k] for p, m in maps.items()}, names)
+                out = attention_path(plan.study_dir, trial.trial_id, cell_id)
+                save_png(out, figure, scale=3)
+                pairs = [
+                    p
+                    if p == "all"
+                    else f"{names[int(p.split('-')[0])]}->{names[int(p.split('-')[1])]}"
+                    for p in maps
+                ]
+                records.append(
+                    {
+                        "trial_id": trial.trial_id,
+                        "cell_id": cell_id,
+                        "path": str(out.relative_to(plan.study_dir)),
+                        "pairs": pairs,
+                    }
+                )
+    table = pd.DataFrame(records, columns=list(ATTENTION_COLUMNS))
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    state.finish("attention", key, figures=len(table))
+    return table

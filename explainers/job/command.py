@@ -1,0 +1,100 @@
+"""``cytotune explain``: explain the best trials of a study (maps, population maps, quality)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..methods import list_explainers
+from .config import DEFAULT_METHODS, STAGES, ExplainConfig
+from .layout import explain_dir
+
+EPILOG = """examples:
+  cytotune explain --study runs/demo/studies/demo
+  cytotune explain --study STUDY --top-k 1 --methods gradcam smoothgrad:n_samples=8 --limit 500
+  cytotune explain --study STUDY --trials 3f2a9c01 --stages maps quality --gpus-per-actor 0.5
+
+outputs land in STUDY/explain/ (maps Parquet, overlays, population maps, quality.parquet);
+a rerun computes only what is missing or changed (--overwrite recomputes everything)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--study", required=True, help="study directory written by cytotune search")
+    parser.add_argument(
+        "--top-k", type=int, default=3, help="explain the k best trials (default 3)"
+    )
+    parser.add_argument(
+        "--trials", nargs="+", default=(), help="explicit trial ids instead of the top k"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        help=f"methods, optionally name:key=value,... (registered: {', '.join(list_explainers())})",
+    )
+    parser.add_argument(
+        "--split",
+        default="val",
+        choices=("val", "train"),
+        help="val: each cell by the fold model that never trained on it",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="at most N cells (seeded sample)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--actors", type=int, default=None, help="explainer actors (default: one per GPU)"
+    )
+    parser.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=1.0,
+        help="GPU share per actor (0.5 packs two per GPU)",
+    )
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    parser.add_argument(
+        "--overlays", type=int, default=24, help="PNG overlays per trial and method"
+    )
+    parser.add_argument(
+        "--quality-cells",
+        type=int,
+        default=128,
+        help="cells for deletion/insertion and randomisation",
+    )
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--address", default=None, help="Ray address (default: local Ray)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute finished parts too")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .runner import run_explain
+    from .summary import format_quality
+
+    config = ExplainConfig(
+        study=args.study,
+        top_k=args.top_k,
+        trials=tuple(args.trials),
+        methods=tuple(args.methods),
+        split=args.split,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        precision=args.precision,
+        overlays=args.overlays,
+        quality_cells=args.quality_cells,
+        stages=tuple(args.stages),
+        seed=args.seed,
+        address=args.address,
+        overwrite=args.overwrite,
+    )
+    plan, state = run_explain(config, progress=not args.quiet)
+    print(format_quality(plan.study_dir))
+    print(f"outputs: {explain_dir(plan.study_dir)}")
+    return (
+        1
+        if state.data.get("failures")
+        and len(state.data["failures"]) >= len(plan.trials) * len(config.method_names)
+        else 0
+    )

@@ -1,0 +1,93 @@
+"""Stage 4: PNG overlays of a sample of cells per trial and method (from the stored maps).
+
+The sample is the same for every trial and method (seeded), and holds misclassified cells
+first (up to a quarter of it), because those are the ones people open first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..methods.channels import overlay
+from .config import ExplainConfig
+from .figures import save_png
+from .layout import OVERLAY_COLUMNS, decode_map, explain_dir, maps_path, overlay_path
+from .plan import ExplainPlan
+from .state import ExplainState
+
+
+def pick_cells(frame: pd.DataFrame, n: int, seed: int) -> list[str]:
+    """``n`` cell ids: up to n/4 misclassified ones, the rest at random (seeded)."""
+    rng = np.random.default_rng(seed)
+    wrong = frame.loc[~frame["correct"].astype(bool), "cell_id"].to_numpy()
+    wrong = rng.permutation(wrong)[: n // 4] if frame["label_index"].ge(0).any() else wrong[:0]
+    rest = rng.permutation(frame.loc[~frame["cell_id"].isin(wrong), "cell_id"].to_numpy())
+    return [str(c) for c in [*wrong, *rest[: n - len(wrong)]]]
+
+
+def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -> pd.DataFrame:
+    if config.overlays == 0:
+        return pd.DataFrame(columns=list(OVERLAY_COLUMNS))
+    names = list(plan.manifest.channel_names)
+    row_of = dict(zip(plan.cells["cell_id"], plan.cells["row"]))
+    index_path = explain_dir(plan.study_dir) / "overlays.parquet"
+    old = (
+        pd.read_parquet(index_path)
+        if index_path.is_file()
+        else pd.DataFrame(columns=list(OVERLAY_COLUMNS))
+    )
+    records: list[dict] = []
+    for trial in plan.trials:
+        for method in config.method_names:
+            source = maps_path(plan.study_dir, trial.trial_id, method)
+            if not source.is_file():
+                continue
+            part, key = (
+                f"overlays/{trial.trial_id}/{method}",
+                config.method_key(method) + f"-{config.overlays}",
+            )
+            kept = old[(old["trial_id"] == trial.trial_id) & (old["method"] == method)]
+            if state.done(part, key) and len(kept) and not config.overwrite:
+                records += kept.to_dict("records")
+                continue
+            table = pq.read_table(source)
+            first = table.filter(
+                pc.equal(table.column("target_index"), pc.min(table.column("target_index")))
+            )
+            meta = first.select(["cell_id", "correct", "label_index"]).to_pandas()
+            chosen = pick_cells(meta, config.overlays, config.seed)
+            picked = first.filter(
+                pc.is_in(first.column("cell_id"), value_set=pa.array(chosen, pa.string()))
+            )
+            images = plan.dataset.images(
+                np.array([row_of[c] for c in picked.column("cell_id").to_pylist()])
+            )
+            for image, row in zip(images, picked.to_pylist()):
+                cam = np.clip(decode_map(row["map"], row["map_shape"]), 0, None).sum(0)
+                path = overlay_path(plan.study_dir, trial.trial_id, method, row["cell_id"])
+                save_png(
+                    path,
+                    overlay(image.astype(np.float32), cam, channel_names=names, alpha=0.5),
+                    scale=4,
+                )
+                records.append(
+                    {
+                        "trial_id": trial.trial_id,
+                        "method": method,
+                        "cell_id": row["cell_id"],
+                        "path": str(path.relative_to(plan.study_dir)),
+                        "label": row["label"],
+                        "prediction": row["prediction"],
+                        "correct": bool(row["correct"]),
+                    }
+                )
+            state.finish(part, key, images=len(picked))
+    index = pd.DataFrame(records, columns=list(OVERLAY_COLUMNS))
+    tmp = index_path.with_name(f".{index_path.name}.tmp")
+    index.to_parquet(tmp, index=False)
+    tmp.replace(index_path)
+    return index

@@ -1,0 +1,60 @@
+"""The explain job: plan, then each stage in order; every stage skips what is already finished."""
+
+from __future__ import annotations
+
+import time
+
+from .attention import run_attention
+from .config import ExplainConfig
+from .maps import run_maps
+from .overlays import run_overlays
+from .plan import ExplainPlan, build_plan
+from .populations import run_population
+from .prototypes import run_prototypes
+from .scores import run_quality
+from .state import ExplainState
+
+# stage name -> function(plan, config, state); dict table, run in this order
+STAGES = {
+    "maps": lambda plan, config, state, progress: run_maps(plan, config, state, progress),
+    "population": lambda plan, config, state, progress: run_population(plan, config, state),
+    "quality": lambda plan, config, state, progress: run_quality(plan, config, state),
+    "overlays": lambda plan, config, state, progress: run_overlays(plan, config, state),
+    "prototypes": lambda plan, config, state, progress: run_prototypes(plan, config, state),
+    "attention": lambda plan, config, state, progress: run_attention(plan, config, state),
+}
+
+
+def run_explain(
+    config: ExplainConfig, progress: bool = True, log=print
+) -> tuple[ExplainPlan, ExplainState]:
+    """Run the explain job for ``config``; returns the plan and the final state."""
+    plan = build_plan(config)
+    state = ExplainState(plan.study_dir)
+    state.update(
+        status="running",
+        config=config.to_dict(),
+        trials=[
+            {"trial_id": t.trial_id, "rank": t.rank, "family": t.family, plan.metric: t.value}
+            for t in plan.trials
+        ],
+        cells=len(plan.cells),
+        dataset=str(plan.dataset.path),
+    )
+    log(
+        f"explaining {len(plan.trials)} trial(s) {[t.trial_id for t in plan.trials]} on "
+        f"{len(plan.cells)} cells ({config.split} split) with {config.method_names}"
+    )
+    for name, stage in STAGES.items():
+        if name not in config.stages:
+            continue
+        start = time.perf_counter()
+        stage(plan, config, state, progress)
+        seconds = time.perf_counter() - start
+        state.time(f"stage/{name}", seconds)
+        log(f"  {name:<11} {seconds:7.1f} s")
+    failures = state.data.get("failures", {})
+    for part, reason in failures.items():
+        log(f"  not computed: {part}: {reason}")
+    state.update(status="finished", finished=time.time())
+    return plan, state

@@ -1,0 +1,226 @@
+"""Stage 3: explanation quality per trial and method -> ``explain/quality.parquet``.
+
+From the map tables (every explained cell): mass inside the cell mask, mass inside the evidence
+mask and the pointing-game hit rate. On a seeded sample of cells (``quality_cells``), with the
+fold model that explained each cell: deletion and insertion AUC, the model-parameter
+randomisation check (trained vs fully re-initialised weights; Spearman, SSIM, passed) and, on
+synthetic data, the evidence mass of the randomised model's maps. Prototype models also get
+prototype diversity. The sample runs as one Ray task per trial (on a GPU when there is one).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pandas as pd
+
+from ..quality import (
+    deletion_insertion,
+    mass_inside,
+    prototype_diversity,
+    randomisation_check,
+    randomize_weights,
+)
+from .config import ExplainConfig
+from .layout import explain_dir, maps_path
+from .plan import ExplainPlan
+from .state import ExplainState
+
+MAP_SCORES = ("mass_cell", "mass_evidence", "pointing_hit")
+
+
+def _row(trial_id, method, metric, values) -> dict:
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    return {
+        "trial_id": trial_id,
+        "method": method,
+        "metric": metric,
+        "mean": float(values.mean()) if values.size else np.nan,
+        "std": float(values.std()) if values.size else np.nan,
+        "n": int(values.size),
+    }
+
+
+def map_scores(plan: ExplainPlan, trial_id: str, method: str) -> list[dict]:
+    frame = pd.read_parquet(maps_path(plan.study_dir, trial_id, method), columns=list(MAP_SCORES))
+    return [
+        _row(trial_id, method, name, frame[name])
+        for name in MAP_SCORES
+        if frame[name].notna().any()
+    ]
+
+
+def sample_scores(
+    fold_dirs: dict[int, str],
+    dataset_dir: str,
+    cells: pd.DataFrame,
+    methods: dict[str, dict],
+    trial_id: str,
+    seed: int,
+    precision: str,
+) -> list[dict]:
+    """Deletion/insertion, randomisation and prototype scores of one trial on sampled cells."""
+    import torch
+
+    from engine.data.augment import normalize
+    from engine.data.dataset import CellDataset
+    from engine.train.checkpoint import load_model
+
+    from ..methods import create_explainer
+    from .worker import layer_for, pick_device
+
+    device = pick_device()
+    dataset = CellDataset(dataset_dir)
+    m = dataset.manifest
+    masks = dataset.masks() if m.has_mask else None
+    evidence = None
+    import pyarrow.parquet as pq
+
+    if "evidence" in pq.read_schema(dataset.shard_paths[0]).names:
+        evidence = dataset.masks("evidence")
+    collected: dict[tuple[str, str], list] = {}
+    for fold, group in cells.groupby("fold"):
+        rows = group["row"].to_numpy()
+        model, config = load_model(fold_dirs[int(fold)], device)
+        norm = config["data"]["normalization"]
+        offset = torch.tensor(norm["offset"], dtype=torch.float32, device=device)
+        scale = torch.tensor(norm["scale"], dtype=torch.float32, device=device)
+        x = normalize(
+            torch.from_numpy(dataset.images(rows).astype(np.float32)).to(device), offset, scale
+        )
+        takes_mask = "mask" in inspect.signature(model.forward).parameters
+        fk = {}
+        if takes_mask and masks is not None:
+            fk = {"mask": torch.from_numpy(masks[rows]).float()[:, None].to(device)}
+        with torch.no_grad():
+            output = model(x, **fk).float()
+        classification = m.task == "classification"
+        target = (
+            output.argmax(1)
+            if classification
+            else torch.zeros(len(rows), dtype=torch.long, device=device)
+        )
+
+        def score_fn(images, model=model, fk=fk, softmax=classification):
+            out = model(images, **fk).float()
+            return torch.softmax(out, 1) if softmax else out
+
+        random_model = randomize_weights(model, seed=seed, mode="full").eval()
+        for method, options in methods.items():
+            try:
+                trained = create_explainer(method, model, layer_for(method, model), **options)
+                randomised = create_explainer(
+                    method, random_model, layer_for(method, random_model), **options
+                )
+                a = trained.attribute(x, target=target, forward_kwargs=fk).detach().float()
+                b = randomised.attribute(x, target=target, forward_kwargs=fk).detach().float()
+            except (RuntimeError, ValueError, TypeError):
+                continue  # the map stage recorded why this method does not apply
+            faith = deletion_insertion(
+                score_fn, x, a, steps=16, baseline="blur", target=target, batch_size=256
+            )
+            check = randomisation_check(a.cpu().numpy(), b.cpu().numpy())
+            rec = collected.setdefault((method, "all"), [])
+            rec.append(
+                {
+                    "deletion_auc": faith["deletion_auc"],
+                    "insertion_auc": faith["insertion_auc"],
+                    "randomisation_spearman": check["spearman"],
+                    "randomisation_ssim": check["ssim"],
+                    "mass_evidence_trained": mass_inside(a.cpu().numpy(), evidence[rows])
+                    if evidence is not None
+                    else None,
+                    "mass_evidence_random": mass_inside(b.cpu().numpy(), evidence[rows])
+                    if evidence is not None
+                    else None,
+                }
+            )
+        if hasattr(model, "prototypes"):
+            div = prototype_diversity(model.prototypes.detach().cpu().numpy())
+            collected.setdefault(("prototypes", "all"), []).append(
+                {
+                    "n_distinct_prototypes": [div["n_distinct"]],
+                    "duplicate_prototype_pairs": [div["n_duplicate_pairs"]],
+                }
+            )
+    out = []
+    for (method, _), parts in collected.items():
+        metrics = {k for p in parts for k, v in p.items() if v is not None}
+        for metric in sorted(metrics):
+            values = np.concatenate(
+                [np.asarray(p[metric], dtype=float) for p in parts if p.get(metric) is not None]
+            )
+            out.append(_row(trial_id, method, metric, values))
+        if method != "prototypes":
+            spearman = np.concatenate([np.asarray(p["randomisation_spearman"]) for p in parts])
+            out.append(
+                _row(trial_id, method, "randomisation_passed", [float(np.nanmean(spearman) < 0.5)])
+            )
+            if parts[0]["mass_evidence_trained"] is not None:
+                t = np.concatenate([p["mass_evidence_trained"] for p in parts])
+                r = np.concatenate([p["mass_evidence_random"] for p in parts])
+                out.append(
+                    _row(
+                        trial_id,
+                        method,
+                        "evidence_ratio_vs_random",
+                        [np.nanmean(t) / np.nanmean(r)],
+                    )
+                )
+    return out
+
+
+def run_quality(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -> pd.DataFrame:
+    """Score every (trial, method) with maps; sample scores run as Ray tasks, one per trial."""
+    import ray
+
+    from engine.cluster import ensure_ray
+
+    path = explain_dir(plan.study_dir) / "quality.parquet"
+    key = (
+        config.maps_key()
+        + f"-q{config.quality_cells}-"
+        + "-".join(config.method_key(m) for m in config.method_names)
+    )
+    if state.done("quality", key) and path.is_file() and not config.overwrite:
+        return pd.read_parquet(path)
+    rows: list[dict] = []
+    available: dict[str, dict[str, dict]] = {}
+    for trial in plan.trials:
+        for method in config.method_names:
+            if maps_path(plan.study_dir, trial.trial_id, method).is_file():
+                rows += map_scores(plan, trial.trial_id, method)
+                available.setdefault(trial.trial_id, {})[method] = config.method_options[method]
+    if config.quality_cells:
+        sample = plan.cells.sample(
+            n=min(config.quality_cells, len(plan.cells)), random_state=config.seed
+        )
+        ensure_ray(config.address)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        task = ray.remote(sample_scores).options(
+            num_gpus=config.gpus_per_actor if gpus else 0, num_cpus=1
+        )
+        refs = [
+            task.remote(
+                t.fold_dirs,
+                str(plan.dataset.path),
+                sample,
+                available.get(t.trial_id, {}),
+                t.trial_id,
+                config.seed,
+                config.precision,
+            )
+            for t in plan.trials
+            if t.trial_id in available
+        ]
+        for result in ray.get(refs):
+            rows += result
+    table = pd.DataFrame(rows, columns=["trial_id", "method", "metric", "mean", "std", "n"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    state.finish("quality", key, rows=len(table))
+    return table
