@@ -1,0 +1,247 @@
+"""Read side of a study's ``explain/`` directory (layout: :mod:`explainers.job.layout`).
+
+Overlays are re-rendered on request from the stored float16 map and the dataset crop, so the
+page can switch channels, colormap and alpha; when the dataset is not reachable from here the
+map alone is drawn (and the job's own overlay PNG is still served as a file).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from explainers.job import layout
+
+from .data import CACHE, Study
+
+COLORMAPS = ("inferno", "viridis", "jet", "gray")
+_MAP_TABLES: OrderedDict[tuple, tuple] = OrderedDict()
+_CROPS: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def _read(path: Path, key: str, columns=None) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame()
+    return CACHE.get(path, key, lambda: pq.read_table(path, columns=columns).to_pandas())
+
+
+class Explanations:
+    """What the explain job wrote for one study."""
+
+    def __init__(self, study: Study) -> None:
+        self.study = study
+        self.root = layout.explain_dir(study.path)
+
+    def available(self) -> bool:
+        return self.root.is_dir()
+
+    def state(self) -> dict:
+        target = self.root / layout.STATE_FILE
+        if not target.is_file():
+            return {}
+        try:
+            return CACHE.get(target, "json", lambda: json.loads(target.read_text()))
+        except ValueError:
+            return {}
+
+    def methods(self) -> dict[str, list[str]]:
+        """trial_id -> methods with a maps table."""
+        out: dict[str, list[str]] = {}
+        maps = self.root / "maps"
+        if maps.is_dir():
+            for trial in sorted(p for p in maps.iterdir() if p.is_dir()):
+                names = sorted(p.stem for p in trial.glob("*.parquet"))
+                if names:
+                    out[trial.name] = names
+        return out
+
+    def cells(self, trial_id: str, method: str) -> pd.DataFrame:
+        """Every explained cell of (trial, method), without the map bytes."""
+        path = layout.maps_path(self.study.path, trial_id, method)
+        if not path.is_file():
+            return pd.DataFrame()
+        names = [c for c in pq.read_schema(path).names if c != "map"]
+        return _read(path, "cells", names)
+
+    def map(self, trial_id: str, method: str, cell_id: str) -> np.ndarray:
+        """The stored map of one cell as float32 (C, H, W)."""
+        path = layout.maps_path(self.study.path, trial_id, method)
+        key = (str(path), *(path.stat().st_mtime_ns, path.stat().st_size))
+        with _LOCK:
+            hit = _MAP_TABLES.get(key)
+        if hit is None:
+            frame = pq.read_table(path, columns=["cell_id", "map", "map_shape"]).to_pandas()
+            hit = (dict(zip(frame["cell_id"].astype(str), range(len(frame)))), frame)
+            with _LOCK:
+                _MAP_TABLES[key] = hit
+                while len(_MAP_TABLES) > 4:
+                    _MAP_TABLES.popitem(last=False)
+        index, frame = hit
+        if cell_id not in index:
+            raise KeyError(f"cell {cell_id!r} has no {method} map for trial {trial_id}")
+        row = frame.iloc[index[cell_id]]
+        return layout.decode_map(row["map"], row["map_shape"])
+
+    # -- crops -------------------------------------------------------------------------------
+    def channel_names(self) -> list[str]:
+        return list(self.study.manifest().get("channel_names") or [])
+
+    def prefetch(self, cell_ids) -> None:
+        """Read the crops of ``cell_ids`` from the dataset in one pass (cached)."""
+        path = self.study.dataset_path()
+        if path is None or not (path / "manifest.json").is_file():
+            return
+        missing = [c for c in cell_ids if (str(path), str(c)) not in _CROPS]
+        if not missing:
+            return
+        try:
+            from engine.data.dataset import CellDataset
+
+            dataset = CellDataset(path)
+            ids = CACHE.get(path / "manifest.json", "cell_rows", lambda: _cell_rows(dataset))
+            rows = [ids[c] for c in missing if c in ids]
+            if not rows:
+                return
+            images = dataset.images(np.asarray(rows))
+        except (OSError, ValueError, KeyError):
+            return
+        by_row = dict(zip(rows, images))
+        with _LOCK:
+            for c in missing:
+                if c in ids and ids[c] in by_row:
+                    _CROPS[(str(path), str(c))] = by_row[ids[c]]
+            while len(_CROPS) > 4096:
+                _CROPS.popitem(last=False)
+
+    def crop(self, cell_id: str) -> np.ndarray | None:
+        path = self.study.dataset_path()
+        if path is None:
+            return None
+        self.prefetch([cell_id])
+        return _CROPS.get((str(path), str(cell_id)))
+
+    def render(self, trial_id, method, cell_id, channels=None, cmap="inferno", alpha=0.5) -> bytes:
+        """PNG of one cell's overlay with the chosen channels, colormap and alpha."""
+        from PIL import Image
+
+        from explainers.methods.channels import overlay
+
+        if cmap not in COLORMAPS:
+            raise ValueError(f"unknown colormap {cmap!r}; use one of {COLORMAPS}")
+        amap = self.map(trial_id, method, cell_id)  # (C, H, W) or (1, H, W)
+        crop = self.crop(cell_id)
+        names = self.channel_names()
+        if crop is None:
+            crop = np.zeros((1, *amap.shape[1:]), np.float32)
+            chosen, names = None, None
+        else:
+            chosen = [c for c in (channels or range(crop.shape[0])) if 0 <= int(c) < crop.shape[0]]
+            chosen = chosen or list(range(crop.shape[0]))
+            names = names if len(names) == crop.shape[0] else None
+        cam = _reduce(amap, chosen)
+        if cam.shape != crop.shape[1:]:
+            resized = Image.fromarray(cam.astype(np.float32)).resize(
+                crop.shape[:0:-1], Image.BILINEAR
+            )
+            cam = np.asarray(resized)
+        rgb = overlay(
+            crop.astype(np.float32),
+            cam,
+            channels=chosen,
+            alpha=float(alpha),
+            cmap=cmap,
+            channel_names=names,
+        )
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    # -- population, prototypes, attention, quality --------------------------------------------
+    def table(self, name: str) -> pd.DataFrame:
+        return _read(self.root / f"{name}.parquet", "table")
+
+    def population_images(self, trial_id: str, method: str) -> list[dict]:
+        """Per class: relative paths of the gmean image, gmean map and correlation PNGs."""
+        frame = self.table("population")
+        rows = (
+            frame[(frame.get("trial_id") == trial_id) & (frame.get("method") == method)]
+            if not frame.empty
+            else frame
+        )
+        out = []
+        for row in rows.to_dict("records"):
+            folder = layout.population_dir(self.study.path, trial_id, method, str(row["class"]))
+            files = {
+                k: self.relative(folder / f"{k}.png")
+                for k in ("gmean_image", "gmean_map", "correlation")
+            }
+            out.append({**row, **files})
+        return out
+
+    def relative(self, path: Path) -> str | None:
+        """``path`` relative to the study directory when it exists inside it."""
+        try:
+            return path.relative_to(self.study.path).as_posix() if path.is_file() else None
+        except ValueError:
+            return None
+
+
+def _reduce(amap: np.ndarray, channels) -> np.ndarray:
+    """One (H, W) map: the CAM itself, or |attribution| summed over the chosen input channels."""
+    if amap.shape[0] == 1:
+        return amap[0]
+    picked = amap[list(channels)] if channels else amap
+    return np.abs(picked).sum(0)
+
+
+def _cell_rows(dataset) -> dict[str, int]:
+    ids = dataset.table(["cell_id"]).column("cell_id").to_pylist()
+    return {str(c): i for i, c in enumerate(ids)}
+
+
+def filter_cells(
+    cells: pd.DataFrame,
+    true_class=None,
+    predicted=None,
+    outcome: str = "all",
+    confidence=(0.0, 1.0),
+    error=None,
+) -> pd.DataFrame:
+    """Cells matching the Explanations page's filters (None / "all" = no filter)."""
+    if cells.empty:
+        return cells
+    mask = np.ones(len(cells), dtype=bool)
+    if true_class:
+        mask &= (
+            cells["label"]
+            .astype(str)
+            .isin([true_class] if isinstance(true_class, str) else true_class)
+            .to_numpy()
+        )
+    if predicted:
+        mask &= (
+            cells["prediction"]
+            .astype(str)
+            .isin([predicted] if isinstance(predicted, str) else predicted)
+            .to_numpy()
+        )
+    if outcome in ("correct", "wrong") and "correct" in cells:
+        correct = cells["correct"].fillna(False).astype(bool).to_numpy()
+        mask &= correct if outcome == "correct" else ~correct
+    if confidence is not None and "confidence" in cells and cells["confidence"].notna().any():
+        lo, hi = confidence
+        conf = cells["confidence"].to_numpy(dtype=float)
+        mask &= (conf >= lo - 1e-9) & (conf <= hi + 1e-9)
+    if error is not None and "abs_error" in cells and cells["abs_error"].notna().any():
+        lo, hi = error
+        err = cells["abs_error"].to_numpy(dtype=float)
+        mask &= (err >= lo - 1e-9) & (err <= hi + 1e-9)
+    return cells[mask]

@@ -1,0 +1,493 @@
+"""Explanations: a filterable grid of crops with attribution overlays, population maps,
+prototype mosaics, attention maps and explanation quality scores (read from ``explain/``)."""
+
+from __future__ import annotations
+
+import math
+import urllib.parse
+
+import dash
+import plotly.graph_objects as go
+from dash import Input, Output, State, dcc, html
+
+from explainers.job import layout as paths
+
+from ..data import StudyUnreadable
+from ..explain import COLORMAPS, Explanations, filter_cells
+from . import common
+
+PAGE_SIZE = 24
+
+
+def layout(ctx, study, params):
+    explain = Explanations(study)
+    methods = explain.methods()
+    if not methods:
+        hint = (
+            f"No explanations in {explain.root} yet. Run `cytotune explain --study {study.path}` to write "
+            "attribution maps, overlays, population maps and quality scores there."
+        )
+        return html.Div([common.header(study), common.notice(hint, "warn")])
+    trials = list(methods)
+    first = params.get("trial") if params.get("trial") in methods else trials[0]
+    names = explain.channel_names()
+    task = study.task()
+    have_crops = (
+        study.dataset_path() is not None and (study.dataset_path() / "manifest.json").is_file()
+    )
+    channel_options = [{"label": f" {n}", "value": i} for i, n in enumerate(names)]
+    return html.Div(
+        [
+            dcc.Store(id="ex-study", data=study.key),
+            dcc.Store(id="ex-page", data=0),
+            common.header(study),
+            html.Div(
+                [
+                    html.Div(
+                        [
+                            _field(
+                                "trial",
+                                dcc.Dropdown(trials, first, id="ex-trial", clearable=False),
+                                170,
+                            ),
+                            _field(
+                                "method",
+                                dcc.Dropdown(
+                                    methods[first],
+                                    methods[first][0],
+                                    id="ex-method",
+                                    clearable=False,
+                                ),
+                                170,
+                            ),
+                            _field(
+                                "channels",
+                                dcc.Checklist(
+                                    channel_options,
+                                    list(range(len(names))),
+                                    id="ex-channels",
+                                    inline=True,
+                                    inputStyle={"marginRight": "3px"},
+                                    labelStyle={"marginRight": "10px"},
+                                ),
+                                200,
+                            ),
+                            _field(
+                                "colormap",
+                                dcc.Dropdown(
+                                    list(COLORMAPS), "inferno", id="ex-cmap", clearable=False
+                                ),
+                                130,
+                            ),
+                            _field(
+                                "overlay alpha",
+                                dcc.Slider(
+                                    0,
+                                    1,
+                                    0.05,
+                                    value=0.5,
+                                    id="ex-alpha",
+                                    marks={v: f"{v:g}" for v in (0, 0.25, 0.5, 0.75, 1)},
+                                ),
+                                260,
+                            ),
+                        ],
+                        className="row",
+                    ),
+                    html.Div(
+                        [
+                            _field(
+                                "true class",
+                                dcc.Dropdown([], None, id="ex-true", placeholder="any"),
+                                170,
+                            ),
+                            _field(
+                                "predicted class",
+                                dcc.Dropdown([], None, id="ex-pred", placeholder="any"),
+                                170,
+                            ),
+                            _field(
+                                "outcome",
+                                dcc.RadioItems(
+                                    ["all", "correct", "wrong"],
+                                    "all",
+                                    id="ex-outcome",
+                                    inline=True,
+                                    inputStyle={"marginRight": "3px"},
+                                    labelStyle={"marginRight": "10px"},
+                                ),
+                                200,
+                            ),
+                            _field(
+                                "confidence" if task != "regression" else "absolute error",
+                                dcc.RangeSlider(
+                                    0,
+                                    1,
+                                    0.05,
+                                    value=[0, 1],
+                                    id="ex-range",
+                                    marks={v: f"{v:g}" for v in (0, 0.5, 1)},
+                                ),
+                                260,
+                            ),
+                        ],
+                        className="row",
+                        style={"marginTop": "10px"},
+                    ),
+                    html.Div(
+                        None
+                        if have_crops
+                        else common.notice(
+                            "The dataset is not reachable from here: overlays show the maps alone.",
+                            "warn",
+                        )
+                    ),
+                ],
+                className="card",
+            ),
+            html.Div(
+                [
+                    html.Div(
+                        [
+                            html.Button("‹ previous", id="ex-prev", n_clicks=0),
+                            html.Span(id="ex-page-label"),
+                            html.Button("next ›", id="ex-next", n_clicks=0),
+                            html.Span(
+                                id="ex-count", className="muted", style={"marginLeft": "auto"}
+                            ),
+                        ],
+                        className="pager",
+                    ),
+                    html.Div(id="ex-grid", className="tiles"),
+                ],
+                className="card",
+            ),
+            html.Div(
+                [
+                    common.card(
+                        "Population maps",
+                        html.Div(id="ex-population"),
+                        sub="geometric mean over correctly classified cells, per class",
+                    ),
+                    common.card(
+                        "Explanation quality",
+                        dcc.Graph(
+                            id="ex-quality",
+                            config={"displaylogo": False},
+                            style={"height": "300px"},
+                        ),
+                    ),
+                ],
+                className="grid2",
+            ),
+            common.card(
+                "Prototype mosaics",
+                html.Div(id="ex-prototypes"),
+                sub="top training patches per prototype",
+            ),
+            common.card(
+                "Attention maps", html.Div(id="ex-attention"), sub="channel-attention families"
+            ),
+        ]
+    )
+
+
+def _field(label, control, width):
+    return html.Div(
+        [html.Label(label), control], className="field", style={"minWidth": f"{width}px"}
+    )
+
+
+def register(app, ctx):
+    @app.callback(
+        Output("ex-method", "options"),
+        Output("ex-method", "value"),
+        Output("ex-true", "options"),
+        Output("ex-pred", "options"),
+        Input("ex-trial", "value"),
+        State("ex-method", "value"),
+        State("ex-study", "data"),
+    )
+    def trial_changed(trial_id, method, key):
+        try:
+            explain = Explanations(ctx.catalog.get(key))
+        except StudyUnreadable:
+            return [], None, [], []
+        methods = explain.methods().get(trial_id, [])
+        method = method if method in methods else (methods[0] if methods else None)
+        cells = explain.cells(trial_id, method) if method else None
+        if cells is None or cells.empty:
+            return methods, method, [], []
+        true = sorted(c for c in cells["label"].astype(str).unique() if c)
+        pred = sorted(c for c in cells["prediction"].astype(str).unique() if c) if true else []
+        return methods, method, true, pred
+
+    @app.callback(
+        Output("ex-grid", "children"),
+        Output("ex-page-label", "children"),
+        Output("ex-count", "children"),
+        Output("ex-page", "data"),
+        Input("ex-trial", "value"),
+        Input("ex-method", "value"),
+        Input("ex-channels", "value"),
+        Input("ex-cmap", "value"),
+        Input("ex-alpha", "value"),
+        Input("ex-true", "value"),
+        Input("ex-pred", "value"),
+        Input("ex-outcome", "value"),
+        Input("ex-range", "value"),
+        Input("ex-prev", "n_clicks"),
+        Input("ex-next", "n_clicks"),
+        State("ex-page", "data"),
+        State("ex-study", "data"),
+    )
+    def grid(
+        trial_id, method, channels, cmap, alpha, true, pred, outcome, span, _prev, _next, page, key
+    ):
+        try:
+            study = ctx.catalog.get(key)
+        except StudyUnreadable as exc:
+            return common.notice(str(exc), "error"), "", "", 0
+        explain = Explanations(study)
+        cells = explain.cells(trial_id, method) if trial_id and method else None
+        if cells is None or cells.empty:
+            return common.notice("No maps for this trial and method.", "warn"), "", "", 0
+        regression = study.task() == "regression"
+        if regression and "abs_error" in cells and cells["abs_error"].notna().any():
+            top = float(cells["abs_error"].max()) or 1.0
+            error, confidence = (span[0] * top, span[1] * top), None
+        else:
+            error, confidence = None, tuple(span or (0, 1))
+        shown = filter_cells(cells, true, pred, outcome, confidence, error)
+        pages = max(1, math.ceil(len(shown) / PAGE_SIZE))
+        trigger = dash.ctx.triggered_id
+        page = int(page or 0)
+        page = (
+            page - 1
+            if trigger == "ex-prev"
+            else page + 1
+            if trigger == "ex-next"
+            else (page if trigger in ("ex-alpha", "ex-cmap", "ex-channels") else 0)
+        )
+        page = min(max(page, 0), pages - 1)
+        chunk = shown.iloc[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
+        explain.prefetch(chunk["cell_id"].astype(str).tolist())
+        tiles = [
+            _tile(study.key, trial_id, method, r, channels, cmap, alpha, regression)
+            for r in chunk.to_dict("records")
+        ]
+        if not tiles:
+            tiles = [common.notice("No cell matches these filters.", "warn")]
+        count = f"{len(shown):,} of {len(cells):,} explained cells"
+        return tiles, f"page {page + 1} of {pages}", count, page
+
+    @app.callback(
+        Output("ex-population", "children"),
+        Output("ex-quality", "figure"),
+        Output("ex-prototypes", "children"),
+        Output("ex-attention", "children"),
+        Input("ex-trial", "value"),
+        Input("ex-method", "value"),
+        State("ex-study", "data"),
+    )
+    def extras(trial_id, method, key):
+        try:
+            study = ctx.catalog.get(key)
+        except StudyUnreadable as exc:
+            return common.notice(str(exc), "error"), go.Figure(), "", ""
+        explain = Explanations(study)
+        return (
+            _population(explain, study.key, trial_id, method),
+            quality_figure(explain, trial_id),
+            _figures(
+                explain,
+                study.key,
+                "prototypes",
+                trial_id,
+                lambda r: (
+                    f"fold {r.get('fold')} · prototype {r.get('prototype')} · {r.get('class', '')}"
+                    + (
+                        f" (duplicate of {int(r['duplicate_of'])})"
+                        if _present(r.get("duplicate_of"))
+                        else ""
+                    )
+                ),
+                "This trial's family has no prototypes.",
+            ),
+            _figures(
+                explain,
+                study.key,
+                "attention",
+                trial_id,
+                lambda r: (
+                    f"cell {r.get('cell_id')}" + (f" · {r['pairs']}" if r.get("pairs") else "")
+                ),
+                "This trial's family has no channel attention.",
+            ),
+        )
+
+
+def _present(value) -> bool:
+    return (
+        value is not None and not (isinstance(value, float) and math.isnan(value)) and value != -1
+    )
+
+
+def overlay_url(key, trial_id, method, cell_id, channels, cmap, alpha) -> str:
+    query = {
+        "study": key,
+        "trial": trial_id,
+        "method": method,
+        "cell": cell_id,
+        "channels": ",".join(str(c) for c in sorted(channels or [])),
+        "cmap": cmap or "inferno",
+        "alpha": f"{float(alpha if alpha is not None else 0.5):.2f}",
+    }
+    return "/render/overlay.png?" + urllib.parse.urlencode(query)
+
+
+def _tile(key, trial_id, method, row, channels, cmap, alpha, regression):
+    cell = str(row["cell_id"])
+    if regression:
+        caption = [
+            html.Div(
+                f"true {row.get('true_value', float('nan')):.3g} · predicted {row.get('predicted_value', float('nan')):.3g}"
+            ),
+            html.Div(f"error {row.get('abs_error', float('nan')):.3g}", className="muted"),
+        ]
+    else:
+        correct = bool(row.get("correct"))
+        confidence = row.get("confidence")
+        caption = [
+            html.Div(["true ", html.B(str(row.get("label", "")))]),
+            html.Div(
+                [
+                    "pred ",
+                    html.B(str(row.get("prediction", ""))),
+                    "" if confidence is None or confidence != confidence else f" {confidence:.2f}",
+                    html.Span(" ✓" if correct else " ✗", className="ok" if correct else "bad"),
+                ]
+            ),
+        ]
+    return html.Div(
+        [
+            html.Img(
+                src=overlay_url(key, trial_id, method, cell, channels, cmap, alpha),
+                title=cell,
+                alt=cell,
+                className="overlay",
+            ),
+            html.Div([*caption, html.Div(cell, className="id")], className="cap"),
+        ],
+        className="tile",
+        **{"data-cell": cell, "data-correct": str(bool(row.get("correct")))},
+    )
+
+
+def _population(explain: Explanations, key, trial_id, method):
+    rows = explain.population_images(trial_id, method) if trial_id and method else []
+    if not rows:
+        return common.notice("No population maps for this trial and method.", "warn")
+    blocks = []
+    for r in rows:
+        images = []
+        for name, label in (
+            ("gmean_image", "mean crop"),
+            ("gmean_map", "geometric-mean map"),
+            ("correlation", "correlation map"),
+        ):
+            rel = r.get(name)
+            images.append(
+                html.Div(
+                    [
+                        html.Img(src=common.file_url(key, rel))
+                        if rel
+                        else html.Div("missing", className="muted"),
+                        html.Div(label),
+                    ]
+                )
+            )
+        ratio = r.get("positive_ratio")
+        stats_text = f"n = {r.get('n')}" + (
+            ""
+            if ratio is None
+            else f" · positive {ratio:.0%} · negative {r.get('negative_ratio', 0):.0%}"
+        )
+        blocks.append(
+            html.Div(
+                [
+                    html.Div(
+                        [html.B(str(r["class"])), html.Span(" · " + stats_text, className="muted")],
+                        style={"margin": "6px 0"},
+                    ),
+                    html.Div(images, className="pop"),
+                ]
+            )
+        )
+    return html.Div(blocks)
+
+
+def _figures(explain: Explanations, key, name, trial_id, caption, empty):
+    frame = explain.table(name)
+    if frame.empty or "trial_id" not in frame:
+        return common.notice(empty, "info")
+    frame = frame[frame["trial_id"].astype(str) == str(trial_id)]
+    if frame.empty:
+        return common.notice(empty, "info")
+    items = []
+    for r in frame.head(48).to_dict("records"):
+        rel = _locate(explain, name, trial_id, r)
+        if rel is None:
+            continue
+        items.append(
+            html.Div(
+                [
+                    html.Img(src=common.file_url(key, rel)),
+                    html.Div(caption(r), className="muted", style={"fontSize": "12px"}),
+                ]
+            )
+        )
+    return html.Div(items, className="mosaics") if items else common.notice(empty, "info")
+
+
+def _locate(explain: Explanations, name: str, trial_id, row) -> str | None:
+    """The figure's file: where layout.py puts it, else its ``path`` (study- or explain-relative)."""
+    candidates = []
+    if name == "prototypes" and _present(row.get("fold")) and _present(row.get("prototype")):
+        candidates.append(
+            paths.prototype_path(
+                explain.study.path, str(trial_id), int(row["fold"]), int(row["prototype"])
+            )
+        )
+    if name == "attention" and row.get("cell_id") is not None:
+        candidates.append(
+            paths.attention_path(explain.study.path, str(trial_id), str(row["cell_id"]))
+        )
+    if row.get("path"):
+        candidates += [explain.study.path / str(row["path"]), explain.root / str(row["path"])]
+    for candidate in candidates:
+        rel = explain.relative(candidate)
+        if rel is not None:
+            return rel
+    return None
+
+
+def quality_figure(explain: Explanations, trial_id) -> go.Figure:
+    fig = go.Figure()
+    frame = explain.table("quality")
+    if frame.empty or "trial_id" not in frame:
+        fig.add_annotation(text="no quality scores", showarrow=False)
+        fig.update_layout(**common.FIG_LAYOUT, xaxis_visible=False, yaxis_visible=False)
+        return fig
+    frame = frame[frame["trial_id"].astype(str) == str(trial_id)]
+    for method, group in frame.groupby("method", sort=True):
+        fig.add_trace(
+            go.Bar(
+                x=group["metric"],
+                y=group["mean"],
+                error_y={"type": "data", "array": group["std"].fillna(0)},
+                name=str(method),
+            )
+        )
+    fig.update_layout(**common.FIG_LAYOUT, barmode="group", yaxis_title="score")
+    return fig

@@ -1,0 +1,305 @@
+"""Leaderboard: every trial with family, key parameters and each metric as fold mean ± std.
+
+Sorting, filtering and paging happen on the server (DataTable ``custom`` actions); the browser
+holds one page of rows, so 10,000 trials stay responsive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from dash import Input, Output, State, dash_table, dcc, html
+
+from .. import query
+from ..data import StudyUnreadable
+from . import common
+
+PAGE_SIZE = 25
+WIDTHS = {
+    "rank": "54px",
+    "trial": "92px",
+    "family": "130px",
+    "status": "92px",
+    "epochs": "64px",
+    "params": "250px",
+    "images_per_s": "80px",
+}
+FIXED = {
+    "rank": "rank",
+    "trial": "trial_id",
+    "family": "family",
+    "status": "status",
+    "epochs": "epochs_done",
+    "params": "key_params",
+}
+
+
+def columns_for(study) -> dict[str, str]:
+    """Table column id -> trials column."""
+    out = dict(FIXED)
+    out.update({m: f"val/{m}" for m in study.metrics()})
+    out["images_per_s"] = "images_per_s"
+    return out
+
+
+def layout(ctx, study, params):
+    trials = study.trials()
+    metric, mode = study.objective()
+    if trials.empty:
+        return html.Div(
+            [
+                common.header(study),
+                common.notice(
+                    "No trial has reported yet; this page refreshes by itself while the search runs.",
+                    "warn",
+                ),
+            ]
+        )
+    metrics = study.metrics()
+    families = sorted(trials["family"].dropna().astype(str).unique())
+    table_columns = [
+        {"id": "rank", "name": "rank", "type": "numeric"},
+        {"id": "trial", "name": "trial", "presentation": "markdown"},
+        {"id": "family", "name": "family"},
+        {"id": "status", "name": "status"},
+        {"id": "epochs", "name": "epochs", "type": "numeric"},
+        {"id": "params", "name": "key parameters"},
+        *[
+            {
+                "id": m,
+                "name": m + (" ★" if m == metric else ""),
+                "type": "numeric",
+                "hideable": True,
+            }
+            for m in metrics
+        ],
+        {"id": "images_per_s", "name": "img/s", "type": "numeric", "hideable": True},
+    ]
+    hidden = [m for m in metrics if m.startswith("well/")]
+    return html.Div(
+        [
+            dcc.Store(id="lb-study", data=study.key),
+            common.header(study),
+            common.kpis(study),
+            html.Div(
+                [
+                    html.Div(
+                        [
+                            html.Div(
+                                [
+                                    html.Label("family"),
+                                    dcc.Dropdown(
+                                        families,
+                                        [],
+                                        id="lb-family",
+                                        multi=True,
+                                        placeholder="all families",
+                                    ),
+                                ],
+                                className="field",
+                                style={"minWidth": "260px"},
+                            ),
+                            html.Div(
+                                [
+                                    html.Label("status"),
+                                    dcc.Checklist(
+                                        [{"label": " hide pruned", "value": "hide"}],
+                                        [],
+                                        id="lb-hide-pruned",
+                                        inputStyle={"marginRight": "4px"},
+                                    ),
+                                ],
+                                className="field",
+                            ),
+                            html.Div(
+                                id="lb-count", className="muted", style={"marginLeft": "auto"}
+                            ),
+                        ],
+                        className="row",
+                        style={"marginBottom": "10px"},
+                    ),
+                    html.Div(id="lb-error"),
+                    dash_table.DataTable(
+                        id="lb-table",
+                        columns=table_columns,
+                        hidden_columns=hidden,
+                        data=[],
+                        page_current=0,
+                        page_size=PAGE_SIZE,
+                        page_action="custom",
+                        sort_action="custom",
+                        sort_mode="single",
+                        sort_by=[],
+                        filter_action="custom",
+                        filter_query="",
+                        markdown_options={"link_target": "_self"},
+                        fixed_columns={"headers": True, "data": 2},
+                        style_table={"overflowX": "auto", "minWidth": "100%"},
+                        style_cell={
+                            "fontFamily": common.FONT,
+                            "fontSize": "13px",
+                            "padding": "5px 10px",
+                            "whiteSpace": "nowrap",
+                            "textAlign": "right",
+                            "minWidth": "140px",
+                            "width": "140px",
+                            "maxWidth": "160px",
+                        },
+                        style_cell_conditional=[
+                            {"if": {"column_id": c}, "textAlign": "left"}
+                            for c in ("trial", "family", "status", "params")
+                        ]
+                        + [
+                            {
+                                "if": {"column_id": c},
+                                "minWidth": w,
+                                "width": w,
+                                "maxWidth": w,
+                                "overflow": "hidden",
+                                "textOverflow": "ellipsis",
+                            }
+                            for c, w in WIDTHS.items()
+                        ],
+                        style_header={
+                            "backgroundColor": "#f1f5f9",
+                            "fontWeight": "600",
+                            "color": "#334155",
+                        },
+                        style_data_conditional=[
+                            {"if": {"filter_query": "{status} = pruned"}, "color": "#94a3b8"},
+                            {"if": {"filter_query": "{status} = failed"}, "color": "#b91c1c"},
+                            {"if": {"filter_query": "{rank} = 1"}, "backgroundColor": "#f0fdf4"},
+                            {"if": {"column_id": metric}, "fontWeight": "600"},
+                        ],
+                        tooltip_delay=300,
+                        tooltip_duration=None,
+                    ),
+                    html.Div(
+                        "Sort by clicking a column header; filter by typing in the row under it "
+                        "(e.g. > 0.9 for a metric, resnet for text). Well-level metrics: Toggle Columns.",
+                        className="muted",
+                        style={"fontSize": "12px", "marginTop": "6px"},
+                    ),
+                ],
+                className="card",
+            ),
+            html.Div(
+                [
+                    html.H3(
+                        [f"{metric} by trial", html.Small("fold mean; the line is the best so far")]
+                    ),
+                    dcc.Graph(
+                        id="lb-progress", config={"displaylogo": False}, style={"height": "320px"}
+                    ),
+                ],
+                className="card",
+            ),
+        ]
+    )
+
+
+def register(app, ctx):
+    @app.callback(
+        Output("lb-table", "data"),
+        Output("lb-table", "page_count"),
+        Output("lb-count", "children"),
+        Output("lb-error", "children"),
+        Input("lb-table", "page_current"),
+        Input("lb-table", "page_size"),
+        Input("lb-table", "sort_by"),
+        Input("lb-table", "filter_query"),
+        Input("lb-hide-pruned", "value"),
+        Input("lb-family", "value"),
+        Input("version", "data"),
+        State("lb-study", "data"),
+    )
+    def fill(page_current, page_size, sort_by, filter_query, hide, families, _version, key):
+        try:
+            study = ctx.catalog.get(key)
+            trials = study.trials()
+            metric, mode = study.objective()
+        except StudyUnreadable as exc:
+            return [], 1, "", common.notice(str(exc), "error")
+        columns = columns_for(study)
+        total = len(trials)
+        error = None
+        frame = trials
+        if hide:
+            frame = frame[frame["status"] != "pruned"]
+        if families:
+            frame = frame[frame["family"].isin(families)]
+        try:
+            frame = query.apply_filter(frame, query.parse_filter(filter_query), columns)
+        except ValueError as exc:
+            error = common.notice(f"Filter ignored: {exc}", "warn")
+        frame = query.apply_sort(frame, sort_by, columns, (f"val/{metric}", mode == "min"))
+        shown, pages = query.page(frame, page_current, page_size or PAGE_SIZE)
+        rows = [_row(r, columns, key) for r in shown.to_dict("records")]
+        start = min(len(frame), (page_current or 0) * (page_size or PAGE_SIZE) + 1)
+        count = f"{start:,}–{start + len(rows) - 1:,} of {len(frame):,} trials" + (
+            f" (filtered from {total:,})" if len(frame) != total else ""
+        )
+        return rows, pages, count, error
+
+    @app.callback(
+        Output("lb-progress", "figure"), Input("version", "data"), State("lb-study", "data")
+    )
+    def progress(_version, key):
+        try:
+            study = ctx.catalog.get(key)
+            return progress_figure(study.trials(), *study.objective())
+        except StudyUnreadable:
+            return go.Figure()
+
+
+def _row(record: dict, columns: dict[str, str], key: str) -> dict:
+    row = {}
+    for cid, source in columns.items():
+        value = record.get(source)
+        if cid == "trial":
+            row[cid] = f"[{value}]({common.href('trial/' + str(value), key)})"
+        elif cid == "rank" or cid == "epochs":
+            row[cid] = None if value is None or value != value else int(value)
+        elif cid == "images_per_s":
+            row[cid] = None if value is None or value != value else round(float(value))
+        elif source.startswith("val/"):
+            row[cid] = query.mean_std(value, record.get(f"{source}_std"))
+        else:
+            row[cid] = "" if value is None else str(value)
+    return row
+
+
+def progress_figure(trials, metric: str, mode: str) -> go.Figure:
+    """Objective of every trial in start order, coloured by family, with the best-so-far line."""
+    key = f"val/{metric}"
+    fig = go.Figure()
+    if trials.empty or key not in trials:
+        return fig
+    frame = trials.sort_values("number") if "number" in trials else trials
+    for family, group in frame.groupby("family", sort=True):
+        fig.add_trace(
+            go.Scattergl(
+                x=group.get("number", group.index),
+                y=group[key],
+                mode="markers",
+                name=str(family),
+                marker={"size": 7 if len(frame) < 500 else 4, "opacity": 0.8},
+                text=group["trial_id"],
+                hovertemplate="%{text}<br>" + metric + " %{y:.4f}<extra>%{fullData.name}</extra>",
+            )
+        )
+    values = frame[key].to_numpy(dtype=float)
+    filled = np.where(np.isnan(values), -np.inf if mode == "max" else np.inf, values)
+    best = np.maximum.accumulate(filled) if mode == "max" else np.minimum.accumulate(filled)
+    best = np.where(np.isfinite(best), best, np.nan)
+    fig.add_trace(
+        go.Scatter(
+            x=frame.get("number", frame.index),
+            y=best,
+            mode="lines",
+            name="best so far",
+            line={"color": "#0f172a", "width": 2, "shape": "hv"},
+        )
+    )
+    fig.update_layout(**common.FIG_LAYOUT, xaxis_title="trial number", yaxis_title=metric)
+    return fig

@@ -1,0 +1,369 @@
+"""Trial: per-fold metrics, ROC curves, confusion matrix, learning curves, configuration, pull."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from dash import dash_table, dcc, html
+
+from ..data import trial_params
+from . import common
+
+PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777")
+FOLD_METRICS = (
+    "balanced_accuracy",
+    "accuracy",
+    "f1_macro",
+    "f1_weighted",
+    "auc_macro",
+    "log_loss",
+    "r2",
+    "mae",
+)
+
+
+def pull_command(study, trial_id: str) -> str:
+    return f"cytotune pull --study {shlex.quote(str(study.path))} --trial {shlex.quote(trial_id)} --out {shlex.quote('bundles/' + trial_id)}"
+
+
+def layout(ctx, study, params):
+    trial_id = params.get("arg") or ""
+    trials = study.trials()
+    match = trials[trials["trial_id"].astype(str) == trial_id] if not trials.empty else trials
+    if match.empty:
+        return html.Div(
+            [common.header(study), common.notice(f"No trial {trial_id!r} in this study.", "error")]
+        )
+    row = match.iloc[0]
+    metric, mode = study.objective()
+    folds = study.table("folds")
+    folds = (
+        folds[folds["trial_id"].astype(str) == trial_id].sort_values("fold")
+        if not folds.empty
+        else folds
+    )
+    epochs = study.table("epochs")
+    epochs = epochs[epochs["trial_id"].astype(str) == trial_id] if not epochs.empty else epochs
+    key = f"val/{metric}"
+    value = row.get(key)
+    value_text = (
+        "-"
+        if value is None or pd.isna(value)
+        else f"{value:.4f} ± {row.get(key + '_std', 0) or 0:.4f}"
+    )
+    rank = row.get("rank")
+    command = pull_command(study, trial_id)
+    classes = _classes(study, folds)
+    return html.Div(
+        [
+            dcc.Store(id="trial-study", data=study.key),
+            html.Div(
+                [
+                    html.H2(
+                        f"Trial {trial_id}",
+                        style={"margin": "0 10px 0 0", "fontSize": "20px"},
+                        id="trial-title",
+                    ),
+                    common.badge(str(row.get("status"))),
+                    html.Span(
+                        f"{row.get('family')} · {row.get('key_params', '')} · {metric} {value_text}"
+                        + (
+                            ""
+                            if rank is None or pd.isna(rank)
+                            else f" · rank {int(rank)} of {len(trials)}"
+                        ),
+                        className="muted",
+                        style={"marginLeft": "12px"},
+                    ),
+                    dcc.Link(
+                        "← leaderboard",
+                        href=common.href("leaderboard", study.key),
+                        style={"marginLeft": "auto"},
+                    ),
+                ],
+                style={
+                    "display": "flex",
+                    "alignItems": "center",
+                    "marginBottom": "14px",
+                    "flexWrap": "wrap",
+                },
+            ),
+            common.card(
+                "Pull this model",
+                html.Div(
+                    [
+                        html.Code(command, id="pull-command"),
+                        dcc.Clipboard(target_id="pull-command", title="copy"),
+                    ],
+                    className="cmd",
+                ),
+                html.Div(
+                    [
+                        "checkpoint: ",
+                        html.Code(str(row.get("checkpoint") or "none yet"), id="trial-checkpoint"),
+                    ],
+                    className="muted",
+                    style={"marginTop": "8px", "fontSize": "12px"},
+                ),
+            ),
+            html.Div(
+                [
+                    common.card(
+                        "Per-fold metrics",
+                        common.graph(fold_figure(folds), 300),
+                        _fold_table(folds),
+                        sub=f"{len(folds)} folds",
+                    ),
+                    common.card(
+                        "Learning curves",
+                        common.graph(learning_figure(epochs, metric), 360),
+                        sub="per fold; dashed = validation",
+                    ),
+                ],
+                className="grid2",
+            ),
+            html.Div(
+                [
+                    common.card(
+                        "ROC curves",
+                        common.graph(roc_figure(folds, classes), 360),
+                        sub="one-vs-rest, per fold",
+                    ),
+                    common.card(
+                        "Confusion matrix",
+                        common.graph(confusion_figure(folds, classes), 360),
+                        sub="summed over folds; colour = share of the true class",
+                    ),
+                ],
+                className="grid2",
+            ),
+            common.card(
+                "Configuration",
+                html.Pre(
+                    json.dumps(trial_params(row), indent=2), className="config", id="trial-config"
+                ),
+                _checkpoint_files(row),
+            ),
+        ]
+    )
+
+
+def register(app, ctx):
+    return None
+
+
+def _classes(study, folds) -> list[str]:
+    label_map = study.manifest().get("label_map") or {}
+    if label_map:
+        return [name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
+    if not folds.empty and "roc" in folds:
+        for text in folds["roc"].dropna():
+            try:
+                return list(json.loads(text))
+            except ValueError:
+                continue
+    return []
+
+
+def _fold_table(folds: pd.DataFrame):
+    if folds.empty:
+        return common.notice(
+            "No per-fold results yet (they are written when the trial ends).", "warn"
+        )
+    shown = [m for m in FOLD_METRICS if m in folds] + [c for c in ("n_val", "epoch") if c in folds]
+    data = [
+        {
+            "fold": int(r["fold"]),
+            **{m: (round(float(r[m]), 4) if pd.notna(r[m]) else None) for m in shown},
+        }
+        for r in folds.to_dict("records")
+    ]
+    return dash_table.DataTable(
+        id="fold-table",
+        columns=[{"id": c, "name": c} for c in ("fold", *shown)],
+        data=data,
+        style_cell={"fontFamily": common.FONT, "fontSize": "12px", "padding": "4px 8px"},
+        style_header={"backgroundColor": "#f1f5f9", "fontWeight": "600"},
+    )
+
+
+def fold_figure(folds: pd.DataFrame) -> go.Figure:
+    fig = go.Figure()
+    shown = [m for m in FOLD_METRICS if m in folds and m != "log_loss"]
+    for i, r in enumerate(folds.to_dict("records")):
+        fig.add_trace(
+            go.Bar(
+                x=shown,
+                y=[r[m] for m in shown],
+                name=f"fold {int(r['fold'])}",
+                marker_color=PALETTE[i % len(PALETTE)],
+            )
+        )
+    fig.update_layout(
+        **common.FIG_LAYOUT,
+        barmode="group",
+        yaxis_range=[0, 1.02] if shown and all(m != "mae" for m in shown) else None,
+    )
+    return fig
+
+
+def learning_figure(epochs: pd.DataFrame, metric: str) -> go.Figure:
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", metric), horizontal_spacing=0.12)
+    if epochs.empty:
+        return fig
+    per_fold = epochs[epochs["fold"] >= 0].sort_values("epoch")
+    for i, (fold, group) in enumerate(per_fold.groupby("fold")):
+        color = PALETTE[i % len(PALETTE)]
+        for column, dash_style in (("train_loss", "solid"), ("val_loss", "dash")):
+            if column in group and group[column].notna().any():
+                fig.add_trace(
+                    go.Scatter(
+                        x=group["epoch"],
+                        y=group[column],
+                        mode="lines+markers",
+                        name=f"fold {fold} {column.split('_')[0]}",
+                        line={"color": color, "dash": dash_style},
+                        legendgroup=str(fold),
+                    ),
+                    row=1,
+                    col=1,
+                )
+        if metric in group:
+            fig.add_trace(
+                go.Scatter(
+                    x=group["epoch"],
+                    y=group[metric],
+                    mode="lines+markers",
+                    name=f"fold {fold}",
+                    line={"color": color, "dash": "dash"},
+                    legendgroup=str(fold),
+                    showlegend=False,
+                ),
+                row=1,
+                col=2,
+            )
+    mean = epochs[epochs["fold"] == -1].sort_values("epoch")
+    if metric in mean and mean[metric].notna().any():
+        fig.add_trace(
+            go.Scatter(
+                x=mean["epoch"],
+                y=mean[metric],
+                mode="lines",
+                name="fold mean",
+                line={"color": "#0f172a", "width": 3},
+            ),
+            row=1,
+            col=2,
+        )
+    fig.update_layout(**common.FIG_LAYOUT)
+    fig.update_layout(legend={"orientation": "h", "y": -0.18})
+    fig.update_xaxes(title_text="epoch", dtick=1)
+    return fig
+
+
+def roc_figure(folds: pd.DataFrame, classes: list[str]) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"color": "#cbd5e1", "dash": "dot"},
+            showlegend=False,
+            hoverinfo="skip",
+        )
+    )
+    if "roc" not in folds:
+        return fig
+    for i, r in enumerate(folds.to_dict("records")):
+        try:
+            curves = json.loads(r["roc"]) if isinstance(r["roc"], str) else {}
+        except ValueError:
+            curves = {}
+        names = list(curves)
+        if len(names) == 2 and len(classes) == 2:
+            names = (
+                [classes[1]] if classes[1] in curves else names[1:]
+            )  # binary: the positive class
+        for j, name in enumerate(names):
+            c = curves[name]
+            fig.add_trace(
+                go.Scatter(
+                    x=c["fpr"],
+                    y=c["tpr"],
+                    mode="lines",
+                    name=f"fold {int(r['fold'])} · {name} (AUC {c.get('auc', float('nan')):.3f})",
+                    line={
+                        "color": PALETTE[(i if len(names) == 1 else j) % len(PALETTE)],
+                        "dash": ("solid", "dash", "dot", "dashdot")[i % 4]
+                        if len(names) > 1
+                        else "solid",
+                    },
+                )
+            )
+    fig.update_layout(
+        **common.FIG_LAYOUT, xaxis_title="false positive rate", yaxis_title="true positive rate"
+    )
+    fig.update_layout(
+        legend={"orientation": "v", "x": 0.45, "y": 0.05, "bgcolor": "rgba(255,255,255,.8)"}
+    )
+    fig.update_xaxes(range=[0, 1], constrain="domain")
+    fig.update_yaxes(range=[0, 1.02], scaleanchor="x")
+    return fig
+
+
+def confusion_figure(folds: pd.DataFrame, classes: list[str]) -> go.Figure:
+    total = None
+    for text in folds.get("confusion_matrix", pd.Series(dtype=object)).dropna():
+        try:
+            matrix = np.asarray(json.loads(text) if isinstance(text, str) else text, dtype=float)
+        except (ValueError, TypeError):
+            continue
+        total = matrix if total is None else total + matrix
+    fig = go.Figure()
+    if total is None:
+        return fig
+    names = classes if len(classes) == len(total) else [str(i) for i in range(len(total))]
+    share = total / np.maximum(total.sum(1, keepdims=True), 1)
+    text = [
+        [f"{int(total[i, j])}<br>{share[i, j]:.0%}" for j in range(len(names))]
+        for i in range(len(names))
+    ]
+    fig.add_trace(
+        go.Heatmap(
+            z=share,
+            x=names,
+            y=names,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(**common.FIG_LAYOUT, xaxis_title="predicted", yaxis_title="true")
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
+    return fig
+
+
+def _checkpoint_files(row) -> html.Div:
+    path = row.get("checkpoint")
+    if not isinstance(path, str) or not path:
+        return html.Div()
+    folder = Path(path)
+    folds = sorted(p.name for p in folder.glob("fold_*")) if folder.is_dir() else []
+    text = (
+        f"fold models: {', '.join(folds)}"
+        if folds
+        else "the checkpoint directory is not reachable from this machine"
+    )
+    return html.Div(text, className="muted", style={"marginTop": "8px", "fontSize": "12px"})
