@@ -136,9 +136,13 @@ def _run_torchscript(path: Path) -> Runner:
         warnings.simplefilter("ignore")  # torch.jit's deprecation note
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
+    takes_mask = len(list(module.graph.inputs())) > 2  # (self, pixels[, mask])
+
     def run(pixels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         inputs = [torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))]
-        if mask is not None:
+        if takes_mask:
+            n, _, h, w = pixels.shape
+            mask = np.ones((n, 1, h, w), np.float32) if mask is None else mask
             inputs.append(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)))
         with torch.no_grad():
             return module(*inputs).numpy()
@@ -153,7 +157,37 @@ register_format(
 
 # ------------------------------------------------------------------------------ onnx
 def _export_onnx(model: BundleModel, directory: Path, example: tuple) -> dict[str, Any]:
-    inputs, outputs = io_names(model)
+    info = {"file": "model.onnx", "opset": ONNX_OPSET, "exporter": "torch.onnx (dynamo=False)"}
+    try:
+        data = _onnx_bytes(model, example, *io_names(model))
+    except torch.onnx.errors.OnnxExporterError as exc:
+        if not model.with_mask:
+            raise
+        # protopnet pools the mask to the latent map's size read from a tensor shape, which the
+        # TorchScript-based exporter cannot turn into a constant: export the mask-free path.
+        pixels_only = PixelsOnly(model).eval()  # the exporter restores this mode afterwards
+        data = _onnx_bytes(pixels_only, example[:1], ["pixels"], [model.output_name])
+        info["inputs"] = ["pixels"]
+        info["note"] = (
+            "no mask input: every pixel counts as cell (the exporter cannot export the mask "
+            f"pooling: {str(exc).splitlines()[0][:160]}); use TorchScript for masked inference"
+        )
+    (directory / info["file"]).write_bytes(data)
+    return info
+
+
+class PixelsOnly(torch.nn.Module):
+    """A mask-aware bundle model run without a mask (every pixel inside the cell)."""
+
+    def __init__(self, model: BundleModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels)
+
+
+def _onnx_bytes(model: torch.nn.Module, example: tuple, inputs: list, outputs: list) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings and the exporter's deprecation note
@@ -167,9 +201,7 @@ def _export_onnx(model: BundleModel, directory: Path, example: tuple) -> dict[st
             dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
             opset_version=ONNX_OPSET,
         )
-    info = {"file": "model.onnx", "opset": ONNX_OPSET, "exporter": "torch.onnx (dynamo=False)"}
-    (directory / info["file"]).write_bytes(buffer.getvalue())
-    return info
+    return buffer.getvalue()
 
 
 def _run_onnx(path: Path) -> Runner:
@@ -180,7 +212,12 @@ def _run_onnx(path: Path) -> Runner:
 
     def run(pixels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         feed = {names[0]: np.ascontiguousarray(pixels, dtype=np.float32)}
-        if len(names) > 1:
+        if mask is not None and len(names) == 1:
+            warnings.warn(
+                "this ONNX graph takes no mask (see bundle.json); the masks are ignored",
+                stacklevel=3,
+            )
+        if len(names) > 1:  # a mask input; without masks every pixel counts as cell
             n, _, h, w = pixels.shape
             feed[names[1]] = np.ascontiguousarray(
                 np.ones((n, 1, h, w), np.float32) if mask is None else mask, dtype=np.float32
