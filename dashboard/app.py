@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mimetypes
 import urllib.parse
+import warnings
 from dataclasses import dataclass
 
 import dash
@@ -21,6 +22,9 @@ from .data import Catalog, StudyUnreadable
 from .explain import Explanations
 from .pages import compare, explanations, leaderboard, studies, trial
 from .pages.common import href, notice
+
+# DataTable still ships with Dash and does server-side paging well; its future move is not ours.
+warnings.filterwarnings("ignore", message="The dash_table.DataTable will be removed")
 
 PAGES = {
     "studies": studies,

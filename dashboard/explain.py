@@ -169,28 +169,37 @@ class Explanations:
         return _read(self.root / f"{name}.parquet", "table")
 
     def population_images(self, trial_id: str, method: str) -> list[dict]:
-        """Per class: relative paths of the gmean image, gmean map and correlation PNGs."""
+        """Per class: n, per-channel positive/negative shares and the three PNGs (study-relative)."""
         frame = self.table("population")
-        rows = (
-            frame[(frame.get("trial_id") == trial_id) & (frame.get("method") == method)]
-            if not frame.empty
-            else frame
-        )
+        if frame.empty or "trial_id" not in frame:
+            return []
+        frame = frame[
+            (frame["trial_id"].astype(str) == str(trial_id)) & (frame["method"] == method)
+        ]
         out = []
-        for row in rows.to_dict("records"):
-            folder = layout.population_dir(self.study.path, trial_id, method, str(row["class"]))
-            files = {
-                k: self.relative(folder / f"{k}.png")
-                for k in ("gmean_image", "gmean_map", "correlation")
-            }
-            out.append({**row, **files})
+        for cls, group in frame.groupby("class", sort=True):
+            first = group.iloc[0]
+            folder = layout.population_dir(self.study.path, trial_id, method, str(cls))
+            files = {}
+            for key in ("gmean_image", "gmean_map", "correlation"):
+                stored = first.get(key)
+                candidates = [folder / f"{key}.png"]
+                if isinstance(stored, str) and stored.endswith(".png"):
+                    candidates.insert(0, self.study.path / stored)
+                files[key] = next((r for r in map(self.relative, candidates) if r), None)
+            channels = [
+                {k: r.get(k) for k in ("channel", "positive_ratio", "negative_ratio", "mean_r")}
+                for r in group.to_dict("records")
+            ]
+            out.append({"class": str(cls), "n": first.get("n"), "channels": channels, **files})
         return out
 
     def relative(self, path: Path) -> str | None:
-        """``path`` relative to the study directory when it exists inside it."""
+        """``path`` relative to the study directory when it is a file inside it."""
         try:
+            path = path.resolve()
             return path.relative_to(self.study.path).as_posix() if path.is_file() else None
-        except ValueError:
+        except (ValueError, OSError):
             return None
 
 

@@ -327,6 +327,12 @@ def register(app, ctx):
         )
 
 
+def _pairs(value) -> str:
+    if value is None or isinstance(value, float):
+        return ""
+    return value if isinstance(value, str) else ", ".join(map(str, list(value)))
+
+
 def _present(value) -> bool:
     return (
         value is not None and not (isinstance(value, float) and math.isnan(value)) and value != -1
@@ -407,22 +413,27 @@ def _population(explain: Explanations, key, trial_id, method):
                     ]
                 )
             )
-        ratio = r.get("positive_ratio")
-        stats_text = f"n = {r.get('n')}" + (
-            ""
-            if ratio is None
-            else f" · positive {ratio:.0%} · negative {r.get('negative_ratio', 0):.0%}"
-        )
-        blocks.append(
-            html.Div(
-                [
-                    html.Div(
-                        [html.B(str(r["class"])), html.Span(" · " + stats_text, className="muted")],
-                        style={"margin": "6px 0"},
-                    ),
-                    html.Div(images, className="pop"),
-                ]
+        shares = []
+        for ch in r["channels"]:
+            if ch.get("positive_ratio") is None or ch.get("positive_ratio") != ch.get(
+                "positive_ratio"
+            ):
+                continue
+            name = ch.get("channel") or "all channels"
+            shares.append(
+                f"{name} +{ch['positive_ratio']:.0%} / −{ch.get('negative_ratio') or 0:.0%}"
             )
+        head = [html.B(r["class"]), html.Span(f" · n = {r.get('n')}", className="muted")]
+        if shares:
+            head.append(
+                html.Div(
+                    "positive / negative share: " + ", ".join(shares),
+                    className="muted",
+                    style={"fontSize": "12px"},
+                )
+            )
+        blocks.append(
+            html.Div([html.Div(head, style={"margin": "6px 0"}), html.Div(images, className="pop")])
         )
     return html.Div(blocks)
 

@@ -133,7 +133,6 @@ def layout(ctx, study, params):
                         filter_action="custom",
                         filter_query="",
                         markdown_options={"link_target": "_self"},
-                        fixed_columns={"headers": True, "data": 2},
                         style_table={"overflowX": "auto", "minWidth": "100%"},
                         style_cell={
                             "fontFamily": common.FONT,

@@ -1,0 +1,371 @@
+"""Synthetic study directories with the results store's schema (no training) for dashboard tests.
+
+``make_study`` writes study.yaml/json, trials/folds/epochs Parquet and, optionally, an
+``explain/`` directory laid out exactly as :mod:`explainers.job.layout` documents, with real
+overlay PNGs drawn by :func:`explainers.overlay` from the dataset crops.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+
+from explainers.job import layout
+
+FAMILIES = ("small_cnn", "backbone", "mhl_attention")
+CLASSES = ("metastasizing", "normal")
+METRICS = ("balanced_accuracy", "accuracy", "f1_macro", "f1_weighted", "auc_macro", "log_loss")
+
+
+def make_dataset(path: Path, n: int = 64, size: int = 24) -> Path:
+    from engine.synth import write_dataset
+
+    if not (path / "manifest.json").is_file():
+        write_dataset("metastasis", path, n=n, size=size, seed=0, progress=False)
+    return path
+
+
+def _params(family: str, rng) -> dict:
+    own = {
+        "small_cnn": {
+            "conv_layers": int(rng.integers(2, 5)),
+            "filters": int(rng.choice([8, 16, 32])),
+            "dropout": round(float(rng.uniform(0, 0.4)), 1),
+        },
+        "backbone": {"backbone": "resnet10t", "dropout": round(float(rng.uniform(0, 0.3)), 1)},
+        "mhl_attention": {
+            "heads": int(rng.choice([1, 2])),
+            "embed_dim": int(rng.choice([16, 32])),
+            "dropout": round(float(rng.uniform(0, 0.4)), 1),
+        },
+    }[family]
+    return {
+        "family": family,
+        family: own,
+        "train": {"lr": float(10 ** rng.uniform(-3, -2)), "batch_size": int(rng.choice([32, 64]))},
+    }
+
+
+def make_study(
+    root: Path,
+    name: str = "alpha",
+    n_trials: int = 12,
+    k: int = 3,
+    dataset: Path | None = None,
+    explain: bool = True,
+    seed: int = 0,
+    status: str = "finished",
+) -> Path:
+    """A study directory at ``root/name`` and its (small) dataset; returns the study path."""
+    rng = np.random.default_rng(seed)
+    study = root / name
+    study.mkdir(parents=True, exist_ok=True)
+    config = {
+        "name": name,
+        "dataset": str(dataset) if dataset else str(root / "dataset"),
+        "folds": {"name": f"k{k}-well", "k": k, "group": "well"},
+        "space": ["demo"],
+        "budget": {"trials": n_trials, "max_epochs": 4, "grace_epochs": 1},
+        "objectives": [{"metric": "balanced_accuracy", "mode": "max"}],
+        "storage": str(root),
+    }
+    (study / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (study / "study.json").write_text(
+        json.dumps(
+            {"status": status, "created": time.time(), "name": name, "dataset": config["dataset"]}
+        )
+    )
+    trials, folds, epochs = [], [], []
+    quality = {"small_cnn": 0.78, "backbone": 0.70, "mhl_attention": 0.9}
+    n_val = [30] * k
+    for i in range(n_trials):
+        family = FAMILIES[i % len(FAMILIES)]
+        tid = f"t{i:05d}"
+        params = _params(family, rng)
+        pruned = i % 4 == 3
+        epochs_done = 1 if pruned else 4
+        level = quality[family] - (0.2 if pruned else 0.0) + rng.normal(0, 0.03)
+        per_fold = []
+        for f in range(k):
+            b = float(np.clip(level + rng.normal(0, 0.02), 0.3, 0.999))
+            row = {
+                m: float(np.clip(b + rng.normal(0, 0.01), 0, 1)) for m in METRICS if m != "log_loss"
+            }
+            row["balanced_accuracy"] = b
+            row["log_loss"] = float(1.2 - b)
+            tp = int(round(15 * b))
+            row["confusion_matrix"] = json.dumps(
+                [[tp, 15 - tp], [15 - int(round(15 * b)), int(round(15 * b))]]
+            )
+            fpr = np.linspace(0, 1, 11)
+            tpr = np.clip(fpr ** (1 - b), 0, 1)
+            row["roc"] = json.dumps(
+                {
+                    c: {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": row["auc_macro"]}
+                    for c in CLASSES
+                }
+            )
+            folds.append(
+                {
+                    "trial_id": tid,
+                    "fold": f,
+                    "epoch": epochs_done,
+                    "n_val": n_val[f],
+                    "n": n_val[f],
+                    **row,
+                }
+            )
+            per_fold.append(row)
+            for e in range(1, epochs_done + 1):
+                epochs.append(
+                    {
+                        "trial_id": tid,
+                        "epoch": e,
+                        "fold": f,
+                        "train_loss": 1.0 / e,
+                        "val_loss": 1.1 / e,
+                        "balanced_accuracy": b * (0.7 + 0.3 * e / 4),
+                    }
+                )
+        for e in range(1, epochs_done + 1):
+            epochs.append(
+                {
+                    "trial_id": tid,
+                    "epoch": e,
+                    "fold": -1,
+                    "balanced_accuracy": float(np.mean([r["balanced_accuracy"] for r in per_fold]))
+                    * (0.7 + 0.3 * e / 4),
+                }
+            )
+        means = {}
+        for m in METRICS:
+            values = [r[m] for r in per_fold]
+            means[f"val/{m}"], means[f"val/{m}_std"] = (
+                float(np.mean(values)),
+                float(np.std(values, ddof=1)),
+            )
+        means["val/well/balanced_accuracy"], means["val/well/balanced_accuracy_std"] = (
+            means["val/balanced_accuracy"],
+            0.01,
+        )
+        trials.append(
+            {
+                "trial_id": tid,
+                "number": i,
+                "status": "pruned" if pruned else "completed",
+                "family": family,
+                "params": json.dumps(params),
+                "epochs_done": epochs_done,
+                "images_per_s": float(rng.uniform(500, 3000)),
+                **{f"param.{g}.{kk}": v for g in (family, "train") for kk, v in params[g].items()},
+                **means,
+                "checkpoint": str(study / "tune" / f"trial_{tid}" / "checkpoint_000003"),
+            }
+        )
+    pd.DataFrame(trials).to_parquet(study / "trials.parquet", index=False)
+    pd.DataFrame(folds).to_parquet(study / "folds.parquet", index=False)
+    pd.DataFrame(epochs).to_parquet(study / "epochs.parquet", index=False)
+    if explain:
+        top = (
+            pd.DataFrame(trials)
+            .sort_values("val/balanced_accuracy", ascending=False)["trial_id"]
+            .head(2)
+            .tolist()
+        )
+        make_explain(study, Path(config["dataset"]), top, rng)
+    return study
+
+
+def make_trials_table(path: Path, n: int, seed: int = 0) -> pd.DataFrame:
+    """A trials.parquet of ``n`` trials with the store's schema (vectorised, for load tests)."""
+    rng = np.random.default_rng(seed)
+    family = np.array(FAMILIES)[np.arange(n) % len(FAMILIES)]
+    status = np.where(rng.random(n) < 0.6, "pruned", "completed")
+    frame = {
+        "trial_id": [f"x{i:06d}" for i in range(n)],
+        "number": np.arange(n),
+        "status": status,
+        "family": family,
+        "epochs_done": np.where(status == "pruned", 1, 20),
+        "images_per_s": rng.uniform(500, 5000, n),
+    }
+    lr = 10 ** rng.uniform(-4, -2, n)
+    frame["params"] = [
+        json.dumps({"family": f, f: {"dropout": 0.1}, "train": {"lr": float(x)}})
+        for f, x in zip(family, lr)
+    ]
+    frame["param.train.lr"] = lr
+    for m in METRICS + tuple(f"well/{m}" for m in METRICS):
+        frame[f"val/{m}"] = rng.uniform(0.4, 0.99, n)
+        frame[f"val/{m}_std"] = rng.uniform(0.0, 0.05, n)
+    frame["checkpoint"] = [f"/nowhere/{i}" for i in range(n)]
+    table = pd.DataFrame(frame)
+    table.to_parquet(path / "trials.parquet", index=False)
+    return table
+
+
+def _png(rgb: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+
+
+def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
+    """An explain/ directory for ``trial_ids`` following explainers.job.layout exactly."""
+    from engine.data.dataset import CellDataset
+    from explainers import overlay
+
+    ds = CellDataset(dataset)
+    meta = ds.metadata()
+    n = min(len(meta), 40)
+    images = ds.images(np.arange(n)).astype(np.float32)  # (N, C, H, W)
+    names = ds.manifest.channel_names
+    c, h, w = images.shape[1:]
+    yy, xx = np.mgrid[0:h, 0:w]
+    label_names = meta["label"].astype(str).tolist()[:n]
+    overlays, population, quality, prototypes, attention = [], [], [], [], []
+    for tid in trial_ids:
+        for method, channels in (("gradcam", 1), ("saliency", c)):
+            rows = []
+            for i in range(n):
+                cy, cx = rng.uniform(h * 0.3, h * 0.7), rng.uniform(w * 0.3, w * 0.7)
+                blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (h / 6) ** 2))
+                amap = np.stack(
+                    [blob * (j + 1) / channels for j in range(channels)]
+                )  # (channels, H, W)
+                data, shape = layout.encode_map(amap)
+                label = label_names[i]
+                correct = bool(rng.random() < 0.75)
+                prediction = label if correct else next(x for x in CLASSES if x != label)
+                rows.append(
+                    {
+                        "cell_id": str(meta["cell_id"].iloc[i]),
+                        "trial_id": tid,
+                        "method": method,
+                        "fold": i % 3,
+                        "label": label,
+                        "label_index": CLASSES.index(label),
+                        "prediction": prediction,
+                        "prediction_index": CLASSES.index(prediction),
+                        "confidence": float(rng.uniform(0.5, 1.0)),
+                        "correct": correct,
+                        "target_index": CLASSES.index(prediction),
+                        "true_value": np.nan,
+                        "predicted_value": np.nan,
+                        "abs_error": np.nan,
+                        "map": data,
+                        "map_shape": shape,
+                        "mass_cell": float(rng.uniform(0.4, 0.9)),
+                        "mass_evidence": float(rng.uniform(0.2, 0.8)),
+                        "pointing_hit": float(rng.random() < 0.7),
+                    }
+                )
+                if i < 6:
+                    target = layout.overlay_path(study, tid, method, rows[-1]["cell_id"])
+                    _png(overlay(images[i], amap.sum(0), channel_names=names), target)
+                    overlays.append(
+                        {
+                            "trial_id": tid,
+                            "method": method,
+                            "cell_id": rows[-1]["cell_id"],
+                            "path": target.relative_to(study).as_posix(),
+                            "label": label,
+                            "prediction": prediction,
+                            "correct": correct,
+                        }
+                    )
+            path = layout.maps_path(study, tid, method)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(rows).to_parquet(path, index=False)
+            for cls in CLASSES:
+                folder = layout.population_dir(study, tid, method, cls)
+                mean_image = images[[i for i in range(n) if label_names[i] == cls]].mean(0)
+                gmean = np.exp(-((yy - h / 2) ** 2 + (xx - w / 2) ** 2) / (2 * (h / 5) ** 2))
+                corr = np.corrcoef(rng.normal(size=(8, 16)))
+                for key, array, rgb in (
+                    ("gmean_image", mean_image, overlay(mean_image, None, channel_names=names)),
+                    (
+                        "gmean_map",
+                        gmean,
+                        overlay(mean_image, gmean, channel_names=names, alpha=0.7),
+                    ),
+                    ("correlation", corr, overlay(corr[None], None)),
+                ):
+                    folder.mkdir(parents=True, exist_ok=True)
+                    np.save(folder / f"{key}.npy", array)
+                    _png(rgb, folder / f"{key}.png")
+                for channel in names:
+                    files = {
+                        k: (folder / f"{k}.png").relative_to(study).as_posix()
+                        for k in ("gmean_image", "gmean_map", "correlation")
+                    }
+                    population.append(
+                        {
+                            "trial_id": tid,
+                            "method": method,
+                            "class": cls,
+                            "channel": channel,
+                            "n": 20,
+                            "positive_ratio": 0.7,
+                            "negative_ratio": 0.05,
+                            "mean_r": 0.3,
+                            **files,
+                        }
+                    )
+            for metric in ("pointing_game", "mass_evidence", "deletion_auc"):
+                quality.append(
+                    {
+                        "trial_id": tid,
+                        "method": method,
+                        "metric": metric,
+                        "mean": float(rng.uniform(0.3, 0.9)),
+                        "std": 0.05,
+                        "n": n,
+                    }
+                )
+        for j in range(3):
+            target = layout.prototype_path(study, tid, 0, j)
+            mosaic = np.concatenate(
+                [overlay(images[k], None, channel_names=names) for k in range(j, j + 4)], axis=1
+            )
+            _png(mosaic, target)
+            prototypes.append(
+                {
+                    "trial_id": tid,
+                    "fold": 0,
+                    "prototype": j,
+                    "class": CLASSES[j % 2],
+                    "path": target.relative_to(study).as_posix(),
+                    "duplicate_of": -1,
+                }
+            )
+        target = layout.attention_path(study, tid, str(meta["cell_id"].iloc[0]))
+        _png((rng.random((60, 120, 3)) * 255).astype(np.uint8), target)
+        attention.append(
+            {
+                "trial_id": tid,
+                "cell_id": str(meta["cell_id"].iloc[0]),
+                "path": target.relative_to(study).as_posix(),
+                "pairs": ["dna-actin"],
+            }
+        )
+    root = layout.explain_dir(study)
+    for name, rows in (
+        ("overlays", overlays),
+        ("population", population),
+        ("quality", quality),
+        ("prototypes", prototypes),
+        ("attention", attention),
+    ):
+        pd.DataFrame(rows).to_parquet(root / f"{name}.parquet", index=False)
+    (root / layout.STATE_FILE).write_text(json.dumps({"status": "finished", "trials": trial_ids}))
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    return Image.open(io.BytesIO(data)).size
