@@ -55,9 +55,9 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
                 records += kept.to_dict("records")
                 continue
             table = pq.read_table(source)
-            first = table.filter(
-                pc.equal(table.column("target_index"), pc.min(table.column("target_index")))
-            )
+            first = table
+            if plan.manifest.task != "classification":  # overlays of the first target
+                first = table.filter(pc.equal(table.column("target_index"), 0))
             meta = first.select(["cell_id", "correct", "label_index"]).to_pandas()
             chosen = pick_cells(meta, config.overlays, config.seed)
             picked = first.filter(

@@ -75,7 +75,9 @@ def select_trials(store: StudyStore, config: ExplainConfig) -> tuple[str, list[T
         board = board[board["trial_id"].isin(config.trials)]
     else:  # fully trained trials first; pruned ones only when too few finished
         finished = board[board["status"] == "completed"]
-        board = (finished if len(finished) else board[board["status"] != "error"]).head(config.top_k)
+        board = (finished if len(finished) else board[board["status"] != "error"]).head(
+            config.top_k
+        )
     trials = []
     for row in board.to_dict("records"):
         checkpoint = Path(row["checkpoint"])

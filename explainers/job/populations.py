@@ -52,7 +52,7 @@ def gmean_images(plan: ExplainPlan, classes: list[str], groups: pd.Series, eps: 
 
 
 def gmean_maps(
-    path, classes: list[str], groups: pd.Series, hw: tuple[int, int], eps: float
+    path, classes: list[str], groups: pd.Series, hw: tuple[int, int], eps: float, regression: bool
 ) -> dict:
     """Gmean of one (trial, method) map table per class (regression: first target only)."""
     acc = PerClassGeometricMean(classes, (1, *hw), eps=eps)
@@ -62,7 +62,8 @@ def gmean_maps(
         batch_size=CHUNK, columns=["cell_id", "map", "map_shape", "target_index"]
     ):
         frame = batch.to_pandas()
-        frame = frame[frame["target_index"] == frame["target_index"].min()]
+        if regression:  # one population per target would repeat the cells: use the first
+            frame = frame[frame["target_index"] == 0]
         if frame.empty:
             continue
         shape = tuple(frame["map_shape"].iloc[0])
@@ -112,7 +113,9 @@ def run_population(
                     continue
             if shape_means is None:
                 shape_means = gmean_images(plan, classes, groups, eps)
-            map_means = gmean_maps(source, classes, groups, hw, eps)
+            map_means = gmean_maps(
+                source, classes, groups, hw, eps, plan.manifest.task != "classification"
+            )
             for cls in classes:
                 if cls not in map_means or cls not in shape_means:
                     continue

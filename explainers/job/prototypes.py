@@ -106,7 +106,7 @@ def fold_prototypes(
             rgb = overlay(image.astype(np.float32), None, channel_names=names)
             tiles.append(_crop(rgb, (r + 0.5) * sy, (c + 0.5) * sx, rf))
         path = prototype_path(study_dir, trial_id, fold, m)
-        save_png(path, grid(tiles, 5), scale=max(1, 96 // rf))
+        save_png(path, grid(tiles, 5), scale=max(1, -(-96 // rf)))
         best_cell = int(act[:, m].amax((1, 2)).argmax())
         amap = F.interpolate(
             act[best_cell : best_cell + 1, m : m + 1],

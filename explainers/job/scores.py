@@ -103,24 +103,24 @@ def sample_scores(
             else torch.zeros(len(rows), dtype=torch.long, device=device)
         )
 
-        def score_fn(images, model=model, fk=fk, softmax=classification):
-            out = model(images, **fk).float()
+        # perturbed batches mix images, so a per-image mask cannot follow them: score unmasked
+        def score_fn(images, model=model, softmax=classification):
+            out = model(images).float()
             return torch.softmax(out, 1) if softmax else out
 
         random_model = randomize_weights(model, seed=seed, mode="full").eval()
         for method, options in methods.items():
             try:
-                trained = create_explainer(method, model, layer_for(method, model), **options)
-                randomised = create_explainer(
-                    method, random_model, layer_for(method, random_model), **options
-                )
+                layer = layer_for(method, model, tuple(x.shape[1:]))
+                trained = create_explainer(method, model, layer, **options)
+                randomised = create_explainer(method, random_model, layer, **options)
                 a = trained.attribute(x, target=target, forward_kwargs=fk).detach().float()
                 b = randomised.attribute(x, target=target, forward_kwargs=fk).detach().float()
+                faith = deletion_insertion(
+                    score_fn, x, a, steps=16, baseline="blur", target=target, batch_size=256
+                )
             except (RuntimeError, ValueError, TypeError):
                 continue  # the map stage recorded why this method does not apply
-            faith = deletion_insertion(
-                score_fn, x, a, steps=16, baseline="blur", target=target, batch_size=256
-            )
             check = randomisation_check(a.cpu().numpy(), b.cpu().numpy())
             rec = collected.setdefault((method, "all"), [])
             rec.append(

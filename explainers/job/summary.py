@@ -15,6 +15,7 @@ COLUMNS = {
     "insertion_auc": "insertion",
     "randomisation_spearman": "rand. rho",
     "randomisation_passed": "sanity",
+    "n_distinct_prototypes": "distinct protos",
 }
 
 

@@ -59,12 +59,48 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def layer_for(method: str, model) -> object:
-    """CAM layer(s): the deepest feature layer; LayerCAM fuses the two deepest."""
+MIN_CAM_SIDE = 4
+
+
+def cam_layers(model, shape) -> list[str]:
+    """Feature layers usable for CAMs on ``shape`` (C, H, W) inputs, shallow to deep.
+
+    Layers whose maps are smaller than MIN_CAM_SIDE pixels a side are dropped (a 2x2 or 1x1
+    map of a small crop says nothing about where), unless no layer is that large.
+    """
+    cached = getattr(model, "_cytotune_cam_layers", None)
+    if cached is not None:
+        return cached
+    layers = model.feature_layers()
+    sizes: dict[str, int] = {}
+
+    def record(name):
+        def hook(module, inputs, out) -> None:  # returns None: the output stays unchanged
+            sizes[name] = (
+                min(out.shape[-2:]) if isinstance(out, torch.Tensor) and out.ndim == 4 else 0
+            )
+
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in layers.items()]
+    try:
+        param = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, *shape, device=param.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    usable = [n for n in layers if sizes.get(n, 0) >= MIN_CAM_SIDE] or list(layers)[-1:]
+    model._cytotune_cam_layers = usable
+    return usable
+
+
+def layer_for(method: str, model, shape) -> object:
+    """CAM layer(s): the deepest usable feature layer; LayerCAM fuses the two deepest."""
     cls = get_explainer_class(method)
     if not getattr(cls, "uses_layer", False):
         return None
-    layers = list(model.feature_layers())
+    layers = cam_layers(model, shape)
     return layers[-2:] if method == "layercam" and len(layers) > 1 else layers[-1]
 
 
@@ -190,7 +226,7 @@ class MapWorker:
             options = self.methods[method]
             if (trial_id, method) in self.failures:
                 continue
-            layer = layer_for(method, model)
+            layer = layer_for(method, model, tuple(x.shape[1:]))
             for target in targets:
                 start = time.perf_counter()
                 try:

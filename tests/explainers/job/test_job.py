@@ -1,0 +1,221 @@
+"""The explain job end to end on a real (small) study, checked against direct computations."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from engine.data.augment import normalize
+from engine.data.dataset import CellDataset
+from engine.train.checkpoint import load_model
+from explainers import create_explainer
+from explainers.job.layout import decode_map, explain_dir, maps_path, population_dir
+from explainers.job.worker import cam_layers
+
+pytestmark = pytest.mark.slow
+
+
+def _maps(study, trial, method) -> pd.DataFrame:
+    return pd.read_parquet(maps_path(study, trial, method))
+
+
+def test_every_planned_cell_once_per_trial_and_method(explained):
+    study, config, plan, state = explained
+    assert [t.family for t in plan.trials] == ["small_cnn", "mhl_attention", "protopnet"]
+    folds = plan.folds.set_index("cell_id")["fold"]
+    for trial in plan.trials:
+        for method in config.method_names:
+            frame = _maps(study, trial.trial_id, method)
+            assert sorted(frame["cell_id"]) == sorted(plan.cells["cell_id"])
+            # split=val: each cell is explained by the model of the fold that held it out
+            assert (frame["fold"].to_numpy() == folds.loc[frame["cell_id"]].to_numpy()).all()
+            shape = tuple(frame["map_shape"].iloc[0])
+            assert shape == ((1, 32, 32) if method == "gradcam" else (3, 32, 32))
+    assert state.data["status"] == "finished" and not state.data["failures"]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "integrated_gradients"])
+def test_stored_maps_and_predictions_equal_a_direct_computation(explained, method):
+    study, config, plan, _ = explained
+    trial = plan.trials[0]
+    frame = _maps(study, trial.trial_id, method)
+    frame = frame[frame["fold"] == 1].head(12)
+    dataset = CellDataset(plan.dataset.path)
+    rows = plan.cells.set_index("cell_id").loc[frame["cell_id"], "row"].to_numpy()
+    model, cfg = load_model(trial.fold_dirs[1])
+    norm = cfg["data"]["normalization"]
+    x = normalize(
+        torch.from_numpy(dataset.images(rows).astype(np.float32)),
+        torch.tensor(norm["offset"]),
+        torch.tensor(norm["scale"]),
+    )
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1)
+    np.testing.assert_array_equal(frame["prediction_index"], probs.argmax(1).numpy())
+    np.testing.assert_allclose(frame["confidence"], probs.max(1).values.numpy(), rtol=1e-5)
+    layer = cam_layers(model, (3, 32, 32))[-1] if method == "gradcam" else None
+    explainer = create_explainer(method, model, layer, **config.method_options[method])
+    expected = explainer.attribute(x, target=probs.argmax(1)).detach().numpy()
+    stored = np.stack([decode_map(m, s) for m, s in zip(frame["map"], frame["map_shape"])])
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(stored, expected, atol=2e-3 * scale, rtol=2e-3)
+
+
+def test_mass_in_cell_and_evidence_match_hand_computation(explained):
+    study, _, plan, _ = explained
+    frame = _maps(study, plan.trials[0].trial_id, "saliency")
+    dataset = CellDataset(plan.dataset.path)
+    row_of = plan.cells.set_index("cell_id")["row"]
+    cell, evidence = dataset.masks(), dataset.masks("evidence")
+    for _, r in frame.head(10).iterrows():
+        m = np.clip(decode_map(r["map"], r["map_shape"]), 0, None).sum(0)
+        row = row_of[r["cell_id"]]
+        assert r["mass_cell"] == pytest.approx((m * cell[row]).sum() / m.sum(), rel=1e-4)
+        assert r["mass_evidence"] == pytest.approx((m * evidence[row]).sum() / m.sum(), rel=1e-4)
+        peak = np.unravel_index(np.argmax(m), m.shape)
+        assert r["pointing_hit"] == float(evidence[row][peak] > 0)
+
+
+def test_population_maps_equal_numpy_geometric_means(explained):
+    study, config, plan, _ = explained
+    trial, method, eps = plan.trials[0].trial_id, "gradcam", 1e-3
+    frame = _maps(study, trial, method)
+    labels = plan.dataset.metadata().set_index("cell_id")["label"]
+    for cls in plan.manifest.classes:
+        part = frame[labels.loc[frame["cell_id"]].to_numpy() == cls]
+        maps = np.stack(
+            [
+                np.clip(decode_map(m, s).astype(np.float64), 0, None).sum(0)
+                for m, s in zip(part["map"], part["map_shape"])
+            ]
+        )
+        peak = maps.reshape(len(maps), -1).max(1)[:, None, None]
+        maps = np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)  # all-zero maps stay 0
+        expected = np.exp(np.log(maps + eps).mean(0)) - eps
+        stored = np.load(population_dir(study, trial, method, cls) / "gmean_map.npy")
+        np.testing.assert_allclose(stored, expected, rtol=1e-5, atol=1e-6)
+        r = np.load(population_dir(study, trial, method, cls) / "correlation.npy")
+        summary = pd.read_parquet(explain_dir(study) / "population.parquet")
+        row = summary[
+            (summary.trial_id == trial)
+            & (summary.method == method)
+            & (summary["class"] == cls)
+            & (summary.channel == "all")
+        ]
+        assert row["positive_ratio"].item() == pytest.approx((r[-1] > config.threshold).mean())
+        assert row["negative_ratio"].item() == pytest.approx((r[-1] < -config.threshold).mean())
+        assert row["n"].item() == len(part)
+
+
+def test_quality_table_covers_every_trial_and_method(explained):
+    study, config, plan, _ = explained
+    quality = pd.read_parquet(explain_dir(study) / "quality.parquet")
+    for trial in plan.trials:
+        for method in config.method_names:
+            rows = quality[
+                (quality.trial_id == trial.trial_id) & (quality.method == method)
+            ].set_index("metric")
+            assert (
+                0 <= rows.loc["deletion_auc", "mean"] <= 1
+                and 0 <= rows.loc["insertion_auc", "mean"] <= 1
+            )
+            assert rows.loc["randomisation_passed", "mean"] in (0.0, 1.0)
+            assert rows.loc["deletion_auc", "n"] == config.quality_cells
+            frame = _maps(study, trial.trial_id, method)
+            assert rows.loc["mass_cell", "mean"] == pytest.approx(
+                frame["mass_cell"].mean(), rel=1e-5
+            )
+    proto = quality[quality.method == "prototypes"].set_index("metric")
+    assert proto.loc["n_distinct_prototypes", "n"] == 3  # one value per fold model
+
+
+def test_prototype_mosaics_hold_the_closest_training_patches(explained):
+    study, _, plan, _ = explained
+    table = pd.read_parquet(explain_dir(study) / "prototypes.parquet")
+    trial = plan.trials[2]
+    assert len(table) == 3 * 4  # 3 folds x 2 classes x 2 prototypes
+    model, cfg = load_model(trial.fold_dirs[0])
+    dataset = CellDataset(plan.dataset.path)
+    meta = dataset.metadata()[["cell_id"]].reset_index(names="row").merge(plan.folds, on="cell_id")
+    train = meta.loc[meta["fold"] != 0, "row"].to_numpy()
+    norm = cfg["data"]["normalization"]
+    x = normalize(
+        torch.from_numpy(dataset.images(train).astype(np.float32)),
+        torch.tensor(norm["offset"]),
+        torch.tensor(norm["scale"]),
+    )
+    mask = torch.from_numpy(dataset.masks()[train]).float()[:, None]
+    with torch.no_grad():
+        _, d = model.distances(x, mask)
+    brute = d.min(1).values.min(0).values.numpy()  # (M,) closest training patch per prototype
+    fold0 = table[table.fold == 0].sort_values("prototype")
+    np.testing.assert_allclose(fold0["top_distance"], brute, rtol=1e-4, atol=1e-6)
+    for path in fold0["path"]:
+        assert (study / path).is_file() and (
+            study / path.replace(".png", "_activation.png")
+        ).is_file()
+
+
+def test_attention_figures_and_overlays_exist(explained):
+    study, config, plan, _ = explained
+    attention = pd.read_parquet(explain_dir(study) / "attention.parquet")
+    assert set(attention["trial_id"]) == {plan.trials[1].trial_id}
+    assert all((study / p).is_file() for p in attention["path"])
+    overlays = pd.read_parquet(explain_dir(study) / "overlays.parquet")
+    assert len(overlays) == len(plan.trials) * len(config.method_names) * config.overlays
+    assert all((study / p).is_file() for p in overlays["path"])
+
+
+def test_rerun_recomputes_only_missing_or_changed_parts(explained):
+    from explainers.job.runner import run_explain
+
+    study, config, plan, state = explained
+    paths = {
+        (t.trial_id, m): maps_path(study, t.trial_id, m)
+        for t in plan.trials
+        for m in config.method_names
+    }
+    before = {k: os.stat(p).st_mtime_ns for k, p in paths.items()}
+    removed = (plan.trials[1].trial_id, "saliency")
+    paths[removed].unlink()
+    changed = dataclasses.replace(
+        config, methods=("gradcam", "saliency", "integrated_gradients:n_steps=4")
+    )
+    run_explain(changed, progress=False, log=lambda *_: None)
+    after = {k: os.stat(p).st_mtime_ns for k, p in paths.items()}
+    recomputed = {k for k in paths if after[k] != before[k]}
+    expected = {removed} | {(t.trial_id, "integrated_gradients") for t in plan.trials}
+    assert recomputed == expected
+    run_explain(config, progress=False, log=lambda *_: None)  # back to the fixture's settings
+
+
+def test_a_failing_method_is_recorded_and_the_rest_finishes(trained_study, tmp_path):
+    import shutil
+
+    from explainers.job.config import ExplainConfig
+    from explainers.job.runner import run_explain
+
+    study = tmp_path / "study"
+    shutil.copytree(trained_study, study)
+    config = ExplainConfig(
+        study=str(study),
+        top_k=1,
+        methods=("saliency", "occlusion:window=999"),
+        stages=("maps", "quality"),
+        quality_cells=8,
+        limit=40,
+    )
+    _, state = run_explain(config, progress=False, log=lambda *_: None)
+    failures = state.data["failures"]
+    assert (
+        list(failures) == ["maps/t00smal/occlusion"]
+        and "window" in failures["maps/t00smal/occlusion"]
+    )
+    assert maps_path(study, "t00smal", "saliency").is_file()
+    assert not maps_path(study, "t00smal", "occlusion").exists()
+    assert not list((explain_dir(study) / "maps").rglob("*.tmp"))
