@@ -21,12 +21,16 @@ from .state import ExplainState
 
 
 def pick_cells(frame: pd.DataFrame, n: int, seed: int) -> list[str]:
-    """``n`` cell ids: up to n/4 misclassified ones, the rest at random (seeded)."""
+    """``n`` cell ids (seeded): up to n/4 misclassified ones first, then correct ones (then
+    more misclassified ones when too few are correct). Regression: all at random."""
     rng = np.random.default_rng(seed)
-    wrong = frame.loc[~frame["correct"].astype(bool), "cell_id"].to_numpy()
-    wrong = rng.permutation(wrong)[: n // 4] if frame["label_index"].ge(0).any() else wrong[:0]
-    rest = rng.permutation(frame.loc[~frame["cell_id"].isin(wrong), "cell_id"].to_numpy())
-    return [str(c) for c in [*wrong, *rest[: n - len(wrong)]]]
+    classification = frame["label_index"].ge(0).any()
+    is_wrong = ~frame["correct"].astype(bool) if classification else frame["correct"] & False
+    wrong = rng.permutation(frame.loc[is_wrong, "cell_id"].to_numpy())
+    right = rng.permutation(frame.loc[~is_wrong, "cell_id"].to_numpy())
+    first = wrong[: n // 4]
+    order = [*first, *right, *wrong[len(first) :]]
+    return [str(c) for c in order[:n]]
 
 
 def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -> pd.DataFrame:

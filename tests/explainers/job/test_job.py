@@ -95,7 +95,9 @@ def test_population_maps_equal_numpy_geometric_means(explained):
             ]
         )
         peak = maps.reshape(len(maps), -1).max(1)[:, None, None]
-        maps = np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)  # all-zero maps stay 0
+        maps = np.divide(
+            maps, peak, out=np.zeros_like(maps), where=peak > 0
+        )  # all-zero maps stay 0
         expected = np.exp(np.log(maps + eps).mean(0)) - eps
         stored = np.load(population_dir(study, trial, method, cls) / "gmean_map.npy")
         np.testing.assert_allclose(stored, expected, rtol=1e-5, atol=1e-6)

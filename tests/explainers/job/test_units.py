@@ -1,0 +1,118 @@
+"""Small parts of the explain job, with hand-computed references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+
+from explainers.job.attention import received_attention
+from explainers.job.config import ExplainConfig, parse_method
+from explainers.job.figures import diverging, grid
+from explainers.job.layout import decode_map, encode_map, safe_name
+from explainers.job.maps import AttachFold
+from explainers.job.overlays import pick_cells
+from explainers.job.prototypes import _crop
+
+
+def test_parse_method_options_and_errors():
+    assert parse_method("smoothgrad:n_samples=8,sigma=0.1") == (
+        "smoothgrad",
+        {"n_samples": 8, "sigma": 0.1},
+    )
+    with pytest.raises(ValueError, match="gradcam"):
+        parse_method("gradcma")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_method("smoothgrad:n_samples")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"split": "test"}, "split"),
+        ({"limit": 0}, "limit"),
+        ({"methods": ("gradcam", "gradcam")}, "once"),
+        ({"stages": ("maps", "plots")}, "stages"),
+        ({"precision": "fp8"}, "precision"),
+    ],
+)
+def test_config_errors_name_the_key(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ExplainConfig(study="x", **kwargs)
+
+
+def test_changed_method_options_change_only_that_methods_key():
+    a = ExplainConfig(study="x", methods=("gradcam", "smoothgrad:n_samples=4"))
+    b = ExplainConfig(study="x", methods=("gradcam", "smoothgrad:n_samples=8"))
+    assert a.method_key("gradcam") == b.method_key("gradcam")
+    assert a.method_key("smoothgrad") != b.method_key("smoothgrad")
+
+
+def test_map_encoding_round_trip_in_float16():
+    x = np.random.default_rng(0).normal(size=(3, 5, 7)).astype(np.float32)
+    data, shape = encode_map(x)
+    assert shape == [3, 5, 7] and len(data) == x.size * 2
+    np.testing.assert_array_equal(decode_map(data, shape), x.astype(np.float16).astype(np.float32))
+    assert encode_map(x[0])[1] == [1, 5, 7]
+
+
+def test_safe_names_cannot_leave_the_directory():
+    assert safe_name("../../etc/passwd") == "_.._etc_passwd"
+    assert "/" not in safe_name("a/b\\c") and safe_name("") == "_"
+
+
+def test_attach_fold_keeps_planned_cells_with_their_fold():
+    table = pa.table({"cell_id": ["a", "b", "c", "d"], "x": [1, 2, 3, 4]})
+    out = AttachFold(np.array(["d", "b"]), np.array([2, 0]))(table)
+    assert out.column("cell_id").to_pylist() == ["b", "d"]
+    assert out.column("fold").to_pylist() == [0, 2]
+    assert out.column("x").to_pylist() == [2, 4]
+
+
+def test_received_attention_by_hand():
+    # 1 image, 2 heads, 2 queries, 4 keys on a 2x2 grid
+    w = torch.tensor(
+        [[[[1.0, 0, 0, 0], [0, 1.0, 0, 0]], [[0, 0, 1.0, 0], [0, 0, 0, 1.0]]]]
+    )  # each key gets 1 of the 4 (head, query) rows -> mean 0.25 everywhere
+    out = received_attention(w, (2, 2))
+    np.testing.assert_allclose(out.numpy(), np.full((1, 2, 2), 0.25))
+    w = torch.zeros(1, 1, 3, 4)
+    w[..., 3] = 1.0  # every query looks at the bottom-right token
+    out = received_attention(w, (2, 2)).numpy()[0]
+    np.testing.assert_allclose(out, [[0, 0], [0, 1.0]])
+    with pytest.raises(ValueError, match="square"):
+        received_attention(torch.zeros(1, 1, 2, 3), (4, 4))
+
+
+def test_pick_cells_puts_misclassified_first():
+    frame = pd.DataFrame(
+        {
+            "cell_id": [f"c{i}" for i in range(20)],
+            "correct": [i % 5 != 0 for i in range(20)],
+            "label_index": 0,
+        }
+    )
+    chosen = pick_cells(frame, 8, seed=0)
+    assert len(chosen) == len(set(chosen)) == 8
+    wrong = {f"c{i}" for i in range(0, 20, 5)}
+    assert set(chosen[:2]) <= wrong and len(set(chosen) & wrong) == 2
+
+
+def test_crop_pads_outside_the_image():
+    rgb = np.arange(5 * 5 * 3, dtype=np.uint8).reshape(5, 5, 3)
+    out = _crop(rgb, 0.5, 0.5, 3)  # centred on pixel (0, 0)
+    assert out.shape == (3, 3, 3)
+    np.testing.assert_array_equal(out[0], 0)
+    np.testing.assert_array_equal(out[1:, 1:], rgb[:2, :2])
+
+
+def test_grid_and_diverging_colours():
+    tiles = [np.full((2, 3, 3), k, np.uint8) for k in range(5)]
+    out = grid(tiles, 2, pad=1, fill=9)
+    assert out.shape == (3 * 3 + 1, 2 * 4 + 1, 3)
+    assert (out[1:3, 5:8] == 1).all() and (out[7:9, 5:8] == 9).all()  # 6th slot empty
+    rgb = diverging(np.array([[-1.0, 0.0, 1.0]]))[0]
+    assert tuple(rgb[1]) == (255, 255, 255) and rgb[2, 0] > rgb[2, 2] and rgb[0, 2] > rgb[0, 0]
