@@ -116,3 +116,21 @@ def test_grid_and_diverging_colours():
     assert (out[1:3, 5:8] == 1).all() and (out[7:9, 5:8] == 9).all()  # 6th slot empty
     rgb = diverging(np.array([[-1.0, 0.0, 1.0]]))[0]
     assert tuple(rgb[1]) == (255, 255, 255) and rgb[2, 0] > rgb[2, 2] and rgb[0, 2] > rgb[0, 0]
+
+
+def test_device_localisation_equals_the_quality_functions():
+    from explainers import mass_inside, pointing_game
+    from explainers.job.worker import binary_column, localisation
+
+    rng = np.random.default_rng(1)
+    maps = rng.normal(size=(6, 3, 8, 8)).astype(np.float32)
+    maps[2] = -1.0  # no positive mass: NaN share
+    mask = rng.random((6, 8, 8)) > 0.6
+    mask[4] = False  # empty mask: NaN hit
+    mass, hits = localisation(torch.from_numpy(maps), torch.from_numpy(mask))
+    np.testing.assert_allclose(mass, mass_inside(maps, mask), rtol=1e-5, equal_nan=True)
+    expected = pointing_game(maps, mask).astype(np.float32)
+    expected[4] = np.nan
+    np.testing.assert_array_equal(hits, expected)
+    column = binary_column(maps.astype(np.float16))
+    assert column.to_pylist()[3] == maps[3].astype(np.float16).tobytes()
