@@ -1,0 +1,103 @@
+"""A 10,000-trial store loads the leaderboard in under 2 s; a running search shows up live."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from .conftest import Server, wait_for
+from .factory import make_study, make_trials_table
+
+N = 10_000
+BUDGET_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    root = tmp_path_factory.mktemp("big")
+    study = root / "big"
+    study.mkdir()
+    (study / "study.json").write_text(json.dumps({"status": "running", "dataset": "/nowhere"}))
+    (study / "study.yaml").write_text(
+        "name: big\ndataset: /nowhere\nobjectives:\n- {metric: f1_macro, mode: max}\n"
+    )
+    table = make_trials_table(study, N)
+    srv = Server(study)
+    yield srv, table
+    srv.close()
+
+
+def _texts(driver, css):
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText.trim())",
+        css,
+    )
+
+
+def test_ten_thousand_trials_leaderboard_loads_fast(browser, big):
+    srv, table = big
+    best = table.sort_values("val/f1_macro", ascending=False).iloc[0]
+    start = time.perf_counter()
+    browser.get(srv.url + "/")  # opens on the leaderboard; server caches are cold
+    wait_for(
+        browser,
+        lambda d: _texts(d, '#lb-table td[data-dash-column="trial"]')[:1] == [best["trial_id"]],
+    )
+    cold = time.perf_counter() - start
+    assert "of 10,000 trials" in browser.find_element("css selector", "#lb-count").text
+    assert (
+        len(_texts(browser, '#lb-table td[data-dash-column="trial"]')) == 25
+    )  # one page reaches the browser
+    start = time.perf_counter()
+    browser.get(srv.url + "/leaderboard?study=big")
+    wait_for(
+        browser,
+        lambda d: _texts(d, '#lb-table td[data-dash-column="trial"]')[:1] == [best["trial_id"]],
+    )
+    warm = time.perf_counter() - start
+    print(f"\n10,000-trial leaderboard: first load {cold:.2f} s, reload {warm:.2f} s")
+    assert cold < BUDGET_S and warm < BUDGET_S
+    # sorting the whole table server-side answers quickly too
+    start = time.perf_counter()
+    browser.find_element(
+        "css selector", '#lb-table th[data-dash-column="images_per_s"] .column-header--sort'
+    ).click()
+    slowest = table.sort_values("images_per_s")["trial_id"].iloc[0]
+    wait_for(
+        browser, lambda d: _texts(d, '#lb-table td[data-dash-column="trial"]')[:1] == [slowest]
+    )
+    assert time.perf_counter() - start < BUDGET_S
+    # the chart of all trials is drawn on request
+    browser.find_element("css selector", "#lb-chart-button").click()
+    wait_for(browser, lambda d: d.find_elements("css selector", "#lb-progress .main-svg"))
+
+
+def test_running_search_appears_without_reload(browser, tmp_path):
+    make_study(
+        tmp_path,
+        "live",
+        n_trials=3,
+        explain=False,
+        status="running",
+        dataset=tmp_path / "no-dataset",
+    )
+    srv = Server(tmp_path / "live")
+    try:
+        browser.get(srv.url + "/leaderboard")
+        wait_for(browser, lambda d: len(_texts(d, '#lb-table td[data-dash-column="trial"]')) == 3)
+        trials = pd.read_parquet(tmp_path / "live" / "trials.parquet")
+        extra = trials.iloc[[0]].assign(trial_id="t99999", number=99, status="running")
+        time.sleep(0.05)  # a new mtime for the rewritten table
+        pd.concat([trials, extra]).to_parquet(tmp_path / "live" / "trials.parquet.tmp", index=False)
+        (tmp_path / "live" / "trials.parquet.tmp").replace(tmp_path / "live" / "trials.parquet")
+        wait_for(
+            browser,
+            lambda d: "t99999" in _texts(d, '#lb-table td[data-dash-column="trial"]'),
+            timeout=10,
+        )
+        assert "running" in _texts(browser, '#lb-table td[data-dash-column="status"]')
+    finally:
+        srv.close()
