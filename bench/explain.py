@@ -1,0 +1,254 @@
+"""Explain throughput, measured in one run on one machine.
+
+Kernel (ResNet-50, 224 px, batch 256, bf16 autocast, channels_last, tensors already on the GPU):
+our batched Grad-CAM, Grad-CAM++ and LayerCAM vs captum's LayerGradCam one image at a time
+(fp32, the notebook way) and vs the same model's batched bf16 forward+backward.
+End to end: ``cytotune explain`` (Ray Data reads Parquet, GPU actors, maps written as Parquet)
+vs the bare batched Grad-CAM rate of the same run.
+
+    python bench/explain.py --out bench/results/explain.json
+    python bench/explain.py --size 64 --cells 512 --backbone resnet18 --smoke   # CPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import machine, random_dataset, write_result
+
+
+def timed(fn, n: int, sync: bool) -> float:
+    """Seconds per call of ``fn`` over ``n`` calls (after one warm-up call)."""
+    fn()
+    if sync:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    if sync:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n
+
+
+def build_model(backbone: str, device: str):
+    from search_spaces import ModelConfig, create_model
+
+    config = ModelConfig.from_sample(
+        {"family": "backbone", "backbone": {"backbone": backbone}},
+        in_chans=3,
+        task="binary",
+        num_outputs=2,
+    )
+    model = create_model(config).to(device).eval()
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return config, model
+
+
+def kernel(args, device: str) -> dict:
+    from captum.attr import LayerGradCam
+
+    from explainers import create_explainer
+
+    cuda = device == "cuda"
+    _, model = build_model(args.backbone, device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    if cuda:
+        x = x.to(memory_format=torch.channels_last)
+    target = torch.zeros(args.batch, dtype=torch.long, device=device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cuda)
+    out = {}
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            score = model(x.requires_grad_(False))[:, 0].sum()
+        score.backward()
+
+    out["fwd_bwd_img_s"] = args.batch / timed(fwd_bwd, args.steps, cuda)
+    for method in ("gradcam", "gradcam++", "layercam"):
+        explainer = create_explainer(method, model, model.target_layer)
+
+        def run(explainer=explainer):
+            with autocast:
+                explainer.attribute(x, target=target)
+
+        out[f"{method}_img_s"] = args.batch / timed(run, args.steps, cuda)
+    captum = LayerGradCam(model, model.target_layer)
+    singles = x[: args.single].float().contiguous()
+
+    def per_image():
+        for i in range(len(singles)):
+            captum.attribute(singles[i : i + 1], target=0)
+
+    out["captum_per_image_img_s"] = len(singles) / timed(per_image, 1, cuda)
+
+    def captum_batched():
+        with autocast:
+            captum.attribute(x, target=target)
+
+    out["captum_batched_bf16_img_s"] = args.batch / timed(captum_batched, args.steps, cuda)
+    out["gradcam_vs_captum_per_image"] = out["gradcam_img_s"] / out["captum_per_image_img_s"]
+    for method in ("gradcam", "gradcam++", "layercam"):
+        out[f"{method}_vs_fwd_bwd"] = out[f"{method}_img_s"] / out["fwd_bwd_img_s"]
+    return out
+
+
+def make_study(root: Path, dataset: Path, backbone: str, trials: int) -> Path:
+    """A study whose trials are fold checkpoints of randomly initialised models (no training)."""
+    import yaml
+
+    from engine.data import Manifest
+    from engine.data.folds import make_folds, save_folds
+    from engine.search.store import StudyStore
+    from engine.train import TrainConfig
+    from engine.train.checkpoint import checkpoint_config, write
+
+    manifest = Manifest.load(dataset)
+    folds = make_folds(dataset, k=2, group="well", stratify="label", name="k2-well")
+    save_folds(dataset, folds)
+    study = {
+        "name": "bench-explain",
+        "dataset": str(dataset),
+        "folds": {"name": "k2-well", "k": 2, "group": "well"},
+        "space": ["demo"],
+        "objective": {"metric": "accuracy", "mode": "max"},
+    }
+    store = StudyStore(str(root / "study"))
+    store.create(
+        yaml.safe_dump(study),
+        {
+            "name": "bench",
+            "dataset": str(dataset),
+            "dataset_hash": manifest.content_hash,
+            "folds": folds.name,
+            "fold_hash": folds.hash,
+        },
+    )
+    train = TrainConfig.from_sample({})
+    for t in range(trials):
+        torch.manual_seed(t)
+        config, model = build_model(backbone, "cpu")
+        checkpoint = root / "study" / "tune" / f"trial_t{t}" / "checkpoint_000000"
+        for fold in range(2):
+            write(
+                checkpoint / f"fold_{fold}",
+                model.state_dict(),
+                {},
+                checkpoint_config(config, train, manifest, fold, 0),
+            )
+        store.upsert(
+            "trials",
+            (f"t{t}",),
+            {
+                "trial_id": f"t{t}",
+                "status": "completed",
+                "family": "backbone",
+                "checkpoint": str(checkpoint),
+                "val/accuracy": 0.5 + t / 100,
+            },
+        )
+    store.flush()
+    store.update_status(status="finished")
+    return root / "study"
+
+
+def end_to_end(args, device: str, kernel_rate: float) -> dict:
+    import pyarrow.parquet as pq
+
+    from engine.cluster import ensure_ray
+    from explainers.job.config import ExplainConfig
+    from explainers.job.layout import maps_path
+    from explainers.job.maps import run_maps
+    from explainers.job.plan import build_plan
+    from explainers.job.state import ExplainState
+    from explainers.job.worker import MapWorker
+
+    root = Path(tempfile.mkdtemp(prefix="bench-explain-"))
+    start = time.perf_counter()
+    dataset = random_dataset(root / "data", args.cells, args.size)
+    study = make_study(root, dataset, args.backbone, args.trials)
+    out = {"setup_s": time.perf_counter() - start, "cells": args.cells, "trials": args.trials}
+    ensure_ray()
+    config = ExplainConfig(
+        study=str(study),
+        top_k=args.trials,
+        methods=("gradcam",),
+        stages=("maps",),
+        batch_size=args.batch,
+        precision="bf16" if device == "cuda" else "fp32",
+    )
+    plan = build_plan(config)
+    state = ExplainState(plan.study_dir)
+    maps = args.cells * args.trials
+    start = time.perf_counter()
+    run_maps(plan, config, state, progress=False)
+    out["explain_s"] = time.perf_counter() - start
+    out["explain_maps_s"] = maps / out["explain_s"]
+    # the same worker without Ray: Parquet read in this process, batches in a loop
+    worker = MapWorker(
+        {t.trial_id: t.fold_dirs for t in plan.trials},
+        {"gradcam": {}},
+        plan.manifest.to_dict(),
+        config.precision,
+    )
+    folds = dict(zip(plan.cells["cell_id"], plan.cells["fold"]))
+    start = time.perf_counter()
+    rows = 0
+    for path in plan.dataset.shard_paths:
+        table = pq.read_table(path, columns=["cell_id", "image", "label"])
+        table = table.append_column(
+            "fold", [[folds[c] for c in table.column("cell_id").to_pylist()]]
+        )
+        for offset in range(0, table.num_rows, args.batch):
+            rows += worker(table.slice(offset, args.batch)).num_rows
+    out["worker_no_ray_maps_s"] = rows / (time.perf_counter() - start)
+    out["kernel_gradcam_img_s"] = kernel_rate
+    out["explain_vs_kernel"] = out["explain_maps_s"] / kernel_rate
+    out["worker_vs_kernel"] = out["worker_no_ray_maps_s"] / kernel_rate
+    out["maps_bytes"] = sum(
+        maps_path(study, t.trial_id, "gradcam").stat().st_size for t in plan.trials
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument(
+        "--single", type=int, default=64, help="images in the per-image captum loop"
+    )
+    parser.add_argument("--cells", type=int, default=16384)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU-sized run")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.smoke:
+        args.batch, args.steps, args.single, args.cells, args.trials = 16, 1, 4, 256, 2
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.benchmark = True
+    result = {
+        "bench": "explain",
+        "machine": machine(),
+        "backbone": args.backbone,
+        "size": args.size,
+        "batch": args.batch,
+    }
+    result |= kernel(args, device)
+    result |= end_to_end(args, device, result["gradcam_img_s"])
+    write_result(args.out, result)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
