@@ -97,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     for name, info in manifest["formats"].items():
-        how = info.get("method", info.get("exporter", ""))
+        how = info.get(
+            "method", info.get("exporter", f"{len(info.get('files', []))} state dict(s)")
+        )
         diff = info.get("max_abs_diff")
         check = "" if diff is None else f", max abs diff {diff:.2g} on sample crops"
         print(f"  {name:<12} {info.get('file', 'weights/')} {how}{check}")

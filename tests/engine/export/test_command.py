@@ -92,3 +92,16 @@ def test_command_errors_name_the_fix(cls_study, tmp_path, capsys):
         assert main(argv) == 2, argv
         assert words in capsys.readouterr().err, argv
     assert not (tmp_path / "x").exists()
+
+
+def test_checkpoint_is_found_again_when_the_study_moved(cls_study):
+    from engine.export.source import resolve_checkpoint
+
+    row = {"trial_id": "small_cnn", "status": "completed"}
+    old = "/gone/elsewhere/export-test/tune/trial_small_cnn/checkpoint_000000"
+    found = resolve_checkpoint(cls_study, {**row, "checkpoint": old})
+    assert found == cls_study / "tune/trial_small_cnn/checkpoint_000000" and found.is_dir()
+    with pytest.raises(FileNotFoundError, match="was the study directory copied without tune/"):
+        resolve_checkpoint(cls_study, {**row, "checkpoint": "/gone/tune/trial_x/checkpoint_0"})
+    with pytest.raises(ValueError, match="has no checkpoint"):
+        resolve_checkpoint(cls_study, {**row, "checkpoint": None})
