@@ -231,8 +231,8 @@ pre.config{background:#f8fafc;border:1px solid #e2e8f0;border-radius:6px;padding
 .tile img{width:100%;image-rendering:pixelated;border-radius:4px;display:block;background:#000}
 .tile .cap{margin-top:4px;line-height:1.35}.tile .id{color:#64748b;font-family:ui-monospace,monospace;font-size:11px}
 .ok{color:#15803d;font-weight:600}.bad{color:#b91c1c;font-weight:600}
-.pop{display:grid;grid-template-columns:repeat(3,1fr);gap:8px;text-align:center;font-size:12px;color:#475569}
-.pop img{width:100%;image-rendering:pixelated;border-radius:4px}
+.pop{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr) minmax(0,2fr);gap:10px;text-align:center;font-size:12px;color:#475569;align-items:end}
+.pop img{width:100%;max-height:190px;object-fit:contain;image-rendering:pixelated;border-radius:4px}
 .mosaics{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:12px}
 .mosaics img{width:100%;border-radius:4px;image-rendering:pixelated}
 .muted{color:#64748b}

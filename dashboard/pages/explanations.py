@@ -174,7 +174,7 @@ def layout(ctx, study, params):
                         dcc.Graph(
                             id="ex-quality",
                             config={"displaylogo": False},
-                            style={"height": "300px"},
+                            style={"height": "440px"},
                         ),
                     ),
                 ],
@@ -320,7 +320,12 @@ def register(app, ctx):
                 "attention",
                 trial_id,
                 lambda r: (
-                    f"cell {r.get('cell_id')}" + (f" · {r['pairs']}" if r.get("pairs") else "")
+                    f"cell {r.get('cell_id')}"
+                    + (
+                        f" · channel pairs: {_pairs(r.get('pairs'))}"
+                        if _pairs(r.get("pairs"))
+                        else ""
+                    )
                 ),
                 "This trial's family has no channel attention.",
             ),
@@ -328,7 +333,7 @@ def register(app, ctx):
 
 
 def _pairs(value) -> str:
-    if value is None or isinstance(value, float):
+    if value is None or isinstance(value, float) or len(value) == 0:
         return ""
     return value if isinstance(value, str) else ", ".join(map(str, list(value)))
 
@@ -483,22 +488,42 @@ def _locate(explain: Explanations, name: str, trial_id, row) -> str | None:
     return None
 
 
-def quality_figure(explain: Explanations, trial_id) -> go.Figure:
-    fig = go.Figure()
+def quality_figure(explain: Explanations, trial_id) -> dict:
+    """Quality scores of every method for one trial, as horizontal grouped bars."""
     frame = explain.table("quality")
+    layout = {
+        **common.FIG_LAYOUT,
+        "barmode": "group",
+        "xaxis": {"title": {"text": "mean ± std over cells"}},
+    }
     if frame.empty or "trial_id" not in frame:
-        fig.add_annotation(text="no quality scores", showarrow=False)
-        fig.update_layout(**common.FIG_LAYOUT, xaxis_visible=False, yaxis_visible=False)
-        return fig
+        layout["annotations"] = [
+            {
+                "text": "no quality scores",
+                "showarrow": False,
+                "xref": "paper",
+                "yref": "paper",
+                "x": 0.5,
+                "y": 0.5,
+            }
+        ]
+        return {"data": [], "layout": layout}
     frame = frame[frame["trial_id"].astype(str) == str(trial_id)]
+    data = []
     for method, group in frame.groupby("method", sort=True):
-        fig.add_trace(
-            go.Bar(
-                x=group["metric"],
-                y=group["mean"],
-                error_y={"type": "data", "array": group["std"].fillna(0)},
-                name=str(method),
-            )
+        data.append(
+            {
+                "type": "bar",
+                "orientation": "h",
+                "y": group["metric"].astype(str).tolist(),
+                "x": group["mean"].astype(float).round(4).tolist(),
+                "error_x": {
+                    "type": "data",
+                    "array": group["std"].fillna(0).astype(float).round(4).tolist(),
+                },
+                "name": str(method),
+            }
         )
-    fig.update_layout(**common.FIG_LAYOUT, barmode="group", yaxis_title="score")
-    return fig
+    layout["yaxis"] = {"autorange": "reversed", "automargin": True}
+    layout["margin"] = {"l": 10, "r": 15, "t": 30, "b": 45}
+    return {"data": data, "layout": layout}

@@ -19,7 +19,7 @@ PAGE_SIZE = 25
 # table is on screen first.
 CHART_INLINE = 2000
 WIDTHS = {
-    "rank": "54px",
+    "rank": "64px",
     "trial": "92px",
     "family": "130px",
     "status": "92px",
@@ -141,6 +141,7 @@ def layout(ctx, study, params):
                         sort_by=[],
                         filter_action="custom",
                         filter_query="",
+                        filter_options={"placeholder_text": "filter"},
                         markdown_options={"link_target": "_self"},
                         style_table={"overflowX": "auto", "minWidth": "100%"},
                         style_cell={
@@ -330,7 +331,7 @@ def progress_figure(trials, metric: str, mode: str) -> dict:
     key = f"val/{metric}"
     layout = {
         **common.FIG_LAYOUT,
-        "xaxis": {"title": {"text": "trial number"}},
+        "xaxis": {"title": {"text": "trial number"}, "zeroline": False},
         "yaxis": {"title": {"text": metric}},
     }
     if trials.empty or key not in trials:
