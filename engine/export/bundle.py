@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def write_bundle(
     formats: list[str],
     sample: np.ndarray,
     sample_mask: np.ndarray | None = None,
-    card: str | None = None,
+    card: Callable[[dict], str] | None = None,
     overwrite: bool = False,
 ) -> tuple[Path, dict]:
     """Export ``model`` in ``formats``, check every export against it on ``sample`` and write
