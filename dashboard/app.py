@@ -228,6 +228,8 @@ body{font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;marg
 pre.config{background:#f8fafc;border:1px solid #e2e8f0;border-radius:6px;padding:10px;font-size:12px;max-height:420px;overflow:auto;margin:0}
 .tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px}
 .tile{background:#fff;border-radius:6px;box-shadow:0 1px 2px rgba(15,23,42,.1);padding:6px;font-size:12px}
+.tile.right{border-top:3px solid #16a34a}.tile.wrong{border-top:3px solid #dc2626}
+.swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin:0 4px 0 2px;vertical-align:middle}
 .tile img{width:100%;image-rendering:pixelated;border-radius:4px;display:block;background:#000}
 .tile .cap{margin-top:4px;line-height:1.35}.tile .id{color:#64748b;font-family:ui-monospace,monospace;font-size:11px}
 .ok{color:#15803d;font-weight:600}.bad{color:#b91c1c;font-weight:600}

@@ -239,7 +239,7 @@ def parcoords_figure(trials: pd.DataFrame, metric: str, family: str | None) -> g
                 "color": frame[key],
                 "colorscale": "Viridis",
                 "showscale": True,
-                "colorbar": {"title": metric[:12]},
+                "colorbar": {"thickness": 14},
             },
             dimensions=dims,
         )

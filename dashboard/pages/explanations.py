@@ -35,7 +35,13 @@ def layout(ctx, study, params):
     have_crops = (
         study.dataset_path() is not None and (study.dataset_path() / "manifest.json").is_file()
     )
-    channel_options = [{"label": f" {n}", "value": i} for i, n in enumerate(names)]
+    channel_options = [
+        {
+            "label": html.Span([html.Span(className="swatch", style={"background": rgb}), name]),
+            "value": i,
+        }
+        for i, (name, rgb) in enumerate(zip(names, _channel_css(names)))
+    ]
     return html.Div(
         [
             dcc.Store(id="ex-study", data=study.key),
@@ -190,6 +196,14 @@ def layout(ctx, study, params):
             ),
         ]
     )
+
+
+def _channel_css(names) -> list[str]:
+    """The tint each channel gets in the overlays (DNA blue, actin red, ...), as CSS colours."""
+    from explainers.methods.channels import channel_colors
+
+    colors = channel_colors(list(range(len(names))), list(names))
+    return [f"rgb({int(r * 255)},{int(g * 255)},{int(b * 255)})" for r, g, b in colors]
 
 
 def _field(label, control, width):
@@ -390,7 +404,7 @@ def _tile(key, trial_id, method, row, channels, cmap, alpha, regression):
             ),
             html.Div([*caption, html.Div(cell, className="id")], className="cap"),
         ],
-        className="tile",
+        className="tile" if regression else ("tile right" if row.get("correct") else "tile wrong"),
         **{"data-cell": cell, "data-correct": str(bool(row.get("correct")))},
     )
 

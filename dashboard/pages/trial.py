@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import yaml
 from dash import dash_table, dcc, html
 
 from ..data import trial_params
+from ..explain import Explanations
 from . import common
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777")
@@ -80,6 +82,18 @@ def layout(ctx, study, params):
                         className="muted",
                         style={"marginLeft": "12px"},
                     ),
+                    *(
+                        [
+                            dcc.Link(
+                                "explanations",
+                                href=common.href("explanations", study.key, trial=trial_id),
+                                style={"marginLeft": "auto", "marginRight": "16px"},
+                                id="trial-explanations",
+                            )
+                        ]
+                        if trial_id in Explanations(study).methods()
+                        else []
+                    ),
                     dcc.Link(
                         "← leaderboard",
                         href=common.href("leaderboard", study.key),
@@ -131,12 +145,18 @@ def layout(ctx, study, params):
                 [
                     common.card(
                         "ROC curves",
-                        common.graph(roc_figure(folds, classes), 360),
+                        _or_notice(
+                            roc_figure(folds, classes),
+                            "No ROC curves (regression, or no fold results yet).",
+                        ),
                         sub="one-vs-rest, per fold",
                     ),
                     common.card(
                         "Confusion matrix",
-                        common.graph(confusion_figure(folds, classes), 360),
+                        _or_notice(
+                            confusion_figure(folds, classes),
+                            "No confusion matrix (regression, or no fold results yet).",
+                        ),
                         sub="summed over folds; colour = share of the true class",
                     ),
                 ],
@@ -144,13 +164,17 @@ def layout(ctx, study, params):
             ),
             common.card(
                 "Configuration",
-                html.Pre(
-                    json.dumps(trial_params(row), indent=2), className="config", id="trial-config"
-                ),
+                html.Pre(config_text(trial_params(row)), className="config", id="trial-config"),
                 _checkpoint_files(row),
             ),
         ]
     )
+
+
+def _or_notice(figure: go.Figure, text: str):
+    """The figure, or a notice when it has nothing to draw (the diagonal alone does not count)."""
+    drawn = [t for t in figure.data if t.showlegend is not False]
+    return common.graph(figure, 360) if drawn else common.notice(text, "info")
 
 
 def register(app, ctx):
@@ -193,21 +217,40 @@ def _fold_table(folds: pd.DataFrame):
 
 
 def fold_figure(folds: pd.DataFrame) -> go.Figure:
+    """Each metric's value on every fold (dots) and their mean (a bar across), on a zoomed axis."""
     fig = go.Figure()
-    shown = [m for m in FOLD_METRICS if m in folds and m != "log_loss"]
+    shown = [m for m in FOLD_METRICS if m in folds and m != "log_loss" and folds[m].notna().any()]
+    if folds.empty or not shown:
+        return fig
+    means = [float(folds[m].mean()) for m in shown]
+    fig.add_trace(
+        go.Scatter(
+            x=shown,
+            y=means,
+            mode="markers",
+            name="fold mean",
+            marker={"symbol": "line-ew-open", "size": 34, "color": "#0f172a", "line": {"width": 2}},
+            hovertemplate="%{x} mean %{y:.4f}<extra></extra>",
+        )
+    )
     for i, r in enumerate(folds.to_dict("records")):
         fig.add_trace(
-            go.Bar(
+            go.Scatter(
                 x=shown,
                 y=[r[m] for m in shown],
+                mode="markers",
                 name=f"fold {int(r['fold'])}",
-                marker_color=PALETTE[i % len(PALETTE)],
+                marker={
+                    "color": PALETTE[i % len(PALETTE)],
+                    "size": 10,
+                    "line": {"color": "white", "width": 1},
+                },
+                hovertemplate="%{x} %{y:.4f}<extra>fold " + str(int(r["fold"])) + "</extra>",
             )
         )
+    low = float(np.nanmin(folds[shown].to_numpy(dtype=float)))
     fig.update_layout(
-        **common.FIG_LAYOUT,
-        barmode="group",
-        yaxis_range=[0, 1.02] if shown and all(m != "mae" for m in shown) else None,
+        **common.FIG_LAYOUT, yaxis_range=[max(0.0, low - 0.05), 1.005] if low >= 0 else None
     )
     return fig
 
@@ -263,7 +306,7 @@ def learning_figure(epochs: pd.DataFrame, metric: str) -> go.Figure:
             col=2,
         )
     fig.update_layout(**common.FIG_LAYOUT)
-    fig.update_layout(legend={"orientation": "h", "y": -0.18})
+    fig.update_layout(legend={"orientation": "h", "y": -0.18}, margin={"t": 60})
     fig.update_xaxes(title_text="epoch", dtick=1)
     return fig
 
@@ -353,6 +396,21 @@ def confusion_figure(folds: pd.DataFrame, classes: list[str]) -> go.Figure:
     fig.update_layout(**common.FIG_LAYOUT, xaxis_title="predicted", yaxis_title="true")
     fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
     return fig
+
+
+def config_text(params: dict) -> str:
+    """The sampled configuration as YAML, floats to 6 significant digits, short lists inline."""
+
+    def tidy(value):
+        if isinstance(value, float):
+            return float(f"{value:.6g}")
+        if isinstance(value, dict):
+            return {k: tidy(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [tidy(v) for v in value]
+        return value
+
+    return yaml.safe_dump(tidy(params), sort_keys=False, default_flow_style=None, width=100)
 
 
 def _checkpoint_files(row) -> html.Div:

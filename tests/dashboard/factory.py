@@ -346,7 +346,9 @@ def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
                 }
             )
         target = layout.attention_path(study, tid, str(meta["cell_id"].iloc[0]))
-        _png((rng.random((60, 120, 3)) * 255).astype(np.uint8), target)
+        blob = np.exp(-((yy - h / 3) ** 2 + (xx - w / 2) ** 2) / (2 * (h / 6) ** 2))
+        pair = [overlay(images[0], blob, channels=[k], channel_names=names) for k in range(2)]
+        _png(np.concatenate(pair, axis=1), target)
         attention.append(
             {
                 "trial_id": tid,

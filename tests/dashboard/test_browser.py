@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.parse
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -100,7 +102,8 @@ def test_trial_page(browser, server, studies_root):
     wait_for(browser, lambda d: len(d.find_elements(*_by(".js-plotly-plot"))) >= 4)
     folds = browser.find_elements(*_by('#fold-table td[data-dash-column="fold"]'))
     assert [f.text for f in folds] == ["0", "1", "2"]
-    assert '"family"' in browser.find_element(*_by("#trial-config")).text
+    assert f"family: {best['family']}" in browser.find_element(*_by("#trial-config")).text
+    assert browser.find_elements(*_by("#trial-explanations"))  # the best trial was explained
     # the confusion matrix and the ROC legend are drawn
     wait_for(
         browser,
@@ -123,6 +126,14 @@ def test_compare_page_paired_tests(browser, server):
     ]
     assert all(0 <= p <= 1 for p in p_values)
     wait_for(browser, lambda d: d.find_elements(*_by("#cmp-parcoords .parcoords")))
+    # any two trials: their row joins the table, first
+    _choose(browser, "cmp-a", "t00008")
+    _choose(browser, "cmp-b", "t00005")
+    wait_for(
+        browser, lambda d: texts(d, '#cmp-table td[data-dash-column="A"]')[:1] == ["trial t00008"]
+    )
+    assert texts(browser, '#cmp-table td[data-dash-column="B"]')[0] == "trial t00005"
+    assert len(texts(browser, '#cmp-table td[data-dash-column="A"]')) == 4
     assert browser.find_elements(*_by("#cmp-importance .bars, #cmp-importance .trace.bars"))
     time.sleep(0.5)
     screenshot(browser, "compare")
@@ -182,6 +193,11 @@ def test_explanations_switch_method_alpha_and_filter(browser, server, studies_ro
 
     browser.find_element(*_by("#ex-alpha [role=slider]")).send_keys(Keys.END)
     wait_for(browser, lambda d: "alpha=1.00" in _tiles(d)[0].get_attribute("src"))
+    # colormap and channels go to the overlay renderer
+    _choose(browser, "ex-cmap", "viridis")
+    wait_for(browser, lambda d: "cmap=viridis" in _tiles(d)[0].get_attribute("src"))
+    browser.find_element(*_by("#ex-channels input[value='1']")).click()
+    wait_for(browser, lambda d: "channels=0%2C2" in _tiles(d)[0].get_attribute("src"))
     # outcome filter: only wrong predictions
     browser.find_element(*_by("#ex-outcome input[value='wrong']")).click()
     wait_for(
@@ -223,3 +239,50 @@ def test_broken_study_shows_a_message_not_a_traceback(browser, server):
     text = browser.find_element(*_by(".notice.error")).text
     assert "study.json" in text or "Parquet" in text
     assert "Traceback" not in browser.page_source
+
+
+def test_pages_never_write_the_study(browser, server, studies_root):
+    def listing():
+        return {
+            p.relative_to(studies_root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(studies_root.rglob("*"))
+            if p.is_file()
+        }
+
+    before = listing()
+    for path in (
+        "/leaderboard?study=alpha",
+        "/compare?study=alpha",
+        "/explanations?study=alpha",
+        "/trial/t00008?study=alpha",
+        "/studies",
+    ):
+        browser.get(server.url + path)
+        wait_for(browser, lambda d: d.find_elements(*_by("#page > *")))
+        time.sleep(0.5)
+    assert listing() == before
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CYTOTUNE_DEMO_STUDY"),
+    reason="set CYTOTUNE_DEMO_STUDY to a real study (cytotune demo + cytotune explain) for its screenshots",
+)
+def test_screenshots_of_a_real_study(browser):
+    from .conftest import Server
+
+    study = Path(os.environ["CYTOTUNE_DEMO_STUDY"])
+    srv = Server(study)
+    try:
+        trials = pd.read_parquet(study / "trials.parquet")
+        best = trials.sort_values("val/balanced_accuracy", ascending=False)["trial_id"].iloc[0]
+        for name, path, ready in (
+            ("leaderboard", "/", '#lb-table td[data-dash-column="trial"]'),
+            ("trial", f"/trial/{best}", "#fold-table"),
+            ("compare", "/compare", "#cmp-table"),
+            ("explanations", "/explanations", "#ex-grid .tile img"),
+        ):
+            open_page(browser, srv, path, ready)
+            time.sleep(1.5)
+            screenshot(browser, f"demo_{name}")
+    finally:
+        srv.close()
