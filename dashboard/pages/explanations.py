@@ -32,6 +32,7 @@ def layout(ctx, study, params):
     first = params.get("trial") if params.get("trial") in methods else trials[0]
     names = explain.channel_names()
     task = study.task()
+    first_cells = explain.cells(first, methods[first][0])
     have_crops = (
         study.dataset_path() is not None and (study.dataset_path() / "manifest.json").is_file()
     )
@@ -106,11 +107,13 @@ def layout(ctx, study, params):
                                 "true class",
                                 dcc.Dropdown([], None, id="ex-true", placeholder="any"),
                                 170,
+                                hidden=task == "regression",
                             ),
                             _field(
                                 "predicted class",
                                 dcc.Dropdown([], None, id="ex-pred", placeholder="any"),
                                 170,
+                                hidden=task == "regression",
                             ),
                             _field(
                                 "outcome",
@@ -123,16 +126,12 @@ def layout(ctx, study, params):
                                     labelStyle={"marginRight": "10px"},
                                 ),
                                 200,
+                                hidden=task == "regression",
                             ),
                             _field(
                                 "confidence" if task != "regression" else "absolute error",
                                 dcc.RangeSlider(
-                                    0,
-                                    1,
-                                    0.05,
-                                    value=[0, 1],
-                                    id="ex-range",
-                                    marks={v: f"{v:g}" for v in (0, 0.5, 1)},
+                                    id="ex-range", min=0, **range_props(first_cells, task)
                                 ),
                                 260,
                             ),
@@ -206,10 +205,22 @@ def _channel_css(names) -> list[str]:
     return [f"rgb({int(r * 255)},{int(g * 255)},{int(b * 255)})" for r, g, b in colors]
 
 
-def _field(label, control, width):
-    return html.Div(
-        [html.Label(label), control], className="field", style={"minWidth": f"{width}px"}
-    )
+def _field(label, control, width, hidden=False):
+    style = {"minWidth": f"{width}px", **({"display": "none"} if hidden else {})}
+    return html.Div([html.Label(label), control], className="field", style=style)
+
+
+def range_props(cells, task: str) -> dict:
+    """The confidence slider (0..1), or for regression the absolute-error slider (0..largest)."""
+    if task != "regression" or cells is None or cells.empty or not cells["abs_error"].notna().any():
+        return {"max": 1, "step": 0.05, "value": [0, 1], "marks": {0: "0", 0.5: "0.5", 1: "1"}}
+    top = float(f"{float(cells['abs_error'].max()) * 1.0001:.3g}") or 1.0
+    return {
+        "max": top,
+        "step": top / 50,
+        "value": [0, top],
+        "marks": {0: "0", top / 2: f"{top / 2:.3g}", top: f"{top:.3g}"},
+    }
 
 
 def register(app, ctx):
@@ -218,23 +229,30 @@ def register(app, ctx):
         Output("ex-method", "value"),
         Output("ex-true", "options"),
         Output("ex-pred", "options"),
+        Output("ex-range", "max"),
+        Output("ex-range", "step"),
+        Output("ex-range", "value"),
+        Output("ex-range", "marks"),
         Input("ex-trial", "value"),
         State("ex-method", "value"),
         State("ex-study", "data"),
     )
     def trial_changed(trial_id, method, key):
         try:
-            explain = Explanations(ctx.catalog.get(key))
+            study = ctx.catalog.get(key)
         except StudyUnreadable:
-            return [], None, [], []
+            return [], None, [], [], dash.no_update, dash.no_update, dash.no_update, dash.no_update
+        explain = Explanations(study)
         methods = explain.methods().get(trial_id, [])
         method = method if method in methods else (methods[0] if methods else None)
         cells = explain.cells(trial_id, method) if method else None
+        span = range_props(cells, study.task())
+        slider = (span["max"], span["step"], span["value"], span["marks"])
         if cells is None or cells.empty:
-            return methods, method, [], []
+            return methods, method, [], [], *slider
         true = sorted(c for c in cells["label"].astype(str).unique() if c)
         pred = sorted(c for c in cells["prediction"].astype(str).unique() if c) if true else []
-        return methods, method, true, pred
+        return methods, method, true, pred, *slider
 
     @app.callback(
         Output("ex-grid", "children"),
@@ -268,8 +286,7 @@ def register(app, ctx):
             return common.notice("No maps for this trial and method.", "warn"), "", "", 0
         regression = study.task() == "regression"
         if regression and "abs_error" in cells and cells["abs_error"].notna().any():
-            top = float(cells["abs_error"].max()) or 1.0
-            error, confidence = (span[0] * top, span[1] * top), None
+            error, confidence = tuple(span), None
         else:
             error, confidence = None, tuple(span or (0, 1))
         shown = filter_cells(cells, true, pred, outcome, confidence, error)
@@ -511,6 +528,8 @@ def quality_figure(explain: Explanations, trial_id) -> dict:
         "xaxis": {"title": {"text": "mean ± std over cells"}},
     }
     if frame.empty or "trial_id" not in frame:
+        layout["xaxis"] = {"visible": False}
+        layout["yaxis"] = {"visible": False}
         layout["annotations"] = [
             {
                 "text": "no quality scores",

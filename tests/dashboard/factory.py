@@ -371,3 +371,75 @@ def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
 
 def png_size(data: bytes) -> tuple[int, int]:
     return Image.open(io.BytesIO(data)).size
+
+
+def make_regression_study(
+    root: Path, name: str = "histo", n_trials: int = 6, k: int = 3, size: int = 16
+) -> Path:
+    """A regression study (R^2 / MAE per target) whose dataset is not reachable, with maps."""
+    rng = np.random.default_rng(3)
+    study = root / name
+    study.mkdir(parents=True, exist_ok=True)
+    config = {
+        "name": name,
+        "dataset": str(root / "missing-dataset"),
+        "objectives": [{"metric": "r2", "mode": "max"}],
+    }
+    (study / "study.yaml").write_text(yaml.safe_dump(config))
+    (study / "study.json").write_text(
+        json.dumps({"status": "finished", "dataset": config["dataset"]})
+    )
+    trials, folds = [], []
+    for i in range(n_trials):
+        tid = f"r{i:04d}"
+        per = [
+            {"r2": float(rng.uniform(0.3, 0.8)), "mae": float(rng.uniform(0.05, 0.2))}
+            for _ in range(k)
+        ]
+        for f, row in enumerate(per):
+            folds.append(
+                {
+                    "trial_id": tid,
+                    "fold": f,
+                    "n_val": 20,
+                    "r2/tumour": row["r2"],
+                    "mae/tumour": row["mae"],
+                    **row,
+                }
+            )
+        means = {}
+        for m in ("r2", "mae", "r2/tumour", "mae/tumour"):
+            values = [r[m.split("/")[0]] for r in per]
+            means[f"val/{m}"], means[f"val/{m}_std"] = (
+                float(np.mean(values)),
+                float(np.std(values, ddof=1)),
+            )
+        params = {"family": "small_cnn", "small_cnn": {"filters": 16}, "train": {"lr": 0.001}}
+        trials.append(
+            {
+                "trial_id": tid,
+                "number": i,
+                "status": "completed",
+                "family": "small_cnn",
+                "params": json.dumps(params),
+                "epochs_done": 3,
+                **means,
+            }
+        )
+    pd.DataFrame(trials).to_parquet(study / "trials.parquet", index=False)
+    pd.DataFrame(folds).to_parquet(study / "folds.parquet", index=False)
+    yy, xx = np.mgrid[0:size, 0:size]
+    rows = []
+    for j in range(10):
+        data, shape = layout.encode_map(np.exp(-((yy - j) ** 2 + (xx - 8) ** 2) / 20.0))
+        true, pred = float(rng.uniform(0, 1)), float(rng.uniform(0, 1))
+        rows.append(
+            {"cell_id": f"patch-{j}", "trial_id": "r0000", "method": "gradcam", "fold": j % k, "label": "", "label_index": -1,
+             "prediction": f"{pred:.3f}", "prediction_index": -1, "confidence": np.nan, "correct": False, "target_index": 0,
+             "true_value": true, "predicted_value": pred, "abs_error": abs(true - pred), "map": data, "map_shape": shape,
+             "mass_cell": np.nan, "mass_evidence": np.nan, "pointing_hit": np.nan}
+        )  # fmt: skip
+    path = layout.maps_path(study, "r0000", "gradcam")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    return study

@@ -286,3 +286,56 @@ def test_screenshots_of_a_real_study(browser):
             screenshot(browser, f"demo_{name}")
     finally:
         srv.close()
+
+
+def test_regression_study_without_its_dataset(browser, tmp_path):
+    from .conftest import Server
+    from .factory import make_regression_study
+
+    study = make_regression_study(tmp_path)
+    srv = Server(study)
+    try:
+        open_page(browser, srv, "/leaderboard", '#lb-table td[data-dash-column="trial"]')
+        assert "r2/tumour" in browser.find_element(*_by("#lb-table")).text
+        open_page(browser, srv, "/trial/r0000", "#fold-table")
+        assert "No ROC curves" in browser.find_element(*_by("#page")).text
+        open_page(browser, srv, "/compare", "#cmp-parcoords")
+        open_page(browser, srv, "/explanations", "#ex-grid .tile img")
+        page = browser.find_element(*_by("#page")).text
+        assert (
+            "not reachable" in page
+            and "ABSOLUTE ERROR" in page.upper()
+            and "error" in texts(browser, "#ex-grid .tile .cap")[0]
+        )
+        # the maps are drawn alone (no crop): the PNG really decodes
+        wait_for(
+            browser,
+            lambda d: (
+                d.execute_script(
+                    "return arguments[0].complete && arguments[0].naturalWidth", _tiles(d)[0]
+                )
+                == 16
+            ),
+        )
+        assert not browser.find_element(*_by("#ex-true")).is_displayed()  # no classes to filter by
+        # the error slider runs over the real absolute errors: drag its upper end down to half
+        maps = pd.read_parquet(
+            study / "explain" / "maps" / "r0000" / "gradcam.parquet", columns=["abs_error"]
+        )
+        top = float(
+            browser.find_element(
+                *_by("#ex-range [role=slider]:last-of-type, #ex-range .dash-slider-thumb-2")
+            ).get_attribute("aria-valuemax")
+        )
+        assert top == pytest.approx(maps["abs_error"].max(), rel=1e-3)
+        from selenium.webdriver.common.keys import Keys
+
+        thumb = browser.find_element(*_by("#ex-range .dash-slider-thumb-2"))
+        thumb.send_keys(*[Keys.ARROW_LEFT] * 25)  # 25 steps of top/50
+        limit = float(thumb.get_attribute("aria-valuenow"))
+        keep = int((maps["abs_error"] <= limit + 1e-9).sum())
+        wait_for(browser, lambda d: len(_tiles(d)) == keep)
+        assert 0 < keep < len(maps)
+        assert not browser.find_elements(*_by(".notice.error"))
+    finally:
+        srv.close()
