@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from explainers.job import layout
@@ -103,21 +104,26 @@ class Explanations:
         if not missing:
             return
         try:
+            import pyarrow.compute as pc
+            import pyarrow.dataset as pads
+
             from engine.data.dataset import CellDataset
+            from engine.data.schema import decode_images
 
             dataset = CellDataset(path)
-            ids = CACHE.get(path / "manifest.json", "cell_rows", lambda: _cell_rows(dataset))
-            rows = [ids[c] for c in missing if c in ids]
-            if not rows:
-                return
-            images = dataset.images(np.asarray(rows))
-        except (OSError, ValueError, KeyError):
+            # only the wanted rows are kept (row groups pruned by cell_id statistics where possible)
+            table = pads.dataset(dataset.shard_paths, format="parquet").to_table(
+                columns=["cell_id", "image"],
+                filter=pc.field("cell_id").isin([str(c) for c in missing]),
+            )
+            images = decode_images(
+                table.column("image"), dataset.manifest.dtype, dataset.manifest.shape
+            )
+        except (OSError, ValueError, KeyError, pa.ArrowException):
             return
-        by_row = dict(zip(rows, images))
         with _LOCK:
-            for c in missing:
-                if c in ids and ids[c] in by_row:
-                    _CROPS[(str(path), str(c))] = by_row[ids[c]]
+            for cell, image in zip(table.column("cell_id").to_pylist(), images):
+                _CROPS[(str(path), str(cell))] = image
             while len(_CROPS) > 4096:
                 _CROPS.popitem(last=False)
 
@@ -209,11 +215,6 @@ def _reduce(amap: np.ndarray, channels) -> np.ndarray:
         return amap[0]
     picked = amap[list(channels)] if channels else amap
     return np.abs(picked).sum(0)
-
-
-def _cell_rows(dataset) -> dict[str, int]:
-    ids = dataset.table(["cell_id"]).column("cell_id").to_pylist()
-    return {str(c): i for i, c in enumerate(ids)}
 
 
 def filter_cells(
