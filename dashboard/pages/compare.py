@@ -85,7 +85,7 @@ def layout(ctx, study, params):
                 dcc.Graph(
                     id="cmp-parcoords", config={"displaylogo": False}, style={"height": "380px"}
                 ),
-                sub="one line per trial; drag on an axis to select a range",
+                sub=f"one line per trial (the best {MAX_PARCOORDS:,} when there are more); drag on an axis to select a range",
             ),
             html.Div(
                 [
@@ -308,6 +308,16 @@ def families_figure(best: dict[str, str], scores: dict, metric: str) -> go.Figur
             )
         )
     fig.update_layout(**common.FIG_LAYOUT, yaxis_title=metric, showlegend=False)
+    if not fig.data:
+        fig.update_layout(xaxis_visible=False, yaxis_visible=False)
+        fig.add_annotation(
+            text="no per-fold results yet",
+            showarrow=False,
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=0.5,
+        )
     return fig
 
 
@@ -322,6 +332,10 @@ def _p(value) -> str:
 
 
 def tests_table(rows: list[dict], metric: str, folds: pd.DataFrame):
+    if rows and all(r["folds"] == 0 for r in rows):
+        return common.notice(
+            "No per-fold results in folds.parquet yet: they are written when trials end.", "warn"
+        )
     if not rows:
         return common.notice(
             "Two families or two chosen trials with per-fold results are needed for a test.", "warn"

@@ -70,6 +70,18 @@ def test_ten_thousand_trials_leaderboard_loads_fast(browser, big):
         browser, lambda d: _texts(d, '#lb-table td[data-dash-column="trial"]')[:1] == [slowest]
     )
     assert time.perf_counter() - start < BUDGET_S
+    # compare and trial pages cope with 10,000 trials and no per-fold table
+    browser.get(srv.url + "/compare")
+    wait_for(
+        browser,
+        lambda d: (
+            d.find_elements("css selector", "#cmp-parcoords .parcoords")
+            and d.find_elements("css selector", "#cmp-tests .notice")
+        ),
+    )
+    assert "No per-fold results" in browser.find_element("css selector", "#cmp-tests").text
+    browser.get(srv.url + "/leaderboard")
+    wait_for(browser, lambda d: d.find_elements("css selector", "#lb-chart-button"))
     # the chart of all trials is drawn on request
     browser.find_element("css selector", "#lb-chart-button").click()
     wait_for(browser, lambda d: d.find_elements("css selector", "#lb-progress .main-svg"))
