@@ -13,6 +13,7 @@ vs the bare batched Grad-CAM rate of the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -186,10 +187,19 @@ def end_to_end(args, device: str, kernel_rate: float) -> dict:
     plan = build_plan(config)
     state = ExplainState(plan.study_dir)
     maps = args.cells * args.trials
-    start = time.perf_counter()
-    run_maps(plan, config, state, progress=False)
-    out["explain_s"] = time.perf_counter() - start
-    out["explain_maps_s"] = maps / out["explain_s"]
+    gpus = 1 if device == "cuda" else 0
+    for per_gpu in args.actors_per_gpu:
+        variant = dataclasses.replace(
+            config, gpus_per_actor=1 / per_gpu, actors=per_gpu * gpus or 1, overwrite=True
+        )
+        start = time.perf_counter()
+        run_maps(plan, variant, state, progress=False)
+        seconds = time.perf_counter() - start
+        out[f"explain_{per_gpu}_actors_s"] = seconds
+        out[f"explain_{per_gpu}_actors_maps_s"] = maps / seconds
+    best = max(args.actors_per_gpu, key=lambda k: out[f"explain_{k}_actors_maps_s"])
+    out["explain_maps_s"] = out[f"explain_{best}_actors_maps_s"]
+    out["explain_best_actors_per_gpu"] = best
     # the same worker without Ray: Parquet read in this process, batches in a loop
     worker = MapWorker(
         {t.trial_id: t.fold_dirs for t in plan.trials},
@@ -198,6 +208,12 @@ def end_to_end(args, device: str, kernel_rate: float) -> dict:
         config.precision,
     )
     folds = dict(zip(plan.cells["cell_id"], plan.cells["fold"]))
+    profile = None
+    if args.profile:
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
     start = time.perf_counter()
     rows = 0
     for path in plan.dataset.shard_paths:
@@ -208,6 +224,11 @@ def end_to_end(args, device: str, kernel_rate: float) -> dict:
         for offset in range(0, table.num_rows, args.batch):
             rows += worker(table.slice(offset, args.batch)).num_rows
     out["worker_no_ray_maps_s"] = rows / (time.perf_counter() - start)
+    if profile is not None:
+        import pstats
+
+        profile.disable()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(18)
     out["kernel_gradcam_img_s"] = kernel_rate
     out["explain_vs_kernel"] = out["explain_maps_s"] / kernel_rate
     out["worker_vs_kernel"] = out["worker_no_ray_maps_s"] / kernel_rate
@@ -230,11 +251,14 @@ def main() -> None:
     )
     parser.add_argument("--cells", type=int, default=16384)
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--actors-per-gpu", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--profile", action="store_true", help="cProfile the worker loop")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU-sized run")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.smoke:
         args.batch, args.steps, args.single, args.cells, args.trials = 16, 1, 4, 256, 2
+        args.actors_per_gpu = [1]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
     result = {

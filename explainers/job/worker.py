@@ -93,10 +93,13 @@ def cam_layers(model, shape) -> list[str]:
     return usable
 
 
+def uses_layer(method: str) -> bool:
+    return bool(getattr(get_explainer_class(method), "uses_layer", False))
+
+
 def layer_for(method: str, model, shape) -> object:
     """CAM layer(s): the deepest usable feature layer; LayerCAM fuses the two deepest."""
-    cls = get_explainer_class(method)
-    if not getattr(cls, "uses_layer", False):
+    if not uses_layer(method):
         return None
     layers = cam_layers(model, shape)
     return layers[-2:] if method == "layercam" and len(layers) > 1 else layers[-1]
@@ -141,6 +144,8 @@ class MapWorker:
         for trial_id, folds in units.items():
             for fold, directory in folds.items():
                 model, config = load_model(directory, self.device)
+                if self.device.type == "cuda":
+                    model = model.to(memory_format=torch.channels_last)
                 norm = config["data"]["normalization"]
                 takes_mask = "mask" in inspect.signature(model.forward).parameters
                 self.models[(trial_id, int(fold))] = LoadedModel(
@@ -182,7 +187,8 @@ class MapWorker:
         tables: list[pa.Table] = []
         for fold in np.unique(batch["fold"]):
             idx = np.flatnonzero(batch["fold"] == fold)
-            x_raw = torch.from_numpy(np.ascontiguousarray(batch["image"][idx])).to(self.device)
+            x_raw = torch.from_numpy(np.ascontiguousarray(take(batch["image"], idx)))
+            x_raw = x_raw.to(self.device)
             mask = None
             if batch["mask"] is not None:
                 mask = torch.from_numpy(batch["mask"][idx]).to(self.device).float()[:, None]
@@ -201,10 +207,23 @@ class MapWorker:
         model = loaded.model
         n = len(idx)
         x = normalize(x_raw.float(), loaded.offset, loaded.scale)  # (B, C, H, W)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
         fk = {"mask": mask} if loaded.takes_mask and mask is not None else {}
-        with torch.no_grad(), self._autocast():
-            output = model(x, **fk).float()  # (B, K)
         classification = m.task == "classification"
+        methods = [k for k in self.trial_methods[trial_id] if (trial_id, k) not in self.failures]
+        methods.sort(key=lambda k: not uses_layer(k))  # CAMs first: their forward predicts too
+        done: dict[str, torch.Tensor | Exception] = {}
+        output = None
+        if classification and methods and uses_layer(methods[0]):
+            start = time.perf_counter()
+            done[methods[0]] = self._attribute(methods[0], model, x, None, fk)
+            first_seconds = time.perf_counter() - start
+            if not isinstance(done[methods[0]], Exception):
+                output = self._last_output.float()
+        if output is None:
+            with torch.no_grad(), self._autocast():
+                output = model(x, **fk).float()  # (B, K)
         common = {
             "cell_id": pa.array(batch["cell_id"][idx].astype(str).tolist(), pa.string()),
             "trial_id": pa.array([trial_id] * n, pa.string()),
@@ -231,18 +250,16 @@ class MapWorker:
         cell_mask = self._mask_tensor(batch["mask"], idx)
         evidence = self._mask_tensor(batch["evidence"], idx)
         tables = []
-        for method in self.trial_methods[trial_id]:
-            if (trial_id, method) in self.failures:
-                continue
-            layer = layer_for(method, model, tuple(x.shape[1:]))
+        for method in methods:
             for target in targets:
                 start = time.perf_counter()
-                try:
-                    explainer = create_explainer(method, model, layer, **self.methods[method])
-                    with self._autocast():
-                        maps = explainer.attribute(x, target=target, forward_kwargs=fk)
-                    maps = maps.detach().float()  # (B, C or 1, H, W)
-                except (RuntimeError, ValueError, TypeError) as exc:
+                maps = done.pop(method, None)
+                if maps is None:
+                    maps = self._attribute(method, model, x, target, fk)
+                else:
+                    start -= first_seconds
+                if isinstance(maps, Exception):
+                    exc = maps
                     error = f"{type(exc).__name__}: {exc}"
                     self.failures[(trial_id, method)] = error
                     row = {"cell_id": "", "trial_id": trial_id, "method": method, "fold": fold}
@@ -286,10 +303,29 @@ class MapWorker:
                 )
         return tables
 
+    def _attribute(self, method, model, x, target, fk) -> torch.Tensor | Exception:
+        """Maps (B, C or 1, H, W) float32, or the exception that says why the method failed."""
+        try:
+            layer = layer_for(method, model, tuple(x.shape[1:]))
+            explainer = create_explainer(method, model, layer, **self.methods[method])
+            with self._autocast():
+                maps = explainer.attribute(x, target=target, forward_kwargs=fk)
+            self._last_output = getattr(explainer, "last_output", None)
+            return maps.detach().float()
+        except (RuntimeError, ValueError, TypeError) as exc:
+            return exc
+
     def _mask_tensor(self, masks, idx) -> torch.Tensor | None:
         if masks is None:
             return None
         return torch.from_numpy(masks[idx]).to(self.device) > 0  # (B, H, W) bool
+
+
+def take(array: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``array[idx]``, as a view (no copy) when ``idx`` is one contiguous run."""
+    if len(idx) and idx[-1] - idx[0] == len(idx) - 1:
+        return array[idx[0] : idx[-1] + 1]
+    return array[idx]
 
 
 def binary_column(data: np.ndarray) -> pa.Array:

@@ -42,6 +42,17 @@ def hooked_gradients(
     Returns:
         Two lists, one (B, K, h, w) tensor per layer (folded batches unfolded to channels).
     """
+    return hooked_gradients_and_output(model, x, layers, target, forward_kwargs)[:2]
+
+
+def hooked_gradients_and_output(
+    model: nn.Module,
+    x: Tensor,
+    layers: list[tuple[str, nn.Module]],
+    target: Any,
+    forward_kwargs: dict[str, Any],
+) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """:func:`hooked_gradients` plus the model output (B, K) of the same forward, detached."""
     acts: dict[int, list[Tensor]] = {i: [] for i in range(len(layers))}
     handles = []
     try:
@@ -56,7 +67,11 @@ def hooked_gradients(
         for handle in handles:
             handle.remove()
     b = x.shape[0]
-    return [_unfold(a.detach(), b) for a in hooked], [_unfold(g, b) for g in grads]
+    return (
+        [_unfold(a.detach(), b) for a in hooked],
+        [_unfold(g, b) for g in grads],
+        output.detach(),
+    )
 
 
 def _single(outputs: list[Any], name: str, batch: int) -> Tensor:
@@ -103,7 +118,10 @@ class _CAM(Explainer):
     def _attribute(
         self, x: Tensor, target: Any, *, normalize: bool, fuse: str, forward_kwargs: dict
     ) -> Tensor:
-        acts, grads = hooked_gradients(self.model, x, self.layers, target, forward_kwargs)
+        acts, grads, output = hooked_gradients_and_output(
+            self.model, x, self.layers, target, forward_kwargs
+        )
+        self.last_output = output  # (B, K): lets a caller reuse this forward's predictions
         maps = [F.relu(self.layer_map(a, g)) for a, g in zip(acts, grads)]
         cam = fuse_maps(maps, tuple(x.shape[-2:]), fuse)  # (B, 1, H, W)
         return normalize_maps(cam) if normalize else cam

@@ -66,10 +66,10 @@ def test_safe_names_cannot_leave_the_directory():
 
 def test_attach_fold_keeps_planned_cells_with_their_fold():
     table = pa.table({"cell_id": ["a", "b", "c", "d"], "x": [1, 2, 3, 4]})
-    out = AttachFold(np.array(["d", "b"]), np.array([2, 0]))(table)
-    assert out.column("cell_id").to_pylist() == ["b", "d"]
-    assert out.column("fold").to_pylist() == [0, 2]
-    assert out.column("x").to_pylist() == [2, 4]
+    out = AttachFold(np.array(["d", "b", "a"]), np.array([2, 0, 1]))(table)
+    assert out.column("cell_id").to_pylist() == ["b", "a", "d"]  # grouped by fold
+    assert out.column("fold").to_pylist() == [0, 1, 2]
+    assert out.column("x").to_pylist() == [2, 1, 4]
 
 
 def test_received_attention_by_hand():
