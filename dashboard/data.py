@@ -8,7 +8,6 @@ picks up the new rows and an idle dashboard re-reads nothing.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,9 +252,9 @@ class Study:
             metric, mode = self.objective()
             trials = self.trials()
             key = f"val/{metric}"
-            best = (
-                trials[key].max() if mode == "max" else trials[key].min() if key in trials else None
-            )
+            best = None
+            if key in trials:
+                best = trials[key].max() if mode == "max" else trials[key].min()
             counts = trials["status"].value_counts().to_dict() if "status" in trials else {}
             row.update(
                 task=self.task(),
@@ -373,7 +372,3 @@ class Catalog:
         if not target.is_file():
             raise FileNotFoundError(relative)
         return target
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

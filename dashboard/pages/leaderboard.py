@@ -177,6 +177,18 @@ def layout(ctx, study, params):
                         style_data_conditional=[
                             {"if": {"filter_query": "{status} = pruned"}, "color": "#94a3b8"},
                             {"if": {"filter_query": "{status} = failed"}, "color": "#b91c1c"},
+                            {
+                                "if": {"filter_query": "{status} = running", "column_id": "status"},
+                                "color": "#1d4ed8",
+                                "fontWeight": "600",
+                            },
+                            {
+                                "if": {
+                                    "filter_query": "{status} = completed",
+                                    "column_id": "status",
+                                },
+                                "color": "#15803d",
+                            },
                             {"if": {"filter_query": "{rank} = 1"}, "backgroundColor": "#f0fdf4"},
                             {"if": {"column_id": metric}, "fontWeight": "600"},
                         ],
