@@ -244,7 +244,7 @@ def parcoords_figure(trials: pd.DataFrame, metric: str, family: str | None) -> g
             dimensions=dims,
         )
     )
-    fig.update_layout(**{**common.FIG_LAYOUT, "margin": {"l": 70, "r": 40, "t": 50, "b": 30}})
+    fig.update_layout(**{**common.FIG_LAYOUT, "margin": {"l": 70, "r": 60, "t": 70, "b": 30}})
     return fig
 
 
@@ -355,6 +355,7 @@ def tests_table(rows: list[dict], metric: str, folds: pd.DataFrame):
             "p (Wilcoxon)": _p(r["p_wilcoxon"]),
             "p Wilcoxon Holm": _p(r["p_wilcoxon_holm"]),
             "p Wilcoxon Bonferroni": _p(r["p_wilcoxon_bonferroni"]),
+            "NB Holm < 0.05": "yes" if r["p_nb_holm"] < 0.05 else "no",
         }
         for r in rows
     ]
@@ -381,13 +382,14 @@ def tests_table(rows: list[dict], metric: str, folds: pd.DataFrame):
                 },
                 style_data_conditional=[
                     {
-                        "if": {
-                            "filter_query": '{p Holm} contains "0.0" || {p Holm} = "<0.0001"',
-                            "column_id": "p Holm",
-                        },
+                        "if": {"filter_query": '{NB Holm < 0.05} = "yes"'},
+                        "backgroundColor": "#f0fdf4",
+                    },
+                    {
+                        "if": {"filter_query": '{NB Holm < 0.05} = "yes"', "column_id": "p Holm"},
                         "color": "#15803d",
                         "fontWeight": "600",
-                    }
+                    },
                 ],
             ),
             html.Div(

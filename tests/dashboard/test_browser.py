@@ -125,6 +125,8 @@ def test_compare_page_paired_tests(browser, server):
         for e in browser.find_elements(*_by('#cmp-table td[data-dash-column="p Holm"]'))
     ]
     assert all(0 <= p <= 1 for p in p_values)
+    flags = texts(browser, '#cmp-table td[data-dash-column="NB Holm < 0.05"]')
+    assert flags == ["yes" if p < 0.05 else "no" for p in p_values]
     wait_for(browser, lambda d: d.find_elements(*_by("#cmp-parcoords .parcoords")))
     # any two trials: their row joins the table, first
     _choose(browser, "cmp-a", "t00008")
