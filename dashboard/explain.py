@@ -29,8 +29,10 @@ _LOCK = threading.Lock()
 
 
 def _read(path: Path, key: str, columns=None) -> pd.DataFrame:
-    if not path.is_file():
+    if not path.exists():
         return pd.DataFrame()
+    if path.is_dir():  # map tables are directories of parts (explainers.job.layout.maps_path)
+        return CACHE.get(path, key, lambda: layout.read_maps(path, columns).to_pandas())
     return CACHE.get(path, key, lambda: pq.read_table(path, columns=columns).to_pandas())
 
 
@@ -67,9 +69,9 @@ class Explanations:
     def cells(self, trial_id: str, method: str) -> pd.DataFrame:
         """Every explained cell of (trial, method), without the map bytes."""
         path = layout.maps_path(self.study.path, trial_id, method)
-        if not path.is_file():
+        if not path.exists():
             return pd.DataFrame()
-        names = [c for c in pq.read_schema(path).names if c != "map"]
+        names = [c for c in layout.maps_schema(path).names if c != "map"]
         return _read(path, "cells", names)
 
     def map(self, trial_id: str, method: str, cell_id: str) -> np.ndarray:
@@ -79,7 +81,7 @@ class Explanations:
         with _LOCK:
             hit = _MAP_TABLES.get(key)
         if hit is None:
-            frame = pq.read_table(path, columns=["cell_id", "map", "map_shape"]).to_pandas()
+            frame = layout.read_maps(path, ["cell_id", "map", "map_shape"]).to_pandas()
             hit = (dict(zip(frame["cell_id"].astype(str), range(len(frame)))), frame)
             with _LOCK:
                 _MAP_TABLES[key] = hit

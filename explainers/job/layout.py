@@ -4,7 +4,8 @@
 
     <study>/explain/
       explain.json                         the run: config, trials, finished parts, timings, status
-      maps/<trial_id>/<method>.parquet     one row per explained cell (MAP_COLUMNS)
+      maps/<trial_id>/<method>.parquet/    one row per explained cell (MAP_COLUMNS); a directory
+                                           of part files (read_maps / pandas.read_parquet)
       overlays/<trial_id>/<method>/<cell_id>.png   pseudo-colour overlays for a sample of cells
       overlays.parquet                     index of the overlays (OVERLAY_COLUMNS)
       population/<trial_id>/<method>/<class>/{gmean_image,gmean_map,correlation}.{npy,png}
@@ -77,7 +78,37 @@ def explain_dir(study_dir: str | Path) -> Path:
 
 
 def maps_path(study_dir: str | Path, trial_id: str, method: str) -> Path:
+    """The map table of (trial, method): a Parquet dataset directory of part files (the
+    explain actors write in parallel); :func:`read_maps` also reads a single file here."""
     return explain_dir(study_dir) / "maps" / trial_id / f"{method}.parquet"
+
+
+def maps_staging_dir(study_dir: str | Path, trial_id: str, method: str, run_id: str) -> Path:
+    """Where one run's actors write a map table before it is renamed to :func:`maps_path`."""
+    return explain_dir(study_dir) / "maps" / trial_id / f".{method}.{run_id}.tmp"
+
+
+def read_maps(path: str | Path, columns: list[str] | None = None):
+    """A map table (directory of parts or single file) as one Arrow table."""
+    import pyarrow.dataset as ds
+
+    return ds.dataset(str(path), format="parquet").to_table(columns=columns)
+
+
+def maps_schema(path: str | Path):
+    """Column names and types of a map table, without reading its rows."""
+    import pyarrow.dataset as ds
+
+    return ds.dataset(str(path), format="parquet").schema
+
+
+def iter_maps(path: str | Path, columns: list[str] | None = None, batch_size: int = 2048):
+    """Arrow record batches of a map table, streaming (a whole table need not fit in memory)."""
+    import pyarrow.dataset as ds
+
+    return ds.dataset(str(path), format="parquet").to_batches(
+        columns=columns, batch_size=batch_size
+    )
 
 
 def overlay_path(study_dir: str | Path, trial_id: str, method: str, cell_id: str) -> Path:

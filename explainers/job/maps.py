@@ -1,13 +1,15 @@
 """Stage 1: per-cell maps. Ray Data streams the crops through GPU actors holding the fold models.
 
-The driver routes the actors' output rows into one Parquet file per (trial, method), written to
-a temporary name and renamed when the part is complete, so an interrupted run leaves no
-half-written map table and a rerun recomputes only the unfinished parts.
+The actors write their map rows as Parquet parts into a staging directory per (trial, method)
+(in parallel: the driver only sees row counts), and the driver renames each staging directory
+to the map table when the run is complete, so an interrupted run leaves no half-written map
+table and a rerun recomputes only the unfinished parts.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterable
@@ -19,7 +21,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .config import ExplainConfig
-from .layout import maps_path
+from .layout import maps_path, maps_staging_dir
 from .plan import ExplainPlan
 from .state import ExplainState
 from .worker import OUTPUT_SCHEMA, MapWorker
@@ -45,40 +47,28 @@ class AttachFold:
         return table.take(pc.sort_indices(table.column("fold")))
 
 
-class PartWriters:
-    """One Parquet writer per (trial, method), published atomically by ``commit``."""
+class StagedParts:
+    """The run's staging directory per (trial, method), published by ``commit``."""
 
-    def __init__(self, study_dir, parts: Iterable[tuple[str, str]]) -> None:
+    def __init__(self, study_dir, parts: Iterable[tuple[str, str]], run_id: str) -> None:
         self.targets = {p: maps_path(study_dir, *p) for p in parts}
-        self.tmp = {
-            p: t.with_name(f".{t.name}.{uuid.uuid4().hex[:8]}.tmp") for p, t in self.targets.items()
-        }
-        self.writers: dict[tuple[str, str], pq.ParquetWriter] = {}
-        self.rows = dict.fromkeys(self.targets, 0)
+        self.staging = {p: maps_staging_dir(study_dir, *p, run_id) for p in parts}
 
-    def write(self, part: tuple[str, str], table: pa.Table) -> None:
-        if part not in self.writers:
-            self.tmp[part].parent.mkdir(parents=True, exist_ok=True)
-            self.writers[part] = pq.ParquetWriter(
-                self.tmp[part], table.schema, compression="lz4"
-            )  # lz4: fastest to write, and smooth CAMs still compress well
-        self.writers[part].write_table(table)
-        self.rows[part] += table.num_rows
-
-    def commit(self, part: tuple[str, str]) -> int:
-        writer = self.writers.pop(part, None)
-        if writer is None:  # no rows (no cell planned): an empty table keeps readers simple
-            pq.write_table(OUTPUT_SCHEMA.empty_table().drop(["error"]), self.tmp[part])
-        else:
-            writer.close()
-        os.replace(self.tmp[part], self.targets[part])
-        return self.rows[part]
+    def commit(self, part: tuple[str, str]) -> None:
+        staging, target = self.staging[part], self.targets[part]
+        if not staging.is_dir() or not any(staging.iterdir()):  # no cell: an empty table
+            staging.mkdir(parents=True, exist_ok=True)
+            empty = OUTPUT_SCHEMA.empty_table().drop(["error"])
+            pq.write_table(empty, staging / "empty.parquet")
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        os.replace(staging, target)
 
     def abort(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
-        for path in self.tmp.values():
-            path.unlink(missing_ok=True)
+        for staging in self.staging.values():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def pending_parts(
@@ -92,7 +82,7 @@ def pending_parts(
             for m in config.method_names
             if config.overwrite
             or not state.done(part_name(trial.trial_id, m), config.method_key(m))
-            or not maps_path(plan.study_dir, trial.trial_id, m).is_file()
+            or not maps_path(plan.study_dir, trial.trial_id, m).exists()
         ]
         if todo:
             out[trial.trial_id] = todo
@@ -157,24 +147,25 @@ def run_maps(
         "trial_methods": todo,
     }
     parts = [(t, m) for t, ms in todo.items() for m in ms]
-    writers = PartWriters(plan.study_dir, parts)
+    run_id = uuid.uuid4().hex[:10]
+    worker_kwargs["output"] = {"study_dir": str(plan.study_dir), "run_id": run_id}
+    staged = StagedParts(plan.study_dir, parts, run_id)
+    rows = dict.fromkeys(parts, 0)
     failures: dict[tuple[str, str], str] = {}
     start = time.perf_counter()
+    first = None
     try:
         with tqdm(total=total, unit="map", desc="explain maps", disable=not progress) as bar:
-            for table in _batches(plan, config, worker_kwargs):
-                errors = table.column("error")
-                if errors.null_count < table.num_rows:
-                    bad = table.filter(pc.is_valid(errors))
-                    for row in bad.select(["trial_id", "method", "error"]).to_pylist():
-                        failures[(row["trial_id"], row["method"])] = row["error"]
-                    table = table.filter(pc.is_null(errors))
-                table = table.drop(["error"])
-                for (trial_id, method), group in _group(table):
-                    writers.write((trial_id, method), group)
-                bar.update(table.num_rows)
+            for summary in _batches(plan, config, worker_kwargs):
+                first = first or time.perf_counter()
+                for row in summary.to_pylist():
+                    part = (row["trial_id"], row["method"])
+                    if row["error"] is not None:
+                        failures[part] = row["error"]
+                    rows[part] += row["rows"]
+                    bar.update(row["rows"])
     except BaseException:
-        writers.abort()
+        staged.abort()
         raise
     seconds = time.perf_counter() - start
     written = {}
@@ -183,21 +174,11 @@ def run_maps(
         if part in failures:
             state.fail(name, failures[part])
             continue
-        written[name] = writers.commit(part)
+        staged.commit(part)
+        written[name] = rows[part]
         state.clear_failure(name)
-        state.finish(
-            name, config.method_key(part[1]), rows=written[name], seconds=round(seconds, 3)
-        )
-    writers.abort()  # removes leftovers of failed parts
+        state.finish(name, config.method_key(part[1]), rows=rows[part], seconds=round(seconds, 3))
+    staged.abort()  # staging left by failed parts
     state.time("maps", seconds)
+    state.time("maps_first_batch", (first or start) - start)
     return written
-
-
-def _group(table: pa.Table):
-    """(trial_id, method) -> rows of that part, in arrival order."""
-    if table.num_rows == 0:
-        return
-    keys = pc.binary_join_element_wise(table.column("trial_id"), table.column("method"), "\x1f")
-    for key in pc.unique(keys).to_pylist():
-        trial_id, method = key.split("\x1f")
-        yield (trial_id, method), table.filter(pc.equal(keys, key))

@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..methods.channels import overlay
 from .config import ExplainConfig
 from .figures import save_png
-from .layout import OVERLAY_COLUMNS, decode_map, explain_dir, maps_path, overlay_path
+from .layout import OVERLAY_COLUMNS, decode_map, explain_dir, maps_path, overlay_path, read_maps
 from .plan import ExplainPlan
 from .state import ExplainState
 
@@ -48,7 +47,7 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
     for trial in plan.trials:
         for method in config.method_names:
             source = maps_path(plan.study_dir, trial.trial_id, method)
-            if not source.is_file():
+            if not source.exists():
                 continue
             part, key = (
                 f"overlays/{trial.trial_id}/{method}",
@@ -58,7 +57,7 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
             if state.done(part, key) and len(kept) and not config.overwrite:
                 records += kept.to_dict("records")
                 continue
-            table = pq.read_table(source)
+            table = read_maps(source)
             first = table
             if plan.manifest.task != "classification":  # overlays of the first target
                 first = table.filter(pc.equal(table.column("target_index"), 0))

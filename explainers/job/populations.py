@@ -13,13 +13,12 @@ import io
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from ..methods.channels import overlay
 from ..population import PerClassGeometricMean, compare_population_maps
 from .config import ExplainConfig
 from .figures import diverging, grid, save_png
-from .layout import explain_dir, maps_path, population_dir
+from .layout import explain_dir, iter_maps, maps_path, population_dir
 from .plan import ExplainPlan
 from .state import ExplainState
 
@@ -57,10 +56,8 @@ def gmean_maps(
     """Gmean of one (trial, method) map table per class (regression: first target only)."""
     acc = PerClassGeometricMean(classes, (1, *hw), eps=eps)
     lookup = groups.to_dict()
-    file = pq.ParquetFile(path)
-    for batch in file.iter_batches(
-        batch_size=CHUNK, columns=["cell_id", "map", "map_shape", "target_index"]
-    ):
+    columns = ["cell_id", "map", "map_shape", "target_index"]
+    for batch in iter_maps(path, columns, batch_size=CHUNK):
         frame = batch.to_pandas()
         if regression:  # one population per target would repeat the cells: use the first
             frame = frame[frame["target_index"] == 0]
@@ -103,7 +100,7 @@ def run_population(
         for method in config.method_names:
             part = f"population/{trial.trial_id}/{method}"
             source = maps_path(plan.study_dir, trial.trial_id, method)
-            if not source.is_file():
+            if not source.exists():
                 continue  # the method failed on this trial (see explain.json failures)
             part_key = key + "-" + config.method_key(method)
             if state.done(part, part_key) and not config.overwrite and not old.empty:

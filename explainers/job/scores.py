@@ -190,7 +190,7 @@ def run_quality(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -
     available: dict[str, dict[str, dict]] = {}
     for trial in plan.trials:
         for method in config.method_names:
-            if maps_path(plan.study_dir, trial.trial_id, method).is_file():
+            if maps_path(plan.study_dir, trial.trial_id, method).exists():
                 rows += map_scores(plan, trial.trial_id, method)
                 available.setdefault(trial.trial_id, {})[method] = config.method_options[method]
     if config.quality_cells:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from engine.data.augment import normalize
@@ -23,6 +26,7 @@ from engine.train.checkpoint import load_model
 
 from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
+from .layout import maps_staging_dir
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -123,6 +127,9 @@ class MapWorker:
         precision: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``fp32``.
         device: torch device (default: CUDA when present).
         trial_methods: the methods to run per trial (default: every method on every trial).
+        output: ``{"study_dir": ..., "run_id": ...}`` to write the map rows as Parquet parts
+            into the run's staging directories (the actors write in parallel) and return only
+            a summary; None returns the map rows.
     """
 
     def __init__(
@@ -133,7 +140,11 @@ class MapWorker:
         precision: str = "auto",
         device: str | None = None,
         trial_methods: dict[str, list[str]] | None = None,
+        output: dict | None = None,
     ) -> None:
+        self.output = output  # {"study_dir", "run_id"}: write map parts here (see ``write``)
+        self._writer_id = uuid.uuid4().hex[:12]
+        self._written = 0
         self.device = pick_device(device)
         self.manifest = Manifest.from_dict(manifest)
         self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
@@ -183,6 +194,38 @@ class MapWorker:
 
     # -- the kernel --------------------------------------------------------------------------
     def __call__(self, table: pa.Table) -> pa.Table:
+        """Map rows for the batch; with ``output`` set, written to the staging directories and
+        only a summary (trial_id, method, rows, error) returned."""
+        maps = self.explain(table)
+        if self.output is None:
+            return maps
+        return self.write(maps)
+
+    def write(self, maps: pa.Table) -> pa.Table:
+        summary = []
+        errors = maps.column("error")
+        for row in (
+            maps.filter(pc.is_valid(errors)).select(["trial_id", "method", "error"]).to_pylist()
+        ):
+            summary.append({**row, "rows": 0})
+        maps = maps.filter(pc.is_null(errors)).drop(["error"])
+        for (trial_id, method), group in group_parts(maps):
+            directory = maps_staging_dir(
+                self.output["study_dir"], trial_id, method, self.output["run_id"]
+            )
+            directory.mkdir(parents=True, exist_ok=True)
+            self._written += 1
+            pq.write_table(
+                group,
+                directory / f"{self._writer_id}-{self._written:07d}.parquet",
+                compression="lz4",
+            )
+            summary.append(
+                {"trial_id": trial_id, "method": method, "rows": group.num_rows, "error": None}
+            )
+        return pa.Table.from_pylist(summary, schema=SUMMARY_SCHEMA)
+
+    def explain(self, table: pa.Table) -> pa.Table:
         batch = self._decode(table)
         tables: list[pa.Table] = []
         for fold in np.unique(batch["fold"]):
@@ -319,6 +362,26 @@ class MapWorker:
         if masks is None:
             return None
         return torch.from_numpy(masks[idx]).to(self.device) > 0  # (B, H, W) bool
+
+
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("method", pa.string()),
+        ("rows", pa.int64()),
+        ("error", pa.string()),
+    ]
+)
+
+
+def group_parts(table: pa.Table):
+    """(trial_id, method) -> rows of that part, in arrival order."""
+    if table.num_rows == 0:
+        return
+    keys = pc.binary_join_element_wise(table.column("trial_id"), table.column("method"), "\x1f")
+    for key in pc.unique(keys).to_pylist():
+        trial_id, method = key.split("\x1f")
+        yield (trial_id, method), table.filter(pc.equal(keys, key))
 
 
 def take(array: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -184,7 +185,7 @@ def test_rerun_recomputes_only_missing_or_changed_parts(explained):
     }
     before = {k: os.stat(p).st_mtime_ns for k, p in paths.items()}
     removed = (plan.trials[1].trial_id, "saliency")
-    paths[removed].unlink()
+    shutil.rmtree(paths[removed])
     changed = dataclasses.replace(
         config, methods=("gradcam", "saliency", "integrated_gradients:n_steps=4")
     )
@@ -218,6 +219,6 @@ def test_a_failing_method_is_recorded_and_the_rest_finishes(trained_study, tmp_p
         list(failures) == ["maps/t00smal/occlusion"]
         and "window" in failures["maps/t00smal/occlusion"]
     )
-    assert maps_path(study, "t00smal", "saliency").is_file()
+    assert maps_path(study, "t00smal", "saliency").is_dir()
     assert not maps_path(study, "t00smal", "occlusion").exists()
     assert not list((explain_dir(study) / "maps").rglob("*.tmp"))
