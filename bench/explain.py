@@ -236,7 +236,9 @@ def end_to_end(args, device: str, kernel_rate: float) -> dict:
     out["explain_vs_kernel"] = out["explain_maps_s"] / kernel_rate
     out["worker_vs_kernel"] = out["worker_no_ray_maps_s"] / kernel_rate
     out["maps_bytes"] = sum(
-        maps_path(study, t.trial_id, "gradcam").stat().st_size for t in plan.trials
+        f.stat().st_size
+        for t in plan.trials
+        for f in maps_path(study, t.trial_id, "gradcam").rglob("*.parquet")
     )
     return out
 
