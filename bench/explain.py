@@ -159,6 +159,22 @@ def make_study(root: Path, dataset: Path, backbone: str, trials: int) -> Path:
     return root / "study"
 
 
+def worker_timings(study: Path, state, prefix: str) -> dict:
+    """When the run's actors were created, ready (models loaded) and done with a first batch,
+    in seconds after the run started (the latest actor of each)."""
+    import json
+
+    run = state.data["maps_run"]
+    records = [json.loads(p.read_text()) for p in (study / "explain" / "workers").glob("*.json")]
+    records = [r for r in records if r["run_id"] == run["run_id"]]
+    out = {f"{prefix}_workers": len(records)}
+    for key in ("created", "ready", "first_batch_start", "first_batch_done"):
+        values = [r[key] - run["started"] for r in records if key in r]
+        if values:
+            out[f"{prefix}_{key}_s"] = max(values)
+    return out
+
+
 def end_to_end(args, device: str, kernel_rate: float) -> dict:
     import pyarrow.parquet as pq
 
@@ -190,7 +206,11 @@ def end_to_end(args, device: str, kernel_rate: float) -> dict:
     gpus = 1 if device == "cuda" else 0
     for per_gpu in args.actors_per_gpu:
         variant = dataclasses.replace(
-            config, gpus_per_actor=1 / per_gpu, actors=per_gpu * gpus or 1, overwrite=True
+            config,
+            gpus_per_actor=1 / per_gpu,
+            actors=per_gpu * gpus or 1,
+            overwrite=True,
+            batch_size=args.e2e_batch,
         )
         start = time.perf_counter()
         run_maps(plan, variant, state, progress=False)
@@ -200,6 +220,7 @@ def end_to_end(args, device: str, kernel_rate: float) -> dict:
         startup = state.data["timings"]["maps_first_batch"]  # Ray Data + actors until 1st batch
         out[f"explain_{per_gpu}_actors_startup_s"] = startup
         out[f"explain_{per_gpu}_actors_after_startup_maps_s"] = maps / (seconds - startup)
+        out |= worker_timings(study, state, f"explain_{per_gpu}_actors")
     best = max(args.actors_per_gpu, key=lambda k: out[f"explain_{k}_actors_maps_s"])
     out["explain_maps_s"] = out[f"explain_{best}_actors_maps_s"]
     out["explain_best_actors_per_gpu"] = best
@@ -257,6 +278,7 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=16384)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--actors-per-gpu", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--e2e-batch", type=int, default=256, help="cells per explain actor batch")
     parser.add_argument("--profile", action="store_true", help="cProfile the worker loop")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU-sized run")
     parser.add_argument("--out", type=Path, default=None)

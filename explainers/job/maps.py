@@ -153,6 +153,7 @@ def run_maps(
     rows = dict.fromkeys(parts, 0)
     failures: dict[tuple[str, str], str] = {}
     start = time.perf_counter()
+    state.update(maps_run={"run_id": run_id, "started": time.time()})
     first = None
     try:
         with tqdm(total=total, unit="map", desc="explain maps", disable=not progress) as bar:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -142,6 +144,7 @@ class MapWorker:
         trial_methods: dict[str, list[str]] | None = None,
         output: dict | None = None,
     ) -> None:
+        self._created = time.time()
         self.output = output  # {"study_dir", "run_id"}: write map parts here (see ``write``)
         self._writer_id = uuid.uuid4().hex[:12]
         self._written = 0
@@ -166,6 +169,17 @@ class MapWorker:
                     takes_mask,
                 )
         self.failures: dict[tuple[str, str], str] = {}
+        self.timing = {"created": self._created, "ready": time.time()}
+        self._report()
+
+    def _report(self) -> None:
+        """Start-up timings of this actor in ``explain/workers/`` (where a slow start shows)."""
+        if self.output is None:
+            return
+        directory = Path(self.output["study_dir"]) / "explain" / "workers"
+        directory.mkdir(parents=True, exist_ok=True)
+        record = {"run_id": self.output["run_id"], "device": str(self.device), **self.timing}
+        (directory / f"{self._writer_id}.json").write_text(json.dumps(record))
 
     # -- decoding ----------------------------------------------------------------------------
     def _decode(self, table: pa.Table) -> dict:
@@ -196,10 +210,17 @@ class MapWorker:
     def __call__(self, table: pa.Table) -> pa.Table:
         """Map rows for the batch; with ``output`` set, written to the staging directories and
         only a summary (trial_id, method, rows, error) returned."""
+        first = "first_batch_done" not in self.timing
+        if first:
+            self.timing["first_batch_start"] = time.time()
         maps = self.explain(table)
         if self.output is None:
             return maps
-        return self.write(maps)
+        summary = self.write(maps)
+        if first:
+            self.timing["first_batch_done"] = time.time()
+            self._report()
+        return summary
 
     def write(self, maps: pa.Table) -> pa.Table:
         summary = []
