@@ -3,7 +3,8 @@
 Steps: synthesise metastasis-task cells (3 channels: DNA, actin, vimentin; per-plate batch
 effects; cell and evidence masks) -> check the dataset like an ingested one -> freeze grouped,
 stratified folds by well with a leakage audit -> a small cross-family search (Ray Tune + Optuna
-TPE + ASHA on a local Ray instance) -> the leaderboard. Sized to finish in a few minutes on
+TPE + ASHA on a local Ray instance) -> the leaderboard -> `cytotune explain` on the best two
+trials (Grad-CAM, LayerCAM, Integrated Gradients; population maps; quality scores). Sized to finish in a few minutes on
 2 CPU cores; the study directory it writes is what `cytotune dashboard` and `cytotune pull` read.
 Example:
   cytotune demo --out runs/demo
@@ -30,6 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=3, help="cross-validation folds (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     parser.add_argument("--address", help="Ray cluster address (default: a local Ray instance)")
+    parser.add_argument(
+        "--explain-top",
+        type=int,
+        default=2,
+        help="trials to explain afterwards (0: skip; default 2)",
+    )
+    parser.add_argument(
+        "--explain-cells", type=int, default=300, help="cells the explain step covers (default 300)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
 
 
@@ -65,11 +75,11 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     dataset = out / "dataset"
     start = time.perf_counter()
-    print(f"[1/4] synthesising {args.n} metastasis-task cells at {args.size} px -> {dataset}")
+    print(f"[1/5] synthesising {args.n} metastasis-task cells at {args.size} px -> {dataset}")
     write_dataset("metastasis", dataset, n=args.n, size=args.size, seed=args.seed)
-    print("[2/4] dataset check")
+    print("[2/5] dataset check")
     info_command.run(argparse.Namespace(dataset=str(dataset), quarantine=False))
-    print(f"[3/4] freezing {args.folds} grouped folds by well")
+    print(f"[3/5] freezing {args.folds} grouped folds by well")
     folds = make_folds(
         dataset,
         k=args.folds,
@@ -82,8 +92,29 @@ def run(args: argparse.Namespace) -> int:
     save_folds(dataset, folds)
     print(format_audit(folds.audit, folds.group))
     print(
-        f"[4/4] searching {args.trials} configurations x {args.folds} folds (Ray Tune + Optuna TPE + ASHA)"
+        f"[4/5] searching {args.trials} configurations x {args.folds} folds (Ray Tune + Optuna TPE + ASHA)"
     )
-    run_search(study_for(dataset, out / "studies", args), address=args.address)
+    study = study_for(dataset, out / "studies", args)
+    run_search(study, address=args.address)
+    study_dir = out / "studies" / study.name
+    if args.explain_top:
+        from explainers.job.config import ExplainConfig
+        from explainers.job.runner import run_explain
+        from explainers.job.summary import format_quality
+
+        print(
+            f"[5/5] explaining the best {args.explain_top} trial(s) on {args.explain_cells} cells"
+        )
+        config = ExplainConfig(
+            study=str(study_dir),
+            top_k=args.explain_top,
+            methods=("gradcam", "layercam", "integrated_gradients:n_steps=16"),
+            limit=args.explain_cells,
+            quality_cells=64,
+            overlays=16,
+            address=args.address,
+        )
+        run_explain(config)
+        print(format_quality(study_dir))
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0

@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpus-per-actor",
         type=float,
-        default=1.0,
-        help="GPU share per actor (0.5 packs two per GPU)",
+        default=0.25,
+        help="GPU share per actor (default 0.25: four actors per GPU, fastest measured)",
     )
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     parser.add_argument(

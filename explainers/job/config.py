@@ -68,7 +68,7 @@ class ExplainConfig:
     limit: int | None = None
     batch_size: int = 128
     actors: int | None = None
-    gpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.25
     precision: str = "auto"
     overlays: int = 24
     quality_cells: int = 128

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import threading
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from .factory import make_dataset, make_study
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+SCRATCH = Path(tempfile.gettempdir()) / "cytotune-screenshots"
 
 
 @pytest.fixture(scope="session")
@@ -111,11 +114,14 @@ def wait_for(driver, condition, timeout: float = 15.0):
 
 
 def screenshot(driver, name: str, height: int | None = None) -> Path:
-    """Save the whole page (resized to its height) as docs/dashboard_<name>.png."""
-    DOCS.mkdir(exist_ok=True)
+    """Save the whole page (resized to its height) as dashboard_<name>.png: into docs/ with
+    CYTOTUNE_SCREENSHOTS=1 (to refresh the README's pictures), else into a temporary folder,
+    so a plain test run leaves the checkout unchanged."""
+    target = DOCS if os.environ.get("CYTOTUNE_SCREENSHOTS") == "1" else SCRATCH
+    target.mkdir(exist_ok=True)
     full = height or driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(1440, min(max(full + 20, 700), 2600))
-    path = DOCS / f"dashboard_{name}.png"
+    path = target / f"dashboard_{name}.png"
     driver.save_screenshot(str(path))
     driver.set_window_size(1440, 1000)
     return path
