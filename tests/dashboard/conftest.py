@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-import threading
 import os
+import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
