@@ -172,7 +172,7 @@ def layout(ctx, study, params):
                     common.card(
                         "Population maps",
                         html.Div(id="ex-population"),
-                        sub="geometric mean over correctly classified cells, per class",
+                        sub="geometric means over every explained cell of the true class",
                     ),
                     common.card(
                         "Explanation quality",
