@@ -16,7 +16,7 @@ import pandas as pd
 from ..methods.channels import overlay
 from .config import ExplainConfig
 from .figures import grid, save_png
-from .layout import ATTENTION_COLUMNS, attention_path, explain_dir
+from .layout import ATTENTION_COLUMNS, attention_path, explain_dir, write_frame
 from .plan import ExplainPlan
 from .state import ExplainState
 
@@ -97,8 +97,6 @@ def run_attention(plan: ExplainPlan, config: ExplainConfig, state: ExplainState)
                     }
                 )
     table = pd.DataFrame(records, columns=list(ATTENTION_COLUMNS))
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    write_frame(table, path)
     state.finish("attention", key, figures=len(table))
     return table

@@ -155,3 +155,14 @@ def decode_map(data: bytes, shape) -> np.ndarray:
         .reshape(tuple(int(s) for s in shape))
         .astype(np.float32)
     )
+
+
+def write_frame(frame, path: str | Path) -> Path:
+    """Write a DataFrame as Parquet through a temporary name and a rename (readers never see a
+    half-written table)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from .config import ExplainConfig
 from .layout import maps_path, maps_staging_dir
 from .plan import ExplainPlan
+from .pool import run_pool
 from .state import ExplainState
-from .worker import OUTPUT_SCHEMA, MapWorker
+from .worker import OUTPUT_SCHEMA
 
 
 def part_name(trial_id: str, method: str) -> str:
@@ -40,11 +41,20 @@ class AttachFold:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         position = pc.index_in(table.column("cell_id"), value_set=self.cell_ids)
-        keep = pc.is_valid(position)
-        table, position = table.filter(keep), position.filter(keep)
-        table = table.append_column("fold", pc.take(self.folds, position))
-        # rows of one fold together: a batch then feeds one fold model at full size
-        return table.take(pc.sort_indices(table.column("fold")))
+        if position.null_count:  # copy only when some rows are not planned
+            keep = pc.is_valid(position)
+            table, position = table.filter(keep), position.filter(keep)
+        folds = pc.take(self.folds, position)
+        table = table.append_column("fold", folds)
+        # rows of one fold together, so a batch feeds one fold model at full size (copy only
+        # when the block is not in fold order already)
+        order = pc.sort_indices(folds)
+        if (
+            len(order)
+            and not pc.all(pc.equal(order, pa.array(range(len(order)), order.type))).as_py()
+        ):
+            table = table.take(order)
+        return table
 
 
 class StagedParts:
@@ -90,9 +100,8 @@ def pending_parts(
 
 
 def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
-    """The Ray Data pipeline: read Parquet -> attach folds -> MapWorker actors."""
+    """Read Parquet -> attach folds (Ray Data) -> explain actors started up front (pool.py)."""
     import ray
-    import torch
 
     columns = ["cell_id", "image"]
     manifest = plan.manifest
@@ -103,8 +112,6 @@ def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
     num_gpus = config.gpus_per_actor if gpus else 0
     actors = config.actors or (max(1, int(gpus / config.gpus_per_actor)) if gpus else 1)
     worker_kwargs = {**worker_kwargs, "device": None if gpus else "cpu"}
-    if not gpus and torch.cuda.is_available():
-        worker_kwargs["device"] = None
     ds = ray.data.read_parquet(plan.dataset.shard_paths).select_columns(columns)
     ds = ds.map_batches(
         AttachFold(plan.cells["cell_id"].to_numpy(), plan.cells["fold"].to_numpy()),
@@ -112,15 +119,7 @@ def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
         batch_size=None,
         zero_copy_batch=True,
     )
-    ds = ds.map_batches(
-        MapWorker,
-        fn_constructor_kwargs=worker_kwargs,
-        batch_size=config.batch_size,
-        batch_format="pyarrow",
-        num_gpus=num_gpus,
-        concurrency=actors,
-    )
-    return ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4)
+    return run_pool(ds, worker_kwargs, actors, num_gpus, config.batch_size)
 
 
 def run_maps(

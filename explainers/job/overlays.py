@@ -14,7 +14,15 @@ import pyarrow.compute as pc
 from ..methods.channels import overlay
 from .config import ExplainConfig
 from .figures import save_png
-from .layout import OVERLAY_COLUMNS, decode_map, explain_dir, maps_path, overlay_path, read_maps
+from .layout import (
+    OVERLAY_COLUMNS,
+    decode_map,
+    explain_dir,
+    maps_path,
+    overlay_path,
+    read_maps,
+    write_frame,
+)
 from .plan import ExplainPlan
 from .state import ExplainState
 
@@ -90,7 +98,5 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
                 )
             state.finish(part, key, images=len(picked))
     index = pd.DataFrame(records, columns=list(OVERLAY_COLUMNS))
-    tmp = index_path.with_name(f".{index_path.name}.tmp")
-    index.to_parquet(tmp, index=False)
-    tmp.replace(index_path)
+    write_frame(index, index_path)
     return index

@@ -18,7 +18,7 @@ from ..methods.channels import overlay
 from ..population import PerClassGeometricMean, compare_population_maps
 from .config import ExplainConfig
 from .figures import diverging, grid, save_png
-from .layout import explain_dir, iter_maps, maps_path, population_dir
+from .layout import explain_dir, iter_maps, maps_path, population_dir, write_frame
 from .plan import ExplainPlan
 from .state import ExplainState
 
@@ -130,7 +130,7 @@ def run_population(
             state.finish(part, part_key)
     table = pd.DataFrame(rows)
     if not table.empty:
-        _write_table(table, summary_path)
+        write_frame(table, summary_path)
     return table
 
 
@@ -167,10 +167,3 @@ def _write_class(plan, config, trial_id, method, cls, image, cam, names, n) -> l
         }
         for label, r in zip(labels, results)
     ]
-
-
-def _write_table(table: pd.DataFrame, path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)

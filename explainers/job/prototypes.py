@@ -14,7 +14,7 @@ import pandas as pd
 from ..methods.channels import overlay
 from .config import ExplainConfig
 from .figures import box, grid, save_png
-from .layout import PROTOTYPE_COLUMNS, explain_dir, prototype_path
+from .layout import PROTOTYPE_COLUMNS, explain_dir, prototype_path, write_frame
 from .plan import ExplainPlan
 from .state import ExplainState
 
@@ -186,9 +186,6 @@ def run_prototypes(
             )
     records = [r for result in ray.get(refs) for r in result]
     table = pd.DataFrame(records)
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    write_frame(table, path)
     state.finish("prototypes", key, prototypes=len(table))
     return table

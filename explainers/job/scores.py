@@ -23,7 +23,7 @@ from ..quality import (
     randomize_weights,
 )
 from .config import ExplainConfig
-from .layout import explain_dir, maps_path
+from .layout import explain_dir, maps_path, write_frame
 from .plan import ExplainPlan
 from .state import ExplainState
 
@@ -218,9 +218,6 @@ def run_quality(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -
         for result in ray.get(refs):
             rows += result
     table = pd.DataFrame(rows, columns=["trial_id", "method", "metric", "mean", "std", "n"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    write_frame(table, path)
     state.finish("quality", key, rows=len(table))
     return table
