@@ -31,8 +31,6 @@ _QUARANTINE_SCHEMA = pa.schema(
     [("cell_id", pa.string()), ("source", pa.string()), ("reason", pa.string())]
 )
 
-ROW_GROUP_BYTES = 16 * 2**20  # target size of one Parquet row group
-
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -296,13 +294,7 @@ class DatasetWriter:
         for col in self.spec.metadata_columns:
             table = table.append_column(col, pa.array([r[col] for r in self._rows]))
         shard = f"{DATA_DIR}/part-{len(self._shards):05d}.parquet"
-        # row groups of about ROW_GROUP_BYTES: readers (Ray Data) stream the first rows of a
-        # shard without decoding all of it (1,024 rows of 224 px crops would be 150 MB)
-        row_bytes = max(1, table.nbytes // max(1, table.num_rows))
-        rows_per_group = int(min(1024, max(16, ROW_GROUP_BYTES // row_bytes)))
-        pq.write_table(
-            table, self.staging / shard, compression="zstd", row_group_size=rows_per_group
-        )
+        pq.write_table(table, self.staging / shard, compression="zstd", row_group_size=1024)
         self._shards.append(shard)
         self._rows = []
 
