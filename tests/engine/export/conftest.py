@@ -4,7 +4,6 @@ as the search's store callback does (trials.parquet, folds.parquet, study.json, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,94 +11,8 @@ import pytest
 
 from engine.data import CellDataset
 from engine.data.folds import make_folds, save_folds
-from engine.search.crossval import CrossValidation
-from engine.search.store import StudyStore
-from engine.search.study import Budget, FoldsSpec, Objective, StudyConfig
 from search_spaces import list_models
-
-TINY_TIMM = {"channels": [8, 8, 16, 16], "stem_width": 8}
-TINY = {
-    "small_cnn": {"filters": 8, "dense_units": 16, "conv_layers": 2},
-    "backbone": {"timm_kwargs": TINY_TIMM},
-    "channel_attention": {"timm_kwargs": TINY_TIMM, "embed_dim": 8, "mlp": [16]},
-    "mhl_attention": {"timm_kwargs": TINY_TIMM, "embed_dim": 8, "mlp": [16]},
-    "protopnet": {
-        "timm_kwargs": TINY_TIMM,
-        "prototypes_per_class": 2,
-        "prototype_dim": 8,
-        "warmup_epochs": 0,
-        "push_start": 100,
-        "last_layer_epochs": 1,
-    },
-}
-SIZE = 32
-
-
-def sample(family: str, lr: float = 3e-3) -> dict:
-    return {"family": family, family: dict(TINY[family]), "train": {"lr": lr, "batch_size": 32}}
-
-
-def _cell(value):
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return value
-
-
-def make_study(
-    root: Path, dataset: Path, trials: dict[str, dict], metric: str, folds_name: str
-) -> Path:
-    """Run each ``trial_id -> sample`` for one epoch on every fold and record it."""
-    study = StudyConfig(
-        name="export-test",
-        dataset=str(dataset),
-        folds=FoldsSpec(name=folds_name, k=2),
-        budget=Budget(trials=len(trials), max_epochs=1, grace_epochs=1),
-        objectives=(Objective(metric),),
-        train={"loader": "inprocess", "augment": "none"},
-        storage=str(root),
-    )
-    store = StudyStore(study.study_dir)
-    folds = None
-    for number, (trial_id, config) in enumerate(trials.items()):
-        cv = CrossValidation(study, config)
-        folds = cv.folds
-        report, details = cv.run_epoch()
-        checkpoint = Path(store.tune_dir) / f"trial_{trial_id}" / "checkpoint_000000"
-        cv.save(checkpoint, details)
-        store.upsert(
-            "trials",
-            (trial_id,),
-            {
-                "trial_id": trial_id,
-                "number": number,
-                "status": "completed",
-                "family": config["family"],
-                "params": json.dumps(config),
-                "epochs_done": 1,
-                **{k: v for k, v in report.items() if k.startswith("val/")},
-                "checkpoint": str(checkpoint),
-            },
-        )
-        for detail in details:
-            store.upsert(
-                "folds",
-                (trial_id, detail["fold"]),
-                {"trial_id": trial_id, **{k: _cell(v) for k, v in detail.items()}},
-            )
-    store.create(
-        study.to_yaml(),
-        {
-            "name": study.name,
-            "dataset": study.dataset,
-            "dataset_hash": CellDataset(dataset).manifest.content_hash,
-            "folds": folds.name,
-            "fold_hash": folds.hash,
-            "space": {"name": "test"},
-            "objectives": [o.__dict__ for o in study.objectives],
-        },
-    )
-    store.flush()
-    return Path(store.path)
+from tests.studies import SIZE, TINY, make_study, regression_dataset, sample  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -124,19 +37,9 @@ def cls_study(cls_dataset, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def reg_study(tmp_path_factory) -> Path:
     """A two-target regression study with one small_cnn trial."""
-    from engine.data import DatasetSpec, DatasetWriter
-    from engine.synth import render
-
     root = tmp_path_factory.mktemp("regression")
-    cells = render("metastasis", 64, size=SIZE, seed=1)
-    spec = DatasetSpec(("dna", "actin", "vimentin"), "uint16", (3, SIZE, SIZE), "regression",
-                       targets=("vimentin", "area"))  # fmt: skip
-    with DatasetWriter(root / "reg", spec) as writer:
-        for i, (image, mask) in enumerate(zip(cells.images, cells.masks)):
-            targets = {"vimentin": float(image[2][mask > 0].mean() / 1000), "area": mask.mean()}
-            writer.add(f"c{i}", image, targets={k: float(v) for k, v in targets.items()}, mask=mask)
-    save_folds(root / "reg", make_folds(root / "reg", k=2, group=None, stratify=None, name="k2"))
-    return make_study(root / "studies", root / "reg", {"reg": sample("small_cnn")}, "r2", "k2")
+    dataset = regression_dataset(root / "reg")
+    return make_study(root / "studies", dataset, {"reg": sample("small_cnn")}, "r2", "k2")
 
 
 def reference_outputs(fold_dirs, pixels: np.ndarray, mask=None) -> np.ndarray:

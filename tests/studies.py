@@ -1,0 +1,115 @@
+"""Real study directories built without Ray, shared by the tests of the packages that read
+studies (export, explain): each trial is a ``CrossValidation`` of a tiny model, saved and
+recorded in the results store as the search's store callback does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.data import CellDataset
+from engine.data.folds import make_folds, save_folds
+from engine.search.crossval import CrossValidation
+from engine.search.store import StudyStore
+from engine.search.study import Budget, FoldsSpec, Objective, StudyConfig
+
+TINY_TIMM = {"channels": [8, 8, 16, 16], "stem_width": 8}
+TINY = {
+    "small_cnn": {"filters": 8, "dense_units": 16, "conv_layers": 2},
+    "backbone": {"timm_kwargs": TINY_TIMM},
+    "channel_attention": {"timm_kwargs": TINY_TIMM, "embed_dim": 8, "mlp": [16]},
+    "mhl_attention": {"timm_kwargs": TINY_TIMM, "embed_dim": 8, "mlp": [16]},
+    "protopnet": {
+        "timm_kwargs": TINY_TIMM,
+        "prototypes_per_class": 2,
+        "prototype_dim": 8,
+        "warmup_epochs": 0,
+        "push_start": 100,
+        "last_layer_epochs": 1,
+    },
+}
+SIZE = 32
+
+
+def sample(family: str, lr: float = 3e-3) -> dict:
+    return {"family": family, family: dict(TINY[family]), "train": {"lr": lr, "batch_size": 32}}
+
+
+def _cell(value):
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value
+
+
+def make_study(
+    root: Path, dataset: Path, trials: dict[str, dict], metric: str, folds_name: str
+) -> Path:
+    """Run each ``trial_id -> sample`` for one epoch on every fold and record it."""
+    study = StudyConfig(
+        name="export-test",
+        dataset=str(dataset),
+        folds=FoldsSpec(name=folds_name, k=2),
+        budget=Budget(trials=len(trials), max_epochs=1, grace_epochs=1),
+        objectives=(Objective(metric),),
+        train={"loader": "inprocess", "augment": "none"},
+        storage=str(root),
+    )
+    store = StudyStore(study.study_dir)
+    folds = None
+    for number, (trial_id, config) in enumerate(trials.items()):
+        cv = CrossValidation(study, config)
+        folds = cv.folds
+        report, details = cv.run_epoch()
+        checkpoint = Path(store.tune_dir) / f"trial_{trial_id}" / "checkpoint_000000"
+        cv.save(checkpoint, details)
+        store.upsert(
+            "trials",
+            (trial_id,),
+            {
+                "trial_id": trial_id,
+                "number": number,
+                "status": "completed",
+                "family": config["family"],
+                "params": json.dumps(config),
+                "epochs_done": 1,
+                **{k: v for k, v in report.items() if k.startswith("val/")},
+                "checkpoint": str(checkpoint),
+            },
+        )
+        for detail in details:
+            store.upsert(
+                "folds",
+                (trial_id, detail["fold"]),
+                {"trial_id": trial_id, **{k: _cell(v) for k, v in detail.items()}},
+            )
+    store.create(
+        study.to_yaml(),
+        {
+            "name": study.name,
+            "dataset": study.dataset,
+            "dataset_hash": CellDataset(dataset).manifest.content_hash,
+            "folds": folds.name,
+            "fold_hash": folds.hash,
+            "space": {"name": "test"},
+            "objectives": [o.__dict__ for o in study.objectives],
+        },
+    )
+    store.flush()
+    return Path(store.path)
+
+
+def regression_dataset(path: Path, n: int = 64, seed: int = 1) -> Path:
+    """Two regression targets (mean vimentin / 1000, cell area share) of synthetic cells, with
+    masks and 2 random folds named ``k2``."""
+    from engine.data import DatasetSpec, DatasetWriter
+    from engine.synth import render
+
+    cells = render("metastasis", n, size=SIZE, seed=seed)
+    spec = DatasetSpec(("dna", "actin", "vimentin"), "uint16", (3, SIZE, SIZE), "regression",
+                       targets=("vimentin", "area"))  # fmt: skip
+    with DatasetWriter(path, spec) as writer:
+        for i, (image, mask) in enumerate(zip(cells.images, cells.masks)):
+            targets = {"vimentin": float(image[2][mask > 0].mean() / 1000), "area": mask.mean()}
+            writer.add(f"c{i}", image, targets={k: float(v) for k, v in targets.items()}, mask=mask)
+    save_folds(path, make_folds(path, k=2, group=None, stratify=None, name="k2"))
+    return path
