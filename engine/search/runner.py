@@ -77,7 +77,8 @@ def _searcher(study: StudyConfig, space, store: StudyStore):
     import warnings
 
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from .resumable import ResumableOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -91,7 +92,7 @@ def _searcher(study: StudyConfig, space, store: StudyStore):
     modes = [o.mode for o in study.objectives]
     sampler = "nsga2" if study.multi_objective and study.sampler == "tpe" else study.sampler
     storage = optuna.storages.RDBStorage(store.optuna_url) if store.optuna_url else None
-    return OptunaSearch(
+    return ResumableOptunaSearch(
         space=space.define_by_run,
         metric=metrics if study.multi_objective else metrics[0],
         mode=modes if study.multi_objective else modes[0],
