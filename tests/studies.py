@@ -42,14 +42,20 @@ def _cell(value):
 
 
 def make_study(
-    root: Path, dataset: Path, trials: dict[str, dict], metric: str, folds_name: str
+    root: Path,
+    dataset: Path,
+    trials: dict[str, dict],
+    metric: str,
+    folds_name: str,
+    k: int = 2,
+    epochs: int = 1,
 ) -> Path:
-    """Run each ``trial_id -> sample`` for one epoch on every fold and record it."""
+    """Run each ``trial_id -> sample`` for ``epochs`` on every fold and record it."""
     study = StudyConfig(
         name="export-test",
         dataset=str(dataset),
-        folds=FoldsSpec(name=folds_name, k=2),
-        budget=Budget(trials=len(trials), max_epochs=1, grace_epochs=1),
+        folds=FoldsSpec(name=folds_name, k=k),
+        budget=Budget(trials=len(trials), max_epochs=epochs, grace_epochs=1),
         objectives=(Objective(metric),),
         train={"loader": "inprocess", "augment": "none"},
         storage=str(root),
@@ -59,8 +65,9 @@ def make_study(
     for number, (trial_id, config) in enumerate(trials.items()):
         cv = CrossValidation(study, config)
         folds = cv.folds
-        report, details = cv.run_epoch()
-        checkpoint = Path(store.tune_dir) / f"trial_{trial_id}" / "checkpoint_000000"
+        for _ in range(epochs):
+            report, details = cv.run_epoch()
+        checkpoint = Path(store.tune_dir) / f"trial_{trial_id}" / f"checkpoint_{epochs - 1:06d}"
         cv.save(checkpoint, details)
         store.upsert(
             "trials",
@@ -71,7 +78,7 @@ def make_study(
                 "status": "completed",
                 "family": config["family"],
                 "params": json.dumps(config),
-                "epochs_done": 1,
+                "epochs_done": epochs,
                 **{k: v for k, v in report.items() if k.startswith("val/")},
                 "checkpoint": str(checkpoint),
             },

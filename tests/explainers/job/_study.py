@@ -1,17 +1,12 @@
-"""A small real study without Ray Tune: fold models trained by CrossValidation, stored like a search."""
+"""The explain tests' study: synthetic cells, 3 folds by well, one trained trial per family."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from engine.data import Manifest
 from engine.data.folds import make_folds, save_folds
-from engine.search.crossval import CrossValidation
-from engine.search.store import StudyStore
-from engine.search.study import StudyConfig
 from engine.synth import write_dataset
+from tests.studies import make_study as record_study
 
 SAMPLES = {
     "small_cnn": {
@@ -52,62 +47,16 @@ def make_study(
     epochs: int = 2,
     task: str = "metastasis",
 ) -> Path:
-    """Dataset + 3 folds by well + one trained trial per family; returns the study directory."""
+    """Dataset + 3 folds by well + one trained trial per family (trial id = family name)."""
     data = root / "dataset"
     write_dataset(task, data, n=n, size=size, seed=3, progress=False)
-    folds = make_folds(data, k=3, group="well", stratify="label", name="k3-well")
-    save_folds(data, folds)
-    config = {
-        "name": "explain-test",
-        "dataset": str(data),
-        "folds": {"name": "k3-well", "k": 3, "group": "well"},
-        "space": ["demo"],
-        "budget": {"trials": len(families), "max_epochs": epochs},
-        "loader": "inprocess",
-        "train": {"augment": "none"},
-    }
-    study = StudyConfig.from_dict(config)
-    study_dir = root / "study"
-    store = StudyStore(str(study_dir))
-    store.create(
-        study.to_yaml(),
-        {
-            "name": study.name,
-            "dataset": str(data),
-            "dataset_hash": Manifest.load(data).content_hash,
-            "folds": folds.name,
-            "fold_hash": folds.hash,
-        },
+    save_folds(data, make_folds(data, k=3, group="well", stratify="label", name="k3-well"))
+    trials = {family: SAMPLES[family] for family in families}
+    return record_study(
+        root / "studies", data, trials, "f1_weighted", "k3-well", k=3, epochs=epochs
     )
-    metric = study.objectives[0].key
-    for number, family in enumerate(families):
-        cv = CrossValidation(study, SAMPLES[family])
-        for _ in range(epochs):
-            report, details = cv.run_epoch()
-        trial_id = f"t{number:02d}{family[:4]}"
-        checkpoint = study_dir / "tune" / f"trial_{trial_id}" / f"checkpoint_{epochs - 1:06d}"
-        cv.save(checkpoint, details)
-        store.upsert(
-            "trials",
-            (trial_id,),
-            {
-                "trial_id": trial_id,
-                "number": number,
-                "status": "completed",
-                "family": family,
-                "epochs_done": epochs,
-                "checkpoint": str(checkpoint),
-                metric: report[metric] + 10 - number,  # keeps the families' order as the ranking
-                f"{metric}_std": report.get(f"{metric}_std", 0.0),
-            },
-        )
-    store.flush()
-    store.update_status(status="finished")
-    return study_dir
 
 
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    print(make_study(Path(sys.argv[1]), tuple(sys.argv[2:]) or ("small_cnn", "mhl_attention")))
-    print(yaml.safe_dump({}))
+def by_family(plan, family: str):
+    """The planned trial of one family (the ranking among them depends on training)."""
+    return next(t for t in plan.trials if t.family == family)

@@ -18,6 +18,8 @@ from explainers import create_explainer
 from explainers.job.layout import decode_map, explain_dir, maps_path, population_dir
 from explainers.job.worker import cam_layers
 
+from ._study import by_family
+
 pytestmark = pytest.mark.slow
 
 
@@ -27,7 +29,7 @@ def _maps(study, trial, method) -> pd.DataFrame:
 
 def test_every_planned_cell_once_per_trial_and_method(explained):
     study, config, plan, state = explained
-    assert [t.family for t in plan.trials] == ["small_cnn", "mhl_attention", "protopnet"]
+    assert sorted(t.family for t in plan.trials) == ["mhl_attention", "protopnet", "small_cnn"]
     folds = plan.folds.set_index("cell_id")["fold"]
     for trial in plan.trials:
         for method in config.method_names:
@@ -43,7 +45,7 @@ def test_every_planned_cell_once_per_trial_and_method(explained):
 @pytest.mark.parametrize("method", ["gradcam", "integrated_gradients"])
 def test_stored_maps_and_predictions_equal_a_direct_computation(explained, method):
     study, config, plan, _ = explained
-    trial = plan.trials[0]
+    trial = by_family(plan, "small_cnn")
     frame = _maps(study, trial.trial_id, method)
     frame = frame[frame["fold"] == 1].head(12)
     dataset = CellDataset(plan.dataset.path)
@@ -69,7 +71,7 @@ def test_stored_maps_and_predictions_equal_a_direct_computation(explained, metho
 
 def test_mass_in_cell_and_evidence_match_hand_computation(explained):
     study, _, plan, _ = explained
-    frame = _maps(study, plan.trials[0].trial_id, "saliency")
+    frame = _maps(study, by_family(plan, "small_cnn").trial_id, "saliency")
     dataset = CellDataset(plan.dataset.path)
     row_of = plan.cells.set_index("cell_id")["row"]
     cell, evidence = dataset.masks(), dataset.masks("evidence")
@@ -84,7 +86,7 @@ def test_mass_in_cell_and_evidence_match_hand_computation(explained):
 
 def test_population_maps_equal_numpy_geometric_means(explained):
     study, config, plan, _ = explained
-    trial, method, eps = plan.trials[0].trial_id, "gradcam", 1e-3
+    trial, method, eps = by_family(plan, "small_cnn").trial_id, "gradcam", 1e-3
     frame = _maps(study, trial, method)
     labels = plan.dataset.metadata().set_index("cell_id")["label"]
     for cls in plan.manifest.classes:
@@ -140,7 +142,7 @@ def test_quality_table_covers_every_trial_and_method(explained):
 def test_prototype_mosaics_hold_the_closest_training_patches(explained):
     study, _, plan, _ = explained
     table = pd.read_parquet(explain_dir(study) / "prototypes.parquet")
-    trial = plan.trials[2]
+    trial = by_family(plan, "protopnet")
     assert len(table) == 3 * 4  # 3 folds x 2 classes x 2 prototypes
     model, cfg = load_model(trial.fold_dirs[0])
     dataset = CellDataset(plan.dataset.path)
@@ -167,7 +169,7 @@ def test_prototype_mosaics_hold_the_closest_training_patches(explained):
 def test_attention_figures_and_overlays_exist(explained):
     study, config, plan, _ = explained
     attention = pd.read_parquet(explain_dir(study) / "attention.parquet")
-    assert set(attention["trial_id"]) == {plan.trials[1].trial_id}
+    assert set(attention["trial_id"]) == {by_family(plan, "mhl_attention").trial_id}
     assert all((study / p).is_file() for p in attention["path"])
     overlays = pd.read_parquet(explain_dir(study) / "overlays.parquet")
     assert len(overlays) == len(plan.trials) * len(config.method_names) * config.overlays
@@ -184,7 +186,7 @@ def test_rerun_recomputes_only_missing_or_changed_parts(explained):
         for m in config.method_names
     }
     before = {k: os.stat(p).st_mtime_ns for k, p in paths.items()}
-    removed = (plan.trials[1].trial_id, "saliency")
+    removed = (by_family(plan, "mhl_attention").trial_id, "saliency")
     shutil.rmtree(paths[removed])
     changed = dataclasses.replace(
         config, methods=("gradcam", "saliency", "integrated_gradients:n_steps=4")
@@ -207,7 +209,7 @@ def test_a_failing_method_is_recorded_and_the_rest_finishes(trained_study, tmp_p
     shutil.copytree(trained_study, study)
     config = ExplainConfig(
         study=str(study),
-        top_k=1,
+        trials=("small_cnn",),
         methods=("saliency", "occlusion:window=999"),
         stages=("maps", "quality"),
         quality_cells=8,
@@ -216,9 +218,9 @@ def test_a_failing_method_is_recorded_and_the_rest_finishes(trained_study, tmp_p
     _, state = run_explain(config, progress=False, log=lambda *_: None)
     failures = state.data["failures"]
     assert (
-        list(failures) == ["maps/t00smal/occlusion"]
-        and "window" in failures["maps/t00smal/occlusion"]
+        list(failures) == ["maps/small_cnn/occlusion"]
+        and "window" in failures["maps/small_cnn/occlusion"]
     )
-    assert maps_path(study, "t00smal", "saliency").is_dir()
-    assert not maps_path(study, "t00smal", "occlusion").exists()
+    assert maps_path(study, "small_cnn", "saliency").is_dir()
+    assert not maps_path(study, "small_cnn", "occlusion").exists()
     assert not list((explain_dir(study) / "maps").rglob("*.tmp"))
