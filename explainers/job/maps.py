@@ -57,6 +57,39 @@ class AttachFold:
         return table
 
 
+class ReadPlanned:
+    """Ray Data step: read one (shard, row group) of the dataset in chunks of planned cells.
+
+    ``ray.data.read_parquet`` took 7 s to its first batch of a single 300 MB shard here (0.3 s
+    for this reader, 0.05 s for pyarrow alone), so the job lists the shards' row groups as
+    items and reads them in its own tasks: the stream starts after one chunk is read.
+    """
+
+    def __init__(self, columns: list[str], attach: AttachFold, chunk_rows: int = 1024) -> None:
+        self.columns = columns
+        self.attach = attach
+        self.chunk_rows = chunk_rows
+
+    def __call__(self, items: dict):
+        for path, group in zip(items["path"], items["row_group"]):
+            shard = pq.ParquetFile(str(path))
+            for batch in shard.iter_batches(
+                batch_size=self.chunk_rows, row_groups=[int(group)], columns=self.columns
+            ):
+                table = self.attach(pa.Table.from_batches([batch]))
+                if table.num_rows:
+                    yield table
+
+
+def row_groups(paths: list[str]) -> list[dict]:
+    """One item per (shard, row group): the units the read tasks work on."""
+    return [
+        {"path": path, "row_group": group}
+        for path in paths
+        for group in range(pq.ParquetFile(path).metadata.num_row_groups)
+    ]
+
+
 class StagedParts:
     """The run's staging directory per (trial, method), published by ``commit``."""
 
@@ -100,7 +133,8 @@ def pending_parts(
 
 
 def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
-    """Read Parquet -> attach folds (Ray Data) -> explain actors started up front (pool.py)."""
+    """Ray Data reads the planned cells (row groups as items) -> explain actors started up
+    front (pool.py)."""
     import ray
 
     columns = ["cell_id", "image"]
@@ -112,12 +146,9 @@ def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
     num_gpus = config.gpus_per_actor if gpus else 0
     actors = config.actors or (max(1, int(gpus / config.gpus_per_actor)) if gpus else 1)
     worker_kwargs = {**worker_kwargs, "device": None if gpus else "cpu"}
-    ds = ray.data.read_parquet(plan.dataset.shard_paths).select_columns(columns)
-    ds = ds.map_batches(
-        AttachFold(plan.cells["cell_id"].to_numpy(), plan.cells["fold"].to_numpy()),
-        batch_format="pyarrow",
-        batch_size=None,
-        zero_copy_batch=True,
+    attach = AttachFold(plan.cells["cell_id"].to_numpy(), plan.cells["fold"].to_numpy())
+    ds = ray.data.from_items(row_groups(plan.dataset.shard_paths)).map_batches(
+        ReadPlanned(columns, attach), batch_size=1, batch_format="numpy"
     )
     return run_pool(ds, worker_kwargs, actors, num_gpus, config.batch_size)
 
