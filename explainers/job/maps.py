@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .config import ExplainConfig
 from .layout import maps_path, maps_staging_dir
 from .plan import ExplainPlan
-from .pool import run_pool
+from .pool import FEEDS
 from .state import ExplainState
 from .worker import OUTPUT_SCHEMA
 
@@ -150,7 +150,8 @@ def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
     ds = ray.data.from_items(row_groups(plan.dataset.shard_paths)).map_batches(
         ReadPlanned(columns, attach), batch_size=1, batch_format="numpy"
     )
-    return run_pool(ds, worker_kwargs, actors, num_gpus, config.batch_size)
+    feed = FEEDS[os.environ.get("CYTOTUNE_EXPLAIN_FEED", "split")]  # measured in bench/explain.py
+    return feed(ds, worker_kwargs, actors, num_gpus, config.batch_size)
 
 
 def run_maps(

@@ -61,3 +61,26 @@ def run_pool(dataset, worker_kwargs: dict, actors: int, gpus_per_actor: float, b
     finally:
         for actor in pool:
             ray.kill(actor)
+
+
+def run_map_batches(
+    dataset, worker_kwargs: dict, actors: int, gpus_per_actor: float, batch_size: int
+):
+    """The same through Ray Data's own actor pool (``map_batches(MapWorker, ...)``): no start
+    barrier, but the actors are created when the stream starts rather than before it."""
+    import ray
+
+    from .worker import MapWorker
+
+    stream = dataset.map_batches(
+        MapWorker,
+        fn_constructor_kwargs=worker_kwargs,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        num_gpus=gpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+    )
+    yield from stream.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4)
+
+
+FEEDS = {"split": run_pool, "map_batches": run_map_batches}
