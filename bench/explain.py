@@ -281,7 +281,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--actors-per-gpu", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--e2e-batch", type=int, default=256, help="cells per explain actor batch")
-    parser.add_argument("--feed", default="split", choices=("split", "map_batches"))
+    parser.add_argument("--feed", default="map_batches", choices=("split", "map_batches"))
     parser.add_argument("--profile", action="store_true", help="cProfile the worker loop")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU-sized run")
     parser.add_argument("--out", type=Path, default=None)

@@ -150,7 +150,7 @@ def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
     ds = ray.data.from_items(row_groups(plan.dataset.shard_paths)).map_batches(
         ReadPlanned(columns, attach), batch_size=1, batch_format="numpy"
     )
-    feed = FEEDS[os.environ.get("CYTOTUNE_EXPLAIN_FEED", "split")]  # measured in bench/explain.py
+    feed = FEEDS[os.environ.get("CYTOTUNE_EXPLAIN_FEED", "map_batches")]  # see BENCHMARKS.md
     return feed(ds, worker_kwargs, actors, num_gpus, config.batch_size)
 
 

@@ -1,10 +1,12 @@
-"""The explain actors: started at once, fed by Ray Data through ``streaming_split``.
+"""Two ways to feed the explain actors from Ray Data (``FEEDS``; BENCHMARKS.md, runs 5-8).
 
-Ray Data's own actor pools (``map_batches(Class, ...)``) create their actors only once the read
-is under way, and the actors then spend seconds importing torch and loading the fold models
-while the first blocks wait (measured on the GPU machine: actors created 14-18 s into a run).
-Here the actors are created first, load their models while Ray Data starts reading, and each
-pulls its share of the stream (``Dataset.streaming_split``), so start-up costs overlap.
+``map_batches``, the default: Ray Data's own actor pool (``map_batches(MapWorker, ...)``). With
+the job's fast read tasks the actors start work as soon as they are ready (measured: first
+batch 0.8 s after the actors were ready).
+``split``: actors created before the stream, each pulling its share through
+``Dataset.streaming_split``. Its start barrier (every consumer must ask first) plus the
+coordinator cost 3-15 s more before the first batch; kept for comparison
+(``CYTOTUNE_EXPLAIN_FEED=split``).
 """
 
 from __future__ import annotations
