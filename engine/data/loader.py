@@ -25,6 +25,7 @@ from .augment import (
     row_seeds,
 )
 from .dataset import CellDataset
+from .row_groups import read_row_groups
 from .schema import decode_images, decode_masks
 
 
@@ -271,14 +272,14 @@ class RayDataLoader(_Loader):
         self._held: dict | None = None
         # Rows stay Arrow (pixels as binary) through Ray Data: converting them to tensor columns
         # and back costs copies; the driver decodes each batch zero-copy in ``decoder``.
-        self._base = ray.data.read_parquet(self.dataset.shard_paths).select_columns(self.columns)
-        if self.cell_ids is not None:
-            self._base = self._base.map_batches(
-                self.decoder.select,
-                batch_format="pyarrow",
-                batch_size=decode_batch_rows,
-                zero_copy_batch=True,
-            )
+        # One read task per row group (engine/data/row_groups.py), filtered to the split as it
+        # is read.
+        self._base = read_row_groups(
+            self.dataset.shard_paths,
+            self.columns,
+            transform=self.decoder.select if self.cell_ids is not None else None,
+            chunk_rows=decode_batch_rows,
+        )
 
     def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
         if self._held is not None:

@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from engine.data.row_groups import read_row_groups
+
 from .config import ExplainConfig
 from .layout import maps_path, maps_staging_dir
 from .plan import ExplainPlan
@@ -55,39 +57,6 @@ class AttachFold:
         ):
             table = table.take(order)
         return table
-
-
-class ReadPlanned:
-    """Ray Data step: read one (shard, row group) of the dataset in chunks of planned cells.
-
-    ``ray.data.read_parquet`` took 7 s to its first batch of a single 300 MB shard here (0.3 s
-    for this reader, 0.05 s for pyarrow alone), so the job lists the shards' row groups as
-    items and reads them in its own tasks: the stream starts after one chunk is read.
-    """
-
-    def __init__(self, columns: list[str], attach: AttachFold, chunk_rows: int = 1024) -> None:
-        self.columns = columns
-        self.attach = attach
-        self.chunk_rows = chunk_rows
-
-    def __call__(self, items: dict):
-        for path, group in zip(items["path"], items["row_group"]):
-            shard = pq.ParquetFile(str(path))
-            for batch in shard.iter_batches(
-                batch_size=self.chunk_rows, row_groups=[int(group)], columns=self.columns
-            ):
-                table = self.attach(pa.Table.from_batches([batch]))
-                if table.num_rows:
-                    yield table
-
-
-def row_groups(paths: list[str]) -> list[dict]:
-    """One item per (shard, row group): the units the read tasks work on."""
-    return [
-        {"path": path, "row_group": group}
-        for path in paths
-        for group in range(pq.ParquetFile(path).metadata.num_row_groups)
-    ]
 
 
 class StagedParts:
@@ -147,9 +116,7 @@ def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
     actors = config.actors or (max(1, int(gpus / config.gpus_per_actor)) if gpus else 1)
     worker_kwargs = {**worker_kwargs, "device": None if gpus else "cpu"}
     attach = AttachFold(plan.cells["cell_id"].to_numpy(), plan.cells["fold"].to_numpy())
-    ds = ray.data.from_items(row_groups(plan.dataset.shard_paths)).map_batches(
-        ReadPlanned(columns, attach), batch_size=1, batch_format="numpy"
-    )
+    ds = read_row_groups(plan.dataset.shard_paths, columns, transform=attach)
     feed = FEEDS[os.environ.get("CYTOTUNE_EXPLAIN_FEED", "map_batches")]  # see BENCHMARKS.md
     return feed(ds, worker_kwargs, actors, num_gpus, config.batch_size)
 
