@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -128,11 +129,20 @@ class StoreCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         done = self.store.rows("trials")
         row = next((r for r in done if r["trial_id"] == trial.trial_id), {})
-        epochs = int(row.get("epochs_done") or 0)
-        status = "completed" if epochs >= self.study.budget.max_epochs else "pruned"
         if row.get("status") in ("completed", "pruned"):
             return  # already recorded before a driver restart; Tune only re-confirms it
-        update = {"status": status, "ended_at": time.time()}
+        update = {"ended_at": time.time()}
+        epochs = _count(row.get("epochs_done"))
+        last = dict(trial.last_result or {})
+        if _count(last.get("epoch")) > epochs:
+            # a driver killed before the store's last flush: Tune's state knows more results
+            # than the store; take the final ones from it
+            epochs = _count(last["epoch"])
+            update |= {
+                "epochs_done": epochs,
+                **{k: v for k, v in last.items() if k.startswith("val/")},
+            }
+        update["status"] = "completed" if epochs >= self.study.budget.max_epochs else "pruned"
         checkpoint = trial.checkpoint
         if checkpoint is not None:
             update["checkpoint"] = checkpoint.path
@@ -274,3 +284,12 @@ class LiveTable(Callback):
     def on_experiment_end(self, trials, **info) -> None:
         if self.tty:
             self._redraw(force=True)
+
+
+def _count(value) -> int:
+    """An epoch count from a store cell or a result (None and NaN count as 0)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0
+    return int(number) if math.isfinite(number) else 0

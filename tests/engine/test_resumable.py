@@ -27,3 +27,27 @@ def test_results_for_trials_finished_in_optuna(cls, raises):
     searcher.on_trial_result("t1", result)
     searcher.on_trial_complete("t1", result)  # no second tell either
     assert searcher._ot_study.trials[0].value == 0.5
+
+
+def test_store_completes_a_trial_whose_results_the_killed_driver_never_flushed(tmp_path):
+    from types import SimpleNamespace
+
+    from engine.search.callbacks import StoreCallback
+    from engine.search.store import StudyStore
+    from engine.search.study import StudyConfig
+
+    study = StudyConfig.from_dict(
+        {"dataset": str(tmp_path / "data"), "space": ["demo"], "budget": {"max_epochs": 3}}
+    )
+    store = StudyStore(str(tmp_path / "study"))
+    # the row as a killed driver left it: started, no result flushed (NaN after a Parquet round trip)
+    store.upsert(
+        "trials", ("t1",), {"trial_id": "t1", "status": "running", "epochs_done": float("nan")}
+    )
+    trial = SimpleNamespace(
+        trial_id="t1", checkpoint=None, last_result={"epoch": 3, "val/f1_weighted": 0.8}
+    )
+    StoreCallback(store, study).on_trial_complete(0, [], trial)
+    row = store.rows("trials")[0]
+    assert row["status"] == "completed" and row["epochs_done"] == 3
+    assert row["val/f1_weighted"] == 0.8
