@@ -75,11 +75,10 @@ def sample_scores(
     dataset = CellDataset(dataset_dir)
     m = dataset.manifest
     masks = dataset.masks() if m.has_mask else None
-    evidence = None
-    import pyarrow.parquet as pq
-
-    if "evidence" in pq.read_schema(dataset.shard_paths[0]).names:
-        evidence = dataset.masks("evidence")
+    _, height, width = m.shape
+    evidence, has_evidence = optional_masks(
+        dataset.table(["evidence"]) if _has(dataset, "evidence") else None, height, width
+    )
     collected: dict[tuple[str, str], list] = {}
     for fold, group in cells.groupby("fold"):
         rows = group["row"].to_numpy()
@@ -129,12 +128,8 @@ def sample_scores(
                     "insertion_auc": faith["insertion_auc"],
                     "randomisation_spearman": check["spearman"],
                     "randomisation_ssim": check["ssim"],
-                    "mass_evidence_trained": mass_inside(a.cpu().numpy(), evidence[rows])
-                    if evidence is not None
-                    else None,
-                    "mass_evidence_random": mass_inside(b.cpu().numpy(), evidence[rows])
-                    if evidence is not None
-                    else None,
+                    "mass_evidence_trained": _inside(a, evidence, has_evidence, rows),
+                    "mass_evidence_random": _inside(b, evidence, has_evidence, rows),
                 }
             )
         if hasattr(model, "prototypes"):
@@ -170,6 +165,28 @@ def sample_scores(
                     )
                 )
     return out
+
+
+def _has(dataset, column: str) -> bool:
+    import pyarrow.parquet as pq
+
+    return column in pq.read_schema(dataset.shard_paths[0]).names
+
+
+def optional_masks(table, height: int, width: int):
+    """Evidence masks and which rows have one, or ``(None, None)`` (see worker.optional_masks)."""
+    from .worker import optional_masks as read
+
+    return (None, None) if table is None else read(table, "evidence", height, width)
+
+
+def _inside(maps, masks, valid, rows):
+    """Mass inside the mask per sampled cell; NaN for cells without a mask; None without any."""
+    if masks is None:
+        return None
+    mass = mass_inside(maps.cpu().numpy(), masks[rows])
+    mass[~valid[rows]] = np.nan
+    return mass
 
 
 def run_quality(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -> pd.DataFrame:

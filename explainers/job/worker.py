@@ -190,16 +190,10 @@ class MapWorker:
             "fold": table.column("fold").to_numpy().astype(np.int64),
             "image": images if m.dtype in ("uint8", "float32") else images.astype(np.float32),
         }
-        names = table.column_names
         h, w = m.shape[1:]
-        out["mask"] = (
-            decode_masks(table.column("mask").to_pylist(), h, w) if "mask" in names else None
-        )
-        out["evidence"] = (
-            decode_masks(table.column("evidence").to_pylist(), h, w)
-            if "evidence" in names
-            else None
-        )
+        for column in ("mask", "evidence"):
+            masks, valid = optional_masks(table, column, h, w)
+            out[column], out[f"{column}_valid"] = masks, valid
         if m.task == "classification":
             out["label"] = np.asarray(table.column("label").to_pylist(), dtype=object)
         else:
@@ -329,8 +323,8 @@ class MapWorker:
                     row = {"cell_id": "", "trial_id": trial_id, "method": method, "fold": fold}
                     tables.append(pa.Table.from_pylist([row | {"error": error}], OUTPUT_SCHEMA))
                     break
-                mass_cell, _ = localisation(maps, cell_mask)
-                mass_ev, hits = localisation(maps, evidence)
+                mass_cell, _ = localisation(maps, cell_mask, self._valid(batch, "mask", idx))
+                mass_ev, hits = localisation(maps, evidence, self._valid(batch, "evidence", idx))
                 data = maps.to(torch.float16).cpu().numpy()  # half the bytes off the device
                 seconds = (time.perf_counter() - start) / n
                 columns = {
@@ -379,6 +373,11 @@ class MapWorker:
         except (RuntimeError, ValueError, TypeError) as exc:
             return exc
 
+    @staticmethod
+    def _valid(batch, column: str, idx) -> np.ndarray | None:
+        valid = batch[f"{column}_valid"]
+        return None if valid is None else valid[idx]
+
     def _mask_tensor(self, masks, idx) -> torch.Tensor | None:
         if masks is None:
             return None
@@ -422,16 +421,37 @@ def binary_column(data: np.ndarray) -> pa.Array:
     )
 
 
-def localisation(maps: torch.Tensor, mask: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+def optional_masks(table: pa.Table, column: str, h: int, w: int):
+    """``(masks (B, H, W) uint8, valid (B,) bool)`` of a mask column, or ``(None, None)`` when
+    the table has no such column or no row has a mask (rows without one are not all-inside)."""
+    if column not in table.column_names or table.column(column).null_count == table.num_rows:
+        return None, None
+    values = table.column(column)
+    return decode_masks(values.to_pylist(), h, w), pc.is_valid(values).to_numpy(
+        zero_copy_only=False
+    )
+
+
+def localisation(
+    maps: torch.Tensor, mask: torch.Tensor | None, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per map: share of positive mass inside ``mask`` and pointing-game hit (NaN: no mask).
 
     Same definitions as :func:`explainers.quality.mass_inside` and ``pointing_game``, on the
     device: channels are clipped at 0 then summed for the mass; the peak of the channel sum
-    (first in row-major order) must fall inside the mask. Empty masks give NaN hits.
+    (first in row-major order) must fall inside the mask. Empty masks give NaN hits; rows with
+    ``valid`` False (no mask stored for that cell) give NaN for both.
     """
     n = maps.shape[0]
     if mask is None or not bool(mask.any()):
         return np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
+    mass, hits = _localisation(maps, mask)
+    if valid is not None:
+        mass[~valid], hits[~valid] = np.nan, np.nan
+    return mass, hits
+
+
+def _localisation(maps: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     pos = maps.clamp_min(0).sum(1)  # (B, H, W)
     total = pos.sum((1, 2))
     inside = (pos * mask).sum((1, 2))

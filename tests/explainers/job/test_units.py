@@ -134,3 +134,18 @@ def test_device_localisation_equals_the_quality_functions():
     np.testing.assert_array_equal(hits, expected)
     column = binary_column(maps.astype(np.float16))
     assert column.to_pylist()[3] == maps[3].astype(np.float16).tobytes()
+
+
+def test_cells_without_masks_get_no_localisation_scores():
+    from explainers.job.worker import localisation, optional_masks
+
+    inside = np.ones((2, 2), np.uint8).tobytes()
+    table = pa.table({"mask": pa.array([None, None], pa.binary())})
+    assert optional_masks(table, "mask", 2, 2) == (None, None)  # e.g. MitoCheck: no masks
+    assert optional_masks(pa.table({"x": [1]}), "mask", 2, 2) == (None, None)
+    table = pa.table({"mask": pa.array([inside, None], pa.binary())})
+    masks, valid = optional_masks(table, "mask", 2, 2)
+    assert valid.tolist() == [True, False]
+    maps = torch.ones(2, 1, 2, 2)
+    mass, hits = localisation(maps, torch.from_numpy(masks) > 0, valid)
+    assert mass[0] == 1.0 and hits[0] == 1.0 and np.isnan(mass[1]) and np.isnan(hits[1])
