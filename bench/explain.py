@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -205,7 +204,6 @@ def end_to_end(args, device: str, kernel_rate: float) -> dict:
     state = ExplainState(plan.study_dir)
     maps = args.cells * args.trials
     gpus = 1 if device == "cuda" else 0
-    os.environ["CYTOTUNE_EXPLAIN_FEED"] = args.feed
     for per_gpu in args.actors_per_gpu:
         variant = dataclasses.replace(
             config,
@@ -281,7 +279,6 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--actors-per-gpu", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--e2e-batch", type=int, default=256, help="cells per explain actor batch")
-    parser.add_argument("--feed", default="map_batches", choices=("split", "map_batches"))
     parser.add_argument("--profile", action="store_true", help="cProfile the worker loop")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU-sized run")
     parser.add_argument("--out", type=Path, default=None)
@@ -293,7 +290,6 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     result = {
         "bench": "explain",
-        "feed": args.feed,
         "machine": machine(),
         "backbone": args.backbone,
         "size": args.size,

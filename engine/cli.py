@@ -46,7 +46,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "engine.data.info_command",
         "describe a dataset: channels, classes, groups, stats, quarantine, folds",
     ),
-    "dashboard": ("dashboard.command", "browse studies, trials, comparisons and explanations in the browser"),
+    "dashboard": (
+        "dashboard.command",
+        "browse studies, trials, comparisons and explanations in the browser",
+    ),
 }
 
 

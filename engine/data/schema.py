@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,6 +114,28 @@ class Manifest:
                 f"{path} is not valid JSON ({exc}); re-run ingest to rebuild it"
             ) from exc
         return cls.from_dict(data)
+
+
+def publish_directory(staging: Path, target: Path) -> Path:
+    """Rename a finished ``staging`` directory to ``target``.
+
+    An existing target (file or directory) is moved aside first and deleted afterwards, so a
+    reader or a crash sees either the old or the new target complete, never a mix.
+    """
+    staging, target = Path(staging), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
+        os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    return target
 
 
 def atomic_write_text(path: Path, text: str) -> None:

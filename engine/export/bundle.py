@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -31,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from engine.data.schema import publish_directory
 
 from .ensemble import BundleModel
 from .formats import FORMATS, example_inputs, io_names
@@ -165,16 +166,10 @@ def write_bundle(
             if p.is_file()
         }
         _dump(tmp / MANIFEST, manifest)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
+        publish_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return out, manifest
 
 

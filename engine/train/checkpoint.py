@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import torch
 from torch import nn
 
 from engine.data.augment import normalization_constants
+from engine.data.schema import publish_directory
 from search_spaces import ModelConfig, create_model
 
 from .config import TrainConfig
@@ -122,17 +121,10 @@ def write(
         torch.save(model_state, tmp / MODEL_FILE)
         torch.save(trainer_state, tmp / TRAINER_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=float))
-        old = None
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(directory, old)
-        os.replace(tmp, directory)
+        return publish_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return directory
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

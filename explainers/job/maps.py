@@ -8,7 +8,6 @@ table and a rerun recomputes only the unfinished parts.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
@@ -21,11 +20,12 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from engine.data.row_groups import read_row_groups
+from engine.data.schema import publish_directory
 
 from .config import ExplainConfig
 from .layout import maps_path, maps_staging_dir
 from .plan import ExplainPlan
-from .pool import FEEDS
+from .pool import run_actor_pool
 from .state import ExplainState
 from .worker import OUTPUT_SCHEMA
 
@@ -72,11 +72,7 @@ class StagedParts:
             staging.mkdir(parents=True, exist_ok=True)
             empty = OUTPUT_SCHEMA.empty_table().drop(["error"])
             pq.write_table(empty, staging / "empty.parquet")
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        os.replace(staging, target)
+        publish_directory(staging, target)  # a reader sees the old table or the new one
 
     def abort(self) -> None:
         for staging in self.staging.values():
@@ -117,8 +113,7 @@ def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
     worker_kwargs = {**worker_kwargs, "device": None if gpus else "cpu"}
     attach = AttachFold(plan.cells["cell_id"].to_numpy(), plan.cells["fold"].to_numpy())
     ds = read_row_groups(plan.dataset.shard_paths, columns, transform=attach)
-    feed = FEEDS[os.environ.get("CYTOTUNE_EXPLAIN_FEED", "map_batches")]  # see BENCHMARKS.md
-    return feed(ds, worker_kwargs, actors, num_gpus, config.batch_size)
+    return run_actor_pool(ds, worker_kwargs, actors, num_gpus, config.batch_size)
 
 
 def run_maps(
