@@ -82,13 +82,13 @@ def format_audit(audit: dict, group: str | None) -> str:
         )
     if group is not None:
         lines.append(
-            f"leakage: {audit['total_shared_groups']} {group} group(s) shared between train and validation"
+            f"leakage: {audit['total_shared_groups']} values of {group!r} shared between train and validation"
         )
     naive = audit.get("naive_per_cell")
     if naive:
         total = sum(f["n_val"] for f in naive["folds"])
         lines.append(
-            f"naive per-cell k-fold would share {naive['total_shared_groups']} {group} groups; "
+            f"naive per-cell k-fold would share {naive['total_shared_groups']} (fold, {group!r} value) pairs; "
             f"{naive['total_val_cells_in_shared_groups']} of {total} validation cells "
             f"({naive['total_val_cells_in_shared_groups'] / max(total, 1):.1%}) would have their {group} in train"
         )

@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from engine.data.schema import atomic_write_text
 
 REGISTRY_FILE = "registry.json"
 FORMAT, VERSION = "cytotune-registry", 1
@@ -46,16 +46,7 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def _atomic_write(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 class Registry:

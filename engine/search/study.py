@@ -18,6 +18,7 @@ names the key and the bad value. Example (``cytotune search --config study.yaml`
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,15 @@ class StudyConfig:
                 )
         base = Path(base_dir)
         dataset = Path(str(data["dataset"]))
-        data["dataset"] = str(dataset if dataset.is_absolute() else (base / dataset))
+        resolved = dataset if dataset.is_absolute() else (base / dataset)
+        if not resolved.exists() and not dataset.is_absolute() and dataset.exists():
+            _fail(
+                "dataset",
+                f"{resolved} does not exist: relative paths in a study file resolve against the "
+                f"file's folder ({base}), not the working directory; write "
+                f"{os.path.relpath(dataset.resolve(), base.resolve())} or an absolute path",
+            )
+        data["dataset"] = str(resolved)
         data.setdefault("name", Path(data["dataset"]).name)
         storage = str(data.get("storage", "runs/studies"))
         if "://" not in storage and not Path(storage).is_absolute():

@@ -110,6 +110,9 @@ def test_folder_of_class_subfolders(tmp_path):
         assert expected[cell_id][0] == label
         np.testing.assert_array_equal(image, expected[cell_id][1])
     assert ds.manifest.label_map == {"metastasizing": 0, "normal": 1}
+    # readable by the lab like every other file of the dataset (not mkstemp's 0600)
+    shard_mode = (tmp_path / "ds" / ds.manifest.shards[0]).stat().st_mode & 0o777
+    assert (tmp_path / "ds" / "manifest.json").stat().st_mode & 0o777 == shard_mode
 
 
 def test_npz_bundle_with_masks_and_groups(tmp_path):

@@ -93,6 +93,19 @@ def test_invalid_study_files_fail_before_anything_starts(workspace, change, mess
         StudyConfig.from_yaml(_study_file(workspace, "bad", **change))
 
 
+def test_dataset_path_relative_to_the_working_directory_is_explained(workspace, monkeypatch):
+    """A study file in a sub-folder naming a dataset relative to the shell's directory."""
+    sub = workspace / "configs"
+    sub.mkdir(exist_ok=True)
+    path = sub / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "dataset": "dataset", "space": "default"}))
+    monkeypatch.chdir(workspace)
+    with pytest.raises(StudyError, match=r"resolve against the file's folder.*write \.\./dataset"):
+        StudyConfig.from_yaml(path)
+    path.write_text(yaml.safe_dump({"name": "x", "dataset": "../dataset", "space": "default"}))
+    assert Path(StudyConfig.from_yaml(path).dataset).resolve() == (workspace / "dataset").resolve()
+
+
 def test_study_file_round_trip(workspace):
     study = StudyConfig.from_yaml(_study_file(workspace, "rt"))
     assert study.objectives[0].mode == "max" and study.folds.resolved_name == "k2-well"
