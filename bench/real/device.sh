@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# On the project's lent GPU machine: unpack the Ray/Optuna/captum bundle made by
+# `bash ../shared/tools/gpu-bundle.sh` (carried as .gpu/) once, put a `cytotune` command on PATH
+# (the checkout is not pip-installed there), then run the arguments.
+#   bash bench/real/device.sh env STAGES=search bash bench/real/study.sh mitocheck
+set -euo pipefail
+[ -d /tmp/site/ray ] || { mkdir -p /tmp/site && tar -xJf .gpu/site312.tar.xz -C /tmp/site; }
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+mkdir -p /tmp/bin
+printf '#!/bin/sh\nexec python3 -c "import sys; from engine.cli import main; sys.exit(main(sys.argv[1:]))" "$@"\n' > /tmp/bin/cytotune
+chmod +x /tmp/bin/cytotune
+command -v python >/dev/null || ln -sf "$(command -v python3)" /tmp/bin/python
+export PATH=/tmp/bin:$PATH
+"$@"
