@@ -202,7 +202,8 @@ class StudyConfig:
                 f"file's folder ({base}), not the working directory; write "
                 f"{os.path.relpath(dataset.resolve(), base.resolve())} or an absolute path",
             )
-        data["dataset"] = str(resolved)
+        # absolute: Ray Tune runs each trial in its own working directory
+        data["dataset"] = os.path.abspath(resolved)
         data.setdefault("name", Path(data["dataset"]).name)
         storage = str(data.get("storage", "runs/studies"))
         if "://" not in storage and not Path(storage).is_absolute():

@@ -103,7 +103,10 @@ def test_dataset_path_relative_to_the_working_directory_is_explained(workspace, 
     with pytest.raises(StudyError, match=r"resolve against the file's folder.*write \.\./dataset"):
         StudyConfig.from_yaml(path)
     path.write_text(yaml.safe_dump({"name": "x", "dataset": "../dataset", "space": "default"}))
-    assert Path(StudyConfig.from_yaml(path).dataset).resolve() == (workspace / "dataset").resolve()
+    # a relative study-file path ends absolute: trials run in their own working directories
+    relative_path = Path(os.path.relpath(path, workspace))
+    dataset = Path(StudyConfig.from_yaml(relative_path).dataset)
+    assert dataset.is_absolute() and dataset.resolve() == (workspace / "dataset").resolve()
 
 
 def test_study_file_round_trip(workspace):
