@@ -231,7 +231,7 @@ pre.config{background:#f8fafc;border:1px solid #e2e8f0;border-radius:6px;padding
 .tile.right{border-top:3px solid #16a34a}.tile.wrong{border-top:3px solid #dc2626}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin:0 4px 0 2px;vertical-align:middle}
 .tile img{width:100%;image-rendering:pixelated;border-radius:4px;display:block;background:#000}
-.tile .cap{margin-top:4px;line-height:1.35}.tile .id{color:#64748b;font-family:ui-monospace,monospace;font-size:11px}
+.tile .cap{margin-top:4px;line-height:1.35}.tile .id{color:#64748b;font-family:ui-monospace,monospace;font-size:11px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;direction:rtl;text-align:left}
 .ok{color:#15803d;font-weight:600}.bad{color:#b91c1c;font-weight:600}
 .pop{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr) minmax(0,2fr);gap:10px;text-align:center;font-size:12px;color:#475569;align-items:end}
 .pop img{width:100%;max-height:190px;object-fit:contain;image-rendering:pixelated;border-radius:4px}

@@ -39,7 +39,7 @@ if want ingest && [ ! -f "$data/manifest.json" ]; then
 fi
 want folds && { [ -f "$data/folds/k5-group.json" ] || stage folds cytotune folds "$data" --k 5 --group group --name k5-group --audit-naive; }
 want search && stage search cytotune search --config "${CONFIG:-bench/real/$name.yaml}" --storage "$runs" --quiet
-want explain && stage explain cytotune explain --study "$runs/$name" --top-k 3 --quiet
+want explain && stage explain cytotune explain --study "$runs/$name" --top-k 3 --quiet ${EXPLAIN_ARGS:-}
 if want pull; then
   rm -rf "$runs/$name-bundle"
   stage pull cytotune pull --study "$runs/$name" --out "$runs/$name-bundle" --format state_dict,torchscript

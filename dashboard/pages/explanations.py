@@ -419,7 +419,7 @@ def _tile(key, trial_id, method, row, channels, cmap, alpha, regression):
                 alt=cell,
                 className="overlay",
             ),
-            html.Div([*caption, html.Div(cell, className="id")], className="cap"),
+            html.Div([*caption, html.Div(cell, className="id", title=cell)], className="cap"),
         ],
         className="tile" if regression else ("tile right" if row.get("correct") else "tile wrong"),
         **{"data-cell": cell, "data-correct": str(bool(row.get("correct")))},

@@ -9,6 +9,7 @@ import sys
 import time
 
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
 from .store import StudyStore
 from .study import StudyConfig
@@ -180,6 +181,40 @@ class StoreCallback(Callback):
 
     def on_experiment_end(self, trials, **info) -> None:
         self._flush(force=True)
+
+
+class FailFast(Callback):
+    """Notices when the first ``limit`` trials all fail before any trial reports an epoch (an
+    unreadable dataset, a model that cannot be built, no memory): the study then stops with that
+    error once instead of failing every remaining trial the same way."""
+
+    def __init__(self, limit: int = 3) -> None:
+        self.limit = limit
+        self.errors: list[str] = []
+        self.reported = False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.reported = True
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.errors.append(_error_text(trial))
+
+    @property
+    def triggered(self) -> bool:
+        return not self.reported and len(self.errors) >= self.limit
+
+
+class FailFastStopper(Stopper):
+    """Tune stopper that ends the whole experiment once :class:`FailFast` has triggered."""
+
+    def __init__(self, watch: FailFast) -> None:
+        self.watch = watch
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.watch.triggered
 
 
 def _error_text(trial) -> str:

@@ -7,11 +7,15 @@ import time
 
 from engine.data.folds import list_folds, load_folds, make_folds, save_folds
 
-from .callbacks import LiveTable, StoreCallback
+from .callbacks import FailFast, FailFastStopper, LiveTable, StoreCallback
 from .leaderboard import format_leaderboard
 from .store import StudyStore
 from .study import StudyConfig, load_spaces
 from .trainable import run_trial
+
+
+class SearchFailed(ValueError):
+    """The study stopped because its first trials all failed; the message holds the error."""
 
 
 def prepare_folds(study: StudyConfig):
@@ -158,11 +162,8 @@ def run_search(
     )
     resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus}
     trainable = tune.with_resources(tune.with_parameters(run_trial, study=study), resources)
-    callbacks = (
-        [StoreCallback(store, study), LiveTable(study)]
-        if verbose
-        else [StoreCallback(store, study)]
-    )
+    fail_fast = FailFast()
+    callbacks = [StoreCallback(store, study), fail_fast] + ([LiveTable(study)] if verbose else [])
     run_config = tune.RunConfig(
         name="tune",
         storage_path=store.path if store.is_local else study.study_dir,
@@ -170,6 +171,7 @@ def run_search(
         # two kept: the experiment snapshot a resume starts from may still name the previous one
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=callbacks,
+        stop=FailFastStopper(fail_fast),
         verbose=0,
     )
     # snapshot Tune's experiment state often, so a killed driver loses little on --resume
@@ -197,6 +199,13 @@ def run_search(
             run_config=run_config,
         )
     tuner.fit()
+    if fail_fast.triggered:
+        store.update_status(status="failed", finished=time.time(), error=fail_fast.errors[-1])
+        raise SearchFailed(
+            f"the first {len(fail_fast.errors)} trials all failed before reporting an epoch, so "
+            f"the study stopped; last error: {fail_fast.errors[-1]} (every trial's error is in "
+            f"{store.uri}/trials.parquet, column 'error'; fix it and run again with --resume)"
+        )
     store.update_status(status="finished", finished=time.time(), wall_s=time.time() - started)
     if verbose:
         print()

@@ -226,6 +226,13 @@ class StudyConfig:
         data["space"] = tuple(_space_ref(s, base) for s in spaces)
         if not isinstance(data.get("train", {}), dict):
             _fail("train", f"must be a mapping of trainer settings, got {data['train']!r}")
+        if data.get("train"):
+            from engine.train import TrainConfig
+
+            try:  # checked here, not first inside every trial
+                TrainConfig.from_sample({}, **data["train"])
+            except (ValueError, TypeError) as exc:
+                _fail("train", str(exc))
         try:
             return cls(**data)
         except TypeError as exc:

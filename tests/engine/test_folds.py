@@ -116,6 +116,8 @@ def test_bad_fold_requests(dataset, kwargs, message):
 def test_cli_prints_audit(dataset, capsys):
     assert main(["folds", str(dataset), "--k", "3", "--group", "well", "--audit-naive"]) == 0
     out = capsys.readouterr().out
-    assert "leakage: 0 values of 'well' shared" in out and "naive per-cell k-fold would share" in out
+    assert (
+        "leakage: 0 values of 'well' shared" in out and "naive per-cell k-fold would share" in out
+    )
     assert (dataset / "folds" / "k3-well.parquet").is_file()
     assert main(["folds", str(dataset), "--group", "patient"]) == 2

@@ -82,6 +82,8 @@ def _study_file(root: Path, name: str, **overrides) -> Path:
         ({"space": "nowhere.yaml"}, "space"),
         ({"resources": {"gpus": 1.5}}, "resources.gpus"),
         ({"budgett": {}}, "budgett"),
+        ({"train": {"optimizer": "sgdx"}}, "train: .*optimizer"),
+        ({"train": {"epoch": 3}}, "train: unknown training setting"),
         (
             {"objectives": [{"metric": "accuracy"}, {"metric": "log_loss"}]},
             "ASHA prunes on one metric",
@@ -254,6 +256,37 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):
     epochs = store.table("epochs")
     assert not epochs.duplicated(["trial_id", "epoch", "fold"]).any()
     assert len(epochs[epochs["fold"] == -1]) == 4 * 2
+
+
+def test_study_whose_first_trials_all_fail_stops_with_the_error(workspace, ray_local):
+    from engine.search.runner import SearchFailed, run_search
+
+    broken = {
+        "name": "broken",
+        "default_family": "backbone",
+        "families": {
+            "backbone": {
+                "backbone": "resnet10t",
+                "timm_kwargs": {"type": "fixed", "value": {"no_such_argument": 1}},
+            }
+        },
+        "train": {"batch_size": 32},
+    }
+    (workspace / "broken.yaml").write_text(yaml.safe_dump(broken))
+    study = StudyConfig.from_yaml(
+        _study_file(
+            workspace,
+            "failing",
+            space="broken.yaml",
+            budget={"trials": 12, "max_epochs": 2, "grace_epochs": 1, "max_concurrent": 1},
+            max_failures=0,
+        )
+    )
+    with pytest.raises(SearchFailed, match="first 3 trials all failed.*no_such_argument"):
+        run_search(study, verbose=False)
+    trials = StudyStore(study.study_dir).table("trials")
+    assert (trials["status"] == "failed").sum() >= 3 and len(trials) < 12
+    assert StudyStore(study.study_dir).status()["status"] == "failed"
 
 
 def test_multi_objective_study_uses_nsga2(workspace, ray_local):
