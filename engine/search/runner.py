@@ -43,6 +43,21 @@ def prepare_folds(study: StudyConfig):
     return folds
 
 
+def check_well_column(study: StudyConfig) -> None:
+    """``well_column`` must be a column of the dataset (else every trial would fail on it)."""
+    if not study.well_column:
+        return
+    from engine.data import CellDataset
+
+    columns = CellDataset(study.dataset).metadata().columns
+    if study.well_column not in columns:
+        usable = [c for c in columns if c not in ("cell_id", "dtype", "shape", "source")]
+        raise ValueError(
+            f"well_column {study.well_column!r} is not a column of {study.dataset}; "
+            f"columns: {', '.join(usable)}"
+        )
+
+
 def max_concurrent(study: StudyConfig) -> int | None:
     """The study's concurrency; with the Ray Data loader, capped so one CPU stays free for its
     read and filter tasks (trials that reserve every CPU would wait on them forever)."""
@@ -127,6 +142,7 @@ def run_search(
             f"no study {study.name!r} at {store.uri} to resume; drop --resume to start it"
         )
     folds = prepare_folds(study)
+    check_well_column(study)
     space = load_spaces(study.space)
     ensure_ray(address)
     if not resume:

@@ -258,6 +258,15 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):
     assert len(epochs[epochs["fold"] == -1]) == 4 * 2
 
 
+def test_unknown_well_column_fails_before_any_trial(workspace):
+    from engine.search.runner import run_search
+
+    study = StudyConfig.from_yaml(_study_file(workspace, "nowell", well_column="plate_well"))
+    with pytest.raises(ValueError, match="well_column 'plate_well' is not a column.*well"):
+        run_search(study, verbose=False)
+    assert not Path(study.study_dir).exists()
+
+
 def test_study_whose_first_trials_all_fail_stops_with_the_error(workspace, ray_local):
     from engine.search.runner import SearchFailed, run_search
 
