@@ -25,7 +25,7 @@ METRIC_ORDER = (
     "precision_macro", "recall_macro", "f1_micro", "auc_micro", "auc_weighted",
     "precision_weighted", "recall_weighted", "val_loss", "train_loss",
 )  # fmt: skip
-STATUSES = ("completed", "running", "pruned", "failed", "error")
+STATUSES = ("completed", "running", "stopped", "pruned", "failed", "error")
 
 
 class StudyUnreadable(ValueError):

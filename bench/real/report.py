@@ -208,7 +208,7 @@ def main() -> None:
     print(family_section(store, board, metric, mode))
     print("\n### Explanation quality (means over the quality cells)\n")
     print(quality_section(study_dir))
-    for extra in ("predict", "naive"):
+    for extra in ("predict", "naive", "batch"):
         path = args.runs / f"{args.name}-{extra}.json"
         if path.is_file():
             print(f"\n`{path.name}`:\n\n```json\n{path.read_text().strip()}\n```")

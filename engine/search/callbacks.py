@@ -180,6 +180,17 @@ class StoreCallback(Callback):
         self._flush(force=True)
 
     def on_experiment_end(self, trials, **info) -> None:
+        # trials the time budget (or a stopper) ended mid-run: "stopped", with their last
+        # checkpoint, so they can be explained and pulled like the others
+        rows = {r["trial_id"]: r for r in self.store.rows("trials")}
+        for trial in trials:
+            if rows.get(trial.trial_id, {}).get("status") != "running":
+                continue
+            update = {"status": "stopped", "ended_at": time.time()}
+            if trial.checkpoint is not None:
+                update["checkpoint"] = trial.checkpoint.path
+                self._record_folds(trial.trial_id, trial.checkpoint)
+            self.store.upsert("trials", (trial.trial_id,), update)
         self._flush(force=True)
 
 

@@ -258,6 +258,28 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):
     assert len(epochs[epochs["fold"] == -1]) == 4 * 2
 
 
+def test_trials_cut_by_the_time_budget_are_stopped_with_checkpoints(workspace, ray_local):
+    from engine.search.runner import run_search
+
+    study = StudyConfig.from_yaml(
+        _study_file(
+            workspace,
+            "budgeted",
+            budget={"trials": 2, "max_epochs": 500, "grace_epochs": 1, "time_budget_s": 20},
+            scheduler="none",
+        )
+    )
+    store = run_search(study, verbose=False)
+    trials = store.table("trials")
+    assert "running" not in set(trials["status"]), trials[["trial_id", "status"]]
+    stopped = trials[(trials["status"] == "stopped") & (trials.get("epochs_done", 0) >= 1)]
+    assert len(stopped) >= 1, trials  # cut mid-run after at least one epoch
+    for row in stopped.to_dict("records"):
+        assert Path(row["checkpoint"]).is_dir()
+    folds = store.table("folds")
+    assert set(stopped["trial_id"]) <= set(folds["trial_id"])
+
+
 def test_unknown_well_column_fails_before_any_trial(workspace):
     from engine.search.runner import run_search
 
