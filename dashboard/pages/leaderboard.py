@@ -178,6 +178,10 @@ def layout(ctx, study, params):
                             {"if": {"filter_query": "{status} = pruned"}, "color": "#94a3b8"},
                             {"if": {"filter_query": "{status} = failed"}, "color": "#b91c1c"},
                             {
+                                "if": {"filter_query": "{status} = stopped", "column_id": "status"},
+                                "color": "#b45309",
+                            },
+                            {
                                 "if": {"filter_query": "{status} = running", "column_id": "status"},
                                 "color": "#1d4ed8",
                                 "fontWeight": "600",
