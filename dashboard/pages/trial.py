@@ -156,6 +156,7 @@ def layout(ctx, study, params):
                         _or_notice(
                             confusion_figure(folds, classes),
                             "No confusion matrix (regression, or no fold results yet).",
+                            height=max(360, 120 + 30 * len(classes)),  # legible with 16 classes
                         ),
                         sub="summed over folds; colour = share of the true class",
                     ),
@@ -171,10 +172,10 @@ def layout(ctx, study, params):
     )
 
 
-def _or_notice(figure: go.Figure, text: str):
+def _or_notice(figure: go.Figure, text: str, height: int = 360):
     """The figure, or a notice when it has nothing to draw (the diagonal alone does not count)."""
     drawn = [t for t in figure.data if t.showlegend is not False]
-    return common.graph(figure, 360) if drawn else common.notice(text, "info")
+    return common.graph(figure, height) if drawn else common.notice(text, "info")
 
 
 def register(app, ctx):
@@ -307,7 +308,8 @@ def learning_figure(epochs: pd.DataFrame, metric: str) -> go.Figure:
         )
     fig.update_layout(**common.FIG_LAYOUT)
     fig.update_layout(legend={"orientation": "h", "y": -0.18}, margin={"t": 60})
-    fig.update_xaxes(title_text="epoch", dtick=1)
+    last = int(epochs["epoch"].max()) if epochs["epoch"].notna().any() else 1
+    fig.update_xaxes(title_text="epoch", dtick=max(1, round(last / 8)))  # about 8 ticks
     return fig
 
 
@@ -375,8 +377,12 @@ def confusion_figure(folds: pd.DataFrame, classes: list[str]) -> go.Figure:
         return fig
     names = classes if len(classes) == len(total) else [str(i) for i in range(len(total))]
     share = total / np.maximum(total.sum(1, keepdims=True), 1)
+    many = len(names) > 8  # counts and shares no longer fit in a cell: shares only, counts on hover
     text = [
-        [f"{int(total[i, j])}<br>{share[i, j]:.0%}" for j in range(len(names))]
+        [
+            f"{share[i, j]:.0%}" if many else f"{int(total[i, j])}<br>{share[i, j]:.0%}"
+            for j in range(len(names))
+        ]
         for i in range(len(names))
     ]
     fig.add_trace(
@@ -390,9 +396,15 @@ def confusion_figure(folds: pd.DataFrame, classes: list[str]) -> go.Figure:
             zmin=0,
             zmax=1,
             showscale=False,
-            hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+            customdata=total,
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata:.0f} cells, %{text}<extra></extra>"
+            if many
+            else "true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+            textfont={"size": 9 if many else 12},
         )
     )
+    fig.update_xaxes(tickangle=-45 if many else 0, dtick=1)
+    fig.update_yaxes(dtick=1)
     fig.update_layout(**common.FIG_LAYOUT, xaxis_title="predicted", yaxis_title="true")
     fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
     return fig
