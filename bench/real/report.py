@@ -215,8 +215,12 @@ def main() -> None:
     print("\n### Time per stage\n")
     print(timings_section(args.runs, args.name))
     best = str(board.iloc[0]["trial_id"])
-    for kind, make in (("population", population_figure), ("overlays", overlay_figure)):
-        out = make(study_dir, best, args.method, args.figures / f"{args.name}_{kind}.png")
+    figures = [
+        (f"population_{method}", population_figure, method)
+        for method in dict.fromkeys((args.method, "layercam"))
+    ] + [("overlays", overlay_figure, args.method)]
+    for kind, make, method in figures:
+        out = make(study_dir, best, method, args.figures / f"{args.name}_{kind}.png")
         if out is not None:
             print(f"\n![{args.name} {kind}]({out.name})")
 
