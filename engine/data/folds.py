@@ -120,6 +120,10 @@ def make_folds(
             raise ValueError("--audit-naive compares against a grouped split; pass --group")
         naive = _assign("stratified" if stratify else "random", k, None, y, seed)
         audit["naive_per_cell"] = leakage_audit(naive, groups, None)
+    if ds.manifest.task != "regression" and "label" in meta.columns:
+        audit["confounding"] = confounding_audit(
+            meta, [c for c in ds.manifest.group_columns if c in meta.columns], folds
+        )
     digest = hashlib.sha256(ds.manifest.content_hash.encode())
     order = np.argsort(assignment["cell_id"].to_numpy())
     for cell_id, fold in zip(assignment["cell_id"].to_numpy()[order], folds[order]):
@@ -193,6 +197,40 @@ def leakage_audit(folds: np.ndarray, groups: np.ndarray | None, y: np.ndarray | 
             f["val_cells_in_shared_groups"] for f in per_fold
         )
     return summary
+
+
+def confounding_audit(meta: pd.DataFrame, columns: list[str], folds: np.ndarray) -> list[dict]:
+    """Group columns (well, plate, batch...) whose values each hold a single class.
+
+    When every value of a column holds one class, the column alone determines the label: a
+    model can separate the classes by that column's batch effects, and unless the folds hold
+    those values out, validation cells share them with training cells. Per column: values, how
+    many are single-class (and their cells' share), and the share of validation cells whose value
+    also occurs in their fold's training split.
+    """
+    labels = meta["label"].astype(str).to_numpy()
+    report = []
+    for column in columns:
+        values = meta[column].astype(str).to_numpy()
+        frame = pd.DataFrame({"value": values, "label": labels})
+        classes = frame.groupby("value")["label"].agg(lambda v: sorted(set(v)))
+        single = classes[classes.map(len) == 1]
+        in_train = 0
+        for fold in range(int(folds.max()) + 1):
+            val = folds == fold
+            in_train += int(np.isin(values[val], np.unique(values[~val])).sum())
+        report.append(
+            {
+                "column": column,
+                "values": int(len(classes)),
+                "single_class_values": int(len(single)),
+                "cells_in_single_class_values": float(np.isin(values, single.index).mean()),
+                "confounded": bool(len(classes) > 1 and len(single) == len(classes)),
+                "val_cells_sharing_value_with_train": in_train / len(values),
+                "examples": {v: c[0] for v, c in list(single.items())[:6]},
+            }
+        )
+    return report
 
 
 def save_folds(dataset_dir: str | Path, folds: FoldSet, overwrite: bool = False) -> Path:

@@ -92,4 +92,19 @@ def format_audit(audit: dict, group: str | None) -> str:
             f"{naive['total_val_cells_in_shared_groups']} of {total} validation cells "
             f"({naive['total_val_cells_in_shared_groups'] / max(total, 1):.1%}) would have their {group} in train"
         )
+    for entry in audit.get("confounding", []):
+        if not entry["confounded"] or entry["val_cells_sharing_value_with_train"] == 0:
+            continue  # not confounded, or held out by the split itself
+        column = entry["column"]
+        examples = ", ".join(f"{v} -> {c}" for v, c in list(entry["examples"].items())[:4])
+        examples += ", ..." if entry["values"] > 4 else ""
+        lines.append(
+            f"WARNING confounding: every value of {column!r} holds a single class "
+            f"({entry['values']} values: {examples}); a model can separate the classes by "
+            f"{column!r} effects alone (plate position, staining, illumination), and "
+            f"{entry['val_cells_sharing_value_with_train']:.0%} of validation cells share their "
+            f"{column!r} with training cells. Grouped CV cannot tell biology from batch here: "
+            f"compare with a model on batch-only features (background intensity: see "
+            f"docs/results.md, BBBC021) and check where the population maps put the evidence."
+        )
     return "\n".join(lines)

@@ -121,3 +121,22 @@ def test_cli_prints_audit(dataset, capsys):
     )
     assert (dataset / "folds" / "k3-well.parquet").is_file()
     assert main(["folds", str(dataset), "--group", "patient"]) == 2
+
+
+def test_audit_flags_a_group_column_that_determines_the_class(dataset, capsys):
+    grouped = make_folds(dataset, k=3, group="well", stratify="label")
+    by_column = {e["column"]: e for e in grouped.audit["confounding"]}
+    assert by_column["well"]["confounded"] and by_column["well"]["single_class_values"] == 12
+    assert by_column["well"]["val_cells_sharing_value_with_train"] == 0  # held out by the split
+    assert not by_column["plate"]["confounded"]  # each plate holds all three classes
+    naive = make_folds(dataset, k=3, group=None, stratify="label")
+    meta = naive.assignment.merge(CellDataset(dataset).metadata(), on="cell_id")
+    expected = np.mean([w in set(meta.well[meta.fold != f]) for w, f in zip(meta.well, meta.fold)])
+    entry = {e["column"]: e for e in naive.audit["confounding"]}["well"]
+    assert entry["val_cells_sharing_value_with_train"] == pytest.approx(expected) and expected > 0.5
+    assert main(["folds", str(dataset), "--k", "3", "--group", "none", "--name", "naive"]) == 0
+    assert (
+        "WARNING confounding: every value of 'well' holds a single class" in capsys.readouterr().out
+    )
+    assert main(["folds", str(dataset), "--k", "3", "--group", "well"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
