@@ -73,11 +73,10 @@ def select_trials(store: StudyStore, config: ExplainConfig) -> tuple[str, list[T
                 f"choose from {board['trial_id'].tolist()[:20]}"
             )
         board = board[board["trial_id"].isin(config.trials)]
-    else:  # fully trained trials first; pruned ones only when too few finished
-        finished = board[board["status"] == "completed"]
-        board = (finished if len(finished) else board[board["status"] != "error"]).head(
-            config.top_k
-        )
+    else:  # fully trained trials first, then stopped/pruned ones by rank when too few finished
+        usable = board[~board["status"].isin(("error", "failed"))]
+        finished = usable["status"] == "completed"
+        board = pd.concat([usable[finished], usable[~finished]]).head(config.top_k)
     trials = []
     for row in board.to_dict("records"):
         checkpoint = Path(row["checkpoint"])

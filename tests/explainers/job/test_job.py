@@ -224,3 +224,23 @@ def test_a_failing_method_is_recorded_and_the_rest_finishes(trained_study, tmp_p
     assert maps_path(study, "small_cnn", "saliency").is_dir()
     assert not maps_path(study, "small_cnn", "occlusion").exists()
     assert not list((explain_dir(study) / "maps").rglob("*.tmp"))
+
+
+def test_top_k_takes_finished_trials_first_then_fills_by_rank(trained_study, tmp_path):
+    from engine.search.leaderboard import leaderboard
+    from engine.search.store import StudyStore
+    from explainers.job.config import ExplainConfig
+    from explainers.job.plan import select_trials
+
+    study = tmp_path / "study"
+    shutil.copytree(trained_study, study)
+    store = StudyStore(str(study))
+    metric = store.status()["objectives"][0]["metric"]
+    ranked = leaderboard(store, metric, "max")["trial_id"].tolist()
+    assert len(ranked) == 3
+    # the best trial was cut by the time budget, the second failed, the third finished
+    store.upsert("trials", (ranked[0],), {"status": "stopped"})
+    store.upsert("trials", (ranked[1],), {"status": "failed"})
+    store.flush()
+    _, trials = select_trials(StudyStore(str(study)), ExplainConfig(study=str(study), top_k=3))
+    assert [t.trial_id for t in trials] == [ranked[2], ranked[0]]
