@@ -200,6 +200,8 @@ def run_quality(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -
         config.maps_key()
         + f"-q{config.quality_cells}-"
         + "-".join(config.method_key(m) for m in config.method_names)
+        + "-trials-"
+        + ",".join(sorted(t.trial_id for t in plan.trials))  # a trial added to top-k: rescore
     )
     if state.done("quality", key) and path.is_file() and not config.overwrite:
         return pd.read_parquet(path)

@@ -244,3 +244,18 @@ def test_top_k_takes_finished_trials_first_then_fills_by_rank(trained_study, tmp
     store.flush()
     _, trials = select_trials(StudyStore(str(study)), ExplainConfig(study=str(study), top_k=3))
     assert [t.trial_id for t in trials] == [ranked[2], ranked[0]]
+
+
+def test_a_trial_added_to_top_k_gets_its_quality_scores(trained_study, tmp_path):
+    from explainers.job.config import ExplainConfig
+    from explainers.job.runner import run_explain
+
+    study = tmp_path / "study"
+    shutil.copytree(trained_study, study)
+    common = dict(study=str(study), methods=("saliency",), stages=("maps", "quality"),
+                  quality_cells=8, limit=40)  # fmt: skip
+    run_explain(ExplainConfig(top_k=1, **common), progress=False, log=lambda *_: None)
+    first = set(pd.read_parquet(explain_dir(study) / "quality.parquet")["trial_id"])
+    plan, _ = run_explain(ExplainConfig(top_k=2, **common), progress=False, log=lambda *_: None)
+    second = set(pd.read_parquet(explain_dir(study) / "quality.parquet")["trial_id"])
+    assert len(first) == 1 and second == {t.trial_id for t in plan.trials} and len(second) == 2
