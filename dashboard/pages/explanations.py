@@ -490,7 +490,12 @@ def _figures(explain: Explanations, key, name, trial_id, caption, empty):
             html.Div(
                 [
                     html.Img(src=common.file_url(key, rel)),
-                    html.Div(caption(r), className="muted", style={"fontSize": "12px"}),
+                    html.Div(
+                        caption(r),
+                        className="muted",
+                        title=caption(r),
+                        style={"fontSize": "12px", "overflowWrap": "anywhere"},
+                    ),
                 ]
             )
         )
