@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -27,36 +26,13 @@ PAGES = (
 )
 
 
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not binary or not driver:
-        raise SystemExit(
-            "needs chromium and chromium-driver (apt-get install chromium chromium-driver)"
-        )
-    options = Options()
-    options.binary_location = binary
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1440,1000",
-        "--hide-scrollbars",
-    ):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
 def main() -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     from werkzeug.serving import make_server
 
     from dashboard.app import create_app
+    from dashboard.browser import headless_chromium
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("study", type=Path)
@@ -71,7 +47,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{httpd.server_port}"
     trials = pd.read_parquet(args.study / "trials.parquet")
     best = trials.sort_values(f"val/{args.metric}", ascending=False)["trial_id"].iloc[0]
-    driver = browser()
+    driver = headless_chromium()
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         for name, path, ready in PAGES:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -59,46 +58,19 @@ def server(studies_root):
     srv.close()
 
 
-def _browser_paths() -> tuple[str | None, str | None]:
-    binary = next(
-        (
-            shutil.which(n)
-            for n in ("chromium", "chromium-browser", "google-chrome")
-            if shutil.which(n)
-        ),
-        None,
-    )
-    driver = shutil.which("chromedriver")
-    return binary, driver
-
-
 @pytest.fixture(scope="session")
 def browser():
     """Headless chromium through selenium; skips (with the reason) only when it is not installed."""
-    binary, driver_path = _browser_paths()
-    if binary is None or driver_path is None:
-        pytest.skip(
-            "chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)"
-        )
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.options import Options
-        from selenium.webdriver.chrome.service import Service
+        import selenium  # noqa: F401
     except ImportError:
         pytest.skip("selenium is not installed (pip install -e '.[dev]')")
-    options = Options()
-    options.binary_location = binary
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1440,1000",
-        "--hide-scrollbars",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.implicitly_wait(0)
+    from dashboard.browser import headless_chromium
+
+    try:
+        driver = headless_chromium()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
     yield driver
     driver.quit()
 
