@@ -227,7 +227,7 @@ def confounding_audit(meta: pd.DataFrame, columns: list[str], folds: np.ndarray)
                 "cells_in_single_class_values": float(np.isin(values, single.index).mean()),
                 "confounded": bool(len(classes) > 1 and len(single) == len(classes)),
                 "val_cells_sharing_value_with_train": in_train / len(values),
-                "examples": {v: c[0] for v, c in list(single.items())[:6]},
+                "examples": {v: c[0] for v, c in list(single.items())[:4]},
             }
         )
     return report

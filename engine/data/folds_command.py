@@ -96,7 +96,7 @@ def format_audit(audit: dict, group: str | None) -> str:
         if not entry["confounded"] or entry["val_cells_sharing_value_with_train"] == 0:
             continue  # not confounded, or held out by the split itself
         column = entry["column"]
-        examples = ", ".join(f"{v} -> {c}" for v, c in list(entry["examples"].items())[:4])
+        examples = ", ".join(f"{v} -> {c}" for v, c in entry["examples"].items())
         examples += ", ..." if entry["values"] > 4 else ""
         lines.append(
             f"WARNING confounding: every value of {column!r} holds a single class "

@@ -23,7 +23,7 @@ from ..quality import (
     randomize_weights,
 )
 from .config import ExplainConfig
-from .layout import explain_dir, maps_path, write_frame
+from .layout import QUALITY_COLUMNS, explain_dir, maps_path, write_frame
 from .plan import ExplainPlan
 from .state import ExplainState
 
@@ -190,7 +190,10 @@ def _inside(maps, masks, valid, rows):
 
 
 def run_quality(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -> pd.DataFrame:
-    """Score every (trial, method) with maps; sample scores run as Ray tasks, one per trial."""
+    """Score every (trial, method) with maps; sample scores run as Ray tasks, one per trial.
+
+    Each trial is a part of its own (``quality/<trial>``): a trial added to the top-k is scored
+    alone, the others keep their rows."""
     import ray
 
     from engine.cluster import ensure_ray
@@ -200,14 +203,24 @@ def run_quality(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -
         config.maps_key()
         + f"-q{config.quality_cells}-"
         + "-".join(config.method_key(m) for m in config.method_names)
-        + "-trials-"
-        + ",".join(sorted(t.trial_id for t in plan.trials))  # a trial added to top-k: rescore
     )
-    if state.done("quality", key) and path.is_file() and not config.overwrite:
-        return pd.read_parquet(path)
-    rows: list[dict] = []
+    previous = pd.read_parquet(path) if path.is_file() else None
+    kept = {
+        t.trial_id
+        for t in plan.trials
+        if previous is not None
+        and not config.overwrite
+        and state.done(f"quality/{t.trial_id}", key)
+        and (previous["trial_id"] == t.trial_id).any()
+    }
+    todo = [t for t in plan.trials if t.trial_id not in kept]
+    rows: list[dict] = (
+        [] if previous is None else previous[previous["trial_id"].isin(kept)].to_dict("records")
+    )
+    if not todo:
+        return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     available: dict[str, dict[str, dict]] = {}
-    for trial in plan.trials:
+    for trial in todo:
         for method in config.method_names:
             if maps_path(plan.study_dir, trial.trial_id, method).exists():
                 rows += map_scores(plan, trial.trial_id, method)
@@ -231,12 +244,15 @@ def run_quality(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -
                 config.seed,
                 config.precision,
             )
-            for t in plan.trials
+            for t in todo
             if t.trial_id in available
         ]
         for result in ray.get(refs):
             rows += result
-    table = pd.DataFrame(rows, columns=["trial_id", "method", "metric", "mean", "std", "n"])
+    table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     write_frame(table, path)
-    state.finish("quality", key, rows=len(table))
+    for trial in todo:
+        state.finish(
+            f"quality/{trial.trial_id}", key, rows=int((table.trial_id == trial.trial_id).sum())
+        )
     return table

@@ -254,8 +254,18 @@ def test_a_trial_added_to_top_k_gets_its_quality_scores(trained_study, tmp_path)
     shutil.copytree(trained_study, study)
     common = dict(study=str(study), methods=("saliency",), stages=("maps", "quality"),
                   quality_cells=8, limit=40)  # fmt: skip
-    run_explain(ExplainConfig(top_k=1, **common), progress=False, log=lambda *_: None)
+    _, state = run_explain(ExplainConfig(top_k=1, **common), progress=False, log=lambda *_: None)
     first = set(pd.read_parquet(explain_dir(study) / "quality.parquet")["trial_id"])
-    plan, _ = run_explain(ExplainConfig(top_k=2, **common), progress=False, log=lambda *_: None)
-    second = set(pd.read_parquet(explain_dir(study) / "quality.parquet")["trial_id"])
+    scored_at = {p: v["finished"] for p, v in state.data["parts"].items() if "quality" in p}
+    before = pd.read_parquet(explain_dir(study) / "quality.parquet")
+    plan, state = run_explain(ExplainConfig(top_k=2, **common), progress=False, log=lambda *_: None)
+    after = pd.read_parquet(explain_dir(study) / "quality.parquet")
+    second = set(after["trial_id"])
     assert len(first) == 1 and second == {t.trial_id for t in plan.trials} and len(second) == 2
+    # the first trial kept its rows (it was not scored again); the added one has its own part
+    (kept,) = first
+    pd.testing.assert_frame_equal(
+        before.reset_index(drop=True), after[after.trial_id == kept].reset_index(drop=True)
+    )
+    assert {f"quality/{t.trial_id}" for t in plan.trials} <= set(state.data["parts"])
+    assert state.data["parts"][f"quality/{kept}"]["finished"] == scored_at[f"quality/{kept}"]
