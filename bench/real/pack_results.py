@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -43,16 +44,12 @@ def _sample_maps(study: Path, dest: Path, cells: int) -> None:
         table = layout.read_maps(table_dir)
         ids = table.column("cell_id").to_pylist()
         ranked = sorted(set(ids), key=lambda c: hashlib.sha1(c.encode()).hexdigest())[:cells]
-        table = table.filter(pc.is_in(table.column("cell_id"), value_set=_array(ranked)))
+        table = table.filter(
+            pc.is_in(table.column("cell_id"), value_set=pa.array(ranked, type=pa.string()))
+        )
         out = dest / table_dir.relative_to(study) / "part-00000.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, out, compression="zstd")
-
-
-def _array(values):
-    import pyarrow as pa
-
-    return pa.array(values, type=pa.string())
 
 
 def main() -> None:

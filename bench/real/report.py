@@ -44,7 +44,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 def _params(row) -> str:
     params = json.loads(row["params"]) if isinstance(row.get("params"), str) else {}
     family = params.get("family")
-    own = {k: v for k, v in params.get(family, {}).items()}
+    own = dict(params.get(family, {}))
     own.update({f"train.{k}": v for k, v in params.get("train", {}).items()})
     text = ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in own.items())
     return text.replace("|", "/")
