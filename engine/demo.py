@@ -17,10 +17,6 @@ import shutil
 import time
 from pathlib import Path
 
-from engine.data import info_command
-from engine.data.folds import make_folds, save_folds
-from engine.data.folds_command import format_audit
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="working directory (default runs/demo)")
@@ -63,6 +59,9 @@ def study_for(dataset: Path, storage: Path, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.data import info_command
+    from engine.data.folds import make_folds, save_folds
+    from engine.data.folds_command import format_audit
     from engine.search.runner import run_search
     from engine.synth import write_dataset
 

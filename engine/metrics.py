@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from difflib import get_close_matches
 
 import numpy as np
-from sklearn import metrics as skm
-from sklearn.exceptions import UndefinedMetricWarning
+
+# scikit-learn is imported inside the functions that use it: `import engine.metrics` (metric
+# names and directions, needed by study files and `--help`) stays light.
 
 ROC_MAX_POINTS = 101
 
@@ -118,6 +119,8 @@ def thin_curve(fpr: np.ndarray, tpr: np.ndarray, max_points: int = ROC_MAX_POINT
 
 def _roc_curves(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict:
     """One-vs-rest ROC curve per class that has both positives and negatives in ``y_true``."""
+    from sklearn import metrics as skm
+
     curves = {}
     for c, name in enumerate(classes):
         positives = y_true == c
@@ -139,6 +142,8 @@ def _auc_scores(y_true: np.ndarray, proba: np.ndarray, k: int) -> dict:
     with weights by prevalence, weighted equals sklearn's over all K); micro pools all K one-vs-
     rest columns, exactly as ``roc_auc_score(..., average="micro", labels=range(K))``.
     """
+    from sklearn import metrics as skm
+
     present = np.unique(y_true)
     nan = float("nan")
     if len(present) < 2:
@@ -189,6 +194,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Seque
     Raises:
         ValueError: on mismatched shapes, labels out of range, or NaN / negative probabilities.
     """
+    from sklearn import metrics as skm
+    from sklearn.exceptions import UndefinedMetricWarning
+
     y_true, proba = _check_proba(y_true, proba, classes)
     k = len(classes)
     y_pred = proba.argmax(axis=1)
@@ -243,6 +251,9 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, target_names: Seq
     Raises:
         ValueError: on mismatched shapes or non-finite values.
     """
+    from sklearn import metrics as skm
+    from sklearn.exceptions import UndefinedMetricWarning
+
     y_true, y_pred = _as_2d(y_true, "y_true"), _as_2d(y_pred, "y_pred")
     names = [str(t) for t in target_names]
     if y_true.shape != y_pred.shape:

@@ -4,62 +4,44 @@
 >>> maps = create_explainer("gradcam", model).attribute(x)  # (B, 1, H, W)
 """
 
-from .methods import (
-    Explainer,
-    GradCAM,
-    GradCAMPlusPlus,
-    InputXGradient,
-    IntegratedGradients,
-    LayerCAM,
-    Occlusion,
-    Saliency,
-    SmoothGrad,
-    channel_attribution,
-    create_explainer,
-    list_explainers,
-    overlay,
-    register_explainer,
-)
-from .population import (
-    GeometricMeanAccumulator,
-    PerClassGeometricMean,
-    compare_population_maps,
-    correlation_summary,
-    patch_correlation,
-)
-from .quality import (
-    deletion_insertion,
-    mass_inside,
-    pointing_game,
-    prototype_diversity,
-    randomisation_check,
-    randomize_weights,
-)
+from __future__ import annotations
 
-__all__ = [
-    "GeometricMeanAccumulator",
-    "PerClassGeometricMean",
-    "compare_population_maps",
-    "correlation_summary",
-    "patch_correlation",
-    "deletion_insertion",
-    "mass_inside",
-    "pointing_game",
-    "prototype_diversity",
-    "randomisation_check",
-    "randomize_weights",
-    "Explainer",
-    "GradCAM",
-    "GradCAMPlusPlus",
-    "InputXGradient",
-    "IntegratedGradients",
-    "LayerCAM",
-    "Occlusion",
-    "Saliency",
-    "SmoothGrad",
-    "channel_attribution",
-    "create_explainer",
-    "list_explainers",
-    "overlay",
-    "register_explainer",
-]
+import importlib
+from typing import Any
+
+# Exported name -> submodule; imported on first use (torch stays out of `cytotune explain --help`).
+_EXPORTS = {
+    "Explainer": ".methods",
+    "GradCAM": ".methods",
+    "GradCAMPlusPlus": ".methods",
+    "InputXGradient": ".methods",
+    "IntegratedGradients": ".methods",
+    "LayerCAM": ".methods",
+    "Occlusion": ".methods",
+    "Saliency": ".methods",
+    "SmoothGrad": ".methods",
+    "channel_attribution": ".methods",
+    "create_explainer": ".methods",
+    "list_explainers": ".methods",
+    "overlay": ".methods",
+    "register_explainer": ".methods",
+    "GeometricMeanAccumulator": ".population",
+    "PerClassGeometricMean": ".population",
+    "compare_population_maps": ".population",
+    "correlation_summary": ".population",
+    "patch_correlation": ".population",
+    "deletion_insertion": ".quality",
+    "mass_inside": ".quality",
+    "pointing_game": ".quality",
+    "prototype_diversity": ".quality",
+    "randomisation_check": ".quality",
+    "randomize_weights": ".quality",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

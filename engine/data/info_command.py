@@ -1,11 +1,13 @@
-"""Describe a dataset: channels, pixel type, classes or targets, groups, statistics, quarantine, folds."""
+"""Describe a dataset: channels, pixel type, classes or targets, groups, statistics, quarantine, folds.
+
+Examples:
+  cytotune info runs/demo/dataset
+  cytotune info data/bbbc021 --quarantine      # also list every quarantined crop and why
+"""
 
 from __future__ import annotations
 
 import argparse
-
-from .dataset import CellDataset
-from .folds import list_folds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .dataset import CellDataset
+    from .folds import list_folds
+
     ds = CellDataset(args.dataset)
     m = ds.manifest
     print(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 
-from .ingest import IngestOptions, ingest
 from .transforms import FIT_MODES, parse_size
 
 
@@ -84,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .ingest import IngestOptions, ingest
+
     order = _csv(args.channel_order)
     options = IngestOptions(
         channel_names=_csv(args.channels),

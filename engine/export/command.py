@@ -18,8 +18,6 @@ import argparse
 import json
 import time
 
-import pandas as pd
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", help="study directory (from cytotune search or demo)")
@@ -142,6 +140,8 @@ def _list(study: str) -> int:
     if board.empty:
         print("no finished trial yet")
         return 0
+    import pandas as pd
+
     key = f"val/{objective[0]}"
     by_trial: dict[str, list[str]] = {}
     for name, entry in aliases.items():
@@ -197,4 +197,6 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _num(value) -> float | None:
+    import pandas as pd
+
     return None if value is None or pd.isna(value) else float(value)

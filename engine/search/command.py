@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .runner import run_search
-from .study import StudyConfig
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="study YAML file")
@@ -37,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .runner import run_search
+    from .study import StudyConfig
+
     study = StudyConfig.from_yaml(args.config)
     changes = {k: v for k, v in (("name", args.name), ("storage", args.storage)) if v}
     if changes:

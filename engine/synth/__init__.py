@@ -4,11 +4,18 @@
 streams the same cells into a dataset; ``list_tasks()`` names the registered tasks.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from . import metastasis as _metastasis  # noqa: F401  (registers the task)
 from . import microtubule as _microtubule  # noqa: F401
-from .generate import SynthBatch, render, write_dataset
-from .montage import montage
+from .montage import montage  # eager: the function shadows its submodule of the same name
 from .tasks import SynthOptions, SynthTask, get_task, list_tasks, register_task
+
+# Imported on first use: rendering and writing need scipy and pyarrow, `--help` does not.
+_LAZY = {"SynthBatch": ".generate", "render": ".generate", "write_dataset": ".generate"}
 
 __all__ = [
     "SynthBatch",
@@ -21,3 +28,9 @@ __all__ = [
     "render",
     "write_dataset",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from .generate import render, write_dataset
-from .montage import montage
-from .tasks import list_tasks
+from .tasks import list_tasks  # the package registers the tasks (numpy only)
 
 # Task options settable from the command line; flags left unset keep the task's defaults.
 OPTION_NAMES = ("weak_fraction", "confound", "plates", "wells_per_class", "fields_per_well")
@@ -51,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .generate import render, write_dataset
+    from .montage import montage
+
     options = {
         name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name) is not None
     }

@@ -11,7 +11,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from scipy import ndimage
 
 TWO_PI = 2.0 * np.pi
 OUTSIDE = np.float32(9.0)  # normalised radius reported for points that fall off the crop
@@ -204,6 +203,8 @@ def _gauss_kernel(sigma: float) -> np.ndarray:
 
 def blur(images: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur over the last two axes, ``sigma`` in pixels, zero padding."""
+    from scipy import ndimage  # here, not at the top: `cytotune synth --help` lists the tasks
+
     k = _gauss_kernel(round(float(sigma), 3))
     out = ndimage.correlate1d(images, k, axis=-1, mode="constant")
     return ndimage.correlate1d(out, k, axis=-2, mode="constant")

@@ -1,20 +1,22 @@
-"""``cytotune explain``: explain the best trials of a study (maps, population maps, quality)."""
+"""Explain the best trials of a study: attribution maps, population maps, mosaics, quality scores.
+
+Each cell is explained by the fold model that never trained on it (--split val). Ray Data
+streams the cells to explainer actors (one per GPU by default, or on the CPUs); a rerun computes
+only what is missing or changed (--overwrite recomputes everything).
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from ..methods import list_explainers
-from .config import DEFAULT_METHODS, STAGES, ExplainConfig
-from .layout import explain_dir
+from .config import BUILTIN_METHODS, DEFAULT_METHODS, PRECISIONS, STAGES
 
 EPILOG = """examples:
   cytotune explain --study runs/demo/studies/demo
   cytotune explain --study STUDY --top-k 1 --methods gradcam smoothgrad:n_samples=8 --limit 500
   cytotune explain --study STUDY --trials 3f2a9c01 --stages maps quality --gpus-per-actor 0.5
 
-outputs land in STUDY/explain/ (maps Parquet, overlays, population maps, quality.parquet);
-a rerun computes only what is missing or changed (--overwrite recomputes everything)."""
+outputs land in STUDY/explain/ (maps Parquet, overlays, population maps, quality.parquet)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,16 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods",
         nargs="+",
         default=list(DEFAULT_METHODS),
-        help=f"methods, optionally name:key=value,... (registered: {', '.join(list_explainers())})",
+        help=f"methods, each optionally name:key=value,... (built in: {', '.join(BUILTIN_METHODS)}; "
+        f"default: {' '.join(DEFAULT_METHODS)})",
     )
     parser.add_argument(
         "--split",
         default="val",
         choices=("val", "train"),
-        help="val: each cell by the fold model that never trained on it",
+        help="val: each cell by the fold model that never trained on it (default val)",
     )
     parser.add_argument("--limit", type=int, default=None, help="at most N cells (seeded sample)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="cells per explainer batch (default 128)"
+    )
     parser.add_argument(
         "--actors", type=int, default=None, help="explainer actors (default: one per GPU)"
     )
@@ -50,24 +55,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.25,
         help="GPU share per actor (default 0.25: four actors per GPU, fastest measured)",
     )
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     parser.add_argument(
-        "--overlays", type=int, default=24, help="PNG overlays per trial and method"
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: bf16 autocast on a GPU, fp32 on the CPU (default auto)",
+    )
+    parser.add_argument(
+        "--overlays", type=int, default=24, help="PNG overlays per trial and method (default 24)"
     )
     parser.add_argument(
         "--quality-cells",
         type=int,
         default=128,
-        help="cells for deletion/insertion and randomisation",
+        help="cells for deletion/insertion and randomisation (default 128)",
     )
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        default=list(STAGES),
+        choices=STAGES,
+        metavar="STAGE",
+        help=f"stages to run: {' '.join(STAGES)} (default: all)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the sampled cells: --limit, overlays, quality scores (default 0)",
+    )
     parser.add_argument("--address", default=None, help="Ray address (default: local Ray)")
     parser.add_argument("--overwrite", action="store_true", help="recompute finished parts too")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    from .config import ExplainConfig
+    from .layout import explain_dir
     from .runner import run_explain
     from .summary import format_quality
 

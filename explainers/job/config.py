@@ -10,10 +10,20 @@ from typing import Any
 
 import yaml
 
-from ..methods import list_explainers
-from ..methods._registry import get_explainer_class
-
+# The methods (and torch) are imported where a config is validated, not here: the command's
+# `--help` reads these constants. BUILTIN_METHODS names what explainers.methods registers
+# (a test compares).
 DEFAULT_METHODS = ("gradcam", "gradcam++", "layercam", "smoothgrad", "integrated_gradients")
+BUILTIN_METHODS = (
+    "gradcam",
+    "gradcam++",
+    "layercam",
+    "saliency",
+    "inputxgradient",
+    "integrated_gradients",
+    "smoothgrad",
+    "occlusion",
+)
 SPLITS = ("val", "train")
 PRECISIONS = ("auto", "bf16", "fp32")
 STAGES = ("maps", "population", "quality", "overlays", "prototypes", "attention")
@@ -21,6 +31,8 @@ STAGES = ("maps", "population", "quality", "overlays", "prototypes", "attention"
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
     """``"smoothgrad:n_samples=8,sigma=0.1"`` -> ``("smoothgrad", {"n_samples": 8, "sigma": 0.1})``."""
+    from ..methods._registry import get_explainer_class
+
     name, _, rest = spec.partition(":")
     get_explainer_class(name)  # unknown names: ValueError with close matches
     options: dict[str, Any] = {}
@@ -87,6 +99,8 @@ class ExplainConfig:
         if self.top_k < 1:
             raise bad("top_k", self.top_k, "explain at least one trial (--top-k 1)")
         if not self.methods:
+            from ..methods import list_explainers
+
             raise bad("methods", self.methods, f"name at least one of {list_explainers()}")
         parsed = dict(parse_method(m) for m in self.methods)
         if len(parsed) != len(self.methods):
