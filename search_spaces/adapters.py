@@ -78,10 +78,12 @@ def define_by_run(space: SearchSpace, trial: Any) -> dict[str, Any]:
     return flat
 
 
-def default_params(space: SearchSpace) -> dict[str, Any]:
-    """Flat Optuna parameter values of the default configuration (fixed values omitted)."""
-    out: dict[str, Any] = {"family": space.default_family} if space.is_conditional else {}
-    for group, params in _groups(space, space.default_family):
+def default_params(space: SearchSpace, family: str | None = None) -> dict[str, Any]:
+    """Flat Optuna parameter values of the default configuration of ``family`` (default: the
+    space's default family; fixed values omitted)."""
+    family = family or space.default_family
+    out: dict[str, Any] = {"family": family} if space.is_conditional else {}
+    for group, params in _groups(space, family):
         for key, p in params.items():
             if isinstance(p, CategoricalParam):
                 out[f"{group}{SEP}{key}"] = _encode(p.default)

@@ -297,6 +297,23 @@ class SearchSpace:
 
         return default_params(self)
 
+    def family_defaults(self) -> list[dict[str, Any]]:
+        """Flat default configurations, one per family (the default family first): the known
+        good starting points a search evaluates before sampling."""
+        from .adapters import default_params
+
+        order = [self.default_family] + [f for f in self.families if f != self.default_family]
+        return [default_params(self, f) for f in order]
+
+    def restricted(self, families: list[str]) -> SearchSpace:
+        """This space over ``families`` only (the default family moves to the first kept one
+        when it is left out)."""
+        if not families:
+            raise SpaceError(f"space {self.name!r}: no family left to search")
+        kept = {f: self.families[f] for f in families}
+        default = self.default_family if self.default_family in kept else families[0]
+        return SearchSpace(self.name, kept, self.train, default, self.description)
+
     def sample_for(self, family: str, values: Mapping[str, Any]) -> dict[str, Any]:
         """A nested sample for ``family`` from flat ``values``, defaults filling the rest."""
 

@@ -114,6 +114,9 @@ class CytoModel(nn.Module):
     """
 
     family_name: str = ""
+    # Fewest input channels the family makes sense for; a search leaves the family out (and
+    # says so) on datasets with fewer.
+    min_in_chans: int = 1
 
     def __init__(self, in_chans: int, task: TaskSpec):
         super().__init__()

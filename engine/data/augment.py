@@ -31,6 +31,8 @@ class AugmentConfig:
         rot90: random multiple of 90 degrees.
         sharpen: maximal unsharp-mask strength (0 disables).
         sharpen_prob: probability of sharpening a crop.
+        intensity: per-crop, per-channel gain jitter: raw intensities times a factor drawn
+            uniformly from [1 - intensity, 1 + intensity] (0 disables).
     """
 
     rotate_degrees: float = 0.0
@@ -39,6 +41,7 @@ class AugmentConfig:
     rot90: bool = False
     sharpen: float = 0.0
     sharpen_prob: float = 0.5
+    intensity: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -46,11 +49,12 @@ class AugmentConfig:
             "shift": 0 <= self.shift <= 0.5,
             "sharpen": 0 <= self.sharpen <= 10,
             "sharpen_prob": 0 <= self.sharpen_prob <= 1,
+            "intensity": 0 <= self.intensity < 1,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(
-                    f"augment {name}={getattr(self, name)} out of range (rotate_degrees 0..180, shift 0..0.5, sharpen 0..10, sharpen_prob 0..1)"
+                    f"augment {name}={getattr(self, name)} out of range (rotate_degrees 0..180, shift 0..0.5, sharpen 0..10, sharpen_prob 0..1, intensity 0..<1)"
                 )
 
     @property
@@ -59,7 +63,13 @@ class AugmentConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.geometric or self.sharpen > 0
+        return self.geometric or self.sharpen > 0 or self.intensity > 0
+
+    @classmethod
+    def cells(cls) -> AugmentConfig:
+        """The default for cell crops, whose class never depends on orientation: the dihedral
+        group (flips and 90-degree turns), 5 % shifts and +-10 % per-channel gain."""
+        return cls(flip=True, rot90=True, shift=0.05, intensity=0.1)
 
     @classmethod
     def standard(cls) -> AugmentConfig:
@@ -101,13 +111,17 @@ def augment(images: torch.Tensor, seeds: np.ndarray, config: AugmentConfig) -> t
     """Augment a float batch ``(B, C, H, W)`` (raw intensities, dark background = 0)."""
     if not config.enabled or images.shape[0] == 0:
         return images
-    u = torch.as_tensor(uniforms(seeds, 7), dtype=torch.float32)  # (B, 7)
+    channels = images.shape[1]
+    u = torch.as_tensor(uniforms(seeds, 7 + channels), dtype=torch.float32)  # (B, 7 + C)
     if images.device.type == "cuda":  # pinned + non-blocking: no stall of the CPU per batch
         u = u.pin_memory().to(images.device, non_blocking=True)
     if config.geometric:
         images = _affine(images, u, config)
     if config.sharpen > 0:
         images = _sharpen(images, u, config)
+    if config.intensity > 0:
+        gain = 1 + (2 * u[:, 7 : 7 + channels] - 1) * config.intensity  # (B, C)
+        images = images * gain.view(*gain.shape, 1, 1)
     return images
 
 

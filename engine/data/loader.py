@@ -162,7 +162,9 @@ class _Loader:
                 both = augment(
                     torch.cat([images, masks], 1),
                     seeds,
-                    AugmentConfig(**{**self.config.augment.__dict__, "sharpen": 0.0}),
+                    AugmentConfig(
+                        **{**self.config.augment.__dict__, "sharpen": 0.0, "intensity": 0.0}
+                    ),
                 )
                 images, masks = both[:, :-1], (both[:, -1:] > 0.5).float()
                 images = augment(
@@ -171,6 +173,7 @@ class _Loader:
                     AugmentConfig(
                         sharpen=self.config.augment.sharpen,
                         sharpen_prob=self.config.augment.sharpen_prob,
+                        intensity=self.config.augment.intensity,
                     ),
                 )
             else:

@@ -102,6 +102,12 @@ class Manifest:
     @classmethod
     def load(cls, directory: str | Path) -> Manifest:
         path = Path(directory) / MANIFEST_NAME
+        if not Path(directory).exists():
+            raise FileNotFoundError(
+                f"dataset {directory} does not exist (resolved: {Path(directory).resolve()}); "
+                "check the path, or create it with `cytotune ingest SOURCE --out DIR` or "
+                "`cytotune synth --out DIR`"
+            )
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} not found: {directory} is not a cytotune dataset; create one with "

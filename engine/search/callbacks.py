@@ -98,11 +98,16 @@ class StoreCallback(Callback):
             (trial.trial_id,),
             {
                 "epochs_done": epoch,
+                "folds_done": int(result.get("folds_done", self.study.folds.k)),
                 "train_loss": result.get("train_loss"),
                 "images_per_s": result.get("images_per_s"),
                 **means,
             },
         )
+        if "fold_curve" in result:
+            self._record_fold_curve(trial.trial_id, int(result["fold"]), result["fold_curve"])
+            self._flush()
+            return
         folds: dict[int, dict] = {}
         for key, value in result.items():
             match = _FOLD_KEY.match(key)
@@ -127,6 +132,43 @@ class StoreCallback(Callback):
         )
         self._flush()
 
+    def _record_fold_curve(self, trial_id: str, fold: int, curve: list[dict]) -> None:
+        """A finished fold's learning curve (race: folds), then the fold-mean curve over the
+        folds done so far (fold -1)."""
+        for point in curve:
+            epoch = int(point["epoch"])
+            self.store.upsert(
+                "epochs",
+                (trial_id, epoch, fold),
+                {"trial_id": trial_id, "fold": fold, **point, "epoch": epoch},
+            )
+        by_epoch: dict[int, list[dict]] = {}
+        for row in self.store.rows("epochs"):
+            if row.get("trial_id") == trial_id and int(row.get("fold", -1)) >= 0:
+                by_epoch.setdefault(int(row["epoch"]), []).append(row)
+        for epoch, rows in by_epoch.items():
+            keys = {k for r in rows for k, v in r.items() if isinstance(v, (int, float))}
+            keys -= {"epoch", "fold"}
+            mean = {}
+            for key in keys:
+                values = [float(r[key]) for r in rows if _finite(r.get(key))]
+                if values:
+                    mean[key] = sum(values) / len(values)
+            self.store.upsert(
+                "epochs",
+                (trial_id, epoch, -1),
+                {"trial_id": trial_id, "epoch": epoch, "fold": -1, **mean, "n_folds": len(rows)},
+            )
+
+    def _finished(self, row: dict, last: dict) -> bool:
+        """Scored at full fidelity: every fold (race: folds) or every epoch (race: epochs)."""
+        if self.study.budget.race == "folds":
+            done = max(_count(row.get("folds_done")), _count(last.get("folds_done")))
+            return done >= self.study.folds.k
+        return max(_count(row.get("epochs_done")), _count(last.get("epoch"))) >= (
+            self.study.budget.max_epochs
+        )
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         done = self.store.rows("trials")
         row = next((r for r in done if r["trial_id"] == trial.trial_id), {})
@@ -143,7 +185,9 @@ class StoreCallback(Callback):
                 "epochs_done": epochs,
                 **{k: v for k, v in last.items() if k.startswith("val/")},
             }
-        update["status"] = "completed" if epochs >= self.study.budget.max_epochs else "pruned"
+        if _count(last.get("folds_done")) > _count(row.get("folds_done")):
+            update["folds_done"] = _count(last["folds_done"])
+        update["status"] = "completed" if self._finished(row, last) else "pruned"
         checkpoint = trial.checkpoint
         if checkpoint is not None:
             update["checkpoint"] = checkpoint.path
@@ -279,6 +323,7 @@ class LiveTable(Callback):
         row["status"] = status
         if result is not None:
             row["epoch"] = int(result["epoch"])
+            row["folds"] = int(result.get("folds_done", self.study.folds.k))
             row["value"] = result.get(self.objective.key)
             row["std"] = result.get(f"{self.objective.key}_std")
         if self.tty:
@@ -291,11 +336,16 @@ class LiveTable(Callback):
         value = row.get("value")
         metric = "      -      " if value is None else f"{value:.4f} ± {row.get('std') or 0:.3f}"
         best = self._best()
-        folds = f"{row.get('epoch', 0)}/{self.study.budget.max_epochs} x{self.study.folds.k}f"
+        k = self.study.folds.k
+        if self.study.budget.race == "folds":
+            folds = f"{row.get('folds', 0)}/{k} folds"
+        else:
+            folds = f"{row.get('epoch', 0)}/{self.study.budget.max_epochs} x{k}f"
         return f"{row['n']:>5}  {row['family'][:18]:<18} {row['params'][:40]:<40} {folds:>10}  {metric}  {row['status']:<9} best {best if best is None else round(best, 4)}"
 
     def _header(self) -> str:
-        return f"trial  {'family':<18} {'key parameters':<40} {'epoch x K':>10}  {self.objective.metric:<13}  status"
+        progress = "folds" if self.study.budget.race == "folds" else "epoch x K"
+        return f"trial  {'family':<18} {'key parameters':<40} {progress:>10}  {self.objective.metric:<13}  status"
 
     def _redraw(self, force: bool = False) -> None:
         if not force and time.time() - self._last < self.refresh_s:
@@ -320,9 +370,11 @@ class LiveTable(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         row = self.rows.get(trial.trial_id, {})
-        self._event(
-            trial, "done" if row.get("epoch", 0) >= self.study.budget.max_epochs else "pruned"
-        )
+        if self.study.budget.race == "folds":
+            done = row.get("folds", 0) >= self.study.folds.k
+        else:
+            done = row.get("epoch", 0) >= self.study.budget.max_epochs
+        self._event(trial, "done" if done else "pruned")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._event(trial, "failed")
@@ -330,6 +382,10 @@ class LiveTable(Callback):
     def on_experiment_end(self, trials, **info) -> None:
         if self.tty:
             self._redraw(force=True)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(float(value))
 
 
 def _count(value) -> int:

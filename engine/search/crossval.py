@@ -1,9 +1,15 @@
 """One configuration evaluated on the study's frozen folds, epoch by epoch, with or without Ray.
 
-``CrossValidation`` holds one ``FoldTrainer`` per fold and advances them in lockstep, so every
-epoch yields the fold-mean validation metrics that ASHA prunes on, the per-fold metrics, and a
-checkpoint of all fold models. The Ray Tune trainable is a thin loop around it; the same class
-retrains a chosen configuration without Ray.
+``CrossValidation`` holds one ``FoldTrainer`` per fold and runs them in one of two orders
+(``budget.race``):
+
+- "folds" (default): fold by fold, each trained to the end; after each fold it reports the mean
+  over the folds done so far, so ASHA races configurations over folds (a configuration that
+  loses on its first folds never pays for the others; rungs compare trials on the same folds).
+- "epochs": all folds in lockstep, one report per epoch (ASHA races over epochs).
+
+The Ray Tune trainable is a thin loop around it; the same class retrains a chosen configuration
+without Ray.
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ from engine.metrics import (
 )
 
 from .study import StudyConfig
+
+# Objectives that weigh classes equally: with them ``class_weighting: auto`` means "balanced".
+# Validation points per fold's learning curve under race: folds (each costs an evaluation).
+CURVE_POINTS = 10
+BALANCED_OBJECTIVES = {"balanced_accuracy", "f1_macro", "precision_macro", "recall_macro"}
 
 
 def task_of(manifest) -> tuple[str, int, list[str]]:
@@ -58,18 +69,18 @@ class CrossValidation:
         )
         overrides = {"epochs": study.budget.max_epochs, "seed": study.seed, **study.train}
         overrides["loader"] = study.effective_loader
-        self.train_config = TrainConfig.from_sample(sample.get("train", {}), **overrides)
-        self.trainers = [
-            FoldTrainer(
-                self.model_config,
-                self.train_config,
-                self.dataset,
-                *self.folds.split(k),
-                device=device,
-                fold=k,
+        train_config = TrainConfig.from_sample(sample.get("train", {}), **overrides)
+        if train_config.class_weighting == "auto":
+            balanced = study.objectives[0].metric in BALANCED_OBJECTIVES
+            train_config = train_config.replace(
+                class_weighting="balanced" if balanced else "none"
             )
-            for k in range(self.folds.k)
-        ]
+        self.train_config, self.device = train_config, device
+        self.race = study.budget.race
+        # fold order builds each fold's trainer when its turn comes (one fold's data and
+        # optimiser state at a time are new; finished folds keep only their model)
+        self.trainers = [] if self.race == "folds" else [self._trainer(k) for k in range(self.folds.k)]
+        self.fold_details: list[dict] = []  # final metrics of the folds done (fold order)
         self.groups = None
         if study.well_column:
             meta = self.dataset.metadata()
@@ -79,6 +90,22 @@ class CrossValidation:
                 )
             self.groups = dict(zip(meta["cell_id"], meta[study.well_column].astype(str)))
         self.epoch = 0  # epochs completed
+
+    def _trainer(self, k: int):
+        from engine.train import FoldTrainer
+
+        return FoldTrainer(
+            self.model_config,
+            self.train_config,
+            self.dataset,
+            *self.folds.split(k),
+            device=self.device,
+            fold=k,
+        )
+
+    @property
+    def folds_done(self) -> int:
+        return len(self.fold_details)
 
     def _fold_metrics(self, evaluation) -> dict:
         if self.manifest.task == "regression":
@@ -116,13 +143,7 @@ class CrossValidation:
             train_loss.append(stats["loss"])
         self.epoch += 1
         seconds = time.perf_counter() - start
-        per_fold = [
-            {k: v for k, v in scalar_metrics(d).items() if k not in ("fold", "epoch")}
-            for d in details
-        ]
-        report = {f"val/{k}": v for k, v in mean_std(per_fold).items()}
-        for detail, scalars in zip(details, per_fold):
-            report.update({f"fold{detail['fold']}/{k}": v for k, v in scalars.items()})
+        report = self._summary(details)
         report.update(
             epoch=self.epoch,
             train_loss=float(np.mean(train_loss)),
@@ -131,11 +152,82 @@ class CrossValidation:
         )
         return report, details
 
+    def run_fold(self) -> tuple[dict, list[dict]]:
+        """Train the next fold to the end (scored with test-time averaging); returns the report
+        (means over the folds done so far, ``folds_done``, the fold's learning curve) and the
+        final metrics of every fold done."""
+        k = self.folds_done
+        start = time.perf_counter()
+        trainer = self._trainer(k)
+        curve, images, train_seconds = [], 0, 0.0
+        epochs = self.train_config.epochs
+        every = max(1, round(epochs / CURVE_POINTS))
+        for epoch in range(epochs):
+            stats = trainer.train_epoch(epoch)
+            images += stats.get("images", 0)
+            train_seconds += stats.get("seconds", 0.0)
+            last = epoch + 1 == epochs
+            if not last and (epoch + 1) % every:
+                continue
+            # learning-curve points; test-time averaging for the final score
+            evaluation = trainer.evaluate(tta=last)
+            final = self._fold_metrics(evaluation)
+            point = {"epoch": epoch + 1, "train_loss": float(stats["loss"])}
+            point.update(scalar_metrics(final), val_loss=float(evaluation.loss))
+            curve.append(point)
+        final.update(val_loss=float(evaluation.loss), train_loss=float(stats["loss"]))
+        trainer.release_data()
+        self.trainers.append(trainer)
+        self.fold_details.append(
+            {"fold": k, "epoch": self.train_config.epochs, "n_val": len(evaluation.cell_ids), **final}
+        )
+        self.epoch = self.train_config.epochs
+        report = self._summary(self.fold_details)
+        report.update(
+            epoch=self.epoch,
+            folds_done=self.folds_done,
+            fold=k,
+            fold_curve=curve,
+            train_loss=float(stats["loss"]),
+            epoch_seconds=(time.perf_counter() - start) / self.train_config.epochs,
+            fold_seconds=time.perf_counter() - start,
+            images_per_s=images / max(train_seconds, 1e-9),
+        )
+        return report, list(self.fold_details)
+
+    @staticmethod
+    def _summary(details: list[dict]) -> dict:
+        """``val/<metric>`` means (and ``_std``) over folds plus ``fold<k>/<metric>`` values."""
+        per_fold = [
+            {k: v for k, v in scalar_metrics(d).items() if k not in ("fold", "epoch")}
+            for d in details
+        ]
+        report = {f"val/{k}": v for k, v in mean_std(per_fold).items()}
+        for detail, scalars in zip(details, per_fold):
+            report.update({f"fold{detail['fold']}/{k}": v for k, v in scalars.items()})
+        return report
+
+    @property
+    def finished(self) -> bool:
+        if self.race == "folds":
+            return self.folds_done >= self.folds.k
+        return self.epoch >= self.study.budget.max_epochs
+
+    def step(self) -> tuple[dict, list[dict]]:
+        """One unit of work of the study's race order: a whole fold, or an epoch of all folds."""
+        return self.run_fold() if self.race == "folds" else self.run_epoch()
+
     def save(self, directory: str | Path, details: list[dict] | None = None) -> None:
         directory = Path(directory)
         for trainer in self.trainers:
             trainer.save(directory / f"fold_{trainer.fold}")
-        state = {"epoch": self.epoch, "folds": self.folds.name, "fold_hash": self.folds.hash}
+        state = {
+            "epoch": self.epoch,
+            "folds": self.folds.name,
+            "fold_hash": self.folds.hash,
+            "race": self.race,
+            "fold_details": self.fold_details,
+        }
         (directory / "cv.json").write_text(json.dumps(state))
         if details is not None:
             (directory / "metrics.json").write_text(json.dumps(details, default=float))
@@ -149,10 +241,15 @@ class CrossValidation:
             raise ValueError(
                 f"checkpoint {directory} was made on other folds ({state['folds']}); it cannot resume this study"
             )
+        self.fold_details = list(state.get("fold_details") or [])
+        done = len(self.fold_details) if self.race == "folds" else self.folds.k
         self.trainers = [
             FoldTrainer.load(
-                directory / f"fold_{k}", self.dataset, *self.folds.split(k), device=t.device, fold=k
+                directory / f"fold_{k}", self.dataset, *self.folds.split(k), device=self.device, fold=k
             )
-            for k, t in enumerate(self.trainers)
+            for k in range(done)
         ]
+        if self.race == "folds":
+            for trainer in self.trainers:
+                trainer.release_data()
         self.epoch = state["epoch"]

@@ -17,8 +17,15 @@ def leaderboard(
         return pd.DataFrame()
     if not include_pruned:
         trials = trials[trials["status"] != "pruned"]
-    ranked = trials.sort_values(key, ascending=(mode == "min"), na_position="last").reset_index(
-        drop=True
+    # full-fidelity scores first (every fold and epoch): a trial raced out after one fold is
+    # never ranked above one scored on all of them
+    trials = trials.assign(_full=(trials["status"] == "completed").astype(int))
+    ranked = (
+        trials.sort_values(
+            ["_full", key], ascending=[False, mode == "min"], na_position="last", kind="stable"
+        )
+        .drop(columns="_full")
+        .reset_index(drop=True)
     )
     ranked.insert(0, "rank", range(1, len(ranked) + 1))
     return ranked

@@ -58,6 +58,30 @@ def check_well_column(study: StudyConfig) -> None:
         )
 
 
+def applicable_space(space, study: StudyConfig, verbose: bool = True):
+    """The space without the families that cannot apply to the dataset (a model family that
+    needs more channels than the dataset has), each left out with the reason printed."""
+    from engine.data import Manifest
+    from search_spaces import get_family
+
+    channels = Manifest.load(study.dataset).num_channels
+    kept, dropped = [], []
+    for family in space.families:
+        need = getattr(get_family(family).model_cls, "min_in_chans", 1)
+        (kept if channels >= need else dropped).append((family, need))
+    if not dropped:
+        return space
+    if not kept:
+        raise ValueError(
+            f"no family of space {space.name!r} applies to {study.dataset} ({channels} channel(s)): "
+            + ", ".join(f"{f} needs >= {n} channels" for f, n in dropped)
+        )
+    if verbose:
+        for family, need in dropped:
+            print(f"leaving out family {family}: it needs >= {need} channels, the dataset has {channels}")
+    return space.restricted([f for f, _ in kept])
+
+
 def max_concurrent(study: StudyConfig) -> int | None:
     """The study's concurrency; with the Ray Data loader, capped so one CPU stays free for its
     read and filter tasks (trials that reserve every CPU would wait on them forever)."""
@@ -92,6 +116,21 @@ def check_resources(study: StudyConfig) -> None:
         )
 
 
+def create_scheduler(study: StudyConfig):
+    """ASHA over folds (rungs after 1, 2, 4, ... folds: halving) or over epochs (rungs after
+    grace, 3 x grace, ... epochs), as ``budget.race`` says."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    objective, budget = study.objectives[0], study.budget
+    if budget.race == "folds":
+        race = {"time_attr": "folds_done", "max_t": study.folds.k, "grace_period": 1}
+        race["reduction_factor"] = 2
+    else:
+        race = {"time_attr": "epoch", "max_t": budget.max_epochs}
+        race.update(grace_period=budget.grace_epochs, reduction_factor=3)
+    return ASHAScheduler(metric=objective.key, mode=objective.mode, **race)
+
+
 def _searcher(study: StudyConfig, space, store: StudyStore):
     import warnings
 
@@ -115,7 +154,7 @@ def _searcher(study: StudyConfig, space, store: StudyStore):
         space=space.define_by_run,
         metric=metrics if study.multi_objective else metrics[0],
         mode=modes if study.multi_objective else modes[0],
-        points_to_evaluate=[space.default_params()],
+        points_to_evaluate=space.family_defaults(),
         sampler=samplers[sampler](),
         storage=storage,
         study_name=study.name,
@@ -128,7 +167,7 @@ def run_search(
 ) -> StudyStore:
     """Run (or resume) a study and return its store."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     from engine.cluster import ensure_ray
 
@@ -143,7 +182,7 @@ def run_search(
         )
     folds = prepare_folds(study)
     check_well_column(study)
-    space = load_spaces(study.space)
+    space = applicable_space(load_spaces(study.space), study, verbose)
     ensure_ray(address)
     if not resume:
         from engine.data import Manifest
@@ -164,18 +203,7 @@ def run_search(
         store.update_status(status="running", resumed=time.time())
     check_resources(study)
     objective = study.objectives[0]
-    scheduler = (
-        ASHAScheduler(
-            time_attr="epoch",
-            metric=objective.key,
-            mode=objective.mode,
-            max_t=study.budget.max_epochs,
-            grace_period=study.budget.grace_epochs,
-            reduction_factor=3,
-        )
-        if study.scheduler == "asha"
-        else FIFOScheduler()
-    )
+    scheduler = create_scheduler(study) if study.scheduler == "asha" else FIFOScheduler()
     resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus}
     trainable = tune.with_resources(tune.with_parameters(run_trial, study=study), resources)
     fail_fast = FailFast()

@@ -7,7 +7,7 @@ names the key and the bad value. Example (``cytotune search --config study.yaml`
     dataset: runs/demo/dataset
     folds: {name: k5-well, k: 5, group: well}      # created when missing
     space: default                                 # packaged name or YAML path (or a list)
-    budget: {trials: 12, max_epochs: 6, grace_epochs: 2, time_budget_s: 1800}
+    budget: {trials: 12, max_epochs: 6, time_budget_s: 1800}   # race: folds (default) | epochs
     resources: {cpus: 1, gpus: 0.25}
     objective: {metric: f1_weighted, mode: max}    # or objectives: [...] for several (NSGA-II)
     train: {precision: auto, augment: standard}    # overrides for every trial's TrainConfig
@@ -56,19 +56,35 @@ class FoldsSpec:
         return self.name or f"k{self.k}-{self.group or 'cell'}"
 
 
+RACES = ("folds", "epochs")
+
+
 @dataclass(frozen=True)
 class Budget:
+    """How much a study may spend and how ASHA races configurations.
+
+    ``race: folds`` (default) trains a configuration fold by fold, each to ``max_epochs``, and
+    ASHA stops it after 1, 2, 4, ... folds when it ranks in the worse half of the trials scored on
+    those same folds; ``race: epochs`` trains all folds in lockstep and ASHA compares trials
+    after ``grace_epochs``, 3x that, ... epochs (default grace: 2, at most ``max_epochs``).
+    """
+
     trials: int = 10
     max_epochs: int = 10
-    grace_epochs: int = 2
+    grace_epochs: int | None = None
     time_budget_s: float | None = None
     max_concurrent: int | None = None
+    race: str = "folds"
 
     def __post_init__(self) -> None:
         if self.trials < 1:
             _fail("budget.trials", f"must be >= 1, got {self.trials}")
         if self.max_epochs < 1:
             _fail("budget.max_epochs", f"must be >= 1, got {self.max_epochs}")
+        if self.race not in RACES:
+            _fail("budget.race", f"{self.race!r} is not one of {RACES}")
+        if self.grace_epochs is None:  # a default never contradicts what the user wrote
+            object.__setattr__(self, "grace_epochs", min(2, self.max_epochs))
         if not 1 <= self.grace_epochs <= self.max_epochs:
             _fail(
                 "budget.grace_epochs",
@@ -152,6 +168,12 @@ class StudyConfig:
             )
         if self.max_failures < 0:
             _fail("max_failures", f"must be >= 0, got {self.max_failures}")
+        # Local paths become absolute however the config was built (file, demo, Python):
+        # Ray Tune runs each trial in its own working directory.
+        for key in ("dataset", "storage"):
+            value = str(getattr(self, key))
+            if "://" not in value and not os.path.isabs(value):
+                object.__setattr__(self, key, os.path.abspath(value))
 
     @property
     def effective_loader(self) -> str:

@@ -1,4 +1,5 @@
-"""The Ray Tune trainable: one trial = one configuration on every fold, reported each epoch.
+"""The Ray Tune trainable: one trial = one configuration on every fold, reported after each fold
+(``budget.race: folds``) or each epoch (``race: epochs``).
 
 Follows Tune's function-API examples: ``tune.get_checkpoint()`` to resume (after a retry or a
 driver restart), ``tune.report(metrics, checkpoint=...)`` once per epoch with the fold-mean
@@ -14,7 +15,8 @@ from .crossval import CrossValidation
 from .study import StudyConfig
 
 # Fault-injection hook for tests and drills: a file of this name in the study directory holding
-# an epoch number makes the next trial reaching that epoch fail once (the file is then renamed).
+# a number makes the next trial reaching that epoch (race: epochs) or that many folds done
+# (race: folds) fail once (the file is then renamed).
 FAIL_ONCE_FILE = "fail-once-at-epoch"
 
 
@@ -44,13 +46,13 @@ def run_trial(config: dict, study: StudyConfig) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             cv.restore(directory)
-    while cv.epoch < study.budget.max_epochs:
-        report, details = cv.run_epoch()
-        last = cv.epoch == study.budget.max_epochs
-        if last or cv.epoch % study.checkpoint_every == 0:
+    while not cv.finished:
+        report, details = cv.step()
+        last = cv.finished
+        if last or study.budget.race == "folds" or cv.epoch % study.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as directory:
                 cv.save(directory, details)
                 tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
         else:
             tune.report(report)
-        _maybe_fail(study, cv.epoch)
+        _maybe_fail(study, cv.folds_done if study.budget.race == "folds" else cv.epoch)

@@ -80,15 +80,31 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def create_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """The per-step warm-up + cosine schedule over ``config.epochs * steps_per_epoch`` steps."""
+def _warmup_cosine(optimizer, config: TrainConfig, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     warmup = min(round(config.warmup_epochs * steps_per_epoch), total)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupCosine(warmup, total, config.min_lr_ratio)
     )
+
+
+def _one_cycle(optimizer, config: TrainConfig, steps_per_epoch: int):
+    total = max(config.epochs * steps_per_epoch, 1)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+
+
+SCHEDULES: dict[str, Callable[..., torch.optim.lr_scheduler.LRScheduler]] = {
+    "cosine": _warmup_cosine,
+    "onecycle": _one_cycle,
+}
+
+
+def create_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """``SCHEDULES[config.schedule]``, stepped once per optimiser step over
+    ``config.epochs * steps_per_epoch`` steps."""
+    return SCHEDULES[config.schedule](optimizer, config, steps_per_epoch)
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -107,4 +123,6 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 CLASS_WEIGHTINGS: dict[str, Callable[[np.ndarray, int], np.ndarray | None]] = {
     "balanced": balanced_class_weights,
     "none": lambda labels, num_classes: None,
+    # a study resolves "auto" from its objective (engine/search/crossval.py); alone it is "none"
+    "auto": lambda labels, num_classes: None,
 }

@@ -29,6 +29,7 @@ from . import checkpoint
 from .config import TrainConfig
 from .evaluation import FoldEvaluation, check_compatible, task_spec
 from .optim import CLASS_WEIGHTINGS, create_optimizer, create_scheduler
+from .recipe import WeightEMA, mix_batch, tta_views
 
 # Loader epoch keys (they seed order and augmentation) of the passes that are not main epochs.
 PUSH_EPOCH_KEY = 1_000_000
@@ -75,6 +76,9 @@ class FoldTrainer:
         for name, ids in (("train_ids", train_ids), ("val_ids", val_ids)):
             if len(ids) == 0:
                 raise ValueError(f"{name} is empty; fold {fold} needs cells on both sides")
+        # batch "auto" and the LR scaled to the batch become concrete values here (and so in
+        # the checkpoint's config.json)
+        train_config = train_config.resolved(max(self.manifest.shape[1:]), len(train_ids))
         self.model_config, self.config, self.fold = model_config, train_config, fold
         self.device = torch.device(device)
         self.seed = fold_seed(train_config.seed, fold)
@@ -95,6 +99,18 @@ class FoldTrainer:
         self._plain_loss = type(model).compute_loss is CytoModel.compute_loss
         if train_config.compile:
             model.compile()
+        self.schedule = getattr(model, "schedule", None)
+        # EMA and mixing need a model trained on the task loss alone, without prototype pushes
+        self.ema = (
+            WeightEMA(model, train_config.ema)
+            if train_config.ema > 0 and self.schedule is None
+            else None
+        )
+        self.mixing = (
+            (train_config.mixup > 0 or train_config.cutmix > 0)
+            and model.task.is_classification
+            and self._plain_loss
+        )
 
         self.train_loader = self._loader(train_ids, train=True)
         self.val_loader = self._loader(val_ids, train=False)
@@ -170,19 +186,31 @@ class FoldTrainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, batch.targets, batch.masks if self.uses_mask else None
 
+    def _cross_entropy(self, output: Tensor, y: Tensor) -> Tensor:
+        return torch.nn.functional.cross_entropy(
+            output, y, weight=self.class_weights, label_smoothing=self.config.label_smoothing
+        )
+
     def _loss(self, x: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
-        task, w = self.model.task, self.class_weights
+        task = self.model.task
         if self._plain_loss:
+            if self.mixing:
+                x, y, partner, lam = mix_batch(x, y, self.config.mixup, self.config.cutmix)
+                output = self.model(x)  # (B, K)
+                return lam * self._cross_entropy(output, y) + (1 - lam) * self._cross_entropy(
+                    output, partner
+                )
             output = self.model(x)  # (B, K) or (B, T)
             if task.is_classification:
-                return torch.nn.functional.cross_entropy(output, y, weight=w)
+                return self._cross_entropy(output, y)
             return task_loss(task, output, y)
         out = self.model.compute_loss(x, y, mask)
-        if w is None:
+        if not task.is_classification or (
+            self.class_weights is None and not self.config.label_smoothing
+        ):
             return out.loss
-        # Swap compute_loss's unweighted cross-entropy for the class-weighted one.
-        weighted = torch.nn.functional.cross_entropy(out.output, y, weight=w)
-        return out.loss - task_loss(task, out.output, y) + weighted
+        # Swap compute_loss's plain cross-entropy for the weighted / smoothed one.
+        return out.loss - task_loss(task, out.output, y) + self._cross_entropy(out.output, y)
 
     def _run_epoch(self, batches: Iterator[Batch], optimizer, scheduler=None) -> dict:
         """One pass of optimiser steps; returns mean loss, images and last step's LR."""
@@ -202,6 +230,8 @@ class FoldTrainer:
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+                if self.ema is not None:  # the main pass only, not ProtoPNet's last-layer passes
+                    self.ema.update(self.model)
             total += loss.detach().float() * len(batch)
             images += len(batch)
         return {"loss": total.item() / max(images, 1), "images": images, "lr": lr}
@@ -216,7 +246,7 @@ class FoldTrainer:
             ``last_layer_loss``.
         """
         epoch = self.epoch if epoch is None else epoch
-        schedule = getattr(self.model, "schedule", None)
+        schedule = self.schedule
         start = time.perf_counter()
         with self._rng_scope():
             if schedule is not None:
@@ -266,16 +296,35 @@ class FoldTrainer:
         return self.history
 
     # ----------------------------------------------------------------------------- evaluation
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The model that is evaluated and saved: the weight EMA when on, else the model."""
+        return self.ema.model if self.ema is not None else self.model
+
     @torch.no_grad()
-    def evaluate(self) -> FoldEvaluation:
-        """Predict the validation split (no augmentation, loader order)."""
-        self.model.eval()
+    def evaluate(self, tta: bool | None = None) -> FoldEvaluation:
+        """Predict the validation split (no augmentation, loader order).
+
+        Args:
+            tta: average the logits over ``config.tta``'s views (flips, 90-degree turns);
+                default: only once training is finished (the last epoch).
+        """
+        model = self.eval_model
+        model.eval()
+        if tta is None:
+            tta = self.epoch >= self.config.epochs
+        views = tta_views(self.config.tta if tta else "none", *self.manifest.shape[1:])
         outputs, targets, ids = [], [], []
         for batch in self.val_loader.epoch(0, train=False):
             x, y, mask = self._inputs(batch)
-            with self._autocast():
-                out = self.model(x) if mask is None else self.model(x, mask=mask)
-            outputs.append(out.float())  # (B, K) or (B, T)
+            out = 0.0
+            for view in views:
+                with self._autocast():
+                    vx = view(x)
+                    o = model(vx) if mask is None else model(vx, mask=view(mask))
+                out = out + o.float()
+            out = out / len(views)
+            outputs.append(out)  # (B, K) or (B, T), logits averaged over the views
             targets.append(y)
             ids.append(batch.cell_ids)
         output, target = torch.cat(outputs), torch.cat(targets)
@@ -292,14 +341,24 @@ class FoldTrainer:
             names=tuple(task_spec(self.manifest).target_names),
         )
 
+    def release_data(self) -> None:
+        """Drop the loaders (the split's pixels, on the GPU when training there) of a fold that
+        is done; the model, optimiser state and history stay for ``save``."""
+        self.train_loader = self.val_loader = None
+
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-identically: model, optimiser, schedule, epoch,
-        RNG state, history and the model's extra state (ProtoPNet stage, prototype sources)."""
-        return {"model": self.model.state_dict(), **self._trainer_state()}
+        RNG state, history and the model's extra state (ProtoPNet stage, prototype sources).
+        With a weight EMA, ``model`` is the average and ``live_model`` the trained weights."""
+        return {"model": self.eval_model.state_dict(), **self._trainer_state()}
 
     def _trainer_state(self) -> dict[str, Any]:
+        extra = {}
+        if self.ema is not None:  # model.pt holds the average; the live weights go here
+            extra["live_model"] = self.model.state_dict()
         return {
+            **extra,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -310,7 +369,15 @@ class FoldTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        """Restore from ``state_dict`` (or a checkpoint: there ``model`` is the EMA's weights
+        and ``live_model`` the trained ones)."""
+        if self.ema is not None and "live_model" in state:
+            self.ema.load_state_dict(state["model"])
+            self.model.load_state_dict(state["live_model"])
+        else:
+            self.model.load_state_dict(state["model"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["model"])
         checkpoint.load_model_extra_state(self.model, state["model_extra"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -325,7 +392,7 @@ class FoldTrainer:
             self.model_config, self.config, self.manifest, self.fold, self.epoch, metrics
         )
         config["model_extra"] = state["model_extra"]
-        return checkpoint.write(directory, self.model.state_dict(), state, config)
+        return checkpoint.write(directory, self.eval_model.state_dict(), state, config)
 
     @classmethod
     def load(

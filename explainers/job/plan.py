@@ -54,6 +54,15 @@ def _study_config(store: StudyStore) -> StudyConfig:
     return StudyConfig.from_dict(data, base_dir=store.path)
 
 
+def _fold_dirs(checkpoint) -> dict[int, str]:
+    """``{fold: directory}`` of the fold models in a trial checkpoint."""
+    return {
+        int(p.name.split("_")[1]): str(p)
+        for p in sorted(Path(checkpoint).glob("fold_*"))
+        if (p / "config.json").is_file()
+    }
+
+
 def select_trials(store: StudyStore, config: ExplainConfig) -> tuple[str, list[TrialModels]]:
     """The trials to explain (explicit ids, or the top k with a checkpoint of every fold)."""
     study = _study_config(store)
@@ -73,18 +82,17 @@ def select_trials(store: StudyStore, config: ExplainConfig) -> tuple[str, list[T
                 f"choose from {board['trial_id'].tolist()[:20]}"
             )
         board = board[board["trial_id"].isin(config.trials)]
-    else:  # fully trained trials first, then stopped/pruned ones by rank when too few finished
+    else:  # fully trained trials first, then stopped/pruned ones by rank when too few finished;
+        # only trials with a model of every fold (one raced out after some folds has fewer)
         usable = board[~board["status"].isin(("error", "failed"))]
+        every_fold = usable["checkpoint"].map(lambda c: len(_fold_dirs(c)) >= study.folds.k)
+        usable = usable[every_fold | (usable["status"] == "completed")]
         finished = usable["status"] == "completed"
         board = pd.concat([usable[finished], usable[~finished]]).head(config.top_k)
     trials = []
     for row in board.to_dict("records"):
         checkpoint = Path(row["checkpoint"])
-        fold_dirs = {
-            int(p.name.split("_")[1]): str(p)
-            for p in sorted(checkpoint.glob("fold_*"))
-            if (p / "config.json").is_file()
-        }
+        fold_dirs = _fold_dirs(checkpoint)
         if not fold_dirs:
             raise FileNotFoundError(
                 f"trial {row['trial_id']}: checkpoint {checkpoint} has no fold_<k>/config.json; "

@@ -120,6 +120,8 @@ class ChannelAttentionNet(CytoModel):
     ``attention_weights`` maps ``"i-j"`` to the last forward's weights (B, heads, Ti, Tj).
     """
 
+    min_in_chans = 2  # cross-attention between channel pairs needs two channels
+
     def __init__(self, args: ChannelAttentionArgs, in_chans: int, task: TaskSpec):
         super().__init__(in_chans, task)
         n_trunks = 1 if args.shared_backbone else in_chans

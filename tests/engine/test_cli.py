@@ -30,4 +30,7 @@ def test_subcommand_help(name, capsys):
 def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
-    assert "is not a cytotune dataset" in err and "cytotune ingest" in err
+    assert "does not exist" in err and "cytotune ingest" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["info", str(tmp_path / "empty")]) == 2
+    assert "is not a cytotune dataset" in capsys.readouterr().err
