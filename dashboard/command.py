@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .app import create_app
+    from .ports import busy_port_message, port_in_use
 
     root = Path(args.study)
     if not root.is_dir():
@@ -55,6 +55,13 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if port_in_use(args.host, args.port):  # before Dash prints a URL that is not ours
+        print(
+            f"cytotune dashboard: error: {busy_port_message(args.host, args.port)}", file=sys.stderr
+        )
+        return 2
+    from .app import create_app
+
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.auth:
         print(
             f"warning: serving on {args.host} without --auth: anyone who can reach this port can read the study",
