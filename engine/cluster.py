@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 
 def ensure_ray(
-    address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    quiet: bool = True,
+    log: Callable[[str], None] | None = print,
 ) -> None:
     """Initialise Ray once per process.
 
@@ -15,12 +21,20 @@ def ensure_ray(
             Ray instance (the laptop default) unless RAY_ADDRESS is set.
         num_cpus: CPUs for a local instance (default: all).
         quiet: keep Ray's worker logs and Ray Data progress bars out of the terminal.
+        log: where to say that Ray is starting and when it is ready (None: say nothing); a
+            local start takes 5-15 s, which should not pass in silence.
     """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    log = log or (lambda _message: None)
+    if address is None:
+        log("starting a local Ray instance (--address joins a running cluster) ...")
+    else:
+        log(f"connecting to the Ray cluster at {address} ...")
+    start = time.perf_counter()
     kwargs = {
         "include_dashboard": False,
         "log_to_driver": not quiet,
@@ -36,10 +50,25 @@ def ensure_ray(
             f"cannot reach a Ray cluster at {address!r} ({exc}); start one with `ray up cluster.yaml` "
             "or leave --address out to run on a local Ray instance"
         ) from exc
+    resources = ray.cluster_resources()
+    log(
+        f"Ray ready in {time.perf_counter() - start:.1f} s: {resources.get('CPU', 0):g} CPUs, "
+        f"{resources.get('GPU', 0):g} GPUs"
+    )
     if quiet:
-        import logging
+        quiet_ray_data()
 
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
+
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars (cytotune draws its own) and no notice that they are off."""
+    import logging
+
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data warns "Progress bars disabled" (WARNING) once it runs with them off; that notice
+    # is for Ray Data users, not ours: raise only that module's logger to ERROR.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False

@@ -4,8 +4,9 @@ Steps: synthesise metastasis-task cells (3 channels: DNA, actin, vimentin; per-p
 effects; cell and evidence masks) -> check the dataset like an ingested one -> freeze grouped,
 stratified folds by well with a leakage audit -> a small cross-family search (Ray Tune + Optuna
 TPE + ASHA on a local Ray instance) -> the leaderboard -> `cytotune explain` on the best two
-trials (Grad-CAM, LayerCAM, Integrated Gradients; population maps; quality scores). Sized to finish in a few minutes on
-2 CPU cores; the study directory it writes is what `cytotune dashboard` and `cytotune pull` read.
+trials (Grad-CAM, LayerCAM, Integrated Gradients; population maps; quality scores). Takes about
+2 minutes on 2 CPU cores; the study directory it writes is what `cytotune dashboard` and
+`cytotune pull` read.
 Example:
   cytotune demo --out runs/demo
 """
@@ -95,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"[4/5] searching {args.trials} configurations x {args.folds} folds (Ray Tune + Optuna TPE + ASHA)"
     )
+    print("loading torch, timm and the model families ...", flush=True)
+    import search_spaces  # noqa: F401  (5 s on 2 CPU cores: said, not silent)
+
     study = study_for(dataset, out / "studies", args)
     run_search(study, address=args.address)
     study_dir = out / "studies" / study.name

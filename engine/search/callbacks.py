@@ -328,9 +328,13 @@ class LiveTable(Callback):
             row["std"] = result.get(f"{self.objective.key}_std")
         if self.tty:
             self._redraw()
-        elif status != "running" or result is None:
+        elif status != "running" or result is None or self._fold_finished(row, result):
             self.stream.write(self._line(row) + "\n")
             self.stream.flush()
+
+    def _fold_finished(self, row: dict, result: dict) -> bool:
+        """Off a terminal, a running trial gets a line per finished fold (race: folds)."""
+        return self.study.budget.race == "folds" and "fold_curve" in result
 
     def _line(self, row: dict) -> str:
         value = row.get("value")
@@ -339,9 +343,13 @@ class LiveTable(Callback):
         k = self.study.folds.k
         if self.study.budget.race == "folds":
             folds = f"{row.get('folds', 0)}/{k} folds"
+            pending = "no score yet (first one after a trial's first fold)"
         else:
             folds = f"{row.get('epoch', 0)}/{self.study.budget.max_epochs} x{k}f"
-        return f"{row['n']:>5}  {row['family'][:18]:<18} {row['params'][:40]:<40} {folds:>10}  {metric}  {row['status']:<9} best {best if best is None else round(best, 4)}"
+            pending = "no score yet (first one after a trial's first epoch)"
+        best_text = pending if best is None else f"best {best:.4f}"
+        params = _fit(row["params"], 40)
+        return f"{row['n']:>5}  {row['family'][:18]:<18} {params:<40} {folds:>10}  {metric}  {row['status']:<9} {best_text}"
 
     def _header(self) -> str:
         progress = "folds" if self.study.budget.race == "folds" else "epoch x K"
@@ -359,8 +367,15 @@ class LiveTable(Callback):
         self.stream.flush()
         self._drawn, self._last = len(lines), time.time()
 
-    def setup(self, **info) -> None:
+    def setup(self, total_num_samples: int | None = None, **info) -> None:
+        trials = f"{total_num_samples} trials" if (total_num_samples or 0) > 0 else "trials"
+        self.stream.write(
+            f"launching {trials} ({self.study.resources.cpus:g} CPU, "
+            f"{self.study.resources.gpus:g} GPU each); a trial starts with its Ray worker "
+            "(Python, torch), so the first rows take a few seconds\n"
+        )
         self.stream.write(self._header() + "\n" if not self.tty else "")
+        self.stream.flush()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._event(trial, "running")
@@ -382,6 +397,14 @@ class LiveTable(Callback):
     def on_experiment_end(self, trials, **info) -> None:
         if self.tty:
             self._redraw(force=True)
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` cut at a word boundary to ``width`` characters, marked with an ellipsis."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1].rsplit(" ", 1)[0] if " " in text[: width - 1] else text[: width - 1]
+    return cut + "…"
 
 
 def _finite(value) -> bool:

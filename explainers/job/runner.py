@@ -18,7 +18,7 @@ from .state import ExplainState
 STAGES = {
     "maps": lambda plan, config, state, progress: run_maps(plan, config, state, progress),
     "population": lambda plan, config, state, progress: run_population(plan, config, state),
-    "quality": lambda plan, config, state, progress: run_quality(plan, config, state),
+    "quality": lambda plan, config, state, progress: run_quality(plan, config, state, progress),
     "overlays": lambda plan, config, state, progress: run_overlays(plan, config, state),
     "prototypes": lambda plan, config, state, progress: run_prototypes(plan, config, state),
     "attention": lambda plan, config, state, progress: run_attention(plan, config, state),
@@ -45,6 +45,11 @@ def run_explain(
         f"explaining {len(plan.trials)} trial(s) {[t.trial_id for t in plan.trials]} on "
         f"{len(plan.cells)} cells ({config.split} split) with {config.method_names}"
     )
+    if not config.trials and len(plan.trials) < config.top_k:
+        log(
+            f"  (top {config.top_k} asked: only {len(plan.trials)} trial(s) have a model of every "
+            "fold; trials stopped after fewer folds cannot explain every cell)"
+        )
     for name, stage in STAGES.items():
         if name not in config.stages:
             continue

@@ -5,7 +5,8 @@ mask and the pointing-game hit rate. On a seeded sample of cells (``quality_cell
 fold model that explained each cell: deletion and insertion AUC, the model-parameter
 randomisation check (trained vs fully re-initialised weights; Spearman, SSIM, passed) and, on
 synthetic data, the evidence mass of the randomised model's maps. Prototype models also get
-prototype diversity. The sample runs as one Ray task per trial (on a GPU when there is one).
+prototype diversity. The sample runs as one Ray task per trial and method (on a GPU when there
+is one), with a progress bar over the tasks.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def sample_scores(
     trial_id: str,
     seed: int,
     precision: str,
+    prototypes: bool = True,
 ) -> list[dict]:
-    """Deletion/insertion, randomisation and prototype scores of one trial on sampled cells."""
+    """Deletion/insertion and randomisation scores of one trial's ``methods`` on sampled cells,
+    and its prototype diversity when ``prototypes`` (a prototype model)."""
     import torch
 
     from engine.data.augment import normalize
@@ -132,7 +135,7 @@ def sample_scores(
                     "mass_evidence_random": _inside(b, evidence, has_evidence, rows),
                 }
             )
-        if hasattr(model, "prototypes"):
+        if prototypes and hasattr(model, "prototypes"):
             div = prototype_diversity(model.prototypes.detach().cpu().numpy())
             collected.setdefault(("prototypes", "all"), []).append(
                 {
@@ -167,6 +170,19 @@ def sample_scores(
     return out
 
 
+def _gather(refs: list, progress: bool, desc: str) -> list:
+    """``ray.get(refs)`` with a progress bar that moves as each task finishes."""
+    import ray
+    from tqdm.auto import tqdm
+
+    pending = list(refs)
+    with tqdm(total=len(refs), unit="task", desc=desc, disable=not progress) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(len(done))
+    return ray.get(refs)
+
+
 def _has(dataset, column: str) -> bool:
     import pyarrow.parquet as pq
 
@@ -189,8 +205,10 @@ def _inside(maps, masks, valid, rows):
     return mass
 
 
-def run_quality(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -> pd.DataFrame:
-    """Score every (trial, method) with maps; sample scores run as Ray tasks, one per trial.
+def run_quality(
+    plan: ExplainPlan, config: ExplainConfig, state: ExplainState, progress: bool = True
+) -> pd.DataFrame:
+    """Score every (trial, method) with maps; sample scores run as Ray tasks, one per pair.
 
     Each trial is a part of its own (``quality/<trial>``): a trial added to the top-k is scored
     alone, the others keep their rows."""
@@ -239,15 +257,16 @@ def run_quality(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -
                 t.fold_dirs,
                 str(plan.dataset.path),
                 sample,
-                available.get(t.trial_id, {}),
+                {method: options},
                 t.trial_id,
                 config.seed,
                 config.precision,
+                prototypes=method == list(available[t.trial_id])[-1],  # once per trial
             )
             for t in todo
-            if t.trial_id in available
+            for method, options in available.get(t.trial_id, {}).items()
         ]
-        for result in ray.get(refs):
+        for result in _gather(refs, progress, desc=f"explain quality ({len(sample)} cells)"):
             rows += result
     table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     write_frame(table, path)
