@@ -8,6 +8,7 @@ picks up the new rows and an idle dashboard re-reads nothing.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,20 @@ class Study:
         except StudyUnreadable:
             return {}
 
+    def fidelity(self) -> tuple[int | None, int | None]:
+        """(max_epochs, folds K) a fully trained trial reaches, from study.yaml (None: unknown)."""
+        config = self.config()
+        budget = config.get("budget") if isinstance(config.get("budget"), dict) else {}
+        folds = config.get("folds") if isinstance(config.get("folds"), dict) else {}
+
+        def number(value) -> int | None:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+
+        return number(budget.get("max_epochs")), number(folds.get("k"))
+
     def dataset_path(self) -> Path | None:
         dataset = self.config().get("dataset") or self.status_or_empty().get("dataset")
         if not dataset:
@@ -258,7 +273,7 @@ class Study:
             counts = trials["status"].value_counts().to_dict() if "status" in trials else {}
             row.update(
                 task=self.task(),
-                dataset=Path(str(self.dataset_path() or "?")).name,
+                dataset=os.path.normpath(self.dataset_path()) if self.dataset_path() else "?",
                 trials=len(trials),
                 completed=int(counts.get("completed", 0)),
                 pruned=int(counts.get("pruned", 0)),

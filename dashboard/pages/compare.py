@@ -1,7 +1,9 @@
 """Compare: parallel coordinates, parameter importance, and paired tests over shared folds.
 
-Families are compared through their best trials (by the chosen metric's fold mean); any two
-trials can be added. Tests: Nadeau-Bengio corrected resampled t-test and Wilcoxon signed-rank,
+Families are compared through their best trials (by the chosen metric's fold mean) among those
+scored at the study's full fidelity (every epoch and, where the trials table records it, every
+fold), so a trial ASHA stopped after one epoch never stands for its family; any two trials can be
+added. Tests: Nadeau-Bengio corrected resampled t-test and Wilcoxon signed-rank,
 each with Holm and Bonferroni corrected p-values over the rows of the table.
 """
 
@@ -20,6 +22,8 @@ from ..data import CACHE, StudyUnreadable, metric_direction
 from . import common
 
 MAX_PARCOORDS = 3000
+# Parallel-coordinates tick and axis-end labels: 3 significant digits (-2.38, not -2.38307).
+TICKS = ".3~g"
 
 
 def layout(ctx, study, params):
@@ -101,11 +105,14 @@ def layout(ctx, study, params):
                         ),
                     ),
                     common.card(
-                        "Families: per-fold scores of each family's best trial",
+                        "Families: per-fold scores of each family's best fully trained trial",
                         dcc.Graph(
                             id="cmp-families",
                             config={"displaylogo": False},
                             style={"height": "340px"},
+                        ),
+                        html.Div(
+                            id="cmp-families-note", className="muted", style={"fontSize": "12px"}
                         ),
                     ),
                 ],
@@ -122,6 +129,7 @@ def register(app, ctx):
         Output("cmp-importance", "figure"),
         Output("cmp-importance-note", "children"),
         Output("cmp-families", "figure"),
+        Output("cmp-families-note", "children"),
         Output("cmp-tests", "children"),
         Input("cmp-metric", "value"),
         Input("cmp-family", "value"),
@@ -137,21 +145,67 @@ def register(app, ctx):
             folds = study.table("folds")
         except StudyUnreadable as exc:
             empty = go.Figure()
-            return empty, empty, "", empty, common.notice(str(exc), "error")
+            return empty, empty, "", empty, "", common.notice(str(exc), "error")
         mode = metric_direction(metric)
         subset = trials[trials["family"] == family] if family else trials
         parcoords = parcoords_figure(subset, metric, family)
         importance, note = importance_figure(study, subset, metric, family)
-        best = family_best(trials, metric, mode)
+        epochs, k = study.fidelity()
+        full = full_fidelity(trials, epochs, k)
+        best = family_best(trials[full], metric, mode)
         scores = fold_scores(folds, metric)
         families_fig = families_figure(best, scores, metric)
-        named = {f"{fam} ({tid})": scores.get(tid, {}) for fam, tid in best.items()}
-        pairs = list(itertools.combinations(named, 2))
-        if a and b and a != b:
-            named[f"trial {a}"], named[f"trial {b}"] = scores.get(a, {}), scores.get(b, {})
-            pairs.insert(0, (f"trial {a}", f"trial {b}"))
+        named, pairs = pairs_to_test(best, scores, a, b)
         rows = stats.paired_table(named, pairs, test_train_ratio(folds)) if pairs else []
-        return parcoords, importance, note, families_fig, tests_table(rows, metric, folds)
+        left_out = sorted(set(trials["family"].dropna().astype(str)) - set(best))
+        families_note = fidelity_note(trials, full, epochs, k, left_out)
+        return (
+            parcoords,
+            importance,
+            note,
+            families_fig,
+            families_note,
+            tests_table(rows, metric, folds),
+        )
+
+
+def pairs_to_test(best: dict[str, str], scores: dict, a: str | None, b: str | None):
+    """Every pair of family bests, plus the chosen trials A and B first (unless they are one of
+    those pairs already: a duplicate row would also change the Holm and Bonferroni p-values)."""
+    named = {f"{fam} ({tid})": scores.get(tid, {}) for fam, tid in best.items()}
+    pairs = list(itertools.combinations(named, 2))
+    shown = [set(pair) for pair in itertools.combinations(best.values(), 2)]
+    if a and b and a != b and {a, b} not in shown:
+        named[f"trial {a}"], named[f"trial {b}"] = scores.get(a, {}), scores.get(b, {})
+        pairs.insert(0, (f"trial {a}", f"trial {b}"))
+    return named, pairs
+
+
+def full_fidelity(trials: pd.DataFrame, max_epochs: int | None, k: int | None) -> pd.Series:
+    """Trials scored like the study's finished ones: every epoch (``max_epochs``, else the most
+    any trial has) and every fold where the trials table records ``folds_done``."""
+    if trials.empty or "epochs_done" not in trials:
+        return pd.Series(True, index=trials.index)
+    epochs = pd.to_numeric(trials["epochs_done"], errors="coerce")
+    full = epochs >= (max_epochs or epochs.max())
+    if k and "folds_done" in trials:
+        done = pd.to_numeric(trials["folds_done"], errors="coerce")
+        full &= done.isna() | (done >= k)
+    return full.fillna(False)
+
+
+def fidelity_note(trials, full, epochs, k, left_out: list[str]) -> str:
+    """What the family comparison compares, and which families it leaves out."""
+    scope = f"{epochs or int(pd.to_numeric(trials['epochs_done']).max())} epochs"
+    scope += f" on all {k} folds" if k and "folds_done" in trials else ""
+    text = (
+        f"Each family's best trial among the {int(full.sum())} of {len(trials)} trials trained to "
+        f"{scope}; trials stopped earlier (pruned) are scored at a lower fidelity and are not "
+        "compared with them."
+    )
+    if left_out:
+        text += f" Left out (no trial trained that far): {', '.join(left_out)}."
+    return text
 
 
 def family_best(trials: pd.DataFrame, metric: str, mode: str) -> dict[str, str]:
@@ -226,13 +280,13 @@ def parcoords_figure(trials: pd.DataFrame, metric: str, family: str | None) -> g
         )
     for column in param_columns(frame, family):
         values, labels = _encode(frame[column])
-        dim = {"label": column.split(".", 2)[-1], "values": values}
+        dim = {"label": column.split(".", 2)[-1], "values": values, "tickformat": TICKS}
         if labels is not None:
             dim.update(tickvals=list(range(len(labels))), ticktext=[t[:14] for t in labels])
         elif column.endswith(".lr") and np.nanmin(values) > 0:
             dim.update(values=np.log10(values), label="log10 lr")
         dims.append(dim)
-    dims.append({"label": metric, "values": frame[key].to_numpy(dtype=float)})
+    dims.append({"label": metric, "values": frame[key].to_numpy(dtype=float), "tickformat": TICKS})
     fig.add_trace(
         go.Parcoords(
             line={

@@ -24,9 +24,10 @@ WIDTHS = {
     "family": "130px",
     "status": "92px",
     "epochs": "64px",
-    "params": "250px",
+    "params": "340px",
     "images_per_s": "80px",
 }
+NO_BREAK_HYPHEN = "\u2011"
 FIXED = {
     "rank": "rank",
     "trial": "trial_id",
@@ -168,6 +169,17 @@ def layout(ctx, study, params):
                                 "textOverflow": "ellipsis",
                             }
                             for c, w in WIDTHS.items()
+                        ]
+                        # key parameters wrap onto a second line rather than being cut off
+                        + [
+                            {
+                                "if": {"column_id": "params"},
+                                "whiteSpace": "normal",
+                                "height": "auto",
+                                "overflow": "visible",
+                                "textOverflow": "clip",
+                                "lineHeight": "1.35",
+                            }
                         ],
                         style_header={
                             "backgroundColor": "#f1f5f9",
@@ -315,6 +327,8 @@ def rows_for(
     size = page_size or PAGE_SIZE
     shown, pages = query.page(frame, page_current, size)
     rows = [_row(r, columns, study.key) for r in shown.to_dict("records")]
+    if frame.empty:
+        return rows, pages, f"no trials match the filter ({total:,} in the study)", error
     start = min(len(frame), min(int(page_current or 0), pages - 1) * size + 1)
     count = f"{start:,}–{start + len(rows) - 1:,} of {len(frame):,} trials" + (
         f" (filtered from {total:,})" if len(frame) != total else ""
@@ -334,6 +348,8 @@ def _row(record: dict, columns: dict[str, str], key: str) -> dict:
             row[cid] = None if value is None or value != value else round(float(value))
         elif source.startswith("val/"):
             row[cid] = query.mean_std(value, record.get(f"{source}_std"))
+        elif cid == "params":  # wraps between parameters, never inside "lr=1.2e-03"
+            row[cid] = "" if value is None else str(value).replace("-", NO_BREAK_HYPHEN)
         else:
             row[cid] = "" if value is None else str(value)
     return row
@@ -341,6 +357,9 @@ def _row(record: dict, columns: dict[str, str], key: str) -> dict:
 
 def progress_figure(trials, metric: str, mode: str) -> dict:
     """Objective of every trial in start order, coloured by family, with the best-so-far line.
+
+    Trials are numbered from 1, as the search's live table and ``cytotune pull --list`` do
+    (the store's ``number`` counts from 0).
 
     Built as a plain figure dict (no per-trace validation): 10,000 trials serialise in ~0.1 s.
     """
@@ -353,7 +372,7 @@ def progress_figure(trials, metric: str, mode: str) -> dict:
     if trials.empty or key not in trials:
         return {"data": [], "layout": layout}
     frame = trials.sort_values("number") if "number" in trials else trials.reset_index(drop=True)
-    x = frame["number"] if "number" in frame else pd.Series(frame.index, index=frame.index)
+    x = (frame["number"] if "number" in frame else pd.Series(frame.index, index=frame.index)) + 1
     data = []
     for family, group in frame.groupby("family", sort=True):
         data.append(
@@ -367,7 +386,7 @@ def progress_figure(trials, metric: str, mode: str) -> dict:
                 "marker": {"size": 7 if len(frame) < 500 else 4, "opacity": 0.8},
                 "hovertemplate": "%{text}<br>"
                 + metric
-                + " %{y:.4f}<extra>%{fullData.name}</extra>",
+                + " %{y:.4f}<br>trial number %{x}<extra>%{fullData.name}</extra>",
             }
         )
     values = frame[key].to_numpy(dtype=float)

@@ -6,6 +6,14 @@ from dash import dash_table, html
 
 from . import common
 
+# Dataset paths longer than this lose their start ("…/studies/dataset"): the end names the
+# dataset; the full path shows on hover.
+DATASET_CHARS = 44
+
+
+def left_ellipsis(text: str, width: int = DATASET_CHARS) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
 
 def layout(ctx, _study, params):
     catalog = ctx.catalog
@@ -23,7 +31,7 @@ def layout(ctx, _study, params):
             {
                 "study": f"[{row['study']}]({common.href('leaderboard', row['study'])})",
                 "task": row.get("task", ""),
-                "dataset": row.get("dataset", ""),
+                "dataset": left_ellipsis(str(row.get("dataset", ""))),
                 "trials": row.get("trials", 0),
                 "completed": row.get("completed", ""),
                 "pruned": row.get("pruned", ""),
@@ -61,6 +69,15 @@ def layout(ctx, _study, params):
                     data=data,
                     sort_action="native",
                     markdown_options={"link_target": "_self"},
+                    tooltip_data=[
+                        {"dataset": {"value": str(row.get("dataset", "")), "type": "text"}}
+                        for row in rows
+                    ],
+                    tooltip_delay=200,
+                    tooltip_duration=None,
+                    style_cell_conditional=[
+                        {"if": {"column_id": "dataset"}, "whiteSpace": "nowrap"},
+                    ],
                     style_cell={
                         "fontFamily": common.FONT,
                         "fontSize": "13px",
