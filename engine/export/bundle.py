@@ -8,7 +8,7 @@
                          label map or regression targets
     metrics.json         cross-validation metrics per fold, fold mean and std
     provenance.json      study, trial, dataset and fold hashes, search space, versions, git commit
-    weights/member_K.pt  state dicts (always)            model.torchscript.pt / model.onnx
+    weights/member_K.pt  state dicts (always)   model.torchscript.pt / model.pt2 / model.onnx
     sample.npz           a few raw crops and the outputs they must give (check any runtime)
     README.md            the model card
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,10 @@ def write_bundle(
     with torch.no_grad():
         expected = model(*example).numpy()
     inputs, outputs = io_names(model)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    # mkdir, not mkdtemp: the staging directory becomes the bundle, and mkdtemp's mode 700
+    # would keep it from the user's group; mkdir applies the umask like any new directory.
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
     try:
         exported: dict[str, dict] = {}
         for name in ["state_dict"] + [f for f in formats if f != "state_dict"]:

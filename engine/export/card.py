@@ -44,6 +44,16 @@ def explanation_summary(study_dir: str | Path, trial_id: str) -> pd.DataFrame | 
     return rows.sort_values(["method", "metric"]).reset_index(drop=True)
 
 
+# What the card says next to a TorchScript file (torch deprecates torch.jit: its load prints a
+# FutureWarning).
+TORCHSCRIPT_DEPRECATED = (
+    "TorchScript is deprecated: `torch.jit.load` prints a FutureWarning and PyTorch points to "
+    "`torch.export` instead. This bundle's TorchScript file still loads and runs; for new "
+    "deployments use the `torch.export` program (`model.pt2`, `torch.export.load(path).module()`: "
+    "pull with `--format torch_export`) or ONNX (`--format onnx`)."
+)
+
+
 def model_card(
     manifest: dict, config: dict, data: dict, metrics: dict, prov: dict, source: TrialSource
 ) -> str:
@@ -65,10 +75,22 @@ def model_card(
         "```",
     ]
     files = manifest["formats"]
+    if "torch_export" in files:
+        lines += [
+            "",
+            "Without cytotune (plain PyTorch), with `torch.export`:",
+            "",
+            "```python",
+            "import torch",
+            f"model = torch.export.load('THIS_DIR/{files['torch_export']['file']}').module()",
+            f"{out['name']} = model(torch.as_tensor(crops, dtype=torch.float32)"
+            + (", mask)" if config["mask_input"] else ")"),
+            "```",
+        ]
     if "torchscript" in files:
         lines += [
             "",
-            "Without cytotune (plain PyTorch):",
+            "Without cytotune, with TorchScript:",
             "",
             "```python",
             "import torch",
@@ -76,6 +98,8 @@ def model_card(
             f"{out['name']} = model(torch.as_tensor(crops, dtype=torch.float32)"
             + (", mask)" if config["mask_input"] else ")"),
             "```",
+            "",
+            TORCHSCRIPT_DEPRECATED,
         ]
     if "onnx" in files:
         feed = "{'pixels': crops.astype('float32')" + (

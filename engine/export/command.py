@@ -1,11 +1,11 @@
 """Pull a trial out of a study as a self-contained bundle; list and promote aliases.
 
-A bundle directory holds the weights (state dicts; TorchScript and ONNX on request, both with
-the normalisation inside: they take raw crops), config.json to rebuild the model, the data
+A bundle directory holds the weights (state dicts; TorchScript, torch.export and ONNX on request,
+all with the normalisation inside: they take raw crops), config.json to rebuild the model, the data
 contract, per-fold cross-validation metrics, provenance and a model card (README.md).
 Examples:
   cytotune pull --study runs/demo/studies/demo --out bundles/best
-  cytotune pull --study STUDY --rank 2 --ensemble folds --format state_dict,torchscript,onnx --out B
+  cytotune pull --study STUDY --rank 2 --ensemble folds --format torch_export,onnx --out B
   cytotune pull --study STUDY --alias champion --retrain-full --out bundles/champion
   cytotune pull --study STUDY --list
   cytotune pull --study STUDY --promote champion --trial bdd8d20b --require-sanity
@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         default="state_dict,torchscript",
-        help="comma-separated: state_dict (always), torchscript, onnx (default: %(default)s)",
+        help="comma-separated: state_dict (always), torchscript, torch_export (model.pt2, "
+        "TorchScript's successor), onnx (default: %(default)s)",
     )
     parser.add_argument(
         "--retrain-full",

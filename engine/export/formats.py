@@ -1,4 +1,5 @@
-"""Weight formats of a bundle, one registry entry each: ``state_dict``, ``torchscript``, ``onnx``.
+"""Weight formats of a bundle, one registry entry each: ``state_dict``, ``torchscript``,
+``torch_export``, ``onnx``.
 
 Every format exports a :class:`~engine.export.ensemble.BundleModel` (raw pixels in, with the
 normalisation inside) and loads back as a runner ``(pixels, mask) -> numpy outputs``.
@@ -8,6 +9,9 @@ normalisation inside) and loads back as a runner ``(pixels, mask) -> numpy outpu
 - ``torchscript``: ``torch.jit.script`` when the model scripts, else ``torch.jit.trace``; no
   registered family scripts today (the shared task head and ``CytoModel`` use Python that
   TorchScript rejects), so bundles hold traced graphs. Loads with plain ``torch.jit.load``.
+- ``torch_export``: ``torch.export.export`` with a dynamic batch axis, saved with
+  ``torch.export.save`` as ``model.pt2``; loads with plain ``torch.export.load(path).module()``.
+  The successor of TorchScript, whose ``torch.jit.*`` functions torch deprecates.
 - ``onnx``: the TorchScript-based exporter (``dynamo=False``, opset 17; the dynamo exporter
   needs ``onnxscript``), dynamic batch axis. Loads with plain ``onnxruntime``.
 
@@ -156,6 +160,38 @@ def _run_torchscript(path: Path) -> Runner:
 register_format(
     Format("torchscript", "model.torchscript.pt", _export_torchscript, _run_torchscript)
 )
+
+
+# ------------------------------------------------------------------------------ torch_export
+def _export_torch_export(model: BundleModel, directory: Path, example: tuple) -> dict[str, Any]:
+    info = {"file": "model.pt2", "exporter": "torch.export.export (dynamic batch)"}
+    batch = torch.export.Dim.AUTO  # the batch size stays free, the crop size is the contract's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(
+            model, example, dynamic_shapes=tuple({0: batch} for _ in example), strict=False
+        )
+    torch.export.save(program, directory / info["file"])
+    return info
+
+
+def _run_torch_export(path: Path) -> Runner:
+    module = torch.export.load(str(path)).module()
+    takes_mask = len(module.graph.find_nodes(op="placeholder")) > 1  # (pixels[, mask])
+
+    def run(pixels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        inputs = [torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))]
+        if takes_mask:
+            n, _, h, w = pixels.shape
+            mask = np.ones((n, 1, h, w), np.float32) if mask is None else mask
+            inputs.append(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)))
+        with torch.no_grad():
+            return module(*inputs).numpy()
+
+    return run
+
+
+register_format(Format("torch_export", "model.pt2", _export_torch_export, _run_torch_export))
 
 
 # ------------------------------------------------------------------------------ onnx

@@ -22,7 +22,7 @@ import torch
 from . import bundle as bundle_io
 from .formats import FORMATS, check_requirements
 
-BACKENDS = ("torch", "torchscript", "onnx")
+BACKENDS = ("torch", "torchscript", "torch_export", "onnx")
 
 
 class Bundle:
@@ -32,7 +32,7 @@ class Bundle:
         path: the bundle directory.
         manifest: ``bundle.json``; ``config``, ``data`` (the data contract), ``metrics`` and
             ``provenance``: the other JSON documents.
-        backend: "torch" (rebuilt with cytotune), "torchscript" or "onnx".
+        backend: "torch" (rebuilt with cytotune), "torchscript", "torch_export" or "onnx".
         model: with backend "torch", the :class:`BundleModel` (raw pixels in); else None.
         members: with backend "torch", the member models (normalised input, for explainers).
     """
@@ -245,7 +245,7 @@ def load_bundle(path: str | Path, backend: str = "torch", device: str = "cpu") -
     Args:
         path: the bundle directory.
         backend: "torch" (rebuild the model with cytotune from the state dicts; default),
-            "torchscript" or "onnx" (run the exported graph).
+            "torchscript", "torch_export" or "onnx" (run the exported graph).
         device: torch device for the "torch" backend.
 
     Raises:

@@ -4,7 +4,11 @@ newer version, truncated or altered weights are refused (with the problem and th
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +140,25 @@ def test_missing_backend_is_named(good):
         load_bundle(good, backend="onnx")
     with pytest.raises(ValueError, match="backend 'tensorflow'"):
         load_bundle(good, backend="tensorflow")
+
+
+def test_bundle_directory_gets_the_umask_permissions_not_700(good):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(good.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((good / "weights").stat().st_mode) == 0o777 & ~umask
+
+
+def test_card_says_torchscript_is_deprecated_and_what_replaces_it(good):
+    card = (good / "README.md").read_text()
+    assert "TorchScript is deprecated" in card
+    assert "torch.export.load" in card and "--format torch_export" in card
+
+
+def test_readme_bundle_and_run_folders_are_git_ignored():
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("bundle/README.md", "runs/demo/x", "bundles/best/bundle.json"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=root)
+        assert ignored.returncode == 0, f"{path} is not ignored by .gitignore"

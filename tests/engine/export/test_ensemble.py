@@ -16,7 +16,7 @@ from engine.export.source import cv_metrics, select_trial
 
 from .conftest import raw_crops, reference_outputs, trial_folds
 
-FORMATS = ["state_dict", "torchscript", "onnx"]
+FORMATS = ["state_dict", "torchscript", "torch_export", "onnx"]
 pytest.importorskip("onnxruntime", reason="onnx export tests need onnxruntime (the dev extra)")
 
 
@@ -52,7 +52,7 @@ def test_classification_ensemble_averages_fold_probabilities(cls_study, cls_data
     # Averaging probabilities is not averaging logits: the reference must not be the latter.
     np.testing.assert_allclose(want, reference_outputs(folds, pixels.astype(np.float32)), 1e-5)
     cols = ["p(metastasizing)", "p(normal)"]
-    for backend in ("torch", "torchscript", "onnx"):
+    for backend in ("torch", "torchscript", "torch_export", "onnx"):
         got = load_bundle(path, backend=backend).predict(pixels)
         np.testing.assert_allclose(got[cols].to_numpy(), want, atol=1e-5, err_msg=backend)
         assert list(got["prediction"]) == [cols[i][2:-1] for i in want.argmax(1)]
@@ -68,7 +68,7 @@ def test_regression_ensemble_averages_fold_predictions(reg_study, tmp_path):
     dataset = CellDataset(json.loads((path / "provenance.json").read_text())["dataset"]["path"])
     pixels = dataset.images(np.arange(7))
     want = _by_hand(trial_folds(reg_study, "reg"), pixels, classification=False)
-    for backend in ("torch", "onnx"):
+    for backend in ("torch", "torch_export", "onnx"):
         got = load_bundle(path, backend=backend).predict(pixels)
         assert list(got.columns) == ["index", "vimentin", "area"]
         np.testing.assert_allclose(got[["vimentin", "area"]].to_numpy(), want, rtol=1e-4, atol=1e-5)

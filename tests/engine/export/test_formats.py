@@ -1,5 +1,5 @@
-"""Every registered family exports to state_dict, TorchScript and ONNX; the exports load with
-plain torch / onnxruntime in a process that cannot import cytotune, and match the engine's
+"""Every registered family exports to state_dict, TorchScript, torch.export and ONNX; the exports
+load with plain torch / onnxruntime in a process that cannot import cytotune, and match the engine's
 fold models (rebuilt by ``engine.train.load_model``) on real raw crops."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from search_spaces import list_models
 
 from .conftest import TINY, raw_crops, reference_outputs, trial_folds
 
-FORMATS = ["state_dict", "torchscript", "onnx"]
+FORMATS = ["state_dict", "torchscript", "torch_export", "onnx"]
 pytest.importorskip("onnxruntime", reason="onnx export tests need onnxruntime (the dev extra)")
 
 # Runs with the repository, the tests and site-packages' cytotune link out of reach: any
@@ -37,10 +37,11 @@ PLAIN_RUNNER = textwrap.dedent(
         if "mask" in data:
             feed.append(torch.from_numpy(data["mask"]))
         ts = torch.jit.load(job["torchscript"])(*feed).detach().numpy()
+        pt2 = torch.export.load(job["torch_export"]).module()(*feed).detach().numpy()
         session = onnxruntime.InferenceSession(job["onnx"], providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         ox = session.run(None, {n: t.numpy() for n, t in zip(names, feed)})[0]
-        np.savez(job["out"], torchscript=ts, onnx=ox, inputs=np.array(names))
+        np.savez(job["out"], torchscript=ts, torch_export=pt2, onnx=ox, inputs=np.array(names))
     print("loaded", len(jobs), "bundles;", [m for m in sys.modules if m.split(".")[0] in ("engine", "search_spaces") and sys.modules[m] is not None])
     """
 )
@@ -71,7 +72,7 @@ def test_bundle_records_how_each_format_was_made(bundles, family):
     # No family scripts (shared CytoModel/TaskHead code); the fallback is tracing, said so.
     assert ts["method"] == "trace" and ts["script_error"]
     assert manifest["formats"]["onnx"]["opset"] == 17
-    for name in ("torchscript", "onnx"):
+    for name in ("torchscript", "torch_export", "onnx"):
         assert manifest["formats"][name]["max_abs_diff"] <= 1e-4
     assert manifest["family"] == family and manifest["members"] == 1
     inputs = [i["name"] for i in manifest["inputs"]]
@@ -98,6 +99,7 @@ def test_exports_load_without_cytotune_and_match_the_engine_models(
             {
                 "inputs": str(tmp_path / f"{family}_in.npz"),
                 "torchscript": str(path / "model.torchscript.pt"),
+                "torch_export": str(path / "model.pt2"),
                 "onnx": str(path / "model.onnx"),
                 "out": str(tmp_path / f"{family}_out.npz"),
             }
@@ -119,6 +121,7 @@ def test_exports_load_without_cytotune_and_match_the_engine_models(
         assert want.shape == (len(pixels), 2)
         np.testing.assert_allclose(want.sum(1), 1.0, atol=1e-5)  # probabilities
         np.testing.assert_allclose(got["torchscript"], want, atol=1e-5, err_msg=family)
+        np.testing.assert_allclose(got["torch_export"], want, atol=1e-4, err_msg=family)
         np.testing.assert_allclose(got["onnx"], want, atol=1e-4, err_msg=family)
     assert list(np.load(tmp_path / "protopnet_out.npz")["inputs"]) == ["pixels", "mask"]
 
@@ -130,7 +133,7 @@ def test_mask_input_changes_prototype_outputs_as_the_engine_model(bundles, cls_s
     without = reference_outputs(fold0, pixels.astype(np.float32), None)
     assert np.abs(with_mask - without).max() > 1e-3  # the mask matters for these crops
     cols = ["p(metastasizing)", "p(normal)"]
-    for backend in ("torch", "torchscript", "onnx"):
+    for backend in ("torch", "torchscript", "torch_export", "onnx"):
         bundle = load_bundle(bundles["protopnet"], backend=backend)
         got_mask = bundle.predict(pixels, masks=masks[:, 0])[cols].to_numpy()
         got_none = bundle.predict(pixels)[cols].to_numpy()  # no masks: every pixel is cell
@@ -138,7 +141,7 @@ def test_mask_input_changes_prototype_outputs_as_the_engine_model(bundles, cls_s
         np.testing.assert_allclose(got_none, without, atol=1e-4, err_msg=backend)
 
 
-@pytest.mark.parametrize("backend", ["torch", "torchscript", "onnx"])
+@pytest.mark.parametrize("backend", ["torch", "torchscript", "torch_export", "onnx"])
 def test_backends_agree_on_another_batch_size(bundles, cls_dataset, backend):
     from engine.data import CellDataset
 
