@@ -65,8 +65,8 @@ def make_study(
     for number, (trial_id, config) in enumerate(trials.items()):
         cv = CrossValidation(study, config)
         folds = cv.folds
-        for _ in range(epochs):
-            report, details = cv.run_epoch()
+        while not cv.finished:  # every fold to the end, in the study's race order
+            report, details = cv.step()
         checkpoint = Path(store.tune_dir) / f"trial_{trial_id}" / f"checkpoint_{epochs - 1:06d}"
         cv.save(checkpoint, details)
         store.upsert(

@@ -15,6 +15,9 @@ without Ray.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +39,16 @@ from .study import StudyConfig
 # Validation points per fold's learning curve under race: folds (each costs an evaluation).
 CURVE_POINTS = 10
 BALANCED_OBJECTIVES = {"balanced_accuracy", "f1_macro", "precision_macro", "recall_macro"}
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """``target`` as hard links to the files of ``source`` (copies across file systems)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        try:
+            os.link(path, target / path.name)
+        except OSError:
+            shutil.copy2(path, target / path.name)
 
 
 def task_of(manifest) -> tuple[str, int, list[str]]:
@@ -81,6 +94,8 @@ class CrossValidation:
         # optimiser state at a time are new; finished folds keep only their model)
         self.trainers = [] if self.race == "folds" else [self._trainer(k) for k in range(self.folds.k)]
         self.fold_details: list[dict] = []  # final metrics of the folds done (fold order)
+        self._scratch = tempfile.TemporaryDirectory(prefix="cytotune-folds-")
+        self._written: dict[int, Path] = {}  # finished folds already serialised in _scratch
         self.groups = None
         if study.well_column:
             meta = self.dataset.metadata()
@@ -220,7 +235,17 @@ class CrossValidation:
     def save(self, directory: str | Path, details: list[dict] | None = None) -> None:
         directory = Path(directory)
         for trainer in self.trainers:
-            trainer.save(directory / f"fold_{trainer.fold}")
+            target = directory / f"fold_{trainer.fold}"
+            if self.race != "folds":
+                trainer.save(target)
+                continue
+            # a finished fold is written once (without optimiser state) and hard-linked into
+            # every later checkpoint: reporting after fold k costs one fold, not k
+            if trainer.fold not in self._written:
+                self._written[trainer.fold] = trainer.save(
+                    Path(self._scratch.name) / f"fold_{trainer.fold}", finished=True
+                )
+            _link_tree(self._written[trainer.fold], target)
         state = {
             "epoch": self.epoch,
             "folds": self.folds.name,

@@ -116,6 +116,17 @@ def check_resources(study: StudyConfig) -> None:
         )
 
 
+WRAP_UP_RESERVE_S = 3.0  # stopping trials, the last store flush, the leaderboard
+
+
+def _tune_budget(study: StudyConfig, entered: float) -> float | None:
+    """Tune's time budget: what is left of the study's after the set-up, less the wrap-up."""
+    budget = study.budget.time_budget_s
+    if budget is None:
+        return None
+    return max(1.0, budget - (time.time() - entered) - WRAP_UP_RESERVE_S)
+
+
 def create_scheduler(study: StudyConfig):
     """ASHA over folds (rungs after 1, 2, 4, ... folds: halving) or over epochs (rungs after
     grace, 3 x grace, ... epochs), as ``budget.race`` says."""
@@ -165,7 +176,12 @@ def _searcher(study: StudyConfig, space, store: StudyStore):
 def run_search(
     study: StudyConfig, address: str | None = None, resume: bool = False, verbose: bool = True
 ) -> StudyStore:
-    """Run (or resume) a study and return its store."""
+    """Run (or resume) a study and return its store.
+
+    ``budget.time_budget_s`` bounds the whole call: the time spent here before Tune starts
+    (Ray start-up, folds, store) and a reserve for the wrap-up come off Tune's own budget.
+    """
+    entered = time.time()
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -236,7 +252,7 @@ def run_search(
                 scheduler=scheduler,
                 num_samples=study.budget.trials,
                 max_concurrent_trials=max_concurrent(study),
-                time_budget_s=study.budget.time_budget_s,
+                time_budget_s=_tune_budget(study, entered),
                 reuse_actors=True,
                 trial_dirname_creator=_trial_dirname,  # a finished trial's worker takes the next one (no actor start-up)
             ),

@@ -67,6 +67,7 @@ class Budget:
     ASHA stops it after 1, 2, 4, ... folds when it ranks in the worse half of the trials scored on
     those same folds; ``race: epochs`` trains all folds in lockstep and ASHA compares trials
     after ``grace_epochs``, 3x that, ... epochs (default grace: 2, at most ``max_epochs``).
+    ``time_budget_s`` is wall-clock seconds for the whole search, Ray start-up included.
     """
 
     trials: int = 10

@@ -17,29 +17,35 @@ from torch import Tensor, nn
 class WeightEMA:
     """An exponential moving average of a model's weights (buffers are copied as they are).
 
-    ``ema = decay * ema + (1 - decay) * weights`` after every optimiser step; the averaged copy
-    is what gets evaluated and saved.
+    ``ema = d * ema + (1 - d) * weights`` after every optimiser step, with the warmed-up
+    ``d = min(decay, (1 + t) / (10 + t))`` at update t (as timm and TensorFlow do), so short runs
+    of a few hundred steps are not dominated by the initial weights; the averaged copy is what
+    gets evaluated and saved.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
+        self.updates = 0
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
         ema = list(self.model.parameters())
         live = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema, live, 1.0 - self.decay)
+        torch._foreach_lerp_(ema, live, 1.0 - decay)
         for ema_buffer, buffer in zip(self.model.buffers(), model.buffers()):
             ema_buffer.copy_(buffer)
 
     def state_dict(self) -> dict:
         return self.model.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, updates: int = 0) -> None:
         self.model.load_state_dict(state)
+        self.updates = updates
 
 
 def _box(lam: float, height: int, width: int) -> tuple[int, int, int, int]:

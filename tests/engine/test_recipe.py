@@ -98,13 +98,17 @@ def test_weight_ema_follows_the_hand_computed_average():
     model = nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema = WeightEMA(model, decay=0.9)
+    ema = WeightEMA(model, decay=0.5)
     with torch.no_grad():
         model.weight.fill_(3.0)
-    ema.update(model)
-    assert torch.allclose(ema.model.weight, torch.full((1, 2), 0.9 * 1 + 0.1 * 3))
-    ema.update(model)
-    assert torch.allclose(ema.model.weight, torch.full((1, 2), 0.9 * 1.2 + 0.1 * 3))
+    ema.update(model)  # warm-up: d = min(0.5, 1 / 10) = 0.1
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), 0.1 * 1 + 0.9 * 3))
+    ema.update(model)  # d = min(0.5, 2 / 11)
+    d = 2 / 11
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), d * 2.8 + (1 - d) * 3))
+    for _ in range(20):
+        ema.update(model)
+    assert ema.updates == 22  # past the warm-up the decay is the configured 0.5
     assert not ema.model.weight.requires_grad
 
 

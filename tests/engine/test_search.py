@@ -265,7 +265,13 @@ def test_trials_cut_by_the_time_budget_are_stopped_with_checkpoints(workspace, r
         _study_file(
             workspace,
             "budgeted",
-            budget={"trials": 2, "max_epochs": 500, "grace_epochs": 1, "time_budget_s": 20},
+            budget={
+                "trials": 2,
+                "max_epochs": 500,
+                "grace_epochs": 1,
+                "time_budget_s": 20,
+                "race": "epochs",
+            },
             scheduler="none",
         )
     )
