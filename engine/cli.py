@@ -9,6 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
+
+# When the command started: a search's time budget counts from here (imports and Ray start-up
+# are part of what the user waits for).
+STARTED = time.time()
 
 import engine
 

@@ -171,7 +171,9 @@ def _one_hot(y: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict:
+def classification_metrics(
+    y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str], detail: bool = True
+) -> dict:
     """Classification metrics of one evaluation (a fold, or a whole study's predictions).
 
     Predictions are ``argmax(proba)``. Precision, recall and F1 follow scikit-learn's defaults:
@@ -182,6 +184,8 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Seque
         y_true: (N,) integer class indices in ``0..K-1``.
         proba: (N, K) class probabilities; rows are renormalised to sum to 1.
         classes: the K class names, in index order.
+        detail: also the AUCs, the confusion matrix and the ROC curves (4/5 of the cost with
+            many classes); False for learning-curve points.
 
     Returns:
         Scalar entries ``accuracy, balanced_accuracy, precision_macro, recall_macro, f1_macro,
@@ -214,9 +218,11 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Seque
             out[f"recall_{avg}"] = float(r)
             out[f"f1_{avg}"] = float(f)
         out["f1_micro"] = float(skm.f1_score(y_true, y_pred, average="micro", zero_division=0))
-        out.update(_auc_scores(y_true, proba, k))
         out["log_loss"] = float(skm.log_loss(y_true, proba, labels=list(range(k))))
         out["n"] = len(y_true)
+        if not detail:
+            return out
+        out.update(_auc_scores(y_true, proba, k))
         cm = skm.confusion_matrix(y_true, y_pred, labels=list(range(k)))
         out["confusion_matrix"] = cm.astype(int).tolist()
         out["roc"] = _roc_curves(y_true, proba, classes)

@@ -102,6 +102,7 @@ class StoreCallback(Callback):
                 "train_loss": result.get("train_loss"),
                 "images_per_s": result.get("images_per_s"),
                 **means,
+                **{k: v for k, v in result.items() if k.startswith("time/")},
             },
         )
         if "fold_curve" in result:

@@ -41,5 +41,9 @@ def run(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("name", args.name), ("storage", args.storage)) if v}
     if changes:
         study = dataclasses.replace(study, **changes)
-    run_search(study, address=args.address, resume=args.resume, verbose=not args.quiet)
+    from engine.cli import STARTED
+
+    run_search(
+        study, address=args.address, resume=args.resume, verbose=not args.quiet, started=STARTED
+    )
     return 0

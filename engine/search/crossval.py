@@ -37,7 +37,7 @@ from .study import StudyConfig
 
 # Objectives that weigh classes equally: with them ``class_weighting: auto`` means "balanced".
 # Validation points per fold's learning curve under race: folds (each costs an evaluation).
-CURVE_POINTS = 10
+CURVE_POINTS = 8
 BALANCED_OBJECTIVES = {"balanced_accuracy", "f1_macro", "precision_macro", "recall_macro"}
 
 
@@ -96,6 +96,7 @@ class CrossValidation:
         self.fold_details: list[dict] = []  # final metrics of the folds done (fold order)
         self._scratch = tempfile.TemporaryDirectory(prefix="cytotune-folds-")
         self._written: dict[int, Path] = {}  # finished folds already serialised in _scratch
+        self.timing: dict[str, float] = {}  # wall seconds per phase: build, train, evaluate, ...
         self.groups = None
         if study.well_column:
             meta = self.dataset.metadata()
@@ -122,11 +123,16 @@ class CrossValidation:
     def folds_done(self) -> int:
         return len(self.fold_details)
 
-    def _fold_metrics(self, evaluation) -> dict:
+    def _fold_metrics(self, evaluation, detail: bool = True) -> dict:
+        """All metrics of a fold's predictions; ``detail=False`` (learning-curve points) skips
+        AUCs, ROC curves and the confusion matrix unless the objective is an AUC."""
         if self.manifest.task == "regression":
             metrics = regression_metrics(evaluation.targets, evaluation.outputs, self.names)
         else:
-            metrics = classification_metrics(evaluation.targets, evaluation.outputs, self.names)
+            detail = detail or self.study.objectives[0].metric.startswith("auc")
+            metrics = classification_metrics(
+                evaluation.targets, evaluation.outputs, self.names, detail=detail
+            )
         if self.groups is not None:
             groups = np.array([self.groups[c] for c in evaluation.cell_ids])
             task = "regression" if self.manifest.task == "regression" else "classification"
@@ -174,6 +180,7 @@ class CrossValidation:
         k = self.folds_done
         start = time.perf_counter()
         trainer = self._trainer(k)
+        self.add_time("build", time.perf_counter() - start)
         curve, images, train_seconds = [], 0, 0.0
         epochs = self.train_config.epochs
         every = max(1, round(epochs / CURVE_POINTS))
@@ -185,8 +192,10 @@ class CrossValidation:
             if not last and (epoch + 1) % every:
                 continue
             # learning-curve points; test-time averaging for the final score
+            tick = time.perf_counter()
             evaluation = trainer.evaluate(tta=last)
-            final = self._fold_metrics(evaluation)
+            final = self._fold_metrics(evaluation, detail=last)
+            self.add_time("evaluate", time.perf_counter() - tick)
             point = {"epoch": epoch + 1, "train_loss": float(stats["loss"])}
             point.update(scalar_metrics(final), val_loss=float(evaluation.loss))
             curve.append(point)
@@ -208,7 +217,13 @@ class CrossValidation:
             fold_seconds=time.perf_counter() - start,
             images_per_s=images / max(train_seconds, 1e-9),
         )
+        self.add_time("train", train_seconds)
+        report.update({f"time/{phase}_s": v for phase, v in self.timing.items()})
         return report, list(self.fold_details)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        """Accumulate wall seconds of a phase of this trial (reported as ``time/<phase>_s``)."""
+        self.timing[phase] = self.timing.get(phase, 0.0) + seconds
 
     @staticmethod
     def _summary(details: list[dict]) -> dict:

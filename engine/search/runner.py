@@ -174,14 +174,19 @@ def _searcher(study: StudyConfig, space, store: StudyStore):
 
 
 def run_search(
-    study: StudyConfig, address: str | None = None, resume: bool = False, verbose: bool = True
+    study: StudyConfig,
+    address: str | None = None,
+    resume: bool = False,
+    verbose: bool = True,
+    started: float | None = None,
 ) -> StudyStore:
     """Run (or resume) a study and return its store.
 
-    ``budget.time_budget_s`` bounds the whole call: the time spent here before Tune starts
-    (Ray start-up, folds, store) and a reserve for the wrap-up come off Tune's own budget.
+    ``budget.time_budget_s`` bounds the whole call, counted from ``started`` (default: now;
+    the CLI passes its own start): the time spent before Tune starts (imports, Ray start-up,
+    folds, store) and a reserve for the wrap-up come off Tune's own budget.
     """
-    entered = time.time()
+    entered = started or time.time()
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 

@@ -9,6 +9,7 @@ validation metrics ASHA prunes on, and a checkpoint directory holding every fold
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 from .crossval import CrossValidation
@@ -49,10 +50,13 @@ def run_trial(config: dict, study: StudyConfig) -> None:
     while not cv.finished:
         report, details = cv.step()
         last = cv.finished
+        tick = time.perf_counter()
         if last or study.budget.race == "folds" or cv.epoch % study.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as directory:
                 cv.save(directory, details)
+                cv.add_time("checkpoint", time.perf_counter() - tick)
                 tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
         else:
             tune.report(report)
+        cv.add_time("report_total", time.perf_counter() - tick)  # checkpoint + tune.report
         _maybe_fail(study, cv.folds_done if study.budget.race == "folds" else cv.epoch)
