@@ -92,6 +92,7 @@ def prepare(name: str, args: argparse.Namespace) -> tuple[Path, str]:
     if not (dataset / "manifest.json").is_file():
         if source.make == "synth":
             size = ["--n", str(args.synth_n), "--size", str(args.synth_size), "--no-progress"]
+            size += ["--weak-fraction", str(args.synth_weak_fraction)]
             run_command([*cli, "synth", "--task", name, "--out", str(dataset), *size])
         else:
             index = args.sources / name / "index.csv"
@@ -213,14 +214,23 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict:
     where = ["--storage", str(args.runs), "--quiet"]
     search_cmd = [*cytotune_command(), "search", "--config", str(study), *where]
     search_s = run_command(search_cmd)
-    best = best_trial(args.runs / study.stem, METRIC, args.k)
     plain_scores = [f[METRIC] for f in plain["folds"]]
-    search_scores = [best["scores"][f] for f in range(args.k)]
     ratio = float(np.mean([f["n_val"] / f["n_train"] for f in plain["folds"]]))
+    try:
+        best = best_trial(args.runs / study.stem, METRIC, args.k)
+    except RuntimeError as exc:  # recorded as a result: the search had no full-K trial in time
+        print(f"{name}: {exc}", flush=True)
+        best, search_scores = {"error": str(exc)}, []
+        comparison = {"plain_mean": float(np.mean(plain_scores)), "search_mean": None}
+        comparison |= {"plain_std": float(np.std(plain_scores, ddof=1)), "search_std": None}
+    else:
+        search_scores = [best["scores"][f] for f in range(args.k)]
+        comparison = compare(plain_scores, search_scores, ratio)
     return {
         "dataset": name,
         "metric": METRIC,
-        **compare(plain_scores, search_scores, ratio),
+        "budget_factor": args.budget_factor,
+        **comparison,
         "plain_gpu_s": plain["wall_s"],
         "search_gpu_s": search_s,
         "time_budget_s": budget_s,
@@ -242,14 +252,18 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    header = ["dataset", "device", "plain loop", "plain GPU s", "search best", "search GPU s"]
-    header += ["search - plain", "p (NB)", "best trial"]
+    header = ["dataset", "device", "budget", "plain loop", "plain GPU s", "search best"]
+    header += ["search GPU s", "search - plain", "p (NB)", "best trial"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        best = r["best_trial"]
+        best, head = r["best_trial"], f"| {r['dataset']} | {r['device']} | "
+        head += f"{r.get('budget_factor', 2.0):g}x plain | "
+        head += f"{r['plain_mean']:.3f} ± {r['plain_std']:.3f} | {r['plain_gpu_s']:.0f} | "
+        if r.get("search_mean") is None:  # no configuration scored on all folds in time
+            lines.append(head + f"none on all folds | {r['search_gpu_s']:.0f} | - | - | - |")
+            continue
         lines.append(
-            f"| {r['dataset']} | {r['device']} | {r['plain_mean']:.3f} ± {r['plain_std']:.3f} | "
-            f"{r['plain_gpu_s']:.0f} | {r['search_mean']:.3f} ± {r['search_std']:.3f} | "
+            head + f"{r['search_mean']:.3f} ± {r['search_std']:.3f} | "
             f"{r['search_gpu_s']:.0f} | {r['diff_mean']:+.3f} | {r['p_value']:.3g} | "
             f"{best['trial_id']} ({best['family']}, {best['epochs_done']} ep) |"
         )
@@ -272,10 +286,11 @@ def update_markdown(path: Path, rows: list[dict]) -> None:
 
 
 def save_rows(path: Path, new: list[dict]) -> list[dict]:
-    """Write ``new`` to the JSON list at ``path``, replacing rows of the same dataset."""
+    """Write ``new`` to the JSON list at ``path``, replacing rows of the same dataset and
+    budget factor."""
     old = json.loads(path.read_text()) if path.is_file() else []
-    names = {r["dataset"] for r in new}
-    rows = [r for r in old if r.get("dataset") not in names] + new
+    keys = {(r["dataset"], r.get("budget_factor", 2.0)) for r in new}
+    rows = [r for r in old if (r.get("dataset"), r.get("budget_factor", 2.0)) not in keys] + new
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=1, default=str))
     return rows
@@ -335,6 +350,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=5, help="folds (default 5)")
     parser.add_argument("--synth-n", type=int, default=4000, help="synthetic cells (default 4000)")
     parser.add_argument("--synth-size", type=int, default=64, help="synthetic crop px (default 64)")
+    parser.add_argument(
+        "--synth-weak-fraction",
+        type=float,
+        default=0.6,
+        help="share of metastasizing-well cells showing the phenotype (default 0.6: with 1 both "
+        "sides score 1.0 and there is nothing to compare)",
+    )
     parser.add_argument("--plain-epochs", type=int, default=Recipe.epochs)
     parser.add_argument("--device", help="plain loop device (default cuda when available)")
     parser.add_argument("--space", default="default", help="search space name or YAML path")
@@ -381,13 +403,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}", flush=True)
         row = bench_dataset(name, args)
         rows.append(row)
+        save_rows(args.out, [row])  # after every dataset: a later failure keeps the earlier ones
+        if row.get("search_mean") is None:
+            continue
         folds = ", ".join(f"{d:+.3f}" for d in row["diff_folds"])
         print(f"{name}: plain {row['plain_mean']:.4f} ± {row['plain_std']:.4f} in "
               f"{row['plain_gpu_s']:.0f} s; search {row['search_mean']:.4f} ± "
               f"{row['search_std']:.4f} in {row['search_gpu_s']:.0f} s; search - plain "
               f"{row['diff_mean']:+.4f} (folds {folds}), Nadeau-Bengio p {row['p_value']:.3g}",
               flush=True)  # fmt: skip
-        save_rows(args.out, [row])  # after every dataset: a later failure keeps the earlier ones
     print("\n" + markdown_table(rows))
     print(f"\nwrote {args.out}")
     if args.markdown:
