@@ -57,7 +57,7 @@ def make_study(
         folds=FoldsSpec(name=folds_name, k=k),
         budget=Budget(trials=len(trials), max_epochs=epochs, grace_epochs=1),
         objectives=(Objective(metric),),
-        train={"loader": "inprocess", "augment": "none"},
+        train={"loader": "inprocess", "augment": "none", "tta": "none"},
         storage=str(root),
     )
     store = StudyStore(study.study_dir)

@@ -312,6 +312,8 @@ def build_model(path: str | Path, device: str | torch.device = "cpu") -> BundleM
             norm["scale"],
             classification=data["task"] == "classification",
             with_mask=bool(config.get("mask_input")),
+            tta=config.get("tta", "none"),
+            square=data["shape"][-1] == data["shape"][-2],
         )
         .to(device)
         .eval()

@@ -7,6 +7,8 @@ normalised input ``(pixels - offset) / scale`` per channel, as the trainer's loa
 
 Outputs: for classification the softmax probabilities, averaged over members (an ensemble
 averages probabilities, not logits); for regression the predicted values, averaged over members.
+With test-time averaging (``tta``, as the trial's validation scores were taken) each member's
+logits are first averaged over the flips / 90-degree turns, inside the exported graph.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import inspect
 from collections.abc import Sequence
 
 import torch
+
+from engine.train.recipe import TTA_VIEWS
 from torch import Tensor, nn
 
 OUTPUT_NAMES = {True: "probabilities", False: "values"}
@@ -23,6 +27,17 @@ OUTPUT_NAMES = {True: "probabilities", False: "values"}
 def uses_mask(model: nn.Module) -> bool:
     """Whether a model's forward takes a cell mask (``protopnet``)."""
     return "mask" in inspect.signature(model.forward).parameters
+
+
+def quarter_turns(x: Tensor, k: int) -> Tensor:
+    """``torch.rot90(x, k, [2, 3])`` from transposes and flips (ONNX has no rot90)."""
+    if k == 1:
+        return x.transpose(2, 3).flip([2])
+    if k == 2:
+        return x.flip([2, 3])
+    if k == 3:
+        return x.transpose(2, 3).flip([3])
+    return x
 
 
 class BundleModel(nn.Module):
@@ -34,6 +49,8 @@ class BundleModel(nn.Module):
         scale: per-channel scale (C,).
         classification: average softmax probabilities (True) or raw outputs (False).
         with_mask: members take a cell mask ``(N, 1, H, W)`` as second input.
+        tta: "none", "flips" or "dihedral" (``engine.train.recipe.TTA_VIEWS``).
+        square: the crops are square (else quarter turns are left out of the views).
     """
 
     def __init__(
@@ -43,8 +60,16 @@ class BundleModel(nn.Module):
         scale: Sequence[float],
         classification: bool,
         with_mask: bool = False,
+        tta: str = "none",
+        square: bool = True,
     ) -> None:
         super().__init__()
+        if tta not in TTA_VIEWS:
+            raise ValueError(f"tta {tta!r} is not one of {sorted(TTA_VIEWS)}")
+        views = [v for v in TTA_VIEWS[tta] if square or v[0] % 2 == 0]
+        self.tta = tta
+        self.view_turns: list[int] = [k for k, _ in views]
+        self.view_flips: list[bool] = [f for _, f in views]
         if not members:
             raise ValueError("a bundle model needs at least one member")
         if len(offset) != len(scale):
@@ -68,8 +93,19 @@ class BundleModel(nn.Module):
         x = self.normalize(pixels)  # (N, C, H, W)
         outputs = []
         for member in self.members:
-            out = member(x, mask=mask) if mask is not None else member(x)  # (N, K) logits
-            outputs.append(out.float().softmax(1) if self.classification else out.float())
+            total = torch.zeros(0)
+            for i in range(len(self.view_turns)):
+                v, m = x, mask
+                if self.view_flips[i]:
+                    v = torch.flip(v, [3])
+                    m = torch.flip(m, [3]) if m is not None else None
+                if self.view_turns[i] != 0:
+                    v = quarter_turns(v, self.view_turns[i])
+                    m = quarter_turns(m, self.view_turns[i]) if m is not None else None
+                out = member(v, mask=m) if m is not None else member(v)  # (N, K) logits
+                total = out.float() if i == 0 else total + out.float()
+            out = total / len(self.view_turns)  # logits averaged over the views
+            outputs.append(out.softmax(1) if self.classification else out)
         return torch.stack(outputs)
 
     def forward(self, pixels: Tensor, mask: Tensor | None = None) -> Tensor:

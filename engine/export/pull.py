@@ -130,6 +130,7 @@ def pull(
     epochs: int | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    tta: str = "trial",
 ) -> tuple[Path, dict]:
     """Write the bundle of ``source`` to ``out``.
 
@@ -144,6 +145,8 @@ def pull(
         device: torch device for retraining.
         epochs: retraining epochs (default: the trial's training schedule).
         overwrite: replace an existing bundle directory.
+        tta: test-time averaging inside the bundle's model: "trial" (as the trial's validation
+            scores were taken, its ``train.tta``), "dihedral", "flips" or "none".
     """
     if ensemble is not None and ensemble not in ENSEMBLES:
         raise ValueError(f"--ensemble {ensemble!r} is not one of {ENSEMBLES}")
@@ -194,7 +197,11 @@ def pull(
     classification = data["task"] == "classification"
     with_mask = uses_mask(members[0]) and bool(data.get("has_mask"))
     norm = data["normalization"]
-    model = BundleModel(members, norm["offset"], norm["scale"], classification, with_mask)
+    tta = configs[0]["train"].get("tta", "none") if tta == "trial" else tta
+    square = data["shape"][-1] == data["shape"][-2]
+    model = BundleModel(
+        members, norm["offset"], norm["scale"], classification, with_mask, tta, square
+    )
     output_names = list(data["classes"] if classification else data["targets"])
     model_config = model_config_of(configs[0])
     config = {
@@ -207,6 +214,7 @@ def pull(
         "output": model.output_name,
         "output_names": output_names,
         "mask_input": with_mask,
+        "tta": model.tta,
     }
     if "fold_choice" in extra:
         config["fold_choice"] = extra.pop("fold_choice")

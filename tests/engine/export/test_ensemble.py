@@ -95,6 +95,31 @@ def test_single_fold_is_the_best_validation_fold(cls_study, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_tta_bundle_averages_logits_over_the_eight_dihedral_views(cls_study, cls_dataset, tmp_path):
+    """``--tta dihedral``: per member, logits averaged over the 8 flips / quarter turns, then the
+    softmax; the same in every exported graph."""
+    from engine.train import load_model
+
+    source = select_trial(cls_study, trial_id="small_cnn")
+    path, manifest = pull(source, tmp_path / "tta", fold=0, formats=FORMATS, tta="dihedral", log=print)
+    assert json.loads((path / "config.json").read_text())["tta"] == "dihedral"
+    pixels, _ = raw_crops(cls_dataset, n=5)
+    model, config = load_model(trial_folds(cls_study, "small_cnn")[0])
+    norm = config["data"]["normalization"]
+    x = torch.tensor(pixels, dtype=torch.float32)
+    x = (x - torch.tensor(norm["offset"]).view(1, -1, 1, 1)) / torch.tensor(norm["scale"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        views = [torch.rot90(v, k, (2, 3)) for v in (x, x.flip(3)) for k in range(4)]
+        logits = torch.stack([model(v) for v in views]).mean(0)
+    want = logits.softmax(1).numpy()
+    plain = reference_outputs(trial_folds(cls_study, "small_cnn")[:1], pixels.astype(np.float32))
+    assert np.abs(want - plain).max() > 1e-4  # the views change the answer: a real test
+    cols = ["p(metastasizing)", "p(normal)"]
+    for backend in ("torch", "torchscript", "torch_export", "onnx"):
+        got = load_bundle(path, backend=backend).predict(pixels)
+        np.testing.assert_allclose(got[cols].to_numpy(), want, atol=1e-5, err_msg=backend)
+
+
 def test_bad_pull_options(cls_study, tmp_path):
     source = select_trial(cls_study, trial_id="small_cnn")
     cases = [
