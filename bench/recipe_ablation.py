@@ -100,7 +100,13 @@ def main() -> None:
     rows = []
     for text in args.variant or ["default"]:
         row = run_variant(
-            str(Path(args.dataset).resolve()), args.folds, args.k, args.group, text, args.epochs, device
+            str(Path(args.dataset).resolve()),
+            args.folds,
+            args.k,
+            args.group,
+            text,
+            args.epochs,
+            device,
         )
         row["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
         rows.append(row)

@@ -11,11 +11,11 @@ import importlib
 import sys
 import time
 
+import engine
+
 # When the command started: a search's time budget counts from here (imports and Ray start-up
 # are part of what the user waits for).
 STARTED = time.time()
-
-import engine
 
 # name -> (module, one-line help). Dict table, no if/elif chain.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {

@@ -17,9 +17,9 @@ import inspect
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor, nn
 
 from engine.train.recipe import TTA_VIEWS
-from torch import Tensor, nn
 
 OUTPUT_NAMES = {True: "probabilities", False: "values"}
 

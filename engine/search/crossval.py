@@ -69,7 +69,7 @@ class CrossValidation:
     """
 
     def __init__(self, study: StudyConfig, sample: dict, device: str = "cpu") -> None:
-        from engine.train import FoldTrainer, TrainConfig
+        from engine.train import TrainConfig
         from search_spaces import ModelConfig
 
         self.study = study
@@ -85,14 +85,14 @@ class CrossValidation:
         train_config = TrainConfig.from_sample(sample.get("train", {}), **overrides)
         if train_config.class_weighting == "auto":
             balanced = study.objectives[0].metric in BALANCED_OBJECTIVES
-            train_config = train_config.replace(
-                class_weighting="balanced" if balanced else "none"
-            )
+            train_config = train_config.replace(class_weighting="balanced" if balanced else "none")
         self.train_config, self.device = train_config, device
         self.race = study.budget.race
         # fold order builds each fold's trainer when its turn comes (one fold's data and
         # optimiser state at a time are new; finished folds keep only their model)
-        self.trainers = [] if self.race == "folds" else [self._trainer(k) for k in range(self.folds.k)]
+        self.trainers = (
+            [] if self.race == "folds" else [self._trainer(k) for k in range(self.folds.k)]
+        )
         self.fold_details: list[dict] = []  # final metrics of the folds done (fold order)
         self._scratch = tempfile.TemporaryDirectory(prefix="cytotune-folds-")
         self._written: dict[int, Path] = {}  # finished folds already serialised in _scratch
@@ -203,7 +203,12 @@ class CrossValidation:
         trainer.release_data()
         self.trainers.append(trainer)
         self.fold_details.append(
-            {"fold": k, "epoch": self.train_config.epochs, "n_val": len(evaluation.cell_ids), **final}
+            {
+                "fold": k,
+                "epoch": self.train_config.epochs,
+                "n_val": len(evaluation.cell_ids),
+                **final,
+            }
         )
         self.epoch = self.train_config.epochs
         report = self._summary(self.fold_details)
@@ -285,7 +290,11 @@ class CrossValidation:
         done = len(self.fold_details) if self.race == "folds" else self.folds.k
         self.trainers = [
             FoldTrainer.load(
-                directory / f"fold_{k}", self.dataset, *self.folds.split(k), device=self.device, fold=k
+                directory / f"fold_{k}",
+                self.dataset,
+                *self.folds.split(k),
+                device=self.device,
+                fold=k,
             )
             for k in range(done)
         ]

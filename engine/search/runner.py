@@ -78,7 +78,9 @@ def applicable_space(space, study: StudyConfig, verbose: bool = True):
         )
     if verbose:
         for family, need in dropped:
-            print(f"leaving out family {family}: it needs >= {need} channels, the dataset has {channels}")
+            print(
+                f"leaving out family {family}: it needs >= {need} channels, the dataset has {channels}"
+            )
     return space.restricted([f for f, _ in kept])
 
 
@@ -205,6 +207,7 @@ def run_search(
     check_well_column(study)
     space = applicable_space(load_spaces(study.space), study, verbose)
     ensure_ray(address)
+    check_resources(study)  # before the store exists: a refused study leaves nothing "running"
     if not resume:
         from engine.data import Manifest
 
@@ -222,7 +225,6 @@ def run_search(
         )
     else:
         store.update_status(status="running", resumed=time.time())
-    check_resources(study)
     objective = study.objectives[0]
     scheduler = create_scheduler(study) if study.scheduler == "asha" else FIFOScheduler()
     resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus}

@@ -20,14 +20,26 @@ from engine.train.recipe import TTA_VIEWS, WeightEMA, mix_batch, tta_views
 def test_defaults_are_the_cell_recipe():
     c = TrainConfig()
     assert (c.optimizer, c.lr, c.weight_decay, c.schedule) == ("adamw", 2e-3, 0.05, "onecycle")
-    assert (c.label_smoothing, c.tta, c.batch_size, c.class_weighting) == (0.1, "dihedral", "auto", "auto")
+    assert (c.label_smoothing, c.tta, c.batch_size, c.class_weighting) == (
+        0.1,
+        "dihedral",
+        "auto",
+        "auto",
+    )
     assert c.augment.flip and c.augment.rot90 and c.augment.shift == 0.05
     assert c.augment.intensity == 0.1
 
 
 @pytest.mark.parametrize(
     "crop, n_train, batch",
-    [(64, 2600, 256), (64, 1500, 128), (48, 800, 64), (96, 5000, 128), (224, 5000, 64), (32, 100, 16)],
+    [
+        (64, 2600, 256),
+        (64, 1500, 128),
+        (48, 800, 64),
+        (96, 5000, 128),
+        (224, 5000, 64),
+        (32, 100, 16),
+    ],
 )
 def test_auto_batch_and_sqrt_lr_scaling(crop, n_train, batch):
     resolved = TrainConfig(lr=2e-3).resolved(crop, n_train)
@@ -135,9 +147,15 @@ def test_label_smoothing_and_tta_reach_the_fold_trainer(tmp_path):
     write_dataset("metastasis", tmp_path / "d", 96, size=16, seed=0, progress=False)
     dataset = CellDataset(tmp_path / "d")
     train_ids, val_ids = make_folds(dataset, k=3, group="well").split(0)
-    config = ModelConfig("small_cnn", 3, task_spec(dataset.manifest), {"filters": 8, "dense_units": 8})
+    config = ModelConfig(
+        "small_cnn", 3, task_spec(dataset.manifest), {"filters": 8, "dense_units": 8}
+    )
     trainer = FoldTrainer(
-        config, TrainConfig(epochs=1, label_smoothing=0.2, augment="none"), dataset, train_ids, val_ids
+        config,
+        TrainConfig(epochs=1, label_smoothing=0.2, augment="none"),
+        dataset,
+        train_ids,
+        val_ids,
     )
     batch = next(iter(trainer.train_loader.epoch(0, train=True)))
     x, y, _ = trainer._inputs(batch)
@@ -153,7 +171,9 @@ def test_label_smoothing_and_tta_reach_the_fold_trainer(tmp_path):
     logits = []
     with torch.no_grad():
         for b in trainer.val_loader.epoch(0, train=False):
-            views = [torch.rot90(v, k, (2, 3)) for v in (b.images, b.images.flip(3)) for k in range(4)]
+            views = [
+                torch.rot90(v, k, (2, 3)) for v in (b.images, b.images.flip(3)) for k in range(4)
+            ]
             logits.append(torch.stack([trainer.model(v) for v in views]).mean(0))
     reference = torch.cat(logits).softmax(1).numpy()
     assert np.allclose(with_tta, reference, atol=1e-5)

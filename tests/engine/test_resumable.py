@@ -37,7 +37,11 @@ def test_store_completes_a_trial_whose_results_the_killed_driver_never_flushed(t
     from engine.search.study import StudyConfig
 
     study = StudyConfig.from_dict(
-        {"dataset": str(tmp_path / "data"), "space": ["demo"], "budget": {"max_epochs": 3}}
+        {
+            "dataset": str(tmp_path / "data"),
+            "space": ["demo"],
+            "budget": {"max_epochs": 3, "race": "epochs"},
+        }
     )
     store = StudyStore(str(tmp_path / "study"))
     # the row as a killed driver left it: started, no result flushed (NaN after a Parquet round trip)
@@ -51,3 +55,16 @@ def test_store_completes_a_trial_whose_results_the_killed_driver_never_flushed(t
     row = store.rows("trials")[0]
     assert row["status"] == "completed" and row["epochs_done"] == 3
     assert row["val/f1_weighted"] == 0.8
+    # race: folds: complete only with every fold scored, whatever the epochs
+    folds_study = StudyConfig.from_dict(
+        {"dataset": str(tmp_path / "data"), "space": ["demo"], "folds": {"k": 3}}
+    )
+    for done, status in ((3, "completed"), (2, "pruned")):
+        key = (f"f{done}",)
+        store.upsert("trials", key, {"trial_id": key[0], "status": "running"})
+        trial = SimpleNamespace(
+            trial_id=key[0], checkpoint=None, last_result={"epoch": 10, "folds_done": done}
+        )
+        StoreCallback(store, folds_study).on_trial_complete(0, [], trial)
+        row = next(r for r in store.rows("trials") if r["trial_id"] == key[0])
+        assert (row["status"], row["folds_done"]) == (status, done)

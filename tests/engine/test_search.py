@@ -364,3 +364,28 @@ def test_ray_data_loader_inside_trials_never_starves(workspace, ray_local):
     assert max_concurrent(study) == 1  # 2 CPUs, 1 per trial: one stays free for data tasks
     store = run_search(study, verbose=False)
     assert set(store.table("trials")["status"]) == {"completed"}
+
+
+def test_study_refused_for_resources_leaves_no_running_store(workspace, ray_local):
+    """Issue 14, item 5: a refusal up front writes no study that says "running"."""
+    from engine.search.runner import run_search
+
+    study = StudyConfig.from_yaml(
+        _study_file(workspace, "too-big", resources={"cpus": 64, "gpus": 0})
+    )
+    with pytest.raises(ValueError, match="largest Ray node has"):
+        run_search(study, verbose=False)
+    status = Path(study.study_dir) / "study.json"
+    assert not status.exists() or json.loads(status.read_text())["status"] != "running"
+
+
+def test_budget_defaults_never_contradict_what_the_user_wrote():
+    """Issue 14, item 4: ``{trials: 2, max_epochs: 1}`` works; only a written grace is checked."""
+    from engine.search.study import Budget, StudyError
+
+    assert Budget(trials=2, max_epochs=1).grace_epochs == 1
+    assert Budget(max_epochs=10).grace_epochs == 2
+    with pytest.raises(StudyError, match="grace_epochs"):
+        Budget(max_epochs=1, grace_epochs=2)
+    with pytest.raises(StudyError, match="race"):
+        Budget(race="sideways")

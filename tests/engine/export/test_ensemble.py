@@ -101,13 +101,17 @@ def test_tta_bundle_averages_logits_over_the_eight_dihedral_views(cls_study, cls
     from engine.train import load_model
 
     source = select_trial(cls_study, trial_id="small_cnn")
-    path, manifest = pull(source, tmp_path / "tta", fold=0, formats=FORMATS, tta="dihedral", log=print)
+    path, manifest = pull(
+        source, tmp_path / "tta", fold=0, formats=FORMATS, tta="dihedral", log=print
+    )
     assert json.loads((path / "config.json").read_text())["tta"] == "dihedral"
     pixels, _ = raw_crops(cls_dataset, n=5)
     model, config = load_model(trial_folds(cls_study, "small_cnn")[0])
     norm = config["data"]["normalization"]
     x = torch.tensor(pixels, dtype=torch.float32)
-    x = (x - torch.tensor(norm["offset"]).view(1, -1, 1, 1)) / torch.tensor(norm["scale"]).view(1, -1, 1, 1)
+    x = (x - torch.tensor(norm["offset"]).view(1, -1, 1, 1)) / torch.tensor(norm["scale"]).view(
+        1, -1, 1, 1
+    )
     with torch.no_grad():
         views = [torch.rot90(v, k, (2, 3)) for v in (x, x.flip(3)) for k in range(4)]
         logits = torch.stack([model(v) for v in views]).mean(0)
