@@ -301,9 +301,11 @@ def _prepare_trials(trials: pd.DataFrame, metric: str, mode: str) -> pd.DataFram
             trials[column] = default
     key = f"val/{metric}"
     if key in trials:
-        trials["rank"] = trials[key].rank(
-            ascending=(mode == "min"), method="first", na_option="keep"
-        )
+        from engine.search.leaderboard import ranked
+
+        order = ranked(trials, key, mode).index  # the engine's order: pull --rank N agrees
+        trials.loc[order, "rank"] = range(1, len(order) + 1)
+        trials.loc[trials[key].isna(), "rank"] = float("nan")
     else:
         trials["rank"] = float("nan")
     trials["key_params"] = [key_params(p) for p in trials["params"]]

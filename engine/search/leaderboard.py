@@ -7,6 +7,20 @@ import pandas as pd
 from .store import StudyStore
 
 
+def ranked(trials: pd.DataFrame, key: str, mode: str) -> pd.DataFrame:
+    """Trials in leaderboard order: full-fidelity scores first (every fold and epoch, status
+    "completed"), then by ``key`` (best first, missing last), ties in table order. The one
+    ranking of the engine, ``cytotune pull --rank`` and the dashboard."""
+    full = (trials["status"] == "completed").astype(int) if "status" in trials else 1
+    return (
+        trials.assign(_full=full)
+        .sort_values(
+            ["_full", key], ascending=[False, mode == "min"], na_position="last", kind="stable"
+        )
+        .drop(columns="_full")
+    )
+
+
 def leaderboard(
     store: StudyStore, metric: str, mode: str, include_pruned: bool = True
 ) -> pd.DataFrame:
@@ -17,18 +31,10 @@ def leaderboard(
         return pd.DataFrame()
     if not include_pruned:
         trials = trials[trials["status"] != "pruned"]
-    # full-fidelity scores first (every fold and epoch): a trial raced out after one fold is
-    # never ranked above one scored on all of them
-    trials = trials.assign(_full=(trials["status"] == "completed").astype(int))
-    ranked = (
-        trials.sort_values(
-            ["_full", key], ascending=[False, mode == "min"], na_position="last", kind="stable"
-        )
-        .drop(columns="_full")
-        .reset_index(drop=True)
-    )
-    ranked.insert(0, "rank", range(1, len(ranked) + 1))
-    return ranked
+    # a trial raced out after one fold is never ranked above one scored on all of them
+    ranked_trials = ranked(trials, key, mode).reset_index(drop=True)
+    ranked_trials.insert(0, "rank", range(1, len(ranked_trials) + 1))
+    return ranked_trials
 
 
 def format_leaderboard(

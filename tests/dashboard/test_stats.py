@@ -100,3 +100,23 @@ def test_paired_table_uses_shared_folds_and_corrects_over_rows():
     raw = [r["p_nb"] for r in rows]
     assert [r["p_nb_holm"] for r in rows] == pytest.approx(stats.holm(raw))
     assert [r["p_nb_bonferroni"] for r in rows] == pytest.approx([min(1, 3 * x) for x in raw])
+
+
+def test_dashboard_ranks_like_the_engine_full_fidelity_first():
+    """One ranking (issue 13/17): a trial raced out after one fold with a higher score ranks
+    below every trial scored on all folds, in the dashboard as in ``cytotune pull --rank``."""
+    import pandas as pd
+
+    from dashboard.data import _prepare_trials
+
+    trials = pd.DataFrame(
+        {
+            "trial_id": ["raced", "full_b", "full_a", "running"],
+            "status": ["pruned", "completed", "completed", "running"],
+            "val/f1_weighted": [0.95, 0.80, 0.85, None],
+            "params": ["{}"] * 4,
+        }
+    )
+    ranks = _prepare_trials(trials, "f1_weighted", "max").set_index("trial_id")["rank"]
+    assert ranks.loc[["full_a", "full_b", "raced"]].tolist() == [1, 2, 3]
+    assert pd.isna(ranks["running"])
