@@ -389,3 +389,26 @@ def test_budget_defaults_never_contradict_what_the_user_wrote():
         Budget(max_epochs=1, grace_epochs=2)
     with pytest.raises(StudyError, match="race"):
         Budget(race="sideways")
+
+
+def test_families_that_cannot_apply_are_left_out_and_said(tmp_path, capsys):
+    """Channel attention needs >= 2 channels: on a 1-channel dataset the search leaves it out
+    and prints why; the other families stay, defaults of each evaluated first."""
+    from engine.search.runner import applicable_space, create_scheduler
+    from engine.search.study import Budget, FoldsSpec
+    from engine.synth import write_dataset
+    from search_spaces import load_space
+
+    write_dataset("microtubule", tmp_path / "mt", 60, size=16, seed=0, progress=False)
+    study = StudyConfig(
+        name="one-channel", dataset=str(tmp_path / "mt"), folds=FoldsSpec(k=5), budget=Budget()
+    )
+    space = applicable_space(load_space("default"), study)
+    out = capsys.readouterr().out
+    assert "leaving out family channel_attention: it needs >= 2 channels" in out
+    assert "channel_attention" not in space.families and "backbone" in space.families
+    firsts = [p["family"] for p in space.family_defaults()]
+    assert firsts[0] == space.default_family and sorted(firsts) == sorted(space.families)
+    race = create_scheduler(study)  # ASHA over folds: rungs after 1, 2, 4 folds of 5
+    assert (race._time_attr, race._max_t, race._reduction_factor) == ("folds_done", 5, 2)
+    assert [m for m, _ in race._brackets[0]._rungs][::-1][:3] == [1, 2, 4]
