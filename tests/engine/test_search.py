@@ -412,3 +412,43 @@ def test_families_that_cannot_apply_are_left_out_and_said(tmp_path, capsys):
     race = create_scheduler(study)  # ASHA over folds: rungs after 1, 2, 4 folds of 5
     assert (race._time_attr, race._max_t, race._reduction_factor) == ("folds_done", 5, 2)
     assert [m for m, _ in race._brackets[0]._rungs][::-1][:3] == [1, 2, 4]
+
+
+def test_fold_race_reports_running_means_and_resumes_at_the_next_fold(tmp_path):
+    """race: folds without Ray: each step trains one fold to the end and reports the mean over
+    the folds done; a checkpoint restores the finished folds (without optimiser state, linked
+    once) and continues with the next fold."""
+    import torch
+
+    from engine.data.folds import make_folds, save_folds
+    from engine.search.crossval import CrossValidation
+    from engine.search.study import Budget, FoldsSpec
+    from engine.synth import write_dataset
+
+    write_dataset("metastasis", tmp_path / "d", 96, size=16, seed=0, progress=False)
+    save_folds(tmp_path / "d", make_folds(tmp_path / "d", k=2, group="well", name="k2"))
+    study = StudyConfig(
+        name="race",
+        dataset=str(tmp_path / "d"),
+        folds=FoldsSpec(name="k2", k=2),
+        budget=Budget(max_epochs=2),
+        train={"loader": "inprocess"},
+    )
+    sample = {"family": "small_cnn", "small_cnn": {"filters": 8, "dense_units": 8}, "train": {}}
+    cv = CrossValidation(study, sample)
+    first, _ = cv.step()
+    assert (first["folds_done"], cv.finished) == (1, False)
+    assert first["val/f1_weighted"] == first["fold0/f1_weighted"]
+    assert [p["epoch"] for p in first["fold_curve"]] == [1, 2]
+    cv.save(tmp_path / "ckpt", cv.fold_details)
+    state = torch.load(tmp_path / "ckpt/fold_0/trainer.pt", weights_only=True)
+    assert "optimizer" not in state  # a finished fold is never trained again
+    resumed = CrossValidation(study, sample)
+    resumed.restore(tmp_path / "ckpt")
+    assert resumed.folds_done == 1
+    second, details = resumed.step()
+    assert resumed.finished and second["folds_done"] == 2 and len(details) == 2
+    scores = [second["fold0/f1_weighted"], second["fold1/f1_weighted"]]
+    assert second["fold0/f1_weighted"] == first["fold0/f1_weighted"]
+    assert second["val/f1_weighted"] == pytest.approx(np.mean(scores))
+    assert {"time/train_s", "time/evaluate_s", "time/build_s"} <= set(second)
