@@ -49,9 +49,8 @@ def format_leaderboard(
     if board.empty:
         return "no finished trial yet"
     metrics = [metric] + [m for m in extra if m != metric and f"val/{m}" in board]
-    head = f"{'rank':>4}  {'trial':<14} {'family':<18} {'status':<9} {'ep':>3}  " + "  ".join(
-        f"{m:<17}" for m in metrics
-    )
+    head = f"{'rank':>4}  {'trial':<14} {'family':<18} {'status':<9} {'ep':>3} {'folds':>5}  "
+    head += "  ".join(f"{m:<17}" for m in metrics)
     lines = [head]
     for row in board.head(top).to_dict("records"):
         cells = []
@@ -63,7 +62,13 @@ def format_leaderboard(
                 else f"{mean:.4f} ± {0 if pd.isna(std) else std:.4f}  "
             )
         lines.append(
-            f"{row['rank']:>4}  {row['trial_id']:<14} {str(row['family'])[:18]:<18} {row['status']:<9} {int(row.get('epochs_done') or 0):>3}  "
+            f"{row['rank']:>4}  {row['trial_id']:<14} {str(row['family'])[:18]:<18} {row['status']:<9} {int(row.get('epochs_done') or 0):>3} {_folds(row):>5}  "
             + "  ".join(cells)
         )
     return "\n".join(lines)
+
+
+def _folds(row: dict) -> str:
+    """Folds a trial was scored on ("-" for studies from before fold racing)."""
+    done = row.get("folds_done")
+    return "-" if done is None or pd.isna(done) else str(int(done))

@@ -452,3 +452,30 @@ def test_fold_race_reports_running_means_and_resumes_at_the_next_fold(tmp_path):
     assert second["fold0/f1_weighted"] == first["fold0/f1_weighted"]
     assert second["val/f1_weighted"] == pytest.approx(np.mean(scores))
     assert {"time/train_s", "time/evaluate_s", "time/build_s"} <= set(second)
+
+
+def test_text_leaderboard_shows_the_folds_each_trial_was_scored_on(tmp_path):
+    """A raced-out trial says on how many folds it was scored, and ranks below full ones."""
+    from engine.search.leaderboard import format_leaderboard
+    from engine.search.store import StudyStore
+
+    store = StudyStore(str(tmp_path / "s"))
+    rows = [("full", "completed", 5, 0.80), ("raced", "pruned", 1, 0.95)]
+    for trial_id, status, folds, value in rows:
+        store.upsert(
+            "trials",
+            (trial_id,),
+            {
+                "trial_id": trial_id,
+                "family": "backbone",
+                "status": status,
+                "epochs_done": 40,
+                "folds_done": folds,
+                "val/f1_weighted": value,
+            },
+        )
+    store.flush()
+    lines = format_leaderboard(store, "f1_weighted", "max").splitlines()
+    assert "folds" in lines[0]
+    assert lines[1].split()[1:6] == ["full", "backbone", "completed", "40", "5"]
+    assert lines[2].split()[1:6] == ["raced", "backbone", "pruned", "40", "1"]
