@@ -143,7 +143,11 @@ def _run_torchscript(path: Path) -> Runner:
         warnings.simplefilter("ignore")  # torch.jit's deprecation note
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
-    takes_mask = len(list(module.graph.inputs())) > 2  # (self, pixels[, mask])
+    return _torch_runner(module, takes_mask=len(list(module.graph.inputs())) > 2)  # self, x[, mask]
+
+
+def _torch_runner(module, takes_mask: bool) -> Runner:
+    """numpy in, numpy out over a loaded torch graph; all-ones masks when it takes a mask."""
 
     def run(pixels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         inputs = [torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))]
@@ -177,18 +181,8 @@ def _export_torch_export(model: BundleModel, directory: Path, example: tuple) ->
 
 def _run_torch_export(path: Path) -> Runner:
     module = torch.export.load(str(path)).module()
-    takes_mask = len(module.graph.find_nodes(op="placeholder")) > 1  # (pixels[, mask])
-
-    def run(pixels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        inputs = [torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))]
-        if takes_mask:
-            n, _, h, w = pixels.shape
-            mask = np.ones((n, 1, h, w), np.float32) if mask is None else mask
-            inputs.append(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)))
-        with torch.no_grad():
-            return module(*inputs).numpy()
-
-    return run
+    placeholders = module.graph.find_nodes(op="placeholder")  # (pixels[, mask])
+    return _torch_runner(module, takes_mask=len(placeholders) > 1)
 
 
 register_format(Format("torch_export", "model.pt2", _export_torch_export, _run_torch_export))
