@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "engine.synth.command",
         "generate synthetic fluorescence cells with ground-truth evidence masks",
     ),
+    "crop": (
+        "engine.crop.command",
+        "find the cells in whole fields and write single-cell crops (train: the learned finder)",
+    ),
     "folds": (
         "engine.data.folds_command",
         "freeze stratified, grouped cross-validation folds with a leakage audit",

@@ -1,0 +1,36 @@
+"""Find the cells: whole fields of view -> fixed-size single-cell crops in a cytotune dataset.
+
+``cytotune crop FIELDS --out DATASET`` reads fields (a folder or an index CSV), finds every cell
+with a registered finder (``classical``: smoothing, Otsu, distance-transform watershed;
+``learned``: a Mask R-CNN trained with ``cytotune crop train``), and writes crops centred on each
+cell, with its mask, through the ingest writer. Python API: :func:`crop_fields`,
+:func:`create_finder`, :func:`list_finders`, :func:`score_fields`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .finders import Finder, create_finder, list_finders, register_finder
+
+# Imported on first use: they pull scikit-image, pyarrow or torch, `--help` needs none of them.
+_LAZY = {
+    "CropOptions": ".pipeline",
+    "CropReport": ".pipeline",
+    "crop_fields": ".pipeline",
+    "FieldRecord": ".fields",
+    "list_fields": ".fields",
+    "read_field": ".fields",
+    "score_field": ".metrics",
+    "score_fields": ".metrics",
+    "iou_matrix": ".metrics",
+}
+
+__all__ = sorted(["Finder", "create_finder", "list_finders", "register_finder", *_LAZY])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
