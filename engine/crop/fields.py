@@ -98,15 +98,18 @@ def _list_index(index: Path, truth_dir: Path | None) -> list[FieldRecord]:
         if not str(rel) or str(rel) == ".":
             raise ValueError(f"{index}: row {i + 2} has an empty {path_col!r}")
         groups = {c: _text(row.get(c)) for c in present}
-        parts = [groups[c] for c in present if groups[c]]
-        field_id = "/".join([*parts, _text(row.get("field"))]) if _text(row.get("field")) else ""
-        groups["field"] = field_id or str(rel.with_suffix(""))
+        groups["field"] = _text(row.get("field")) or str(rel.with_suffix(""))
         truth_rel = _text(row.get(truth_col)) if truth_col else ""
         truth = (index.parent / truth_rel) if truth_rel else None
         if truth is None:
             truth = _truth_for(truth_dir, index.parent / rel, rel)
         label = _text(row.get("label")) or None
         records.append(FieldRecord(groups["field"], index.parent / rel, label, groups, truth))
+    names = [r.field_id for r in records]
+    if len(set(names)) < len(names):  # field numbers repeat per well: qualify them
+        for r in records:
+            parts = [r.groups[c] for c in present if r.groups[c]]
+            r.field_id = r.groups["field"] = "/".join([*parts, r.field_id])
     return records
 
 

@@ -14,6 +14,7 @@ Examples:
   cytotune synth --task metastasis --out data/metastasis
   cytotune synth --task microtubule --out data/mt --n 6000 --weak-fraction 0.5
   cytotune synth --task metastasis --out data/leaky --confound 1.0   # class = plate
+  cytotune synth --task metastasis --out fields/meta --as-fields 4  # whole fields for crop
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     parser.add_argument("--montage", metavar="PNG", help="also write a montage of the first cells")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--as-fields",
+        type=int,
+        metavar="GRID",
+        help="write whole fields of GRID x GRID cells (TIFF, truth labels, index.csv) for "
+        "`cytotune crop`, one per plate/well/field of the layout, instead of crops (--n unused)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +63,13 @@ def run(args: argparse.Namespace) -> int:
     options = {
         name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name) is not None
     }
+    if args.as_fields is not None:
+        from .fields import write_fields
+
+        index = write_fields(args.task, args.out, grid=args.as_fields, size=args.size,
+                             seed=args.seed, **options)  # fmt: skip
+        print(f"wrote fields of {args.as_fields} x {args.as_fields} cells; index {index}")
+        return 0
     manifest = write_dataset(
         args.task,
         args.out,
