@@ -81,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
     train.add_argument("--batch-size", type=int, default=4, help="fields per step (default 4)")
     train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (1e-3)")
+    train.add_argument(
+        "--min-size", type=int, default=512, help="fields are resized to this short side (512)"
+    )
     train.add_argument("--backbone", default="resnet18", help="resnet18 (default) or resnet50")
     train.add_argument(
         "--val-fraction", type=float, default=0.2, help="share of groups for validation (0.2)"
@@ -164,9 +167,12 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         backbone=args.backbone,
+        min_size=args.min_size,
+        max_size=max(1024, 2 * args.min_size),
         val_fraction=args.val_fraction,
         group=args.group,
         channel=args.channel,
+        channel_names=_csv(args.channels),
         device=args.device,
         seed=args.seed,
     )

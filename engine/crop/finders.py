@@ -85,4 +85,4 @@ def normalise(image: np.ndarray, low: float = 0.5, high: float = 99.8) -> np.nda
     lo, hi = np.percentile(x, [low, high])
     if hi <= lo:
         return np.zeros_like(x)
-    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32, copy=False)

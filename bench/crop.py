@@ -1,0 +1,188 @@
+"""Cell finding on dsb2018: detection P/R/F1 at IoU 0.5 and the Bowl's mAP(0.5:0.95), 5 folds.
+
+Folds are over fields (KFold, shuffled, seed 0). The classical finder needs no training, but its
+two watershed settings are chosen per fold on the training fields from a small grid (best mean
+Bowl score), then scored on the held-out fold. The learned finder (Mask R-CNN from random
+initialisation) is trained on the four training folds and scored on the fifth; run it on a GPU
+machine. Fields/s counts the finder alone (fields already in memory), one process.
+
+  python bench/crop.py --finder classical --out bench/results/crop.json
+  python bench/crop.py --finder learned --device cuda --epochs 40 --out bench/results/crop.json
+  python bench/crop.py --finder learned --device cpu --limit 12 --folds 2 --epochs 1   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.crop import create_finder  # noqa: E402
+from engine.crop.fields import read_field, read_truth  # noqa: E402
+from engine.crop.metrics import score_field, summarise  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "dsb2018"
+CLASSICAL_GRID = (
+    {"min_distance": 5, "distance_sigma": 1.5},  # the finder's defaults
+    {"min_distance": 3, "distance_sigma": 1.0},
+    {"min_distance": 8, "distance_sigma": 2.0},
+    {"min_distance": 5, "distance_sigma": 2.5},
+)
+
+
+def load(data: Path, limit: int | None):
+    import pandas as pd
+
+    index = pd.read_csv(data / "index.csv", dtype={"id": str})
+    if limit:
+        index = index.iloc[:limit]
+    items = []
+    for fid in index["id"]:
+        image = read_field(data / "images" / f"{fid}.png")[0]
+        items.append((image, read_truth(data / "labels" / f"{fid}.png")))
+    return list(index["id"]), items
+
+
+def folds(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
+    from sklearn.model_selection import KFold
+
+    return [val for _, val in KFold(k, shuffle=True, random_state=seed).split(np.arange(n))]
+
+
+def timed(finder, images) -> tuple[list[np.ndarray], float]:
+    start = time.perf_counter()
+    preds = finder.find_many(images)
+    return preds, time.perf_counter() - start
+
+
+def machine(device: str = "cpu") -> str:
+    cpu = f"{os.cpu_count()}-core CPU ({platform.machine()}, {platform.processor() or 'cpu'})"
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.get_device_name()} + {cpu}"
+    return cpu
+
+
+def fold_table(scores, splits, choice=None) -> list[dict]:
+    rows = []
+    for f, val in enumerate(splits):
+        s = summarise([scores[i] for i in val])
+        rows.append({"fold": f, **({"setting": choice[f]} if choice else {}), **s})
+    return rows
+
+
+def bench_classical(ids, items, splits, args) -> dict:
+    images = [image for image, _ in items]
+    per_setting, seconds = [], []
+    for setting in CLASSICAL_GRID:
+        finder = create_finder("classical", **setting)
+        preds, sec = timed(finder, images)
+        per_setting.append([score_field(t, p) for (_, t), p in zip(items, preds)])
+        seconds.append(sec)
+        print(f"classical {setting}: {summarise(per_setting[-1])}  {len(images) / sec:.2f} fields/s", flush=True)
+    ap = np.array([[s.average_precision() for s in scores] for scores in per_setting])  # (S, N)
+    chosen, held_out = [], [None] * len(items)
+    for val in splits:
+        train = np.setdiff1d(np.arange(len(items)), val)
+        best = int(np.argmax(ap[:, train].mean(axis=1)))
+        chosen.append(CLASSICAL_GRID[best])
+        for i in val:
+            held_out[i] = per_setting[best][i]
+    return {
+        "folds": fold_table(held_out, splits, chosen),
+        "pooled": summarise(held_out),
+        "fields_per_s": len(images) / seconds[0],
+        "fields_per_s_device": "cpu",
+        "grid": [{**g, **summarise(s)} for g, s in zip(CLASSICAL_GRID, per_setting)],
+    }
+
+
+def bench_learned(ids, items, splits, args) -> dict:
+    from engine.crop.learned import LearnedFinder
+    from engine.crop.train import TrainOptions, train_model
+
+    options = TrainOptions(
+        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+        backbone=args.backbone, min_size=args.min_size, max_size=max(1024, 2 * args.min_size),
+        device=args.device, seed=args.seed,
+    )  # fmt: skip
+    held_out, rates, train_s = [None] * len(items), [], []
+    for f, val in enumerate(splits):
+        train = np.setdiff1d(np.arange(len(items)), val)
+        t0 = time.perf_counter()
+        model, history = train_model([items[i] for i in train], [], options, progress=not args.quiet)
+        train_s.append(time.perf_counter() - t0)
+        finder = LearnedFinder(model=model, config={}, device=args.device, batch_size=args.batch_size)
+        finder.find_many([items[val[0]][0]])  # warm-up
+        preds, sec = timed(finder, [items[i][0] for i in val])
+        rates.append(len(val) / sec)
+        for i, p in zip(val, preds):
+            held_out[i] = score_field(items[i][1], p)
+        print(f"fold {f}: {summarise([held_out[i] for i in val])}  train {train_s[-1]:.0f} s, "
+              f"final loss {history[-1]['loss']:.3f}, {rates[-1]:.2f} fields/s", flush=True)
+    return {
+        "folds": fold_table(held_out, splits),
+        "pooled": summarise(held_out),
+        "fields_per_s": float(np.mean(rates)),
+        "fields_per_s_device": args.device,
+        "train_seconds_per_fold": float(np.mean(train_s)),
+        "train": {k: v for k, v in vars(options).items()},
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--finder", default="classical", choices=["classical", "learned"], help="which finder")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dsb2018 folder (images/, labels/, index.csv)")
+    p.add_argument("--folds", type=int, default=5, help="folds over fields (5)")
+    p.add_argument("--limit", type=int, help="first N fields only (smoke runs)")
+    p.add_argument("--epochs", type=int, default=40, help="learned: epochs per fold (40)")
+    p.add_argument("--max-steps", type=int, help="learned: cap on steps per fold")
+    p.add_argument("--batch-size", type=int, default=4, help="learned: fields per step (4)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learned: AdamW learning rate")
+    p.add_argument("--backbone", default="resnet18", help="learned: resnet18/34/50")
+    p.add_argument("--min-size", type=int, default=512, help="learned: resize short side to this")
+    p.add_argument("--device", default="cpu", help="learned: cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", type=Path, help="JSON file to merge this finder's results into")
+    args = p.parse_args(argv)
+    if not (args.data / "index.csv").is_file():
+        print(f"dsb2018 not found at {args.data}", file=sys.stderr)
+        return 2
+    ids, items = load(args.data, args.limit)
+    splits = folds(len(items), args.folds, args.seed)
+    run = bench_classical if args.finder == "classical" else bench_learned
+    start = time.perf_counter()
+    result = run(ids, items, splits, args)
+    result.update(
+        machine=machine(args.device if args.finder == "learned" else "cpu"),
+        command="python bench/crop.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        fields=len(items), seconds=round(time.perf_counter() - start, 1),
+    )  # fmt: skip
+    pooled = result["pooled"]
+    folds_f1 = [r["f1"] for r in result["folds"]]
+    folds_map = [r["map"] for r in result["folds"]]
+    print(f"{args.finder}: F1@0.5 {pooled['f1']:.3f} (folds {np.mean(folds_f1):.3f} ± {np.std(folds_f1):.3f}), "
+          f"P {pooled['precision']:.3f}, R {pooled['recall']:.3f}, mAP {pooled['map']:.3f} "
+          f"(folds {np.mean(folds_map):.3f} ± {np.std(folds_map):.3f}), {result['fields_per_s']:.2f} fields/s")
+    if args.out:
+        merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        merged[args.finder] = result
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(merged, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
