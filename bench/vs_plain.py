@@ -242,12 +242,30 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict:
         "search_folds": search_scores,
         "plain_load_s": plain["load_s"],
         "plain_images_per_s": plain["images_per_s"],
+        **search_throughput(args.runs / study.stem, search_s),
         "plain_recipe": plain["recipe"],
         "best_trial": {k: v for k, v in best.items() if k != "scores"},
         "study": str(args.runs / study.stem),
         "search_command": shlex.join(search_cmd),
         "command": shlex.join([sys.executable, *sys.argv]),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def search_throughput(study_dir: Path, search_s: float) -> dict:
+    """Training images/s of the search's trials: while training (images over their training
+    seconds, all trials pooled) and aggregate (the same images over the whole search wall)."""
+    from engine.search.store import StudyStore
+
+    trials = StudyStore(str(study_dir)).table("trials")
+    if trials.empty or "time/train_s" not in trials or "images_per_s" not in trials:
+        return {}
+    seconds = trials["time/train_s"].fillna(0.0)
+    images = float((trials["images_per_s"].fillna(0.0) * seconds).sum())
+    return {
+        "search_train_images_per_s": images / max(float(seconds.sum()), 1e-9),
+        "search_aggregate_images_per_s": images / max(search_s, 1e-9),
+        "search_trials": len(trials),
     }
 
 

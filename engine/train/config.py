@@ -24,6 +24,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_scaling": ("sqrt", "linear", "none"),
     "tta": ("dihedral", "flips", "none"),
     "precision": ("auto", "bf16", "fp32"),
+    "cuda_graphs": ("auto", "off"),
     "normalization": NORMALIZATIONS,
     "loader": ("inprocess", "ray"),
 }
@@ -59,7 +60,7 @@ class TrainConfig:
         lr_scaling: "sqrt" (``lr * sqrt(batch / 256)``, the usual rule for Adam), "linear" or
             "none".
         schedule: "onecycle" (torch's OneCycleLR: 30 % cosine warm-up from lr/25, cosine
-            down to lr/25e4, Adam betas / SGD momentum cycled) or "cosine" (linear warm-up of
+            down to lr/25e4; momentum not cycled) or "cosine" (linear warm-up of
             ``warmup_epochs``, cosine down to ``lr * min_lr_ratio``).
         warmup_epochs: warm-up length of the "cosine" schedule (fractions allowed).
         min_lr_ratio: the "cosine" schedule ends at ``lr * min_lr_ratio``.
@@ -81,6 +82,9 @@ class TrainConfig:
         precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32".
         channels_last: NHWC memory layout; "auto" turns it on for CUDA.
         compile: ``torch.compile`` the model's forward.
+        cuda_graphs: "auto" replays each training step as one CUDA graph where the trainer
+            allows it (CUDA, Adam/AdamW, a model trained on the task loss, no mixup/CutMix, no
+            prototype schedule; see ``engine/train/graphs.py``); "off" launches every kernel.
         augment: training augmentations.
         normalization: "zscore", "percentile" or "none" (from the manifest's channel stats).
         grad_clip: maximal global gradient norm, or None.
@@ -107,6 +111,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
+    cuda_graphs: str = "auto"
     augment: AugmentConfig = field(default_factory=AugmentConfig.cells)
     normalization: str = "zscore"
     grad_clip: float | None = None

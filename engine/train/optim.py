@@ -90,7 +90,10 @@ def _warmup_cosine(optimizer, config: TrainConfig, steps_per_epoch: int):
 
 def _one_cycle(optimizer, config: TrainConfig, steps_per_epoch: int):
     total = max(config.epochs * steps_per_epoch, 1)
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+    # momentum is not cycled: a CUDA-graphed step reads Adam's betas as constants
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=total, cycle_momentum=False
+    )
 
 
 SCHEDULES: dict[str, Callable[..., torch.optim.lr_scheduler.LRScheduler]] = {

@@ -28,6 +28,7 @@ from search_spaces import CytoModel, ModelConfig, create_model, task_loss
 from . import checkpoint
 from .config import TrainConfig
 from .evaluation import FoldEvaluation, check_compatible, task_spec
+from .graphs import GraphedStep, graph_support
 from .optim import CLASS_WEIGHTINGS, create_optimizer, create_scheduler
 from .recipe import WeightEMA, mix_batch, tta_views
 
@@ -111,6 +112,16 @@ class FoldTrainer:
             and model.task.is_classification
             and self._plain_loss
         )
+        self.graphed, self.eager_reason = graph_support(
+            device=self.device,
+            setting=train_config.cuda_graphs,
+            optimizer=train_config.optimizer,
+            plain_loss=self._plain_loss,
+            mixing=self.mixing,
+            staged=self.schedule is not None,
+            compiled=train_config.compile,
+        )
+        self._graph_step: GraphedStep | None = None
 
         self.train_loader = self._loader(train_ids, train=True)
         self.val_loader = self._loader(val_ids, train=False)
@@ -212,29 +223,52 @@ class FoldTrainer:
         # Swap compute_loss's plain cross-entropy for the weighted / smoothed one.
         return out.loss - task_loss(task, out.output, y) + self._cross_entropy(out.output, y)
 
+    def _graph_loss(self, x: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
+        # autocast's weight-cast cache must not outlive a graph capture
+        with torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+            cache_enabled=False,
+        ):
+            return self._loss(x, y, mask)
+
+    def _main_step(self) -> GraphedStep:
+        """The main pass's step, captured as a CUDA graph after a short eager warm-up."""
+        if self._graph_step is None:
+            self._graph_step = GraphedStep(
+                self._graph_loss, self.model, self.optimizer, self.config.grad_clip
+            )
+        return self._graph_step
+
     def _run_epoch(self, batches: Iterator[Batch], optimizer, scheduler=None) -> dict:
         """One pass of optimiser steps; returns mean loss, images and last step's LR."""
         self.model.train()
         clip = self.config.grad_clip
         total = torch.zeros((), device=self.device)
-        images, lr = 0, optimizer.param_groups[0]["lr"]
+        images, lr = 0, float(optimizer.param_groups[0]["lr"])
+        graphed = self._main_step() if self.graphed and scheduler is not None else None
         for batch in batches:
             x, y, mask = self._inputs(batch)
-            with self._autocast():
-                loss = self._loss(x, y, mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]  # a device tensor under CUDA graphs: no sync
+            lr = lr.clone() if isinstance(lr, Tensor) else lr
+            if graphed is not None:
+                loss = graphed(x, y, mask)
+            else:
+                with self._autocast():
+                    loss = self._loss(x, y, mask)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                optimizer.step()
             if scheduler is not None:
                 scheduler.step()
                 if self.ema is not None:  # the main pass only, not ProtoPNet's last-layer passes
                     self.ema.update(self.model)
             total += loss.detach().float() * len(batch)
             images += len(batch)
-        return {"loss": total.item() / max(images, 1), "images": images, "lr": lr}
+        return {"loss": total.item() / max(images, 1), "images": images, "lr": float(lr)}
 
     def train_epoch(self, epoch: int | None = None) -> dict[str, Any]:
         """Train one epoch (``epoch`` defaults to the next one), plus push / last-layer epochs.
@@ -345,6 +379,7 @@ class FoldTrainer:
         """Drop the loaders (the split's pixels, on the GPU when training there) of a fold that
         is done; the model, optimiser state and history stay for ``save``."""
         self.train_loader = self.val_loader = None
+        self._graph_step = None  # the graph's memory pool and static batch
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,16 @@
+# GPU call for CUDA-graphed training steps (issue 13 item 3), run through the device tool with
+# carry [".gpu", "data/mitocheck"]; .gpu/wheels holds pytest's wheels (pure Python).
+set -x
+R=/tmp/res; mkdir -p $R
+bash bench/real/device.sh true
+for w in .gpu/wheels/*.whl; do python3 -m zipfile -e $w /tmp/site; done
+export PYTHONPATH=/tmp/site:$PWD
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+mkdir -p /tmp/data && cp -r data/mitocheck /tmp/data/
+timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:dash.testing.plugin tests/engine/test_graphs.py 2>&1 | tail -4
+D="bash bench/real/device.sh"
+$D python bench/recipe_ablation.py /tmp/data/mitocheck --variant default --variant cuda_graphs=off --out $R/graphs_ablation.json 2>&1 | grep -v Warn | tail -4
+V="$D python bench/vs_plain.py --data /tmp/data --runs /tmp/runs --out $R/vs_plain.json --gpus-per-trial 1 --max-concurrent 1"
+$V --datasets mitocheck --budget-factor 2 2>&1 | grep -v Warn | tail -3
+$V --datasets metastasis --budget-factor 2 2>&1 | grep -v Warn | tail -3
+cp -r $R $OUT/ ; for d in /tmp/runs/vs-plain-*/; do n=$(basename $d); mkdir -p $OUT/$n; cp $d/trials.parquet $d/study.json $OUT/$n/; done

@@ -1,0 +1,121 @@
+"""CUDA-graphed training steps: which trainers qualify (CPU), and on a GPU that a graphed fold
+trains like the eager one (same weights within bf16 noise, schedule applied inside the graph)
+and that an uncapturable step falls back to eager training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from engine.data import CellDataset
+from engine.data.folds import make_folds
+from engine.train import FoldTrainer, TrainConfig
+from engine.train.evaluation import task_spec
+from engine.train.graphs import GraphedStep, graph_support
+from search_spaces import ModelConfig
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
+
+QUALIFYING = dict(
+    device=torch.device("cuda"),
+    setting="auto",
+    optimizer="adamw",
+    plain_loss=True,
+    mixing=False,
+    staged=False,
+    compiled=False,
+)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({}, None),
+        ({"setting": "off"}, "off"),
+        ({"device": torch.device("cpu")}, "CUDA device"),
+        ({"optimizer": "sgd"}, "'sgd'"),
+        ({"plain_loss": False}, "compute_loss"),
+        ({"mixing": True}, "mixup"),
+        ({"staged": True}, "prototype"),
+        ({"compiled": True}, "torch.compile"),
+    ],
+)
+def test_graph_support_names_the_reason(change, words):
+    ok, reason = graph_support(**{**QUALIFYING, **change})
+    assert ok == (words is None)
+    assert (reason == "") if words is None else (words in reason)
+
+
+def test_cuda_graphs_setting_is_validated():
+    assert TrainConfig().cuda_graphs == "auto"
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        TrainConfig(cuda_graphs="always")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from engine.synth import write_dataset
+
+    path = tmp_path_factory.mktemp("graphs") / "metastasis"
+    write_dataset("metastasis", path, 384, size=32, seed=0, progress=False)
+    dataset = CellDataset(path)
+    train_ids, val_ids = make_folds(dataset, k=3, group="well").split(0)
+    return dataset, train_ids, val_ids
+
+
+def fold_trainer(data, device, **train):
+    dataset, train_ids, val_ids = data
+    model = ModelConfig(
+        "backbone", 3, task_spec(dataset.manifest), {"backbone": "resnet10t"}
+    )
+    settings = {"epochs": 3, "batch_size": 32, "tta": "none", "precision": "fp32", **train}
+    return FoldTrainer(model, TrainConfig(**settings), dataset, train_ids, val_ids, device=device)
+
+
+def test_cpu_trainer_trains_eagerly_and_says_why(data):
+    trainer = fold_trainer(data, "cpu", epochs=1)
+    assert not trainer.graphed and "CUDA" in trainer.eager_reason
+    trainer.fit()
+    assert trainer._graph_step is None and trainer.history[0]["images"] > 0
+
+
+@needs_cuda
+def test_graphed_fold_trains_like_the_eager_fold(data):
+    graphed = fold_trainer(data, "cuda")
+    eager = fold_trainer(data, "cuda", cuda_graphs="off")
+    graphed.fit(), eager.fit()
+    assert graphed._graph_step.captured and eager._graph_step is None
+    # the one-cycle schedule ran inside the graph: its LR went up and down
+    lrs = [r["lr"] for r in graphed.history]
+    assert lrs == pytest.approx([r["lr"] for r in eager.history], rel=1e-5)
+    assert pytest.approx([r["loss"] for r in eager.history], rel=0.05) == [
+        r["loss"] for r in graphed.history
+    ]
+    for (name, a), b in zip(graphed.model.state_dict().items(), eager.model.state_dict().values()):
+        if a.is_floating_point():
+            assert torch.allclose(a, b, rtol=1e-2, atol=1e-3), name
+    assert graphed.evaluate().loss == pytest.approx(eager.evaluate().loss, rel=0.05)
+
+
+@needs_cuda
+def test_uncapturable_step_falls_back_to_eager():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+
+    def syncing_loss(x, y, mask):
+        loss = nn.functional.cross_entropy(model(x), y)
+        if loss.item() < 0:  # a host sync: illegal while capturing
+            raise AssertionError
+        return loss
+
+    step = GraphedStep(syncing_loss, model, optimizer)
+    x, y = torch.randn(8, 4, device="cuda"), torch.randint(0, 2, (8,), device="cuda")
+    before = model.weight.detach().clone()
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        for _ in range(5):
+            step(x, y)
+    assert step.failed and not step.captured and step.eager_steps == 5
+    assert not torch.equal(before, model.weight)
