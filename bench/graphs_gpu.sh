@@ -1,12 +1,15 @@
 # GPU call for CUDA-graphed training steps (issue 13 item 3), run through the device tool with
 # carry [".gpu", "data/mitocheck"]; .gpu/wheels holds pytest's wheels (pure Python).
+# The code runs from .gpu/src.tar (git archive of the commit measured), not the working tree.
 set -x
 R=/tmp/res; mkdir -p $R
+DATA=$PWD/data; mkdir -p /tmp/src && tar -xf .gpu/src.tar -C /tmp/src && cp -r .gpu /tmp/src/ && cd /tmp/src
+git_commit=$(cat .gpu/src.commit); echo "commit $git_commit"
 bash bench/real/device.sh true
 for w in .gpu/wheels/*.whl; do python3 -m zipfile -e $w /tmp/site; done
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-mkdir -p /tmp/data && cp -r data/mitocheck /tmp/data/
+mkdir -p /tmp/data && cp -r $DATA/mitocheck /tmp/data/
 timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:dash.testing.plugin tests/engine/test_graphs.py 2>&1 | tail -4
 D="bash bench/real/device.sh"
 $D python bench/recipe_ablation.py /tmp/data/mitocheck --variant default --variant cuda_graphs=off --out $R/graphs_ablation.json 2>&1 | grep -v Warn | tail -4
