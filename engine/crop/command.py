@@ -84,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--min-size", type=int, default=512, help="fields are resized to this short side (512)"
     )
+    train.add_argument(
+        "--width", type=int, default=256, help="channels of the FPN and the heads (256)"
+    )
     train.add_argument("--backbone", default="resnet18", help="resnet18 (default) or resnet50")
     train.add_argument(
         "--val-fraction", type=float, default=0.2, help="share of groups for validation (0.2)"
@@ -167,6 +170,7 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         backbone=args.backbone,
+        width=args.width,
         min_size=args.min_size,
         max_size=max(1024, 2 * args.min_size),
         val_fraction=args.val_fraction,

@@ -31,25 +31,47 @@ def build_model(
     max_size: int = 1024,
     detections: int = 512,
     roi_batch: int = 256,
+    width: int = 256,
 ):
-    """A Mask R-CNN for one-channel fields with random weights (weights=None everywhere)."""
+    """A Mask R-CNN for one-channel fields with random weights (weights=None everywhere).
+
+    Args:
+        backbone: ResNet depth of the FPN backbone.
+        min_size, max_size: fields are resized so their short side is ``min_size`` (long side
+            at most ``max_size``).
+        detections: most cells kept per field.
+        roi_batch: sampled regions per field for the box/mask heads in training.
+        width: channels of the FPN and of the heads (256 as in torchvision; small for tests).
+    """
     import torch.nn as nn
+    from torchvision.models import resnet
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
     if backbone not in BACKBONES:
         raise ValueError(f"backbone {backbone!r} is not one of {BACKBONES}")
-    body = resnet_fpn_backbone(
-        backbone_name=backbone, weights=None, trainable_layers=5, norm_layer=nn.BatchNorm2d
-    )
-    body.body.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    trunk = getattr(resnet, backbone)(weights=None, norm_layer=nn.BatchNorm2d)
+    trunk.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    stage = 512 if backbone == "resnet50" else 64  # channels of layer1
+    body = BackboneWithFPN(
+        trunk,
+        return_layers={f"layer{i}": str(i - 1) for i in range(1, 5)},
+        in_channels_list=[stage, stage * 2, stage * 4, stage * 8] if backbone != "resnet50"
+        else [256, 512, 1024, 2048],
+        out_channels=width,
+        extra_blocks=LastLevelMaxPool(),
+    )  # fmt: skip
     anchors = AnchorGenerator(
         sizes=tuple((s,) for s in ANCHOR_SIZES), aspect_ratios=((0.5, 1.0, 2.0),) * 5
     )
+    represent = 4 * width
     return MaskRCNN(
         body,
-        num_classes=2,
+        num_classes=None,
         rpn_anchor_generator=anchors,
         min_size=min_size,
         max_size=max_size,
@@ -59,6 +81,10 @@ def build_model(
         rpn_pre_nms_top_n_test=2000,
         rpn_post_nms_top_n_test=2000,
         box_batch_size_per_image=roi_batch,
+        box_head=TwoMLPHead(width * 7 * 7, represent),
+        box_predictor=FastRCNNPredictor(represent, 2),
+        mask_head=MaskRCNNHeads(width, (width,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(width, width, 2),
     )
 
 

@@ -30,6 +30,7 @@ class TrainOptions:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     backbone: str = "resnet18"
+    width: int = 256
     min_size: int = 512
     max_size: int = 1024
     val_fraction: float = 0.2
@@ -89,13 +90,23 @@ def split_by_group(groups: list[str], val_fraction: float, seed: int) -> tuple[l
     names = sorted(set(groups))
     rng = np.random.default_rng(seed)
     rng.shuffle(names)
-    n_val = int(math.ceil(val_fraction * len(names))) if val_fraction > 0 else 0
+    n_val = max(1, int(round(val_fraction * len(names)))) if val_fraction > 0 else 0
     if n_val >= len(names):
         n_val = len(names) - 1
     val = set(names[:n_val])
     train_rows = [i for i, g in enumerate(groups) if g not in val]
     val_rows = [i for i, g in enumerate(groups) if g in val]
     return train_rows, val_rows
+
+
+def model_args(options: TrainOptions) -> dict:
+    """The :func:`~engine.crop.learned.build_model` arguments a checkpoint records."""
+    return {
+        "backbone": options.backbone,
+        "min_size": options.min_size,
+        "max_size": options.max_size,
+        "width": options.width,
+    }
 
 
 def train_model(train_items, val_items, options: TrainOptions, progress: bool = True, log=print):
@@ -112,7 +123,7 @@ def train_model(train_items, val_items, options: TrainOptions, progress: bool = 
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
     device = resolve_device(options.device)
-    model = build_model(options.backbone, options.min_size, options.max_size).to(device)
+    model = build_model(**model_args(options)).to(device)
     steps_per_epoch = math.ceil(len(train_items) / options.batch_size)
     total = steps_per_epoch * options.epochs
     if options.max_steps is not None:
@@ -213,7 +224,7 @@ def train_finder(
     train_rows, val_rows = split_by_group([r.groups[key] for r in records], options.val_fraction, options.seed)
     model, history = train_model([items[i] for i in train_rows], [items[i] for i in val_rows], options, progress)
     config = {
-        "model": {"backbone": options.backbone, "min_size": options.min_size, "max_size": options.max_size},
+        "model": model_args(options),
         "score_threshold": options.score_threshold,
         "train": asdict(options),
         "split_group": key,
