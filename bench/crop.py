@@ -113,7 +113,7 @@ def bench_learned(ids, items, splits, args) -> dict:
 
     options = TrainOptions(
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-        backbone=args.backbone, min_size=args.min_size, max_size=max(1024, 2 * args.min_size),
+        backbone=args.backbone, width=args.width, min_size=args.min_size, max_size=max(1024, 2 * args.min_size),
         device=args.device, seed=args.seed,
     )  # fmt: skip
     held_out, rates, train_s = [None] * len(items), [], []
@@ -151,6 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=4, help="learned: fields per step (4)")
     p.add_argument("--lr", type=float, default=1e-3, help="learned: AdamW learning rate")
     p.add_argument("--backbone", default="resnet18", help="learned: resnet18/34/50")
+    p.add_argument("--width", type=int, default=256, help="learned: FPN/head channels (256)")
     p.add_argument("--min-size", type=int, default=512, help="learned: resize short side to this")
     p.add_argument("--device", default="cpu", help="learned: cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="random seed")
