@@ -124,6 +124,7 @@ def layout(ctx, study, params):
                     className="muted",
                     style={"marginTop": "8px", "fontSize": "12px"},
                 ),
+                _node_line(row),
             ),
             html.Div(
                 [
@@ -169,6 +170,23 @@ def layout(ctx, study, params):
                 _checkpoint_files(row),
             ),
         ]
+    )
+
+
+def _node_line(row: pd.Series):
+    """The Ray node the trial ran on (every node, in order, when it was moved after a failure)."""
+    node = row.get("node_id")
+    if node is None or pd.isna(node) or not str(node):
+        return html.Div()
+    nodes = [n for n in str(row.get("nodes") or node).split(",") if n]
+    text = " → ".join(nodes) if len(nodes) > 1 else str(node)
+    return html.Div(
+        [
+            "Ray node: ",
+            html.Code(text, id="trial-node", title="ray.get_runtime_context().get_node_id()"),
+        ],
+        className="muted",
+        style={"marginTop": "4px", "fontSize": "12px", "overflowWrap": "anywhere"},
     )
 
 

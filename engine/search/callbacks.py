@@ -52,6 +52,7 @@ class StoreCallback(Callback):
     def __init__(self, store: StudyStore, study: StudyConfig, flush_every_s: float = 2.0) -> None:
         self.store, self.study, self.flush_every_s = store, study, flush_every_s
         self._last_flush = 0.0
+        self._nodes: dict[str, str] = {}  # Tune actor id -> Ray node id
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment
         return {
@@ -59,6 +60,7 @@ class StoreCallback(Callback):
             "study": self.study,
             "flush_every_s": self.flush_every_s,
             "_last_flush": 0.0,
+            "_nodes": {},
         }
 
     def _flush(self, force: bool = False) -> None:
@@ -97,6 +99,7 @@ class StoreCallback(Callback):
             "trials",
             (trial.trial_id,),
             {
+                **self._node_fields(trial, result),
                 "epochs_done": epoch,
                 "folds_done": int(result.get("folds_done", self.study.folds.k)),
                 "train_loss": result.get("train_loss"),
@@ -132,6 +135,37 @@ class StoreCallback(Callback):
             },
         )
         self._flush()
+
+    def _node_fields(self, trial, result: dict) -> dict:
+        """``node_id``: the Ray node the trial reported from; ``nodes``: every node it ran on,
+        in order (a trial retried after its node was lost shows both)."""
+        node = result.get("node_id") or self._actor_node(trial)
+        if not node:
+            return {}
+        row = next((r for r in self.store.rows("trials") if r["trial_id"] == trial.trial_id), {})
+        seen = [n for n in str(row.get("nodes") or "").split(",") if n]
+        if not seen or seen[-1] != node:
+            seen.append(node)
+        return {"node_id": node, "nodes": ",".join(seen)}
+
+    def _actor_node(self, trial) -> str | None:
+        """The node of the trial's Tune actor, from Ray's actor table (cached per actor)."""
+        actor = getattr(getattr(trial, "temporary_state", None), "ray_actor", None)
+        if actor is None:
+            return None
+        actor_id = actor._actor_id.hex()
+        if actor_id not in self._nodes:
+            try:
+                import ray._private.state
+
+                info = ray._private.state.actors(actor_id) or {}
+            except Exception:  # noqa: BLE001 - no actor table (not connected): no node column
+                return None
+            node = (info.get("Address") or {}).get("NodeID")
+            if not node:
+                return None
+            self._nodes[actor_id] = node
+        return self._nodes[actor_id]
 
     def _record_fold_curve(self, trial_id: str, fold: int, curve: list[dict]) -> None:
         """A finished fold's learning curve (race: folds), then the fold-mean curve over the
