@@ -89,7 +89,10 @@ def bench_classical(ids, items, splits, args) -> dict:
         preds, sec = timed(finder, images)
         per_setting.append([score_field(t, p) for (_, t), p in zip(items, preds)])
         seconds.append(sec)
-        print(f"classical {setting}: {summarise(per_setting[-1])}  {len(images) / sec:.2f} fields/s", flush=True)
+        print(
+            f"classical {setting}: {summarise(per_setting[-1])}  {len(images) / sec:.2f} fields/s",
+            flush=True,
+        )
     ap = np.array([[s.average_precision() for s in scores] for scores in per_setting])  # (S, N)
     chosen, held_out = [], [None] * len(items)
     for val in splits:
@@ -120,16 +123,23 @@ def bench_learned(ids, items, splits, args) -> dict:
     for f, val in enumerate(splits):
         train = np.setdiff1d(np.arange(len(items)), val)
         t0 = time.perf_counter()
-        model, history = train_model([items[i] for i in train], [], options, progress=not args.quiet)
+        model, history = train_model(
+            [items[i] for i in train], [], options, progress=not args.quiet
+        )
         train_s.append(time.perf_counter() - t0)
-        finder = LearnedFinder(model=model, config={}, device=args.device, batch_size=args.batch_size)
+        finder = LearnedFinder(
+            model=model, config={}, device=args.device, batch_size=args.batch_size
+        )
         finder.find_many([items[val[0]][0]])  # warm-up
         preds, sec = timed(finder, [items[i][0] for i in val])
         rates.append(len(val) / sec)
         for i, p in zip(val, preds):
             held_out[i] = score_field(items[i][1], p)
-        print(f"fold {f}: {summarise([held_out[i] for i in val])}  train {train_s[-1]:.0f} s, "
-              f"final loss {history[-1]['loss']:.3f}, {rates[-1]:.2f} fields/s", flush=True)
+        print(
+            f"fold {f}: {summarise([held_out[i] for i in val])}  train {train_s[-1]:.0f} s, "
+            f"final loss {history[-1]['loss']:.3f}, {rates[-1]:.2f} fields/s",
+            flush=True,
+        )
     return {
         "folds": fold_table(held_out, splits),
         "pooled": summarise(held_out),
@@ -141,9 +151,18 @@ def bench_learned(ids, items, splits, args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--finder", default="classical", choices=["classical", "learned"], help="which finder")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dsb2018 folder (images/, labels/, index.csv)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--finder", default="classical", choices=["classical", "learned"], help="which finder"
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="dsb2018 folder (images/, labels/, index.csv)",
+    )
     p.add_argument("--folds", type=int, default=5, help="folds over fields (5)")
     p.add_argument("--limit", type=int, help="first N fields only (smoke runs)")
     p.add_argument("--epochs", type=int, default=40, help="learned: epochs per fold (40)")
@@ -174,9 +193,11 @@ def main(argv=None) -> int:
     pooled = result["pooled"]
     folds_f1 = [r["f1"] for r in result["folds"]]
     folds_map = [r["map"] for r in result["folds"]]
-    print(f"{args.finder}: F1@0.5 {pooled['f1']:.3f} (folds {np.mean(folds_f1):.3f} ± {np.std(folds_f1):.3f}), "
-          f"P {pooled['precision']:.3f}, R {pooled['recall']:.3f}, mAP {pooled['map']:.3f} "
-          f"(folds {np.mean(folds_map):.3f} ± {np.std(folds_map):.3f}), {result['fields_per_s']:.2f} fields/s")
+    print(
+        f"{args.finder}: F1@0.5 {pooled['f1']:.3f} (folds {np.mean(folds_f1):.3f} ± {np.std(folds_f1):.3f}), "
+        f"P {pooled['precision']:.3f}, R {pooled['recall']:.3f}, mAP {pooled['map']:.3f} "
+        f"(folds {np.mean(folds_map):.3f} ± {np.std(folds_map):.3f}), {result['fields_per_s']:.2f} fields/s"
+    )
     if args.out:
         merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
         merged[args.finder] = result

@@ -27,7 +27,21 @@ _LAZY = {
     "iou_matrix": ".metrics",
 }
 
-__all__ = sorted(["Finder", "create_finder", "list_finders", "register_finder", *_LAZY])
+__all__ = [
+    "CropOptions",
+    "CropReport",
+    "FieldRecord",
+    "Finder",
+    "create_finder",
+    "crop_fields",
+    "iou_matrix",
+    "list_fields",
+    "list_finders",
+    "read_field",
+    "register_finder",
+    "score_field",
+    "score_fields",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -180,7 +180,9 @@ def _run_train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
     )
-    result = train_finder(args.fields[1], args.out, options, truth=args.truth, progress=not args.quiet)
+    result = train_finder(
+        args.fields[1], args.out, options, truth=args.truth, progress=not args.quiet
+    )
     print(f"checkpoint {args.out}")
     print(f"fields     {result['train_fields']} train, {result['val_fields']} validation")
     val = result.get("val") or {}

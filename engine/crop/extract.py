@@ -95,7 +95,9 @@ def cut_cells(
     from scipy import ndimage as ndi
 
     if field.ndim != 3 or field.shape[1:] != labels.shape:
-        raise ValueError(f"field {field.shape} and labels {labels.shape} do not match (C, H, W)/(H, W)")
+        raise ValueError(
+            f"field {field.shape} and labels {labels.shape} do not match (C, H, W)/(H, W)"
+        )
     if size < 4:
         raise ValueError(f"crop size must be >= 4 px, got {size}")
     ids = np.unique(labels)

@@ -62,7 +62,9 @@ def _list_folder(root: Path, truth_dir: Path | None) -> list[FieldRecord]:
             rel = path.relative_to(root)
             field_id = str(rel.with_suffix(""))
             groups = {"field": field_id}
-            records.append(FieldRecord(field_id, path, label, groups, _truth_for(truth_dir, path, rel)))
+            records.append(
+                FieldRecord(field_id, path, label, groups, _truth_for(truth_dir, path, rel))
+            )
     if not records:
         raise ValueError(
             f"{root} holds no field images ({', '.join(supported_extensions())}), directly or "
@@ -184,7 +186,9 @@ def resolve_channel(channel: str | int | None, names: tuple[str, ...]) -> int:
     if isinstance(channel, int) or str(channel).isdigit():
         index = int(channel)
         if not 0 <= index < len(names):
-            raise ValueError(f"--channel {index} is out of range: the fields have {len(names)} channel(s)")
+            raise ValueError(
+                f"--channel {index} is out of range: the fields have {len(names)} channel(s)"
+            )
         return index
     if channel not in names:
         raise ValueError(f"--channel {channel!r} is not one of the channel names {list(names)}")

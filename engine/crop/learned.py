@@ -158,7 +158,9 @@ class LearnedFinder(Finder):
         self.device = resolve_device(device)
         if model is None:
             if checkpoint is None:
-                raise ValueError("the learned finder needs --checkpoint DIR from `cytotune crop train`")
+                raise ValueError(
+                    "the learned finder needs --checkpoint DIR from `cytotune crop train`"
+                )
             path = Path(checkpoint)
             if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
                 raise FileNotFoundError(
@@ -198,7 +200,9 @@ class LearnedFinder(Finder):
         autocast = self.device.startswith("cuda")
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=autocast):
             for start in range(0, len(images), self.batch_size):
-                chunk = [to_tensor(x).to(self.device) for x in images[start : start + self.batch_size]]
+                chunk = [
+                    to_tensor(x).to(self.device) for x in images[start : start + self.batch_size]
+                ]
                 for pred in self.model(chunk):
                     keep = pred["scores"] >= self.score_threshold
                     masks = (pred["masks"][keep, 0] > 0.5).cpu().numpy()  # (N, H, W) bool

@@ -167,7 +167,9 @@ def crop_fields(
                     overwrite=options.overwrite, provenance=provenance,
                 )  # fmt: skip
             if image.shape[0] != writer.spec.shape[0]:
-                reason = f"field has {image.shape[0]} channel(s), the dataset {writer.spec.shape[0]}"
+                reason = (
+                    f"field has {image.shape[0]} channel(s), the dataset {writer.spec.shape[0]}"
+                )
                 pending.append((rec.field_id, rec.source, reason))
                 reasons["field channel count"] += 1
                 continue

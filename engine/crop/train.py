@@ -44,7 +44,9 @@ class TrainOptions:
     def __post_init__(self) -> None:
         for name, lo in (("epochs", 1), ("batch_size", 1), ("min_size", 32), ("max_size", 32)):
             if int(getattr(self, name)) < lo:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(self, name)}")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(self, name)}"
+                )
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -85,7 +87,9 @@ def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
-def split_by_group(groups: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def split_by_group(
+    groups: list[str], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
     """Row indices of train and validation; whole groups go to one side."""
     names = sorted(set(groups))
     rng = np.random.default_rng(seed)
@@ -128,7 +132,9 @@ def train_model(train_items, val_items, options: TrainOptions, progress: bool = 
     total = steps_per_epoch * options.epochs
     if options.max_steps is not None:
         total = min(total, options.max_steps)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=options.lr, weight_decay=options.weight_decay
+    )
     warm = max(1, min(options.warmup_steps, total // 5))
 
     def factor(step: int) -> float:
@@ -212,17 +218,25 @@ def train_finder(
     if key == "auto":
         key = next((g for g in ("well", "plate") if all(r.groups.get(g) for r in records)), "field")
     if any(key not in r.groups for r in records):
-        raise ValueError(f"--group {key!r} is not a column of every field (have {sorted(records[0].groups)})")
+        raise ValueError(
+            f"--group {key!r} is not a column of every field (have {sorted(records[0].groups)})"
+        )
     items = []
     for r in records:
         image = read_field(r.path)
         names = options.channel_names or tuple(f"ch{i}" for i in range(image.shape[0]))
         if len(names) != image.shape[0]:
-            raise ValueError(f"{len(names)} channel names for {r.path} with {image.shape[0]} channel(s)")
+            raise ValueError(
+                f"{len(names)} channel names for {r.path} with {image.shape[0]} channel(s)"
+            )
         channel = resolve_channel(options.channel, tuple(names))
         items.append((image[channel], read_truth(r.truth_path)))
-    train_rows, val_rows = split_by_group([r.groups[key] for r in records], options.val_fraction, options.seed)
-    model, history = train_model([items[i] for i in train_rows], [items[i] for i in val_rows], options, progress)
+    train_rows, val_rows = split_by_group(
+        [r.groups[key] for r in records], options.val_fraction, options.seed
+    )
+    model, history = train_model(
+        [items[i] for i in train_rows], [items[i] for i in val_rows], options, progress
+    )
     config = {
         "model": model_args(options),
         "score_threshold": options.score_threshold,

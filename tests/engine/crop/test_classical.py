@@ -47,7 +47,9 @@ def test_dark_objects_on_bright_background_are_inverted():
 
 
 def test_sixteen_bit_and_blank_fields():
-    image, truth = disc_field((64, 64), [(32, 32)], 10, value=40000, background=1000, dtype=np.uint16)
+    image, truth = disc_field(
+        (64, 64), [(32, 32)], 10, value=40000, background=1000, dtype=np.uint16
+    )
     finder = create_finder("classical")
     assert score_field(truth, finder.find(image)).at(0.5) == 1
     assert finder.find(np.full((32, 32), 7, dtype=np.uint8)).max() == 0

@@ -15,7 +15,9 @@ from .conftest import disc_field
 
 
 def two_channel_field(centres, seed):
-    dna, truth = disc_field((96, 96), centres, 7, value=30000, background=800, dtype=np.uint16, seed=seed)
+    dna, truth = disc_field(
+        (96, 96), centres, 7, value=30000, background=800, dtype=np.uint16, seed=seed
+    )
     actin = (dna // 2 + 100).astype(np.uint16)
     return np.stack([dna, actin]), truth
 
@@ -62,15 +64,22 @@ def test_folder_of_class_subfolders(class_folder, tmp_path, capsys):
 
 def test_index_with_wells_labels_and_a_broken_field(tmp_path):
     rows = []
-    for i, (well, field, label) in enumerate([("A01", "1", "ctrl"), ("A01", "2", ""), ("B01", "1", "drug")]):
+    for i, (well, field, label) in enumerate(
+        [("A01", "1", "ctrl"), ("A01", "2", ""), ("B01", "1", "drug")]
+    ):
         image, _ = disc_field((80, 80), [(25, 25), (55, 55)], 6, seed=i)
         Image.fromarray(image).save(tmp_path / f"w{i}.png")
-        rows.append({"path": f"w{i}.png", "label": label, "plate": "P1", "well": well, "field": field})
+        rows.append(
+            {"path": f"w{i}.png", "label": label, "plate": "P1", "well": well, "field": field}
+        )
     (tmp_path / "bad.png").write_bytes(b"not a png")
     rows.append({"path": "bad.png", "label": "drug", "plate": "P1", "well": "B01", "field": "2"})
     pd.DataFrame(rows).to_csv(tmp_path / "index.csv", index=False)
     out = tmp_path / "ds"
-    assert main(["crop", str(tmp_path / "index.csv"), "--out", str(out), "--size", "24", "--quiet"]) == 0
+    assert (
+        main(["crop", str(tmp_path / "index.csv"), "--out", str(out), "--size", "24", "--quiet"])
+        == 0
+    )
     ds = CellDataset(out)
     meta = ds.metadata()
     assert ds.manifest.group_columns == ["plate", "well", "field"]

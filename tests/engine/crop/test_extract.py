@@ -27,7 +27,9 @@ def test_reasons_and_accepted_cells():
     assert cuts[2].reason == "touches the field edge"
     assert cuts[3].reason.startswith("too small: 4 px")
     assert cuts[4].reason.startswith("too large: box 28x28")
-    assert cut_cells(field, labels, 16, min_area=10, max_area=40)[0].reason.startswith("too large: 49 px")
+    assert cut_cells(field, labels, 16, min_area=10, max_area=40)[0].reason.startswith(
+        "too large: 49 px"
+    )
 
 
 def test_crop_is_centred_and_copies_the_field():
@@ -55,5 +57,7 @@ def test_window_leaving_the_field_is_padded_with_the_background():
     cy, cx = (int(round(v)) for v in cut.centroid)  # (47, 5): window columns -3..12
     assert cx - 8 < 0
     median = np.median(field.reshape(2, -1), axis=1).astype(np.uint16)
-    np.testing.assert_array_equal(cut.image[:, :, :3], np.broadcast_to(median[:, None, None], (2, 16, 3)))
+    np.testing.assert_array_equal(
+        cut.image[:, :, :3], np.broadcast_to(median[:, None, None], (2, 16, 3))
+    )
     np.testing.assert_array_equal(cut.image[:, :, 3:], field[:, cy - 8 : cy + 8, 0:13])

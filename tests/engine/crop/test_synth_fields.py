@@ -41,7 +41,9 @@ def test_crop_recovers_the_cells_with_inherited_labels(tmp_path):
         assert (cells["label"] == row.label).all()  # every crop inherits its field's label
         assert (cells["well"] == row.well).all() and (cells["plate"] == row.plate).all()
         # A true cell is recovered when exactly one crop is centred inside it.
-        hits = truth[cells["centroid_y"].round().astype(int), cells["centroid_x"].round().astype(int)]
+        hits = truth[
+            cells["centroid_y"].round().astype(int), cells["centroid_x"].round().astype(int)
+        ]
         ids, counts = np.unique(hits[hits > 0], return_counts=True)
         found += int((counts == 1).sum())
     recall = found / (9 * len(truth_index))
