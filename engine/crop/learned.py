@@ -105,20 +105,37 @@ def to_tensor(image: np.ndarray):
     return torch.from_numpy(normalise(image)[None].copy())
 
 
-def paint(masks: np.ndarray, scores: np.ndarray, threshold: float, keep: float = 0.5) -> np.ndarray:
-    """Instance label image from soft masks (N, H, W) in order of decreasing score."""
+def paint(
+    masks: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    keep: float = 0.5,
+    boxes: np.ndarray | None = None,
+) -> np.ndarray:
+    """Instance label image from masks (N, H, W) in order of decreasing score.
+
+    ``boxes`` (N, 4; x0, y0, x1, y1), when given, limits each mask to its box (plus 2 px), so
+    painting costs the boxes' area rather than N whole fields.
+    """
     h, w = masks.shape[-2:]
     labels = np.zeros((h, w), dtype=np.int32)
     n = 0
     for i in np.argsort(-scores, kind="stable"):
         if scores[i] < threshold:
             break
-        m = masks[i] > 0.5
-        free = m & (labels == 0)
+        if boxes is None:
+            ys, xs = slice(0, h), slice(0, w)
+        else:
+            x0, y0, x1, y1 = boxes[i]
+            ys = slice(max(int(y0) - 2, 0), min(int(np.ceil(y1)) + 2, h))
+            xs = slice(max(int(x0) - 2, 0), min(int(np.ceil(x1)) + 2, w))
+        m = masks[i, ys, xs] > 0.5
+        region = labels[ys, xs]
+        free = m & (region == 0)
         if m.sum() == 0 or free.sum() < keep * m.sum():
             continue
         n += 1
-        labels[free] = n
+        region[free] = n
     return labels
 
 
@@ -207,5 +224,6 @@ class LearnedFinder(Finder):
                     keep = pred["scores"] >= self.score_threshold
                     masks = (pred["masks"][keep, 0] > 0.5).cpu().numpy()  # (N, H, W) bool
                     scores = pred["scores"][keep].float().cpu().numpy()
-                    out.append(paint(masks, scores, self.score_threshold))
+                    boxes = pred["boxes"][keep].float().cpu().numpy()
+                    out.append(paint(masks, scores, self.score_threshold, boxes=boxes))
         return out

@@ -37,6 +37,10 @@ def test_paint_keeps_higher_scores_and_drops_duplicates():
     labels = paint(masks, np.array([0.6, 0.9, 0.3]), threshold=0.5)
     assert labels.max() == 1  # mask 0 keeps 4 of 16 px (< half): dropped as a duplicate
     assert (labels == 1).sum() == 16 and labels[0, 4] == 1 and labels[0, 0] == 0
+    boxes = np.array([[0, 0, 4, 4], [1, 0, 5, 4], [6, 6, 8, 8]], dtype=np.float32)
+    np.testing.assert_array_equal(paint(masks, np.array([0.6, 0.9, 0.3]), 0.5, boxes=boxes), labels)
+    # Lower threshold: the third mask is painted as cell 2.
+    assert (paint(masks, np.array([0.6, 0.9, 0.3]), 0.2, boxes=boxes) == 2).sum() == 4
 
 
 def test_split_by_group_keeps_groups_whole():
