@@ -13,6 +13,7 @@ def ensure_ray(
     num_cpus: int | None = None,
     quiet: bool = True,
     log: Callable[[str], None] | None = print,
+    preload: tuple[str, ...] = (),
 ) -> None:
     """Initialise Ray once per process.
 
@@ -23,6 +24,10 @@ def ensure_ray(
         quiet: keep Ray's worker logs and Ray Data progress bars out of the terminal.
         log: where to say that Ray is starting and when it is ready (None: say nothing); a
             local start takes 5-15 s, which should not pass in silence.
+        preload: modules every Ray worker of this job imports as it starts (Ray's
+            ``worker_process_setup_hook``), so the workers Ray starts ahead of time have torch
+            and the trainable imported before the first trial lands on one
+            (``CYTOTUNE_PRELOAD=0`` turns it off).
     """
     import ray
 
@@ -41,6 +46,11 @@ def ensure_ray(
         "configure_logging": True,
         "logging_level": "ERROR" if quiet else "INFO",
     }
+    if preload and os.environ.get("CYTOTUNE_PRELOAD", "1") != "0":
+        kwargs["runtime_env"] = {
+            "worker_process_setup_hook": "engine.cluster.preload_worker",
+            "env_vars": {PRELOAD_ENV: ",".join(preload)},
+        }
     if address is None and num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     try:
@@ -57,6 +67,17 @@ def ensure_ray(
     )
     if quiet:
         quiet_ray_data()
+
+
+PRELOAD_ENV = "CYTOTUNE_PRELOAD_MODULES"
+
+
+def preload_worker() -> None:
+    """Ray worker set-up hook: import the modules ``ensure_ray(preload=...)`` named."""
+    import importlib
+
+    for name in filter(None, os.environ.get(PRELOAD_ENV, "").split(",")):
+        importlib.import_module(name)
 
 
 def quiet_ray_data() -> None:

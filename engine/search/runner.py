@@ -206,7 +206,7 @@ def run_search(
     folds = prepare_folds(study)
     check_well_column(study)
     space = applicable_space(load_spaces(study.space), study, verbose)
-    ensure_ray(address)
+    ensure_ray(address, preload=("engine.search.trainable", "timm"))
     check_resources(study)  # before the store exists: a refused study leaves nothing "running"
     if not resume:
         from engine.data import Manifest

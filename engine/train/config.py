@@ -84,7 +84,8 @@ class TrainConfig:
         compile: ``torch.compile`` the model's forward.
         cuda_graphs: "auto" replays each training step as one CUDA graph where the trainer
             allows it (CUDA, Adam/AdamW, a model trained on the task loss, no mixup/CutMix, no
-            prototype schedule; see ``engine/train/graphs.py``); "off" launches every kernel.
+            prototype schedule; see ``engine/train/graphs.py``); "off" (or false, as YAML
+            reads a bare ``off``) launches every kernel.
         augment: training augmentations.
         normalization: "zscore", "percentile" or "none" (from the manifest's channel stats).
         grad_clip: maximal global gradient norm, or None.
@@ -111,7 +112,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
-    cuda_graphs: str = "auto"
+    cuda_graphs: str | bool = "auto"
     augment: AugmentConfig = field(default_factory=AugmentConfig.cells)
     normalization: str = "zscore"
     grad_clip: float | None = None
@@ -130,6 +131,8 @@ class TrainConfig:
         elif isinstance(augment, Mapping):
             object.__setattr__(self, "augment", AugmentConfig(**augment))
         check_fields(self)
+        if isinstance(self.cuda_graphs, bool):  # YAML reads a bare off / on as a bool
+            object.__setattr__(self, "cuda_graphs", "auto" if self.cuda_graphs else "off")
         for name, options in CHOICES.items():
             value = getattr(self, name)
             if value not in options:

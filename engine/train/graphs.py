@@ -102,9 +102,12 @@ class GraphedStep:
         return loss
 
     def _capture(self, x: Tensor, y: Tensor, mask: Tensor | None) -> None:
-        for group in self.optimizer.param_groups:  # the schedule fills these in place
+        for group in self.optimizer.param_groups:
+            group["capturable"] = True  # torch refuses to capture a step() without it
             if not isinstance(group["lr"], Tensor) or group["lr"].device != x.device:
+                # the schedule fills this tensor in place; the graph reads it on every replay
                 group["lr"] = torch.tensor(float(group["lr"]), device=x.device)
+        self.optimizer._warned_capturable_if_run_uncaptured = True  # eager fallback: no warning
         self.static = (
             x.clone(memory_format=torch.preserve_format),
             y.clone(),
