@@ -137,8 +137,12 @@ def _user() -> str:
 def sanity_status(study_dir: str | Path, trial_id: str) -> dict[str, Any]:
     """The explanation randomisation check of a trial from ``<study>/explain/quality.parquet``.
 
+    The verdicts are those of :mod:`explainers.job.verdicts` (fp32, several random copies, a
+    bootstrap interval and the calibrated threshold; ``inconclusive`` does not pass).
+
     Returns:
-        ``{"passed": bool, "methods": {method: mean}, "source": path}``.
+        ``{"passed": bool, "methods": {method: 1.0 passed / 0.0 not}, "verdicts": {method:
+        text}, "source": path}``.
 
     Raises:
         ValueError: when the explain job has not written the check for this trial.
@@ -152,20 +156,21 @@ def sanity_status(study_dir: str | Path, trial_id: str) -> dict[str, Any]:
             f"--require-sanity: no explanation quality scores at {path}; {hint}, or promote "
             "without --require-sanity"
         )
-    import pandas as pd
+    from explainers.job.verdicts import describe, sanity_table
 
-    table = pd.read_parquet(path)
-    rows = table[
-        (table["trial_id"].astype(str) == str(trial_id)) & (table["metric"] == RANDOMISATION_METRIC)
-    ]
+    table = sanity_table(study_dir)
+    rows = table[(table["trial_id"] == str(trial_id)) & (table["verdict"] != "error")]
     if rows.empty:
         raise ValueError(
             f"--require-sanity: {path} has no {RANDOMISATION_METRIC!r} row for trial "
             f"{trial_id}; {hint} with that trial included"
         )
-    methods = {str(r["method"]): float(r["mean"]) for r in rows.to_dict("records")}
+    methods = {
+        str(r["method"]): float(r["verdict"] == "passed") for r in rows.to_dict("records")
+    }
     return {
         "passed": all(v >= 1.0 for v in methods.values()),
         "methods": methods,
+        "verdicts": {str(r["method"]): describe(r) for r in rows.to_dict("records")},
         "source": str(path),
     }

@@ -241,11 +241,25 @@ def _explain_section(source: TrialSource) -> list[str]:
     lines = [f"Explanation quality of trial {source.trial_id} (explain/quality.parquet):", ""]
     table = [[r["method"], r["metric"], r["mean"], r["std"], r["n"]] for r in rows.to_dict("records")]  # fmt: skip
     lines += _table(["method", "metric", "mean", "std", "n"], table)
-    check = rows[rows["metric"] == "randomisation_passed"]
-    if not check.empty:
-        passed = ", ".join(
-            f"{r['method']} {'passed' if r['mean'] >= 1 else 'FAILED'}"
-            for r in check.to_dict("records")
-        )
-        lines += ["", f"Model-parameter randomisation check: {passed}."]
+    from explainers.job.verdicts import describe, sanity_table
+
+    sanity = sanity_table(source.study_dir)
+    sanity = sanity[sanity["trial_id"] == str(source.trial_id)]
+    if not sanity.empty:
+        lines += [
+            "",
+            "Model-parameter randomisation sanity check (Adebayo et al. 2018; maps of this model "
+            "vs weight-randomised copies, fp32, 95% bootstrap interval over cells):",
+            "",
+        ]
+        for r in sanity.to_dict("records"):
+            verdict = r["verdict"]
+            shout = verdict.upper() if verdict != "passed" else verdict
+            lines.append(f"- {r['method']}: {describe(r).replace(verdict, shout, 1)}: {r['meaning']}.")
+        bad = sanity[sanity["verdict"] != "passed"]
+        if not bad.empty:
+            lines += [
+                "",
+                f"Do not read the maps of {', '.join(bad['method'])} as explanations of this model.",
+            ]
     return lines

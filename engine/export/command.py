@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--require-sanity",
         action="store_true",
-        help="with --promote: refuse unless the trial passed the explanation randomisation check",
+        help="refuse to pull (or --promote) unless every explained method of the trial passed "
+        "the explanation randomisation sanity check (explain/quality.parquet)",
     )
     parser.add_argument("--note", default="", help="with --promote: a note kept in the registry")
     parser.add_argument("--check", metavar="BUNDLE", help="validate a bundle directory and exit")
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
     formats = parse_formats(args.format)
     source = select_trial(args.study, rank=args.rank, trial_id=args.trial, alias=args.alias)
+    if args.require_sanity:
+        _require_sanity(args.study, source.trial_id, "pull")
     device = args.device
     if device == "auto":
         import torch
@@ -167,23 +170,34 @@ def _list(study: str) -> int:
     return 0
 
 
+def _require_sanity(study: str, trial_id: str, action: str) -> dict:
+    """The trial's sanity status; ValueError naming each method that did not pass and why."""
+    from .aliases import sanity_status
+
+    sanity = sanity_status(study, trial_id)
+    if not sanity["passed"]:
+        failed = [
+            f"{m}: {sanity['verdicts'].get(m, 'failed')}"
+            for m, v in sanity["methods"].items()
+            if v < 1
+        ]
+        raise ValueError(
+            f"--require-sanity: trial {trial_id} failed the explanation randomisation "
+            f"check for {'; '.join(failed)} ({sanity['source']}); its maps do not depend on "
+            f"the learned weights. {action.capitalize()} another trial, explain more cells if a "
+            "method is inconclusive, or drop --require-sanity"
+        )
+    return sanity
+
+
 def _promote(args: argparse.Namespace) -> int:
-    from .aliases import Registry, sanity_status
+    from .aliases import Registry
     from .source import select_trial
 
     if args.alias:
         raise ValueError("--promote ALIAS takes --trial ID or --rank N, not --alias")
     source = select_trial(args.study, rank=args.rank, trial_id=args.trial)
-    sanity = None
-    if args.require_sanity:
-        sanity = sanity_status(args.study, source.trial_id)
-        if not sanity["passed"]:
-            failed = [m for m, v in sanity["methods"].items() if v < 1]
-            raise ValueError(
-                f"--require-sanity: trial {source.trial_id} failed the explanation randomisation "
-                f"check for {', '.join(failed)} ({sanity['source']}); its maps do not depend on "
-                "the learned weights. Promote another trial, or drop --require-sanity"
-            )
+    sanity = _require_sanity(args.study, source.trial_id, "promote") if args.require_sanity else None
     metric = source.objective[0]
     entry = Registry(args.study).promote(
         args.promote,

@@ -58,8 +58,37 @@ def run_explain(
         seconds = time.perf_counter() - start
         state.time(f"stage/{name}", seconds)
         log(f"  {name:<11} {seconds:7.1f} s")
+    if "maps" in config.stages:
+        record_layers(plan, config)
     failures = state.data.get("failures", {})
     for part, reason in failures.items():
         log(f"  not computed: {part}: {reason}")
     state.update(status="finished", finished=time.time())
     return plan, state
+
+
+def record_layers(plan: ExplainPlan, config: ExplainConfig) -> dict:
+    """Which layer each CAM method used per trial, its map size and the usable alternatives
+    (``explain/layers.json``; the Explanations page shows it). Read from each trial's first
+    fold model on the CPU."""
+    import json
+
+    from engine.train.checkpoint import load_model
+
+    from .verdicts import layers_path
+    from .worker import layer_info, uses_layer
+
+    cams = [m for m in config.method_names if uses_layer(m)]
+    path = layers_path(plan.study_dir)
+    out = json.loads(path.read_text()) if path.is_file() else {}
+    if not cams:
+        return out
+    shape = tuple(plan.dataset.manifest.shape)
+    for trial in plan.trials:
+        model, _ = load_model(trial.fold_dirs[min(trial.fold_dirs)], "cpu")
+        out[trial.trial_id] = {
+            m: layer_info(m, model, shape, config.method_options[m].get("layer")) for m in cams
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    return out

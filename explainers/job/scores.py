@@ -4,7 +4,10 @@ From the map tables (every explained cell): mass inside the cell mask, mass insi
 mask and the pointing-game hit rate. On a seeded sample of cells (``quality_cells``), with the
 fold model that explained each cell: deletion and insertion AUC, the model-parameter
 randomisation check (trained vs fully re-initialised weights; Spearman, SSIM, passed) and, on
-synthetic data, the evidence mass of the randomised model's maps. Prototype models also get
+synthetic data, the evidence mass of the randomised model's maps. The randomisation check is
+:func:`explainers.quality.sanity.sanity_check` in fp32 (3 random copies, Spearman inside the
+cell mask where there is one, bootstrap interval over cells, cascade, the calibrated
+threshold); its ``sanity_*`` rows carry the verdict. Prototype models also get
 prototype diversity. The sample runs as one Ray task per trial and method (on a GPU when there
 is one), with a progress bar over the tasks.
 """
@@ -16,13 +19,8 @@ import inspect
 import numpy as np
 import pandas as pd
 
-from ..quality import (
-    deletion_insertion,
-    mass_inside,
-    prototype_diversity,
-    randomisation_check,
-    randomize_weights,
-)
+from ..quality import deletion_insertion, mass_inside, prototype_diversity
+from ..quality.sanity import SanityConfig, combine, fp32, sanity_check
 from .config import ExplainConfig
 from .layout import QUALITY_COLUMNS, explain_dir, maps_path, write_frame
 from .plan import ExplainPlan
@@ -110,29 +108,36 @@ def sample_scores(
             out = model(images).float()
             return torch.softmax(out, 1) if softmax else out
 
-        random_model = randomize_weights(model, seed=seed, mode="full").eval()
+        cell_masks = masks[rows] if masks is not None else None
         for method, options in methods.items():
+            options = dict(options)
+            layer = layer_for(method, model, tuple(x.shape[1:]), options.pop("layer", None))
+
+            def attribute(m, method=method, layer=layer, options=options):
+                explainer = create_explainer(method, m, layer, **options)
+                return explainer.attribute(x, target=target, forward_kwargs=fk)
+
             try:
-                layer = layer_for(method, model, tuple(x.shape[1:]))
-                trained = create_explainer(method, model, layer, **options)
-                randomised = create_explainer(method, random_model, layer, **options)
-                a = trained.attribute(x, target=target, forward_kwargs=fk).detach().float()
-                b = randomised.attribute(x, target=target, forward_kwargs=fk).detach().float()
+                with fp32(device.type):  # the check means the same on CPU and GPU
+                    a = attribute(model).detach().float()
+                check = sanity_check(
+                    attribute, model, SanityConfig(seed=seed), trained_maps=a, masks=cell_masks
+                )
                 faith = deletion_insertion(
                     score_fn, x, a, steps=16, baseline="blur", target=target, batch_size=256
                 )
             except (RuntimeError, ValueError, TypeError):
                 continue  # the map stage recorded why this method does not apply
-            check = randomisation_check(a.cpu().numpy(), b.cpu().numpy())
+            b = torch.from_numpy(check.random_maps)
             rec = collected.setdefault((method, "all"), [])
             rec.append(
                 {
                     "deletion_auc": faith["deletion_auc"],
                     "insertion_auc": faith["insertion_auc"],
-                    "randomisation_spearman": check["spearman"],
-                    "randomisation_ssim": check["ssim"],
+                    "randomisation_spearman": check.rho,
                     "mass_evidence_trained": _inside(a, evidence, has_evidence, rows),
                     "mass_evidence_random": _inside(b, evidence, has_evidence, rows),
+                    "sanity": check,
                 }
             )
         if prototypes and hasattr(model, "prototypes"):
@@ -145,17 +150,18 @@ def sample_scores(
             )
     out = []
     for (method, _), parts in collected.items():
-        metrics = {k for p in parts for k, v in p.items() if v is not None}
+        metrics = {k for p in parts for k, v in p.items() if v is not None and k != "sanity"}
         for metric in sorted(metrics):
             values = np.concatenate(
                 [np.asarray(p[metric], dtype=float) for p in parts if p.get(metric) is not None]
             )
             out.append(_row(trial_id, method, metric, values))
         if method != "prototypes":
-            spearman = np.concatenate([np.asarray(p["randomisation_spearman"]) for p in parts])
-            out.append(
-                _row(trial_id, method, "randomisation_passed", [float(np.nanmean(spearman) < 0.5)])
-            )
+            check = combine([p["sanity"] for p in parts], SanityConfig(seed=seed))
+            n = int(np.isfinite(check.rho).sum())
+            for metric, value in check.metrics().items():
+                out.append({**_row(trial_id, method, metric, [value]), "n": n})
+            out.append(_row(trial_id, method, "randomisation_passed", [float(check.passed)]))
             if parts[0]["mass_evidence_trained"] is not None:
                 t = np.concatenate([p["mass_evidence_trained"] for p in parts])
                 r = np.concatenate([p["mass_evidence_random"] for p in parts])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..quality.sanity import MEANINGS
 from .layout import explain_dir
+from .verdicts import describe, sanity_table
 
 COLUMNS = {
     "mass_cell": "in cell",
@@ -13,8 +15,6 @@ COLUMNS = {
     "pointing_hit": "pointing",
     "deletion_auc": "deletion",
     "insertion_auc": "insertion",
-    "randomisation_spearman": "rand. rho",
-    "randomisation_passed": "sanity",
     "n_distinct_prototypes": "distinct protos",
 }
 
@@ -34,11 +34,28 @@ def quality_table(study_dir) -> pd.DataFrame:
 
 
 def format_quality(study_dir) -> str:
+    """The quality table with a sanity column (verdict, rho and its interval) and, under it,
+    which methods did not pass and what that means for reading their maps."""
     wide = quality_table(study_dir)
-    if wide.empty:
+    sanity = sanity_table(study_dir)
+    if wide.empty and sanity.empty:
         return "no explanation quality scores yet"
+    text = {(r["trial_id"], r["method"]): describe(r) for r in sanity.to_dict("records")}
+    if wide.empty:
+        wide = pd.DataFrame(index=pd.MultiIndex.from_tuples(list(text), names=["trial_id", "method"]))
+    else:
+        for key in text:
+            if key not in wide.index:
+                wide.loc[key, :] = float("nan")
+    wide["sanity"] = [text.get((str(t), str(m)), "-") for t, m in wide.index]
     lines = [
-        "explanation quality (means; deletion: lower is better, insertion: higher; sanity 1 = passed)"
+        "explanation quality (means; deletion: lower is better, insertion: higher; sanity: maps "
+        "of the trained model vs 3 weight-randomised copies, Spearman rho in the cell [95% CI] "
+        "against the calibrated threshold)"
     ]
-    lines.append(wide.to_string(float_format=lambda v: f"{v:.3f}"))
+    lines.append(wide.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    bad = sanity[sanity["verdict"] != "passed"]
+    for verdict, group in bad.groupby("verdict", sort=False):
+        parts = ", ".join(f"{r['trial_id']} {r['method']}" for r in group.to_dict("records"))
+        lines.append(f"{verdict.upper()}: {parts}: {MEANINGS[verdict]}")
     return "\n".join(lines)

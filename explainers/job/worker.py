@@ -66,23 +66,29 @@ def pick_device(device: str | None = None) -> torch.device:
 MIN_CAM_SIDE = 4
 
 
-def cam_layers(model, shape) -> list[str]:
-    """Feature layers usable for CAMs on ``shape`` (C, H, W) inputs, shallow to deep.
-
-    Layers whose maps are smaller than MIN_CAM_SIDE pixels a side are dropped (a 2x2 or 1x1
-    map of a small crop says nothing about where), unless no layer is that large.
-    """
-    cached = getattr(model, "_cytotune_cam_layers", None)
-    if cached is not None:
-        return cached
-    layers = model.feature_layers()
-    sizes: dict[str, int] = {}
+def layer_sizes(model, shape) -> dict[str, tuple[int, int]]:
+    """Spatial map size (h, w) of every CAM candidate layer on ``shape`` (C, H, W) inputs, in
+    forward order: the model's feature layers, plus the siblings of its deepest feature layer
+    (the blocks of the same trunk), so a trunk whose last block is too small for a CAM still
+    offers its earlier blocks. Layers whose output is not a (B, C, h, w) map are left out."""
+    cached = getattr(model, "_cytotune_layer_sizes", None)
+    if cached is not None and cached[0] == tuple(shape):
+        return cached[1]
+    layers = dict(model.feature_layers())
+    if layers:
+        deepest = list(layers)[-1]
+        parent = deepest.rsplit(".", 1)[0] if "." in deepest else ""
+        container = model.get_submodule(parent) if parent else model
+        for name, module in container.named_children():
+            full = f"{parent}.{name}" if parent else name
+            if full not in layers and any(True for _ in module.parameters()):
+                layers[full] = module
+    sizes: dict[str, tuple[int, int]] = {}
 
     def record(name):
         def hook(module, inputs, out) -> None:  # returns None: the output stays unchanged
-            sizes[name] = (
-                min(out.shape[-2:]) if isinstance(out, torch.Tensor) and out.ndim == 4 else 0
-            )
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and name not in sizes:
+                sizes[name] = (int(out.shape[-2]), int(out.shape[-1]))
 
         return hook
 
@@ -94,21 +100,57 @@ def cam_layers(model, shape) -> list[str]:
     finally:
         for handle in handles:
             handle.remove()
-    usable = [n for n in layers if sizes.get(n, 0) >= MIN_CAM_SIDE] or list(layers)[-1:]
-    model._cytotune_cam_layers = usable
-    return usable
+    model._cytotune_layer_sizes = (tuple(shape), sizes)  # dict order: forward order
+    return sizes
+
+
+def cam_layers(model, shape) -> list[str]:
+    """Feature layers usable for CAMs on ``shape`` (C, H, W) inputs, shallow to deep.
+
+    Layers whose maps are smaller than MIN_CAM_SIDE pixels on either side are dropped: a 3x3
+    or 2x1 map, upsampled to the crop, is a few blocks or bands across the whole cell that say
+    little about where (the bands seen on the demo's attention trial came from a 3x3 layer).
+    When no layer is that large, the largest map is used.
+    """
+    sizes = layer_sizes(model, shape)
+    usable = [n for n, (h, w) in sizes.items() if min(h, w) >= MIN_CAM_SIDE]
+    if usable:
+        return usable
+    if not sizes:
+        return list(model.feature_layers())[-1:]
+    return [max(sizes, key=lambda n: min(sizes[n]))]
 
 
 def uses_layer(method: str) -> bool:
     return bool(getattr(get_explainer_class(method), "uses_layer", False))
 
 
-def layer_for(method: str, model, shape) -> object:
-    """CAM layer(s): the deepest usable feature layer; LayerCAM fuses the two deepest."""
+def layer_for(method: str, model, shape, requested=None) -> object:
+    """CAM layer(s): ``requested`` (a module path or list, e.g. the method option ``layer``)
+    when given, else the deepest usable feature layer; LayerCAM fuses the two deepest."""
     if not uses_layer(method):
         return None
+    if requested:
+        return requested
     layers = cam_layers(model, shape)
     return layers[-2:] if method == "layercam" and len(layers) > 1 else layers[-1]
+
+
+def layer_info(method: str, model, shape, requested=None) -> dict:
+    """What the page says about a CAM's layer: the one used, its map size and the alternatives."""
+    if not uses_layer(method):
+        return {}
+    chosen = layer_for(method, model, shape, requested)
+    chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+    sizes = layer_sizes(model, shape)
+    usable = cam_layers(model, shape)
+    return {
+        "layers": chosen,
+        "sizes": {n: list(sizes.get(n, ())) for n in chosen},
+        "usable": {n: list(sizes[n]) for n in usable if n in sizes},
+        "all": {n: list(v) for n, v in sizes.items()},
+        "requested": bool(requested),
+    }
 
 
 @dataclass
@@ -364,8 +406,9 @@ class MapWorker:
     def _attribute(self, method, model, x, target, fk) -> torch.Tensor | Exception:
         """Maps (B, C or 1, H, W) float32, or the exception that says why the method failed."""
         try:
-            layer = layer_for(method, model, tuple(x.shape[1:]))
-            explainer = create_explainer(method, model, layer, **self.methods[method])
+            options = dict(self.methods[method])
+            layer = layer_for(method, model, tuple(x.shape[1:]), options.pop("layer", None))
+            explainer = create_explainer(method, model, layer, **options)
             with self._autocast():
                 maps = explainer.attribute(x, target=target, forward_kwargs=fk)
             self._last_output = getattr(explainer, "last_output", None)

@@ -155,6 +155,8 @@ def test_list_promote_and_pull_by_alias(study_copy, tmp_path, capsys):
     assert prov["trial"]["selected_by"] == "alias 'champion'"
     card = (out_dir / "README.md").read_text()
     assert "| gradcam | pointing_game | 0.7500 | 0.1000 | 16 |" in card
-    assert "Model-parameter randomisation check: gradcam passed." in card
+    assert "Model-parameter randomisation sanity check" in card
+    assert "- gradcam: passed (rho" not in card  # a legacy row has no rho: the verdict alone
+    assert "- gradcam: passed: maps change when the learned weights are destroyed" in card
     assert main(["pull", "--study", study, "--alias", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "alias 'nope' is not set" in capsys.readouterr().err

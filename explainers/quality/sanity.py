@@ -1,0 +1,334 @@
+"""The randomisation sanity check with a verdict that means the same on every device.
+
+:func:`randomisation_check` compares two sets of maps once. :func:`sanity_check` turns that
+into a decision a user can trust (Adebayo et al. 2018, "Sanity checks for saliency maps"):
+
+* maps are computed in fp32 with TF32 off (:func:`fp32`), so a GPU gives the CPU's numbers;
+* the trained model is compared with several fully re-initialised copies (``seeds``); each
+  cell's similarity is the mean Spearman rho over the copies;
+* a bootstrap over cells gives a confidence interval of the mean rho;
+* the verdict is ``passed`` when the whole interval lies below the calibrated threshold,
+  ``failed`` when it lies above, ``inconclusive`` when it straddles it (more cells narrow it);
+* cascading randomisation (top layer down) shows how deep the method looks: rho after the top
+  ``k`` parameter layers are re-initialised, for a few fractions of the depth.
+
+The default threshold comes from ``bench/sanity_calibration.py``: trained models whose maps
+find the synthetic evidence mask (should pass) against untrained models (should fail), on
+the synthetic tasks; BENCHMARKS.md records the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._common import to_bhw
+from .randomisation import randomisation_check, randomizable_layers, randomize_weights
+
+__all__ = [
+    "CALIBRATED_THRESHOLD",
+    "MEANINGS",
+    "SanityConfig",
+    "SanityResult",
+    "bootstrap_ci",
+    "combine",
+    "fp32",
+    "sanity_check",
+    "summarise",
+    "verdict",
+]
+
+# bench/sanity_calibration.py (BENCHMARKS.md, "Sanity-check calibration"): the rho that best
+# separates trained models whose maps find the evidence from untrained models
+CALIBRATED_THRESHOLD = 0.5
+
+MEANINGS = {
+    "passed": "maps change when the learned weights are destroyed: they show what the model learned",
+    "failed": (
+        "maps barely change when the learned weights are destroyed: they mostly show the input "
+        "(bright or edged structures), not the model's evidence; do not read them as explanations"
+    ),
+    "inconclusive": (
+        "the confidence interval straddles the threshold: explain more cells "
+        "(--quality-cells) before trusting or discarding this method"
+    ),
+    "not run": "the explain job has not scored this method",
+    "error": "the method could not run on this model (see the error)",
+}
+
+
+@dataclass(frozen=True)
+class SanityConfig:
+    """How the check is run.
+
+    Attributes:
+        seeds: fully re-initialised copies compared with the trained model.
+        cascade: fractions of the parameter layers re-initialised top down for the cascade
+            curve (the head alone is always the first stage); empty to skip it.
+        n_boot: bootstrap resamples of the cells.
+        level: confidence level of the interval.
+        threshold: the verdict's Spearman threshold.
+        absolute: compare ``|maps|`` instead of signed maps.
+        seed: base seed (copy ``i`` uses ``seed + i``; the bootstrap uses ``seed``).
+    """
+
+    seeds: int = 3
+    cascade: tuple[float, ...] = (0.25, 0.5, 0.75)
+    n_boot: int = 1000
+    level: float = 0.95
+    threshold: float = CALIBRATED_THRESHOLD
+    absolute: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.seeds < 2:
+            raise ValueError(f"seeds must be >= 2 (two random copies make the null), got {self.seeds}")
+        if not all(0 < f < 1 for f in self.cascade):
+            raise ValueError(f"cascade fractions must be in (0, 1), got {self.cascade}")
+        if self.n_boot < 100:
+            raise ValueError(f"n_boot must be >= 100 for a stable interval, got {self.n_boot}")
+        if not 0.5 < self.level < 1:
+            raise ValueError(f"level must be in (0.5, 1), got {self.level}")
+        if not -1 <= self.threshold <= 1:
+            raise ValueError(f"threshold is a Spearman rho in [-1, 1], got {self.threshold}")
+
+
+@dataclass
+class SanityResult:
+    """Outcome of :func:`sanity_check` (``rho`` per cell: mean over the random copies)."""
+
+    rho: np.ndarray
+    null: np.ndarray
+    per_seed: np.ndarray  # (seeds, B)
+    n_cells: int
+    rho_mean: float
+    null_mean: float
+    gap_mean: float
+    ci_low: float
+    ci_high: float
+    seed_sd: float
+    threshold: float
+    verdict: str
+    cascade: dict[str, float] = field(default_factory=dict)
+    ssim_mean: float = float("nan")
+    random_maps: np.ndarray | None = None  # the first random copy's maps
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "passed"
+
+    def metrics(self) -> dict[str, float]:
+        """Scalar metrics for ``quality.parquet`` (cascade as ``cascade_rho_<stage>``)."""
+        out = {
+            "sanity_rho": self.rho_mean,
+            "sanity_null_rho": self.null_mean,
+            "sanity_rho_low": self.ci_low,
+            "sanity_rho_high": self.ci_high,
+            "sanity_gap": self.gap_mean,
+            "sanity_seed_sd": self.seed_sd,
+            "sanity_threshold": self.threshold,
+            "sanity_verdict": VERDICT_CODES[self.verdict],
+        }
+        out |= {f"cascade_rho_{k}": v for k, v in self.cascade.items()}
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("rho", "null", "per_seed"):
+            d[key] = getattr(self, key).tolist()
+        d.pop("random_maps")
+        return d
+
+
+VERDICT_CODES = {"failed": 0.0, "inconclusive": 0.5, "passed": 1.0}
+VERDICT_NAMES = {v: k for k, v in VERDICT_CODES.items()}
+
+
+def verdict(ci_low: float, ci_high: float, threshold: float) -> str:
+    """``passed`` (the rho interval lies below ``threshold``), ``failed`` (at or above it) or
+    ``inconclusive`` (it straddles the threshold, or there is no interval)."""
+    if not np.isfinite(ci_low) or not np.isfinite(ci_high):
+        return "inconclusive"
+    if ci_high < threshold:
+        return "passed"
+    if ci_low >= threshold:
+        return "failed"
+    return "inconclusive"
+
+
+def bootstrap_ci(
+    values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (NaNs dropped).
+
+    Same definition as ``scipy.stats.bootstrap(method="percentile")``; one value gives a
+    zero-width interval, none gives NaNs.
+    """
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, size=(n_boot, values.size))
+    means = values[idx].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+@contextlib.contextmanager
+def fp32(device_type: str = "cpu"):
+    """Full fp32: autocast off, TF32 off for cuDNN convolutions and CUDA matmuls."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+    """Spearman rho of matching ``(B, C, H, W)`` / ``(B, H, W)`` maps (channels summed), over
+    the pixels inside ``masks`` (``(B, H, W)``) when given; 0 for a constant map, NaN for a
+    cell with fewer than 3 pixels in its mask."""
+    a, b = to_bhw(a, "a"), to_bhw(b, "b")
+    if masks is None:
+        return randomisation_check(a, b)["spearman"]
+    masks = np.asarray(masks) > 0
+    if masks.shape != a.shape:
+        raise ValueError(f"masks {masks.shape} must match the maps {a.shape}")
+    out = np.full(len(a), np.nan)
+    for i in range(len(a)):
+        inside = masks[i]
+        if inside.sum() >= 3:
+            out[i] = randomisation_check(a[i][inside][None, None], b[i][inside][None, None])[
+                "spearman"
+            ][0]
+    return out
+
+
+def cascade_stages(model: nn.Module, fractions) -> dict[str, int]:
+    """Stage label -> number of top parameter layers re-initialised (``head`` first)."""
+    total = len(randomizable_layers(model))
+    stages = {"head": 1}
+    for f in fractions:
+        k = max(1, min(total, round(f * total)))
+        label = f"{round(100 * f)}pct"
+        if k not in stages.values():
+            stages[label] = k
+    return stages
+
+
+def sanity_check(
+    attribute: Callable[[nn.Module], torch.Tensor],
+    model: nn.Module,
+    config: SanityConfig = SanityConfig(),
+    trained_maps: torch.Tensor | None = None,
+    masks: np.ndarray | None = None,
+) -> SanityResult:
+    """Randomisation sanity check of one method on one batch of cells.
+
+    Per cell: ``rho``, the Spearman correlation between the trained model's map and each random
+    copy's map (mean over copies); the verdict compares the bootstrap interval of the mean rho
+    with ``config.threshold``. For reference, ``null`` is the correlation between the maps of two
+    random copies (what two models that learned nothing share: the input) and ``gap = null -
+    rho``.
+
+    Args:
+        attribute: ``model -> maps`` of the method on the fixed batch (the same cells and
+            targets for every model); called inside :func:`fp32`.
+        model: the trained model (left untouched; copies are randomised).
+        config: seeds, cascade, bootstrap and threshold.
+        trained_maps: the trained model's maps when already computed (in fp32).
+        masks: ``(B, H, W)`` cell masks: correlate only the pixels inside each cell (the
+            trivial agreement "cell brighter than background" is left out); None: every pixel.
+
+    Returns:
+        A :class:`SanityResult`.
+    """
+    device = next(model.parameters()).device.type
+
+    def maps_of(m: nn.Module) -> np.ndarray:
+        with fp32(device):
+            maps = attribute(m).detach().float().cpu().numpy()
+        return np.abs(maps) if config.absolute else maps
+
+    def rho_of(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return spearman_rows(x, y, masks)
+
+    a = trained_maps.detach().float().cpu().numpy() if trained_maps is not None else maps_of(model)
+    randoms = [
+        maps_of(randomize_weights(model, seed=config.seed + i, mode="full").eval())
+        for i in range(config.seeds)
+    ]
+    if config.absolute:
+        a = np.abs(a)
+    per_seed = np.stack([rho_of(a, b) for b in randoms])  # (seeds, B)
+    ssim_mean = float(np.mean([randomisation_check(a, b)["ssim_mean"] for b in randoms]))
+    pairs = [(i, (i + 1) % len(randoms)) for i in range(len(randoms) if len(randoms) > 2 else 1)]
+    null = np.mean([rho_of(randoms[i], randoms[j]) for i, j in pairs], axis=0)  # (B,)
+    cascade = {}
+    for label, k in cascade_stages(model, config.cascade).items():
+        partial = randomize_weights(model, seed=config.seed, mode="cascading", layers=k).eval()
+        cascade[label] = float(np.nanmean(rho_of(a, maps_of(partial))))
+    return summarise(
+        per_seed, null, cascade, config, ssim_mean=ssim_mean, random_maps=randoms[0]
+    )
+
+
+def summarise(
+    per_seed: np.ndarray,
+    null: np.ndarray,
+    cascade: dict[str, float],
+    config: SanityConfig,
+    ssim_mean: float = float("nan"),
+    random_maps: np.ndarray | None = None,
+) -> SanityResult:
+    """A :class:`SanityResult` from per-cell correlations (``per_seed`` (seeds, B), ``null``
+    (B,)): the bootstrap interval of the mean rho and the verdict."""
+    rho = np.nanmean(per_seed, axis=0) if per_seed.size else np.zeros(0)
+    low, high = bootstrap_ci(rho, config.n_boot, config.level, config.seed)
+
+    def mean(v) -> float:
+        v = np.asarray(v, dtype=float)
+        return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+    return SanityResult(
+        rho=rho,
+        null=null,
+        per_seed=per_seed,
+        n_cells=int(np.isfinite(rho).sum()),
+        rho_mean=mean(rho),
+        null_mean=mean(null),
+        gap_mean=mean(null - rho),
+        ci_low=low,
+        ci_high=high,
+        seed_sd=float(np.nanmean(per_seed, axis=1).std()) if per_seed.size else float("nan"),
+        threshold=config.threshold,
+        verdict=verdict(low, high, config.threshold),
+        cascade=cascade,
+        ssim_mean=ssim_mean,
+        random_maps=random_maps,
+    )
+
+
+def combine(parts: list[SanityResult], config: SanityConfig) -> SanityResult:
+    """One result over the cells of several parts (e.g. one per fold model): cells pooled,
+    cascade values averaged with the parts' cell counts as weights."""
+    if not parts:
+        raise ValueError("combine needs at least one SanityResult")
+    per_seed = np.concatenate([p.per_seed for p in parts], axis=1)
+    null = np.concatenate([p.null for p in parts])
+    weights = np.array([p.n_cells for p in parts], dtype=float)
+    cascade = {
+        k: float(np.average([p.cascade.get(k, np.nan) for p in parts], weights=weights))
+        for k in parts[0].cascade
+    }
+    ssim = float(np.average([p.ssim_mean for p in parts], weights=weights))
+    return summarise(per_seed, null, cascade, config, ssim_mean=ssim)
