@@ -73,8 +73,12 @@ def cluster(tmp_path_factory):
     was_local = ray.is_initialized()  # the session's one-node Ray (tests/conftest.py)
     ray.shutdown()
     cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"node_head": 1}}
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {"node_head": 1}, "include_dashboard": False},
     )
+    # Cluster notes its address in /tmp/ray/ray_current_cluster, where any ray.init() without
+    # an address on this machine would find it and join: only this test may use it
+    ray._common.utils.reset_ray_address()
     worker = cluster.add_node(num_cpus=2, resources={"node_b": 1})
     cluster.wait_for_nodes()
     ensure_ray(cluster.address, log=None)
