@@ -87,7 +87,9 @@ def sanity_table(study_dir, quality: pd.DataFrame | None = None) -> pd.DataFrame
                 legacy = True
             else:
                 continue
-            rho = r.get("sanity_rho", r.get("randomisation_spearman", np.nan))
+            rho = r.get("sanity_rho", np.nan)
+            if pd.isna(rho):
+                rho = r.get("randomisation_spearman", np.nan)
             n = counts.loc[(trial_id, method)].get("sanity_rho", np.nan)
             rows.append(
                 {
