@@ -1,0 +1,280 @@
+"""One GPU vs two: the same search and the same explain job on 1 and on 2 GPUs (issue 15, item 3).
+
+Each run is a child process with ``CUDA_VISIBLE_DEVICES`` naming 1 or 2 GPUs, so it starts its
+own local Ray that sees exactly those. The search is one small study (synthetic metastasis
+crops, ``race: epochs`` and no scheduler, so both runs do the same work; fractional GPUs pack
+several trials per GPU); the explain job explains the 1-GPU study's two best trials over every
+cell (``--overwrite``, maps stage only), with four actors per visible GPU. ``nvidia-smi`` is
+sampled every 0.5 s during each run.
+
+Reported per run (bench/results/scale.json, a list of objects):
+  job, gpus, throughput, unit, speedup (vs 1 GPU), device, wall_s, gpu_util_mean (per GPU),
+  and for the search: trial-epochs, the best score, and the time to reach the 1-GPU run's best
+  score (time_to_1gpu_best_s; null when the run never reaches it).
+
+On the GPU machine (2 GPUs; Ray, Optuna and captum from the bundle, see bench/real/device.sh):
+  bash bench/real/device.sh python bench/scale.py --out $OUT/scale.json
+Here, on the CPU, end to end with tiny settings (no nvidia-smi: utilisation is null):
+  python bench/scale.py --smoke-test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# settings per mode: dataset size, crop size, trials, epochs, GPU share per trial
+SETTINGS = {
+    "gpu": {"cells": 6000, "size": 64, "trials": 16, "epochs": 6, "gpus_per_trial": 0.25,
+            "family": "backbone", "batch_size": 256, "explain_limit": None},
+    "smoke": {"cells": 96, "size": 24, "trials": 2, "epochs": 1, "gpus_per_trial": 0,
+              "family": "small_cnn", "batch_size": 32, "explain_limit": 48},
+}  # fmt: skip
+SPACE = {
+    "name": "scale",
+    "default_family": "backbone",
+    "families": {
+        "backbone": {
+            "backbone": {"type": "categorical", "choices": ["resnet18", "resnet34"]},
+            "stem_pool": False,
+            "drop_rate": {"type": "float", "low": 0.0, "high": 0.3},
+        },
+        "small_cnn": {
+            "conv_layers": {"type": "int", "low": 1, "high": 2},
+            "filters": {"type": "categorical", "choices": [4, 8]},
+            "dense_units": 16,
+        },
+    },
+    "train": {"lr": {"type": "float", "low": 5e-4, "high": 5e-3, "log": True}},
+}
+
+
+# -- children: one run each, with CUDA_VISIBLE_DEVICES set by the parent ---------------------
+def child_search(work: Path, name: str, settings: dict) -> dict:
+    from engine.search import StudyConfig
+    from engine.search.runner import run_search
+
+    space = {**SPACE, "default_family": settings["family"]}
+    space["families"] = {settings["family"]: SPACE["families"][settings["family"]]}
+    space["train"] = {**SPACE["train"], "batch_size": settings["batch_size"]}
+    (work / "space.yaml").write_text(yaml.safe_dump(space))
+    study = {
+        "name": name,
+        "dataset": "dataset",
+        "folds": {"k": 3, "group": "well"},
+        "space": "space.yaml",
+        "budget": {"trials": settings["trials"], "max_epochs": settings["epochs"],
+                   "race": "epochs", "max_concurrent": 64},
+        "resources": {"cpus": 1, "gpus": settings["gpus_per_trial"]},
+        "objective": {"metric": "balanced_accuracy"},
+        "scheduler": "none",
+        "seed": 0,
+        "storage": "studies",
+        "train": {"precision": "auto"},
+    }  # fmt: skip
+    (work / f"{name}.yaml").write_text(yaml.safe_dump(study))
+    config = StudyConfig.from_yaml(work / f"{name}.yaml")
+    start = time.time()
+    store = run_search(config, address="local", verbose=False, started=start)
+    wall = time.time() - start
+    trials = store.table("trials")
+    done = trials[trials["status"] == "completed"]
+    score = "val/balanced_accuracy"
+    curve = sorted((float(r["ended_at"]) - start, float(r[score])) for _, r in done.iterrows())
+    return {
+        "study": store.path,
+        "wall_s": wall,
+        "trial_epochs": int(trials["epochs_done"].fillna(0).sum()),
+        "best": max((s for _, s in curve), default=None),
+        "curve": curve,  # (seconds since start, score) per completed trial
+        "trials": len(trials),
+        "failed": int((trials["status"] == "failed").sum()),
+    }
+
+
+def child_explain(study: str, settings: dict) -> dict:
+    from explainers.job.config import ExplainConfig
+    from explainers.job.runner import run_explain
+
+    config = ExplainConfig(
+        study=study, top_k=2, methods=("gradcam", "saliency"), stages=("maps",),
+        limit=settings["explain_limit"], overwrite=True, batch_size=128, address="local",
+    )  # fmt: skip
+    start = time.time()
+    plan, state = run_explain(config, progress=False, log=lambda *_: None)
+    wall = time.time() - start
+    maps = len(plan.cells) * len(plan.trials) * len(config.method_names)
+    seconds = state.data.get("timings", {}).get("maps", wall)
+    return {"wall_s": wall, "maps": maps, "maps_s": seconds, "failures": state.data.get("failures")}
+
+
+# -- the parent: runs the children, samples nvidia-smi, writes the results --------------------
+class GpuSampler:
+    """``nvidia-smi`` utilisation every 0.5 s while a run lasts (nothing without nvidia-smi)."""
+
+    def __init__(self) -> None:
+        self.samples: list[list[float]] = []
+        self.available = shutil.which("nvidia-smi") is not None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        while not self._stop.wait(0.5):
+            try:
+                out = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout
+                self.samples.append([float(x) for x in out.split()])
+            except (subprocess.SubprocessError, ValueError, OSError):
+                continue
+
+    def __enter__(self):
+        if self.available:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self.available:
+            self._thread.join(timeout=10)
+
+    def mean(self, gpus: list[int]) -> list[float] | None:
+        if not self.samples:
+            return None
+        return [
+            round(sum(s[g] for s in self.samples if len(s) > g) / len(self.samples), 1)
+            for g in gpus
+        ]
+
+
+def device_name() -> str:
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.split("\n")  # fmt: skip
+        return out[0].strip() or "GPU"
+    return f"CPU ({os.cpu_count()} cores, smoke test)"
+
+
+def run_child(args: list[str], gpus: list[int], timeout_s: float) -> tuple[dict, list | None]:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
+    with GpuSampler() as sampler:
+        proc = subprocess.run(
+            command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :]), sampler.mean(gpus)
+
+
+def time_to_reach(curve: list, target: float | None) -> float | None:
+    if target is None:
+        return None
+    return next((t for t, score in curve if score >= target), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/scale.json")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cytotune-scale"))
+    parser.add_argument("--gpus", type=int, nargs=2, default=[1, 2], metavar=("FEW", "MANY"))
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per run")
+    parser.add_argument("--smoke-test", action="store_true", help="CPU, tiny settings")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke_test else "gpu"
+    settings = SETTINGS[mode]
+
+    if args.child:  # inside a run: print one RESULT line for the parent
+        kind, *rest = args.child
+        if kind == "search":
+            os.chdir(rest[0])
+            result = child_search(Path(rest[0]), rest[1], settings)
+        else:
+            result = child_explain(rest[0], settings)
+        print("RESULT " + json.dumps(result, default=str))
+        return 0
+
+    if not args.smoke_test:
+        visible = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10
+        ).stdout.count("GPU ")
+        if visible < max(args.gpus):
+            raise SystemExit(f"{max(args.gpus)} GPUs needed, nvidia-smi lists {visible}")
+    from engine.data.folds import make_folds, save_folds
+    from engine.synth import write_dataset
+
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    dataset = args.work / "dataset"
+    write_dataset("metastasis", dataset, settings["cells"], size=settings["size"], seed=0,
+                  progress=False)  # fmt: skip
+    save_folds(dataset, make_folds(dataset, k=3, group="well", name="k3-well"))
+    device = device_name()
+    smoke = ["--smoke-test"] if args.smoke_test else []
+    rows, searches = [], {}
+    for n in args.gpus:
+        gpus = list(range(n))
+        result, util = run_child(
+            ["search", str(args.work), f"scale-{n}gpu", *smoke], gpus, args.timeout
+        )
+        searches[n] = result
+        rows.append({"job": "search", "gpus": n, "throughput": result["trial_epochs"] / result["wall_s"],
+                     "unit": "trial-epochs/s", "device": device, "wall_s": result["wall_s"],
+                     "trial_epochs": result["trial_epochs"], "best": result["best"],
+                     "gpu_util_mean": util, "failed_trials": result["failed"]})  # fmt: skip
+        print(
+            f"search {n} GPU(s): {rows[-1]['throughput']:.3f} trial-epochs/s in {result['wall_s']:.0f} s, util {util}"
+        )
+    target = searches[args.gpus[0]]["best"]
+    for row in rows:
+        row["time_to_1gpu_best_s"] = time_to_reach(searches[row["gpus"]]["curve"], target)
+    study = searches[args.gpus[0]]["study"]
+    for n in args.gpus:
+        result, util = run_child(["explain", study, *smoke], list(range(n)), args.timeout)
+        rows.append({"job": "explain", "gpus": n, "throughput": result["maps"] / result["maps_s"],
+                     "unit": "maps/s", "device": device, "wall_s": result["wall_s"],
+                     "maps": result["maps"], "gpu_util_mean": util,
+                     "failures": result["failures"] or None})  # fmt: skip
+        print(f"explain {n} GPU(s): {rows[-1]['throughput']:.1f} maps/s, util {util}")
+    for job in ("search", "explain"):
+        base = next(r for r in rows if r["job"] == job and r["gpus"] == args.gpus[0])
+        for row in rows:
+            if row["job"] == job:
+                row["speedup"] = round(row["throughput"] / base["throughput"], 3)
+    report = [
+        {**r, "mode": mode, "command": "python bench/scale.py " + " ".join(argv or sys.argv[1:])}
+        for r in rows
+    ]
+    out = (
+        args.out
+        if not args.smoke_test or "--out" in (argv or sys.argv)
+        else args.work / "scale.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    for r in report:
+        print(
+            f"{r['job']:<8} {r['gpus']} GPU  {r['throughput']:9.3f} {r['unit']:<15} x{r['speedup']:.2f}  {r['device']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
