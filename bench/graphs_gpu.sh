@@ -12,10 +12,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 mkdir -p /tmp/data && cp -r $DATA/mitocheck /tmp/data/
 timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:dash.testing.plugin tests/engine/test_graphs.py 2>&1 | grep -v Warn | tail -25
 D="bash bench/real/device.sh"
-$D python bench/recipe_ablation.py /tmp/data/mitocheck --variant default --variant cuda_graphs=off --out $R/graphs_ablation.json 2>&1 | grep -v Warn | tail -4
-# the search's fixed cost: one trial, all folds, with and without preloaded Ray workers
-$D python bench/timeline.py --imports search_spaces,engine.search.runner --top 8
-for pre in 1 0; do
+$D python bench/step_profile.py /tmp/data/mitocheck 2>&1 | grep graphs=
+for pre in 1; do
 cat > /tmp/one$pre.yaml <<Y
 name: one$pre
 dataset: /tmp/data/mitocheck
@@ -26,9 +24,7 @@ resources: {cpus: 1, gpus: 1}
 objective: {metric: f1_weighted}
 storage: /tmp/runs
 Y
-CYTOTUNE_PRELOAD=$pre $D python bench/timeline.py -- cytotune search --config /tmp/one$pre.yaml 2>&1 | grep -v "Warn\|warn" | tail -14
+CYTOTUNE_PRELOAD=$pre $D python bench/timeline.py -- cytotune search --config /tmp/one$pre.yaml 2>&1 | grep -v "Warn\|warn" | head -24
 done
-V="$D python bench/vs_plain.py --data /tmp/data --runs /tmp/runs --out $R/vs_plain.json --gpus-per-trial 1 --max-concurrent 1"
-$V --datasets mitocheck --budget-factor 2 2>&1 | grep -v Warn | tail -3
-$V --datasets metastasis --budget-factor 2 2>&1 | grep -v Warn | tail -3
+$D python bench/timeline.py --imports engine.search.runner --top 12
 cp -r $R $OUT/ ; for d in /tmp/runs/*/; do n=$(basename $d); mkdir -p $OUT/$n; cp $d/trials.parquet $d/study.json $OUT/$n/; done
