@@ -103,8 +103,8 @@ def train(model, d, epochs: int, seed: int) -> float:
 
 
 def attribute_fn(method: str, x, target, bf16: bool = False):
-    from explainers.methods import create_explainer
     from explainers.job.worker import layer_for
+    from explainers.methods import create_explainer
 
     def run(model):
         layer = layer_for(method, model, tuple(x.shape[1:]))
@@ -176,7 +176,9 @@ def main(argv=None) -> int:
         summary = {**earlier["summary"], **derive(rows, args.evidence_gain, args.min_accuracy_gain)}
         write(out, rows, summary)
         return 0
-    config = SanityConfig(seeds=args.seeds)  # verdicts re-derived below  # verdicts re-derived below
+    config = SanityConfig(
+        seeds=args.seeds
+    )  # verdicts re-derived below  # verdicts re-derived below
     rows, started = [], time.perf_counter()
     for task in args.tasks:
         d = data(task, args.n, args.size, seed=1)

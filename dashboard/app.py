@@ -181,8 +181,11 @@ def _add_file_routes(app: dash.Dash, ctx: Context) -> None:
                 args.get("method", ""),
                 args.get("cell", ""),
                 channels=channels or None,
-                cmap=args.get("cmap", "inferno"),
-                alpha=min(1.0, max(0.0, float(args.get("alpha", 0.5)))),
+                cmap=args.get("cmap", "auto"),
+                alpha=min(1.0, max(0.0, float(args.get("alpha", 0.6)))),
+                mode=args.get("mode", "side"),
+                percentile=float(args.get("pct", 99.5)),
+                smooth=float(args.get("smooth", 0)),
             )
         except (KeyError, FileNotFoundError, StudyUnreadable):
             abort(404)
@@ -226,11 +229,15 @@ body{font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;marg
 .cmd{font-family:ui-monospace,Menlo,Consolas,monospace;background:#0f172a;color:#e2e8f0;padding:10px 12px;border-radius:6px;display:flex;align-items:center;gap:12px;justify-content:space-between;font-size:13px;overflow-x:auto}
 .cmd button{background:none;border:none;color:#93c5fd;cursor:pointer;font-size:16px}
 pre.config{background:#f8fafc;border:1px solid #e2e8f0;border-radius:6px;padding:10px;font-size:12px;max-height:420px;overflow:auto;margin:0}
-.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px}
+.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:12px}
+.tiles:has(.tile.wide){grid-template-columns:repeat(auto-fill,minmax(330px,1fr))}
+.badge.sanity-passed{background:#dcfce7;color:#166534}.badge.sanity-failed,.badge.sanity-error{background:#fee2e2;color:#991b1b}.badge.sanity-inconclusive{background:#fef3c7;color:#92400e}
+.sanity-list{margin:0;padding-left:18px}.sanity-list li{margin-bottom:6px}
+.layer-note code{font-size:11px;word-break:break-all}
 .tile{background:#fff;border-radius:6px;box-shadow:0 1px 2px rgba(15,23,42,.1);padding:6px;font-size:12px}
 .tile.right{border-top:3px solid #16a34a}.tile.wrong{border-top:3px solid #dc2626}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin:0 4px 0 2px;vertical-align:middle}
-.tile img{width:100%;image-rendering:pixelated;border-radius:4px;display:block;background:#000}
+.tile img{width:100%;image-rendering:pixelated;border-radius:4px;display:block;background:#fff}
 .tile .cap{margin-top:4px;line-height:1.35}.tile .id{color:#64748b;font-family:ui-monospace,monospace;font-size:11px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;direction:rtl;text-align:left}
 .ok{color:#15803d;font-weight:600}.bad{color:#b91c1c;font-weight:600}
 .pop{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr) minmax(0,2fr);gap:10px;text-align:center;font-size:12px;color:#475569;align-items:end}

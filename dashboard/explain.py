@@ -7,7 +7,6 @@ map alone is drawn (and the job's own overlay PNG is still served as a file).
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from collections import OrderedDict
@@ -21,8 +20,8 @@ import pyarrow.parquet as pq
 from explainers.job import layout
 
 from .data import CACHE, Study
+from .render import MAP_COLORMAPS as COLORMAPS  # noqa: F401  (the page's choices)
 
-COLORMAPS = ("inferno", "viridis", "jet", "gray")
 _MAP_TABLES: OrderedDict[tuple, tuple] = OrderedDict()
 _CROPS: OrderedDict[tuple, np.ndarray] = OrderedDict()
 _LOCK = threading.Lock()
@@ -136,41 +135,35 @@ class Explanations:
         self.prefetch([cell_id])
         return _CROPS.get((str(path), str(cell_id)))
 
-    def render(self, trial_id, method, cell_id, channels=None, cmap="inferno", alpha=0.5) -> bytes:
-        """PNG of one cell's overlay with the chosen channels, colormap and alpha."""
-        from PIL import Image
+    def render(
+        self,
+        trial_id,
+        method,
+        cell_id,
+        channels=None,
+        cmap="auto",
+        alpha=0.6,
+        mode="side",
+        percentile=99.5,
+        smooth=0.0,
+    ) -> bytes:
+        """PNG of one cell (dashboard.render.render_tile): crop | map, blend or contours, with
+        a colour bar in the method's units."""
+        from .render import render_tile
 
-        from explainers.methods.channels import overlay
-
-        if cmap not in COLORMAPS:
-            raise ValueError(f"unknown colormap {cmap!r}; use one of {COLORMAPS}")
         amap = self.map(trial_id, method, cell_id)  # (C, H, W) or (1, H, W)
-        crop = self.crop(cell_id)
-        names = self.channel_names()
-        if crop is None:
-            crop = np.zeros((1, *amap.shape[1:]), np.float32)
-            chosen, names = None, None
-        else:
-            chosen = [c for c in (channels or range(crop.shape[0])) if 0 <= int(c) < crop.shape[0]]
-            chosen = chosen or list(range(crop.shape[0]))
-            names = names if len(names) == crop.shape[0] else None
-        cam = _reduce(amap, chosen)
-        if cam.shape != crop.shape[1:]:
-            resized = Image.fromarray(cam.astype(np.float32)).resize(
-                crop.shape[:0:-1], Image.BILINEAR
-            )
-            cam = np.asarray(resized)
-        rgb = overlay(
-            crop.astype(np.float32),
-            cam,
-            channels=chosen,
-            alpha=float(alpha),
+        return render_tile(
+            self.crop(cell_id),
+            amap,
+            method,
+            channels=channels,
+            channel_names=self.channel_names() or None,
             cmap=cmap,
-            channel_names=names,
+            alpha=alpha,
+            mode=mode,
+            percentile=percentile,
+            smooth=smooth,
         )
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, format="PNG")
-        return buffer.getvalue()
 
     # -- population, prototypes, attention, quality --------------------------------------------
     def table(self, name: str) -> pd.DataFrame:
@@ -209,14 +202,6 @@ class Explanations:
             return path.relative_to(self.study.path).as_posix() if path.is_file() else None
         except (ValueError, OSError):
             return None
-
-
-def _reduce(amap: np.ndarray, channels) -> np.ndarray:
-    """One (H, W) map: the CAM itself, or |attribution| summed over the chosen input channels."""
-    if amap.shape[0] == 1:
-        return amap[0]
-    picked = amap[list(channels)] if channels else amap
-    return np.abs(picked).sum(0)
 
 
 def filter_cells(

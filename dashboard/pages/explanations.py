@@ -13,10 +13,12 @@ from dash import Input, Output, State, dcc, html
 from explainers.job import layout as paths
 
 from ..data import StudyUnreadable
-from ..explain import COLORMAPS, Explanations, filter_cells
-from . import common
+from ..explain import Explanations, filter_cells
+from ..render import MAP_COLORMAPS, MODES
+from . import common, population, sanity
 
 PAGE_SIZE = 24
+QUALITY_HIDDEN = r"sanity_(?!rho$)|randomisation_|cascade_|n_distinct|duplicate_|evidence_ratio"
 
 
 def layout(ctx, study, params):
@@ -30,9 +32,14 @@ def layout(ctx, study, params):
         return html.Div([common.header(study), common.notice(hint, "warn")])
     trials = list(methods)
     first = params.get("trial") if params.get("trial") in methods else trials[0]
+    verdicts = sanity.for_trial(study, first)
+    first_options = sanity.method_options(methods[first], verdicts, False) or [
+        {"label": m, "value": m} for m in methods[first]
+    ]
+    first_method = first_options[0]["value"]
     names = explain.channel_names()
     task = study.task()
-    first_cells = explain.cells(first, methods[first][0])
+    first_cells = explain.cells(first, first_method)
     have_crops = (
         study.dataset_path() is not None and (study.dataset_path() / "manifest.json").is_file()
     )
@@ -59,13 +66,28 @@ def layout(ctx, study, params):
                             ),
                             _field(
                                 "method",
-                                dcc.Dropdown(
-                                    methods[first],
-                                    methods[first][0],
-                                    id="ex-method",
-                                    clearable=False,
+                                html.Div(
+                                    [
+                                        dcc.Dropdown(
+                                            first_options,
+                                            first_method,
+                                            id="ex-method",
+                                            clearable=False,
+                                        ),
+                                        dcc.Checklist(
+                                            [
+                                                {
+                                                    "label": " show methods that failed the sanity check",
+                                                    "value": "show",
+                                                }
+                                            ],
+                                            [],
+                                            id="ex-show-failing",
+                                            style={"fontSize": "12px", "marginTop": "3px"},
+                                        ),
+                                    ]
                                 ),
-                                170,
+                                230,
                             ),
                             _field(
                                 "channels",
@@ -80,19 +102,73 @@ def layout(ctx, study, params):
                                 200,
                             ),
                             _field(
-                                "colormap",
-                                dcc.Dropdown(
-                                    list(COLORMAPS), "inferno", id="ex-cmap", clearable=False
+                                "display",
+                                dcc.RadioItems(
+                                    [
+                                        {"label": "crop | map", "value": "side"},
+                                        {"label": "blend", "value": "blend"},
+                                        {"label": "contours", "value": "contour"},
+                                    ],
+                                    "side",
+                                    id="ex-mode",
+                                    inline=True,
+                                    inputStyle={"marginRight": "3px"},
+                                    labelStyle={"marginRight": "10px"},
                                 ),
-                                130,
+                                230,
                             ),
                             _field(
-                                "overlay alpha",
+                                "map colours",
+                                dcc.Dropdown(
+                                    [
+                                        {"label": "auto (a hue no channel uses)", "value": "auto"},
+                                        *(
+                                            {"label": f"{c} (crop | map only)", "value": c}
+                                            for c in MAP_COLORMAPS[1:]
+                                        ),
+                                    ],
+                                    "auto",
+                                    id="ex-cmap",
+                                    clearable=False,
+                                ),
+                                200,
+                            ),
+                            _field(
+                                "scale top",
+                                dcc.Dropdown(
+                                    [
+                                        {"label": "99.5th percentile", "value": 99.5},
+                                        {"label": "99th percentile", "value": 99.0},
+                                        {"label": "95th percentile", "value": 95.0},
+                                        {"label": "maximum", "value": 100.0},
+                                    ],
+                                    99.5,
+                                    id="ex-pct",
+                                    clearable=False,
+                                ),
+                                150,
+                            ),
+                            _field(
+                                "smoothing",
+                                dcc.Dropdown(
+                                    [
+                                        {"label": "off", "value": 0},
+                                        {"label": "1 px (light)", "value": 1},
+                                        {"label": "2 px", "value": 2},
+                                    ],
+                                    0,
+                                    id="ex-smooth",
+                                    clearable=False,
+                                ),
+                                110,
+                            ),
+                            _field(
+                                "blend alpha",
                                 dcc.Slider(
                                     0,
                                     1,
                                     0.05,
-                                    value=0.5,
+                                    value=0.6,
                                     id="ex-alpha",
                                     marks={v: f"{v:g}" for v in (0, 0.25, 0.5, 0.75, 1)},
                                 ),
@@ -163,16 +239,25 @@ def layout(ctx, study, params):
                         ],
                         className="pager",
                     ),
+                    html.Div(id="ex-sanity-warning"),
+                    html.Div(id="ex-layer"),
                     html.Div(id="ex-grid", className="tiles"),
                 ],
                 className="card",
             ),
+            common.card(
+                "Population maps",
+                html.Div(id="ex-population"),
+                sub="geometric means over every explained cell of the true class; correlation: "
+                "local Pearson r between the map and each channel",
+            ),
             html.Div(
                 [
                     common.card(
-                        "Population maps",
-                        html.Div(id="ex-population"),
-                        sub="geometric means over every explained cell of the true class",
+                        "Sanity check",
+                        html.Div(id="ex-sanity"),
+                        sub="maps of the trained model vs weight-randomised copies (fp32, 95% "
+                        "interval over cells)",
                     ),
                     common.card(
                         "Explanation quality",
@@ -234,25 +319,45 @@ def register(app, ctx):
         Output("ex-range", "value"),
         Output("ex-range", "marks"),
         Input("ex-trial", "value"),
+        Input("ex-show-failing", "value"),
         State("ex-method", "value"),
         State("ex-study", "data"),
     )
-    def trial_changed(trial_id, method, key):
+    def trial_changed(trial_id, show_failing, method, key):
         try:
             study = ctx.catalog.get(key)
         except StudyUnreadable:
             return [], None, [], [], dash.no_update, dash.no_update, dash.no_update, dash.no_update
         explain = Explanations(study)
         methods = explain.methods().get(trial_id, [])
-        method = method if method in methods else (methods[0] if methods else None)
+        options = sanity.method_options(
+            methods, sanity.for_trial(study, trial_id), bool(show_failing)
+        ) or [{"label": m, "value": m} for m in methods]
+        shown = [o["value"] for o in options]
+        method = method if method in shown else (shown[0] if shown else None)
         cells = explain.cells(trial_id, method) if method else None
         span = range_props(cells, study.task())
         slider = (span["max"], span["step"], span["value"], span["marks"])
         if cells is None or cells.empty:
-            return methods, method, [], [], *slider
+            return options, method, [], [], *slider
         true = sorted(c for c in cells["label"].astype(str).unique() if c)
         pred = sorted(c for c in cells["prediction"].astype(str).unique() if c) if true else []
-        return methods, method, true, pred, *slider
+        return options, method, true, pred, *slider
+
+    @app.callback(
+        Output("ex-sanity-warning", "children"),
+        Output("ex-layer", "children"),
+        Input("ex-trial", "value"),
+        Input("ex-method", "value"),
+        State("ex-study", "data"),
+    )
+    def method_notes(trial_id, method, key):
+        try:
+            study = ctx.catalog.get(key)
+        except StudyUnreadable:
+            return None, None
+        rows = sanity.for_trial(study, trial_id)
+        return sanity.warning(method, rows), sanity.layer_note(study, trial_id, method)
 
     @app.callback(
         Output("ex-grid", "children"),
@@ -264,6 +369,9 @@ def register(app, ctx):
         Input("ex-channels", "value"),
         Input("ex-cmap", "value"),
         Input("ex-alpha", "value"),
+        Input("ex-mode", "value"),
+        Input("ex-pct", "value"),
+        Input("ex-smooth", "value"),
         Input("ex-true", "value"),
         Input("ex-pred", "value"),
         Input("ex-outcome", "value"),
@@ -274,7 +382,22 @@ def register(app, ctx):
         State("ex-study", "data"),
     )
     def grid(
-        trial_id, method, channels, cmap, alpha, true, pred, outcome, span, _prev, _next, page, key
+        trial_id,
+        method,
+        channels,
+        cmap,
+        alpha,
+        mode,
+        pct,
+        smooth,
+        true,
+        pred,
+        outcome,
+        span,
+        _prev,
+        _next,
+        page,
+        key,
     ):
         try:
             study = ctx.catalog.get(key)
@@ -298,13 +421,19 @@ def register(app, ctx):
             if trigger == "ex-prev"
             else page + 1
             if trigger == "ex-next"
-            else (page if trigger in ("ex-alpha", "ex-cmap", "ex-channels") else 0)
+            else (
+                page
+                if trigger
+                in ("ex-alpha", "ex-cmap", "ex-channels", "ex-mode", "ex-pct", "ex-smooth")
+                else 0
+            )
         )
         page = min(max(page, 0), pages - 1)
         chunk = shown.iloc[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
         explain.prefetch(chunk["cell_id"].astype(str).tolist())
+        view = {"mode": mode, "pct": pct, "smooth": smooth}
         tiles = [
-            _tile(study.key, trial_id, method, r, channels, cmap, alpha, regression)
+            _tile(study.key, trial_id, method, r, channels, cmap, alpha, regression, view)
             for r in chunk.to_dict("records")
         ]
         if not tiles:
@@ -314,6 +443,7 @@ def register(app, ctx):
 
     @app.callback(
         Output("ex-population", "children"),
+        Output("ex-sanity", "children"),
         Output("ex-quality", "figure"),
         Output("ex-prototypes", "children"),
         Output("ex-attention", "children"),
@@ -325,10 +455,11 @@ def register(app, ctx):
         try:
             study = ctx.catalog.get(key)
         except StudyUnreadable as exc:
-            return common.notice(str(exc), "error"), go.Figure(), "", ""
+            return common.notice(str(exc), "error"), "", go.Figure(), "", ""
         explain = Explanations(study)
         return (
-            _population(explain, study.key, trial_id, method),
+            population.blocks(explain, study.key, trial_id, method),
+            sanity.trial_list(sanity.for_trial(study, trial_id)),
             quality_figure(explain, trial_id),
             _figures(
                 explain,
@@ -375,20 +506,24 @@ def _present(value) -> bool:
     )
 
 
-def overlay_url(key, trial_id, method, cell_id, channels, cmap, alpha) -> str:
+def overlay_url(key, trial_id, method, cell_id, channels, cmap, alpha, view=None) -> str:
+    view = view or {}
     query = {
         "study": key,
         "trial": trial_id,
         "method": method,
         "cell": cell_id,
         "channels": ",".join(str(c) for c in sorted(channels or [])),
-        "cmap": cmap or "inferno",
-        "alpha": f"{float(alpha if alpha is not None else 0.5):.2f}",
+        "cmap": cmap or "auto",
+        "alpha": f"{float(alpha if alpha is not None else 0.6):.2f}",
+        "mode": view.get("mode") if view.get("mode") in MODES else "side",
+        "pct": f"{float(view.get('pct') or 99.5):g}",
+        "smooth": f"{float(view.get('smooth') or 0):g}",
     }
     return "/render/overlay.png?" + urllib.parse.urlencode(query)
 
 
-def _tile(key, trial_id, method, row, channels, cmap, alpha, regression):
+def _tile(key, trial_id, method, row, channels, cmap, alpha, regression, view=None):
     cell = str(row["cell_id"])
     if regression:
         caption = [
@@ -414,64 +549,17 @@ def _tile(key, trial_id, method, row, channels, cmap, alpha, regression):
     return html.Div(
         [
             html.Img(
-                src=overlay_url(key, trial_id, method, cell, channels, cmap, alpha),
+                src=overlay_url(key, trial_id, method, cell, channels, cmap, alpha, view),
                 title=cell,
                 alt=cell,
                 className="overlay",
             ),
             html.Div([*caption, html.Div(cell, className="id", title=cell)], className="cap"),
         ],
-        className="tile" if regression else ("tile right" if row.get("correct") else "tile wrong"),
+        className=("tile" if regression else ("tile right" if row.get("correct") else "tile wrong"))
+        + ("" if (view or {}).get("mode") in ("blend", "contour") else " wide"),
         **{"data-cell": cell, "data-correct": str(bool(row.get("correct")))},
     )
-
-
-def _population(explain: Explanations, key, trial_id, method):
-    rows = explain.population_images(trial_id, method) if trial_id and method else []
-    if not rows:
-        return common.notice("No population maps for this trial and method.", "warn")
-    blocks = []
-    for r in rows:
-        images = []
-        for name, label in (
-            ("gmean_image", "mean crop"),
-            ("gmean_map", "geometric-mean map"),
-            ("correlation", "correlation map"),
-        ):
-            rel = r.get(name)
-            images.append(
-                html.Div(
-                    [
-                        html.Img(src=common.file_url(key, rel))
-                        if rel
-                        else html.Div("missing", className="muted"),
-                        html.Div(label),
-                    ]
-                )
-            )
-        shares = []
-        for ch in r["channels"]:
-            if ch.get("positive_ratio") is None or ch.get("positive_ratio") != ch.get(
-                "positive_ratio"
-            ):
-                continue
-            name = ch.get("channel") or "all channels"
-            shares.append(
-                f"{name} +{ch['positive_ratio']:.0%} / −{ch.get('negative_ratio') or 0:.0%}"
-            )
-        head = [html.B(r["class"]), html.Span(f" · n = {r.get('n')}", className="muted")]
-        if shares:
-            head.append(
-                html.Div(
-                    "positive / negative share: " + ", ".join(shares),
-                    className="muted",
-                    style={"fontSize": "12px"},
-                )
-            )
-        blocks.append(
-            html.Div([html.Div(head, style={"margin": "6px 0"}), html.Div(images, className="pop")])
-        )
-    return html.Div(blocks)
 
 
 def _figures(explain: Explanations, key, name, trial_id, caption, empty):
@@ -547,6 +635,8 @@ def quality_figure(explain: Explanations, trial_id) -> dict:
         ]
         return {"data": [], "layout": layout}
     frame = frame[frame["trial_id"].astype(str) == str(trial_id)]
+    # scores on a 0-1 scale; the sanity verdict and its interval have their own card
+    frame = frame[~frame["metric"].astype(str).str.match(QUALITY_HIDDEN)]
     data = []
     for method, group in frame.groupby("method", sort=True):
         data.append(

@@ -165,9 +165,7 @@ def sanity_status(study_dir: str | Path, trial_id: str) -> dict[str, Any]:
             f"--require-sanity: {path} has no {RANDOMISATION_METRIC!r} row for trial "
             f"{trial_id}; {hint} with that trial included"
         )
-    methods = {
-        str(r["method"]): float(r["verdict"] == "passed") for r in rows.to_dict("records")
-    }
+    methods = {str(r["method"]): float(r["verdict"] == "passed") for r in rows.to_dict("records")}
     return {
         "passed": all(v >= 1.0 for v in methods.values()),
         "methods": methods,

@@ -255,7 +255,9 @@ def _explain_section(source: TrialSource) -> list[str]:
         for r in sanity.to_dict("records"):
             verdict = r["verdict"]
             shout = verdict.upper() if verdict != "passed" else verdict
-            lines.append(f"- {r['method']}: {describe(r).replace(verdict, shout, 1)}: {r['meaning']}.")
+            lines.append(
+                f"- {r['method']}: {describe(r).replace(verdict, shout, 1)}: {r['meaning']}."
+            )
         bad = sanity[sanity["verdict"] != "passed"]
         if not bad.empty:
             lines += [

@@ -197,7 +197,9 @@ def _promote(args: argparse.Namespace) -> int:
     if args.alias:
         raise ValueError("--promote ALIAS takes --trial ID or --rank N, not --alias")
     source = select_trial(args.study, rank=args.rank, trial_id=args.trial)
-    sanity = _require_sanity(args.study, source.trial_id, "promote") if args.require_sanity else None
+    sanity = (
+        _require_sanity(args.study, source.trial_id, "promote") if args.require_sanity else None
+    )
     metric = source.objective[0]
     entry = Registry(args.study).promote(
         args.promote,

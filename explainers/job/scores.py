@@ -113,7 +113,9 @@ def sample_scores(
             options = dict(options)
             layer = layer_for(method, model, tuple(x.shape[1:]), options.pop("layer", None))
 
-            def attribute(m, method=method, layer=layer, options=options):
+            def attribute(
+                m, method=method, layer=layer, options=options, x=x, target=target, fk=fk
+            ):
                 explainer = create_explainer(method, m, layer, **options)
                 return explainer.attribute(x, target=target, forward_kwargs=fk)
 

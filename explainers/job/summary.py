@@ -42,7 +42,9 @@ def format_quality(study_dir) -> str:
         return "no explanation quality scores yet"
     text = {(r["trial_id"], r["method"]): describe(r) for r in sanity.to_dict("records")}
     if wide.empty:
-        wide = pd.DataFrame(index=pd.MultiIndex.from_tuples(list(text), names=["trial_id", "method"]))
+        wide = pd.DataFrame(
+            index=pd.MultiIndex.from_tuples(list(text), names=["trial_id", "method"])
+        )
     else:
         for key in text:
             if key not in wide.index:

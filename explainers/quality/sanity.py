@@ -93,7 +93,9 @@ class SanityConfig:
 
     def __post_init__(self) -> None:
         if self.seeds < 2:
-            raise ValueError(f"seeds must be >= 2 (two random copies make the null), got {self.seeds}")
+            raise ValueError(
+                f"seeds must be >= 2 (two random copies make the null), got {self.seeds}"
+            )
         if not all(0 < f < 1 for f in self.cascade):
             raise ValueError(f"cascade fractions must be in (0, 1), got {self.cascade}")
         if self.n_boot < 100:
@@ -282,9 +284,7 @@ def sanity_check(
     for label, k in cascade_stages(model, config.cascade).items():
         partial = randomize_weights(model, seed=config.seed, mode="cascading", layers=k).eval()
         cascade[label] = float(np.nanmean(rho_of(a, maps_of(partial))))
-    return summarise(
-        per_seed, null, cascade, config, ssim_mean=ssim_mean, random_maps=randoms[0]
-    )
+    return summarise(per_seed, null, cascade, config, ssim_mean=ssim_mean, random_maps=randoms[0])
 
 
 def summarise(

@@ -287,7 +287,7 @@ def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
                 folder = layout.population_dir(study, tid, method, cls)
                 mean_image = images[[i for i in range(n) if label_names[i] == cls]].mean(0)
                 gmean = np.exp(-((yy - h / 2) ** 2 + (xx - w / 2) ** 2) / (2 * (h / 5) ** 2))
-                corr = np.corrcoef(rng.normal(size=(8, 16)))
+                corr = np.tanh(rng.normal(0, 0.8, size=(c + 1, h, w)))  # (C + 1, H, W)
                 for key, array, rgb in (
                     ("gmean_image", mean_image, overlay(mean_image, None, channel_names=names)),
                     (
@@ -295,7 +295,7 @@ def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
                         gmean,
                         overlay(mean_image, gmean, channel_names=names, alpha=0.7),
                     ),
-                    ("correlation", corr, overlay(corr[None], None)),
+                    ("correlation", corr, overlay(corr[:1], None)),
                 ):
                     folder.mkdir(parents=True, exist_ok=True)
                     np.save(folder / f"{key}.npy", array)
@@ -318,7 +318,7 @@ def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
                             **files,
                         }
                     )
-            for metric in ("pointing_game", "mass_evidence", "deletion_auc"):
+            for metric in ("pointing_game", "mass_evidence", "deletion_auc", "insertion_auc"):
                 quality.append(
                     {
                         "trial_id": tid,
@@ -328,6 +328,21 @@ def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
                         "std": 0.05,
                         "n": n,
                     }
+                )
+            # the sanity check: the first listed trial's Grad-CAM fails, everything else passes
+            failed = tid == sorted(trial_ids)[0] and method == "gradcam"
+            rho = 0.81 if failed else 0.12
+            for metric, value in (
+                ("mass_cell", 0.6 if failed else 0.8),
+                ("sanity_rho", rho),
+                ("sanity_rho_low", rho - 0.06),
+                ("sanity_rho_high", rho + 0.06),
+                ("sanity_threshold", 0.66),
+                ("sanity_verdict", 0.0 if failed else 1.0),
+                ("randomisation_passed", 0.0 if failed else 1.0),
+            ):
+                quality.append(
+                    {"trial_id": tid, "method": method, "metric": metric, "mean": value, "std": 0.0, "n": n}
                 )
         for j in range(3):
             target = layout.prototype_path(study, tid, 0, j)
@@ -366,7 +381,14 @@ def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
         ("attention", attention),
     ):
         pd.DataFrame(rows).to_parquet(root / f"{name}.parquet", index=False)
-    (root / layout.STATE_FILE).write_text(json.dumps({"status": "finished", "trials": trial_ids}))
+    failures = {f"maps/{sorted(trial_ids)[0]}/occlusion": "RuntimeError: out of memory in the test"}
+    (root / layout.STATE_FILE).write_text(
+        json.dumps({"status": "finished", "trials": trial_ids, "failures": failures})
+    )
+    layer = {"layers": ["blocks.1"], "sizes": {"blocks.1": [6, 6]}, "requested": False,
+             "usable": {"blocks.0": [12, 12], "blocks.1": [6, 6]},
+             "all": {"blocks.0": [12, 12], "blocks.1": [6, 6], "blocks.2": [3, 3]}}  # fmt: skip
+    (root / "layers.json").write_text(json.dumps({t: {"gradcam": layer} for t in trial_ids}))
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -175,7 +175,9 @@ def test_explanations_switch_method_alpha_and_filter(browser, server, studies_ro
     tiles = _tiles(browser)
     assert len(tiles) == 24  # first page of 40 cells
     src = urllib.parse.parse_qs(urllib.parse.urlparse(tiles[0].get_attribute("src")).query)
-    assert src["method"] == ["gradcam"] and src["alpha"] == ["0.50"]
+    # Grad-CAM failed the sanity check on this trial: hidden, saliency comes first
+    assert src["method"] == ["saliency"] and src["alpha"] == ["0.60"] and src["mode"] == ["side"]
+    assert not browser.find_elements(*_by("#ex-sanity-warning .notice"))
     # the overlay images really load (naturalWidth > 0 once the PNG decoded)
     wait_for(
         browser,
@@ -187,12 +189,27 @@ def test_explanations_switch_method_alpha_and_filter(browser, server, studies_ro
         ),
     )
     screenshot(browser, "explanations")
+    gradcam = wait_for(browser, lambda d: d.find_elements(*_by("#ex-sanity li[data-method='gradcam']")))
+    assert gradcam[0].get_attribute("data-verdict") == "failed"
+    occlusion = browser.find_element(*_by("#ex-sanity li[data-method='occlusion']"))
+    assert "out of memory" in occlusion.text
+    # one click shows the failing method, labelled, and choosing it shows the warning
+    browser.find_element(*_by("#ex-show-failing input")).click()
+    _choose(browser, "ex-method", "gradcam")
+    wait_for(browser, lambda d: "method=gradcam" in _tiles(d)[0].get_attribute("src"))
+    warning = wait_for(browser, lambda d: d.find_elements(*_by("#ex-sanity-warning .notice")))
+    assert "failed (rho 0.81 [0.75, 0.87] >= 0.66)" in warning[0].text
+    assert "do not read them as explanations" in warning[0].text
+    assert "blocks.1 (6x6 map)" in browser.find_element(*_by("#ex-layer")).text
+    screenshot(browser, "explanations_failing")
     # switch method
     _choose(browser, "ex-method", "saliency")
     wait_for(browser, lambda d: "method=saliency" in _tiles(d)[0].get_attribute("src"))
     # alpha: move the slider's thumb to the end with the keyboard, as a person could
     from selenium.webdriver.common.keys import Keys
 
+    browser.find_element(*_by("#ex-mode input[value='blend']")).click()
+    wait_for(browser, lambda d: "mode=blend" in _tiles(d)[0].get_attribute("src"))
     browser.find_element(*_by("#ex-alpha [role=slider]")).send_keys(Keys.END)
     wait_for(browser, lambda d: "alpha=1.00" in _tiles(d)[0].get_attribute("src"))
     # colormap and channels go to the overlay renderer
@@ -217,7 +234,11 @@ def test_explanations_switch_method_alpha_and_filter(browser, server, studies_ro
     wait_for(browser, lambda d: len(_tiles(d)) == min(24, wrong))
     assert f"{wrong} of 40" in browser.find_element(*_by("#ex-count")).text
     # population maps, prototypes and attention of the top trial are shown
-    assert browser.find_elements(*_by("#ex-population img"))
+    graphs = browser.find_elements(*_by("#ex-population .js-plotly-plot"))
+    assert len(graphs) >= 2  # crop | map and the correlation panels, per class
+    titles = browser.find_element(*_by("#ex-population")).text
+    assert "geometric-mean crop" in titles and "r>0.5: 70%" in titles
+    screenshot(browser, "explanations_population")
     assert browser.find_elements(*_by("#ex-prototypes img"))
     assert browser.find_elements(*_by("#ex-attention img"))
 

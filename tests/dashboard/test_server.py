@@ -118,17 +118,24 @@ def test_overlay_render_route(client, studies_root):
     )
     row = maps.iloc[0]
     base = {"study": "alpha", "trial": row["trial_id"], "method": "gradcam", "cell": row["cell_id"]}
-    plain = client.get("/render/overlay.png", query_string={**base, "alpha": "0"})
-    strong = client.get("/render/overlay.png", query_string={**base, "alpha": "1", "cmap": "jet"})
-    assert plain.status_code == strong.status_code == 200 and plain.mimetype == "image/png"
-    a = Image.open(io.BytesIO(plain.data))
-    assert a.size == (24, 24)  # the crop size of the generated dataset
-    assert plain.data != strong.data  # alpha and colormap change the picture
-    one = client.get("/render/overlay.png", query_string={**base, "alpha": "0", "channels": "0"})
+    side = client.get("/render/overlay.png", query_string=base)
+    viridis = client.get("/render/overlay.png", query_string={**base, "cmap": "viridis"})
+    blend = {**base, "mode": "blend"}
+    plain = client.get("/render/overlay.png", query_string={**blend, "alpha": "0"})
+    strong = client.get("/render/overlay.png", query_string={**blend, "alpha": "1"})
+    assert plain.status_code == strong.status_code == side.status_code == 200
+    assert plain.mimetype == "image/png"
+    # crop | map | colour bar at 3 screen px per crop px (24 px crops), or one panel + bar
+    assert Image.open(io.BytesIO(side.data)).size == (2 * 72 + 4 + 84, 72)
+    assert Image.open(io.BytesIO(plain.data)).size == (72 + 84, 72)
+    assert plain.data != strong.data and side.data != viridis.data
+    contour = client.get("/render/overlay.png", query_string={**base, "mode": "contour"})
+    smooth = client.get("/render/overlay.png", query_string={**blend, "alpha": "1", "smooth": "1"})
+    assert contour.data != plain.data and smooth.data != strong.data
+    one = client.get("/render/overlay.png", query_string={**blend, "alpha": "0", "channels": "0"})
     assert one.data != plain.data  # a single channel differs from the composite
-    assert (
-        client.get("/render/overlay.png", query_string={**base, "cmap": "nope"}).status_code == 400
-    )
+    for bad in ({"cmap": "nope"}, {"mode": "nope"}, {"pct": "10"}, {"smooth": "9"}):
+        assert client.get("/render/overlay.png", query_string={**base, **bad}).status_code == 400
     assert (
         client.get("/render/overlay.png", query_string={**base, "cell": "missing"}).status_code
         == 404

@@ -1,0 +1,145 @@
+"""Sanity verdicts on the pages: badges, the per-trial list with meanings, the warning shown
+above the maps of a method that did not pass, and the CAM layer note."""
+
+from __future__ import annotations
+
+import shlex
+
+import pandas as pd
+from dash import html
+
+from explainers.job.verdicts import cam_layers, describe, sanity_table
+
+from ..data import CACHE
+from . import common
+
+LABELS = {
+    "passed": "passed",
+    "failed": "failed sanity",
+    "inconclusive": "sanity inconclusive",
+    "error": "could not run",
+}
+
+
+def verdicts(study) -> pd.DataFrame:
+    """The study's sanity table (explainers.job.verdicts.sanity_table), cached on quality.parquet."""
+    path = study.path / "explain" / "quality.parquet"
+    if not path.is_file() and not (study.path / "explain" / "explain.json").is_file():
+        return sanity_table(study.path, pd.DataFrame())
+    anchor = path if path.is_file() else study.path / "explain" / "explain.json"
+    return CACHE.get(anchor, "sanity", lambda: sanity_table(study.path))
+
+
+def for_trial(study, trial_id) -> dict[str, dict]:
+    """method -> sanity row of one trial."""
+    table = verdicts(study)
+    rows = table[table["trial_id"] == str(trial_id)]
+    return {r["method"]: r for r in rows.to_dict("records")}
+
+
+def badge(verdict: str) -> html.Span:
+    return html.Span(LABELS.get(verdict, verdict), className=f"badge sanity-{verdict}")
+
+
+def method_options(methods: list[str], rows: dict[str, dict], show_failing: bool) -> list[dict]:
+    """Dropdown options: methods that did not pass are hidden unless ``show_failing``, and
+    labelled with their verdict when shown."""
+    out = []
+    for m in methods:
+        verdict = rows.get(m, {}).get("verdict")
+        if verdict in ("failed", "inconclusive") and not show_failing:
+            continue
+        label = m if verdict in (None, "passed") else f"{m} ⚠ {LABELS[verdict]}"
+        out.append({"label": label, "value": m})
+    return out
+
+
+def warning(method: str | None, rows: dict[str, dict]):
+    """The banner above the grid for the selected method (None when it passed or is unscored)."""
+    row = rows.get(method or "")
+    if row is None or row["verdict"] == "passed":
+        return None
+    kind = "error" if row["verdict"] == "failed" else "warn"
+    return common.notice(
+        [
+            html.B(f"{method}: {describe(row)}. "),
+            f"{row['meaning'][0].upper()}{row['meaning'][1:]}.",
+        ],
+        kind,
+    )
+
+
+def trial_list(rows: dict[str, dict]):
+    """Every method of a trial with its verdict, rho and interval, and what it means."""
+    if not rows:
+        return common.notice(
+            "No sanity check for this trial yet: run `cytotune explain` with its quality stage.",
+            "info",
+        )
+    items = []
+    for method, row in sorted(rows.items(), key=lambda kv: (kv[1]["verdict"] == "passed", kv[0])):
+        items.append(
+            html.Li(
+                [
+                    html.B(method),
+                    " ",
+                    badge(row["verdict"]),
+                    html.Span(
+                        " " + describe(row).split(" ", 1)[-1]
+                        if row["verdict"] != "error"
+                        else " " + str(row["error"]),
+                        className="muted",
+                    ),
+                    html.Div(row["meaning"], className="muted", style={"fontSize": "12px"}),
+                ],
+                **{"data-method": method, "data-verdict": row["verdict"]},
+            )
+        )
+    return html.Ul(items, className="sanity-list")
+
+
+def summary_line(study, trial_id):
+    """One line for the trial page: which methods passed, which did not and what that means."""
+    rows = for_trial(study, trial_id)
+    if not rows:
+        return None
+    bad = {m: r for m, r in rows.items() if r["verdict"] != "passed"}
+    good = [m for m, r in rows.items() if r["verdict"] == "passed"]
+    parts = [html.B("Explanation sanity: ")]
+    if good:
+        parts.append(f"passed: {', '.join(sorted(good))}. ")
+    for m, r in sorted(bad.items()):
+        parts += [badge(r["verdict"]), f" {m}: {describe(r)}; {r['meaning']}. "]
+    return common.notice(parts, "warn" if bad else "info")
+
+
+def layer_note(study, trial_id, method):
+    """Which layer a CAM used, its map size, the usable alternatives and how to pick another."""
+    info = cam_layers(study.path).get(str(trial_id), {}).get(method or "")
+    if not info:
+        return None
+    shape = study.manifest().get("shape") or []
+    crop = f"{shape[-2]}x{shape[-1]}" if len(shape) >= 2 else "the crop"
+    used = ", ".join(
+        f"{n} ({'x'.join(map(str, info['sizes'].get(n, [])))} map)" for n in info["layers"]
+    )
+    usable = [n for n in info.get("usable", {}) if n not in info["layers"]]
+    text = [f"{method} reads layer {used}, upsampled to {crop}"]
+    text.append(
+        " (your choice)."
+        if info.get("requested")
+        else " (the deepest layer with a map of at least 4x4)."
+    )
+    if usable:
+        sizes = ", ".join(f"{n} {'x'.join(map(str, info['usable'][n]))}" for n in usable)
+        command = (
+            f"cytotune explain --study {shlex.quote(str(study.path))} --trials {trial_id} "
+            f"--methods {method}:layer={usable[-1]} --overwrite"
+        )
+        text += [
+            f" Also usable: {sizes} (shallower layers: finer maps, less class-specific). To use one: ",
+            html.Code(command, className="layer-command"),
+        ]
+    return html.Div(
+        text, className="muted layer-note", style={"fontSize": "12px", "margin": "6px 0"}
+    )
