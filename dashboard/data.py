@@ -223,6 +223,21 @@ class Study:
 
         return CACHE.get(target, "table", load)
 
+    def trial_rows(self, name: str, trial_id: str) -> pd.DataFrame:
+        """The rows of table ``name`` (folds, epochs) that belong to one trial; the index from
+        trial id to rows is built once per version of the file, not per page view."""
+        target = self.path / f"{name}.parquet"
+
+        def load():
+            table = self.table(name)
+            if table.empty or "trial_id" not in table:
+                return table, {}
+            return table, table.groupby(table["trial_id"].astype(str), sort=False).indices
+
+        table, index = CACHE.get(target, "by_trial", load)
+        rows = index.get(str(trial_id))
+        return table.iloc[rows] if rows is not None else table.iloc[0:0]
+
     def trials(self) -> pd.DataFrame:
         """trials.parquet with ``rank`` (by the objective) and ``key_params`` added."""
         target = self.path / "trials.parquet"

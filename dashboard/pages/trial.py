@@ -14,7 +14,7 @@ from dash import dash_table, dcc, html
 
 from ..data import trial_params
 from ..explain import Explanations
-from . import common
+from . import common, sanity
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777")
 FOLD_METRICS = (
@@ -43,14 +43,9 @@ def layout(ctx, study, params):
         )
     row = match.iloc[0]
     metric, mode = study.objective()
-    folds = study.table("folds")
-    folds = (
-        folds[folds["trial_id"].astype(str) == trial_id].sort_values("fold")
-        if not folds.empty
-        else folds
-    )
-    epochs = study.table("epochs")
-    epochs = epochs[epochs["trial_id"].astype(str) == trial_id] if not epochs.empty else epochs
+    folds = study.trial_rows("folds", trial_id)
+    folds = folds.sort_values("fold") if not folds.empty else folds
+    epochs = study.trial_rows("epochs", trial_id)
     key = f"val/{metric}"
     value = row.get(key)
     value_text = (
@@ -107,6 +102,7 @@ def layout(ctx, study, params):
                     "flexWrap": "wrap",
                 },
             ),
+            html.Div(sanity.summary_line(study, trial_id), id="trial-sanity"),
             common.card(
                 "Pull this model",
                 html.Div(
