@@ -19,7 +19,7 @@ from dash import Input, Output, State, dash_table, dcc, html
 
 from .. import stats
 from ..data import CACHE, StudyUnreadable, metric_direction
-from . import common
+from . import common, pareto
 
 MAX_PARCOORDS = 3000
 # Parallel-coordinates tick and axis-end labels: 3 significant digits (-2.38, not -2.38307).
@@ -119,11 +119,14 @@ def layout(ctx, study, params):
                 className="grid2",
             ),
             common.card("Paired tests over shared folds", html.Div(id="cmp-tests")),
+            pareto.card(study),
         ]
     )
 
 
 def register(app, ctx):
+    pareto.register(app, ctx)
+
     @app.callback(
         Output("cmp-parcoords", "figure"),
         Output("cmp-importance", "figure"),

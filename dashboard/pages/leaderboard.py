@@ -12,7 +12,7 @@ from dash import Input, Output, State, dash_table, dcc, html
 
 from .. import query
 from ..data import StudyUnreadable
-from . import common
+from . import common, sanity
 
 PAGE_SIZE = 25
 # Above this many trials the chart (plotly.js and a WebGL canvas) is drawn on request, so the
@@ -26,6 +26,16 @@ WIDTHS = {
     "epochs": "64px",
     "params": "340px",
     "images_per_s": "80px",
+    **dict.fromkeys(
+        (
+            "explain_sanity",
+            "explain_deletion_auc",
+            "explain_insertion_auc",
+            "explain_in_cell",
+            "explain_score",
+        ),
+        "92px",
+    ),
 }
 NO_BREAK_HYPHEN = "\u2011"
 FIXED = {
@@ -43,6 +53,8 @@ def columns_for(study) -> dict[str, str]:
     out = dict(FIXED)
     out.update({m: f"val/{m}" for m in study.metrics()})
     out["images_per_s"] = "images_per_s"
+    if not sanity.scores(study).empty:  # explained trials: their explanation scores
+        out.update({c: c for c in sanity.SCORE_HEADERS})
     return out
 
 
@@ -61,6 +73,7 @@ def layout(ctx, study, params):
         )
     metrics = study.metrics()
     families = sorted(trials["family"].dropna().astype(str).unique())
+    explained = not sanity.scores(study).empty
     table_columns = [
         {"id": "rank", "name": "rank", "type": "numeric"},
         {"id": "trial", "name": "trial", "presentation": "markdown"},
@@ -79,6 +92,12 @@ def layout(ctx, study, params):
         ],
         {"id": "images_per_s", "name": "img/s", "type": "numeric", "hideable": True},
     ]
+    if explained:  # next to the objective, so they are on screen without scrolling
+        at = next((i + 1 for i, c in enumerate(table_columns) if c["id"] == metric), 6)
+        table_columns[at:at] = [
+            {"id": c, "name": name, "type": "numeric", "hideable": True}
+            for c, name in sanity.SCORE_HEADERS.items()
+        ]
     hidden = [m for m in metrics if m.startswith("well/")]
     # the first page goes out with the layout: one round trip less before the rows show
     first_rows, first_pages, first_count, _ = rows_for(study)
@@ -116,6 +135,29 @@ def layout(ctx, study, params):
                                     ),
                                 ],
                                 className="field",
+                            ),
+                            html.Div(
+                                [
+                                    html.Label("explanations"),
+                                    dcc.Checklist(
+                                        [
+                                            {"label": " explained only", "value": "explained"},
+                                            {
+                                                "label": " every method passes the sanity check",
+                                                "value": "sane",
+                                            },
+                                        ],
+                                        [],
+                                        id="lb-explained",
+                                        inputStyle={"marginRight": "4px"},
+                                    ),
+                                ],
+                                className="field",
+                                style={"display": "flex" if explained else "none"},
+                                title="; ".join(
+                                    f"{sanity.SCORE_HEADERS[c]}: {t}"
+                                    for c, t in sanity.SCORE_COLUMNS.items()
+                                ),
                             ),
                             html.Div(
                                 first_count,
@@ -180,6 +222,10 @@ def layout(ctx, study, params):
                                 "textOverflow": "clip",
                                 "lineHeight": "1.35",
                             }
+                        ],
+                        style_header_conditional=[
+                            {"if": {"column_id": c}, "whiteSpace": "normal"}
+                            for c in sanity.SCORE_HEADERS
                         ],
                         style_header={
                             "backgroundColor": "#f1f5f9",
@@ -252,16 +298,21 @@ def register(app, ctx):
         Input("lb-table", "filter_query"),
         Input("lb-hide-pruned", "value"),
         Input("lb-family", "value"),
+        Input("lb-explained", "value"),
         Input("version", "data"),
         State("lb-study", "data"),
         prevent_initial_call=True,
     )
-    def fill(page_current, page_size, sort_by, filter_query, hide, families, _version, key):
+    def fill(
+        page_current, page_size, sort_by, filter_query, hide, families, explained, _version, key
+    ):
         try:
             study = ctx.catalog.get(key)
         except StudyUnreadable as exc:
             return [], 1, "", common.notice(str(exc), "error")
-        return rows_for(study, page_current, page_size, sort_by, filter_query, hide, families)
+        return rows_for(
+            study, page_current, page_size, sort_by, filter_query, hide, families, explained
+        )
 
     @app.callback(
         Output("lb-chart", "children"),
@@ -304,8 +355,11 @@ def rows_for(
     filter_query="",
     hide=None,
     families=None,
+    explained=None,
 ):
-    """(rows of one page, page count, "1–25 of N trials", error notice or None)."""
+    """(rows of one page, page count, "1–25 of N trials", error notice or None); ``explained``
+    holds "explained" (only explained trials) and/or "sane" (every method passed the sanity
+    check)."""
     try:
         trials = study.trials()
         metric, mode = study.objective()
@@ -314,7 +368,12 @@ def rows_for(
     columns = columns_for(study)
     total = len(trials)
     error = None
-    frame = trials
+    frame = sanity.with_scores(study, trials)
+    if explained and "explain_sanity" in frame:
+        if "explained" in explained:
+            frame = frame[frame["explain_sanity"].notna()]
+        if "sane" in explained:
+            frame = frame[frame["explain_sanity"] >= 1]
     if hide:
         frame = frame[frame["status"] != "pruned"]
     if families:
@@ -346,6 +405,8 @@ def _row(record: dict, columns: dict[str, str], key: str) -> dict:
             row[cid] = None if value is None or value != value else int(value)
         elif cid == "images_per_s":
             row[cid] = None if value is None or value != value else round(float(value))
+        elif cid.startswith("explain_"):
+            row[cid] = None if value is None or value != value else round(float(value), 3)
         elif source.startswith("val/"):
             row[cid] = query.mean_std(value, record.get(f"{source}_std"))
         elif cid == "params":  # wraps between parameters, never inside "lr=1.2e-03"

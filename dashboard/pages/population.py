@@ -63,7 +63,9 @@ def crop_and_map(image, gmap, names, method, n) -> go.Figure:
         2,
     )
     _axes(fig, 1, 2)
-    fig.update_layout({**common.FIG_LAYOUT, "height": 330, "margin": {"l": 50, "r": 20, "t": 40, "b": 45}})
+    fig.update_layout(
+        {**common.FIG_LAYOUT, "height": 330, "margin": {"l": 50, "r": 20, "t": 40, "b": 45}}
+    )
     return fig
 
 
@@ -92,7 +94,9 @@ def correlation(corr, labels, shares) -> go.Figure:
         )
     _axes(fig, 1, cols)
     fig.update_annotations(font_size=12)
-    fig.update_layout({**common.FIG_LAYOUT, "height": 330, "margin": {"l": 50, "r": 20, "t": 60, "b": 45}})
+    fig.update_layout(
+        {**common.FIG_LAYOUT, "height": 330, "margin": {"l": 50, "r": 20, "t": 60, "b": 45}}
+    )
     return fig
 
 

@@ -8,7 +8,7 @@ import shlex
 import pandas as pd
 from dash import html
 
-from explainers.job.verdicts import cam_layers, describe, sanity_table
+from explainers.job.verdicts import SCORE_COLUMNS, cam_layers, describe, sanity_table, trial_scores
 
 from ..data import CACHE
 from . import common
@@ -28,6 +28,36 @@ def verdicts(study) -> pd.DataFrame:
         return sanity_table(study.path, pd.DataFrame())
     anchor = path if path.is_file() else study.path / "explain" / "explain.json"
     return CACHE.get(anchor, "sanity", lambda: sanity_table(study.path))
+
+
+# leaderboard / compare column id -> (header, the trials-frame column)
+SCORE_HEADERS = {
+    "explain_sanity": "sanity passed",
+    "explain_deletion_auc": "deletion AUC",
+    "explain_insertion_auc": "insertion AUC",
+    "explain_in_cell": "in cell",
+    "explain_score": "explanation score",
+}
+
+
+def scores(study) -> pd.DataFrame:
+    """Per explained trial the explanation scores (explainers.job.verdicts.trial_scores)."""
+    path = study.path / "explain" / "quality.parquet"
+    if not path.is_file():
+        return pd.DataFrame(columns=list(SCORE_COLUMNS))
+    return CACHE.get(path, "trial-scores", lambda: trial_scores(study.path))
+
+
+def with_scores(study, trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` with the explanation score columns (NaN for trials not explained)."""
+    table = scores(study)
+    if table.empty or trials.empty:
+        return trials
+    table = table.rename_axis("trial_id").reset_index()
+    out = trials.drop(columns=[c for c in SCORE_COLUMNS if c in trials])
+    out = out.assign(trial_id=out["trial_id"].astype(str)).merge(table, on="trial_id", how="left")
+    out.index = trials.index
+    return out
 
 
 def for_trial(study, trial_id) -> dict[str, dict]:
