@@ -12,8 +12,9 @@ class signal was drawn:
 For every (task, architecture, method) the check (explainers.quality.sanity_check: 3 random
 copies, bootstrap CI over cells, cascade) runs on held-out cells; the threshold is the rho that
 best separates the two groups (balanced accuracy, midpoint between neighbours). The same
-trained cases are re-run with the maps in bf16 (CPU autocast) to show whether bf16 changes the
-verdict. Writes a JSON and a markdown table.
+trained cases are re-run with the maps in bf16 autocast to show whether bf16 changes the
+verdict. ``--device cuda`` runs the same cases on a GPU, to compare with a CPU run's JSON.
+Writes a JSON and a markdown table.
 
 Example:
   python bench/sanity_calibration.py --out runs/sanity_calibration  # ~6 min on 2 CPU cores
@@ -88,7 +89,7 @@ def train(model, d, epochs: int, seed: int) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     model.train()
     for _ in range(epochs):
-        for idx in torch.randperm(cut).split(64):
+        for idx in torch.randperm(cut, device=x.device).split(64):
             xb = x[idx]
             if torch.rand(()) < 0.5:
                 xb = xb.flip(-1)
@@ -109,7 +110,7 @@ def attribute_fn(method: str, x, target, bf16: bool = False):
     def run(model):
         layer = layer_for(method, model, tuple(x.shape[1:]))
         explainer = create_explainer(method, model, layer, **METHODS[method])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             return explainer.attribute(x, target=target).float()
 
     return run
@@ -118,7 +119,7 @@ def attribute_fn(method: str, x, target, bf16: bool = False):
 def evidence_mass(maps: torch.Tensor, evidence: np.ndarray) -> float:
     from explainers.quality import mass_inside
 
-    maps = maps.detach().float()
+    maps = maps.detach().float().cpu()
     if maps.shape[-2:] != evidence.shape[-2:]:
         maps = torch.nn.functional.interpolate(maps, evidence.shape[-2:], mode="bilinear")
     return float(np.nanmean(mass_inside(maps.numpy(), evidence)))
@@ -163,9 +164,15 @@ def main(argv=None) -> int:
         help="a trained model is a should-pass case only this far above chance accuracy",
     )
     p.add_argument("--from-json", help="re-derive the threshold from an earlier calibration.json")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda: the same cases on a GPU (checks in fp32, TF32 off) to compare with CPU",
+    )
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_json:
@@ -185,14 +192,16 @@ def main(argv=None) -> int:
         held = np.arange(d["cut"], args.n)
         held = held[d["present"][held] & (d["evidence"][held].reshape(len(held), -1).any(1))]
         held = held[: args.cells]
-        x, evidence = d["x"][held], d["evidence"][held]
+        x, evidence = d["x"][held].to(device), d["evidence"][held]
         cells = d["masks"][held] if args.inside_cell else None
         for arch in args.archs:
-            trained = build(arch, x.shape[1], d["classes"], seed=12)
+            trained = build(arch, x.shape[1], d["classes"], seed=12).to(device)
             # fresh PyTorch-default init, the same scheme as the check's random copies
             untrained = randomize_weights(trained, seed=1000, mode="full").eval()
             t0 = time.perf_counter()
-            accuracy = train(trained, d, args.epochs, seed=3)
+            accuracy = train(
+                trained, {**d, "x": d["x"].to(device), "y": d["y"].to(device)}, args.epochs, seed=3
+            )
             train_s = time.perf_counter() - t0
             for state, model in (("untrained", untrained), ("trained", trained)):
                 with torch.no_grad():
@@ -242,6 +251,7 @@ def main(argv=None) -> int:
         "seconds": time.perf_counter() - started,
         "torch": torch.__version__,
         "threads": args.threads,
+        "device": str(device),
         "args": vars(args),
     }
     write(out, rows, summary)
@@ -278,11 +288,14 @@ def derive(rows, evidence_gain: float, min_accuracy_gain: float) -> dict:
             r["expected"] = "unknown"
     fail = [r["rho"] for r in rows if r["expected"] == "fail"]
     ok = [r for r in rows if r["expected"] == "pass"]
-    threshold, balanced = best_threshold(fail, [r["rho"] for r in ok])
+    if not fail or not ok:  # a run too small to have both kinds of known answer
+        threshold, balanced = float("nan"), float("nan")
+    else:
+        threshold, balanced = best_threshold(fail, [r["rho"] for r in ok])
     floor = float(np.ceil(100 * max(r["ci"][1] for r in ok) + 1e-9) / 100) if ok else threshold
     fail_arr, ok_arr = np.asarray(fail), np.asarray([r["rho"] for r in ok])
     at_floor = ((ok_arr < floor).mean() + (fail_arr >= floor).mean()) / 2
-    if at_floor >= balanced - 1e-9:
+    if ok and fail and at_floor >= balanced - 1e-9:
         threshold, balanced = floor, float(at_floor)
     head_fail = [r["cascade"].get("head", np.nan) for r in rows if r["expected"] == "fail"]
     head_ok = [r["cascade"].get("head", np.nan) for r in ok]
@@ -309,15 +322,22 @@ def derive(rows, evidence_gain: float, min_accuracy_gain: float) -> dict:
 
 
 def markdown(rows, summary) -> str:
+    def span(key):
+        v = summary.get(key)
+        return "-" if not v else f"{v[0]:+.3f}..{v[1]:+.3f}"
+
+    def num(key, fmt=".2f"):
+        v = summary.get(key)
+        return "-" if v is None else format(v, fmt)
+
     lines = [
-        f"rho threshold {summary['threshold']:.3f} (balanced accuracy {summary['balanced_accuracy']:.2f} "
+        f"rho threshold {num('threshold', '.3f')} (balanced accuracy {num('balanced_accuracy')} "
         f"on {summary['n_fail_cases']} should-fail and {summary['n_pass_cases']} should-pass cases; "
-        f"rho of should-fail {summary['fail_rho_range'][0]:+.3f}..{summary['fail_rho_range'][1]:+.3f}, "
-        f"should-pass {summary['pass_rho_range'][0]:+.3f}..{summary['pass_rho_range'][1]:+.3f}; "
-        f"head-only cascade rho median: should-fail {summary['head_rho_fail_median']:.2f}, "
-        f"should-pass {summary['head_rho_pass_median']:.2f}); "
-        f"bf16 vs fp32: max |d rho| {summary['bf16_max_abs_rho_diff']:.3f}, verdicts agree "
-        f"{summary['bf16_verdict_agreement']:.0%}; {summary['seconds']:.0f} s",
+        f"rho of should-fail {span('fail_rho_range')}, should-pass {span('pass_rho_range')}; "
+        f"head-only cascade rho median: should-fail {num('head_rho_fail_median')}, "
+        f"should-pass {num('head_rho_pass_median')}); "
+        f"bf16 vs fp32: max |d rho| {num('bf16_max_abs_rho_diff', '.3f')}, verdicts agree "
+        f"{num('bf16_verdict_agreement', '.0%')}; {num('seconds', '.0f')} s",
         "",
         "| task | arch | state (acc) | method | rho [95% CI] | null rho | gap | seed sd | cascade head/25/50/75% | evidence: model vs random (gain) | expected | verdict | rho bf16 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
