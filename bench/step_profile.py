@@ -44,20 +44,24 @@ def main() -> None:
         sample = load_space("default").default()
         sample["train"] = {**sample.get("train", {}), "cuda_graphs": graphs}
         trainer = CrossValidation(study, sample, device="cuda")._trainer(0)
-        steps = len(trainer.train_loader)
-        trainer.train_epoch()  # warm-up (capture)
-        epoch = timed(lambda: [trainer.train_epoch() for _ in range(args.epochs)], sync)
-        loader = timed(
-            lambda: [list(trainer.train_loader.epoch(e, train=True)) for e in range(args.epochs)],
-            sync,
-        )
-        line = f"graphs={graphs}: {steps} steps/epoch; epoch {1e3 * epoch / args.epochs / steps:.2f} ms/step"
-        line += f", loader alone {1e3 * loader / args.epochs / steps:.2f} ms/batch"
-        step = trainer._graph_step
-        if step is not None and step.captured:
-            replay = timed(lambda: [step.graph.replay() for _ in range(200)], sync)
-            line += f", graph replay alone {1e3 * replay / 200:.2f} ms"
-        print(line, flush=True)
+        print(f"graphs={graphs}: " + profile(trainer, args.epochs, sync), flush=True)
+
+
+def profile(trainer, epochs: int, sync) -> str:
+    """Per-batch milliseconds of whole epochs, of the loader alone and of graph replays."""
+    steps = len(trainer.train_loader)
+    trainer.train_epoch()  # warm-up (and the capture)
+    epoch = timed(lambda: [trainer.train_epoch() for _ in range(epochs)], sync)
+    loader = timed(
+        lambda: [list(trainer.train_loader.epoch(e, train=True)) for e in range(epochs)], sync
+    )
+    line = f"{steps} steps/epoch; epoch {1e3 * epoch / epochs / steps:.2f} ms/step"
+    line += f", loader alone {1e3 * loader / epochs / steps:.2f} ms/batch"
+    step = trainer._graph_step
+    if step is not None and step.captured:
+        replay = timed(lambda: [step.graph.replay() for _ in range(200)], sync)
+        line += f", graph replay alone {1e3 * replay / 200:.2f} ms"
+    return line
 
 
 if __name__ == "__main__":

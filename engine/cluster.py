@@ -6,6 +6,9 @@ import os
 import time
 from collections.abc import Callable
 
+# What every Ray worker of a search imports as it starts, so a trial does not wait for torch/timm.
+TRIAL_MODULES = ("engine.search.trainable", "timm")
+
 
 def ensure_ray(
     address: str | None = None,

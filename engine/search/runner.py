@@ -192,7 +192,7 @@ def run_search(
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from engine.cluster import ensure_ray
+    from engine.cluster import TRIAL_MODULES, ensure_ray
 
     store = StudyStore(study.study_dir)
     if store.exists() and not resume:
@@ -206,7 +206,7 @@ def run_search(
     folds = prepare_folds(study)
     check_well_column(study)
     space = applicable_space(load_spaces(study.space), study, verbose)
-    ensure_ray(address, preload=("engine.search.trainable", "timm"))
+    ensure_ray(address, preload=TRIAL_MODULES)
     check_resources(study)  # before the store exists: a refused study leaves nothing "running"
     if not resume:
         from engine.data import Manifest

@@ -41,8 +41,10 @@ def graph_support(
     checks = (
         (setting == "off", "train.cuda_graphs is off"),
         (device.type != "cuda", "CUDA graphs need a CUDA device"),
-        (optimizer not in GRAPH_OPTIMIZERS, f"optimizer {optimizer!r} is not one of "
-         f"{GRAPH_OPTIMIZERS}"),
+        (
+            optimizer not in GRAPH_OPTIMIZERS,
+            f"optimizer {optimizer!r} is not one of {GRAPH_OPTIMIZERS}",
+        ),
         (not plain_loss, "the model's compute_loss may synchronise with the host"),
         (mixing, "mixup / CutMix draw their mixing weight on the host"),
         (staged, "the model has a training schedule (prototype pushes)"),

@@ -6,7 +6,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import Tensor, nn
 
@@ -61,6 +60,8 @@ def create_timm(
 
     With ``in_chans != 3`` timm adapts the first convolution of pretrained weights.
     """
+    import timm  # on use: its import (torchvision, torch._dynamo) costs seconds
+
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}{close_matches(name, timm.list_models())}")
     weights = resolve_weights(name, pretrained)
@@ -91,6 +92,8 @@ class StageTrunk(nn.Module):
     ):
         super().__init__()
         with torch.device("meta"):  # count the stages without allocating weights
+            import timm
+
             probe = timm.create_model(name, features_only=True, **(timm_kwargs or {}))
         n_stages = len(probe.feature_info)
         if not -n_stages <= stage < n_stages:

@@ -67,9 +67,7 @@ def data(tmp_path_factory):
 
 def fold_trainer(data, device, **train):
     dataset, train_ids, val_ids = data
-    model = ModelConfig(
-        "backbone", 3, task_spec(dataset.manifest), {"backbone": "resnet10t"}
-    )
+    model = ModelConfig("backbone", 3, task_spec(dataset.manifest), {"backbone": "resnet10t"})
     settings = {"epochs": 3, "batch_size": 32, "tta": "none", "precision": "fp32", **train}
     return FoldTrainer(model, TrainConfig(**settings), dataset, train_ids, val_ids, device=device)
 
