@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from explainers.job import layout
+from explainers.job.tiles import MAP_COLORMAPS as COLORMAPS  # noqa: F401  (the page's choices)
 
 from .data import CACHE, Study
-from .render import MAP_COLORMAPS as COLORMAPS  # noqa: F401  (the page's choices)
 
 _MAP_TABLES: OrderedDict[tuple, tuple] = OrderedDict()
 _CROPS: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -147,9 +147,9 @@ class Explanations:
         percentile=99.5,
         smooth=0.0,
     ) -> bytes:
-        """PNG of one cell (dashboard.render.render_tile): crop | map, blend or contours, with
+        """PNG of one cell (explainers.job.tiles.render_tile): crop | map, blend or contours, with
         a colour bar in the method's units."""
-        from .render import render_tile
+        from explainers.job.tiles import render_tile
 
         amap = self.map(trial_id, method, cell_id)  # (C, H, W) or (1, H, W)
         return render_tile(

@@ -11,10 +11,10 @@ import plotly.graph_objects as go
 from dash import Input, Output, State, dcc, html
 
 from explainers.job import layout as paths
+from explainers.job.tiles import MAP_COLORMAPS, MODES
 
 from ..data import StudyUnreadable
 from ..explain import Explanations, filter_cells
-from ..render import MAP_COLORMAPS, MODES
 from . import common, population, sanity
 
 PAGE_SIZE = 24

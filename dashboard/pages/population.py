@@ -11,9 +11,9 @@ from dash import html
 from plotly.subplots import make_subplots
 
 from explainers.job import layout as paths
+from explainers.job.tiles import units
 from explainers.methods.channels import overlay
 
-from ..render import units
 from . import common
 
 

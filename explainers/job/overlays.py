@@ -1,4 +1,5 @@
-"""Stage 4: PNG overlays of a sample of cells per trial and method (from the stored maps).
+"""Stage 4: PNG overlays of a sample of cells per trial and method (from the stored maps):
+crop | map with a colour bar in the method's units (:func:`explainers.job.tiles.render_tile`).
 
 The sample is the same for every trial and method (seeded), and holds misclassified cells
 first (up to a quarter of it), because those are the ones people open first.
@@ -11,9 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..methods.channels import overlay
 from .config import ExplainConfig
-from .figures import save_png
 from .layout import (
     OVERLAY_COLUMNS,
     decode_map,
@@ -25,6 +24,7 @@ from .layout import (
 )
 from .plan import ExplainPlan
 from .state import ExplainState
+from .tiles import render_tile
 
 
 def pick_cells(frame: pd.DataFrame, n: int, seed: int) -> list[str]:
@@ -78,13 +78,11 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
                 np.array([row_of[c] for c in picked.column("cell_id").to_pylist()])
             )
             for image, row in zip(images, picked.to_pylist()):
-                cam = np.clip(decode_map(row["map"], row["map_shape"]), 0, None).sum(0)
+                amap = decode_map(row["map"], row["map_shape"])
                 path = overlay_path(plan.study_dir, trial.trial_id, method, row["cell_id"])
-                save_png(
-                    path,
-                    overlay(image.astype(np.float32), cam, channel_names=names, alpha=0.5),
-                    scale=4,
-                )
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # crop | map with a colour bar in the method's units (what the dashboard draws)
+                path.write_bytes(render_tile(image, amap, method, channel_names=names))
                 records.append(
                     {
                         "trial_id": trial.trial_id,

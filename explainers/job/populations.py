@@ -21,6 +21,7 @@ from .figures import diverging, grid, save_png
 from .layout import explain_dir, iter_maps, maps_path, population_dir, write_frame
 from .plan import ExplainPlan
 from .state import ExplainState
+from .tiles import DIVERGING_LUT, render_tile, with_bar
 
 CHUNK = 2048
 
@@ -144,11 +145,19 @@ def _write_class(plan, config, trial_id, method, cls, image, cam, names, n) -> l
     _save_npy(out / "gmean_map.npy", cam)
     _save_npy(out / "correlation.npy", correlation)
     save_png(out / "gmean_image.png", overlay(image, None, channel_names=names), scale=4)
-    save_png(out / "gmean_map.png", overlay(image, cam, channel_names=names, alpha=0.7), scale=4)
+    # crop | geometric-mean map with its colour bar (units of the method, scaled to max 1)
+    (out / "gmean_map.png").write_bytes(
+        render_tile(image, cam[None], method, channel_names=names, percentile=100.0)
+    )
     save_png(
         out / "correlation.png",
-        grid([diverging(r) for r in correlation], len(correlation)),
-        scale=4,
+        with_bar(
+            grid([diverging(r) for r in correlation], len(correlation)),
+            DIVERGING_LUT,
+            (-1.0, 1.0),
+            "local Pearson r (map vs channel)",
+            scale=4,
+        ),
     )
     rel = lambda name: str((out / name).relative_to(plan.study_dir))  # noqa: E731
     return [

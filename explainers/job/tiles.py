@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from explainers.methods.channels import channel_colors, colormap, overlay
+from ..methods.channels import channel_colors, colormap, overlay
+from .figures import diverging
 
 MODES = ("side", "blend", "contour")
 MAP_COLORMAPS = ("auto", "inferno", "viridis", "gray")
@@ -98,8 +99,10 @@ def _fmt(v: float) -> str:
     return f"{v:.2g}" if v < 0.01 or v >= 1000 else f"{v:.3g}"
 
 
-def colour_bar(lut: np.ndarray, top: float, height: int, label: str, clipped: bool) -> Image.Image:
-    """A vertical bar (0 at the bottom, ``top`` at the top) with three ticks and a label."""
+def colour_bar(lut: np.ndarray, top, height: int, label: str, clipped: bool) -> Image.Image:
+    """A vertical bar (0 at the bottom, ``top`` at the top; or a ``(low, high)`` range) with
+    three ticks and a label."""
+    low, top = (0.0, float(top)) if np.isscalar(top) else (float(top[0]), float(top[1]))
     bar = Image.new("RGB", (BAR_W, height), "white")
     draw = ImageDraw.Draw(bar)
     y0, y1, x0, x1 = 8, height - 8, 4, 16
@@ -111,7 +114,8 @@ def colour_bar(lut: np.ndarray, top: float, height: int, label: str, clipped: bo
     for frac in (0.0, 0.5, 1.0):
         y = int(y1 - 1 - frac * (y1 - y0 - 1))
         draw.line([x1, y, x1 + 3, y], fill=(60, 60, 60))
-        text = _fmt(frac * top) if top else "0"
+        value = low + frac * (top - low)
+        text = ("-" if value < 0 else "") + _fmt(abs(value)) if value else "0"
         if frac == 1.0 and clipped:
             text = ">=" + text
         draw.text((x1 + 5, y - 6), text, fill=(30, 30, 30), font=font)
@@ -125,6 +129,21 @@ def colour_bar(lut: np.ndarray, top: float, height: int, label: str, clipped: bo
         text = text.resize((text.width, height))
     bar.paste(text, (BAR_W - text.width - 1, (height - text.height) // 2))
     return bar
+
+
+DIVERGING_LUT = diverging(np.linspace(-1.0, 1.0, 256)) / 255.0
+
+
+def with_bar(rgb: np.ndarray, lut: np.ndarray, span, label: str, scale: int = 4) -> np.ndarray:
+    """``rgb`` (H, W, 3 uint8) enlarged ``scale`` times (nearest) with a colour bar for ``span``
+    (low, high) on its right, as (H', W', 3) uint8."""
+    h, w = rgb.shape[:2]
+    image = Image.fromarray(rgb).resize((w * scale, h * scale), Image.NEAREST)
+    bar = colour_bar(lut, span, max(h * scale, 120), label, False)
+    canvas = Image.new("RGB", (image.width + 4 + bar.width, max(image.height, bar.height)), "white")
+    canvas.paste(image, (0, 0))
+    canvas.paste(bar, (image.width + 4, 0))
+    return np.asarray(canvas)
 
 
 def _contours(base: np.ndarray, m: np.ndarray, rgb, levels=(0.5, 0.75, 0.9)) -> np.ndarray:
