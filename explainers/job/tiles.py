@@ -41,7 +41,14 @@ UNITS = {
     "inputxgradient": "|input x gradient| (logit units)",
     "occlusion": "score drop when occluded",
 }
-SCALE = 3  # screen pixels per crop pixel
+SCALE = 3  # screen pixels per crop pixel (more for small maps: panels at least MIN_SIDE tall)
+MIN_SIDE = 72
+
+
+def screen_scale(height: int) -> int:
+    return max(SCALE, -(-MIN_SIDE // max(int(height), 1)))
+
+
 BAR_W = 84
 
 
@@ -221,17 +228,17 @@ def render_tile(
     else:
         panels = [_contours(base, m, lut[-1])]
     h, w = size
-    gap = 4
-    width = len(panels) * w * SCALE + (len(panels) - 1) * gap + BAR_W
-    canvas = Image.new("RGB", (width, h * SCALE), "white")
+    gap, k = 4, screen_scale(h)
+    width = len(panels) * w * k + (len(panels) - 1) * gap + BAR_W
+    canvas = Image.new("RGB", (width, h * k), "white")
     x = 0
     for panel in panels:
         img = Image.fromarray(np.round(np.clip(panel, 0, 1) * 255).astype(np.uint8))
-        canvas.paste(img.resize((w * SCALE, h * SCALE), Image.NEAREST), (x, 0))
-        x += w * SCALE + gap
+        canvas.paste(img.resize((w * k, h * k), Image.NEAREST), (x, 0))
+        x += w * k + gap
     clipped = percentile < 100 and bool((plane > top).any()) if top else False
     label = units(method) + (f"\nsmoothed {smooth:g} px" if smooth else "")
-    canvas.paste(colour_bar(lut, top, h * SCALE, label, clipped), (x - gap + 2, 0))
+    canvas.paste(colour_bar(lut, top, h * k, label, clipped), (x - gap + 2, 0))
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -337,7 +337,7 @@ def test_regression_study_without_its_dataset(browser, tmp_path):
                 d.execute_script(
                     "return arguments[0].complete && arguments[0].naturalWidth", _tiles(d)[0]
                 )
-                == 16 * 3 + 84  # the map alone, 3 screen px a pixel, and its colour bar
+                == 16 * 5 + 84  # the map alone, enlarged to >= 72 px, and its colour bar
             ),
         )
         assert not browser.find_element(*_by("#ex-true")).is_displayed()  # no classes to filter by

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from explainers.job.tiles import BAR_W, SCALE, map_hue, render_tile, scale_map, with_bar
+from explainers.job.tiles import BAR_W, map_hue, render_tile, scale_map, screen_scale, with_bar
 from explainers.methods.channels import channel_colors
 
 
@@ -49,15 +49,17 @@ def test_render_tile_modes_sizes_and_colour_bar():
     side = _png(render_tile(crop, cam, "gradcam", channel_names=names))
     blend = _png(render_tile(crop, cam, "gradcam", channel_names=names, mode="blend"))
     contour = _png(render_tile(crop, cam, "gradcam", channel_names=names, mode="contour"))
-    assert side.shape == (16 * SCALE, 2 * 16 * SCALE + 4 + BAR_W, 3)
-    assert blend.shape == contour.shape == (16 * SCALE, 16 * SCALE + BAR_W, 3)
+    k = screen_scale(16)
+    assert k == 5  # panels at least 72 px tall; 3 screen px a pixel for crops of 24 px and more
+    assert side.shape == (16 * k, 2 * 16 * k + 4 + BAR_W, 3)
+    assert blend.shape == contour.shape == (16 * k, 16 * k + BAR_W, 3)
     assert not np.array_equal(blend, contour)
     # the bar: its ramp runs from black (bottom) to the map's hue (white here) at the top
-    bar = side[:, 2 * 16 * SCALE + 4 :]
+    bar = side[:, 2 * 16 * k + 4 :]
     column = bar[:, 10]
     assert column[-10].sum() < 60 and (column[10] > 225).all() and len(set(column[10])) == 1
     alone = _png(render_tile(None, cam, "gradcam"))
-    assert alone.shape == (4 * SCALE, 4 * SCALE + BAR_W, 3)  # map alone at its own size
+    assert alone.shape == (72, 72 + BAR_W, 3)  # a 4x4 map alone, enlarged to 72 px
     for bad in ({"mode": "nope"}, {"cmap": "jet"}, {"percentile": 10}, {"smooth": 9}):
         with pytest.raises(ValueError):
             render_tile(crop, cam, "gradcam", **bad)
