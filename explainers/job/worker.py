@@ -81,7 +81,9 @@ def layer_sizes(model, shape) -> dict[str, tuple[int, int]]:
         container = model.get_submodule(parent) if parent else model
         for name, module in container.named_children():
             full = f"{parent}.{name}" if parent else name
-            if full not in layers and any(True for _ in module.parameters()):
+            # blocks and stages only (a stem conv or a norm layer is no feature map to read)
+            blocks = any(True for _ in module.children())
+            if full not in layers and blocks and any(True for _ in module.parameters()):
                 layers[full] = module
     sizes: dict[str, tuple[int, int]] = {}
 

@@ -114,10 +114,14 @@ class Trunk(nn.Module):
 
     def __init__(self):
         super().__init__()
+        def block(cin):
+            return nn.Sequential(nn.Conv2d(cin, 4, 3, stride=2, padding=1), nn.ReLU())
+
         self.body = nn.Sequential()
-        self.body.add_module("layer1", nn.Conv2d(3, 4, 3, stride=2, padding=1))  # 12x12
-        self.body.add_module("layer2", nn.Conv2d(4, 4, 3, stride=2, padding=1))  # 6x6
-        self.body.add_module("layer3", nn.Conv2d(4, 4, 3, stride=2, padding=1))  # 3x3
+        self.body.add_module("stem", nn.Conv2d(3, 3, 1))  # a leaf, not a block: never a CAM layer
+        self.body.add_module("layer1", block(3))  # 12x12
+        self.body.add_module("layer2", block(4))  # 6x6
+        self.body.add_module("layer3", block(4))  # 3x3
         self.head = nn.Linear(4, 2)
 
     def forward(self, x):
@@ -132,7 +136,7 @@ def test_cam_layer_skips_a_3x3_map_for_a_sibling_block():
     assert cam_layers(model, (3, 24, 24)) == ["body.layer1", "body.layer2"]
     info = layer_info("gradcam", model, (3, 24, 24))
     assert info["layers"] == ["body.layer2"] and info["sizes"] == {"body.layer2": [6, 6]}
-    assert info["all"]["body.layer3"] == [3, 3]
+    assert info["all"]["body.layer3"] == [3, 3] and "body.stem" not in info["all"]
     assert layer_info("layercam", model, (3, 24, 24))["layers"] == ["body.layer1", "body.layer2"]
     asked = layer_info("gradcam", model, (3, 24, 24), requested="body.layer1")
     assert asked["layers"] == ["body.layer1"] and asked["requested"]
