@@ -93,6 +93,7 @@ class CrossValidation:
         self.trainers = (
             [] if self.race == "folds" else [self._trainer(k) for k in range(self.folds.k)]
         )
+        self._lockstep_without_graphs()
         self.fold_details: list[dict] = []  # final metrics of the folds done (fold order)
         self._scratch = tempfile.TemporaryDirectory(prefix="cytotune-folds-")
         self._written: dict[int, Path] = {}  # finished folds already serialised in _scratch
@@ -106,6 +107,16 @@ class CrossValidation:
                 )
             self.groups = dict(zip(meta["cell_id"], meta[study.well_column].astype(str)))
         self.epoch = 0  # epochs completed
+
+    def _lockstep_without_graphs(self) -> None:
+        """Folds trained in lockstep (``race: epochs``) share the process's CUDA RNG: their
+        graphs cannot each own the dropout stream, so models with dropout train eagerly."""
+        from engine.train.graphs import draws_random_numbers
+
+        for trainer in self.trainers if len(self.trainers) > 1 else []:
+            if trainer.graphed and draws_random_numbers(trainer.model):
+                trainer.graphed = False
+                trainer.eager_reason = "folds trained in lockstep with dropout share one CUDA RNG"
 
     def _trainer(self, k: int):
         from engine.train import FoldTrainer
@@ -301,4 +312,5 @@ class CrossValidation:
         if self.race == "folds":
             for trainer in self.trainers:
                 trainer.release_data()
+        self._lockstep_without_graphs()
         self.epoch = state["epoch"]

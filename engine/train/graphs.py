@@ -56,6 +56,18 @@ def graph_support(
     return True, ""
 
 
+def draws_random_numbers(model: nn.Module) -> bool:
+    """Whether the model's training forward draws from torch's RNG (dropout, drop-path)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return True
+        for name in ("drop_rate", "drop_prob", "drop_path_rate"):  # timm's functional dropout
+            value = getattr(module, name, 0)
+            if isinstance(value, (int, float)) and value > 0:
+                return True
+    return False
+
+
 class GraphedStep:
     """One optimiser step, eager for the first ``WARMUP_STEPS`` batches, then a replayed graph.
 

@@ -118,3 +118,47 @@ def test_uncapturable_step_falls_back_to_eager():
             step(x, y)
     assert step.failed and not step.captured and step.eager_steps == 5
     assert not torch.equal(before, model.weight)
+
+
+def test_models_with_dropout_are_recognised():
+    from engine.train.graphs import draws_random_numbers
+
+    assert not draws_random_numbers(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.0)))
+    assert draws_random_numbers(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.3)))
+    head = nn.Linear(2, 2)
+    head.drop_rate = 0.2  # timm models apply F.dropout(x, self.drop_rate) in forward_head
+    assert draws_random_numbers(nn.Sequential(head))
+
+
+def test_lockstep_folds_with_dropout_train_eagerly(tmp_path):
+    """race: epochs trains the K folds in lockstep; with dropout their graphs would share the
+    CUDA RNG, so they are marked eager (on CPU they are eager anyway: the reason is kept)."""
+    from engine.search.crossval import CrossValidation
+    from engine.search.study import Budget, FoldsSpec, StudyConfig
+    from engine.synth import write_dataset
+
+    path = tmp_path / "cells"
+    write_dataset("metastasis", path, 96, size=24, seed=0, progress=False)
+    make_folds_and_save(path)
+    study = StudyConfig(
+        name="lockstep",
+        dataset=str(path),
+        folds=FoldsSpec(name="k2-well", k=2, group="well"),
+        budget=Budget(trials=1, max_epochs=1, race="epochs"),
+        loader="inprocess",
+    )
+    sample = {"family": "small_cnn", "small_cnn": {"conv_layers": 1, "filters": 4,
+              "dense_units": 8, "dropout": 0.5}}  # fmt: skip
+    cv = CrossValidation(study, sample, device="cpu")
+    assert len(cv.trainers) == 2
+    for trainer in cv.trainers:
+        trainer.graphed = True  # as on a GPU
+    cv._lockstep_without_graphs()
+    assert [t.graphed for t in cv.trainers] == [False, False]
+    assert "lockstep" in cv.trainers[0].eager_reason
+
+
+def make_folds_and_save(path):
+    from engine.data.folds import make_folds, save_folds
+
+    save_folds(path, make_folds(CellDataset(path), k=2, group="well", name="k2-well"))
