@@ -175,6 +175,21 @@ def register(app, ctx):
         return sanity.warning(method, rows), sanity.layer_note(study, trial_id, method)
 
     @app.callback(
+        Output("ex-layer-command", "children"),
+        Input("ex-layer-choice", "value"),
+        State("ex-trial", "value"),
+        State("ex-method", "value"),
+        State("ex-study", "data"),
+        prevent_initial_call=True,
+    )
+    def layer_choice(layer, trial_id, method, key):
+        try:
+            study = ctx.catalog.get(key)
+        except StudyUnreadable:
+            return dash.no_update
+        return sanity.layer_command(study, trial_id, method, layer)
+
+    @app.callback(
         Output("ex-grid", "children"),
         Output("ex-page-label", "children"),
         Output("ex-count", "children"),

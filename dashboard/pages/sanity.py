@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 
 import pandas as pd
-from dash import html
+from dash import dcc, html
 
 from explainers.job.verdicts import SCORE_COLUMNS, cam_layers, describe, sanity_table, trial_scores
 
@@ -143,6 +143,15 @@ def summary_line(study, trial_id):
     return common.notice(parts, "warn" if bad else "info")
 
 
+def layer_command(study, trial_id, method, layer) -> str:
+    """The explain command that redoes ``method``'s maps of ``trial_id`` on ``layer`` (the
+    method's options change, so only its parts are recomputed)."""
+    return (
+        f"cytotune explain --study {shlex.quote(str(study.path))} --trials {trial_id} "
+        f"--methods {method}:layer={layer}"
+    )
+
+
 def layer_note(study, trial_id, method):
     """Which layer a CAM used, its map size, the usable alternatives and how to pick another."""
     info = cam_layers(study.path).get(str(trial_id), {}).get(method or "")
@@ -161,14 +170,23 @@ def layer_note(study, trial_id, method):
         else " (the deepest layer with a map of at least 4x4)."
     )
     if usable:
-        sizes = ", ".join(f"{n} {'x'.join(map(str, info['usable'][n]))}" for n in usable)
-        command = (
-            f"cytotune explain --study {shlex.quote(str(study.path))} --trials {trial_id} "
-            f"--methods {method}:layer={usable[-1]} --overwrite"
-        )
         text += [
-            f" Also usable: {sizes} (shallower layers: finer maps, less class-specific). To use one: ",
-            html.Code(command, className="layer-command"),
+            " Other usable layers (shallower: finer maps, less class-specific): ",
+            dcc.Dropdown(
+                [
+                    {"label": f"{n} ({'x'.join(map(str, info['usable'][n]))} map)", "value": n}
+                    for n in usable
+                ],
+                usable[-1],
+                id="ex-layer-choice",
+                clearable=False,
+                style={"width": "300px", "display": "inline-block", "verticalAlign": "middle"},
+            ),
+            " explain with it: ",
+            html.Code(layer_command(study, trial_id, method, usable[-1]), id="ex-layer-command"),
+            dcc.Clipboard(
+                target_id="ex-layer-command", title="copy", style={"display": "inline-block"}
+            ),
         ]
     return html.Div(
         text, className="muted layer-note", style={"fontSize": "12px", "margin": "6px 0"}

@@ -162,8 +162,13 @@ def _choose(driver, dropdown_id: str, label: str):
     css = f'.dash-dropdown-options [role=option] input[value="{label}"]'
 
     def opened(d):
+        from selenium.common.exceptions import ElementNotInteractableException
+
         if not d.find_elements(*_by(css)):
-            d.find_element(*_by(f"#{dropdown_id}")).click()
+            try:
+                d.find_element(*_by(f"#{dropdown_id}")).click()
+            except ElementNotInteractableException:  # re-drawn by a callback just now
+                return []
         return d.find_elements(*_by(css))
 
     option = wait_for(driver, opened)
@@ -189,7 +194,9 @@ def test_explanations_switch_method_alpha_and_filter(browser, server, studies_ro
         ),
     )
     screenshot(browser, "explanations")
-    gradcam = wait_for(browser, lambda d: d.find_elements(*_by("#ex-sanity li[data-method='gradcam']")))
+    gradcam = wait_for(
+        browser, lambda d: d.find_elements(*_by("#ex-sanity li[data-method='gradcam']"))
+    )
     assert gradcam[0].get_attribute("data-verdict") == "failed"
     occlusion = browser.find_element(*_by("#ex-sanity li[data-method='occlusion']"))
     assert "out of memory" in occlusion.text
@@ -201,6 +208,8 @@ def test_explanations_switch_method_alpha_and_filter(browser, server, studies_ro
     assert "failed (rho 0.81 [0.75, 0.87] >= 0.66)" in warning[0].text
     assert "do not read them as explanations" in warning[0].text
     assert "blocks.1 (6x6 map)" in browser.find_element(*_by("#ex-layer")).text
+    command = browser.find_element(*_by("#ex-layer-command")).text
+    assert command.endswith("--methods gradcam:layer=blocks.0")  # the other usable layer
     screenshot(browser, "explanations_failing")
     # switch method
     _choose(browser, "ex-method", "saliency")
