@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=list(DEFAULT_METHODS),
         help=f"methods, each optionally name:key=value,... (built in: {', '.join(BUILTIN_METHODS)}; "
-        f"default: {' '.join(DEFAULT_METHODS)})",
+        f"default: {' '.join(DEFAULT_METHODS)}); CAMs take layer=MODULE (e.g. "
+        "gradcam:layer=backbone.layer2; default: the deepest layer with a map of at least 4x4)",
     )
     parser.add_argument(
         "--split",
