@@ -40,8 +40,10 @@ def pick_device(gpus: float) -> str:
 
 def run_trial(config: dict, study: StudyConfig) -> None:
     """Tune function trainable; ``config`` is the nested search sample."""
+    import ray
     from ray import tune
 
+    node_id = ray.get_runtime_context().get_node_id()  # the store records where each trial ran
     cv = CrossValidation(study, config, device=pick_device(study.resources.gpus))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -49,6 +51,7 @@ def run_trial(config: dict, study: StudyConfig) -> None:
             cv.restore(directory)
     while not cv.finished:
         report, details = cv.step()
+        report["node_id"] = node_id
         last = cv.finished
         tick = time.perf_counter()
         if last or study.budget.race == "folds" or cv.epoch % study.checkpoint_every == 0:
