@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from engine.search import StudyConfig, StudyStore
+from engine.search import StudyConfig
 
 pytestmark = pytest.mark.slow
 
@@ -230,10 +230,12 @@ def test_a_lost_worker_node_loses_no_trial_and_its_trial_resumes_elsewhere(clust
     assert moved["retries"] == 1 and "node" in moved["last_error"].lower()
     assert moved["nodes"].split(",") == [worker.node_id, head.node_id]
     assert moved["node_id"] == head.node_id
-    # every epoch reported once; the first result after the restore is past the checkpointed
-    # epoch (the trial did not start again at epoch 1)
+    # every epoch reported; the first result after the restore is past the checkpointed epoch
+    # (the trial did not start again at epoch 1). Tune's own log may hold an epoch twice: one
+    # the lost node reported after its last checkpoint is trained and reported again after the
+    # restore (at least once); the store keeps it once (the epochs table, below).
     results = _results(Path(store.tune_dir) / f"trial_{lost}")
-    assert [r["epoch"] for r in results] == list(range(1, EPOCHS + 1))
+    assert sorted({r["epoch"] for r in results}) == list(range(1, EPOCHS + 1))
     starts = [r["epoch"] for r in results if r["iterations_since_restore"] == 1]
     assert len(starts) == 2 and starts[0] == 1 and starts[1] > 1
     epochs = store.table("epochs")
