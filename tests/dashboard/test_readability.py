@@ -142,8 +142,10 @@ def test_compare_axis_labels_and_a_repeated_pair(browser, server, alpha):
     first, second = sorted(best.values())[:2]
     _choose(browser, "cmp-a", first)
     _choose(browser, "cmp-b", second)
-    wait_for(browser, lambda d: d.find_elements(*_by("#cmp-table")))
-    assert texts(browser, '#cmp-table td[data-dash-column="A"]') == rows_before
+    column = '#cmp-table td[data-dash-column="A"]'
+    # the table is re-drawn after the choice: wait until it is drawn with text again
+    wait_for(browser, lambda d: all(texts(d, column)) and texts(d, column))
+    assert texts(browser, column) == rows_before
     screenshot(browser, "compare_repeated_pair")
 
 
