@@ -183,11 +183,12 @@ class FoldTrainer:
             yield
             self._rng = self._capture_rng()
 
-    def _autocast(self):
+    def _autocast(self, cache_enabled: bool = True):
         return torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.float32,
             enabled=self.autocast_dtype is not None,
+            cache_enabled=cache_enabled,
         )
 
     # ----------------------------------------------------------------------------- training
@@ -224,13 +225,7 @@ class FoldTrainer:
         return out.loss - task_loss(task, out.output, y) + self._cross_entropy(out.output, y)
 
     def _graph_loss(self, x: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
-        # autocast's weight-cast cache must not outlive a graph capture
-        with torch.autocast(
-            self.device.type,
-            dtype=self.autocast_dtype or torch.float32,
-            enabled=self.autocast_dtype is not None,
-            cache_enabled=False,
-        ):
+        with self._autocast(cache_enabled=False):  # its cast cache must not outlive a capture
             return self._loss(x, y, mask)
 
     def _main_step(self) -> GraphedStep:
