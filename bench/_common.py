@@ -18,7 +18,7 @@ def machine() -> str:
 
 def random_dataset(path: Path, n: int, size: int, channels: int = 3, seed: int = 0) -> Path:
     """A classification dataset of random uint8 crops (content is irrelevant for throughput)."""
-    from engine.data import DatasetSpec, DatasetWriter
+    from cytotune.engine.data import DatasetSpec, DatasetWriter
 
     rng = np.random.default_rng(seed)
     spec = DatasetSpec(

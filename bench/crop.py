@@ -26,9 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.crop import create_finder  # noqa: E402
-from engine.crop.fields import read_field, read_truth  # noqa: E402
-from engine.crop.metrics import score_field, summarise  # noqa: E402
+from cytotune.engine.crop import create_finder  # noqa: E402
+from cytotune.engine.crop.fields import read_field, read_truth  # noqa: E402
+from cytotune.engine.crop.metrics import score_field, summarise  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "dsb2018"
 CLASSICAL_GRID = (
@@ -111,8 +111,8 @@ def bench_classical(ids, items, splits, args) -> dict:
 
 
 def bench_learned(ids, items, splits, args) -> dict:
-    from engine.crop.learned import LearnedFinder
-    from engine.crop.train import TrainOptions, train_model
+    from cytotune.engine.crop.learned import LearnedFinder
+    from cytotune.engine.crop.train import TrainOptions, train_model
 
     options = TrainOptions(
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,

@@ -259,15 +259,15 @@ def free_port() -> int:
 def start_dashboard(root: Path, port: int) -> subprocess.Popen:
     """`cytotune dashboard` in its own process; its request log goes to a file (a pipe nobody
     reads fills up and stalls the server)."""
-    command = [sys.executable, "-m", "engine.cli", "dashboard", "--study", str(root)]
+    command = [sys.executable, "-m", "cytotune.engine.cli", "dashboard", "--study", str(root)]
     command += ["--host", HOST, "--port", str(port)]
-    log = open(root / "dashboard.log", "w")  # noqa: SIM115 - lives as long as the server
+    log = open(root / "cytotune.dashboard.log", "w")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(
-                f"cytotune dashboard exited: {(root / 'dashboard.log').read_text()[-2000:]}"
+                f"cytotune dashboard exited: {(root / 'cytotune.dashboard.log').read_text()[-2000:]}"
             )
         try:
             urllib.request.urlopen(f"http://{HOST}:{port}/_dash-dependencies", timeout=2)

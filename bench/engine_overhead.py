@@ -53,8 +53,8 @@ def engine_trial(
     root: Path, model_name: str, size: int, n: int, batch: int, epochs: int, loader: str
 ) -> float:
     """One Tune trial, 2 folds, fixed configuration; best training images/s over its epochs."""
-    from engine.search import StudyConfig
-    from engine.search.runner import run_search
+    from cytotune.engine.search import StudyConfig
+    from cytotune.engine.search.runner import run_search
 
     dataset = root / f"data{size}"
     if not dataset.exists():
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--loaders", nargs="+", default=["ray", "inprocess"])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    from engine.cluster import ensure_ray
+    from cytotune.engine.cluster import ensure_ray
 
     ensure_ray()
     with tempfile.TemporaryDirectory() as tmp:

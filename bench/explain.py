@@ -37,7 +37,8 @@ def timed(fn, n: int, sync: bool) -> float:
 
 
 def build_model(backbone: str, device: str):
-    from search_spaces import ModelConfig, create_model
+    from cytotune.search_spaces import ModelConfig
+    from cytotune.search_spaces.models import create_model
 
     config = ModelConfig.from_sample(
         {"family": "backbone", "backbone": {"backbone": backbone}},
@@ -53,8 +54,7 @@ def build_model(backbone: str, device: str):
 
 def kernel(args, device: str) -> dict:
     from captum.attr import LayerGradCam
-
-    from explainers import create_explainer
+    from cytotune.explainers import create_explainer
 
     cuda = device == "cuda"
     _, model = build_model(args.backbone, device)
@@ -103,12 +103,11 @@ def kernel(args, device: str) -> dict:
 def make_study(root: Path, dataset: Path, backbone: str, trials: int) -> Path:
     """A study whose trials are fold checkpoints of randomly initialised models (no training)."""
     import yaml
-
-    from engine.data import Manifest
-    from engine.data.folds import make_folds, save_folds
-    from engine.search.store import StudyStore
-    from engine.train import TrainConfig
-    from engine.train.checkpoint import checkpoint_config, write
+    from cytotune.engine.data import Manifest
+    from cytotune.engine.data.folds import make_folds, save_folds
+    from cytotune.engine.search.store import StudyStore
+    from cytotune.engine.train import TrainConfig
+    from cytotune.engine.train.checkpoint import checkpoint_config, write
 
     manifest = Manifest.load(dataset)
     folds = make_folds(dataset, k=2, group="well", stratify="label", name="k2-well")
@@ -177,14 +176,13 @@ def worker_timings(study: Path, state, prefix: str) -> dict:
 
 def end_to_end(args, device: str, kernel_rate: float) -> dict:
     import pyarrow.parquet as pq
-
-    from engine.cluster import ensure_ray
-    from explainers.job.config import ExplainConfig
-    from explainers.job.layout import maps_path
-    from explainers.job.maps import run_maps
-    from explainers.job.plan import build_plan
-    from explainers.job.state import ExplainState
-    from explainers.job.worker import MapWorker
+    from cytotune.engine.cluster import ensure_ray
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.layout import maps_path
+    from cytotune.explainers.job.maps import run_maps
+    from cytotune.explainers.job.plan import build_plan
+    from cytotune.explainers.job.state import ExplainState
+    from cytotune.explainers.job.worker import MapWorker
 
     root = Path(tempfile.mkdtemp(prefix="bench-explain-"))
     start = time.perf_counter()

@@ -23,7 +23,8 @@ class Counter:
     def __init__(self, heavy: bool) -> None:
         self.created = time.time()
         if heavy:  # what the real worker imports
-            import explainers.job.worker  # noqa: F401
+            import cytotune.explainers.job.worker  # noqa: F401
+
         self.ready = time.time()
 
     def __call__(self, table):
@@ -36,8 +37,7 @@ class Counter:
 
 def pipeline(paths, cells, attach: bool, heavy: bool, actors: int, gpus: float, cpus: float | None):
     import ray
-
-    from explainers.job.maps import AttachFold
+    from cytotune.explainers.job.maps import AttachFold
 
     ds = ray.data.read_parquet(paths).select_columns(["cell_id", "image", "label"])
     if attach:
@@ -78,9 +78,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     import ray
-
-    from engine.cluster import ensure_ray
-    from engine.data import CellDataset
+    from cytotune.engine.cluster import ensure_ray
+    from cytotune.engine.data import CellDataset
 
     root = Path(tempfile.mkdtemp())
     dataset = CellDataset(random_dataset(root / "data", args.cells, args.size))

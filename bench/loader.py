@@ -27,7 +27,7 @@ from PIL import Image
 def make_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
     """(N, 3, size, size) uint8 cell-like crops (synthetic cells when available, else blobs)."""
     try:
-        from engine.synth import render
+        from cytotune.engine.synth import render
 
         batch = render("metastasis", n, size=size, seed=seed)
         images = batch.images.astype(np.float32)
@@ -42,7 +42,7 @@ def make_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def write_sources(crops: np.ndarray, root: Path) -> tuple[Path, list[Path]]:
-    from engine.data import DatasetSpec, DatasetWriter
+    from cytotune.engine.data import DatasetSpec, DatasetWriter
 
     spec = DatasetSpec(
         channel_names=("dna", "actin", "vimentin"), dtype="uint8", shape=crops.shape[1:]
@@ -86,7 +86,7 @@ def time_epochs(iterate, epochs: int) -> float:
 
 
 def bench_size(size: int, n: int, workers: int, batch: int, epochs: int, device: str) -> dict:
-    from engine.data.loader import LoaderConfig, create_loader
+    from cytotune.engine.data.loader import LoaderConfig, create_loader
 
     crops = make_crops(n, size)
     with tempfile.TemporaryDirectory() as tmp:

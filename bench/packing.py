@@ -17,8 +17,8 @@ from _common import fixed_space, machine, random_dataset, study, throughput_trai
 def run(
     root: Path, name: str, trials: int, gpus: float, cpus: int, epochs: int, batch: int, loader: str
 ) -> dict:
-    from engine.search import StudyConfig
-    from engine.search.runner import run_search
+    from cytotune.engine.search import StudyConfig
+    from cytotune.engine.search.runner import run_search
 
     space = fixed_space(root / "r18.yaml", "backbone", {"backbone": "resnet18"}, batch)
     path = study(
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--loader", default="inprocess")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    from engine.cluster import ensure_ray
+    from cytotune.engine.cluster import ensure_ray
 
     ensure_ray()
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,9 +44,9 @@ def parse_variant(text: str) -> tuple[dict, dict, int | None]:
 
 
 def run_variant(dataset: str, folds: str, k: int, group: str, text: str, epochs: int, device: str):
-    from engine.search.crossval import CrossValidation
-    from engine.search.study import Budget, FoldsSpec, StudyConfig
-    from search_spaces import load_space
+    from cytotune.engine.search.crossval import CrossValidation
+    from cytotune.engine.search.study import Budget, FoldsSpec, StudyConfig
+    from cytotune.search_spaces import load_space
 
     train, family, variant_epochs = parse_variant(text)
     sample = load_space("default").default()

@@ -52,7 +52,7 @@ METHODS = {
 
 
 def data(task: str, n: int, size: int, seed: int):
-    from engine.synth import render
+    from cytotune.engine.synth import render
 
     batch = render(task, n=n, size=size, seed=seed)
     x = np.log1p(batch.images.astype(np.float32))  # (N, C, H, W)
@@ -73,7 +73,7 @@ def data(task: str, n: int, size: int, seed: int):
 
 
 def build(arch: str, in_chans: int, classes, seed: int):
-    from search_spaces import create_model
+    from cytotune.search_spaces.models import create_model
 
     torch.manual_seed(seed)
     kind = "binary" if len(classes) == 2 else "multiclass"
@@ -104,8 +104,8 @@ def train(model, d, epochs: int, seed: int) -> float:
 
 
 def attribute_fn(method: str, x, target, bf16: bool = False):
-    from explainers.job.worker import layer_for
-    from explainers.methods import create_explainer
+    from cytotune.explainers.job.worker import layer_for
+    from cytotune.explainers.methods import create_explainer
 
     def run(model):
         layer = layer_for(method, model, tuple(x.shape[1:]))
@@ -117,7 +117,7 @@ def attribute_fn(method: str, x, target, bf16: bool = False):
 
 
 def evidence_mass(maps: torch.Tensor, evidence: np.ndarray) -> float:
-    from explainers.quality import mass_inside
+    from cytotune.explainers.quality import mass_inside
 
     maps = maps.detach().float().cpu()
     if maps.shape[-2:] != evidence.shape[-2:]:
@@ -137,8 +137,8 @@ def best_threshold(fail: list[float], ok: list[float]) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
-    from explainers.quality import randomize_weights
-    from explainers.quality.sanity import SanityConfig, sanity_check
+    from cytotune.explainers.quality import randomize_weights
+    from cytotune.explainers.quality.sanity import SanityConfig, sanity_check
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="runs/sanity_calibration")
@@ -274,7 +274,7 @@ def derive(rows, evidence_gain: float, min_accuracy_gain: float) -> dict:
     accuracy of 'rho < t passes'; among equally good thresholds the lowest one that still
     passes every should-pass case on its 95% upper bound is taken (no known-good map fails).
     """
-    from explainers.quality.sanity import verdict
+    from cytotune.explainers.quality.sanity import verdict
 
     for r in rows:
         r["evidence_gain"] = r["evidence_mass"] / max(r["evidence_mass_random"], 1e-9)

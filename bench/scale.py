@@ -62,8 +62,8 @@ SPACE = {
 
 # -- children: one run each, with CUDA_VISIBLE_DEVICES set by the parent ---------------------
 def child_search(work: Path, name: str, settings: dict) -> dict:
-    from engine.search import StudyConfig
-    from engine.search.runner import run_search
+    from cytotune.engine.search import StudyConfig
+    from cytotune.engine.search.runner import run_search
 
     space = {**SPACE, "default_family": settings["family"]}
     space["families"] = {settings["family"]: SPACE["families"][settings["family"]]}
@@ -104,8 +104,8 @@ def child_search(work: Path, name: str, settings: dict) -> dict:
 
 
 def child_explain(study: str, settings: dict) -> dict:
-    from explainers.job.config import ExplainConfig
-    from explainers.job.runner import run_explain
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.runner import run_explain
 
     config = ExplainConfig(
         study=study, top_k=2, methods=("gradcam", "saliency"), stages=("maps",),
@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         ).stdout.count("GPU ")
         if visible < max(args.gpus):
             raise SystemExit(f"{max(args.gpus)} GPUs needed, nvidia-smi lists {visible}")
-    from engine.data.folds import make_folds, save_folds
-    from engine.synth import write_dataset
+    from cytotune.engine.data.folds import make_folds, save_folds
+    from cytotune.engine.synth import write_dataset
 
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)

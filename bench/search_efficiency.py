@@ -15,8 +15,8 @@ from _common import machine, study, write_result
 
 
 def run(root: Path, name: str, scheduler: str, args) -> dict:
-    from engine.search import StudyConfig
-    from engine.search.runner import run_search
+    from cytotune.engine.search import StudyConfig
+    from cytotune.engine.search.runner import run_search
 
     path = study(
         root / f"{name}.yaml",
@@ -64,8 +64,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    from engine.cluster import ensure_ray
-    from engine.synth import write_dataset
+    from cytotune.engine.cluster import ensure_ray
+    from cytotune.engine.synth import write_dataset
 
     ensure_ray()
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,9 +22,9 @@ def timed(fn, sync) -> float:
 
 
 def main() -> None:
-    from engine.search.crossval import CrossValidation
-    from engine.search.study import Budget, FoldsSpec, StudyConfig
-    from search_spaces import load_space
+    from cytotune.engine.search.crossval import CrossValidation
+    from cytotune.engine.search.study import Budget, FoldsSpec, StudyConfig
+    from cytotune.search_spaces import load_space
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset")

@@ -69,7 +69,7 @@ DATASETS: dict[str, Source] = {
 def cytotune_command() -> list[str]:
     """``cytotune`` when on PATH, else the CLI module (the GPU machine has no installed script)."""
     found = shutil.which("cytotune")
-    return [found] if found else [sys.executable, "-m", "engine.cli"]
+    return [found] if found else [sys.executable, "-m", "cytotune.engine.cli"]
 
 
 def run_command(cmd: list[str]) -> float:
@@ -159,9 +159,8 @@ def best_trial(study_dir: Path, metric: str, k: int) -> dict:
         the study started) and statuses (count per status).
     """
     import pandas as pd
-
-    from engine.search.leaderboard import leaderboard
-    from engine.search.store import StudyStore
+    from cytotune.engine.search.leaderboard import leaderboard
+    from cytotune.engine.search.store import StudyStore
 
     store = StudyStore(str(study_dir))
     board, folds = leaderboard(store, metric, "max"), store.table("folds")
@@ -189,7 +188,7 @@ def best_trial(study_dir: Path, metric: str, k: int) -> dict:
 
 def compare(plain: list[float], search: list[float], test_train_ratio: float) -> dict:
     """Fold means ± std (ddof 1) and the paired search - plain difference with its NB p."""
-    from dashboard.stats import nadeau_bengio
+    from cytotune.dashboard.stats import nadeau_bengio
 
     out = {}
     for key, scores in (("plain", plain), ("search", search)):
@@ -255,7 +254,7 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict:
 def search_throughput(study_dir: Path, search_s: float) -> dict:
     """Training images/s of the search's trials: while training (images over their training
     seconds, all trials pooled) and aggregate (the same images over the whole search wall)."""
-    from engine.search.store import StudyStore
+    from cytotune.engine.search.store import StudyStore
 
     trials = StudyStore(str(study_dir)).table("trials")
     if trials.empty or "time/train_s" not in trials or "images_per_s" not in trials:
@@ -328,7 +327,7 @@ def self_test() -> None:
     assert abs(got["diff_mean"] - 0.02) < 1e-12, got
     assert abs(got["plain_std"] - np.std(plain, ddof=1)) < 1e-12, got
 
-    from engine.search.store import StudyStore
+    from cytotune.engine.search.store import StudyStore
 
     with tempfile.TemporaryDirectory() as tmp:
         store = StudyStore(tmp)  # a, d: better, short of folds (fold rows, folds_done); c: failed

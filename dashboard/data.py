@@ -1,6 +1,6 @@
 """Read side of the results store for the dashboard: studies under a root, cached tables.
 
-Nothing here writes. Every table is read through :class:`engine.search.store.StudyStore` and
+Nothing here writes. Every table is read through :class:`cytotune.engine.search.store.StudyStore` and
 cached by the file's modification time and size, so a page refresh while a search is running
 picks up the new rows and an idle dashboard re-reads nothing.
 """
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-
-from engine.search.store import StudyStore
+from cytotune.engine.search.store import StudyStore
 
 # Metrics that are counts or bookkeeping, not scores: never shown as leaderboard columns.
 NOT_SCORES = {"n", "n_val", "auc_classes_present", "well/n", "well/auc_classes_present"}
@@ -102,7 +101,7 @@ def find_studies(root: str | Path, depth: int = 3) -> dict[str, Path]:
 
 
 def metric_direction(metric: str) -> str:
-    from engine.metrics import metric_direction as direction
+    from cytotune.engine.metrics import metric_direction as direction
 
     try:
         return direction(metric)
@@ -316,7 +315,7 @@ def _prepare_trials(trials: pd.DataFrame, metric: str, mode: str) -> pd.DataFram
             trials[column] = default
     key = f"val/{metric}"
     if key in trials:
-        from engine.search.leaderboard import ranked
+        from cytotune.engine.search.leaderboard import ranked
 
         order = ranked(trials, key, mode).index  # the engine's order: pull --rank N agrees
         trials.loc[order, "rank"] = range(1, len(order) + 1)

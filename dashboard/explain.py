@@ -1,4 +1,4 @@
-"""Read side of a study's ``explain/`` directory (layout: :mod:`explainers.job.layout`).
+"""Read side of a study's ``explain/`` directory (layout: :mod:`cytotune.explainers.job.layout`).
 
 Overlays are re-rendered on request from the stored float16 map and the dataset crop, so the
 page can switch channels, colormap and alpha; when the dataset is not reachable from here the
@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from explainers.job import layout
-from explainers.job.tiles import MAP_COLORMAPS as COLORMAPS  # noqa: F401  (the page's choices)
+from cytotune.explainers.job import layout
+from cytotune.explainers.job.tiles import MAP_COLORMAPS as COLORMAPS  # noqa: F401  (the page's choices)
 
 from .data import CACHE, Study
 
@@ -107,9 +106,8 @@ class Explanations:
         try:
             import pyarrow.compute as pc
             import pyarrow.dataset as pads
-
-            from engine.data.dataset import CellDataset
-            from engine.data.schema import decode_images
+            from cytotune.engine.data.dataset import CellDataset
+            from cytotune.engine.data.schema import decode_images
 
             dataset = CellDataset(path)
             # only the wanted rows are kept (row groups pruned by cell_id statistics where possible)
@@ -149,7 +147,7 @@ class Explanations:
     ) -> bytes:
         """PNG of one cell (explainers.job.tiles.render_tile): crop | map, blend or contours, with
         a colour bar in the method's units."""
-        from explainers.job.tiles import render_tile
+        from cytotune.explainers.job.tiles import render_tile
 
         amap = self.map(trial_id, method, cell_id)  # (C, H, W) or (1, H, W)
         return render_tile(

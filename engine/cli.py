@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-import engine
+from cytotune import engine
 
 # When the command started: a search's time budget counts from here (imports and Ray start-up
 # are part of what the user waits for).
@@ -20,43 +20,43 @@ STARTED = time.time()
 # name -> (module, one-line help). Dict table, no if/elif chain.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": (
-        "engine.data.ingest_command",
+        "cytotune.engine.data.ingest_command",
         "turn crops (folders, CSV/Parquet index, TIFF/PNG/npy/npz) into a dataset",
     ),
     "synth": (
-        "engine.synth.command",
+        "cytotune.engine.synth.command",
         "generate synthetic fluorescence cells with ground-truth evidence masks",
     ),
     "crop": (
-        "engine.crop.command",
+        "cytotune.engine.crop.command",
         "find the cells in whole fields and write single-cell crops (train: the learned finder)",
     ),
     "folds": (
-        "engine.data.folds_command",
+        "cytotune.engine.data.folds_command",
         "freeze stratified, grouped cross-validation folds with a leakage audit",
     ),
     "search": (
-        "engine.search.command",
+        "cytotune.engine.search.command",
         "search model families with Ray Tune + Optuna + ASHA over grouped CV folds",
     ),
     "explain": (
-        "explainers.job.command",
+        "cytotune.explainers.job.command",
         "explain the best trials: maps, population maps, mosaics, quality scores",
     ),
     "demo": (
-        "engine.demo",
+        "cytotune.engine.demo",
         "run the embedded default end to end on synthetic cells (no data needed)",
     ),
     "pull": (
-        "engine.export.command",
+        "cytotune.engine.export.command",
         "pull a trial as a self-contained bundle (weights, contract, card); manage aliases",
     ),
     "info": (
-        "engine.data.info_command",
+        "cytotune.engine.data.info_command",
         "describe a dataset: channels, classes, groups, stats, quarantine, folds",
     ),
     "dashboard": (
-        "dashboard.command",
+        "cytotune.dashboard.command",
         "browse studies, trials, comparisons and explanations in the browser",
     ),
 }

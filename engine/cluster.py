@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 # What every Ray worker of a search imports as it starts, so a trial does not wait for torch/timm.
-TRIAL_MODULES = ("engine.search.trainable", "timm")
+TRIAL_MODULES = ("cytotune.engine.search.trainable", "timm")
 
 
 def ensure_ray(
@@ -52,7 +52,7 @@ def ensure_ray(
     }
     if preload and os.environ.get("CYTOTUNE_PRELOAD", "0") == "1":
         kwargs["runtime_env"] = {
-            "worker_process_setup_hook": "engine.cluster.preload_worker",
+            "worker_process_setup_hook": "cytotune.engine.cluster.preload_worker",
             "env_vars": {PRELOAD_ENV: ",".join(preload)},
         }
     if address is None and num_cpus is not None:

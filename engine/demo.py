@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def study_for(dataset: Path, storage: Path, args: argparse.Namespace):
     """The demo's study: the laptop-sized space, balanced accuracy, well-level metrics."""
-    from engine.search.study import Budget, FoldsSpec, Objective, Resources, StudyConfig
+    from cytotune.engine.search.study import Budget, FoldsSpec, Objective, Resources, StudyConfig
 
     return StudyConfig(
         name="demo",
@@ -65,11 +65,11 @@ def study_for(dataset: Path, storage: Path, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.data import info_command
-    from engine.data.folds import make_folds, save_folds
-    from engine.data.folds_command import format_audit
-    from engine.search.runner import run_search
-    from engine.synth import write_dataset
+    from cytotune.engine.data import info_command
+    from cytotune.engine.data.folds import make_folds, save_folds
+    from cytotune.engine.data.folds_command import format_audit
+    from cytotune.engine.search.runner import run_search
+    from cytotune.engine.synth import write_dataset
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -100,15 +100,15 @@ def run(args: argparse.Namespace) -> int:
         f"[4/5] searching {args.trials} configurations x {args.folds} folds (Ray Tune + Optuna TPE + ASHA)"
     )
     print("loading torch, timm and the model families ...", flush=True)
-    import search_spaces  # noqa: F401  (5 s on 2 CPU cores: said, not silent)
+    from cytotune import search_spaces  # noqa: F401  (5 s on 2 CPU cores: said, not silent)
 
     study = study_for(dataset, out / "studies", args)
     run_search(study, address=args.address)
     study_dir = out / "studies" / study.name
     if args.explain_top:
-        from explainers.job.config import ExplainConfig
-        from explainers.job.runner import run_explain
-        from explainers.job.summary import format_quality
+        from cytotune.explainers.job.config import ExplainConfig
+        from cytotune.explainers.job.runner import run_explain
+        from cytotune.explainers.job.summary import format_quality
 
         print(
             f"[5/5] explaining the best {args.explain_top} trial(s) on {args.explain_cells} cells"

@@ -1,6 +1,6 @@
 """cytotune explainers: attribution methods, population maps, prototype mosaics, quality metrics.
 
->>> from explainers import create_explainer, list_explainers, overlay
+>>> from cytotune.explainers import create_explainer, list_explainers, overlay
 >>> maps = create_explainer("gradcam", model).attribute(x)  # (B, 1, H, W)
 """
 

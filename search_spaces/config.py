@@ -186,7 +186,7 @@ class ModelConfig:
     args: Any = None
 
     def __post_init__(self) -> None:
-        from ._registry import family_args
+        from .models.registry import family_args
 
         args_cls = family_args(self.family)
         object.__setattr__(self, "task", TaskSpec.parse(self.task))

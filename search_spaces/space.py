@@ -17,7 +17,7 @@ A space file looks like::
 
 A sample is nested: ``{"family": f, f: {...}, "train": {...}}``; the flat parameter names
 (``"family"``, ``"small_cnn/dropout"``, ``"train/lr"``) are what Optuna and Ray Tune see.
-Mapping to Optuna and Ray Tune lives in :mod:`search_spaces.adapters` only.
+Mapping to Optuna and Ray Tune lives in :mod:`cytotune.search_spaces.adapters` only.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
-from ._registry import family_args, get_family
 from .config import close_matches, coerce
+from .models.registry import family_args, get_family
 
 SEP = "/"
 _TOP_KEYS = ("name", "description", "default_family", "families", "train")

@@ -26,8 +26,7 @@ def shared_dataset(name: str) -> Path:
 def ray_local():
     """A small local Ray instance shared by all tests that need one."""
     import ray
-
-    from engine.cluster import ensure_ray
+    from cytotune.engine.cluster import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield ray

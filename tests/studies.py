@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.data import CellDataset
-from engine.data.folds import make_folds, save_folds
-from engine.search.crossval import CrossValidation
-from engine.search.store import StudyStore
-from engine.search.study import Budget, FoldsSpec, Objective, StudyConfig
+from cytotune.engine.data import CellDataset
+from cytotune.engine.data.folds import make_folds, save_folds
+from cytotune.engine.search.crossval import CrossValidation
+from cytotune.engine.search.store import StudyStore
+from cytotune.engine.search.study import Budget, FoldsSpec, Objective, StudyConfig
 
 TINY_TIMM = {"channels": [8, 8, 16, 16], "stem_width": 8}
 TINY = {
@@ -108,8 +108,8 @@ def make_study(
 def regression_dataset(path: Path, n: int = 64, seed: int = 1) -> Path:
     """Two regression targets (mean vimentin / 1000, cell area share) of synthetic cells, with
     masks and 2 random folds named ``k2``."""
-    from engine.data import DatasetSpec, DatasetWriter
-    from engine.synth import render
+    from cytotune.engine.data import DatasetSpec, DatasetWriter
+    from cytotune.engine.synth import render
 
     cells = render("metastasis", n, size=SIZE, seed=seed)
     spec = DatasetSpec(("dna", "actin", "vimentin"), "uint16", (3, SIZE, SIZE), "regression",

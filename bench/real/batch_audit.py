@@ -23,15 +23,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from cytotune.engine.data import CellDataset
+from cytotune.engine.data.folds import load_folds
+from cytotune.engine.export.source import select_trial
+from cytotune.explainers.job import layout
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-
-from engine.data import CellDataset
-from engine.data.folds import load_folds
-from engine.export.source import select_trial
-from explainers.job import layout
 
 
 def intensity_features(images: np.ndarray) -> np.ndarray:
@@ -107,7 +106,7 @@ def main() -> None:
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    from engine.search.study import StudyConfig
+    from cytotune.engine.search.study import StudyConfig
 
     config = StudyConfig.from_yaml(args.study / "study.yaml")
     dataset = CellDataset(config.dataset)

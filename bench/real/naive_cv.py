@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import torch
-
-from engine.export.source import select_trial
-from engine.search.crossval import CrossValidation
-from engine.search.study import FoldsSpec, StudyConfig
+from cytotune.engine.export.source import select_trial
+from cytotune.engine.search.crossval import CrossValidation
+from cytotune.engine.search.study import FoldsSpec, StudyConfig
 
 METRICS = ("f1_weighted", "accuracy", "balanced_accuracy", "roc_auc", "well/accuracy")
 

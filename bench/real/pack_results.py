@@ -22,8 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from explainers.job import layout
+from cytotune.explainers.job import layout
 
 PIECE = 15 * 2**20
 

@@ -16,13 +16,12 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from cytotune.dashboard.pages.compare import family_best, fold_scores, test_train_ratio
+from cytotune.dashboard.stats import paired_table
+from cytotune.engine.search.leaderboard import leaderboard
+from cytotune.engine.search.store import StudyStore
+from cytotune.engine.search.study import StudyConfig
 from PIL import Image, ImageDraw
-
-from dashboard.pages.compare import family_best, fold_scores, test_train_ratio
-from dashboard.stats import paired_table
-from engine.search.leaderboard import leaderboard
-from engine.search.store import StudyStore
-from engine.search.study import StudyConfig
 
 MAIN = ("f1_weighted", "accuracy", "balanced_accuracy", "f1_macro", "auc_macro")
 QUALITY = ("deletion_auc", "insertion_auc", "randomisation_spearman", "randomisation_passed")

@@ -27,12 +27,11 @@ PAGES = (
 
 
 def main() -> None:
+    from cytotune.dashboard.app import create_app
+    from cytotune.dashboard.browser import headless_chromium
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     from werkzeug.serving import make_server
-
-    from dashboard.app import create_app
-    from dashboard.browser import headless_chromium
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("study", type=Path)

@@ -3,9 +3,8 @@ channels, display mode, map colours, scale top, smoothing, blend alpha and the c
 
 from __future__ import annotations
 
+from cytotune.explainers.job.tiles import MAP_COLORMAPS
 from dash import dcc, html
-
-from explainers.job.tiles import MAP_COLORMAPS
 
 from . import common
 
@@ -195,7 +194,7 @@ def card(
 
 def channel_css(names) -> list[str]:
     """The tint each channel gets in the overlays (DNA blue, actin red, ...), as CSS colours."""
-    from explainers.methods.channels import channel_colors
+    from cytotune.explainers.methods.channels import channel_colors
 
     colors = channel_colors(list(range(len(names))), list(names))
     return [f"rgb({int(r * 255)},{int(g * 255)},{int(b * 255)})" for r, g, b in colors]

@@ -8,10 +8,9 @@ import urllib.parse
 
 import dash
 import plotly.graph_objects as go
+from cytotune.explainers.job import layout as paths
+from cytotune.explainers.job.tiles import MODES
 from dash import Input, Output, State, dcc, html
-
-from explainers.job import layout as paths
-from explainers.job.tiles import MODES
 
 from ..data import StudyUnreadable
 from ..explain import Explanations, filter_cells

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from cytotune.explainers.job.verdicts import SCORE_COLUMNS
 from dash import Input, Output, State, dcc, html
-
-from explainers.job.verdicts import SCORE_COLUMNS
 
 from ..data import StudyUnreadable, metric_direction
 from . import common, sanity

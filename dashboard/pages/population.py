@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+from cytotune.explainers.job import layout as paths
+from cytotune.explainers.job.tiles import units
+from cytotune.explainers.methods.channels import overlay
 from dash import html
 from plotly.subplots import make_subplots
-
-from explainers.job import layout as paths
-from explainers.job.tiles import units
-from explainers.methods.channels import overlay
 
 from . import common
 

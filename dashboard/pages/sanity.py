@@ -6,9 +6,14 @@ from __future__ import annotations
 import shlex
 
 import pandas as pd
+from cytotune.explainers.job.verdicts import (
+    SCORE_COLUMNS,
+    cam_layers,
+    describe,
+    sanity_table,
+    trial_scores,
+)
 from dash import dcc, html
-
-from explainers.job.verdicts import SCORE_COLUMNS, cam_layers, describe, sanity_table, trial_scores
 
 from ..data import CACHE
 from . import common

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from engine.data.readers import normalise_dtype, read_image, supported_extensions
-from engine.data.sources import PATH_COLUMNS
+from cytotune.engine.data.readers import normalise_dtype, read_image, supported_extensions
+from cytotune.engine.data.sources import PATH_COLUMNS
 
 GROUP_COLUMNS = ("plate", "well", "field")
 TRUTH_COLUMNS = ("truth", "labels", "instances")

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 
 # Modules that register a finder when imported (kept lazy: they import scikit-image or torch).
-_BUILTIN = {"classical": "engine.crop.classical", "learned": "engine.crop.learned"}
+_BUILTIN = {"classical": "cytotune.engine.crop.classical", "learned": "cytotune.engine.crop.learned"}
 _FINDERS: dict[str, type[Finder]] = {}
 
 

@@ -41,7 +41,7 @@ def field_montage(
     Args:
         image: (H, W) channel the finder searched.
         labels: (H, W) instance labels.
-        cuts: the field's :class:`~engine.crop.extract.CellCut` list (accepted or not).
+        cuts: the field's :class:`~cytotune.engine.crop.extract.CellCut` list (accepted or not).
         path: output PNG.
         size: crop side (drawn as the accepted cells' windows).
         title: caption text.

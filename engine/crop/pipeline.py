@@ -92,7 +92,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _spec(first: np.ndarray, options: CropOptions, records: list[FieldRecord]):
-    from engine.data import DatasetSpec
+    from cytotune.engine.data import DatasetSpec
 
     c = first.shape[0]
     names = options.channel_names or tuple(f"ch{i}" for i in range(c))
@@ -129,9 +129,8 @@ def crop_fields(
     Returns:
         A :class:`CropReport` with the manifest and the quarantine counts by reason.
     """
+    from cytotune.engine.data import DatasetWriter
     from tqdm.auto import tqdm
-
-    from engine.data import DatasetWriter
 
     options = options or CropOptions()
     out = Path(out)

@@ -104,7 +104,7 @@ def split_by_group(
 
 
 def model_args(options: TrainOptions) -> dict:
-    """The :func:`~engine.crop.learned.build_model` arguments a checkpoint records."""
+    """The :func:`~cytotune.engine.crop.learned.build_model` arguments a checkpoint records."""
     return {
         "backbone": options.backbone,
         "min_size": options.min_size,
@@ -195,7 +195,7 @@ def train_finder(
     """Train the learned finder on the fields of ``source`` and save a checkpoint at ``out``.
 
     Args:
-        source: folder or index of fields (see :func:`~engine.crop.fields.list_fields`).
+        source: folder or index of fields (see :func:`~cytotune.engine.crop.fields.list_fields`).
         out: checkpoint directory to write.
         options: training settings.
         truth: folder of instance label images named like the fields (or a ``truth`` column).

@@ -256,8 +256,7 @@ class RayDataLoader(_Loader):
     ) -> None:
         super().__init__(*args, **kwargs)
         import ray
-
-        from engine.cluster import ensure_ray
+        from cytotune.engine.cluster import ensure_ray
 
         if cache not in self.CACHE_MODES:
             raise ValueError(f"cache {cache!r} is not one of {self.CACHE_MODES}")

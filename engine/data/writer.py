@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import engine
+from cytotune import engine
 
 from .schema import (
     DATA_DIR,

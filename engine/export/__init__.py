@@ -1,7 +1,7 @@
 """Bundles: a trial's model as a self-contained directory, aliases per study, ``cytotune pull``.
 
->>> import engine
->>> bundle = engine.load_bundle("bundles/champion")
+>>> import cytotune
+>>> bundle = cytotune.load_bundle("bundles/champion")
 >>> bundle.predict(crops)  # pandas DataFrame: prediction, confidence, p(<class>) ...
 
 Modules: ``ensemble`` (the deployable model), ``formats`` (state_dict / torchscript / onnx),
@@ -26,4 +26,4 @@ def __getattr__(name: str) -> Any:
         from .bundle import BundleError
 
         return BundleError
-    raise AttributeError(f"module 'engine.export' has no attribute {name!r}")
+    raise AttributeError(f"module 'cytotune.engine.export' has no attribute {name!r}")

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.data.schema import atomic_write_text
+from cytotune.engine.data.schema import atomic_write_text
 
 REGISTRY_FILE = "registry.json"
 FORMAT, VERSION = "cytotune-registry", 1
@@ -82,7 +82,7 @@ class Registry:
         """The trial id an alias points at."""
         aliases = self.aliases()
         if alias not in aliases:
-            from search_spaces.config import close_matches
+            from cytotune.search_spaces.config import close_matches
 
             known = ", ".join(sorted(aliases)) or "none yet"
             raise ValueError(
@@ -137,7 +137,7 @@ def _user() -> str:
 def sanity_status(study_dir: str | Path, trial_id: str) -> dict[str, Any]:
     """The explanation randomisation check of a trial from ``<study>/explain/quality.parquet``.
 
-    The verdicts are those of :mod:`explainers.job.verdicts` (fp32, several random copies, a
+    The verdicts are those of :mod:`cytotune.explainers.job.verdicts` (fp32, several random copies, a
     bootstrap interval and the calibrated threshold; ``inconclusive`` does not pass).
 
     Returns:
@@ -147,7 +147,7 @@ def sanity_status(study_dir: str | Path, trial_id: str) -> dict[str, Any]:
     Raises:
         ValueError: when the explain job has not written the check for this trial.
     """
-    from explainers.job.layout import explain_dir
+    from cytotune.explainers.job.layout import explain_dir
 
     path = explain_dir(study_dir) / "quality.parquet"
     hint = f"run the explain job on it first (`cytotune explain --study {study_dir}`)"
@@ -156,7 +156,7 @@ def sanity_status(study_dir: str | Path, trial_id: str) -> dict[str, Any]:
             f"--require-sanity: no explanation quality scores at {path}; {hint}, or promote "
             "without --require-sanity"
         )
-    from explainers.job.verdicts import describe, sanity_table
+    from cytotune.explainers.job.verdicts import describe, sanity_table
 
     table = sanity_table(study_dir)
     rows = table[(table["trial_id"] == str(trial_id)) & (table["verdict"] != "error")]

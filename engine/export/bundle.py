@@ -30,8 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from engine.data.schema import publish_directory
+from cytotune.engine.data.schema import publish_directory
 
 from .ensemble import BundleModel
 from .formats import FORMATS, example_inputs, io_names
@@ -286,8 +285,8 @@ def read_json(path: str | Path, name: str) -> dict:
 
 def build_model(path: str | Path, device: str | torch.device = "cpu") -> BundleModel:
     """Rebuild the bundle's :class:`BundleModel` from ``config.json`` + the state dicts."""
-    from engine.train.checkpoint import load_model_extra_state
-    from search_spaces import create_model
+    from cytotune.engine.train.checkpoint import load_model_extra_state
+    from cytotune.search_spaces.models import create_model
 
     path = Path(path)
     config, data = read_json(path, "config.json"), read_json(path, "data.json")

@@ -34,7 +34,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 def explanation_summary(study_dir: str | Path, trial_id: str) -> pd.DataFrame | None:
     """The trial's rows of ``<study>/explain/quality.parquet`` (None when the job has not run)."""
-    from explainers.job.layout import explain_dir
+    from cytotune.explainers.job.layout import explain_dir
 
     path = explain_dir(study_dir) / "quality.parquet"
     if not path.is_file():
@@ -69,8 +69,8 @@ def model_card(
         "## Use it",
         "",
         "```python",
-        "import engine  # with cytotune installed",
-        "bundle = engine.load_bundle('THIS_DIR')",
+        "import cytotune  # with cytotune installed",
+        "bundle = cytotune.load_bundle('THIS_DIR')",
         "bundle.predict(crops)  # raw pixels (N, C, H, W), image paths, or a dataset directory",
         "```",
     ]
@@ -175,7 +175,7 @@ def model_card(
         r = prov["retrain"]
         rows.append(["retrained", f"{r['cells']} cells, {r['epochs']} epochs, loss {r['final_train_loss']:.4f}"])  # fmt: skip
     lines += _table(["", ""], rows)
-    lines += ["", "Checksums of every file are in bundle.json; `engine.load_bundle` verifies them."]
+    lines += ["", "Checksums of every file are in bundle.json; `cytotune.load_bundle` verifies them."]
     return "\n".join(lines) + "\n"
 
 
@@ -241,7 +241,7 @@ def _explain_section(source: TrialSource) -> list[str]:
     lines = [f"Explanation quality of trial {source.trial_id} (explain/quality.parquet):", ""]
     table = [[r["method"], r["metric"], r["mean"], r["std"], r["n"]] for r in rows.to_dict("records")]  # fmt: skip
     lines += _table(["method", "metric", "mean", "std", "n"], table)
-    from explainers.job.verdicts import describe, sanity_table
+    from cytotune.explainers.job.verdicts import describe, sanity_table
 
     sanity = sanity_table(source.study_dir)
     sanity = sanity[sanity["trial_id"] == str(source.trial_id)]

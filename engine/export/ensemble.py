@@ -17,9 +17,8 @@ import inspect
 from collections.abc import Sequence
 
 import torch
+from cytotune.engine.train.recipe import TTA_VIEWS
 from torch import Tensor, nn
-
-from engine.train.recipe import TTA_VIEWS
 
 OUTPUT_NAMES = {True: "probabilities", False: "values"}
 
@@ -49,7 +48,7 @@ class BundleModel(nn.Module):
         scale: per-channel scale (C,).
         classification: average softmax probabilities (True) or raw outputs (False).
         with_mask: members take a cell mask ``(N, 1, H, W)`` as second input.
-        tta: "none", "flips" or "dihedral" (``engine.train.recipe.TTA_VIEWS``).
+        tta: "none", "flips" or "dihedral" (``cytotune.engine.train.recipe.TTA_VIEWS``).
         square: the crops are square (else quarter turns are left out of the views).
     """
 

@@ -1,7 +1,7 @@
 """Weight formats of a bundle, one registry entry each: ``state_dict``, ``torchscript``,
 ``torch_export``, ``onnx``.
 
-Every format exports a :class:`~engine.export.ensemble.BundleModel` (raw pixels in, with the
+Every format exports a :class:`~cytotune.engine.export.ensemble.BundleModel` (raw pixels in, with the
 normalisation inside) and loads back as a runner ``(pixels, mask) -> numpy outputs``.
 
 - ``state_dict``: the members' ``model.pt`` state dicts; rebuilt with cytotune from
@@ -61,7 +61,7 @@ def register_format(fmt: Format) -> Format:
 
 
 def get_format(name: str) -> Format:
-    from search_spaces.config import close_matches
+    from cytotune.search_spaces.config import close_matches
 
     if name not in FORMATS:
         raise ValueError(
@@ -242,7 +242,7 @@ class StaticMaskPrototypes(torch.nn.Module):
         return cls(model, (height // h, width // w)).eval()
 
     def forward(self, pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        from search_spaces.families.protopnet import masked_distances, similarity
+        from cytotune.search_spaces.models.families.protopnet import masked_distances, similarity
 
         x = self.model.normalize(pixels)  # (N, C, H, W)
         inside = torch.nn.functional.avg_pool2d(mask.float(), self.kernel)[:, 0]  # (N, h, w)

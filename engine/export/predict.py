@@ -1,6 +1,6 @@
-"""``engine.load_bundle(path)``: a bundle's model with its preprocessing, and ``predict``.
+"""``cytotune.load_bundle(path)``: a bundle's model with its preprocessing, and ``predict``.
 
->>> bundle = engine.load_bundle("bundles/champion")
+>>> bundle = cytotune.load_bundle("bundles/champion")
 >>> bundle.predict(crops)                      # (N, C, H, W) or (C, H, W) raw pixels
 >>> bundle.predict(["cell_001.tif", "cell_002.tif"])
 >>> bundle.predict("data/new_plate")           # a cytotune dataset directory
@@ -155,7 +155,7 @@ class Bundle:
         if isinstance(inputs, (str, Path)) or (
             isinstance(inputs, Sequence) and inputs and isinstance(inputs[0], (str, Path))
         ):
-            from engine.data.readers import read_image
+            from cytotune.engine.data.readers import read_image
 
             paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
             for p in paths:
@@ -212,7 +212,7 @@ class Bundle:
         return pixels
 
     def _from_dataset(self, path: Path) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
-        from engine.data import CellDataset
+        from cytotune.engine.data import CellDataset
 
         dataset = CellDataset(path)
         manifest = dataset.manifest

@@ -1,8 +1,8 @@
 """From a trial to a bundle: pick the members (one fold, all folds, or a full-data retrain),
 wrap them with the normalisation, export, check and write.
 
->>> from engine.export.source import select_trial
->>> from engine.export.pull import pull
+>>> from cytotune.engine.export.source import select_trial
+>>> from cytotune.engine.export.pull import pull
 >>> pull(select_trial("runs/studies/demo", rank=1), "bundles/demo", ensemble="folds",
 ...      formats=["state_dict", "torchscript", "onnx"])
 """
@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from engine.train.checkpoint import (
+from cytotune.engine.train.checkpoint import (
     load_model,
     model_config_of,
     model_extra_state,
@@ -60,9 +59,9 @@ def retrain_full(
     Returns:
         ``(model in eval mode, record)`` with the epochs, cells and final training loss.
     """
-    from engine.data import CellDataset
-    from engine.train import FoldTrainer, TrainConfig
-    from engine.train.checkpoint import check_contract
+    from cytotune.engine.data import CellDataset
+    from cytotune.engine.train import FoldTrainer, TrainConfig
+    from cytotune.engine.train.checkpoint import check_contract
 
     config = read_config(fold_dir)
     dataset = CellDataset(dataset_path)
@@ -93,7 +92,7 @@ def sample_crops(
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Raw crops to check the exports on: the study's dataset when it is there and unchanged,
     else pixels drawn from the contract's channel statistics."""
-    from engine.data import CellDataset
+    from cytotune.engine.data import CellDataset
 
     path = study.get("dataset")
     try:
@@ -135,7 +134,7 @@ def pull(
     """Write the bundle of ``source`` to ``out``.
 
     Args:
-        source: the selected trial (:func:`engine.export.source.select_trial`).
+        source: the selected trial (:func:`cytotune.engine.export.source.select_trial`).
         out: bundle directory.
         ensemble: "folds" packs the K fold models as one model averaging their outputs.
         fold: the fold model to bundle (default: the fold that scored best on the objective).

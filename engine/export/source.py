@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from engine.search.store import StudyStore
+from cytotune.engine.search.store import StudyStore
 
 # Columns of folds.parquet that are not metrics of the fold (or are too big for a card).
 _FOLD_SKIP = ("trial_id", "roc", "well/roc")
@@ -77,7 +76,7 @@ def objective_of(store: StudyStore, study: dict) -> tuple[str, str]:
     objectives = study.get("objectives") or []
     if objectives and objectives[0].get("mode"):
         return objectives[0]["metric"], objectives[0]["mode"]
-    from engine.search.study import StudyConfig
+    from cytotune.engine.search.study import StudyConfig
 
     config = StudyConfig.from_yaml(Path(store.path) / "study.yaml")
     return config.objectives[0].metric, config.objectives[0].mode
@@ -85,7 +84,7 @@ def objective_of(store: StudyStore, study: dict) -> tuple[str, str]:
 
 def ranked_trials(store: StudyStore, objective: tuple[str, str]) -> pd.DataFrame:
     """The leaderboard (every trial, pruned included, as `cytotune search` prints it)."""
-    from engine.search.leaderboard import leaderboard
+    from cytotune.engine.search.leaderboard import leaderboard
 
     return leaderboard(store, *objective)
 
@@ -116,7 +115,7 @@ def select_trial(
     if trial_id is not None:
         rows = board[board["trial_id"].astype(str) == str(trial_id)]
         if rows.empty:
-            from search_spaces.config import close_matches
+            from cytotune.search_spaces.config import close_matches
 
             ids = board["trial_id"].astype(str).tolist()
             raise ValueError(
@@ -233,7 +232,7 @@ def versions(formats: list[str] = ()) -> dict[str, str | None]:
     import timm
     import torch
 
-    import engine
+    from cytotune import engine
 
     out = {
         "cytotune": engine.__version__,

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("name", args.name), ("storage", args.storage)) if v}
     if changes:
         study = dataclasses.replace(study, **changes)
-    from engine.cli import STARTED
+    from cytotune.engine.cli import STARTED
 
     run_search(
         study, address=args.address, resume=args.resume, verbose=not args.quiet, started=STARTED

@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from engine.data import CellDataset
-from engine.data.folds import load_folds
-from engine.metrics import (
+from cytotune.engine.data import CellDataset
+from cytotune.engine.data.folds import load_folds
+from cytotune.engine.metrics import (
     classification_metrics,
     group_metrics,
     mean_std,
@@ -69,8 +68,8 @@ class CrossValidation:
     """
 
     def __init__(self, study: StudyConfig, sample: dict, device: str = "cpu") -> None:
-        from engine.train import TrainConfig
-        from search_spaces import ModelConfig
+        from cytotune.engine.train import TrainConfig
+        from cytotune.search_spaces import ModelConfig
 
         self.study = study
         self.dataset = CellDataset(study.dataset)
@@ -111,7 +110,7 @@ class CrossValidation:
     def _lockstep_without_graphs(self) -> None:
         """Folds trained in lockstep (``race: epochs``) share the process's CUDA RNG: their
         graphs cannot each own the dropout stream, so models with dropout train eagerly."""
-        from engine.train.graphs import draws_random_numbers
+        from cytotune.engine.train.graphs import draws_random_numbers
 
         for trainer in self.trainers if len(self.trainers) > 1 else []:
             if trainer.graphed and draws_random_numbers(trainer.model):
@@ -119,7 +118,7 @@ class CrossValidation:
                 trainer.eager_reason = "folds trained in lockstep with dropout share one CUDA RNG"
 
     def _trainer(self, k: int):
-        from engine.train import FoldTrainer
+        from cytotune.engine.train import FoldTrainer
 
         return FoldTrainer(
             self.model_config,
@@ -289,7 +288,7 @@ class CrossValidation:
             (directory / "metrics.json").write_text(json.dumps(details, default=float))
 
     def restore(self, directory: str | Path) -> None:
-        from engine.train import FoldTrainer
+        from cytotune.engine.train import FoldTrainer
 
         directory = Path(directory)
         state = json.loads((directory / "cv.json").read_text())

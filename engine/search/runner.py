@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from engine.data.folds import list_folds, load_folds, make_folds, save_folds
+from cytotune.engine.data.folds import list_folds, load_folds, make_folds, save_folds
 
 from .callbacks import FailFast, FailFastStopper, LiveTable, StoreCallback
 from .leaderboard import format_leaderboard
@@ -47,7 +47,7 @@ def check_well_column(study: StudyConfig) -> None:
     """``well_column`` must be a column of the dataset (else every trial would fail on it)."""
     if not study.well_column:
         return
-    from engine.data import CellDataset
+    from cytotune.engine.data import CellDataset
 
     columns = CellDataset(study.dataset).metadata().columns
     if study.well_column not in columns:
@@ -61,8 +61,8 @@ def check_well_column(study: StudyConfig) -> None:
 def applicable_space(space, study: StudyConfig, verbose: bool = True):
     """The space without the families that cannot apply to the dataset (a model family that
     needs more channels than the dataset has), each left out with the reason printed."""
-    from engine.data import Manifest
-    from search_spaces import get_family
+    from cytotune.engine.data import Manifest
+    from cytotune.search_spaces.models import get_family
 
     channels = Manifest.load(study.dataset).num_channels
     kept, dropped = [], []
@@ -189,10 +189,9 @@ def run_search(
     folds, store) and a reserve for the wrap-up come off Tune's own budget.
     """
     entered = started or time.time()
+    from cytotune.engine.cluster import TRIAL_MODULES, ensure_ray
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
-
-    from engine.cluster import TRIAL_MODULES, ensure_ray
 
     store = StudyStore(study.study_dir)
     if store.exists() and not resume:
@@ -209,7 +208,7 @@ def run_search(
     ensure_ray(address, preload=TRIAL_MODULES)
     check_resources(study)  # before the store exists: a refused study leaves nothing "running"
     if not resume:
-        from engine.data import Manifest
+        from cytotune.engine.data import Manifest
 
         store.create(
             study.to_yaml(),

@@ -115,7 +115,7 @@ class Objective:
     mode: str | None = None  # default from the metric's direction
 
     def __post_init__(self) -> None:
-        from engine.metrics import metric_direction
+        from cytotune.engine.metrics import metric_direction
 
         try:
             direction = metric_direction(self.metric)
@@ -250,7 +250,7 @@ class StudyConfig:
         if not isinstance(data.get("train", {}), dict):
             _fail("train", f"must be a mapping of trainer settings, got {data['train']!r}")
         if data.get("train"):
-            from engine.train import TrainConfig
+            from cytotune.engine.train import TrainConfig
 
             try:  # checked here, not first inside every trial
                 TrainConfig.from_sample({}, **data["train"])
@@ -298,7 +298,7 @@ def _build(kind: type, value: Any, where: str):
 
 def _space_ref(ref: str, base: Path) -> str:
     """Packaged space names stay names; paths resolve against the study file's folder."""
-    from search_spaces import list_spaces
+    from cytotune.search_spaces import list_spaces
 
     if ref in list_spaces():
         return ref
@@ -313,7 +313,7 @@ def _space_ref(ref: str, base: Path) -> str:
 
 def load_spaces(refs: tuple[str, ...]):
     """Load and merge the study's search spaces (families must not repeat)."""
-    from search_spaces import SearchSpace, load_space
+    from cytotune.search_spaces import SearchSpace, load_space
 
     spaces = [load_space(r) for r in refs]
     if len(spaces) == 1:

@@ -50,7 +50,7 @@ def render_fields(
         task: registered synthetic task.
         grid: cells per field side.
         size: tile (crop) side in pixels.
-        seed: as in :func:`~engine.synth.render`.
+        seed: as in :func:`~cytotune.engine.synth.render`.
         jitter: largest shift of a cell inside its tile, as a fraction of ``size``.
         **options: task options; ``plates * wells_per_class * fields_per_well * classes``
             fields are rendered.

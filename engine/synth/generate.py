@@ -11,9 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from cytotune.engine.data import DatasetSpec, DatasetWriter, Manifest
 from scipy.special import ndtri
-
-from engine.data import DatasetSpec, DatasetWriter, Manifest
 
 from .layout import layout, plate_effects
 from .tasks import SynthOptions, SynthTask, Tape, get_task
@@ -193,7 +192,7 @@ def write_dataset(
     same bytes and the same manifest ``content_hash``.
 
     Returns:
-        The published :class:`~engine.data.Manifest`.
+        The published :class:`~cytotune.engine.data.Manifest`.
     """
     from tqdm.auto import tqdm
 

@@ -1,6 +1,6 @@
 """Train and evaluate one configuration on one fold, resumably.
 
->>> from engine.train import FoldTrainer, TrainConfig, load_model, task_spec
+>>> from cytotune.engine.train import FoldTrainer, TrainConfig, load_model, task_spec
 >>> model_config = ModelConfig.from_sample(sample, in_chans=3, task="binary")
 >>> trainer = FoldTrainer(model_config, TrainConfig.from_sample(sample["train"], epochs=5),
 ...                       dataset, train_ids, val_ids, device="cuda", fold=0)

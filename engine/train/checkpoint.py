@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from cytotune.engine.data.augment import normalization_constants
+from cytotune.engine.data.schema import publish_directory
+from cytotune.search_spaces import ModelConfig
+from cytotune.search_spaces.models import create_model
 from torch import nn
-
-from engine.data.augment import normalization_constants
-from engine.data.schema import publish_directory
-from search_spaces import ModelConfig, create_model
 
 from .config import TrainConfig
 
@@ -35,7 +35,7 @@ def _dump_sources(sources: list) -> list[dict | None]:
 
 
 def _load_sources(model: nn.Module, sources: list[dict | None]) -> None:
-    from search_spaces.families.protopnet import PrototypeSource
+    from cytotune.search_spaces.models.families.protopnet import PrototypeSource
 
     model.prototype_sources = [
         None if s is None else PrototypeSource(**{**s, "box": tuple(s["box"])}) for s in sources

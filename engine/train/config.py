@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engine.data.augment import NORMALIZATIONS, AugmentConfig
-from search_spaces.config import check_fields, close_matches, to_jsonable
+from cytotune.engine.data.augment import NORMALIZATIONS, AugmentConfig
+from cytotune.search_spaces.config import check_fields, close_matches, to_jsonable
 
 # Names accepted by the string-valued fields; the optimiser factories live in ``optim.py``.
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "nadam")

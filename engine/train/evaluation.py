@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from search_spaces import ModelConfig, TaskSpec
+from cytotune.search_spaces import ModelConfig, TaskSpec
 
 
 def task_spec(manifest) -> TaskSpec:
@@ -58,8 +57,8 @@ class FoldEvaluation:
     names: tuple[str, ...]
 
     def metrics(self, manifest=None) -> dict:
-        """``engine.metrics`` of these predictions (names from ``manifest`` when given)."""
-        from engine.metrics import classification_metrics, regression_metrics
+        """``cytotune.engine.metrics`` of these predictions (names from ``manifest`` when given)."""
+        from cytotune.engine.metrics import classification_metrics, regression_metrics
 
         names = self.names
         if manifest is not None:

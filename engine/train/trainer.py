@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from cytotune.engine.data import CellDataset
+from cytotune.engine.data.loader import Batch, LoaderConfig, create_loader
+from cytotune.search_spaces import ModelConfig
+from cytotune.search_spaces.models import CytoModel, create_model, task_loss
 from torch import Tensor
-
-from engine.data import CellDataset
-from engine.data.loader import Batch, LoaderConfig, create_loader
-from search_spaces import CytoModel, ModelConfig, create_model, task_loss
 
 from . import checkpoint
 from .config import TrainConfig

@@ -50,9 +50,8 @@ def pair_panels(
 
 def run_attention(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -> pd.DataFrame:
     import torch
-
-    from engine.data.augment import normalize
-    from engine.train.checkpoint import load_model
+    from cytotune.engine.data.augment import normalize
+    from cytotune.engine.train.checkpoint import load_model
 
     path = explain_dir(plan.study_dir) / "attention.parquet"
     trials = [t for t in plan.trials if t.family in ("channel_attention", "mhl_attention")]

@@ -17,10 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from cytotune.engine.data.row_groups import read_row_groups
+from cytotune.engine.data.schema import publish_directory
 from tqdm.auto import tqdm
-
-from engine.data.row_groups import read_row_groups
-from engine.data.schema import publish_directory
 
 from .config import ExplainConfig
 from .layout import maps_path, maps_staging_dir
@@ -120,7 +119,7 @@ def run_maps(
     plan: ExplainPlan, config: ExplainConfig, state: ExplainState, progress: bool = True
 ) -> dict:
     """Compute every pending (trial, method) map table. Returns rows written per part."""
-    from engine.cluster import ensure_ray
+    from cytotune.engine.cluster import ensure_ray
 
     todo = pending_parts(plan, config, state)
     if not todo:

@@ -1,5 +1,5 @@
 """Stage 4: PNG overlays of a sample of cells per trial and method (from the stored maps):
-crop | map with a colour bar in the method's units (:func:`explainers.job.tiles.render_tile`).
+crop | map with a colour bar in the method's units (:func:`cytotune.explainers.job.tiles.render_tile`).
 
 The sample is the same for every trial and method (seeded), and holds misclassified cells
 first (up to a quarter of it), because those are the ones people open first.

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-
-from engine.data.dataset import CellDataset
-from engine.data.folds import load_folds
-from engine.search.leaderboard import leaderboard
-from engine.search.store import StudyStore
-from engine.search.study import StudyConfig
+from cytotune.engine.data.dataset import CellDataset
+from cytotune.engine.data.folds import load_folds
+from cytotune.engine.search.leaderboard import leaderboard
+from cytotune.engine.search.store import StudyStore
+from cytotune.engine.search.study import StudyConfig
 
 from .config import ExplainConfig
 

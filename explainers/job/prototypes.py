@@ -46,10 +46,9 @@ def fold_prototypes(
     """Mosaics and activation maps of one fold model's prototypes; returns PROTOTYPE rows."""
     import torch
     import torch.nn.functional as F
-
-    from engine.data.augment import normalize
-    from engine.data.dataset import CellDataset
-    from engine.train.checkpoint import load_model
+    from cytotune.engine.data.augment import normalize
+    from cytotune.engine.data.dataset import CellDataset
+    from cytotune.engine.train.checkpoint import load_model
 
     from ..quality import prototype_diversity
     from .worker import pick_device
@@ -137,7 +136,7 @@ def fold_prototypes(
 
 def similarity_maps(model, d, hw):
     """Similarity of every latent patch to every prototype: (B, h*w, M) distances -> (B, M, h, w)."""
-    from search_spaces.families.protopnet import similarity
+    from cytotune.search_spaces.models.families.protopnet import similarity
 
     return similarity(d, model.args.eps).transpose(1, 2).reshape(d.shape[0], d.shape[2], *hw)
 
@@ -146,8 +145,7 @@ def run_prototypes(
     plan: ExplainPlan, config: ExplainConfig, state: ExplainState, max_train: int = 4096
 ) -> pd.DataFrame:
     import ray
-
-    from engine.cluster import ensure_ray
+    from cytotune.engine.cluster import ensure_ray
 
     proto = [t for t in plan.trials if t.family == "protopnet"]
     path = explain_dir(plan.study_dir) / "prototypes.parquet"

@@ -73,7 +73,7 @@ def record_layers(plan: ExplainPlan, config: ExplainConfig) -> dict:
     fold model on the CPU."""
     import json
 
-    from engine.train.checkpoint import load_model
+    from cytotune.engine.train.checkpoint import load_model
 
     from .verdicts import layers_path
     from .worker import layer_info, uses_layer

@@ -5,7 +5,7 @@ mask and the pointing-game hit rate. On a seeded sample of cells (``quality_cell
 fold model that explained each cell: deletion and insertion AUC, the model-parameter
 randomisation check (trained vs fully re-initialised weights; Spearman, SSIM, passed) and, on
 synthetic data, the evidence mass of the randomised model's maps. The randomisation check is
-:func:`explainers.quality.sanity.sanity_check` in fp32 (3 random copies, Spearman inside the
+:func:`cytotune.explainers.quality.sanity.sanity_check` in fp32 (3 random copies, Spearman inside the
 cell mask where there is one, bootstrap interval over cells, cascade, the calibrated
 threshold); its ``sanity_*`` rows carry the verdict. Prototype models also get
 prototype diversity. The sample runs as one Ray task per trial and method (on a GPU when there
@@ -64,10 +64,9 @@ def sample_scores(
     """Deletion/insertion and randomisation scores of one trial's ``methods`` on sampled cells,
     and its prototype diversity when ``prototypes`` (a prototype model)."""
     import torch
-
-    from engine.data.augment import normalize
-    from engine.data.dataset import CellDataset
-    from engine.train.checkpoint import load_model
+    from cytotune.engine.data.augment import normalize
+    from cytotune.engine.data.dataset import CellDataset
+    from cytotune.engine.train.checkpoint import load_model
 
     from ..methods import create_explainer
     from .worker import layer_for, pick_device
@@ -221,8 +220,7 @@ def run_quality(
     Each trial is a part of its own (``quality/<trial>``): a trial added to the top-k is scored
     alone, the others keep their rows."""
     import ray
-
-    from engine.cluster import ensure_ray
+    from cytotune.engine.cluster import ensure_ray
 
     path = explain_dir(plan.study_dir) / "quality.parquet"
     key = (

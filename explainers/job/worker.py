@@ -21,10 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-
-from engine.data.augment import normalize
-from engine.data.schema import Manifest, decode_images, decode_masks
-from engine.train.checkpoint import load_model
+from cytotune.engine.data.augment import normalize
+from cytotune.engine.data.schema import Manifest, decode_images, decode_masks
+from cytotune.engine.train.checkpoint import load_model
 
 from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
@@ -482,7 +481,7 @@ def localisation(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per map: share of positive mass inside ``mask`` and pointing-game hit (NaN: no mask).
 
-    Same definitions as :func:`explainers.quality.mass_inside` and ``pointing_game``, on the
+    Same definitions as :func:`cytotune.explainers.quality.mass_inside` and ``pointing_game``, on the
     device: channels are clipped at 0 then summed for the mass; the peak of the channel sum
     (first in row-major order) must fall inside the mask. Empty masks give NaN hits; rows with
     ``valid`` False (no mask stored for that cell) give NaN for both.

@@ -1,6 +1,6 @@
 """Attribution methods: one class per method, one ``attribute()`` signature, one registry.
 
->>> from explainers.methods import create_explainer, list_explainers
+>>> from cytotune.explainers.methods import create_explainer, list_explainers
 >>> list_explainers("*cam*")
 ['gradcam', 'gradcam++', 'layercam']
 >>> cam = create_explainer("layercam", model, layer=["blocks.1", "blocks.3"])

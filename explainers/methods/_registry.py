@@ -6,9 +6,8 @@ import fnmatch
 from collections.abc import Callable
 from typing import Any
 
+from cytotune.search_spaces.config import close_matches
 from torch import nn
-
-from search_spaces.config import close_matches
 
 _EXPLAINERS: dict[str, type] = {}
 

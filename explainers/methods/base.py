@@ -18,9 +18,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from cytotune.search_spaces.config import close_matches as _hint
 from torch import Tensor, nn
-
-from search_spaces.config import close_matches as _hint
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
 

@@ -1,7 +1,7 @@
 """Input attributions through captum: Saliency, InputXGradient, IntegratedGradients, Occlusion.
 
 All return (B, C, H, W): one map per input channel (channels are never merged, so the share of
-each stain can be read off with :func:`~explainers.methods.channel_attribution`).
+each stain can be read off with :func:`~cytotune.explainers.methods.channel_attribution`).
 """
 
 from __future__ import annotations

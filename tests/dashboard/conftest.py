@@ -35,9 +35,8 @@ class Server:
     def __init__(self, root: Path, token: str | None = None) -> None:
         import logging
 
+        from cytotune.dashboard.app import create_app
         from werkzeug.serving import make_server
-
-        from dashboard.app import create_app
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.app = create_app(str(root), token=token, refresh_s=2.0)
@@ -65,7 +64,7 @@ def browser():
         import selenium  # noqa: F401
     except ImportError:
         pytest.skip("selenium is not installed (pip install -e '.[dev]')")
-    from dashboard.browser import headless_chromium
+    from cytotune.dashboard.browser import headless_chromium
 
     try:
         driver = headless_chromium()

@@ -1,8 +1,8 @@
 """Synthetic study directories with the results store's schema (no training) for dashboard tests.
 
 ``make_study`` writes study.yaml/json, trials/folds/epochs Parquet and, optionally, an
-``explain/`` directory laid out exactly as :mod:`explainers.job.layout` documents, with real
-overlay PNGs drawn by :func:`explainers.overlay` from the dataset crops.
+``explain/`` directory laid out exactly as :mod:`cytotune.explainers.job.layout` documents, with real
+overlay PNGs drawn by :func:`cytotune.explainers.overlay` from the dataset crops.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from cytotune.explainers.job import layout
 from PIL import Image
-
-from explainers.job import layout
 
 FAMILIES = ("small_cnn", "backbone", "mhl_attention")
 CLASSES = ("metastasizing", "normal")
@@ -25,7 +24,7 @@ METRICS = ("balanced_accuracy", "accuracy", "f1_macro", "f1_weighted", "auc_macr
 
 
 def make_dataset(path: Path, n: int = 64, size: int = 24) -> Path:
-    from engine.synth import write_dataset
+    from cytotune.engine.synth import write_dataset
 
     if not (path / "manifest.json").is_file():
         write_dataset("metastasis", path, n=n, size=size, seed=0, progress=False)
@@ -218,8 +217,8 @@ def _png(rgb: np.ndarray, path: Path) -> None:
 
 def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
     """An explain/ directory for ``trial_ids`` following explainers.job.layout exactly."""
-    from engine.data.dataset import CellDataset
-    from explainers import overlay
+    from cytotune.engine.data.dataset import CellDataset
+    from cytotune.explainers import overlay
 
     ds = CellDataset(dataset)
     meta = ds.metadata()

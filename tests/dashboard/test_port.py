@@ -8,9 +8,8 @@ import socket
 import time
 
 import pytest
-
-from dashboard.ports import port_holder, port_in_use
-from engine.cli import main
+from cytotune.dashboard.ports import port_holder, port_in_use
+from cytotune.engine.cli import main
 
 
 @pytest.fixture

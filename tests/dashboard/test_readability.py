@@ -8,9 +8,8 @@ import re
 
 import pandas as pd
 import pytest
-
-from dashboard.data import Catalog
-from dashboard.pages import compare, leaderboard, studies
+from cytotune.dashboard.data import Catalog
+from cytotune.dashboard.pages import compare, leaderboard, studies
 
 from .conftest import screenshot, wait_for
 from .test_browser import _by, _choose, cells, open_page, texts

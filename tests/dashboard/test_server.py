@@ -8,11 +8,10 @@ import os
 
 import pandas as pd
 import pytest
+from cytotune.dashboard import command, query
+from cytotune.dashboard.app import create_app
+from cytotune.dashboard.data import Catalog, Study, StudyUnreadable, find_studies, key_params
 from PIL import Image
-
-from dashboard import command, query
-from dashboard.app import create_app
-from dashboard.data import Catalog, Study, StudyUnreadable, find_studies, key_params
 
 from .factory import make_trials_table
 
@@ -38,9 +37,9 @@ def test_default_bind_is_localhost_and_auth_is_optional():
 
 
 def test_cli_lists_the_dashboard():
-    from engine.cli import SUBCOMMANDS
+    from cytotune.engine.cli import SUBCOMMANDS
 
-    assert SUBCOMMANDS["dashboard"][0] == "dashboard.command"
+    assert SUBCOMMANDS["dashboard"][0] == "cytotune.dashboard.command"
 
 
 def test_token_required_on_every_route(guarded):

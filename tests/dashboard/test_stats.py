@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from cytotune.dashboard import stats
 from scipy import stats as sps
-
-from dashboard import stats
 
 
 def test_nadeau_bengio_matches_the_formula_by_hand():
@@ -106,8 +105,7 @@ def test_dashboard_ranks_like_the_engine_full_fidelity_first():
     """One ranking (issue 13/17): a trial raced out after one fold with a higher score ranks
     below every trial scored on all folds, in the dashboard as in ``cytotune pull --rank``."""
     import pandas as pd
-
-    from dashboard.data import _prepare_trials
+    from cytotune.dashboard.data import _prepare_trials
 
     trials = pd.DataFrame(
         {

@@ -6,13 +6,12 @@ import subprocess
 import sys
 
 import pytest
-
-from engine.cli import SUBCOMMANDS, main
+from cytotune.engine.cli import SUBCOMMANDS, main
 
 
 def test_top_level_help_lists_every_subcommand():
     out = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "cytotune.engine.cli", "--help"], capture_output=True, text=True, check=True
     ).stdout
     for name in SUBCOMMANDS:
         assert name in out

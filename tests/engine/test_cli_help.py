@@ -8,8 +8,7 @@ import sys
 import time
 
 import pytest
-
-from engine.cli import SUBCOMMANDS, build_parser
+from cytotune.engine.cli import SUBCOMMANDS, build_parser
 
 HEAVY = ("torch", "ray", "sklearn", "scipy", "dash", "optuna")
 
@@ -24,7 +23,7 @@ def subparser(name: str) -> argparse.ArgumentParser:
 def test_help_is_fast(name):
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "engine.cli", name, "--help"],
+        [sys.executable, "-m", "cytotune.engine.cli", name, "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -62,10 +61,10 @@ def test_description_is_plain_text_with_an_example(name):
 
 
 def test_static_names_match_the_registries():
-    from engine.data.folds import METHODS
-    from engine.data.folds_command import METHOD_NAMES
-    from explainers import list_explainers
-    from explainers.job.config import BUILTIN_METHODS
+    from cytotune.engine.data.folds import METHODS
+    from cytotune.engine.data.folds_command import METHOD_NAMES
+    from cytotune.explainers import list_explainers
+    from cytotune.explainers.job.config import BUILTIN_METHODS
 
     assert sorted(METHOD_NAMES) == sorted(METHODS)
     assert sorted(BUILTIN_METHODS) == sorted(list_explainers())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-import engine.cluster as cluster
+import cytotune.engine.cluster as cluster
 
 
 def test_preload_worker_imports_the_named_modules(monkeypatch):
@@ -15,7 +15,7 @@ def test_preload_worker_imports_the_named_modules(monkeypatch):
 
 
 def test_search_workers_preload_the_trainable_and_timm():
-    assert cluster.TRIAL_MODULES == ("engine.search.trainable", "timm")
+    assert cluster.TRIAL_MODULES == ("cytotune.engine.search.trainable", "timm")
     import importlib
 
     for name in cluster.TRIAL_MODULES:  # importable names, or every worker would fail to start

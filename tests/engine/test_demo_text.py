@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import engine.demo
+from cytotune import engine
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 DURATION = re.compile(r"about (\w+(?:-\w+)?) minutes? on 2 CPU cores")

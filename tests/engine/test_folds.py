@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cytotune.engine.cli import main
+from cytotune.engine.data import CellDataset, DatasetSpec, DatasetWriter
+from cytotune.engine.data.folds import leakage_audit, load_folds, make_folds, save_folds
 from sklearn.model_selection import StratifiedGroupKFold
-
-from engine.cli import main
-from engine.data import CellDataset, DatasetSpec, DatasetWriter
-from engine.data.folds import leakage_audit, load_folds, make_folds, save_folds
 
 
 @pytest.fixture()

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cytotune.engine.data import CellDataset
+from cytotune.engine.data.folds import make_folds
+from cytotune.engine.train import FoldTrainer, TrainConfig
+from cytotune.engine.train.evaluation import task_spec
+from cytotune.engine.train.graphs import GraphedStep, graph_support
+from cytotune.search_spaces import ModelConfig
 from torch import nn
-
-from engine.data import CellDataset
-from engine.data.folds import make_folds
-from engine.train import FoldTrainer, TrainConfig
-from engine.train.evaluation import task_spec
-from engine.train.graphs import GraphedStep, graph_support
-from search_spaces import ModelConfig
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
@@ -56,7 +55,7 @@ def test_cuda_graphs_setting_is_validated():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from engine.synth import write_dataset
+    from cytotune.engine.synth import write_dataset
 
     path = tmp_path_factory.mktemp("graphs") / "metastasis"
     write_dataset("metastasis", path, 384, size=32, seed=0, progress=False)
@@ -124,7 +123,7 @@ def test_uncapturable_step_falls_back_to_eager():
 
 
 def test_models_with_dropout_are_recognised():
-    from engine.train.graphs import draws_random_numbers
+    from cytotune.engine.train.graphs import draws_random_numbers
 
     assert not draws_random_numbers(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.0)))
     assert draws_random_numbers(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.3)))
@@ -136,9 +135,9 @@ def test_models_with_dropout_are_recognised():
 def test_lockstep_folds_with_dropout_train_eagerly(tmp_path):
     """race: epochs trains the K folds in lockstep; with dropout their graphs would share the
     CUDA RNG, so they are marked eager (on CPU they are eager anyway: the reason is kept)."""
-    from engine.search.crossval import CrossValidation
-    from engine.search.study import Budget, FoldsSpec, StudyConfig
-    from engine.synth import write_dataset
+    from cytotune.engine.search.crossval import CrossValidation
+    from cytotune.engine.search.study import Budget, FoldsSpec, StudyConfig
+    from cytotune.engine.synth import write_dataset
 
     path = tmp_path / "cells"
     write_dataset("metastasis", path, 96, size=24, seed=0, progress=False)
@@ -162,6 +161,6 @@ def test_lockstep_folds_with_dropout_train_eagerly(tmp_path):
 
 
 def make_folds_and_save(path):
-    from engine.data.folds import make_folds, save_folds
+    from cytotune.engine.data.folds import make_folds, save_folds
 
     save_folds(path, make_folds(CellDataset(path), k=2, group="well", name="k2-well"))

@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from cytotune.engine.cli import main
+from cytotune.engine.data import CellDataset
+from cytotune.engine.data.ingest import IngestOptions, ingest
 from PIL import Image
-
-from engine.cli import main
-from engine.data import CellDataset
-from engine.data.ingest import IngestOptions, ingest
 
 RNG = np.random.default_rng(7)
 ONE_WORKER = IngestOptions(workers=1)

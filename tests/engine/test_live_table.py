@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace
 
-from engine.search.callbacks import LiveTable, _fit
+from cytotune.engine.search.callbacks import LiveTable, _fit
 
 
 def study(race: str = "folds"):

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from engine.data import CellDataset, DatasetSpec, DatasetWriter
-from engine.data.augment import AugmentConfig, row_seeds
-from engine.data.loader import LoaderConfig, create_loader
+from cytotune.engine.data import CellDataset, DatasetSpec, DatasetWriter
+from cytotune.engine.data.augment import AugmentConfig, row_seeds
+from cytotune.engine.data.loader import LoaderConfig, create_loader
 
 N = 40
 

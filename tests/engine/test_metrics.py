@@ -1,4 +1,4 @@
-"""engine.metrics against scikit-learn called directly, and hand-computed examples."""
+"""cytotune.engine.metrics against scikit-learn called directly, and hand-computed examples."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn import metrics as skm
-
-from engine.metrics import (
+from cytotune.engine.metrics import (
     METRIC_DIRECTIONS,
     aggregate_groups,
     classification_metrics,
@@ -21,6 +19,7 @@ from engine.metrics import (
     scalar_metrics,
     thin_curve,
 )
+from sklearn import metrics as skm
 
 SCALAR_KEYS = {
     "accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_micro",

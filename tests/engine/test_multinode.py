@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from engine.search import StudyConfig
+from cytotune.engine.search import StudyConfig
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +65,8 @@ def cluster(tmp_path_factory):
     """Two Ray nodes of 2 CPUs each: the head (where this process, the driver, connects) and
     worker ``b``. A trial takes 2 CPUs, so the two trials of a study run one on each node."""
     import ray
+    from cytotune.engine.cluster import ensure_ray
     from ray.cluster_utils import Cluster
-
-    from engine.cluster import ensure_ray
 
     was_local = ray.is_initialized()  # the session's one-node Ray (tests/conftest.py)
     ray.shutdown()
@@ -91,14 +89,14 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from engine.data import DatasetWriter
-    from engine.data.folds import make_folds, save_folds
-    from engine.synth import write_dataset
+    from cytotune.engine.data import DatasetWriter
+    from cytotune.engine.data.folds import make_folds, save_folds
+    from cytotune.engine.synth import write_dataset
 
     root = tmp_path_factory.mktemp("multinode")
     # shards of 32 rows: Ray Data gets several read tasks, so both explain actors get work
     with mock.patch(
-        "engine.synth.generate.DatasetWriter", functools.partial(DatasetWriter, rows_per_shard=32)
+        "cytotune.engine.synth.generate.DatasetWriter", functools.partial(DatasetWriter, rows_per_shard=32)
     ):
         write_dataset("metastasis", root / "dataset", n=128, size=24, seed=0, progress=False)
     # the folds up front, so the search itself has nothing to write into the dataset
@@ -132,8 +130,7 @@ def _reference(study: StudyConfig, params: dict) -> dict:
     """The configuration trained in this process, without Ray, on the 2 threads Ray gives a
     2-CPU trial."""
     import torch
-
-    from engine.search.crossval import CrossValidation
+    from cytotune.engine.search.crossval import CrossValidation
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -150,7 +147,7 @@ def _reference(study: StudyConfig, params: dict) -> dict:
 def searched(cluster, workspace):
     """A 2-trial study across both nodes; worker ``b`` is removed from the cluster once the
     trial running there has written its first checkpoint."""
-    from engine.search.runner import run_search
+    from cytotune.engine.search.runner import run_search
 
     ray_cluster, _, worker = cluster
     study = _study(workspace, "spread")
@@ -264,8 +261,8 @@ def test_nothing_is_written_outside_the_study_directory(workspace, searched):
 
 
 def test_trial_page_names_the_nodes(searched):
-    from dashboard.data import Study
-    from dashboard.pages import trial
+    from cytotune.dashboard.data import Study
+    from cytotune.dashboard.pages import trial
 
     _, store, lost, _, _ = searched
     row = store.table("trials").set_index("trial_id").loc[lost]
@@ -289,10 +286,9 @@ def test_explain_job_spreads_its_actors_and_matches_a_direct_computation(cluster
     """A new worker ``c`` joins; the explain job's two actors run on the head and on ``c``
     and every cell's map equals the map computed in this process."""
     import ray._private.state
-
-    from explainers.job.config import ExplainConfig
-    from explainers.job.layout import maps_path
-    from explainers.job.runner import run_explain
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.layout import maps_path
+    from cytotune.explainers.job.runner import run_explain
 
     ray_cluster, head, _ = cluster
     joined = ray_cluster.add_node(num_cpus=2, resources={"node_c": 1})
@@ -317,13 +313,12 @@ def test_explain_job_spreads_its_actors_and_matches_a_direct_computation(cluster
 
 def _check_maps_against_direct(plan, frame, trial, fold: int) -> None:
     import torch
-
-    from engine.data.augment import normalize
-    from engine.data.dataset import CellDataset
-    from engine.train.checkpoint import load_model
-    from explainers import create_explainer
-    from explainers.job.layout import decode_map
-    from explainers.job.worker import cam_layers
+    from cytotune.engine.data.augment import normalize
+    from cytotune.engine.data.dataset import CellDataset
+    from cytotune.engine.train.checkpoint import load_model
+    from cytotune.explainers import create_explainer
+    from cytotune.explainers.job.layout import decode_map
+    from cytotune.explainers.job.worker import cam_layers
 
     rows = plan.cells.set_index("cell_id").loc[frame["cell_id"], "row"].to_numpy()
     model, cfg = load_model(trial.fold_dirs[fold])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from cytotune.engine.data import CellDataset
+from cytotune.engine.data.folds import make_folds
+from cytotune.engine.data.ingest import IngestOptions, ingest
 from PIL import Image
 
-from engine.data import CellDataset
-from engine.data.folds import make_folds
-from engine.data.ingest import IngestOptions, ingest
 from tests.conftest import shared_dataset
 
 

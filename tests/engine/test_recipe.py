@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cytotune.engine.data.augment import AugmentConfig, augment, row_seeds
+from cytotune.engine.train import TrainConfig
+from cytotune.engine.train.optim import create_optimizer, create_scheduler
+from cytotune.engine.train.recipe import TTA_VIEWS, WeightEMA, mix_batch, tta_views
 from torch import nn
-
-from engine.data.augment import AugmentConfig, augment, row_seeds
-from engine.train import TrainConfig
-from engine.train.optim import create_optimizer, create_scheduler
-from engine.train.recipe import TTA_VIEWS, WeightEMA, mix_batch, tta_views
 
 
 def test_defaults_are_the_cell_recipe():
@@ -138,11 +137,11 @@ def test_intensity_jitter_scales_each_channel_within_bounds():
 def test_label_smoothing_and_tta_reach_the_fold_trainer(tmp_path):
     """A trainer's loss equals F.cross_entropy with the smoothing; TTA over a model that only
     sees rotation-invariant features gives the plain prediction."""
-    from engine.data import CellDataset
-    from engine.data.folds import make_folds
-    from engine.synth import write_dataset
-    from engine.train import FoldTrainer, task_spec
-    from search_spaces import ModelConfig
+    from cytotune.engine.data import CellDataset
+    from cytotune.engine.data.folds import make_folds
+    from cytotune.engine.synth import write_dataset
+    from cytotune.engine.train import FoldTrainer, task_spec
+    from cytotune.search_spaces import ModelConfig
 
     write_dataset("metastasis", tmp_path / "d", 96, size=16, seed=0, progress=False)
     dataset = CellDataset(tmp_path / "d")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from cytotune.engine.search.resumable import ResumableOptunaSearch
 from ray.tune.search.optuna import OptunaSearch
-
-from engine.search.resumable import ResumableOptunaSearch
 
 
 def _space(trial):
@@ -32,9 +31,9 @@ def test_results_for_trials_finished_in_optuna(cls, raises):
 def test_store_completes_a_trial_whose_results_the_killed_driver_never_flushed(tmp_path):
     from types import SimpleNamespace
 
-    from engine.search.callbacks import StoreCallback
-    from engine.search.store import StudyStore
-    from engine.search.study import StudyConfig
+    from cytotune.engine.search.callbacks import StoreCallback
+    from cytotune.engine.search.store import StudyStore
+    from cytotune.engine.search.study import StudyConfig
 
     study = StudyConfig.from_dict(
         {

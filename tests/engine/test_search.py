@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from engine.search import StudyConfig, StudyError, StudyStore
+from cytotune.engine.search import StudyConfig, StudyError, StudyStore
 
 TINY_SPACE = {
     "name": "tiny",
@@ -42,7 +41,7 @@ TINY_SPACE = {
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from engine.synth import write_dataset
+    from cytotune.engine.synth import write_dataset
 
     root = tmp_path_factory.mktemp("search")
     write_dataset("metastasis", root / "dataset", n=160, size=32, seed=0, progress=False)
@@ -118,12 +117,11 @@ def test_study_file_round_trip(workspace):
 
 
 def test_smoke_study_writes_a_complete_store(workspace, ray_local):
+    from cytotune.engine.data import CellDataset
+    from cytotune.engine.data.folds import load_folds
+    from cytotune.engine.search.runner import run_search
+    from cytotune.engine.train import load_model
     from sklearn.metrics import balanced_accuracy_score
-
-    from engine.data import CellDataset
-    from engine.data.folds import load_folds
-    from engine.search.runner import run_search
-    from engine.train import load_model
 
     study = StudyConfig.from_yaml(_study_file(workspace, "smoke"))
     store = run_search(study, verbose=False)
@@ -170,8 +168,8 @@ def test_smoke_study_writes_a_complete_store(workspace, ray_local):
 
 
 def test_injected_failure_is_retried_from_checkpoint(workspace, ray_local):
-    from engine.search.runner import run_search
-    from engine.search.trainable import FAIL_ONCE_FILE
+    from cytotune.engine.search.runner import run_search
+    from cytotune.engine.search.trainable import FAIL_ONCE_FILE
 
     study = StudyConfig.from_yaml(
         _study_file(
@@ -212,7 +210,7 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):
     store = StudyStore(study.study_dir)
     script = textwrap.dedent("""
         import sys
-        from engine.cli import main
+        from cytotune.engine.cli import main
         sys.exit(main(sys.argv[1:]))
     """)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -259,7 +257,7 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):
 
 
 def test_trials_cut_by_the_time_budget_are_stopped_with_checkpoints(workspace, ray_local):
-    from engine.search.runner import run_search
+    from cytotune.engine.search.runner import run_search
 
     study = StudyConfig.from_yaml(
         _study_file(
@@ -287,7 +285,7 @@ def test_trials_cut_by_the_time_budget_are_stopped_with_checkpoints(workspace, r
 
 
 def test_unknown_well_column_fails_before_any_trial(workspace):
-    from engine.search.runner import run_search
+    from cytotune.engine.search.runner import run_search
 
     study = StudyConfig.from_yaml(_study_file(workspace, "nowell", well_column="plate_well"))
     with pytest.raises(ValueError, match="well_column 'plate_well' is not a column.*well"):
@@ -296,7 +294,7 @@ def test_unknown_well_column_fails_before_any_trial(workspace):
 
 
 def test_study_whose_first_trials_all_fail_stops_with_the_error(workspace, ray_local):
-    from engine.search.runner import SearchFailed, run_search
+    from cytotune.engine.search.runner import SearchFailed, run_search
 
     broken = {
         "name": "broken",
@@ -327,7 +325,7 @@ def test_study_whose_first_trials_all_fail_stops_with_the_error(workspace, ray_l
 
 
 def test_multi_objective_study_uses_nsga2(workspace, ray_local):
-    from engine.search.runner import run_search
+    from cytotune.engine.search.runner import run_search
 
     path = _study_file(
         workspace,
@@ -351,7 +349,7 @@ def test_multi_objective_study_uses_nsga2(workspace, ray_local):
 
 def test_ray_data_loader_inside_trials_never_starves(workspace, ray_local):
     """Trials reserving every CPU would leave Ray Data's tasks none; concurrency is capped."""
-    from engine.search.runner import max_concurrent, run_search
+    from cytotune.engine.search.runner import max_concurrent, run_search
 
     path = _study_file(
         workspace,
@@ -368,7 +366,7 @@ def test_ray_data_loader_inside_trials_never_starves(workspace, ray_local):
 
 def test_study_refused_for_resources_leaves_no_running_store(workspace, ray_local):
     """Issue 14, item 5: a refusal up front writes no study that says "running"."""
-    from engine.search.runner import run_search
+    from cytotune.engine.search.runner import run_search
 
     study = StudyConfig.from_yaml(
         _study_file(workspace, "too-big", resources={"cpus": 64, "gpus": 0})
@@ -381,7 +379,7 @@ def test_study_refused_for_resources_leaves_no_running_store(workspace, ray_loca
 
 def test_budget_defaults_never_contradict_what_the_user_wrote():
     """Issue 14, item 4: ``{trials: 2, max_epochs: 1}`` works; only a written grace is checked."""
-    from engine.search.study import Budget, StudyError
+    from cytotune.engine.search.study import Budget, StudyError
 
     assert Budget(trials=2, max_epochs=1).grace_epochs == 1
     assert Budget(max_epochs=10).grace_epochs == 2
@@ -394,10 +392,10 @@ def test_budget_defaults_never_contradict_what_the_user_wrote():
 def test_families_that_cannot_apply_are_left_out_and_said(tmp_path, capsys):
     """Channel attention needs >= 2 channels: on a 1-channel dataset the search leaves it out
     and prints why; the other families stay, defaults of each evaluated first."""
-    from engine.search.runner import applicable_space, create_scheduler
-    from engine.search.study import Budget, FoldsSpec
-    from engine.synth import write_dataset
-    from search_spaces import load_space
+    from cytotune.engine.search.runner import applicable_space, create_scheduler
+    from cytotune.engine.search.study import Budget, FoldsSpec
+    from cytotune.engine.synth import write_dataset
+    from cytotune.search_spaces import load_space
 
     write_dataset("microtubule", tmp_path / "mt", 60, size=16, seed=0, progress=False)
     study = StudyConfig(
@@ -419,11 +417,10 @@ def test_fold_race_reports_running_means_and_resumes_at_the_next_fold(tmp_path):
     the folds done; a checkpoint restores the finished folds (without optimiser state, linked
     once) and continues with the next fold."""
     import torch
-
-    from engine.data.folds import make_folds, save_folds
-    from engine.search.crossval import CrossValidation
-    from engine.search.study import Budget, FoldsSpec
-    from engine.synth import write_dataset
+    from cytotune.engine.data.folds import make_folds, save_folds
+    from cytotune.engine.search.crossval import CrossValidation
+    from cytotune.engine.search.study import Budget, FoldsSpec
+    from cytotune.engine.synth import write_dataset
 
     write_dataset("metastasis", tmp_path / "d", 96, size=16, seed=0, progress=False)
     save_folds(tmp_path / "d", make_folds(tmp_path / "d", k=2, group="well", name="k2"))
@@ -456,8 +453,8 @@ def test_fold_race_reports_running_means_and_resumes_at_the_next_fold(tmp_path):
 
 def test_text_leaderboard_shows_the_folds_each_trial_was_scored_on(tmp_path):
     """A raced-out trial says on how many folds it was scored, and ranks below full ones."""
-    from engine.search.leaderboard import format_leaderboard
-    from engine.search.store import StudyStore
+    from cytotune.engine.search.leaderboard import format_leaderboard
+    from cytotune.engine.search.store import StudyStore
 
     store = StudyStore(str(tmp_path / "s"))
     rows = [("full", "completed", 5, 0.80), ("raced", "pruned", 1, 0.95)]

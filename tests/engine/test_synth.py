@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 
+import cytotune.engine.synth as synth
 import numpy as np
 import pytest
+from cytotune.engine.cli import main
+from cytotune.engine.data import CellDataset, Manifest
+from cytotune.engine.synth import shapes
+from cytotune.engine.synth.tasks import Tape
 from PIL import Image
 from scipy import ndimage
 from scipy.stats import mannwhitneyu
-
-import engine.synth as synth
-from engine.cli import main
-from engine.data import CellDataset, Manifest
-from engine.synth import shapes
-from engine.synth.tasks import Tape
 
 TASKS = {"metastasis": 3, "microtubule": 1}  # task -> channels
 

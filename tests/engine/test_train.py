@@ -1,4 +1,4 @@
-"""engine.train: config validation, LR schedule, class weights, learning, resume, checkpoints."""
+"""cytotune.engine.train: config validation, LR schedule, class weights, learning, resume, checkpoints."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from engine.data import CellDataset
-from engine.data.folds import make_folds
-from engine.train import FoldTrainer, TrainConfig, WarmupCosine, load_model, task_spec
-from search_spaces import ModelConfig
+from cytotune.engine.data import CellDataset
+from cytotune.engine.data.folds import make_folds
+from cytotune.engine.train import FoldTrainer, TrainConfig, WarmupCosine, load_model, task_spec
+from cytotune.search_spaces import ModelConfig
 
 TINY_TIMM = {"channels": [8, 8, 16, 16], "stem_width": 8}
 TINY = {
@@ -44,7 +43,7 @@ PLAIN = {
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """384 metastasis cells at 32 px (balanced, with masks) and fold 0 of a 3-fold well split."""
-    from engine.synth import write_dataset
+    from cytotune.engine.synth import write_dataset
 
     path = tmp_path_factory.mktemp("train") / "metastasis"
     write_dataset("metastasis", path, 384, size=32, seed=0, progress=False)
@@ -297,10 +296,9 @@ def test_ray_loader_matches_inprocess(data, ray_local):
 
 # ------------------------------------------------------------------------------ regression
 def test_regression_fold(tmp_path):
+    from cytotune.engine.data import DatasetSpec, DatasetWriter
+    from cytotune.engine.synth import render
     from sklearn.metrics import mean_squared_error
-
-    from engine.data import DatasetSpec, DatasetWriter
-    from engine.synth import render
 
     cells = render("metastasis", 96, size=32, seed=1)
     spec = DatasetSpec(("dna", "actin", "vimentin"), "uint16", (3, 32, 32), "regression",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from search_spaces import create_model
+from cytotune.search_spaces.models import create_model
 
 
 def small_cnn(in_chans: int, task: str = "multiclass", num_outputs: int = 3, seed: int = 0, **kw):

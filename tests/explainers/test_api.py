@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-from explainers.methods import (
+from cytotune.explainers.methods import (
     GradCAM,
     GradCAMPlusPlus,
     LayerCAM,
@@ -16,7 +14,8 @@ from explainers.methods import (
     list_explainers,
     register_explainer,
 )
-from search_spaces import create_model
+from cytotune.search_spaces.models import create_model
+from torch import nn
 
 from .conftest import inputs, small_cnn
 

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import pytorch_grad_cam as pgc
 import torch
+from cytotune.explainers.methods import GradCAM, GradCAMPlusPlus, LayerCAM, create_explainer
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
-
-from explainers.methods import GradCAM, GradCAMPlusPlus, LayerCAM, create_explainer
 
 from .conftest import inputs, small_cnn
 

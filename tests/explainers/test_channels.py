@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from explainers.methods import channel_attribution, colormap, overlay
+from cytotune.explainers.methods import channel_attribution, colormap, overlay
 
 
 def test_channel_attribution_shares():

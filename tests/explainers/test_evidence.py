@@ -8,11 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from engine.synth import render
-from explainers import create_explainer, mass_inside, randomisation_check, randomize_weights
-from explainers.job.worker import cam_layers
-from search_spaces import ModelConfig, create_model
+from cytotune.engine.synth import render
+from cytotune.explainers import (
+    create_explainer,
+    mass_inside,
+    randomisation_check,
+    randomize_weights,
+)
+from cytotune.explainers.job.worker import cam_layers
+from cytotune.search_spaces import ModelConfig
+from cytotune.search_spaces.models import create_model
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "search_spaces"))
 from _train import fit, normalise  # noqa: E402

@@ -6,9 +6,7 @@ from __future__ import annotations
 import captum.attr as ca
 import pytest
 import torch
-from torch import nn
-
-from explainers.methods import (
+from cytotune.explainers.methods import (
     GradCAM,
     InputXGradient,
     IntegratedGradients,
@@ -17,6 +15,7 @@ from explainers.methods import (
     SmoothGrad,
     create_explainer,
 )
+from torch import nn
 
 from .conftest import inputs, small_cnn
 

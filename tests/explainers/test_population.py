@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-
-from explainers.population import (
+from cytotune.explainers.population import (
     GeometricMeanAccumulator,
     PerClassGeometricMean,
     channel_maps,
@@ -15,6 +13,7 @@ from explainers.population import (
     correlation_summary,
     patch_correlation,
 )
+from scipy import stats
 
 EPS = 1e-6
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from explainers.quality import (
+from cytotune.explainers.quality import (
     deletion_insertion,
     make_baseline,
     mass_inside,
@@ -18,6 +16,7 @@ from explainers.quality import (
     randomize_weights,
     ssim,
 )
+from torch import nn
 
 
 def region_score(region):

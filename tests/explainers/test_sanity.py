@@ -7,14 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy import stats
-from torch import nn
-
-from explainers.job.layout import explain_dir
-from explainers.job.summary import format_quality
-from explainers.job.verdicts import describe, sanity_table, trial_scores
-from explainers.job.worker import cam_layers, layer_info
-from explainers.quality.sanity import (
+from cytotune.explainers.job.layout import explain_dir
+from cytotune.explainers.job.summary import format_quality
+from cytotune.explainers.job.verdicts import describe, sanity_table, trial_scores
+from cytotune.explainers.job.worker import cam_layers, layer_info
+from cytotune.explainers.quality.sanity import (
     SanityConfig,
     bootstrap_ci,
     cascade_stages,
@@ -24,6 +21,8 @@ from explainers.quality.sanity import (
     spearman_rows,
     verdict,
 )
+from scipy import stats
+from torch import nn
 
 
 def test_bootstrap_ci_matches_scipy_percentile():

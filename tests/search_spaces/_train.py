@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from search_spaces import CytoModel
+from cytotune.search_spaces.models import CytoModel
 
 
 def normalise(images: np.ndarray) -> torch.Tensor:

@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from search_spaces import create_model
+from cytotune.search_spaces.models import create_model
 
 from .conftest import tiny
 

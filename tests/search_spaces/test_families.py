@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from search_spaces import create_model, list_models
+from cytotune.search_spaces.models import create_model, list_models
 
 from .conftest import TINY, VARIANTS, tiny, unzero
 

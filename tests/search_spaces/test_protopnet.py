@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-
-from search_spaces import create_model
-from search_spaces.families.protopnet import (
+from cytotune.search_spaces.models import create_model
+from cytotune.search_spaces.models.families.protopnet import (
     PrototypeSchedule,
     background_mask,
     masked_distances,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import timm
 import torch
+from cytotune.search_spaces import ModelConfig, TaskSpec
+from cytotune.search_spaces.models import create_model, family_args, list_models, r2_score
+from cytotune.search_spaces.models.families._trunk import resolve_weights
+from cytotune.search_spaces.models.families.small_cnn import SmallCNNArgs
 from sklearn.metrics import r2_score as sk_r2
-
-from search_spaces import ModelConfig, TaskSpec, create_model, family_args, list_models, r2_score
-from search_spaces.families._trunk import resolve_weights
-from search_spaces.families.small_cnn import SmallCNNArgs
 
 from .conftest import TINY_TIMM, tiny
 

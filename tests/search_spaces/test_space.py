@@ -7,16 +7,9 @@ import json
 import optuna
 import pytest
 import torch
-
-from search_spaces import (
-    ModelConfig,
-    SearchSpace,
-    SpaceError,
-    create_model,
-    list_spaces,
-    load_space,
-)
-from search_spaces.adapters import to_optuna_distributions
+from cytotune.search_spaces import ModelConfig, SearchSpace, SpaceError, list_spaces, load_space
+from cytotune.search_spaces.adapters import to_optuna_distributions
+from cytotune.search_spaces.models import create_model
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from search_spaces import create_model, list_models
+from cytotune.search_spaces.models import create_model, list_models
 
 from ._train import evaluate, fit, normalise
 from .conftest import tiny
@@ -34,7 +33,7 @@ def _toy_cells(n: int, size: int, seed: int = 0):
 def cells():
     """Metastasis-task cells (DNA, actin, vimentin) from engine.synth, normalised."""
     try:
-        from engine.synth import render
+        from cytotune.engine.synth import render
     except ImportError:
         images, labels, masks = _toy_cells(N_TRAIN + N_TEST, SIZE)
     else:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from engine.crop import create_finder, list_finders
-from engine.crop.metrics import score_field
+from cytotune.engine.crop import create_finder, list_finders
+from cytotune.engine.crop.metrics import score_field
 
 from .conftest import disc_field
 

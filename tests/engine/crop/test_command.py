@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from cytotune.engine.cli import main
+from cytotune.engine.data import CellDataset
 from PIL import Image
-
-from engine.cli import main
-from engine.data import CellDataset
 
 from .conftest import disc_field
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from cytotune.engine.cli import main
+from cytotune.engine.crop import create_finder
+from cytotune.engine.crop.fields import read_field, read_truth
+from cytotune.engine.crop.metrics import score_field, summarise
+from cytotune.engine.data import CellDataset
 
-from engine.cli import main
-from engine.crop import create_finder
-from engine.crop.fields import read_field, read_truth
-from engine.crop.metrics import score_field, summarise
-from engine.data import CellDataset
 from tests.conftest import shared_dataset
 
 FIELDS = 4

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from engine.crop.extract import cut_cells
+from cytotune.engine.crop.extract import cut_cells
 
 
 def field_with_cells():

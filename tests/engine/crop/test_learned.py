@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from cytotune.engine.cli import main
+from cytotune.engine.crop import create_finder
+from cytotune.engine.crop.learned import paint
+from cytotune.engine.crop.train import split_by_group, targets_from_labels
 from PIL import Image
-
-from engine.cli import main
-from engine.crop import create_finder
-from engine.crop.learned import paint
-from engine.crop.train import split_by_group, targets_from_labels
 
 from .conftest import disc_field
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from engine.crop.metrics import iou_matrix, score_field, score_fields, summarise
+from cytotune.engine.crop.metrics import iou_matrix, score_field, score_fields, summarise
 
 
 def square(shape, y, x, side, value=1, out=None):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from engine.cli import main
-from engine.data import CellDataset
-from engine.synth.fields import render_fields, write_fields
+from cytotune.engine.cli import main
+from cytotune.engine.data import CellDataset
+from cytotune.engine.synth.fields import render_fields, write_fields
 
 OPTIONS = {"plates": 1, "wells_per_class": 2, "fields_per_well": 1}
 

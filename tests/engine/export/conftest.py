@@ -8,17 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cytotune.engine.data import CellDataset
+from cytotune.engine.data.folds import make_folds, save_folds
+from cytotune.search_spaces.models import list_models
 
-from engine.data import CellDataset
-from engine.data.folds import make_folds, save_folds
-from search_spaces import list_models
 from tests.studies import SIZE, TINY, make_study, regression_dataset, sample  # noqa: F401
 
 
 @pytest.fixture(scope="session")
 def cls_dataset(tmp_path_factory) -> Path:
     """160 metastasis cells at 32 px with masks, 2 folds grouped by well."""
-    from engine.synth import write_dataset
+    from cytotune.engine.synth import write_dataset
 
     path = tmp_path_factory.mktemp("export") / "cells"
     write_dataset("metastasis", path, 160, size=SIZE, seed=0, progress=False)
@@ -46,8 +46,7 @@ def reference_outputs(fold_dirs, pixels: np.ndarray, mask=None) -> np.ndarray:
     """Independent reference: every fold model rebuilt by the engine, fed the checkpoint's own
     normalisation, softmax per model (classification), then the plain mean over models."""
     import torch
-
-    from engine.train import load_model
+    from cytotune.engine.train import load_model
 
     outs = []
     for directory in fold_dirs:

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from engine.cli import main
-from engine.export.aliases import Registry, sanity_status
+from cytotune.engine.cli import main
+from cytotune.engine.export.aliases import Registry, sanity_status
 
 REPO = Path(__file__).resolve().parents[3]
 
 WRITER = textwrap.dedent(
     """
     import sys
-    from engine.export.aliases import Registry
+    from cytotune.engine.export.aliases import Registry
     study, alias, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     registry = Registry(study)
     for i in range(n):
@@ -30,7 +29,7 @@ WRITER = textwrap.dedent(
 READER = textwrap.dedent(
     """
     import json, sys, time
-    from engine.export.aliases import Registry
+    from cytotune.engine.export.aliases import Registry
     registry, seen, deadline = Registry(sys.argv[1]), 0, time.time() + float(sys.argv[2])
     while time.time() < deadline:
         data = registry.read()  # raises on a half-written file

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from engine.export import BundleError, load_bundle
-from engine.export.bundle import read_manifest, sha256
-from engine.export.pull import pull
-from engine.export.source import select_trial
+from cytotune.engine.export import BundleError, load_bundle
+from cytotune.engine.export.bundle import read_manifest, sha256
+from cytotune.engine.export.pull import pull
+from cytotune.engine.export.source import select_trial
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,7 @@ def copy(good, tmp_path):
 
 
 def test_bundle_holds_contract_metrics_provenance_and_checksums(good, cls_dataset):
-    from engine.data import CellDataset
+    from cytotune.engine.data import CellDataset
 
     manifest = read_manifest(good)
     assert (manifest["format"], manifest["version"]) == ("cytotune-bundle", 1)
@@ -126,7 +125,7 @@ def test_bad_bundles_are_refused_with_the_problem_and_the_fix(copy, case):
 
 
 def test_cli_check_reports_valid_and_corrupt_bundles(copy, capsys):
-    from engine.cli import main
+    from cytotune.engine.cli import main
 
     assert main(["pull", "--check", str(copy)]) == 0
     assert "valid cytotune-bundle v1" in capsys.readouterr().out

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from cytotune.engine.cli import main
+from cytotune.engine.data import CellDataset
+from cytotune.engine.export.source import ranked_trials, select_trial
+from cytotune.engine.search.store import StudyStore
 
-import engine
-from engine.cli import main
-from engine.data import CellDataset
-from engine.export.source import ranked_trials, select_trial
-from engine.search.store import StudyStore
+from cytotune import engine
 
 from .conftest import trial_folds
 
@@ -95,7 +95,7 @@ def test_command_errors_name_the_fix(cls_study, tmp_path, capsys):
 
 
 def test_checkpoint_is_found_again_when_the_study_moved(cls_study):
-    from engine.export.source import resolve_checkpoint
+    from cytotune.engine.export.source import resolve_checkpoint
 
     row = {"trial_id": "small_cnn", "status": "completed"}
     old = "/gone/elsewhere/export-test/tune/trial_small_cnn/checkpoint_000000"

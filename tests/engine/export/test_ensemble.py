@@ -8,11 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from engine.data import CellDataset
-from engine.export import load_bundle
-from engine.export.pull import best_fold, pull
-from engine.export.source import cv_metrics, select_trial
+from cytotune.engine.data import CellDataset
+from cytotune.engine.export import load_bundle
+from cytotune.engine.export.pull import best_fold, pull
+from cytotune.engine.export.source import cv_metrics, select_trial
 
 from .conftest import raw_crops, reference_outputs, trial_folds
 
@@ -22,7 +21,7 @@ pytest.importorskip("onnxruntime", reason="onnx export tests need onnxruntime (t
 
 def _by_hand(fold_dirs, pixels: np.ndarray, classification: bool) -> np.ndarray:
     """Mean over folds, written out without the engine's helpers beyond load_model."""
-    from engine.train import load_model
+    from cytotune.engine.train import load_model
 
     total = None
     for directory in fold_dirs:
@@ -98,7 +97,7 @@ def test_single_fold_is_the_best_validation_fold(cls_study, tmp_path):
 def test_tta_bundle_averages_logits_over_the_eight_dihedral_views(cls_study, cls_dataset, tmp_path):
     """``--tta dihedral``: per member, logits averaged over the 8 flips / quarter turns, then the
     softmax; the same in every exported graph."""
-    from engine.train import load_model
+    from cytotune.engine.train import load_model
 
     source = select_trial(cls_study, trial_id="small_cnn")
     path, manifest = pull(

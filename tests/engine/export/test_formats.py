@@ -1,6 +1,6 @@
 """Every registered family exports to state_dict, TorchScript, torch.export and ONNX; the exports
 load with plain torch / onnxruntime in a process that cannot import cytotune, and match the engine's
-fold models (rebuilt by ``engine.train.load_model``) on real raw crops."""
+fold models (rebuilt by ``cytotune.engine.train.load_model``) on real raw crops."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import textwrap
 
 import numpy as np
 import pytest
-
-from engine.export import load_bundle
-from engine.export.pull import pull
-from engine.export.source import select_trial
-from search_spaces import list_models
+from cytotune.engine.export import load_bundle
+from cytotune.engine.export.pull import pull
+from cytotune.engine.export.source import select_trial
+from cytotune.search_spaces.models import list_models
 
 from .conftest import TINY, raw_crops, reference_outputs, trial_folds
 
@@ -143,7 +142,7 @@ def test_mask_input_changes_prototype_outputs_as_the_engine_model(bundles, cls_s
 
 @pytest.mark.parametrize("backend", ["torch", "torchscript", "torch_export", "onnx"])
 def test_backends_agree_on_another_batch_size(bundles, cls_dataset, backend):
-    from engine.data import CellDataset
+    from cytotune.engine.data import CellDataset
 
     pixels = CellDataset(cls_dataset).images(np.arange(11))  # traced with 8 crops
     bundle = load_bundle(bundles["channel_attention"], backend=backend)

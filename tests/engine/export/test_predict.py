@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cytotune.engine.data import CellDataset, DatasetSpec, DatasetWriter
+from cytotune.engine.export.pull import pull
+from cytotune.engine.export.source import select_trial
 
-import engine
-from engine.data import CellDataset, DatasetSpec, DatasetWriter
-from engine.export.pull import pull
-from engine.export.source import select_trial
+from cytotune import engine
 
 from .conftest import reference_outputs, trial_folds
 

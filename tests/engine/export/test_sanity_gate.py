@@ -7,11 +7,10 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-
-from engine.export.aliases import sanity_status
-from engine.export.card import _explain_section
-from engine.export.command import _require_sanity
-from explainers.job.layout import explain_dir
+from cytotune.engine.export.aliases import sanity_status
+from cytotune.engine.export.card import _explain_section
+from cytotune.engine.export.command import _require_sanity
+from cytotune.explainers.job.layout import explain_dir
 
 
 def _quality(study, verdicts: dict[str, tuple[float, float, float, float]]):

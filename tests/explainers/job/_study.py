@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.data.folds import make_folds, save_folds
-from engine.synth import write_dataset
+from cytotune.engine.data.folds import make_folds, save_folds
+from cytotune.engine.synth import write_dataset
+
 from tests.studies import make_study as record_study
 
 SAMPLES = {

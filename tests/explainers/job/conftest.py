@@ -20,8 +20,8 @@ def trained_study(tmp_path_factory):
 @pytest.fixture(scope="session")
 def explained(trained_study, tmp_path_factory):
     """The study after one full `cytotune explain` run (a copy, so tests can also start fresh)."""
-    from explainers.job.config import ExplainConfig
-    from explainers.job.runner import run_explain
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.runner import run_explain
 
     study = tmp_path_factory.mktemp("explained") / "study"
     shutil.copytree(trained_study, study)

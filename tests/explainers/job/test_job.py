@@ -10,13 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from engine.data.augment import normalize
-from engine.data.dataset import CellDataset
-from engine.train.checkpoint import load_model
-from explainers import create_explainer
-from explainers.job.layout import decode_map, explain_dir, maps_path, population_dir
-from explainers.job.worker import cam_layers
+from cytotune.engine.data.augment import normalize
+from cytotune.engine.data.dataset import CellDataset
+from cytotune.engine.train.checkpoint import load_model
+from cytotune.explainers import create_explainer
+from cytotune.explainers.job.layout import decode_map, explain_dir, maps_path, population_dir
+from cytotune.explainers.job.worker import cam_layers
 
 from ._study import by_family
 
@@ -177,7 +176,7 @@ def test_attention_figures_and_overlays_exist(explained):
 
 
 def test_rerun_recomputes_only_missing_or_changed_parts(explained):
-    from explainers.job.runner import run_explain
+    from cytotune.explainers.job.runner import run_explain
 
     study, config, plan, state = explained
     paths = {
@@ -202,8 +201,8 @@ def test_rerun_recomputes_only_missing_or_changed_parts(explained):
 def test_a_failing_method_is_recorded_and_the_rest_finishes(trained_study, tmp_path):
     import shutil
 
-    from explainers.job.config import ExplainConfig
-    from explainers.job.runner import run_explain
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.runner import run_explain
 
     study = tmp_path / "study"
     shutil.copytree(trained_study, study)
@@ -227,10 +226,10 @@ def test_a_failing_method_is_recorded_and_the_rest_finishes(trained_study, tmp_p
 
 
 def test_top_k_takes_finished_trials_first_then_fills_by_rank(trained_study, tmp_path):
-    from engine.search.leaderboard import leaderboard
-    from engine.search.store import StudyStore
-    from explainers.job.config import ExplainConfig
-    from explainers.job.plan import select_trials
+    from cytotune.engine.search.leaderboard import leaderboard
+    from cytotune.engine.search.store import StudyStore
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.plan import select_trials
 
     study = tmp_path / "study"
     shutil.copytree(trained_study, study)
@@ -247,8 +246,8 @@ def test_top_k_takes_finished_trials_first_then_fills_by_rank(trained_study, tmp
 
 
 def test_a_trial_added_to_top_k_gets_its_quality_scores(trained_study, tmp_path):
-    from explainers.job.config import ExplainConfig
-    from explainers.job.runner import run_explain
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.runner import run_explain
 
     study = tmp_path / "study"
     shutil.copytree(trained_study, study)

@@ -7,8 +7,7 @@ import dataclasses
 import shutil
 
 import pytest
-
-from explainers.job.runner import run_explain
+from cytotune.explainers.job.runner import run_explain
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ SCRIPT = textwrap.dedent(
     import pyarrow as pa
     import ray
 
-    from engine.cluster import ensure_ray
-    from explainers.job.pool import run_actor_pool
+    from cytotune.engine.cluster import ensure_ray
+    from cytotune.explainers.job.pool import run_actor_pool
 
     class Count:
         def __init__(self, scale):

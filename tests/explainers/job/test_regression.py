@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cytotune.engine.data.augment import normalize
+from cytotune.engine.data.dataset import CellDataset
+from cytotune.engine.train.checkpoint import load_model
+from cytotune.explainers.job.config import ExplainConfig
+from cytotune.explainers.job.layout import explain_dir, maps_path
+from cytotune.explainers.job.runner import run_explain
 
-from engine.data.augment import normalize
-from engine.data.dataset import CellDataset
-from engine.train.checkpoint import load_model
-from explainers.job.config import ExplainConfig
-from explainers.job.layout import explain_dir, maps_path
-from explainers.job.runner import run_explain
 from tests.studies import make_study, regression_dataset, sample
 
 pytestmark = pytest.mark.slow

@@ -7,11 +7,17 @@ import io
 
 import numpy as np
 import pytest
+from cytotune.explainers.job.tiles import (
+    BAR_W,
+    map_hue,
+    render_tile,
+    scale_map,
+    screen_scale,
+    with_bar,
+)
+from cytotune.explainers.methods.channels import channel_colors
 from PIL import Image
 from scipy import ndimage
-
-from explainers.job.tiles import BAR_W, map_hue, render_tile, scale_map, screen_scale, with_bar
-from explainers.methods.channels import channel_colors
 
 
 def test_scale_map_clips_at_the_percentile_of_positive_pixels():

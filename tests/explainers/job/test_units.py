@@ -7,14 +7,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
-
-from explainers.job.attention import received_attention
-from explainers.job.config import ExplainConfig, parse_method
-from explainers.job.figures import diverging, grid
-from explainers.job.layout import decode_map, encode_map, safe_name
-from explainers.job.maps import AttachFold
-from explainers.job.overlays import pick_cells
-from explainers.job.prototypes import _crop
+from cytotune.explainers.job.attention import received_attention
+from cytotune.explainers.job.config import ExplainConfig, parse_method
+from cytotune.explainers.job.figures import diverging, grid
+from cytotune.explainers.job.layout import decode_map, encode_map, safe_name
+from cytotune.explainers.job.maps import AttachFold
+from cytotune.explainers.job.overlays import pick_cells
+from cytotune.explainers.job.prototypes import _crop
 
 
 def test_parse_method_options_and_errors():
@@ -119,8 +118,8 @@ def test_grid_and_diverging_colours():
 
 
 def test_device_localisation_equals_the_quality_functions():
-    from explainers import mass_inside, pointing_game
-    from explainers.job.worker import binary_column, localisation
+    from cytotune.explainers import mass_inside, pointing_game
+    from cytotune.explainers.job.worker import binary_column, localisation
 
     rng = np.random.default_rng(1)
     maps = rng.normal(size=(6, 3, 8, 8)).astype(np.float32)
@@ -137,7 +136,7 @@ def test_device_localisation_equals_the_quality_functions():
 
 
 def test_cells_without_masks_get_no_localisation_scores():
-    from explainers.job.worker import localisation, optional_masks
+    from cytotune.explainers.job.worker import localisation, optional_masks
 
     inside = np.ones((2, 2), np.uint8).tobytes()
     table = pa.table({"mask": pa.array([None, None], pa.binary())})

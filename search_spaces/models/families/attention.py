@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._registry import register_family
-from ..config import TaskSpec, check_fields
+from ...config import TaskSpec, check_fields
+from ..registry import register_family
 from ..tasks import CytoModel, TaskHead
 from ._trunk import StageTrunk
 

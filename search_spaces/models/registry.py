@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from .config import ModelConfig, TaskSpec, close_matches
+from ..config import ModelConfig, TaskSpec, close_matches
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import close_matches
+from ...config import close_matches
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
 _HOW_TO = (

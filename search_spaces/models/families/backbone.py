@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .._registry import register_family
-from ..config import TaskSpec, check_fields
+from ...config import TaskSpec, check_fields
+from ..registry import register_family
 from ..tasks import CytoModel, TaskHead
 from ._trunk import create_timm
 
