@@ -13,19 +13,19 @@ logits are first averaged over the flips / 90-degree turns, inside the exported 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
 from cytotune.engine.train.recipe import TTA_VIEWS
+from cytotune.search_spaces.models import capabilities_of
 from torch import Tensor, nn
 
 OUTPUT_NAMES = {True: "probabilities", False: "values"}
 
 
 def uses_mask(model: nn.Module) -> bool:
-    """Whether a model's forward takes a cell mask (``protopnet``)."""
-    return "mask" in inspect.signature(model.forward).parameters
+    """Whether a model's forward takes a cell mask (``Capabilities.takes_mask``)."""
+    return capabilities_of(model).takes_mask
 
 
 def quarter_turns(x: Tensor, k: int) -> Tensor:

@@ -17,9 +17,10 @@ normalisation inside) and loads back as a runner ``(pixels, mask) -> numpy outpu
 
 Traced and ONNX graphs fix the crop size (H, W) of the data contract and keep only the batch
 dimension dynamic; attention weights and prototype distances are not outputs. Mask-aware models
-(``protopnet``) take a second input ``mask`` (N, 1, H, W); their adaptive mask pooling does not
-export to ONNX, so the ONNX graph pools with the equivalent fixed kernel
-(:class:`StaticMaskPrototypes`) or, when the sizes do not divide, is the mask-free path.
+(``Capabilities.takes_mask``, e.g. ``protopnet``) take a second input ``mask`` (N, 1, H, W);
+their adaptive mask pooling does not export to ONNX, so the ONNX graph pools with the equivalent
+fixed kernel (:class:`StaticMaskPrototypes`, for models declaring ``static_mask_export``) or,
+when the sizes do not divide, is the mask-free path.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from cytotune.search_spaces.models import capabilities_of
 
 from .ensemble import BundleModel
 
@@ -202,7 +204,7 @@ def _export_onnx(model: BundleModel, directory: Path, example: tuple) -> dict[st
             info["note"] = "mask pooled with a fixed kernel (crop size / latent size)"
             (directory / info["file"]).write_bytes(data)
             return info
-        # protopnet pools the mask to the latent map's size read from a tensor shape, which the
+        # the family pools the mask to the latent map's size read from a tensor shape, which the
         # TorchScript-based exporter cannot turn into a constant: export the mask-free path.
         pixels_only = PixelsOnly(model).eval()  # the exporter restores this mode afterwards
         data = _onnx_bytes(pixels_only, example[:1], ["pixels"], [model.output_name])
@@ -216,12 +218,12 @@ def _export_onnx(model: BundleModel, directory: Path, example: tuple) -> dict[st
 
 
 class StaticMaskPrototypes(torch.nn.Module):
-    """A protopnet bundle model whose mask pooling has a constant size, for the ONNX exporter.
+    """A mask-aware bundle model whose mask pooling has a constant size, for the ONNX exporter.
 
-    ``background_mask`` pools the mask with ``adaptive_avg_pool2d`` to the latent map's size,
-    read from a tensor shape at run time; when the crop size is a multiple of the latent size
-    that is ``avg_pool2d`` with a fixed kernel, which exports. The rest is the family's own
-    functions (``masked_distances``, ``similarity``) on the member's own layers; the bundle
+    Members that declare ``Capabilities(static_mask_export=True)`` pool the mask with
+    ``adaptive_avg_pool2d`` to their latent map's size, read from a tensor shape at run time;
+    when the crop size is a multiple of the latent size that is ``avg_pool2d`` with a fixed
+    kernel, which exports. The rest is the member's own ``forward_pooled_mask``; the bundle
     writer checks the result against the model with masks.
     """
 
@@ -232,7 +234,7 @@ class StaticMaskPrototypes(torch.nn.Module):
     @classmethod
     def wrap(cls, model: BundleModel, example: tuple) -> StaticMaskPrototypes | None:
         members = list(model.members)
-        if not all(hasattr(m, "latent") and hasattr(m, "prototypes") for m in members):
+        if not all(capabilities_of(m).static_mask_export for m in members):
             return None
         with torch.no_grad():
             h, w = members[0].latent(model.normalize(example[0][:1])).shape[-2:]
@@ -242,15 +244,11 @@ class StaticMaskPrototypes(torch.nn.Module):
         return cls(model, (height // h, width // w)).eval()
 
     def forward(self, pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        from cytotune.search_spaces.models.families.protopnet import masked_distances, similarity
-
         x = self.model.normalize(pixels)  # (N, C, H, W)
         inside = torch.nn.functional.avg_pool2d(mask.float(), self.kernel)[:, 0]  # (N, h, w)
         outputs = []
         for member in self.model.members:
-            background = (inside < member.args.mask_threshold).float()
-            d = masked_distances(member.latent(x), member.prototypes, background, member.args.mask_weight)  # fmt: skip
-            out = member.last_layer(similarity(d.min(dim=1).values, member.args.eps))
+            out = member.forward_pooled_mask(x, inside)  # (N, K)
             outputs.append(out.float().softmax(1) if self.model.classification else out.float())
         return torch.stack(outputs).mean(0)  # (N, K)
 

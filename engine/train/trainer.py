@@ -11,7 +11,6 @@ process neither disturb each other nor the caller, and a resumed trainer draws t
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from cytotune.engine.data import CellDataset
 from cytotune.engine.data.loader import Batch, LoaderConfig, create_loader
 from cytotune.search_spaces import ModelConfig
-from cytotune.search_spaces.models import CytoModel, create_model, task_loss
+from cytotune.search_spaces.models import CytoModel, capabilities_of, create_model, task_loss
 from torch import Tensor
 
 from . import checkpoint
@@ -94,13 +93,14 @@ class FoldTrainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.uses_mask = "mask" in inspect.signature(model.forward).parameters
+        capabilities = capabilities_of(model)
+        self.uses_mask = capabilities.takes_mask
         # Models that keep CytoModel.compute_loss are trained on forward + task loss directly:
         # that compute_loss reads ``loss.item()`` (a device sync) on every batch.
         self._plain_loss = type(model).compute_loss is CytoModel.compute_loss
         if train_config.compile:
             model.compile()
-        self.schedule = getattr(model, "schedule", None)
+        self.schedule = model.schedule if capabilities.staged else None
         # EMA and mixing need a model trained on the task loss alone, without prototype pushes
         self.ema = (
             WeightEMA(model, train_config.ema)
@@ -125,7 +125,7 @@ class FoldTrainer:
 
         self.train_loader = self._loader(train_ids, train=True)
         self.val_loader = self._loader(val_ids, train=False)
-        decay = train_config.weight_decay + float(getattr(model, "l2", 0.0))
+        decay = train_config.weight_decay + float(model.l2)  # CytoModel.l2: the family's own
         self.optimizer = create_optimizer(model.parameters(), train_config, decay, self.device)
         self.scheduler = create_scheduler(self.optimizer, train_config, len(self.train_loader))
         self.class_weights = self._class_weights(train_ids)  # (K,) or None

@@ -1,9 +1,10 @@
-"""Stage 6: attention maps of multi-attention channel models, per channel pair.
+"""Stage 6: attention maps of models that declare ``Capabilities(attention_maps=True)``, per
+channel pair.
 
 For a block with queries from channel i and keys from channel j, the attention a key token
 receives (mean over heads and queries) says where in channel j the model looked while reading
 channel i. Each cell gets one panel per pair: that map, upsampled, over channel j's image
-(``mhl_attention``: one self-attention map over all channels).
+(a block named ``"all"``: one self-attention map over all channels).
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ def run_attention(plan: ExplainPlan, config: ExplainConfig, state: ExplainState)
     import torch
     from cytotune.engine.data.augment import normalize
     from cytotune.engine.train.checkpoint import load_model
+    from cytotune.search_spaces.models import capabilities_of
 
     path = explain_dir(plan.study_dir) / "attention.parquet"
-    trials = [t for t in plan.trials if t.family in ("channel_attention", "mhl_attention")]
+    trials = [t for t in plan.trials if capabilities_of(t.family).attention_maps]
     if not trials:
         return pd.DataFrame(columns=list(ATTENTION_COLUMNS))
     key = f"{config.maps_key()}-{MAX_CELLS}"

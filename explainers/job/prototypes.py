@@ -1,4 +1,4 @@
-"""Stage 5: prototype mosaics for prototype-family trials (ProtoPNet-style models).
+"""Stage 5: prototype mosaics of models that declare ``Capabilities(prototypes=True)``.
 
 Per fold model and prototype: the ``top`` training patches that activate it most (smallest
 latent distance), each cut at the prototype's receptive-field size around the latent patch
@@ -49,6 +49,7 @@ def fold_prototypes(
     from cytotune.engine.data.augment import normalize
     from cytotune.engine.data.dataset import CellDataset
     from cytotune.engine.train.checkpoint import load_model
+    from cytotune.search_spaces.models import capabilities_of
 
     from ..quality import prototype_diversity
     from .worker import pick_device
@@ -60,7 +61,8 @@ def fold_prototypes(
     norm = config["data"]["normalization"]
     offset = torch.tensor(norm["offset"], device=device)
     scale = torch.tensor(norm["scale"], device=device)
-    masks = dataset.masks() if dataset.manifest.has_mask else None
+    takes_mask = capabilities_of(model).takes_mask
+    masks = dataset.masks() if dataset.manifest.has_mask and takes_mask else None
     n_proto = model.prototypes.shape[0]
     rf = int(model.receptive_field())
     _, height, width = dataset.manifest.shape
@@ -71,7 +73,8 @@ def fold_prototypes(
         )
         mask = None if masks is None else torch.from_numpy(masks[rows]).float()[:, None].to(device)
         with torch.no_grad():
-            z, d = model.distances(x, mask)  # (B, D, h, w), (B, h*w, M)
+            z, d = model.distances(x, mask) if mask is not None else model.distances(x)
+        # z (B, D, h, w), d (B, h*w, M)
         return d.float(), z.shape[-2:]
 
     best_d = np.full((n_proto, 0), np.inf)
@@ -136,9 +139,7 @@ def fold_prototypes(
 
 def similarity_maps(model, d, hw):
     """Similarity of every latent patch to every prototype: (B, h*w, M) distances -> (B, M, h, w)."""
-    from cytotune.search_spaces.models.families.protopnet import similarity
-
-    return similarity(d, model.args.eps).transpose(1, 2).reshape(d.shape[0], d.shape[2], *hw)
+    return model.similarities(d).transpose(1, 2).reshape(d.shape[0], d.shape[2], *hw)
 
 
 def run_prototypes(
@@ -146,8 +147,9 @@ def run_prototypes(
 ) -> pd.DataFrame:
     import ray
     from cytotune.engine.cluster import ensure_ray
+    from cytotune.search_spaces.models import capabilities_of
 
-    proto = [t for t in plan.trials if t.family == "protopnet"]
+    proto = [t for t in plan.trials if capabilities_of(t.family).prototypes]
     path = explain_dir(plan.study_dir) / "prototypes.parquet"
     if not proto:
         return pd.DataFrame(columns=list(PROTOTYPE_COLUMNS))

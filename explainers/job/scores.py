@@ -14,8 +14,6 @@ is one), with a progress bar over the tasks.
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pandas as pd
 
@@ -67,6 +65,7 @@ def sample_scores(
     from cytotune.engine.data.augment import normalize
     from cytotune.engine.data.dataset import CellDataset
     from cytotune.engine.train.checkpoint import load_model
+    from cytotune.search_spaces.models import capabilities_of
 
     from ..methods import create_explainer
     from .worker import layer_for, pick_device
@@ -89,7 +88,7 @@ def sample_scores(
         x = normalize(
             torch.from_numpy(dataset.images(rows).astype(np.float32)).to(device), offset, scale
         )
-        takes_mask = "mask" in inspect.signature(model.forward).parameters
+        takes_mask = capabilities_of(model).takes_mask
         fk = {}
         if takes_mask and masks is not None:
             fk = {"mask": torch.from_numpy(masks[rows]).float()[:, None].to(device)}
@@ -141,7 +140,7 @@ def sample_scores(
                     "sanity": check,
                 }
             )
-        if prototypes and hasattr(model, "prototypes"):
+        if prototypes and capabilities_of(model).prototypes:
             div = prototype_diversity(model.prototypes.detach().cpu().numpy())
             collected.setdefault(("prototypes", "all"), []).append(
                 {

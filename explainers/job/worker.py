@@ -9,7 +9,6 @@ per-cell localisation scores.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import time
 import uuid
@@ -24,6 +23,7 @@ import torch
 from cytotune.engine.data.augment import normalize
 from cytotune.engine.data.schema import Manifest, decode_images, decode_masks
 from cytotune.engine.train.checkpoint import load_model
+from cytotune.search_spaces.models import capabilities_of
 
 from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
@@ -128,13 +128,15 @@ def uses_layer(method: str) -> bool:
 
 def layer_for(method: str, model, shape, requested=None) -> object:
     """CAM layer(s): ``requested`` (a module path or list, e.g. the method option ``layer``)
-    when given, else the deepest usable feature layer; LayerCAM fuses the two deepest."""
+    when given, else the deepest usable feature layer, or the method's ``default_layers``
+    deepest ones (LayerCAM fuses two)."""
     if not uses_layer(method):
         return None
     if requested:
         return requested
     layers = cam_layers(model, shape)
-    return layers[-2:] if method == "layercam" and len(layers) > 1 else layers[-1]
+    n = int(getattr(get_explainer_class(method), "default_layers", 1))
+    return layers[-n:] if n > 1 and len(layers) > 1 else layers[-1]
 
 
 def layer_info(method: str, model, shape, requested=None) -> dict:
@@ -204,7 +206,7 @@ class MapWorker:
                 if self.device.type == "cuda":
                     model = model.to(memory_format=torch.channels_last)
                 norm = config["data"]["normalization"]
-                takes_mask = "mask" in inspect.signature(model.forward).parameters
+                takes_mask = capabilities_of(model).takes_mask
                 self.models[(trial_id, int(fold))] = LoadedModel(
                     model,
                     torch.tensor(norm["offset"], dtype=torch.float32, device=self.device),

@@ -164,6 +164,8 @@ class Explainer:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     uses_layer: ClassVar[bool] = False
+    # how many of the deepest usable layers a CAM method hooks when no layer is given
+    default_layers: ClassVar[int] = 1
 
     def __init__(self, model: nn.Module, layer: LayerSpec = None, **options: Any):
         if not isinstance(model, nn.Module):

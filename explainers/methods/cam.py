@@ -168,9 +168,11 @@ class GradCAMPlusPlus(_CAM):
 class LayerCAM(_CAM):
     """LayerCAM (Jiang et al. 2021): ReLU(sum_k ReLU(g_k) * A_k), pixel-wise weights.
 
-    Made for fusing several layers: ``LayerCAM(model, ["blocks.1", "blocks.3"])``.
-    Options as :class:`GradCAM`.
+    Made for fusing several layers: ``LayerCAM(model, ["blocks.1", "blocks.3"])``; the explain
+    job fuses the two deepest usable layers when none is given. Options as :class:`GradCAM`.
     """
+
+    default_layers = 2
 
     @staticmethod
     def layer_map(acts: Tensor, grads: Tensor) -> Tensor:

@@ -9,12 +9,24 @@ losses, the model families and their registry.
 
 from . import families
 from .registry import create_model, family_args, get_family, list_models, register_family
-from .tasks import CytoModel, LossOutput, TaskHead, r2_score, task_loss, task_metrics, task_score
+from .tasks import (
+    Capabilities,
+    CytoModel,
+    LossOutput,
+    TaskHead,
+    capabilities_of,
+    r2_score,
+    task_loss,
+    task_metrics,
+    task_score,
+)
 
 __all__ = [
+    "Capabilities",
     "CytoModel",
     "LossOutput",
     "TaskHead",
+    "capabilities_of",
     "create_model",
     "families",
     "family_args",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from ..config import ModelConfig, TaskSpec, close_matches
+from .tasks import capabilities_of
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,8 @@ def register_family(name: str, *, args: type) -> Callable[[type[nn.Module]], typ
     """Class decorator registering a model family.
 
     The class is built as ``model_cls(args, in_chans, task)`` where ``args`` is an instance of
-    the frozen dataclass ``args``.
+    the frozen dataclass ``args``. What the class declares in ``capabilities`` is checked here:
+    each flag's hooks must exist (see :class:`~cytotune.search_spaces.models.tasks.Capabilities`).
 
     Args:
         name: family name used in configs and search spaces.
@@ -45,6 +48,7 @@ def register_family(name: str, *, args: type) -> Callable[[type[nn.Module]], typ
             raise ValueError(
                 f"family {name!r} is already registered by {_FAMILIES[name].model_cls}"
             )
+        check_capabilities(name, cls)
         doc = (cls.__doc__ or "").strip().splitlines()
         _FAMILIES[name] = FamilyEntry(name, cls, args, doc[0] if doc else "")
         cls.family_name = name
@@ -53,12 +57,34 @@ def register_family(name: str, *, args: type) -> Callable[[type[nn.Module]], typ
     return decorator
 
 
+def check_capabilities(name: str, cls: type[nn.Module]) -> None:
+    """Raise TypeError when ``cls`` declares a capability without its hooks, or takes a mask
+    it does not declare (the engine would never pass it)."""
+    caps = capabilities_of(cls)
+    missing = [
+        f"{flag} needs {attr!r}"
+        for flag, attrs in caps.hooks().items()
+        for attr in attrs
+        if not hasattr(cls, attr)
+    ]
+    takes = "mask" in inspect.signature(cls.forward).parameters
+    if caps.takes_mask and not takes:
+        missing.append("takes_mask needs forward(x, mask=None)")
+    if takes and not caps.takes_mask:
+        missing.append(
+            "forward takes a mask: declare capabilities = Capabilities(takes_mask=True)"
+        )
+    if missing:
+        raise TypeError(f"family {name!r} ({cls.__name__}): " + "; ".join(missing))
+
+
 def get_family(name: str) -> FamilyEntry:
     """The registry entry of ``name``; unknown names raise ValueError with close matches."""
     if name not in _FAMILIES:
         raise ValueError(
             f"unknown model family {name!r}{close_matches(name, _FAMILIES)}; "
-            f"registered: {sorted(_FAMILIES)}"
+            f"registered: {sorted(_FAMILIES)} (a family defined in your own module must be "
+            "imported first: list it under plugins: in the study file)"
         )
     return _FAMILIES[name]
 

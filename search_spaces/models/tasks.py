@@ -107,16 +107,76 @@ class LossOutput:
     parts: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family can do beyond forward/loss/score; the engine and the explain job dispatch
+    on these flags, never on family names.
+
+    Each flag promises the hooks listed (checked when the family is registered):
+
+    Attributes:
+        takes_mask: ``forward(x, mask=None)`` and ``compute_loss(..., mask=...)`` use the cell
+            mask (B, 1, H, W); the trainer loads masks, exports get a ``mask`` input.
+        prototypes: a prototype model: ``prototypes`` (M, D), ``prototype_class`` (M,),
+            ``distances(x, mask=None) -> (z (B, D, h, w), d (B, h*w, M))``,
+            ``similarities(d)`` (same shape as ``d``), ``receptive_field()`` (pixels);
+            the explain job draws prototype mosaics and scores prototype diversity.
+        attention_maps: after a forward, ``attention_weights`` is ``{name: (B, heads, Tq, Tk)}``
+            (name ``"i-j"``: queries from channel i, keys from channel j; ``"all"``: all
+            channels); keys must form a square token grid. The explain job draws them.
+        staged: a staged training recipe: ``schedule`` (with ``stage(epoch)``,
+            ``push_after(epoch, num_epochs)``, ``last_layer_epochs``), ``set_stage(stage)`` and
+            ``push(batches)``; the trainer follows it (and turns EMA, mixing, graphs off).
+        static_mask_export: ``forward_pooled_mask(x, inside)`` takes the mask already pooled to
+            the latent grid (B, h, w), so ONNX export can pool it with a constant kernel.
+    """
+
+    takes_mask: bool = False
+    prototypes: bool = False
+    attention_maps: bool = False
+    staged: bool = False
+    static_mask_export: bool = False
+
+    def hooks(self) -> dict[str, tuple[str, ...]]:
+        """The attributes each declared flag needs, ``{flag: (attribute, ...)}``."""
+        return {flag: attrs for flag, attrs in HOOKS.items() if getattr(self, flag)}
+
+
+# What each capability promises to be present on the model class.
+HOOKS: dict[str, tuple[str, ...]] = {
+    "takes_mask": (),  # checked on forward's signature by the registry
+    "prototypes": ("distances", "similarities", "receptive_field"),
+    "attention_maps": ("attention_weights",),
+    "staged": ("schedule", "set_stage", "push"),
+    "static_mask_export": ("forward_pooled_mask", "latent"),
+}
+
+
+def capabilities_of(model: object) -> Capabilities:
+    """The capabilities of a model, a model class or a registered family name; models that are
+    not :class:`CytoModel` subclasses have none."""
+    if isinstance(model, str):
+        from .registry import get_family
+
+        model = get_family(model).model_cls
+    return getattr(model, "capabilities", None) or Capabilities()
+
+
 class CytoModel(nn.Module):
     """Base of every family: task, loss, score and the layers explainers hook.
 
-    Subclasses implement ``forward`` and ``feature_layers``.
+    Subclasses implement ``forward`` and ``feature_layers`` and declare what else they do in
+    the class attribute ``capabilities`` (see :class:`Capabilities`); nothing outside the
+    family's own file needs to know its name.
     """
 
     family_name: str = ""
+    capabilities: Capabilities = Capabilities()
     # Fewest input channels the family makes sense for; a search leaves the family out (and
     # says so) on datasets with fewer.
     min_in_chans: int = 1
+    # L2 penalty the trainer adds to the optimiser's weight decay (e.g. small_cnn's ``l2`` arg).
+    l2: float = 0.0
 
     def __init__(self, in_chans: int, task: TaskSpec):
         super().__init__()

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ...config import TaskSpec, check_fields
 from ..registry import register_family
-from ..tasks import CytoModel, TaskHead
+from ..tasks import Capabilities, CytoModel, TaskHead
 from ._trunk import StageTrunk
 
 
@@ -120,6 +120,7 @@ class ChannelAttentionNet(CytoModel):
     ``attention_weights`` maps ``"i-j"`` to the last forward's weights (B, heads, Ti, Tj).
     """
 
+    capabilities = Capabilities(attention_maps=True)
     min_in_chans = 2  # cross-attention between channel pairs needs two channels
 
     def __init__(self, args: ChannelAttentionArgs, in_chans: int, task: TaskSpec):
@@ -178,6 +179,8 @@ class MHLAttentionNet(CytoModel):
 
     ``attention_weights`` is ``{"all": (B, heads, T, T)}`` after a forward.
     """
+
+    capabilities = Capabilities(attention_maps=True)
 
     def __init__(self, args: MHLAttentionArgs, in_chans: int, task: TaskSpec):
         super().__init__(in_chans, task)

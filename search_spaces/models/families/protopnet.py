@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ...config import TaskSpec, check_fields
 from ..registry import register_family
-from ..tasks import CytoModel, LossOutput, task_loss
+from ..tasks import Capabilities, CytoModel, LossOutput, task_loss
 from ._trunk import StageTrunk
 
 Stage = Literal["warmup", "joint", "last_layer"]
@@ -148,6 +148,10 @@ def similarity(d: Tensor, eps: float) -> Tensor:
 class ProtoPNet(CytoModel):
     """Mask-aware prototype network; ``forward(x, mask=None)`` -> (B, outputs)."""
 
+    capabilities = Capabilities(
+        takes_mask=True, prototypes=True, staged=True, static_mask_export=True
+    )
+
     def __init__(self, args: ProtoPNetArgs, in_chans: int, task: TaskSpec):
         super().__init__(in_chans, task)
         self.args = args
@@ -195,6 +199,18 @@ class ProtoPNet(CytoModel):
         z = self.latent(x)
         bg = None if mask is None else background_mask(mask, z.shape[-2:], self.args.mask_threshold)
         return z, masked_distances(z, self.prototypes, bg, self.args.mask_weight)
+
+    def similarities(self, d: Tensor) -> Tensor:
+        """Distances -> similarities, same shape (see :func:`similarity`)."""
+        return similarity(d, self.args.eps)
+
+    def forward_pooled_mask(self, x: Tensor, inside: Tensor) -> Tensor:
+        """Outputs (B, K) with the mask already pooled to the latent grid: ``inside`` (B, h, w)
+        is the cell fraction of each latent patch (what ONNX export computes with a constant
+        pooling kernel)."""
+        background = (inside < self.args.mask_threshold).float()
+        d = masked_distances(self.latent(x), self.prototypes, background, self.args.mask_weight)
+        return self.last_layer(self.similarities(d.min(dim=1).values))
 
     def forward_with_distances(
         self, x: Tensor, mask: Tensor | None = None
