@@ -10,7 +10,7 @@ from cytotune.engine.data.folds import list_folds, load_folds, make_folds, save_
 from .callbacks import FailFast, FailFastStopper, LiveTable, StoreCallback
 from .leaderboard import format_leaderboard
 from .store import StudyStore
-from .study import StudyConfig, load_spaces
+from .study import StudyConfig, load_plugins, load_spaces
 from .trainable import run_trial
 
 
@@ -202,6 +202,7 @@ def run_search(
         raise FileNotFoundError(
             f"no study {study.name!r} at {store.uri} to resume; drop --resume to start it"
         )
+    load_plugins(study.plugins)  # their families may be in the space
     folds = prepare_folds(study)
     check_well_column(study)
     space = applicable_space(load_spaces(study.space), study, verbose)
@@ -227,7 +228,12 @@ def run_search(
     objective = study.objectives[0]
     scheduler = create_scheduler(study) if study.scheduler == "asha" else FIFOScheduler()
     resources = {"cpu": study.resources.cpus, "gpu": study.resources.gpus}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, study=study), resources)
+    from cytotune.search_spaces.models.plugins import plugin_sources
+
+    # plugin files travel with the trials: a worker on another node need not have them
+    sources = plugin_sources(study.plugins)
+    trainable = tune.with_parameters(run_trial, study=study, plugin_sources=sources)
+    trainable = tune.with_resources(trainable, resources)
     fail_fast = FailFast()
     callbacks = [StoreCallback(store, study), fail_fast] + ([LiveTable(study)] if verbose else [])
     run_config = tune.RunConfig(

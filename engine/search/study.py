@@ -13,6 +13,12 @@ names the key and the bad value. Example (``cytotune search --config study.yaml`
     train: {precision: auto, augment: standard}    # overrides for every trial's TrainConfig
     seed: 0
     storage: runs/studies                          # local dir or pyarrow filesystem URI
+    plugins: [mylab.models, my_family.py]          # modules or .py files registering families
+
+``plugins`` are imported by the driver (when the file is read, so a family they register can
+appear in ``space``) and by every Ray trial before it builds a model; a ``.py`` path resolves
+against the study file's folder and its source travels with the trials (see
+:mod:`cytotune.search_spaces.models.plugins`).
 """
 
 from __future__ import annotations
@@ -152,8 +158,13 @@ class StudyConfig:
     loader: str = "auto"
     max_failures: int = 1
     checkpoint_every: int = 1
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        plugins = (self.plugins,) if isinstance(self.plugins, str) else self.plugins
+        if not all(isinstance(p, str) and p for p in plugins):
+            _fail("plugins", f"must be a list of module names or .py paths, got {plugins!r}")
+        object.__setattr__(self, "plugins", tuple(_plugin_ref(p, Path.cwd()) for p in plugins))
         if not self.name or "/" in self.name:
             _fail("name", f"must be a non-empty name without '/', got {self.name!r}")
         if self.sampler not in SAMPLERS:
@@ -192,6 +203,7 @@ class StudyConfig:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["space"] = list(self.space)
+        data["plugins"] = list(self.plugins)
         data["objectives"] = [dataclasses.asdict(o) for o in self.objectives]
         return data
 
@@ -244,6 +256,13 @@ class StudyConfig:
         for key, kind in (("folds", FoldsSpec), ("budget", Budget), ("resources", Resources)):
             if key in data:
                 data[key] = _build(kind, data[key], key)
+        plugins = data.get("plugins") or ()
+        if isinstance(plugins, str):
+            plugins = [plugins]
+        if not isinstance(plugins, (list, tuple)):
+            _fail("plugins", f"must be a list of module names or .py paths, got {plugins!r}")
+        data["plugins"] = tuple(_plugin_ref(str(p), base) for p in plugins)
+        load_plugins(data["plugins"])  # before the spaces: they may name a plugin's family
         space = data.get("space", "default")
         spaces = [space] if isinstance(space, str) else list(space)
         data["space"] = tuple(_space_ref(s, base) for s in spaces)
@@ -294,6 +313,26 @@ def _build(kind: type, value: Any, where: str):
         if "float" in str(expected) and item is not None and not isinstance(item, (int, float)):
             _fail(f"{where}.{key}", f"must be a number, got {item!r}")
     return kind(**value)
+
+
+def _plugin_ref(ref: str, base: Path) -> str:
+    """Module names stay names; ``.py`` paths become absolute, against ``base``."""
+    from cytotune.search_spaces.models.plugins import is_plugin_file
+
+    if not is_plugin_file(ref) or os.path.isabs(ref):
+        return ref
+    return os.path.abspath(Path(base) / ref)
+
+
+def load_plugins(plugins: tuple[str, ...], sources: dict[str, str] | None = None) -> None:
+    """Import the study's plugins (a no-op for those already imported); a failure is a
+    StudyError naming the plugin."""
+    from cytotune.search_spaces.models.plugins import import_plugins
+
+    try:
+        import_plugins(plugins, sources)
+    except ImportError as exc:
+        _fail("plugins", str(exc))
 
 
 def _space_ref(ref: str, base: Path) -> str:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .crossval import CrossValidation
-from .study import StudyConfig
+from .study import StudyConfig, load_plugins
 
 # Fault-injection hook for tests and drills: a file of this name in the study directory holding
 # a number makes the next trial reaching that epoch (race: epochs) or that many folds done
@@ -38,11 +38,16 @@ def pick_device(gpus: float) -> str:
     return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
-def run_trial(config: dict, study: StudyConfig) -> None:
-    """Tune function trainable; ``config`` is the nested search sample."""
+def run_trial(config: dict, study: StudyConfig, plugin_sources: dict | None = None) -> None:
+    """Tune function trainable; ``config`` is the nested search sample.
+
+    The study's plugins are imported first (from ``plugin_sources``, ``{path: source}``, for
+    plugin files this node lacks), so their families can be built here.
+    """
     import ray
     from ray import tune
 
+    load_plugins(study.plugins, plugin_sources)
     node_id = ray.get_runtime_context().get_node_id()  # the store records where each trial ran
     cv = CrossValidation(study, config, device=pick_device(study.resources.gpus))
     checkpoint = tune.get_checkpoint()
