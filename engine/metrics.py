@@ -15,7 +15,7 @@ from difflib import get_close_matches
 
 import numpy as np
 
-# scikit-learn is imported inside the functions that use it: `import engine.metrics` (metric
+# scikit-learn is imported inside the functions that use it: `import cytotune.engine.metrics` (metric
 # names and directions, needed by study files and `--help`) stays light.
 
 ROC_MAX_POINTS = 101

@@ -7,7 +7,7 @@ set -euo pipefail
 [ -d /tmp/site/ray ] || { mkdir -p /tmp/site && tar -xJf .gpu/site312.tar.xz -C /tmp/site; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 mkdir -p /tmp/bin
-printf '#!/bin/sh\nexec python3 -c "import sys; from engine.cli import main; sys.exit(main(sys.argv[1:]))" "$@"\n' > /tmp/bin/cytotune
+printf '#!/bin/sh\nexec python3 -c "import sys; from cytotune.engine.cli import main; sys.exit(main(sys.argv[1:]))" "$@"\n' > /tmp/bin/cytotune
 chmod +x /tmp/bin/cytotune
 command -v python >/dev/null || ln -sf "$(command -v python3)" /tmp/bin/python
 export PATH=/tmp/bin:$PATH

@@ -35,7 +35,7 @@ def test_help_is_fast(name):
 @pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
 def test_help_imports_no_heavy_library(name):
     code = (
-        "import sys; from engine.cli import build_parser; "
+        "import sys; from cytotune.engine.cli import build_parser; "
         f"build_parser({name!r}); print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

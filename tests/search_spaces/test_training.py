@@ -31,7 +31,7 @@ def _toy_cells(n: int, size: int, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def cells():
-    """Metastasis-task cells (DNA, actin, vimentin) from engine.synth, normalised."""
+    """Metastasis-task cells (DNA, actin, vimentin) from cytotune.engine.synth, normalised."""
     try:
         from cytotune.engine.synth import render
     except ImportError:

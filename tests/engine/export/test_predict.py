@@ -31,7 +31,7 @@ def test_load_bundle_is_lazy_on_import_engine():
     import subprocess
     import sys
 
-    code = "import engine, sys; assert 'torch' not in sys.modules; print(engine.load_bundle)"
+    code = "import cytotune, sys; assert 'torch' not in sys.modules; print(cytotune.load_bundle)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "load_bundle" in out.stdout
