@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from cytotune.engine.io import make_staging_dir, publish_directory
 
 from .extract import cut_cells
 from .fields import FieldRecord, list_fields, read_field, resolve_channel
@@ -137,9 +138,8 @@ def crop_fields(
     _check_out(out, options.overwrite)
     records = list_fields(source)
     finder = finder or create_finder(options.finder, **options.finder_args)
-    staging = out.parent / f".{out.name}.crop-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "montage").mkdir(parents=True)
+    staging = make_staging_dir(out.parent / f"{out.name}.crop")
+    (staging / "montage").mkdir()
     start = time.perf_counter()
     writer, channel, pending = None, 0, []
     reasons: Counter = Counter()
@@ -223,9 +223,7 @@ def crop_fields(
     finally:
         bar.close()
     _write_tables(staging, cells, per_field)
-    target = out / CROP_DIR
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    publish_directory(staging, out / CROP_DIR)
     return CropReport(manifest, len(records), len(cells), reasons, time.perf_counter() - start)
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
+from cytotune.engine.io import atomic_write_json, atomic_write_parquet
 
 from .dataset import CellDataset
-from .schema import FOLDS_DIR, atomic_write_text
+from .schema import FOLDS_DIR
 
 # method -> (needs group column, needs stratify column)
 METHODS: dict[str, tuple[bool, bool]] = {
@@ -246,10 +246,8 @@ def save_folds(dataset_dir: str | Path, folds: FoldSet, overwrite: bool = False)
                 "choose another --name or pass --overwrite (studies that used it will no longer resume)"
             )
     table_path = directory / f"{folds.name}.parquet"
-    tmp = table_path.with_suffix(".parquet.tmp")
-    pq.write_table(pa.Table.from_pandas(folds.assignment, preserve_index=False), tmp)
-    tmp.replace(table_path)
-    atomic_write_text(meta_path, json.dumps(folds.settings(), indent=2))
+    atomic_write_parquet(folds.assignment, table_path)
+    atomic_write_json(meta_path, folds.settings())
     return meta_path
 
 

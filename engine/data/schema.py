@@ -7,14 +7,12 @@ hot path never decodes PNG. Every dataset has one dtype and one shape for all it
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from cytotune.engine.io import atomic_write_text
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -120,50 +118,6 @@ class Manifest:
                 f"{path} is not valid JSON ({exc}); re-run ingest to rebuild it"
             ) from exc
         return cls.from_dict(data)
-
-
-def publish_directory(staging: Path, target: Path) -> Path:
-    """Rename a finished ``staging`` directory to ``target``.
-
-    An existing target (file or directory) is moved aside first and deleted afterwards, so a
-    reader or a crash sees either the old or the new target complete, never a mix.
-    """
-    staging, target = Path(staging), Path(target)
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
-        os.replace(target, old)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-    return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; shared lab disks need the umask's
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def decode_images(blobs, dtype: str, shape) -> np.ndarray:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from cytotune.engine.io import make_staging_dir, publish_directory
 
 from cytotune import engine
 
@@ -149,9 +150,8 @@ class DatasetWriter:
         self.name = name or self.out_dir.name
         self.rows_per_shard = rows_per_shard
         self.provenance = provenance or {}
-        self.staging = self.out_dir.parent / f".{self.out_dir.name}.staging"
-        shutil.rmtree(self.staging, ignore_errors=True)
-        (self.staging / DATA_DIR).mkdir(parents=True)
+        self.staging = make_staging_dir(self.out_dir)
+        (self.staging / DATA_DIR).mkdir()
         self._rows: list[dict] = []
         self._shards: list[str] = []
         self._digests: dict[str, bytes] = {}
@@ -352,12 +352,7 @@ class DatasetWriter:
         return manifest
 
     def _publish(self) -> None:
-        old = self.out_dir.parent / f".{self.out_dir.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if self.out_dir.exists():
-            self.out_dir.rename(old)
-        self.staging.rename(self.out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_directory(self.staging, self.out_dir)
 
     def abort(self) -> None:
         """Discard everything staged; the target directory is untouched."""

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cytotune.engine.data.schema import atomic_write_text
+from cytotune.engine.io import atomic_write_text
 
 REGISTRY_FILE = "registry.json"
 FORMAT, VERSION = "cytotune-registry", 1

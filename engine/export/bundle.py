@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from cytotune.engine.data.schema import publish_directory
+from cytotune.engine.io import atomic_directory
 
 from .ensemble import BundleModel
 from .formats import FORMATS, example_inputs, io_names
@@ -111,11 +109,7 @@ def write_bundle(
     with torch.no_grad():
         expected = model(*example).numpy()
     inputs, outputs = io_names(model)
-    # mkdir, not mkdtemp: the staging directory becomes the bundle, and mkdtemp's mode 700
-    # would keep it from the user's group; mkdir applies the umask like any new directory.
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(out) as tmp:
         exported: dict[str, dict] = {}
         for name in ["state_dict"] + [f for f in formats if f != "state_dict"]:
             fmt = FORMATS[name]
@@ -168,10 +162,6 @@ def write_bundle(
             if p.is_file()
         }
         _dump(tmp / MANIFEST, manifest)
-        publish_directory(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out, manifest
 
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from cytotune.engine.data.augment import normalization_constants
-from cytotune.engine.data.schema import publish_directory
+from cytotune.engine.io import atomic_directory
 from cytotune.search_spaces import ModelConfig
 from cytotune.search_spaces.models import create_model
 from torch import nn
@@ -114,17 +112,11 @@ def write(
     An existing checkpoint is moved aside first and deleted after the rename, so a crash leaves
     either the old or the new checkpoint complete (plus, at worst, a hidden leftover directory).
     """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
+    with atomic_directory(directory) as tmp:
         torch.save(model_state, tmp / MODEL_FILE)
         torch.save(trainer_state, tmp / TRAINER_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=float))
-        return publish_directory(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return Path(directory)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

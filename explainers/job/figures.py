@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from cytotune.engine.io import atomic_path
 from PIL import Image
 
 from ..methods.channels import colormap
@@ -15,15 +14,12 @@ from ..methods.channels import colormap
 
 def save_png(path: str | Path, rgb: np.ndarray, scale: int = 1) -> Path:
     """Write an (H, W, 3) uint8 image atomically, optionally enlarged (nearest) by ``scale``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(np.asarray(rgb, dtype=np.uint8))
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
 
 
 def heatmap(values: np.ndarray, cmap: str = "inferno") -> np.ndarray:

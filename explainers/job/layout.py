@@ -29,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from cytotune.engine.io import atomic_write_parquet
 
 EXPLAIN_DIR = "explain"
 STATE_FILE = "explain.json"
@@ -160,9 +161,4 @@ def decode_map(data: bytes, shape) -> np.ndarray:
 def write_frame(frame, path: str | Path) -> Path:
     """Write a DataFrame as Parquet through a temporary name and a rename (readers never see a
     half-written table)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return path
+    return atomic_write_parquet(frame, path)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from cytotune.engine.data.row_groups import read_row_groups
-from cytotune.engine.data.schema import publish_directory
+from cytotune.engine.io import publish_directory
 from tqdm.auto import tqdm
 
 from .config import ExplainConfig

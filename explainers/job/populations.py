@@ -13,6 +13,7 @@ import io
 
 import numpy as np
 import pandas as pd
+from cytotune.engine.io import atomic_write_bytes
 
 from ..methods.channels import overlay
 from ..population import PerClassGeometricMean, compare_population_maps
@@ -79,10 +80,7 @@ def gmean_maps(
 def _save_npy(path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array.astype(np.float32))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def run_population(

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cytotune.engine.data.schema import atomic_write_text
+from cytotune.engine.io import atomic_write_text
 
 from .layout import STATE_FILE, explain_dir
 
