@@ -7,23 +7,22 @@
                               "objective": {...}, "sanity": {...}, "note": ""}},
      "history": [{"alias": "champion", "trial_id": "bdd8d20b", "previous": null, ...}]}
 
-Every write is a read-modify-write under an exclusive lock on ``registry.json.lock`` and lands
+Every write is a read-modify-write under an exclusive lock (``filelock``) on ``registry.json.lock`` and lands
 through a temporary file and ``os.replace``, so readers (which take no lock) always see a whole
 file and concurrent promotions from several processes are never lost.
 """
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cytotune.engine.io import atomic_write_text
+from filelock import FileLock
 
 REGISTRY_FILE = "registry.json"
 FORMAT, VERSION = "cytotune-registry", 1
@@ -31,18 +30,10 @@ ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 RANDOMISATION_METRIC = "randomisation_passed"
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive inter-process lock held on ``path`` (created when missing); POSIX
-    ``flock``, so a crashed holder never leaves a stale lock behind."""
-    import fcntl
-
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+def file_lock(path: Path) -> FileLock:
+    """An exclusive inter-process lock on ``path`` (``filelock``: ``flock`` on POSIX, so a
+    crashed holder never leaves a stale lock behind)."""
+    return FileLock(str(path))
 
 
 def _atomic_write(path: Path, data: dict) -> None:
