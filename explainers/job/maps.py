@@ -8,6 +8,7 @@ table and a rerun recomputes only the unfinished parts.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .config import ExplainConfig
 from .layout import maps_path, maps_staging_dir
+from .parts import finish_parts
 from .plan import ExplainPlan
 from .pool import run_actor_pool
 from .state import ExplainState
@@ -65,13 +67,17 @@ class StagedParts:
         self.targets = {p: maps_path(study_dir, *p) for p in parts}
         self.staging = {p: maps_staging_dir(study_dir, *p, run_id) for p in parts}
 
-    def commit(self, part: tuple[str, str]) -> None:
+    def commit(self, part: tuple[str, str]) -> int:
+        """Publish the part's map table; returns its rows (each cell and output once, however
+        often Ray Data ran a batch)."""
         staging, target = self.staging[part], self.targets[part]
-        if not staging.is_dir() or not any(staging.iterdir()):  # no cell: an empty table
+        rows = finish_parts(staging) if staging.is_dir() else 0
+        if not rows:  # no cell: an empty table
             staging.mkdir(parents=True, exist_ok=True)
             empty = OUTPUT_SCHEMA.empty_table().drop(["error"])
             pq.write_table(empty, staging / "empty.parquet")
         publish_directory(staging, target)  # a reader sees the old table or the new one
+        return rows
 
     def abort(self) -> None:
         for staging in self.staging.values():
@@ -112,7 +118,10 @@ def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
     worker_kwargs = {**worker_kwargs, "device": None if gpus else "cpu"}
     attach = AttachFold(plan.cells["cell_id"].to_numpy(), plan.cells["fold"].to_numpy())
     ds = read_row_groups(plan.dataset.shard_paths, columns, transform=attach)
-    return run_actor_pool(ds, worker_kwargs, actors, num_gpus, config.batch_size)
+    joined = bool(config.address or os.environ.get("RAY_ADDRESS"))
+    return run_actor_pool(
+        ds, worker_kwargs, actors, num_gpus, config.batch_size, joined_cluster=joined
+    )
 
 
 def run_maps(
@@ -167,7 +176,8 @@ def run_maps(
         if part in failures:
             state.fail(name, failures[part])
             continue
-        staged.commit(part)
+        # the rows stored, not the rows reported: a batch rerun after a lost actor reports twice
+        rows[part] = staged.commit(part)
         written[name] = rows[part]
         state.clear_failure(name)
         state.finish(name, config.method_key(part[1]), rows=rows[part], seconds=round(seconds, 3))

@@ -4,11 +4,37 @@ Measured on the GPU machine (BENCHMARKS.md, runs 5-8): with the job's row-group 
 ``map_batches(MapWorker, ...)`` hands the actors their first batch 0.8 s after they are ready.
 Actors created up front and fed through ``Dataset.streaming_split`` waited 3-15 s longer (its
 start barrier plus the split coordinator), so that variant was dropped.
+
+On a cluster the actors survive the loss of a node: Ray restarts an actor whose node died on
+another node and Ray Data runs its unfinished batches again there (the map parts are named by
+batch, so a batch run twice is stored once: parts.py). On a local one-node Ray there is nothing
+to move to, and the pool asks for no restarts (see :func:`restart_options`).
 """
 
 from __future__ import annotations
 
 import warnings
+
+# restarts of one actor and reruns of one batch after its actor died (a node lost each time);
+# bounded, so an actor that crashes its process on every start fails the job instead of looping
+MAX_RESTARTS = 4
+
+
+def restart_options(joined_cluster: bool) -> dict:
+    """``max_restarts`` / ``max_task_retries`` for the explain actors.
+
+    With restarts, Ray core logs an error-level line per actor whose constructor arguments are
+    in the object store (Ray Data passes every actor its transform that way; Ray issues 53727,
+    57733), which on a one-node laptop run only alarms. So: restarts when this process joined a
+    cluster (``--address``/RAY_ADDRESS: it may gain and lose nodes while the job runs) or Ray
+    has more than one node; none on a local one-node Ray, where a lost node is the whole job.
+    """
+    import ray
+
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if joined_cluster or alive > 1:
+        return {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_RESTARTS}
+    return {"max_restarts": 0}
 
 
 def run_actor_pool(
@@ -18,9 +44,11 @@ def run_actor_pool(
     gpus_per_actor: float,
     batch_size: int,
     worker: type | None = None,
+    joined_cluster: bool = False,
 ):
     """Stream ``dataset`` through ``actors`` actors of ``worker`` (default: MapWorker); yields
-    their batch summaries."""
+    their batch summaries. ``joined_cluster``: Ray was reached by address (actors restart on
+    another node when theirs is lost; :func:`restart_options`)."""
     import ray
 
     if worker is None:
@@ -35,13 +63,10 @@ def run_actor_pool(
     )
     try:
         with warnings.catch_warnings():
-            # Ray Data hands every actor its transform as an object-store reference, and with
-            # its default max_restarts=-1 Ray core logs an error-level line per actor (Ray
-            # issues 53727, 57733). The job needs no restarts (a failed run keeps its finished
-            # parts; a rerun computes the rest). max_restarts has no named parameter yet; the
-            # extra-keyword route it takes is deprecated since Ray 2.5x: that notice is hidden.
+            # max_restarts and max_task_retries have no named parameters yet; the extra-keyword
+            # route they take is deprecated since Ray 2.5x: that notice is hidden
             warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
-            stream = dataset.map_batches(worker, max_restarts=0, **kwargs)
+            stream = dataset.map_batches(worker, **restart_options(joined_cluster), **kwargs)
     except TypeError:  # a Ray that dropped extra keywords: its default restarts, its log line
         stream = dataset.map_batches(worker, **kwargs)
     yield from stream.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from cytotune.engine.data.augment import normalize
 from cytotune.engine.data.schema import Manifest, decode_images, decode_masks
@@ -28,6 +27,7 @@ from cytotune.search_spaces.models import capabilities_of
 from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
 from .layout import maps_staging_dir
+from .parts import write_part
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -192,7 +192,6 @@ class MapWorker:
         self._created = time.time()
         self.output = output  # {"study_dir", "run_id"}: write map parts here (see ``write``)
         self._writer_id = uuid.uuid4().hex[:12]
-        self._written = 0
         self.device = pick_device(device)
         self.manifest = Manifest.from_dict(manifest)
         self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
@@ -273,13 +272,7 @@ class MapWorker:
             directory = maps_staging_dir(
                 self.output["study_dir"], trial_id, method, self.output["run_id"]
             )
-            directory.mkdir(parents=True, exist_ok=True)
-            self._written += 1
-            pq.write_table(
-                group,
-                directory / f"{self._writer_id}-{self._written:07d}.parquet",
-                compression="lz4",
-            )
+            write_part(group, directory)  # named by the batch: a batch run again replaces it
             summary.append(
                 {"trial_id": trial_id, "method": method, "rows": group.num_rows, "error": None}
             )
