@@ -13,13 +13,12 @@ overlap its first), keeping the first copy.
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from cytotune.engine.io import atomic_path
 
 # a map row is one cell explained for one output (class or regression target)
 KEY = ("cell_id", "target_index")
@@ -38,15 +37,9 @@ def part_name(table: pa.Table) -> str:
 def write_part(table: pa.Table, directory: str | Path) -> Path:
     """Write ``table`` as the part :func:`part_name` names in ``directory``, atomically (the
     temporary file is hidden from Parquet dataset readers by its leading dot)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / part_name(table)
-    tmp = directory / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    path = Path(directory) / part_name(table)
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="lz4")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -58,7 +51,7 @@ def finish_parts(directory: str | Path) -> int:
     rewritten without the repeated rows. Only the key columns are read unless rows repeat.
     """
     directory = Path(directory)
-    for tmp in directory.glob(".*.tmp"):
+    for tmp in directory.glob(".*"):  # hidden: only temporary files of writers that died
         tmp.unlink(missing_ok=True)
     seen: set[tuple] = set()
     rows = 0
