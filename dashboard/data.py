@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 from cytotune.engine.search.store import StudyStore
+from cytotune.engine.search.tables import FormatError, key_params, sample_of
 
 # Metrics that are counts or bookkeeping, not scores: never shown as leaderboard columns.
 NOT_SCORES = {"n", "n_val", "auc_classes_present", "well/n", "well/auc_classes_present"}
@@ -215,6 +216,8 @@ class Study:
         def load():
             try:
                 return self.store.table(name)
+            except FormatError as exc:  # another format version: the message names the fix
+                raise StudyUnreadable(str(exc)) from None
             except Exception as exc:  # a truncated or foreign file: say which, not a traceback
                 raise StudyUnreadable(
                     f"{target} cannot be read as Parquet ({type(exc).__name__}: {exc})"
@@ -305,14 +308,6 @@ def _prepare_trials(trials: pd.DataFrame, metric: str, mode: str) -> pd.DataFram
     if trials.empty:
         return trials
     trials = trials.copy()
-    for column, default in (
-        ("status", "running"),
-        ("family", "?"),
-        ("params", "{}"),
-        ("epochs_done", 0),
-    ):
-        if column not in trials:
-            trials[column] = default
     key = f"val/{metric}"
     if key in trials:
         from cytotune.engine.search.leaderboard import ranked
@@ -326,35 +321,9 @@ def _prepare_trials(trials: pd.DataFrame, metric: str, mode: str) -> pd.DataFram
     return trials
 
 
-def key_params(params, limit: int = 4) -> str:
-    """A short summary of a trial's parameters ("resnet18 dropout=0.2 lr=3.0e-03")."""
-    try:
-        sample = json.loads(params) if isinstance(params, str) else dict(params or {})
-    except (TypeError, ValueError):
-        return ""
-    family = sample.get("family", "?")
-    values = sample.get(family, {}) if isinstance(sample.get(family), dict) else {}
-    parts = []
-    for name, value in values.items():
-        if isinstance(value, dict):
-            continue
-        if isinstance(value, float):
-            value = f"{value:.3g}"
-        elif isinstance(value, (list, tuple)):
-            value = "x".join(map(str, value))
-        parts.append(str(value) if name == "backbone" else f"{name}={value}")
-    parts = parts[: limit - 1]
-    lr = (sample.get("train") or {}).get("lr")
-    if isinstance(lr, (int, float)):
-        parts.append(f"lr={lr:.1e}")
-    return " ".join(parts)
-
-
 def trial_params(row: pd.Series | dict) -> dict:
-    try:
-        return json.loads(row.get("params") or "{}")
-    except (TypeError, ValueError):
-        return {}
+    """A trial's nested search sample ({} when unreadable)."""
+    return sample_of(row.get("params"))
 
 
 class Catalog:

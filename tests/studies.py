@@ -1,15 +1,16 @@
 """Real study directories built without Ray, shared by the tests of the packages that read
 studies (export, explain): each trial is a ``CrossValidation`` of a tiny model, saved and
-recorded in the results store as the search's store callback does."""
+recorded in the results store through the search's own recorder
+(:class:`cytotune.engine.search.recorder.StudyRecorder`, which the Tune callback drives)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from cytotune.engine.data import CellDataset
 from cytotune.engine.data.folds import make_folds, save_folds
 from cytotune.engine.search.crossval import CrossValidation
+from cytotune.engine.search.recorder import StudyRecorder
 from cytotune.engine.search.store import StudyStore
 from cytotune.engine.search.study import Budget, FoldsSpec, Objective, StudyConfig
 
@@ -35,12 +36,6 @@ def sample(family: str, lr: float = 3e-3) -> dict:
     return {"family": family, family: dict(TINY[family]), "train": {"lr": lr, "batch_size": 32}}
 
 
-def _cell(value):
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return value
-
-
 def make_study(
     root: Path,
     dataset: Path,
@@ -61,34 +56,18 @@ def make_study(
         storage=str(root),
     )
     store = StudyStore(study.study_dir)
+    recorder = StudyRecorder.for_study(store, study, flush_every_s=float("inf"))
     folds = None
-    for number, (trial_id, config) in enumerate(trials.items()):
+    for trial_id, config in trials.items():
+        recorder.started(trial_id, config)
         cv = CrossValidation(study, config)
         folds = cv.folds
         while not cv.finished:  # every fold to the end, in the study's race order
             report, details = cv.step()
+            recorder.reported(trial_id, report)
         checkpoint = Path(store.tune_dir) / f"trial_{trial_id}" / f"checkpoint_{epochs - 1:06d}"
         cv.save(checkpoint, details)
-        store.upsert(
-            "trials",
-            (trial_id,),
-            {
-                "trial_id": trial_id,
-                "number": number,
-                "status": "completed",
-                "family": config["family"],
-                "params": json.dumps(config),
-                "epochs_done": epochs,
-                **{k: v for k, v in report.items() if k.startswith("val/")},
-                "checkpoint": str(checkpoint),
-            },
-        )
-        for detail in details:
-            store.upsert(
-                "folds",
-                (trial_id, detail["fold"]),
-                {"trial_id": trial_id, **{k: _cell(v) for k, v in detail.items()}},
-            )
+        recorder.completed(trial_id, report, str(checkpoint), details)
     store.create(
         study.to_yaml(),
         {

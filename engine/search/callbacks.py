@@ -3,150 +3,39 @@
 from __future__ import annotations
 
 import json
-import math
-import re
 import sys
 import time
 
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
+from .recorder import StudyRecorder
 from .store import StudyStore
 from .study import StudyConfig
-
-_FOLD_KEY = re.compile(r"^fold(\d+)/(.+)$")
-
-
-def flatten_params(sample: dict) -> dict:
-    """{"family": f, f: {...}, "train": {...}} -> {"family": f, "f.key": v, "train.key": v}."""
-    out = {"family": sample.get("family")}
-    for group, values in sample.items():
-        if isinstance(values, dict):
-            out.update({f"{group}.{k}": v for k, v in values.items()})
-    return out
-
-
-def key_params(sample: dict, limit: int = 4) -> str:
-    """A short human summary of the parameters that matter most."""
-    family = sample.get("family", "?")
-    values = dict(sample.get(family, {}))
-    train = sample.get("train", {})
-    shown = [(k, v) for k, v in values.items() if not isinstance(v, dict)]
-    parts = [f"{v}" if k == "backbone" else f"{k}={_short(v)}" for k, v in shown][: limit - 1]
-    if "lr" in train:
-        parts.append(f"lr={train['lr']:.1e}")
-    return " ".join(parts)
-
-
-def _short(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, (list, tuple)):
-        return "x".join(map(str, value)) or "-"
-    return str(value)
+from .tables import key_params
 
 
 class StoreCallback(Callback):
-    """Writes trials, folds and learning curves to the study store as results arrive."""
+    """Writes trials, folds and learning curves to the study store as results arrive (through
+    :class:`~cytotune.engine.search.recorder.StudyRecorder`, which tests drive without Ray)."""
 
     def __init__(self, store: StudyStore, study: StudyConfig, flush_every_s: float = 2.0) -> None:
         self.store, self.study, self.flush_every_s = store, study, flush_every_s
-        self._last_flush = 0.0
+        self.recorder = StudyRecorder.for_study(store, study, flush_every_s)
         self._nodes: dict[str, str] = {}  # Tune actor id -> Ray node id
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment
-        return {
-            "store": StudyStore(self.store.uri),
-            "study": self.study,
-            "flush_every_s": self.flush_every_s,
-            "_last_flush": 0.0,
-            "_nodes": {},
-        }
+        return {"uri": self.store.uri, "study": self.study, "flush_every_s": self.flush_every_s}
 
-    def _flush(self, force: bool = False) -> None:
-        if force or time.time() - self._last_flush > self.flush_every_s:
-            self.store.flush()
-            self._last_flush = time.time()
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(StudyStore(state["uri"]), state["study"], state["flush_every_s"])
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        existing = {r["trial_id"]: r for r in self.store.rows("trials")}
-        row = existing.get(trial.trial_id, {})
-        if row.get("status") in ("completed", "pruned"):
-            return  # restored after a driver restart from its final checkpoint: nothing re-runs
-        self.store.upsert(
-            "trials",
-            (trial.trial_id,),
-            {
-                "trial_id": trial.trial_id,
-                "number": row.get("number", len(existing)),
-                "status": "running",
-                "family": trial.config.get("family"),
-                "params": json.dumps(trial.config, default=str),
-                "started_at": row.get("started_at", time.time()),
-                **{
-                    f"param.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
-                    for k, v in flatten_params(trial.config).items()
-                    if k != "family"
-                },
-            },
-        )
-        self._flush(force=True)
+        self.recorder.started(trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        epoch = int(result["epoch"])
-        means = {k: v for k, v in result.items() if k.startswith("val/")}
-        self.store.upsert(
-            "trials",
-            (trial.trial_id,),
-            {
-                **self._node_fields(trial, result),
-                "epochs_done": epoch,
-                "folds_done": int(result.get("folds_done", self.study.folds.k)),
-                "train_loss": result.get("train_loss"),
-                "images_per_s": result.get("images_per_s"),
-                **means,
-                **{k: v for k, v in result.items() if k.startswith("time/")},
-            },
-        )
-        if "fold_curve" in result:
-            self._record_fold_curve(trial.trial_id, int(result["fold"]), result["fold_curve"])
-            self._flush()
-            return
-        folds: dict[int, dict] = {}
-        for key, value in result.items():
-            match = _FOLD_KEY.match(key)
-            if match:
-                folds.setdefault(int(match.group(1)), {})[match.group(2)] = value
-        for fold, values in folds.items():
-            self.store.upsert(
-                "epochs",
-                (trial.trial_id, epoch, fold),
-                {"trial_id": trial.trial_id, "epoch": epoch, "fold": fold, **values},
-            )
-        self.store.upsert(
-            "epochs",
-            (trial.trial_id, epoch, -1),
-            {
-                "trial_id": trial.trial_id,
-                "epoch": epoch,
-                "fold": -1,
-                **{k[4:]: v for k, v in means.items()},
-                **{k: result.get(k) for k in ("train_loss", "images_per_s", "epoch_seconds")},
-            },
-        )
-        self._flush()
-
-    def _node_fields(self, trial, result: dict) -> dict:
-        """``node_id``: the Ray node the trial reported from; ``nodes``: every node it ran on,
-        in order (a trial retried after its node was lost shows both)."""
         node = result.get("node_id") or self._actor_node(trial)
-        if not node:
-            return {}
-        row = next((r for r in self.store.rows("trials") if r["trial_id"] == trial.trial_id), {})
-        seen = [n for n in str(row.get("nodes") or "").split(",") if n]
-        if not seen or seen[-1] != node:
-            seen.append(node)
-        return {"node_id": node, "nodes": ",".join(seen)}
+        self.recorder.reported(trial.trial_id, result, node=node)
 
     def _actor_node(self, trial) -> str | None:
         """The node of the trial's Tune actor, from Ray's actor table (cached per actor)."""
@@ -167,110 +56,46 @@ class StoreCallback(Callback):
             self._nodes[actor_id] = node
         return self._nodes[actor_id]
 
-    def _record_fold_curve(self, trial_id: str, fold: int, curve: list[dict]) -> None:
-        """A finished fold's learning curve (race: folds), then the fold-mean curve over the
-        folds done so far (fold -1)."""
-        for point in curve:
-            epoch = int(point["epoch"])
-            self.store.upsert(
-                "epochs",
-                (trial_id, epoch, fold),
-                {"trial_id": trial_id, "fold": fold, **point, "epoch": epoch},
-            )
-        by_epoch: dict[int, list[dict]] = {}
-        for row in self.store.rows("epochs"):
-            if row.get("trial_id") == trial_id and int(row.get("fold", -1)) >= 0:
-                by_epoch.setdefault(int(row["epoch"]), []).append(row)
-        for epoch, rows in by_epoch.items():
-            keys = {k for r in rows for k, v in r.items() if isinstance(v, (int, float))}
-            keys -= {"epoch", "fold"}
-            mean = {}
-            for key in keys:
-                values = [float(r[key]) for r in rows if _finite(r.get(key))]
-                if values:
-                    mean[key] = sum(values) / len(values)
-            self.store.upsert(
-                "epochs",
-                (trial_id, epoch, -1),
-                {"trial_id": trial_id, "epoch": epoch, "fold": -1, **mean, "n_folds": len(rows)},
-            )
-
-    def _finished(self, row: dict, last: dict) -> bool:
-        """Scored at full fidelity: every fold (race: folds) or every epoch (race: epochs)."""
-        if self.study.budget.race == "folds":
-            done = max(_count(row.get("folds_done")), _count(last.get("folds_done")))
-            return done >= self.study.folds.k
-        return max(_count(row.get("epochs_done")), _count(last.get("epoch"))) >= (
-            self.study.budget.max_epochs
-        )
-
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        done = self.store.rows("trials")
-        row = next((r for r in done if r["trial_id"] == trial.trial_id), {})
-        if row.get("status") in ("completed", "pruned"):
+        if self.recorder.is_final(trial.trial_id):
             return  # already recorded before a driver restart; Tune only re-confirms it
-        update = {"ended_at": time.time()}
-        epochs = _count(row.get("epochs_done"))
-        last = dict(trial.last_result or {})
-        if _count(last.get("epoch")) > epochs:
-            # a driver killed before the store's last flush: Tune's state knows more results
-            # than the store; take the final ones from it
-            epochs = _count(last["epoch"])
-            update |= {
-                "epochs_done": epochs,
-                **{k: v for k, v in last.items() if k.startswith("val/")},
-            }
-        if _count(last.get("folds_done")) > _count(row.get("folds_done")):
-            update["folds_done"] = _count(last["folds_done"])
-        update["status"] = "completed" if self._finished(row, last) else "pruned"
         checkpoint = trial.checkpoint
-        if checkpoint is not None:
-            update["checkpoint"] = checkpoint.path
-            self._record_folds(trial.trial_id, checkpoint)
-        self.store.upsert("trials", (trial.trial_id,), update)
-        self._flush(force=True)
-
-    def _record_folds(self, trial_id: str, checkpoint) -> None:
-        try:
-            with checkpoint.filesystem.open_input_stream(
-                f"{checkpoint.path}/metrics.json"
-            ) as handle:
-                details = json.loads(handle.read())
-        except (FileNotFoundError, OSError):
-            return
-        for fold in details:
-            row = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in fold.items()}
-            self.store.upsert("folds", (trial_id, int(fold["fold"])), {"trial_id": trial_id, **row})
+        self.recorder.completed(
+            trial.trial_id,
+            last_result=trial.last_result,
+            checkpoint=None if checkpoint is None else checkpoint.path,
+            fold_details=None if checkpoint is None else _fold_details(checkpoint),
+        )
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        row = next((r for r in self.store.rows("trials") if r["trial_id"] == trial.trial_id), {})
-        retries = int(row.get("retries") or 0) + 1
-        self.store.upsert(
-            "trials", (trial.trial_id,), {"retries": retries, "last_error": _error_text(trial)}
-        )
-        self._flush(force=True)
+        self.recorder.recovered(trial.trial_id, _error_text(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.store.upsert(
-            "trials",
-            (trial.trial_id,),
-            {"status": "failed", "ended_at": time.time(), "error": _error_text(trial)},
-        )
-        self._flush(force=True)
+        self.recorder.failed(trial.trial_id, _error_text(trial))
 
     def on_experiment_end(self, trials, **info) -> None:
         # trials the time budget (or a stopper) ended mid-run: "stopped", with their last
         # checkpoint, so they can be explained and pulled like the others
-        rows = {r["trial_id"]: r for r in self.store.rows("trials")}
         for trial in trials:
-            if rows.get(trial.trial_id, {}).get("status") != "running":
+            row = self.store.trial(trial.trial_id)
+            if row is None or row.status != "running":
                 continue
-            update = {"status": "stopped", "ended_at": time.time()}
-            if trial.checkpoint is not None:
-                update["checkpoint"] = trial.checkpoint.path
-                self._record_folds(trial.trial_id, trial.checkpoint)
-            self.store.upsert("trials", (trial.trial_id,), update)
-        self._flush(force=True)
+            checkpoint = trial.checkpoint
+            self.recorder.stopped(
+                trial.trial_id,
+                checkpoint=None if checkpoint is None else checkpoint.path,
+                fold_details=None if checkpoint is None else _fold_details(checkpoint),
+            )
+        self.recorder.flush(force=True)
+
+
+def _fold_details(checkpoint) -> list[dict]:
+    """The per-fold metrics a checkpoint holds (its metrics.json; [] when absent)."""
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/metrics.json") as handle:
+            return json.loads(handle.read())
+    except (FileNotFoundError, OSError):
+        return []
 
 
 class FailFast(Callback):
@@ -440,16 +265,3 @@ def _fit(text: str, width: int) -> str:
         return text
     cut = text[: width - 1].rsplit(" ", 1)[0] if " " in text[: width - 1] else text[: width - 1]
     return cut + "…"
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(float(value))
-
-
-def _count(value) -> int:
-    """An epoch count from a store cell or a result (None and NaN count as 0)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return 0
-    return int(number) if math.isfinite(number) else 0

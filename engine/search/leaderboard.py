@@ -9,16 +9,22 @@ from .store import StudyStore
 
 def ranked(trials: pd.DataFrame, key: str, mode: str) -> pd.DataFrame:
     """Trials in leaderboard order: full-fidelity scores first (every fold and epoch, status
-    "completed"), then by ``key`` (best first, missing last), ties in table order. The one
+    "completed"), then by ``key`` (best first, missing last); ties go to the trial that started
+    first (``number``, then ``trial_id``), whatever order the table's rows are in. The one
     ranking of the engine, ``cytotune pull --rank`` and the dashboard."""
     full = (trials["status"] == "completed").astype(int) if "status" in trials else 1
-    return (
-        trials.assign(_full=full)
-        .sort_values(
-            ["_full", key], ascending=[False, mode == "min"], na_position="last", kind="stable"
-        )
-        .drop(columns="_full")
+    number = trials["number"] if "number" in trials else pd.Series(0, index=trials.index)
+    order = trials.assign(
+        _full=full,
+        _number=pd.to_numeric(number, errors="coerce"),
+        _id=trials["trial_id"].astype(str),
+    ).sort_values(
+        ["_full", key, "_number", "_id"],
+        ascending=[False, mode == "min", True, True],
+        na_position="last",
+        kind="stable",
     )
+    return order.drop(columns=["_full", "_number", "_id"])
 
 
 def leaderboard(

@@ -8,25 +8,27 @@ Layout (local path or any pyarrow filesystem URI such as ``s3://bucket/studies/N
     optuna.db        Optuna storage (optuna-dashboard sqlite:///.../optuna.db)
     tune/            Ray Tune's experiment (trial checkpoints: fold_0 ... fold_K-1)
 
-Tables are rewritten whole through a temporary file and a rename, so readers (the dashboard)
-never see a half-written table. Only the search driver writes.
+The tables' columns, types and format version are defined once, in
+:mod:`cytotune.engine.search.tables`; this class is their only reader and writer. Tables are
+rewritten whole through a temporary file and a rename, so readers (the dashboard) never see a
+half-written table. Only the search driver writes.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import os
 import time
 import uuid
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
-from cytotune.engine.io import atomic_write_bytes
 
-TABLES = ("trials", "folds", "epochs")
+from . import tables
+from .tables import TrialRow
+
+TABLES = tuple(tables.FORMATS)
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -68,14 +70,14 @@ class StudyStore:
     def write_bytes(self, name: str, data: bytes) -> None:
         """Atomic write: temporary file then rename (a move on object stores)."""
         target = self.join(name)
-        if self.is_local:
-            atomic_write_bytes(target, data)
-            return
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         tmp = f"{target}.{uuid.uuid4().hex[:8]}.tmp"
         with self.fs.open_output_stream(tmp) as handle:
             handle.write(data)
-        self.fs.move(tmp, target)
+        if self.is_local:
+            os.replace(tmp, target)
+        else:
+            self.fs.move(tmp, target)
 
     def read_bytes(self, name: str) -> bytes:
         with self.fs.open_input_stream(self.join(name)) as handle:
@@ -104,31 +106,31 @@ class StudyStore:
 
     # -- tables ----------------------------------------------------------------------------
     def table(self, name: str) -> pd.DataFrame:
-        """A table as a DataFrame (empty when nothing was written yet)."""
-        if name not in TABLES:
-            raise ValueError(f"table {name!r} is not one of {TABLES}")
+        """A table as a DataFrame, every fixed column present (no rows when nothing was written
+        yet); :class:`~cytotune.engine.search.tables.FormatError` for another format version."""
+        tables.format_of(name)
         target = self.join(f"{name}.parquet")
         if self.fs.get_file_info(target).type != pafs.FileType.File:
-            return pd.DataFrame()
+            return tables.empty_frame(name)
         with self.fs.open_input_file(target) as handle:
-            return pq.read_table(handle).to_pandas()
+            return tables.read_table(name, handle, where=target)
 
     def _load(self) -> None:
         if self._loaded:
             return
-        keys = {
-            "trials": ("trial_id",),
-            "folds": ("trial_id", "fold"),
-            "epochs": ("trial_id", "epoch", "fold"),
-        }
-        for name in TABLES:
+        for name, fmt in tables.FORMATS.items():
             frame = self.table(name)
             for row in frame.to_dict("records"):
-                self._tables[name][tuple(row[k] for k in keys[name])] = row
+                row = {k: v for k, v in row.items() if not tables._missing(v)}
+                self._tables[name][fmt.key_of(row)] = row
         self._loaded = True
 
     def upsert(self, name: str, key: tuple, row: dict) -> None:
-        """Insert or update a row (in memory until ``flush``)."""
+        """Insert or update a row (in memory until ``flush``); a column the table's format does
+        not define raises FormatError here, at the writer, not in a reader later."""
+        fmt = tables.format_of(name)
+        for column in row:
+            fmt.check_column(column)
         self._load()
         self._tables[name][key] = {**self._tables[name].get(key, {}), **row}
 
@@ -136,13 +138,29 @@ class StudyStore:
         self._load()
         return list(self._tables[name].values())
 
+    def trial(self, trial_id: str) -> TrialRow | None:
+        """One trial's row, typed (None when the store has no such trial)."""
+        self._load()
+        record = self._tables["trials"].get((trial_id,))
+        return None if record is None else tables.TRIALS.to_row(record)
+
     def flush(self) -> None:
         """Write every table atomically."""
         self._load()
         for name, rows in self._tables.items():
-            if not rows:
+            if rows:
+                self.write_bytes(f"{name}.parquet", tables.write_table(name, list(rows.values())))
+
+    def upgrade(self) -> list[str]:
+        """Rewrite tables of an older format version in this one; returns the names rewritten."""
+        done = []
+        for name in TABLES:
+            target = f"{name}.parquet"
+            if self.fs.get_file_info(self.join(target)).type != pafs.FileType.File:
                 continue
-            frame = pd.DataFrame(list(rows.values()))
-            buffer = io.BytesIO()
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
-            self.write_bytes(f"{name}.parquet", buffer.getvalue())
+            data = self.read_bytes(target)
+            upgraded = tables.upgrade_file(name, data)
+            if upgraded is not data:
+                self.write_bytes(target, upgraded)
+                done.append(name)
+        return done

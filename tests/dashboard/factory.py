@@ -1,8 +1,11 @@
-"""Synthetic study directories with the results store's schema (no training) for dashboard tests.
+"""Synthetic study directories (no training) for dashboard tests, written by the engine's own
+writers: trials, folds and learning curves go through the search's recorder
+(:class:`cytotune.engine.search.recorder.StudyRecorder`) as reports a trainable would send, so a
+change of the store's format reaches these studies (or breaks them) instead of leaving a copy.
 
-``make_study`` writes study.yaml/json, trials/folds/epochs Parquet and, optionally, an
-``explain/`` directory laid out exactly as :mod:`cytotune.explainers.job.layout` documents, with real
-overlay PNGs drawn by :func:`cytotune.explainers.overlay` from the dataset crops.
+``make_study`` writes study.yaml/json, the tables and, optionally, an ``explain/`` directory laid
+out exactly as :mod:`cytotune.explainers.job.layout` documents, with real overlay PNGs drawn by
+:func:`cytotune.explainers.overlay` from the dataset crops.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from cytotune.engine.search import tables
+from cytotune.engine.search.recorder import StudyRecorder
+from cytotune.engine.search.store import StudyStore
 from cytotune.explainers.job import layout
 from PIL import Image
 
@@ -52,6 +58,26 @@ def _params(family: str, rng) -> dict:
     }
 
 
+def _report(per_fold: list[dict], epoch: int, epochs: int, images_per_s: float) -> dict:
+    """What a trainable reports after ``epoch`` (race: epochs): fold means and stds of every
+    metric, each fold's curve values and the throughput; the last epoch's are the final ones."""
+    share = 1.0 if epoch == epochs else 0.7 + 0.3 * epoch / 4
+    report = {"epoch": epoch, "train_loss": 1.0 / epoch, "images_per_s": images_per_s}
+    for m in METRICS:
+        values = [r[m] * (share if m == "balanced_accuracy" else 1.0) for r in per_fold]
+        report[f"val/{m}"], report[f"val/{m}_std"] = (
+            float(np.mean(values)),
+            float(np.std(values, ddof=1)),
+        )
+    report["val/well/balanced_accuracy"] = report["val/balanced_accuracy"]
+    report["val/well/balanced_accuracy_std"] = 0.01
+    for f, r in enumerate(per_fold):
+        report[f"fold{f}/train_loss"] = 1.0 / epoch
+        report[f"fold{f}/val_loss"] = 1.1 / epoch
+        report[f"fold{f}/balanced_accuracy"] = r["balanced_accuracy"] * share
+    return report
+
+
 def make_study(
     root: Path,
     name: str = "alpha",
@@ -81,7 +107,8 @@ def make_study(
             {"status": status, "created": time.time(), "name": name, "dataset": config["dataset"]}
         )
     )
-    trials, folds, epochs = [], [], []
+    store = StudyStore(str(study))
+    recorder = StudyRecorder(store, k=k, max_epochs=4, race="epochs", flush_every_s=float("inf"))
     quality = {"small_cnn": 0.78, "backbone": 0.70, "mhl_attention": 0.9}
     n_val = [30] * k
     for i in range(n_trials):
@@ -92,7 +119,7 @@ def make_study(
         epochs_done = 1 if pruned else 4
         level = quality[family] - (0.2 if pruned else 0.0) + rng.normal(0, 0.03)
         per_fold = []
-        for f in range(k):
+        for _ in range(k):
             b = float(np.clip(level + rng.normal(0, 0.02), 0.3, 0.999))
             row = {
                 m: float(np.clip(b + rng.normal(0, 0.01), 0, 1)) for m in METRICS if m != "log_loss"
@@ -100,81 +127,28 @@ def make_study(
             row["balanced_accuracy"] = b
             row["log_loss"] = float(1.2 - b)
             tp = int(round(15 * b))
-            row["confusion_matrix"] = json.dumps(
-                [[tp, 15 - tp], [15 - int(round(15 * b)), int(round(15 * b))]]
-            )
+            row["confusion_matrix"] = [[tp, 15 - tp], [15 - tp, tp]]
             fpr = np.linspace(0, 1, 11)
             tpr = np.clip(fpr ** (1 - b), 0, 1)
-            row["roc"] = json.dumps(
-                {
-                    c: {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": row["auc_macro"]}
-                    for c in CLASSES
-                }
-            )
-            folds.append(
-                {
-                    "trial_id": tid,
-                    "fold": f,
-                    "epoch": epochs_done,
-                    "n_val": n_val[f],
-                    "n": n_val[f],
-                    **row,
-                }
-            )
-            per_fold.append(row)
-            for e in range(1, epochs_done + 1):
-                epochs.append(
-                    {
-                        "trial_id": tid,
-                        "epoch": e,
-                        "fold": f,
-                        "train_loss": 1.0 / e,
-                        "val_loss": 1.1 / e,
-                        "balanced_accuracy": b * (0.7 + 0.3 * e / 4),
-                    }
-                )
-        for e in range(1, epochs_done + 1):
-            epochs.append(
-                {
-                    "trial_id": tid,
-                    "epoch": e,
-                    "fold": -1,
-                    "balanced_accuracy": float(np.mean([r["balanced_accuracy"] for r in per_fold]))
-                    * (0.7 + 0.3 * e / 4),
-                }
-            )
-        means = {}
-        for m in METRICS:
-            values = [r[m] for r in per_fold]
-            means[f"val/{m}"], means[f"val/{m}_std"] = (
-                float(np.mean(values)),
-                float(np.std(values, ddof=1)),
-            )
-        means["val/well/balanced_accuracy"], means["val/well/balanced_accuracy_std"] = (
-            means["val/balanced_accuracy"],
-            0.01,
-        )
-        trials.append(
-            {
-                "trial_id": tid,
-                "number": i,
-                "status": "pruned" if pruned else "completed",
-                "family": family,
-                "params": json.dumps(params),
-                "epochs_done": epochs_done,
-                "images_per_s": float(rng.uniform(500, 3000)),
-                **{f"param.{g}.{kk}": v for g in (family, "train") for kk, v in params[g].items()},
-                **means,
-                "checkpoint": str(study / "tune" / f"trial_{tid}" / "checkpoint_000003"),
+            row["roc"] = {
+                c: {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": row["auc_macro"]}
+                for c in CLASSES
             }
-        )
-    pd.DataFrame(trials).to_parquet(study / "trials.parquet", index=False)
-    pd.DataFrame(folds).to_parquet(study / "folds.parquet", index=False)
-    pd.DataFrame(epochs).to_parquet(study / "epochs.parquet", index=False)
+            per_fold.append(row)
+        images_per_s = float(rng.uniform(500, 3000))
+        recorder.started(tid, params)
+        for e in range(1, epochs_done + 1):
+            recorder.reported(tid, _report(per_fold, e, epochs_done, images_per_s))
+        details = [
+            {"fold": f, "epoch": epochs_done, "n_val": n_val[f], "n": n_val[f], **per_fold[f]}
+            for f in range(k)
+        ]
+        checkpoint = study / "tune" / f"trial_{tid}" / "checkpoint_000003"
+        recorder.completed(tid, checkpoint=str(checkpoint), fold_details=details)
+    trials = store.table("trials")
     if explain:
         top = (
-            pd.DataFrame(trials)
-            .sort_values("val/balanced_accuracy", ascending=False)["trial_id"]
+            trials.sort_values("val/balanced_accuracy", ascending=False)["trial_id"]
             .head(2)
             .tolist()
         )
@@ -183,7 +157,8 @@ def make_study(
 
 
 def make_trials_table(path: Path, n: int, seed: int = 0) -> pd.DataFrame:
-    """A trials.parquet of ``n`` trials with the store's schema (vectorised, for load tests)."""
+    """A trials.parquet of ``n`` trials (for load tests), written whole by the store's table
+    writer rather than one report at a time."""
     rng = np.random.default_rng(seed)
     family = np.array(FAMILIES)[np.arange(n) % len(FAMILIES)]
     status = np.where(rng.random(n) < 0.6, "pruned", "completed")
@@ -206,7 +181,7 @@ def make_trials_table(path: Path, n: int, seed: int = 0) -> pd.DataFrame:
         frame[f"val/{m}_std"] = rng.uniform(0.0, 0.05, n)
     frame["checkpoint"] = [f"/nowhere/{i}" for i in range(n)]
     table = pd.DataFrame(frame)
-    table.to_parquet(path / "trials.parquet", index=False)
+    StudyStore(str(path)).write_bytes("trials.parquet", tables.write_table("trials", table))
     return table
 
 
@@ -341,7 +316,14 @@ def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
                 ("randomisation_passed", 0.0 if failed else 1.0),
             ):
                 quality.append(
-                    {"trial_id": tid, "method": method, "metric": metric, "mean": value, "std": 0.0, "n": n}
+                    {
+                        "trial_id": tid,
+                        "method": method,
+                        "metric": metric,
+                        "mean": value,
+                        "std": 0.0,
+                        "n": n,
+                    }
                 )
         for j in range(3):
             target = layout.prototype_path(study, tid, 0, j)
@@ -410,45 +392,29 @@ def make_regression_study(
     (study / "study.json").write_text(
         json.dumps({"status": "finished", "dataset": config["dataset"]})
     )
-    trials, folds = [], []
+    store = StudyStore(str(study))
+    recorder = StudyRecorder(store, k=k, max_epochs=3, flush_every_s=float("inf"))
     for i in range(n_trials):
         tid = f"r{i:04d}"
         per = [
             {"r2": float(rng.uniform(0.3, 0.8)), "mae": float(rng.uniform(0.05, 0.2))}
             for _ in range(k)
         ]
-        for f, row in enumerate(per):
-            folds.append(
-                {
-                    "trial_id": tid,
-                    "fold": f,
-                    "n_val": 20,
-                    "r2/tumour": row["r2"],
-                    "mae/tumour": row["mae"],
-                    **row,
-                }
-            )
-        means = {}
+        details = [
+            {"fold": f, "n_val": 20, "r2/tumour": row["r2"], "mae/tumour": row["mae"], **row}
+            for f, row in enumerate(per)
+        ]
+        report = {"epoch": 3}
         for m in ("r2", "mae", "r2/tumour", "mae/tumour"):
             values = [r[m.split("/")[0]] for r in per]
-            means[f"val/{m}"], means[f"val/{m}_std"] = (
+            report[f"val/{m}"], report[f"val/{m}_std"] = (
                 float(np.mean(values)),
                 float(np.std(values, ddof=1)),
             )
         params = {"family": "small_cnn", "small_cnn": {"filters": 16}, "train": {"lr": 0.001}}
-        trials.append(
-            {
-                "trial_id": tid,
-                "number": i,
-                "status": "completed",
-                "family": "small_cnn",
-                "params": json.dumps(params),
-                "epochs_done": 3,
-                **means,
-            }
-        )
-    pd.DataFrame(trials).to_parquet(study / "trials.parquet", index=False)
-    pd.DataFrame(folds).to_parquet(study / "folds.parquet", index=False)
+        recorder.started(tid, params)
+        recorder.reported(tid, report)
+        recorder.completed(tid, checkpoint=str(study / "tune" / tid), fold_details=details)
     yy, xx = np.mgrid[0:size, 0:size]
     rows = []
     for j in range(10):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cytotune.engine.search.store import StudyStore
 
 from .conftest import screenshot, wait_for
 
@@ -40,7 +41,7 @@ def open_page(driver, server, path: str, ready_css: str):
 
 def test_leaderboard_shows_every_trial_ranked(browser, server, studies_root):
     open_page(browser, server, "/leaderboard?study=alpha", '#lb-table td[data-dash-column="trial"]')
-    trials = pd.read_parquet(studies_root / "alpha" / "trials.parquet")
+    trials = StudyStore(str(studies_root / "alpha")).table("trials")
     best = trials.sort_values("val/balanced_accuracy", ascending=False).iloc[0]
     wait_for(browser, lambda d: len(cells(d, "trial")) == len(trials))
     assert cells(browser, "trial")[0] == best["trial_id"]
@@ -54,7 +55,7 @@ def test_leaderboard_shows_every_trial_ranked(browser, server, studies_root):
 def test_leaderboard_sort_filter_and_hide_pruned(browser, server, studies_root):
     from selenium.webdriver.common.keys import Keys
 
-    trials = pd.read_parquet(studies_root / "alpha" / "trials.parquet")
+    trials = StudyStore(str(studies_root / "alpha")).table("trials")
     open_page(browser, server, "/leaderboard?study=alpha", '#lb-table td[data-dash-column="trial"]')
     wait_for(browser, lambda d: len(cells(d, "trial")) == len(trials))
     # sort by log loss, ascending (one click on the header's sort arrow)
@@ -85,7 +86,7 @@ def test_leaderboard_sort_filter_and_hide_pruned(browser, server, studies_root):
 
 
 def test_trial_page(browser, server, studies_root):
-    trials = pd.read_parquet(studies_root / "alpha" / "trials.parquet")
+    trials = StudyStore(str(studies_root / "alpha")).table("trials")
     best = trials.sort_values("val/balanced_accuracy", ascending=False).iloc[0]
     open_page(
         browser, server, "/leaderboard?study=alpha", '#lb-table td[data-dash-column="trial"] a'
@@ -311,7 +312,7 @@ def test_screenshots_of_a_real_study(browser):
     study = Path(os.environ["CYTOTUNE_DEMO_STUDY"])
     srv = Server(study)
     try:
-        trials = pd.read_parquet(study / "trials.parquet")
+        trials = StudyStore(str(study)).table("trials")
         best = trials.sort_values("val/balanced_accuracy", ascending=False)["trial_id"].iloc[0]
         for name, path, ready in (
             ("leaderboard", "/", '#lb-table td[data-dash-column="trial"]'),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-import pandas as pd
 import pytest
+from cytotune.engine.search.recorder import StudyRecorder
+from cytotune.engine.search.store import StudyStore
 
 from .conftest import Server, wait_for
 from .factory import make_study, make_trials_table
@@ -100,11 +101,12 @@ def test_running_search_appears_without_reload(browser, tmp_path):
     try:
         browser.get(srv.url + "/leaderboard")
         wait_for(browser, lambda d: len(_texts(d, '#lb-table td[data-dash-column="trial"]')) == 3)
-        trials = pd.read_parquet(tmp_path / "live" / "trials.parquet")
-        extra = trials.iloc[[0]].assign(trial_id="t99999", number=99, status="running")
         time.sleep(0.05)  # a new mtime for the rewritten table
-        pd.concat([trials, extra]).to_parquet(tmp_path / "live" / "trials.parquet.tmp", index=False)
-        (tmp_path / "live" / "trials.parquet.tmp").replace(tmp_path / "live" / "trials.parquet")
+        # the search's recorder starts a trial and rewrites the table (atomically)
+        sample = {"family": "small_cnn", "small_cnn": {"filters": 8}, "train": {"lr": 1e-3}}
+        StudyRecorder(StudyStore(str(tmp_path / "live")), k=3, max_epochs=4).started(
+            "t99999", sample
+        )
         wait_for(
             browser,
             lambda d: "t99999" in _texts(d, '#lb-table td[data-dash-column="trial"]'),
