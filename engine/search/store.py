@@ -17,13 +17,13 @@ half-written table. Only the search driver writes.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.fs as pafs
+from cytotune.engine.io import atomic_write_bytes
 
 from . import tables
 from .tables import TrialRow
@@ -70,14 +70,14 @@ class StudyStore:
     def write_bytes(self, name: str, data: bytes) -> None:
         """Atomic write: temporary file then rename (a move on object stores)."""
         target = self.join(name)
+        if self.is_local:
+            atomic_write_bytes(target, data)
+            return
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         tmp = f"{target}.{uuid.uuid4().hex[:8]}.tmp"
         with self.fs.open_output_stream(tmp) as handle:
             handle.write(data)
-        if self.is_local:
-            os.replace(tmp, target)
-        else:
-            self.fs.move(tmp, target)
+        self.fs.move(tmp, target)
 
     def read_bytes(self, name: str) -> bytes:
         with self.fs.open_input_stream(self.join(name)) as handle:
