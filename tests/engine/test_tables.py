@@ -109,3 +109,14 @@ def test_key_params_has_one_definition():
     assert tables.key_params(json.dumps(SAMPLE)) == tables.key_params(SAMPLE)
     assert tables.key_params("not json") == "" and tables.key_params(None) == ""
     assert tables.key_params(pd.NA) == ""
+
+
+def test_the_dashboard_says_how_to_upgrade_an_old_study(tmp_path):
+    from cytotune.dashboard.data import Study, StudyUnreadable
+
+    store = _recorded(tmp_path)
+    target = tmp_path / "study" / "trials.parquet"
+    pq.read_table(target).replace_schema_metadata(None).to_pandas().to_parquet(target)
+    with pytest.raises(StudyUnreadable, match=r"upgrade.*tables upgrade STUDY_DIR"):
+        Study("old", store.path).trials()
+    assert Study("old", store.path).summary()["status"] == "unreadable"
