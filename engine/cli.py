@@ -62,6 +62,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# What the commands raise for bad input (cytotune's own errors: StudyError, SpaceError,
+# BundleError, ... are ValueErrors): shown as one line. Anything else, TypeError included, is a
+# bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser; only ``command``'s module is imported (all of them when None)."""
     parser = argparse.ArgumentParser(
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as exc:
+    except USER_ERRORS as exc:
         print(f"cytotune {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -27,3 +27,23 @@ def _grep(pattern: str, skip: tuple[str, ...] = ()) -> list[str]:
 def test_no_hand_written_file_locks():
     """Inter-process locks come from ``filelock`` (see engine/export/aliases.py)."""
     assert _grep(r"\bfcntl\b|\bflock\(") == []
+
+
+def test_no_test_hooks_or_test_helpers_in_the_packages():
+    """Fault injection lives in tests/engine/plugins (a plugin the test's study lists), the
+    headless browser in tests/dashboard/browser.py, the map encoder of hand-built studies in
+    tests/maps.py: nothing the installed trainable checks every epoch, nothing only tests import."""
+    assert _grep(r"(?i)fail.?once|inject(ed)? failure|fault.injection") == []
+    assert _grep(r"(?i)\bselenium\b|chromedriver|webdriver") == []
+    assert _grep(r"\bdef encode_map\b") == []
+    assert not (ROOT / "dashboard" / "browser.py").exists()
+
+
+def test_the_cli_shows_a_traceback_for_bugs():
+    """Only user-facing errors (cytotune's own, all ValueErrors, and missing or existing files)
+    become one-line messages; tests/engine/test_cli.py runs it."""
+    from cytotune.engine.cli import USER_ERRORS
+
+    assert TypeError not in USER_ERRORS
+    assert not any(issubclass(TypeError, e) for e in USER_ERRORS)
+    assert not any(issubclass(AttributeError, e) for e in USER_ERRORS)

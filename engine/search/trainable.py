@@ -10,26 +10,9 @@ from __future__ import annotations
 
 import tempfile
 import time
-from pathlib import Path
 
 from .crossval import CrossValidation
 from .study import StudyConfig, load_plugins
-
-# Fault-injection hook for tests and drills: a file of this name in the study directory holding
-# a number makes the next trial reaching that epoch (race: epochs) or that many folds done
-# (race: folds) fail once (the file is then renamed).
-FAIL_ONCE_FILE = "fail-once-at-epoch"
-
-
-def _maybe_fail(study: StudyConfig, epoch: int) -> None:
-    hook = Path(study.study_dir) / FAIL_ONCE_FILE
-    if "://" in study.study_dir or not hook.is_file() or hook.read_text().strip() != str(epoch):
-        return
-    try:
-        hook.rename(hook.with_suffix(".done"))
-    except FileNotFoundError:  # another trial took it
-        return
-    raise RuntimeError(f"injected failure at epoch {epoch} ({FAIL_ONCE_FILE})")
 
 
 def pick_device(gpus: float) -> str:
@@ -67,4 +50,3 @@ def run_trial(config: dict, study: StudyConfig, plugin_sources: dict | None = No
         else:
             tune.report(report)
         cv.add_time("report_total", time.perf_counter() - tick)  # checkpoint + tune.report
-        _maybe_fail(study, cv.folds_done if study.budget.race == "folds" else cv.epoch)

@@ -141,14 +141,6 @@ def safe_name(name: str) -> str:
     return out.lstrip(".") or "_"
 
 
-def encode_map(array: np.ndarray) -> tuple[bytes, list[int]]:
-    """float16 bytes and shape (C, H, W) of one map."""
-    array = np.ascontiguousarray(array, dtype=np.float16)
-    if array.ndim == 2:
-        array = array[None]
-    return array.tobytes(), list(array.shape)
-
-
 def decode_map(data: bytes, shape) -> np.ndarray:
     """One stored map as a float32 array of ``shape`` (C, H, W)."""
     return (

@@ -64,7 +64,7 @@ def browser():
         import selenium  # noqa: F401
     except ImportError:
         pytest.skip("selenium is not installed (pip install -e '.[dev]')")
-    from cytotune.dashboard.browser import headless_chromium
+    from tests.dashboard.browser import headless_chromium
 
     try:
         driver = headless_chromium()

@@ -24,6 +24,8 @@ from cytotune.engine.search.store import StudyStore
 from cytotune.explainers.job import layout
 from PIL import Image
 
+from tests.maps import encode_map
+
 FAMILIES = ("small_cnn", "backbone", "mhl_attention")
 CLASSES = ("metastasizing", "normal")
 METRICS = ("balanced_accuracy", "accuracy", "f1_macro", "f1_weighted", "auc_macro", "log_loss")
@@ -213,7 +215,7 @@ def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
                 amap = np.stack(
                     [blob * (j + 1) / channels for j in range(channels)]
                 )  # (channels, H, W)
-                data, shape = layout.encode_map(amap)
+                data, shape = encode_map(amap)
                 label = label_names[i]
                 correct = bool(rng.random() < 0.75)
                 prediction = label if correct else next(x for x in CLASSES if x != label)
@@ -418,7 +420,7 @@ def make_regression_study(
     yy, xx = np.mgrid[0:size, 0:size]
     rows = []
     for j in range(10):
-        data, shape = layout.encode_map(np.exp(-((yy - j) ** 2 + (xx - 8) ** 2) / 20.0))
+        data, shape = encode_map(np.exp(-((yy - j) ** 2 + (xx - 8) ** 2) / 20.0))
         true, pred = float(rng.uniform(0, 1)), float(rng.uniform(0, 1))
         rows.append(
             {"cell_id": f"patch-{j}", "trial_id": "r0000", "method": "gradcam", "fold": j % k, "label": "", "label_index": -1,

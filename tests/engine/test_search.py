@@ -16,6 +16,8 @@ import pytest
 import yaml
 from cytotune.engine.search import StudyConfig, StudyError, StudyStore
 
+FAIL_ONCE_PLUGIN = Path(__file__).parent / "plugins" / "fail_once.py"
+
 TINY_SPACE = {
     "name": "tiny",
     "default_family": "small_cnn",
@@ -168,8 +170,9 @@ def test_smoke_study_writes_a_complete_store(workspace, ray_local):
 
 
 def test_injected_failure_is_retried_from_checkpoint(workspace, ray_local):
+    """The failure comes from a test plugin (tests/engine/plugins/fail_once.py) that the study
+    file lists: the installed trainable has no fault-injection hook."""
     from cytotune.engine.search.runner import run_search
-    from cytotune.engine.search.trainable import FAIL_ONCE_FILE
 
     study = StudyConfig.from_yaml(
         _study_file(
@@ -177,25 +180,18 @@ def test_injected_failure_is_retried_from_checkpoint(workspace, ray_local):
             "retry",
             budget={"trials": 1, "max_epochs": 2, "grace_epochs": 1},
             scheduler="none",
+            plugins=[str(FAIL_ONCE_PLUGIN)],
         )
     )
-    Path(study.study_dir).mkdir(parents=True)
-    (Path(study.study_dir) / FAIL_ONCE_FILE).write_text("1")
     store = run_search(study, verbose=False)
     trial = store.table("trials").iloc[0]
-    assert (Path(study.study_dir) / FAIL_ONCE_FILE).with_suffix(".done").is_file(), (
-        "the failure was injected"
-    )
-    assert (
-        trial["status"] == "completed"
-        and trial["retries"] == 1
-        and "injected failure" in trial["last_error"]
-    )
+    assert (Path(study.study_dir) / "injected-failure").is_file(), "the failure was injected"
+    assert trial["status"] == "completed"
+    assert trial["retries"] == 1
+    assert "injected failure" in trial["last_error"]
     epochs = store.table("epochs")
-    assert sorted(epochs[epochs["fold"] == -1]["epoch"]) == [
-        1,
-        2,
-    ]  # resumed at epoch 2, nothing repeated
+    resumed = sorted(epochs[epochs["fold"] == -1]["epoch"])
+    assert resumed == [1, 2]  # resumed at epoch 2, nothing repeated
 
 
 def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):

@@ -10,10 +10,12 @@ import torch
 from cytotune.explainers.job.attention import received_attention
 from cytotune.explainers.job.config import ExplainConfig, parse_method
 from cytotune.explainers.job.figures import diverging, grid
-from cytotune.explainers.job.layout import decode_map, encode_map, safe_name
+from cytotune.explainers.job.layout import decode_map, safe_name
 from cytotune.explainers.job.maps import AttachFold
 from cytotune.explainers.job.overlays import pick_cells
 from cytotune.explainers.job.prototypes import _crop
+
+from tests.maps import encode_map
 
 
 def test_parse_method_options_and_errors():
@@ -51,11 +53,16 @@ def test_changed_method_options_change_only_that_methods_key():
 
 
 def test_map_encoding_round_trip_in_float16():
+    """The tests' encoder (tests/maps.py) writes the bytes the explain workers write."""
+    from cytotune.explainers.job.worker import binary_column
+
     x = np.random.default_rng(0).normal(size=(3, 5, 7)).astype(np.float32)
     data, shape = encode_map(x)
-    assert shape == [3, 5, 7] and len(data) == x.size * 2
+    assert shape == [3, 5, 7]
+    assert len(data) == x.size * 2
     np.testing.assert_array_equal(decode_map(data, shape), x.astype(np.float16).astype(np.float32))
     assert encode_map(x[0])[1] == [1, 5, 7]
+    assert binary_column(x[None].astype(np.float16))[0].as_py() == data
 
 
 def test_safe_names_cannot_leave_the_directory():

@@ -1,4 +1,5 @@
-"""Headless chromium through selenium, for the dashboard's browser tests and screenshots."""
+"""Headless chromium through selenium, for the dashboard's browser tests and the screenshots
+of bench/real/screenshots.py (test-only: not part of the installed package)."""
 
 from __future__ import annotations
 
