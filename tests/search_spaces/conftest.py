@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cytotune.search_spaces.models import list_models
 
 # resnet10t with a few channels per stage: ~14k parameters.
 TINY_TIMM = {"channels": [8, 8, 16, 16], "stem_width": 8}
@@ -38,11 +39,13 @@ VARIANTS = {
     "protopnet": ("protopnet", {}),
     "small_cnn": ("small_cnn", {"kernel_size": 2, "batch_norm": True, "dense_layers": 2}),
 }
+# A family added without an entry above is tested with its default args.
+VARIANTS |= {f: (f, {}) for f in list_models() if f not in {v[0] for v in VARIANTS.values()}}
 
 
 def tiny(family: str, **overrides) -> dict:
     """Tiny model args for ``family``."""
-    return {**TINY[family], **overrides}
+    return {**TINY.get(family, {}), **overrides}
 
 
 def unzero(model: torch.nn.Module) -> torch.nn.Module:
