@@ -178,17 +178,25 @@ class ModelConfig:
         in_chans: number of input channels N (channels are never coerced to RGB).
         task: the task spec.
         args: the family's frozen args dataclass (see ``family_args(family)``).
+        plugin: for a family from outside cytotune, the module name or ``.py`` path that
+            registers it (set from the registry; imported when the family is not registered).
     """
 
     family: str
     in_chans: int = 3
     task: TaskSpec = field(default_factory=TaskSpec)
     args: Any = None
+    plugin: str | None = None
 
     def __post_init__(self) -> None:
-        from .models.registry import family_args
+        from .models.plugins import import_plugins
+        from .models.registry import family_args, get_family, is_registered
 
+        if self.plugin and not is_registered(self.family):
+            import_plugins([self.plugin])
         args_cls = family_args(self.family)
+        if self.plugin is None:
+            object.__setattr__(self, "plugin", get_family(self.family).plugin)
         object.__setattr__(self, "task", TaskSpec.parse(self.task))
         check_fields(self)
         if self.in_chans < 1:
@@ -205,6 +213,8 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with top-level fields (``in_chans``, ``task``) or family args replaced."""
         top = {k: changes.pop(k) for k in ("family", "in_chans", "task", "args") if k in changes}
+        if "family" in top:
+            top["plugin"] = None  # the new family's own, from the registry
         if "task" in top:
             top["task"] = TaskSpec.parse(top["task"])
         if changes:
@@ -213,19 +223,24 @@ class ModelConfig:
         return dataclasses.replace(self, **top)
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
+        data = to_jsonable(self)
+        if data["plugin"] is None:  # cytotune's own families: no key
+            del data["plugin"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        extra = set(data) - {"family", "in_chans", "task", "args"}
+        extra = set(data) - {"family", "in_chans", "task", "args", "plugin"}
         if extra:
             raise ValueError(
-                f"unknown model config keys {sorted(extra)}; expected family, in_chans, task, args"
+                f"unknown model config keys {sorted(extra)}; expected family, in_chans, task, "
+                "args (and plugin)"
             )
         if "family" not in data:
             raise ValueError("a model config needs a 'family'")
         task = TaskSpec.parse(data.get("task", "binary"))
-        return cls(data["family"], data.get("in_chans", 3), task, dict(data.get("args") or {}))
+        args = dict(data.get("args") or {})
+        return cls(data["family"], data.get("in_chans", 3), task, args, data.get("plugin"))
 
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)

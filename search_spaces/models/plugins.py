@@ -1,5 +1,9 @@
 """Plugins: the user's own modules that register model families (or explainers) on import.
 
+A family records the plugin that registered it (``ModelConfig.plugin``, so in each
+checkpoint's ``config.json``), and rebuilding the model imports it again wherever the family is
+not registered yet: explain workers, ``cytotune pull``, a notebook.
+
 A study file lists them under ``plugins:``, each an importable module name (``mylab.models``,
 installed or on ``PYTHONPATH`` of every node) or a path to a ``.py`` file. The search driver
 imports them before it reads the search space, and every Ray trial imports them before it
@@ -58,6 +62,16 @@ def import_plugins(
 
 
 def _import_one(plugin: str, sources: Mapping[str, str]) -> ModuleType:
+    from .registry import LOADING_PLUGINS
+
+    LOADING_PLUGINS.append(plugin)  # families registered now record where they came from
+    try:
+        return _load(plugin, sources)
+    finally:
+        LOADING_PLUGINS.pop()
+
+
+def _load(plugin: str, sources: Mapping[str, str]) -> ModuleType:
     if not is_plugin_file(plugin):
         try:
             return importlib.import_module(plugin)

@@ -17,16 +17,20 @@ from .tasks import capabilities_of
 
 @dataclass(frozen=True)
 class FamilyEntry:
-    """A registered family: its model class and its typed args dataclass."""
+    """A registered family: its model class, its typed args dataclass and, for a family from
+    outside cytotune, the plugin (module name or ``.py`` path) that registers it again."""
 
     name: str
     model_cls: type[nn.Module]
     args_cls: type
     doc: str
+    plugin: str | None = None
 
 
 _FAMILIES: dict[str, FamilyEntry] = {}
 _TOP_LEVEL = ("in_chans", "task", "num_outputs", "target_names")
+# The plugins being imported now, innermost last (see ``plugins.import_plugins``).
+LOADING_PLUGINS: list[str] = []
 
 
 def register_family(name: str, *, args: type) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -50,11 +54,30 @@ def register_family(name: str, *, args: type) -> Callable[[type[nn.Module]], typ
             )
         check_capabilities(name, cls)
         doc = (cls.__doc__ or "").strip().splitlines()
-        _FAMILIES[name] = FamilyEntry(name, cls, args, doc[0] if doc else "")
+        _FAMILIES[name] = FamilyEntry(name, cls, args, doc[0] if doc else "", _plugin_of(cls))
         cls.family_name = name
         return cls
 
     return decorator
+
+
+def _plugin_of(cls: type) -> str | None:
+    """What imports ``cls``'s family again in another process: the plugin being imported, else
+    its module when that is neither cytotune's own nor a script's ``__main__``."""
+    if LOADING_PLUGINS:
+        return LOADING_PLUGINS[-1]
+    module = cls.__module__
+    return None if module.split(".")[0] in ("cytotune", "__main__") else module
+
+
+def is_registered(name: str) -> bool:
+    return name in _FAMILIES
+
+
+def unregister_family(name: str) -> None:
+    """Remove a family (a plugin's, to import it again); unknown names raise ValueError."""
+    get_family(name)
+    del _FAMILIES[name]
 
 
 def check_capabilities(name: str, cls: type[nn.Module]) -> None:

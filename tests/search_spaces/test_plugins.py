@@ -9,8 +9,9 @@ import textwrap
 
 import pytest
 import yaml
-from cytotune.search_spaces.models import registry
+from cytotune.search_spaces.models import list_models
 from cytotune.search_spaces.models.plugins import import_plugins, plugin_module_name
+from cytotune.search_spaces.models.registry import unregister_family
 
 FAMILY = "tiny_plugin_net"
 
@@ -55,11 +56,11 @@ PLUGIN = textwrap.dedent(
 @pytest.fixture
 def clean_registry():
     """Registry and sys.modules as they were: the plugin family must not leak into other tests."""
-    families = dict(registry._FAMILIES)
+    families = set(list_models())
     modules = set(sys.modules)
     yield
-    registry._FAMILIES.clear()
-    registry._FAMILIES.update(families)
+    for name in set(list_models()) - families:
+        unregister_family(name)
     for name in set(sys.modules) - modules:
         if name.startswith("cytotune_plugin_") or name.startswith("lab_plugin"):
             del sys.modules[name]
@@ -73,7 +74,7 @@ def _write_plugin(directory):
 
 
 def test_plugin_file_registers_its_family_once(tmp_path, clean_registry):
-    from cytotune.search_spaces.models import capabilities_of, create_model, list_models
+    from cytotune.search_spaces.models import capabilities_of, create_model
 
     path = _write_plugin(tmp_path)
     assert FAMILY not in list_models()
@@ -84,9 +85,23 @@ def test_plugin_file_registers_its_family_once(tmp_path, clean_registry):
     assert model.conv[0].out_channels == 5 and not capabilities_of(model).takes_mask
 
 
-def test_plugin_source_is_used_where_the_file_is_absent(tmp_path, clean_registry):
-    from cytotune.search_spaces.models import list_models
+def test_model_configs_name_their_plugin_and_import_it_again(tmp_path, clean_registry):
+    from cytotune.search_spaces import ModelConfig
+    from cytotune.search_spaces.models import create_model
 
+    assert "plugin" not in create_model("small_cnn").config.to_dict()  # cytotune's own
+    path = _write_plugin(tmp_path)
+    import_plugins([str(path)])
+    data = create_model(FAMILY, in_chans=2, width=3).config.to_dict()
+    assert data["plugin"] == str(path)
+    unregister_family(FAMILY)
+    del sys.modules[plugin_module_name(str(path))]
+    config = ModelConfig.from_dict(data)  # a fresh process: the family is not registered
+    assert config.args.width == 3 and FAMILY in list_models()
+    assert config.replace(family="small_cnn", args=None).plugin is None
+
+
+def test_plugin_source_is_used_where_the_file_is_absent(tmp_path, clean_registry):
     missing = str(tmp_path / "elsewhere" / "my_family.py")
     with pytest.raises(ImportError, match="plugin file .*elsewhere/my_family.py not found"):
         import_plugins([missing])
@@ -96,7 +111,6 @@ def test_plugin_source_is_used_where_the_file_is_absent(tmp_path, clean_registry
 
 def test_plugin_module_names_and_errors(tmp_path, monkeypatch, clean_registry):
     from cytotune.engine.search import StudyConfig, StudyError
-    from cytotune.search_spaces.models import list_models
 
     package = tmp_path / "lab_plugins"
     package.mkdir()
@@ -154,5 +168,12 @@ def test_family_from_a_plugin_file_is_searched_on_a_ray_worker(tmp_path, ray_loc
     assert list(trials["status"]) == ["completed"], trials.get("error")
     built = {int(p.name.split("-")[-1]) for p in plugin.parent.glob("built-by-*")}
     assert built and os.getpid() not in built  # built by a Ray worker, not by this driver
-    model, config = load_model(f"{trials['checkpoint'].iloc[0]}/fold_0")
+    fold_dir = f"{trials['checkpoint'].iloc[0]}/fold_0"
+    model, config = load_model(fold_dir)
     assert config["model"]["family"] == FAMILY and type(model).__name__ == "TinyNet"
+    # the checkpoint names its plugin: a process that never imported it rebuilds the model
+    assert config["model"]["plugin"] == str(plugin)
+    unregister_family(FAMILY)
+    del sys.modules[plugin_module_name(str(plugin))]
+    model, _ = load_model(fold_dir)
+    assert type(model).__name__ == "TinyNet" and FAMILY in list_models()
