@@ -11,136 +11,42 @@ joins and the explain job spreads its actors over the head and ``c``.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import threading
 import time
 from pathlib import Path
-from unittest import mock
 
-import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from cytotune.engine.search import StudyConfig
+
+from .multinode import (
+    check_maps_against_direct,
+    checkpointed_trial_on,
+    file_tree,
+    reference_scores,
+    start_cluster,
+    study_config,
+    tune_results,
+    write_workspace,
+)
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 4
 
-SPACE = {
-    "name": "tiny",
-    "default_family": "small_cnn",
-    "families": {
-        "small_cnn": {
-            "conv_layers": {"type": "int", "low": 1, "high": 2, "default": 2},
-            "filters": {"type": "categorical", "choices": [4, 8], "default": 8},
-            "dense_units": 16,
-            "dense_layers": 1,
-            "dropout": 0.0,
-        }
-    },
-    "train": {
-        "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True, "default": 3e-3},
-        "batch_size": 32,
-    },
-}
-
-
-def _tree(root: Path, skip: Path | None = None) -> dict[str, tuple[int, int]]:
-    """Every file under ``root`` (outside ``skip``) with its modification time and size."""
-    out = {}
-    for path in root.rglob("*"):
-        if skip is not None and path.is_relative_to(skip):
-            continue
-        if path.is_file():
-            stat = path.stat()
-            out[str(path)] = (stat.st_mtime_ns, stat.st_size)
-    return out
-
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     """Two Ray nodes of 2 CPUs each: the head (where this process, the driver, connects) and
     worker ``b``. A trial takes 2 CPUs, so the two trials of a study run one on each node."""
-    import ray
-    from cytotune.engine.cluster import ensure_ray
-    from ray.cluster_utils import Cluster
-
-    was_local = ray.is_initialized()  # the session's one-node Ray (tests/conftest.py)
-    ray.shutdown()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "resources": {"node_head": 1}, "include_dashboard": False},
-    )
-    # Cluster notes its address in /tmp/ray/ray_current_cluster, where any ray.init() without
-    # an address on this machine would find it and join: only this test may use it
-    ray._common.utils.reset_ray_address()
-    worker = cluster.add_node(num_cpus=2, resources={"node_b": 1})
-    cluster.wait_for_nodes()
-    ensure_ray(cluster.address, log=None)
-    yield cluster, cluster.head_node, worker
-    ray.shutdown()
-    cluster.shutdown()
-    if was_local:
-        ensure_ray(num_cpus=2, log=None)
+    with start_cluster(head_cpus=2, workers={"node_b": 2}) as (ray_cluster, head, (worker,)):
+        yield ray_cluster, head, worker
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from cytotune.engine.data import DatasetWriter
-    from cytotune.engine.data.folds import make_folds, save_folds
-    from cytotune.engine.synth import write_dataset
-
-    root = tmp_path_factory.mktemp("multinode")
-    # shards of 32 rows: Ray Data gets several read tasks, so both explain actors get work
-    with mock.patch(
-        "cytotune.engine.synth.generate.DatasetWriter", functools.partial(DatasetWriter, rows_per_shard=32)
-    ):
-        write_dataset("metastasis", root / "dataset", n=128, size=24, seed=0, progress=False)
-    # the folds up front, so the search itself has nothing to write into the dataset
-    save_folds(root / "dataset", make_folds(root / "dataset", k=2, group="well", name="k2-well"))
-    (root / "tiny.yaml").write_text(yaml.safe_dump(SPACE))
-    return root
-
-
-def _study(root: Path, name: str) -> StudyConfig:
-    data = {
-        "name": name,
-        "dataset": "dataset",
-        "folds": {"k": 2, "group": "well"},
-        "space": "tiny.yaml",
-        "budget": {"trials": 2, "max_epochs": EPOCHS, "grace_epochs": 1, "race": "epochs"},
-        "resources": {"cpus": 2},
-        "objective": {"metric": "balanced_accuracy"},
-        "train": {"loader": "inprocess", "augment": "none"},
-        "sampler": "random",
-        "scheduler": "none",
-        "seed": 3,
-        "storage": "studies",
-        "max_failures": 2,
-    }
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return StudyConfig.from_yaml(path)
-
-
-def _reference(study: StudyConfig, params: dict) -> dict:
-    """The configuration trained in this process, without Ray, on the 2 threads Ray gives a
-    2-CPU trial."""
-    import torch
-    from cytotune.engine.search.crossval import CrossValidation
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        cv = CrossValidation(study, params)
-        while not cv.finished:
-            report, _ = cv.step()
-    finally:
-        torch.set_num_threads(threads)
-    return report
+    return write_workspace(tmp_path_factory.mktemp("multinode"))
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +56,9 @@ def searched(cluster, workspace):
     from cytotune.engine.search.runner import run_search
 
     ray_cluster, _, worker = cluster
-    study = _study(workspace, "spread")
+    study = study_config(workspace, "spread", trials=2, epochs=EPOCHS)
     home = Path.home() / "ray_results"
-    before = _tree(workspace), sorted(os.listdir(home)) if home.is_dir() else None
+    before = file_tree(workspace), sorted(os.listdir(home)) if home.is_dir() else None
     cwd_before = sorted(os.listdir(Path.cwd()))
     outcome: dict = {}
 
@@ -167,38 +73,13 @@ def searched(cluster, workspace):
     tune_dir = Path(study.study_dir) / "tune"
     deadline, lost = time.time() + 90, None
     while time.time() < deadline and driver.is_alive() and lost is None:
-        lost = _checkpointed_trial_on(worker.node_id, tune_dir)
+        lost = checkpointed_trial_on(worker.node_id, tune_dir, EPOCHS)
         time.sleep(0.05)
     assert lost is not None, "no trial reached a checkpoint on worker b while it ran"
     ray_cluster.remove_node(worker)
     driver.join(timeout=120)
     assert not driver.is_alive() and "error" not in outcome, outcome.get("error")
     return study, outcome["store"], lost, before, cwd_before
-
-
-def _checkpointed_trial_on(node_id: str, tune_dir: Path) -> str | None:
-    """A running trial whose Tune actor lives on ``node_id`` and that has a checkpoint."""
-    import ray._private.state
-
-    pids = {
-        a["Pid"]
-        for a in ray._private.state.actors().values()
-        if a["State"] == "ALIVE" and a["Address"]["NodeID"] == node_id
-    }
-    for trial_dir in tune_dir.glob("trial_*"):
-        results = _results(trial_dir)
-        if results and results[-1]["epoch"] < EPOCHS and results[-1]["pid"] in pids:
-            if any(trial_dir.glob("checkpoint_*")):
-                return trial_dir.name[len("trial_") :]
-    return None
-
-
-def _results(trial_dir: Path) -> list[dict]:
-    """Tune's own record of a trial's reported results (result.json, one line each)."""
-    path = trial_dir / "result.json"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_trials_spread_over_nodes_and_match_a_one_node_run(cluster, searched):
@@ -211,7 +92,7 @@ def test_trials_spread_over_nodes_and_match_a_one_node_run(cluster, searched):
     # same seed, same sampled configurations, same scores as one process without Ray; the
     # trial moved to the head after its node was lost included (restored, not restarted)
     for row in trials.to_dict("records"):
-        expected = _reference(study, json.loads(row["params"]))
+        expected = reference_scores(study, json.loads(row["params"]))
         for key in ("val/log_loss", "val/auc_macro", "val/balanced_accuracy", "train_loss"):
             assert row[key] == pytest.approx(expected[key], abs=1e-6), (row["trial_id"], key)
 
@@ -232,7 +113,7 @@ def test_a_lost_worker_node_loses_no_trial_and_its_trial_resumes_elsewhere(clust
     # from the trial's storage, so a line written after the last sync may be gone, and an epoch
     # the lost node reported after its checkpoint is reported again. The store holds every
     # epoch exactly once (below).
-    results = _results(Path(store.tune_dir) / f"trial_{lost}")
+    results = tune_results(Path(store.tune_dir) / f"trial_{lost}")
     starts = [r["epoch"] for r in results if r["iterations_since_restore"] == 1]
     assert len(starts) == 2 and starts[0] == 1 and starts[1] > 1
     epochs = store.table("epochs")
@@ -250,7 +131,7 @@ def test_nothing_is_written_outside_the_study_directory(workspace, searched):
     _, store, _, (files_before, results_before), cwd_before = searched
     study_dir = Path(store.path)
     assert study_dir.is_relative_to(workspace / "studies")
-    after = _tree(workspace, skip=study_dir)
+    after = file_tree(workspace, skip=study_dir)
     changed = {p for p in set(after) | set(files_before) if after.get(p) != files_before.get(p)}
     assert not changed, sorted(changed)
     home = Path.home() / "ray_results"
@@ -308,30 +189,4 @@ def test_explain_job_spreads_its_actors_and_matches_a_direct_computation(cluster
     frame = pd.read_parquet(maps_path(plan.study_dir, trial.trial_id, "gradcam"))
     assert sorted(frame["cell_id"]) == sorted(plan.cells["cell_id"])  # each cell once
     for fold in (0, 1):
-        _check_maps_against_direct(plan, frame[frame["fold"] == fold], trial, fold)
-
-
-def _check_maps_against_direct(plan, frame, trial, fold: int) -> None:
-    import torch
-    from cytotune.engine.data.augment import normalize
-    from cytotune.engine.data.dataset import CellDataset
-    from cytotune.engine.train.checkpoint import load_model
-    from cytotune.explainers import create_explainer
-    from cytotune.explainers.job.layout import decode_map
-    from cytotune.explainers.job.worker import cam_layers
-
-    rows = plan.cells.set_index("cell_id").loc[frame["cell_id"], "row"].to_numpy()
-    model, cfg = load_model(trial.fold_dirs[fold])
-    norm = cfg["data"]["normalization"]
-    x = normalize(
-        torch.from_numpy(CellDataset(plan.dataset.path).images(rows).astype(np.float32)),
-        torch.tensor(norm["offset"]),
-        torch.tensor(norm["scale"]),
-    )
-    with torch.no_grad():
-        target = model(x).argmax(1)
-    np.testing.assert_array_equal(frame["prediction_index"], target.numpy())
-    explainer = create_explainer("gradcam", model, cam_layers(model, tuple(x.shape[1:]))[-1])
-    expected = explainer.attribute(x, target=target).detach().numpy()
-    stored = np.stack([decode_map(m, s) for m, s in zip(frame["map"], frame["map_shape"])])
-    np.testing.assert_allclose(stored, expected, atol=2e-3 * np.abs(expected).max(), rtol=2e-3)
+        check_maps_against_direct(plan, frame[frame["fold"] == fold], trial, fold)
