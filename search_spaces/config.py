@@ -8,7 +8,6 @@ A search samples a plain dict; :meth:`ModelConfig.from_sample` turns it into a f
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import types
 import typing
@@ -16,13 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cytotune.registry import close_matches
+
 TASK_KINDS = ("binary", "multiclass", "regression")
-
-
-def close_matches(name: str, options: typing.Iterable[str]) -> str:
-    """A ``" (did you mean 'x'?)"`` hint for ``name``, or an empty string."""
-    hits = difflib.get_close_matches(str(name), list(options), n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(repr(h) for h in hits)}?)" if hits else ""
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -47,3 +47,13 @@ def test_the_cli_shows_a_traceback_for_bugs():
     assert TypeError not in USER_ERRORS
     assert not any(issubclass(TypeError, e) for e in USER_ERRORS)
     assert not any(issubclass(AttributeError, e) for e in USER_ERRORS)
+
+
+def test_every_register_function_uses_the_one_registry():
+    """``register_*`` decorators sit on :class:`cytotune.registry.Registry`, not on a
+    hand-rolled dict with its own lookup and error message."""
+    modules = {hit.split(":")[0] for hit in _grep(r"^def register_\w+\(")}
+    assert modules, "no register_* function found: update this test"
+    for module in sorted(modules):
+        assert "Registry(" in (ROOT / module).read_text(), module
+    assert _grep(r"get_close_matches", skip=("cytotune/registry.py", "engine/metrics.py")) == []

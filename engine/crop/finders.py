@@ -7,15 +7,17 @@ image: 0 is background, 1..N one cell each, no overlaps. Register new finders wi
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 from collections.abc import Iterable
 
 import numpy as np
 
-# Modules that register a finder when imported (kept lazy: they import scikit-image or torch).
-_BUILTIN = {"classical": "cytotune.engine.crop.classical", "learned": "cytotune.engine.crop.learned"}
-_FINDERS: dict[str, type[Finder]] = {}
+from cytotune.registry import Registry
+
+# Built-in finders register when first asked for (their modules import scikit-image or torch).
+FINDERS: Registry[type[Finder]] = Registry(
+    "finder",
+    lazy={"classical": "cytotune.engine.crop.classical", "learned": "cytotune.engine.crop.learned"},
+)
 
 
 class Finder:
@@ -47,36 +49,21 @@ def register_finder(name: str):
     """Class decorator adding a :class:`Finder` subclass to the registry under ``name``."""
 
     def decorator(cls: type[Finder]) -> type[Finder]:
-        if name in _FINDERS and _FINDERS[name] is not cls:
-            raise ValueError(f"finder {name!r} is already registered")
+        FINDERS.add(name, cls)
         cls.name = name
-        _FINDERS[name] = cls
         return cls
 
     return decorator
 
 
-def _load_builtin(name: str) -> None:
-    import importlib
-
-    importlib.import_module(_BUILTIN[name])
-
-
 def list_finders(pattern: str = "*") -> list[str]:
     """Names of the registered finders matching a shell-style ``pattern``."""
-    names = set(_FINDERS) | set(_BUILTIN)
-    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+    return FINDERS.list(pattern)
 
 
 def create_finder(name: str, **kwargs) -> Finder:
     """Build a registered finder; unknown names raise ValueError listing close matches."""
-    if name not in _FINDERS and name in _BUILTIN:
-        _load_builtin(name)
-    if name not in _FINDERS:
-        close = difflib.get_close_matches(str(name), list_finders(), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown finder {name!r}{hint}; available: {list_finders()}")
-    return _FINDERS[name](**kwargs)
+    return FINDERS.get(name)(**kwargs)
 
 
 def normalise(image: np.ndarray, low: float = 0.5, high: float = 99.8) -> np.ndarray:

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cytotune.registry import Registry
+
 CHANNEL_AXES = ("auto", "first", "last")
-_READERS: dict[str, tuple[Callable[[Path], np.ndarray], str]] = {}
+# extension -> (reader, where that format keeps channels)
+READERS: Registry[tuple[Callable[[Path], np.ndarray], str]] = Registry("image file type")
 
 
 def register_reader(*extensions: str, channel_axis: str = "auto"):
@@ -24,14 +27,14 @@ def register_reader(*extensions: str, channel_axis: str = "auto"):
 
     def wrap(fn):
         for ext in extensions:
-            _READERS[ext] = (fn, channel_axis)
+            READERS.add(ext, (fn, channel_axis))
         return fn
 
     return wrap
 
 
 def supported_extensions() -> list[str]:
-    return sorted(_READERS)
+    return READERS.list()
 
 
 @register_reader(".png", ".jpg", ".jpeg", ".bmp", channel_axis="last")
@@ -70,12 +73,11 @@ def read_image(path: str | Path, channel_axis: str = "auto") -> np.ndarray:
             always keep channels last.
     """
     path = Path(path)
-    entry = _READERS.get(path.suffix.lower())
-    if entry is None:
+    if path.suffix.lower() not in READERS:
         raise ValueError(
             f"unsupported file type {path.suffix!r} ({path.name}); supported: {', '.join(supported_extensions())}"
         )
-    reader, native_axis = entry
+    reader, native_axis = READERS.get(path.suffix.lower())
     return to_chw(reader(path), channel_axis if native_axis == "auto" else native_axis)
 
 

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from cytotune.search_spaces.models import capabilities_of
 
+from cytotune.registry import Registry
+
 from .ensemble import BundleModel
 
 ONNX_OPSET = 17
@@ -54,23 +56,17 @@ class Format:
     install: str = ""
 
 
-FORMATS: dict[str, Format] = {}
+FORMATS: Registry[Format] = Registry("bundle format")
 
 
 def register_format(fmt: Format) -> Format:
-    FORMATS[fmt.name] = fmt
-    return fmt
+    """Add a weight format under ``fmt.name``."""
+    return FORMATS.add(fmt.name, fmt)
 
 
 def get_format(name: str) -> Format:
-    from cytotune.search_spaces.config import close_matches
-
-    if name not in FORMATS:
-        raise ValueError(
-            f"unknown bundle format {name!r}{close_matches(name, FORMATS)}; "
-            f"choose from {', '.join(FORMATS)}"
-        )
-    return FORMATS[name]
+    """The format registered as ``name``; unknown names raise ValueError with close matches."""
+    return FORMATS.get(name)
 
 
 def parse_formats(text: str | list[str]) -> list[str]:

@@ -7,12 +7,12 @@ live in ``layout.py`` and ``generate.py``. Register new tasks with ``@register_t
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
+
+from cytotune.registry import Registry
 
 
 def check_range(name: str, value, lo, hi, *, integer: bool = False, lo_open: bool = False):
@@ -152,17 +152,15 @@ class SynthTask:
         raise NotImplementedError
 
 
-_TASKS: dict[str, type[SynthTask]] = {}
+TASKS: Registry[type[SynthTask]] = Registry("synthetic task")
 
 
 def register_task(name: str):
     """Class decorator adding a :class:`SynthTask` subclass to the registry under ``name``."""
 
     def decorator(cls: type[SynthTask]) -> type[SynthTask]:
-        if name in _TASKS:
-            raise ValueError(f"synthetic task {name!r} is already registered")
+        TASKS.add(name, cls)
         cls.name = name
-        _TASKS[name] = cls
         return cls
 
     return decorator
@@ -170,13 +168,9 @@ def register_task(name: str):
 
 def list_tasks(pattern: str = "*") -> list[str]:
     """Names of the registered tasks matching a shell-style ``pattern``."""
-    return sorted(n for n in _TASKS if fnmatch.fnmatch(n, pattern))
+    return TASKS.list(pattern)
 
 
 def get_task(name: str) -> SynthTask:
     """Instantiate a registered task; unknown names raise ValueError with close matches."""
-    if name not in _TASKS:
-        close = difflib.get_close_matches(str(name), list(_TASKS), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown synthetic task {name!r}{hint}; available: {list_tasks()}")
-    return _TASKS[name]()
+    return TASKS.get(name)()

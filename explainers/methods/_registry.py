@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from typing import Any
 
-from cytotune.search_spaces.config import close_matches
 from torch import nn
 
-_EXPLAINERS: dict[str, type] = {}
+from cytotune.registry import Registry
+
+EXPLAINERS: Registry[type] = Registry("explainer")
 
 
 def register_explainer(name: str) -> Callable[[type], type]:
@@ -23,9 +23,7 @@ def register_explainer(name: str) -> Callable[[type], type]:
     """
 
     def decorator(cls: type) -> type:
-        if name in _EXPLAINERS and _EXPLAINERS[name] is not cls:
-            raise ValueError(f"explainer {name!r} is already registered by {_EXPLAINERS[name]}")
-        _EXPLAINERS[name] = cls
+        EXPLAINERS.add(name, cls)
         cls.name = name
         return cls
 
@@ -34,16 +32,12 @@ def register_explainer(name: str) -> Callable[[type], type]:
 
 def get_explainer_class(name: str) -> type:
     """The class registered as ``name``; unknown names raise ValueError with close matches."""
-    if name not in _EXPLAINERS:
-        raise ValueError(
-            f"unknown explainer {name!r}{close_matches(name, _EXPLAINERS)}; registered: {sorted(_EXPLAINERS)}"
-        )
-    return _EXPLAINERS[name]
+    return EXPLAINERS.get(name)
 
 
 def list_explainers(pattern: str = "*") -> list[str]:
     """Registered explainer names matching a glob pattern, e.g. ``list_explainers("*cam*")``."""
-    return sorted(n for n in _EXPLAINERS if fnmatch.fnmatchcase(n, pattern))
+    return EXPLAINERS.list(pattern)
 
 
 def create_explainer(name: str, model: nn.Module, layer: Any = None, **kwargs: Any) -> Any:

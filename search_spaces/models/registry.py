@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -11,7 +10,9 @@ from typing import Any
 
 from torch import nn
 
-from ..config import ModelConfig, TaskSpec, close_matches
+from cytotune.registry import Registry
+
+from ..config import ModelConfig, TaskSpec
 from .tasks import capabilities_of
 
 
@@ -27,7 +28,12 @@ class FamilyEntry:
     plugin: str | None = None
 
 
-_FAMILIES: dict[str, FamilyEntry] = {}
+FAMILIES: Registry[FamilyEntry] = Registry(
+    "model family",
+    hint=" (a family defined in your own module must be imported first: list it under plugins: "
+    "in the study file)",
+    identity=lambda entry: entry.model_cls,
+)
 _TOP_LEVEL = ("in_chans", "task", "num_outputs", "target_names")
 # The plugins being imported now, innermost last (see ``plugins.import_plugins``).
 LOADING_PLUGINS: list[str] = []
@@ -48,13 +54,9 @@ def register_family(name: str, *, args: type) -> Callable[[type[nn.Module]], typ
         raise TypeError(f"family {name!r}: args must be a dataclass, got {args!r}")
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _FAMILIES and _FAMILIES[name].model_cls is not cls:
-            raise ValueError(
-                f"family {name!r} is already registered by {_FAMILIES[name].model_cls}"
-            )
         check_capabilities(name, cls)
         doc = (cls.__doc__ or "").strip().splitlines()
-        _FAMILIES[name] = FamilyEntry(name, cls, args, doc[0] if doc else "", _plugin_of(cls))
+        FAMILIES.add(name, FamilyEntry(name, cls, args, doc[0] if doc else "", _plugin_of(cls)))
         cls.family_name = name
         return cls
 
@@ -71,13 +73,12 @@ def _plugin_of(cls: type) -> str | None:
 
 
 def is_registered(name: str) -> bool:
-    return name in _FAMILIES
+    return name in FAMILIES
 
 
 def unregister_family(name: str) -> None:
     """Remove a family (a plugin's, to import it again); unknown names raise ValueError."""
-    get_family(name)
-    del _FAMILIES[name]
+    FAMILIES.remove(name)
 
 
 def check_capabilities(name: str, cls: type[nn.Module]) -> None:
@@ -94,22 +95,14 @@ def check_capabilities(name: str, cls: type[nn.Module]) -> None:
     if caps.takes_mask and not takes:
         missing.append("takes_mask needs forward(x, mask=None)")
     if takes and not caps.takes_mask:
-        missing.append(
-            "forward takes a mask: declare capabilities = Capabilities(takes_mask=True)"
-        )
+        missing.append("forward takes a mask: declare capabilities = Capabilities(takes_mask=True)")
     if missing:
         raise TypeError(f"family {name!r} ({cls.__name__}): " + "; ".join(missing))
 
 
 def get_family(name: str) -> FamilyEntry:
     """The registry entry of ``name``; unknown names raise ValueError with close matches."""
-    if name not in _FAMILIES:
-        raise ValueError(
-            f"unknown model family {name!r}{close_matches(name, _FAMILIES)}; "
-            f"registered: {sorted(_FAMILIES)} (a family defined in your own module must be "
-            "imported first: list it under plugins: in the study file)"
-        )
-    return _FAMILIES[name]
+    return FAMILIES.get(name)
 
 
 def family_args(name: str) -> type:
@@ -119,7 +112,7 @@ def family_args(name: str) -> type:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered family names matching a glob pattern, e.g. ``list_models("proto*")``."""
-    return sorted(n for n in _FAMILIES if fnmatch.fnmatchcase(n, pattern))
+    return FAMILIES.list(pattern)
 
 
 def create_model(config_or_name: ModelConfig | Mapping[str, Any] | str, **kwargs: Any) -> nn.Module:

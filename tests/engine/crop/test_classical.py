@@ -12,7 +12,7 @@ from .conftest import disc_field
 
 def test_registry_lists_both_finders_and_suggests_close_names():
     assert {"classical", "learned"} <= set(list_finders())
-    with pytest.raises(ValueError, match="did you mean classical"):
+    with pytest.raises(ValueError, match="did you mean 'classical'"):
         create_finder("clasical")
     with pytest.raises(ValueError, match="min_distance"):
         create_finder("classical", min_distance=0)
