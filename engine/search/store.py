@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.fs as pafs
+from cytotune.engine.formats import missing
 from cytotune.engine.io import atomic_write_bytes
 
 from . import tables
@@ -121,7 +122,7 @@ class StudyStore:
         for name, fmt in tables.FORMATS.items():
             frame = self.table(name)
             for row in frame.to_dict("records"):
-                row = {k: v for k, v in row.items() if not tables._missing(v)}
+                row = {k: v for k, v in row.items() if not missing(v)}
                 self._tables[name][fmt.key_of(row)] = row
         self._loaded = True
 

@@ -1,4 +1,5 @@
-"""The results store's tables: one typed definition each, one writer, one reader.
+"""The results store's tables: one typed definition each, read and written only by
+:class:`~cytotune.engine.search.store.StudyStore`.
 
 A study directory holds three Parquet tables (see :mod:`cytotune.engine.search.store`):
 
@@ -13,37 +14,31 @@ epochs    ``trial_id, epoch, fold``   :class:`EpochRow` + one column per metric 
 ========  ==========================  ====================================================
 
 The dataclass fields are the fixed columns (their annotations give the pyarrow types); the
-open columns are scores whose names the metrics decide. :func:`write_table` is the only
-writer: it checks every column against the definition, casts the fixed ones, JSON-encodes lists
-and dicts, and stores the table name and :data:`VERSION` in the Parquet schema's metadata.
-:func:`read_table` is the only reader: it refuses a file of another table or version with the
-fix, and returns every fixed column (null where absent) whatever the writer knew.
+open columns are scores whose names the metrics decide. Writing and reading, with the format
+version kept in each file, is :mod:`cytotune.engine.formats`; this module adds the tables'
+definitions, the search parameters' columns and summary, and the upgrade of older studies.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+from cytotune.engine import formats
+from cytotune.engine.formats import FormatError, TableFormat
+
+__all__ = ["FormatError", "TrialRow", "FoldRow", "EpochRow", "TRIALS", "FOLDS", "EPOCHS"]
 
 VERSION = 1
-TABLE_KEY, VERSION_KEY = b"cytotune.table", b"cytotune.version"
 UPGRADE_HINT = "python -m cytotune.engine.search.tables upgrade STUDY_DIR"
+_FIX = f"upgrade the study once with `{UPGRADE_HINT}`"
 
 # Trial statuses: running; completed (every fold and epoch); pruned (stopped early by ASHA or
 # fold racing); stopped (the time budget ended it mid-run); failed.
 STATUSES = ("running", "completed", "pruned", "stopped", "failed")
 FINAL = ("completed", "pruned")  # recorded for good: a restored trial does not re-run them
-
-
-class FormatError(ValueError):
-    """A table that does not follow its format (or was written by another format version)."""
 
 
 @dataclass
@@ -76,7 +71,7 @@ class TrialRow:
     def metric(self, name: str) -> float | None:
         """The fold mean of ``name`` (``val/<name>``), None when not reported."""
         value = self.extra.get(f"val/{name}")
-        return None if _missing(value) else float(value)
+        return None if formats.missing(value) else float(value)
 
 
 @dataclass
@@ -105,72 +100,12 @@ class EpochRow:
     extra: dict[str, Any] = field(default_factory=dict)  # the metrics
 
 
-_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
-
-
-@dataclass(frozen=True)
-class TableFormat:
-    """The definition of one table: its row class, key and which open columns it admits."""
-
-    name: str
-    row: type
-    key: tuple[str, ...]
-    prefixes: tuple[str, ...] | None  # open columns must start with one (None: any name)
-
-    @property
-    def fields(self) -> dict[str, pa.DataType]:
-        """Fixed column -> pyarrow type, from the row dataclass's annotations."""
-        out = {}
-        for f in dataclasses.fields(self.row):
-            if f.name != "extra":
-                out[f.name] = _TYPES[str(f.type).split(" | ")[0]]
-        return out
-
-    @property
-    def schema(self) -> pa.Schema:
-        """The fixed columns' schema with the format's metadata (open columns are added)."""
-        return pa.schema(list(self.fields.items()), metadata=self.metadata)
-
-    @property
-    def metadata(self) -> dict[bytes, bytes]:
-        return {TABLE_KEY: self.name.encode(), VERSION_KEY: str(VERSION).encode()}
-
-    def key_of(self, row: dict) -> tuple:
-        try:
-            return tuple(row[k] for k in self.key)
-        except KeyError as exc:
-            raise FormatError(
-                f"a {self.name} row needs its key {self.key}; {exc.args[0]!r} is missing"
-            ) from None
-
-    def check_column(self, column: str) -> None:
-        if column in self.fields or self.prefixes is None or column.startswith(self.prefixes):
-            return
-        raise FormatError(
-            f"column {column!r} is not part of the {self.name} table (format version {VERSION}): "
-            f"fixed columns are {', '.join(self.fields)}; open columns start with "
-            f"{' or '.join(map(repr, self.prefixes))}. Add it to {self.row.__name__} in "
-            f"{__name__}"
-        )
-
-    def to_row(self, record: dict):
-        """A table record (a dict, NaN for missing values) as the typed row."""
-        fixed = self.fields
-        values = {k: (None if _missing(v) else v) for k, v in record.items()}
-        kwargs = {k: _cast(values.get(k), t) for k, t in fixed.items() if k in values}
-        extra = {k: v for k, v in values.items() if k not in fixed}
-        return self.row(**kwargs, extra=extra)
-
-    def to_record(self, row) -> dict:
-        """A typed row as a record for :meth:`StudyStore.upsert` (None fields left out)."""
-        data = dataclasses.asdict(row)
-        extra = data.pop("extra")
-        return {**{k: v for k, v in data.items() if v is not None}, **extra}
-
-
-TRIALS = TableFormat("trials", TrialRow, ("trial_id",), ("val/", "time/", "param."))
-FOLDS = TableFormat("folds", FoldRow, ("trial_id", "fold"), None)
-EPOCHS = TableFormat("epochs", EpochRow, ("trial_id", "epoch", "fold"), None)
+TRIALS = TableFormat(
+    "trials", TrialRow, ("trial_id",), ("val/", "time/", "param."), VERSION, _FIX,
+    {"status": STATUSES},
+)  # fmt: skip
+FOLDS = TableFormat("folds", FoldRow, ("trial_id", "fold"), None, VERSION, _FIX)
+EPOCHS = TableFormat("epochs", EpochRow, ("trial_id", "epoch", "fold"), None, VERSION, _FIX)
 FORMATS = {f.name: f for f in (TRIALS, FOLDS, EPOCHS)}
 
 
@@ -180,131 +115,24 @@ def format_of(name: str) -> TableFormat:
     return FORMATS[name]
 
 
-# -- writer ------------------------------------------------------------------------------------
-def to_arrow(name: str, records: list[dict]) -> pa.Table:
-    """Records of table ``name`` as an Arrow table of its format (fixed columns first)."""
-    fmt = format_of(name)
-    columns: dict[str, None] = dict.fromkeys(fmt.fields)
-    for record in records:
-        fmt.key_of(record)
-        columns.update(dict.fromkeys(record))
-    arrays, fields = [], []
-    for column in columns:
-        fmt.check_column(column)
-        values = [r.get(column) for r in records]
-        kind = fmt.fields.get(column)
-        if kind is None:
-            kind, values = _open_type(values)
-        else:
-            values = [_cast(v, kind, column) for v in values]
-        arrays.append(pa.array(values, type=kind))
-        fields.append(pa.field(column, kind))
-    if fmt is TRIALS:
-        bad = {v for v in (r.get("status") for r in records) if not _missing(v)} - set(STATUSES)
-        if bad:
-            raise FormatError(f"trial status {sorted(bad)} is not one of {STATUSES}")
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=fmt.metadata))
-
-
-def frame_to_arrow(name: str, frame: pd.DataFrame) -> pa.Table:
-    """A whole DataFrame of table ``name`` as Arrow, column by column (for large synthetic
-    studies: the same checks as :func:`to_arrow` without a Python loop over rows)."""
-    fmt = format_of(name)
-    missing = [k for k in fmt.key if k not in frame]
-    if missing:
-        raise FormatError(f"a {name} table needs its key {fmt.key}; {missing} missing")
-    arrays, fields = [], []
-    for column in [*fmt.fields, *(c for c in frame.columns if c not in fmt.fields)]:
-        fmt.check_column(column)
-        kind = fmt.fields.get(column)
-        if column not in frame:
-            array = pa.nulls(len(frame), kind)
-        elif kind is None and frame[column].dtype.kind in "biuf":  # numbers: no row loop
-            kind = pa.bool_() if frame[column].dtype.kind == "b" else pa.float64()
-            array = pa.array(frame[column], from_pandas=True).cast(kind)
-        elif kind is None:
-            kind, values = _open_type(frame[column].tolist())
-            array = pa.array(values, type=kind)
-        else:
-            try:
-                array = pa.array(frame[column], from_pandas=True).cast(kind)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise FormatError(f"column {column!r}: {exc}") from None
-        arrays.append(array)
-        fields.append(pa.field(column, kind))
-    if fmt is TRIALS:
-        bad = set(frame["status"].dropna()) - set(STATUSES) if "status" in frame else set()
-        if bad:
-            raise FormatError(f"trial status {sorted(bad)} is not one of {STATUSES}")
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=fmt.metadata))
-
-
 def write_table(name: str, rows: list[dict] | pd.DataFrame) -> bytes:
     """Parquet bytes of table ``name`` from records or a DataFrame (the store writes them
     atomically)."""
-    table = frame_to_arrow(name, rows) if isinstance(rows, pd.DataFrame) else to_arrow(name, rows)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
-
-
-# -- reader ------------------------------------------------------------------------------------
-def check_version(name: str, schema: pa.Schema, where: str) -> None:
-    """Raise FormatError unless ``schema`` is table ``name`` in this format version."""
-    meta = schema.metadata or {}
-    table = meta.get(TABLE_KEY, b"").decode()
-    version = meta.get(VERSION_KEY, b"").decode()
-    if table == name and version == str(VERSION):
-        return
-    if not version:
-        raise FormatError(
-            f"{where} was written before the results store had format versions; "
-            f"upgrade the study once with `{UPGRADE_HINT}`"
-        )
-    if table != name:
-        raise FormatError(f"{where} holds the {table!r} table, not {name!r}")
-    if int(version) < VERSION:
-        raise FormatError(
-            f"{where} is {name} format version {version}, this cytotune reads version "
-            f"{VERSION}; upgrade the study with `{UPGRADE_HINT}`"
-        )
-    raise FormatError(
-        f"{where} is {name} format version {version}, newer than this cytotune reads "
-        f"({VERSION}); install the cytotune that wrote it (pip install -U cytotune)"
-    )
+    return formats.write(format_of(name), rows)
 
 
 def read_table(name: str, source, where: str = "") -> pd.DataFrame:
-    """Table ``name`` from a Parquet file (path or open file) as a DataFrame; every fixed column
-    is present (null where the writer had no value), open columns follow."""
-    fmt = format_of(name)
-    table = pq.read_table(source)
-    check_version(name, table.schema, where or f"{name}.parquet")
-    for column, kind in fmt.fields.items():
-        if column not in table.column_names:
-            table = table.append_column(pa.field(column, kind), pa.nulls(len(table), kind))
-    return table.to_pandas()
+    """Table ``name`` from a Parquet file (path or open file); every fixed column present."""
+    return formats.read(format_of(name), source, where)
 
 
 def empty_frame(name: str) -> pd.DataFrame:
-    """Table ``name`` with no rows (the fixed columns, typed)."""
-    return format_of(name).schema.empty_table().to_pandas()
+    return formats.empty(format_of(name))
 
 
 def upgrade_file(name: str, data: bytes) -> bytes:
-    """A table written before format versions (version 0: the same columns, no metadata),
-    rewritten in this version."""
-    table = pq.read_table(io.BytesIO(data))
-    meta = table.schema.metadata or {}
-    if meta.get(VERSION_KEY, b"").decode() == str(VERSION):
-        return data
-    if VERSION_KEY in meta:
-        check_version(name, table.schema, f"{name}.parquet")
-    records = [
-        {k: v for k, v in r.items() if not _missing(v)}
-        for r in table.to_pandas().to_dict("records")
-    ]
-    return write_table(name, records)
+    """A table from before format versions rewritten in this one (``data`` when current)."""
+    return formats.upgrade(format_of(name), data)
 
 
 # -- parameters --------------------------------------------------------------------------------
@@ -355,58 +183,6 @@ def _short(value) -> str:
     if isinstance(value, (list, tuple)):
         return "x".join(map(str, value)) or "-"
     return str(value)
-
-
-# -- values ------------------------------------------------------------------------------------
-def _missing(value) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):  # arrays and lists: a value
-        return False
-
-
-def _cast(value, kind: pa.DataType, column: str = ""):
-    if _missing(value):
-        return None
-    try:
-        if kind == pa.int64():
-            number = float(value)
-            if not number.is_integer():
-                raise ValueError(f"{value!r} is not a whole number")
-            return int(number)
-        if kind == pa.float64():
-            return float(value)
-    except (TypeError, ValueError) as exc:
-        raise FormatError(f"column {column!r}: {exc}") from None
-    return _text(value)
-
-
-def _open_type(values: list) -> tuple[pa.DataType, list]:
-    """An open column's type from its values: bool, float64, or text (lists/dicts as JSON)."""
-    values = [None if _missing(v) else _native(v) for v in values]
-    present = [v for v in values if v is not None]
-    if present and all(isinstance(v, bool) for v in present):
-        return pa.bool_(), values
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        return pa.float64(), [None if v is None else float(v) for v in values]
-    return pa.string(), [None if v is None else _text(v) for v in values]
-
-
-def _native(value):
-    """numpy scalars as Python values (arrays stay arrays)."""
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return value.item()
-    return value
-
-
-def _text(value) -> str:
-    if isinstance(value, str):
-        return value
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    return json.dumps(value, default=float)
 
 
 def main(argv: list[str] | None = None) -> int:

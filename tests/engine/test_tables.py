@@ -78,7 +78,7 @@ def test_old_and_unknown_versions_say_how_to_fix_them(tmp_path):
     current = pq.read_table(target)
     # a table from before format versions (plain pandas, no metadata): upgrade it
     current.replace_schema_metadata(None).to_pandas().to_parquet(target, index=False)
-    with pytest.raises(FormatError, match="before the results store had format versions.*upgrade"):
+    with pytest.raises(FormatError, match="before cytotune.s table format versions.*upgrade"):
         StudyStore(store.uri).table("trials")
     assert tables.main(["upgrade", store.uri]) == 0
     assert StudyStore(store.uri).table("trials")["status"].tolist() == ["completed"]
