@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from cytotune.engine.train.checkpoint import (
-    load_model,
+    load_fold,
     model_config_of,
     model_extra_state,
     read_config,
@@ -178,14 +178,14 @@ def pull(
                 )
         members, member_docs = [], []
         for k in chosen:
-            model, config = load_model(fold_dirs[k])
-            members.append(model)
+            loaded = load_fold(fold_dirs[k])
+            members.append(loaded.model)
             member_docs.append(
                 {
                     "name": f"fold_{k}",
                     "fold": k,
-                    "epoch": config.get("epoch"),
-                    "model_extra": config.get("model_extra", {}),
+                    "epoch": loaded.config.get("epoch"),
+                    "model_extra": loaded.config.get("model_extra", {}),
                 }
             )
         kind = "ensemble" if ensemble else "single"

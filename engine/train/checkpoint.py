@@ -18,7 +18,7 @@ import torch
 from cytotune.engine.data.augment import normalization_constants
 from cytotune.engine.io import atomic_directory
 from cytotune.search_spaces import ModelConfig
-from cytotune.search_spaces.models import create_model
+from cytotune.search_spaces.models import CytoModel, create_model
 from torch import nn
 
 from .config import TrainConfig
@@ -28,37 +28,15 @@ VERSION = 1
 MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.pt", "config.json", "trainer.pt"
 
 
-def _dump_sources(sources: list) -> list[dict | None]:
-    return [None if s is None else dataclasses.asdict(s) for s in sources]
-
-
-def _load_sources(model: nn.Module, sources: list[dict | None]) -> None:
-    from cytotune.search_spaces.models.families.protopnet import PrototypeSource
-
-    model.prototype_sources = [
-        None if s is None else PrototypeSource(**{**s, "box": tuple(s["box"])}) for s in sources
-    ]
-
-
-# Model attributes that are not in ``state_dict`` but belong to a trained model: (dump, restore).
-EXTRA_STATE = {
-    "stage": (lambda stage: stage, lambda model, stage: model.set_stage(stage)),
-    "prototype_sources": (_dump_sources, _load_sources),
-}
-
-
 def model_extra_state(model: nn.Module) -> dict[str, Any]:
-    """The ``EXTRA_STATE`` attributes the model has, as JSON-able values."""
-    return {
-        name: dump(getattr(model, name))
-        for name, (dump, _) in EXTRA_STATE.items()
-        if hasattr(model, name)
-    }
+    """What a trained model keeps outside ``state_dict`` (``CytoModel.extra_state``, e.g. a
+    prototype model's stage and prototype sources), as JSON-able values."""
+    return model.extra_state() if isinstance(model, CytoModel) else {}
 
 
 def load_model_extra_state(model: nn.Module, extra: dict[str, Any]) -> None:
-    for name, value in extra.items():
-        EXTRA_STATE[name][1](model, value)
+    if extra:
+        model.load_extra_state(extra)
 
 
 def data_contract(manifest, normalization: str) -> dict[str, Any]:
@@ -177,3 +155,47 @@ def load_model(
     model.load_state_dict(state)
     load_model_extra_state(model, config.get("model_extra", {}))
     return model.to(device).eval(), config
+
+
+@dataclasses.dataclass
+class LoadedFold:
+    """A fold model ready to predict: what every reader of fold checkpoints (explain workers and
+    scores, prototype mosaics, attention maps, ``cytotune pull``) needs from the directory.
+
+    Attributes:
+        model: the model in eval mode on the device.
+        config: the parsed ``config.json`` (``config["data"]`` is the data contract).
+        offset: per-channel normalisation offset ``(C,)``, float32 on the device.
+        scale: per-channel normalisation scale ``(C,)``, float32 on the device.
+        takes_mask: the model's forward takes a cell mask (its declared capability).
+    """
+
+    model: nn.Module
+    config: dict[str, Any]
+    offset: torch.Tensor
+    scale: torch.Tensor
+    takes_mask: bool
+
+    def normalize(self, pixels) -> torch.Tensor:
+        """Raw pixels ``(N, C, H, W)`` -> the normalised float32 input the model was trained on."""
+        x = torch.as_tensor(pixels, dtype=torch.float32, device=self.offset.device)
+        return (x - self.offset.view(1, -1, 1, 1)) / self.scale.view(1, -1, 1, 1)
+
+
+def load_fold(
+    directory: str | Path, device: str | torch.device = "cpu", channels_last: bool = False
+) -> LoadedFold:
+    """Load a fold checkpoint with its normalisation and mask input (:class:`LoadedFold`)."""
+    from cytotune.search_spaces.models import capabilities_of
+
+    model, config = load_model(directory, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    norm = config["data"]["normalization"]
+    return LoadedFold(
+        model,
+        config,
+        torch.tensor(norm["offset"], dtype=torch.float32, device=device),
+        torch.tensor(norm["scale"], dtype=torch.float32, device=device),
+        capabilities_of(model).takes_mask,
+    )

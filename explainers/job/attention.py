@@ -51,8 +51,7 @@ def pair_panels(
 
 def run_attention(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -> pd.DataFrame:
     import torch
-    from cytotune.engine.data.augment import normalize
-    from cytotune.engine.train.checkpoint import load_model
+    from cytotune.engine.train.checkpoint import load_fold
     from cytotune.search_spaces.models import capabilities_of
 
     path = explain_dir(plan.study_dir) / "attention.parquet"
@@ -68,12 +67,10 @@ def run_attention(plan: ExplainPlan, config: ExplainConfig, state: ExplainState)
     records = []
     for trial in trials:
         for fold, group in sample.groupby("fold"):
-            model, cfg = load_model(trial.fold_dirs[int(fold)], "cpu")
-            norm = cfg["data"]["normalization"]
+            loaded = load_fold(trial.fold_dirs[int(fold)], "cpu")
+            model = loaded.model
             images = plan.dataset.images(group["row"].to_numpy()).astype(np.float32)
-            x = normalize(
-                torch.from_numpy(images), torch.tensor(norm["offset"]), torch.tensor(norm["scale"])
-            )
+            x = loaded.normalize(images)
             with torch.no_grad():
                 model(x)
             maps = {

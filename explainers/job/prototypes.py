@@ -48,8 +48,7 @@ def fold_prototypes(
     import torch.nn.functional as F
     from cytotune.engine.data.augment import normalize
     from cytotune.engine.data.dataset import CellDataset
-    from cytotune.engine.train.checkpoint import load_model
-    from cytotune.search_spaces.models import capabilities_of
+    from cytotune.engine.train.checkpoint import load_fold
 
     from ..quality import prototype_diversity
     from .worker import pick_device
@@ -57,12 +56,9 @@ def fold_prototypes(
     device = pick_device()
     dataset = CellDataset(dataset_dir)
     names = list(dataset.manifest.channel_names)
-    model, config = load_model(fold_dir, device)
-    norm = config["data"]["normalization"]
-    offset = torch.tensor(norm["offset"], device=device)
-    scale = torch.tensor(norm["scale"], device=device)
-    takes_mask = capabilities_of(model).takes_mask
-    masks = dataset.masks() if dataset.manifest.has_mask and takes_mask else None
+    loaded = load_fold(fold_dir, device)
+    model, offset, scale = loaded.model, loaded.offset, loaded.scale
+    masks = dataset.masks() if dataset.manifest.has_mask and loaded.takes_mask else None
     n_proto = model.prototypes.shape[0]
     rf = int(model.receptive_field())
     _, height, width = dataset.manifest.shape

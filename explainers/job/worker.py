@@ -21,8 +21,7 @@ import pyarrow.compute as pc
 import torch
 from cytotune.engine.data.augment import normalize
 from cytotune.engine.data.schema import Manifest, decode_images, decode_masks
-from cytotune.engine.train.checkpoint import load_model
-from cytotune.search_spaces.models import capabilities_of
+from cytotune.engine.train.checkpoint import load_fold
 
 from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
@@ -201,16 +200,9 @@ class MapWorker:
         self.models: dict[tuple[str, int], LoadedModel] = {}
         for trial_id, folds in units.items():
             for fold, directory in folds.items():
-                model, config = load_model(directory, self.device)
-                if self.device.type == "cuda":
-                    model = model.to(memory_format=torch.channels_last)
-                norm = config["data"]["normalization"]
-                takes_mask = capabilities_of(model).takes_mask
+                loaded = load_fold(directory, self.device, self.device.type == "cuda")
                 self.models[(trial_id, int(fold))] = LoadedModel(
-                    model,
-                    torch.tensor(norm["offset"], dtype=torch.float32, device=self.device),
-                    torch.tensor(norm["scale"], dtype=torch.float32, device=self.device),
-                    takes_mask,
+                    loaded.model, loaded.offset, loaded.scale, loaded.takes_mask
                 )
         self.failures: dict[tuple[str, str], str] = {}
         self.timing = {"created": self._created, "ready": time.time()}

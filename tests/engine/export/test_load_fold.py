@@ -1,0 +1,29 @@
+"""One loader of fold checkpoints (issue 17): model, normalisation and mask input together."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+from cytotune.engine.train.checkpoint import load_fold
+
+from .conftest import raw_crops, reference_outputs, trial_folds
+
+
+def test_load_fold_matches_the_checkpoints_own_contract(cls_study, cls_dataset):
+    pixels, mask = raw_crops(cls_dataset)
+    for family in ("small_cnn", "protopnet"):
+        directory = trial_folds(cls_study, family)[0]
+        fold = load_fold(directory)
+        norm = fold.config["data"]["normalization"]
+        expected = (pixels - np.asarray(norm["offset"])[None, :, None, None]) / np.asarray(
+            norm["scale"]
+        )[None, :, None, None]
+        np.testing.assert_allclose(fold.normalize(pixels).numpy(), expected, rtol=1e-5, atol=1e-5)
+        assert fold.takes_mask == ("mask" in inspect.signature(fold.model.forward).parameters)
+        kwargs = {"mask": torch.from_numpy(mask)} if fold.takes_mask else {}
+        with torch.no_grad():
+            probs = torch.softmax(fold.model(fold.normalize(pixels), **kwargs), 1).numpy()
+        reference = reference_outputs([directory], pixels, mask if fold.takes_mask else None)
+        np.testing.assert_allclose(probs, reference, rtol=1e-4, atol=1e-5)
