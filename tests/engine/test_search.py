@@ -109,12 +109,14 @@ def test_dataset_path_relative_to_the_working_directory_is_explained(workspace, 
     # a relative study-file path ends absolute: trials run in their own working directories
     relative_path = Path(os.path.relpath(path, workspace))
     dataset = Path(StudyConfig.from_yaml(relative_path).dataset)
-    assert dataset.is_absolute() and dataset.resolve() == (workspace / "dataset").resolve()
+    assert dataset.is_absolute()
+    assert dataset.resolve() == (workspace / "dataset").resolve()
 
 
 def test_study_file_round_trip(workspace):
     study = StudyConfig.from_yaml(_study_file(workspace, "rt"))
-    assert study.objectives[0].mode == "max" and study.folds.resolved_name == "k2-well"
+    assert study.objectives[0].mode == "max"
+    assert study.folds.resolved_name == "k2-well"
     assert StudyConfig.from_dict(yaml.safe_load(study.to_yaml())) == study
 
 
@@ -128,7 +130,8 @@ def test_smoke_study_writes_a_complete_store(workspace, ray_local):
     study = StudyConfig.from_yaml(_study_file(workspace, "smoke"))
     store = run_search(study, verbose=False)
     trials, folds, epochs = store.table("trials"), store.table("folds"), store.table("epochs")
-    assert len(trials) == 3 and set(trials["status"]) <= {"completed", "pruned"}
+    assert len(trials) == 3
+    assert set(trials["status"]) <= {"completed", "pruned"}
     first = trials.sort_values("number").iloc[0]
     assert json.loads(first["params"])["small_cnn"] == {
         "conv_layers": 2,
@@ -137,9 +140,11 @@ def test_smoke_study_writes_a_complete_store(workspace, ray_local):
         "dense_layers": 1,
         "dropout": 0.0,
     }
-    assert (Path(store.path) / "optuna.db").is_file() and store.status()["status"] == "finished"
+    assert (Path(store.path) / "optuna.db").is_file()
+    assert store.status()["status"] == "finished"
     completed = trials[trials["status"] == "completed"]
-    assert len(completed) >= 1 and set(folds["trial_id"]) >= set(completed["trial_id"])
+    assert len(completed) >= 1
+    assert set(folds["trial_id"]) >= set(completed["trial_id"])
     assert {"confusion_matrix", "roc", "f1_weighted", "auc_macro", "well/accuracy"} <= set(
         folds.columns
     )
@@ -242,7 +247,9 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(workspace):
     )
     assert result.returncode == 0
     after = store.table("trials")
-    assert len(after) == 4 and after["trial_id"].is_unique and set(after["status"]) == {"completed"}
+    assert len(after) == 4
+    assert after["trial_id"].is_unique
+    assert set(after["status"]) == {"completed"}
     kept = after.set_index("trial_id").loc[completed_before["trial_id"]]
     assert (
         kept["ended_at"].to_numpy() == completed_before.set_index("trial_id")["ended_at"].to_numpy()
@@ -316,11 +323,16 @@ def test_study_whose_first_trials_all_fail_stops_with_the_error(workspace, ray_l
     with pytest.raises(SearchFailed, match="first 3 trials all failed.*no_such_argument"):
         run_search(study, verbose=False)
     trials = StudyStore(study.study_dir).table("trials")
-    assert (trials["status"] == "failed").sum() >= 3 and len(trials) < 12
+    assert (trials["status"] == "failed").sum() >= 3
+    assert len(trials) < 12
     assert StudyStore(study.study_dir).status()["status"] == "failed"
 
 
 def test_multi_objective_study_uses_nsga2(workspace, ray_local):
+    """NSGA-II stamps the trials it samples with its generation (a system attribute in the
+    study's optuna.db); TPE and random sampling write no such key. The first two trials are
+    the two families' defaults (enqueued, not sampled), so the third is NSGA-II's."""
+    import optuna
     from cytotune.engine.search.runner import run_search
 
     path = _study_file(
@@ -328,19 +340,73 @@ def test_multi_objective_study_uses_nsga2(workspace, ray_local):
         "pareto",
         objectives=[{"metric": "balanced_accuracy"}, {"metric": "log_loss"}],
         scheduler="none",
-        budget={"trials": 2, "max_epochs": 1, "grace_epochs": 1},
+        budget={"trials": 3, "max_epochs": 1, "grace_epochs": 1},
     )
     study = StudyConfig.from_yaml(path)
-    assert study.multi_objective and [o.mode for o in study.objectives] == ["max", "min"]
+    assert study.multi_objective
+    assert [o.mode for o in study.objectives] == ["max", "min"]
     store = run_search(study, verbose=False)
     trials = store.table("trials")
-    assert len(trials) == 2 and set(trials["status"]) == {"completed"}
-    import optuna
-
-    loaded = optuna.load_study(study_name="pareto", storage=store.optuna_url)
-    assert type(loaded.sampler).__name__ == "NSGAIISampler" or len(loaded.directions) == 2
+    assert len(trials) == 3
+    assert set(trials["status"]) == {"completed"}
+    loaded = optuna.load_study(study_name="pareto", storage=store.optuna_url, sampler=None)
     assert [d.name for d in loaded.directions] == ["MAXIMIZE", "MINIMIZE"]
-    assert len(loaded.trials) == 2
+    assert len(loaded.trials) == 3
+    generations = [t.system_attrs.get("NSGAIISampler:generation") for t in loaded.trials]
+    assert generations[2:] == [0], f"NSGA-II did not sample the third trial: {generations}"
+
+
+def test_asha_stops_trials_early_and_the_store_says_pruned(workspace, ray_local, monkeypatch):
+    """ASHA's own decisions (the scheduler's STOP answers to Tune's results) are recorded
+    by wrapping the scheduler the search builds: some trials must be stopped before max_epochs,
+    and those are exactly the store's pruned ones."""
+    from cytotune.engine.search import runner
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    decisions: dict[str, list[tuple[int, str]]] = {}
+    build = runner.create_scheduler
+
+    def create_scheduler(study):
+        scheduler = build(study)
+        assert isinstance(scheduler, ASHAScheduler)
+        decide = scheduler.on_trial_result
+
+        def on_trial_result(tune_controller, trial, result):
+            decision = decide(tune_controller, trial, result)
+            decisions.setdefault(trial.trial_id, []).append((result["epoch"], decision))
+            return decision
+
+        scheduler.on_trial_result = on_trial_result
+        return scheduler
+
+    monkeypatch.setattr(runner, "create_scheduler", create_scheduler)
+    study = StudyConfig.from_yaml(
+        _study_file(
+            workspace,
+            "asha",
+            objective={"metric": "log_loss"},  # continuous: no ties at the rung
+            budget={
+                "trials": 6,
+                "max_epochs": 3,
+                "grace_epochs": 1,
+                "max_concurrent": 1,
+                "race": "epochs",  # ASHA's rungs at epochs 1 and 3, not at folds
+            },
+        )
+    )
+    store = runner.run_search(study, verbose=False)
+    # ASHA also answers STOP at max_t (3 epochs): that is a trial's normal end, not a pruning
+    stopped = {
+        trial_id
+        for trial_id, answers in decisions.items()
+        for epoch, decision in answers
+        if decision == TrialScheduler.STOP and epoch < 3
+    }
+    assert len(decisions) == 6
+    assert stopped, f"ASHA stopped no trial before max_epochs: {decisions}"
+    trials = store.table("trials").set_index("trial_id")
+    assert set(trials.index[trials["status"] == "pruned"]) == set(stopped)
+    assert set(trials.index[trials["status"] == "completed"]) == set(decisions) - set(stopped)
 
 
 def test_ray_data_loader_inside_trials_never_starves(workspace, ray_local):
@@ -400,9 +466,11 @@ def test_families_that_cannot_apply_are_left_out_and_said(tmp_path, capsys):
     space = applicable_space(load_space("default"), study)
     out = capsys.readouterr().out
     assert "leaving out family channel_attention: it needs >= 2 channels" in out
-    assert "channel_attention" not in space.families and "backbone" in space.families
+    assert "channel_attention" not in space.families
+    assert "backbone" in space.families
     firsts = [p["family"] for p in space.family_defaults()]
-    assert firsts[0] == space.default_family and sorted(firsts) == sorted(space.families)
+    assert firsts[0] == space.default_family
+    assert sorted(firsts) == sorted(space.families)
     race = create_scheduler(study)  # ASHA over folds: rungs after 1, 2, 4 folds of 5
     assert (race._time_attr, race._max_t, race._reduction_factor) == ("folds_done", 5, 2)
     assert [m for m, _ in race._brackets[0]._rungs][::-1][:3] == [1, 2, 4]
@@ -440,7 +508,9 @@ def test_fold_race_reports_running_means_and_resumes_at_the_next_fold(tmp_path):
     resumed.restore(tmp_path / "ckpt")
     assert resumed.folds_done == 1
     second, details = resumed.step()
-    assert resumed.finished and second["folds_done"] == 2 and len(details) == 2
+    assert resumed.finished
+    assert second["folds_done"] == 2
+    assert len(details) == 2
     scores = [second["fold0/f1_weighted"], second["fold1/f1_weighted"]]
     assert second["fold0/f1_weighted"] == first["fold0/f1_weighted"]
     assert second["val/f1_weighted"] == pytest.approx(np.mean(scores))
