@@ -16,4 +16,5 @@ def test_readme_says_how_to_get_the_cpu_build_of_torch():
     assert lines, f"no bash block installs torch with {CPU_INDEX}"
     cpu = next(i for i, line in enumerate(lines) if CPU_INDEX in line)
     editable = next(i for i, line in enumerate(lines) if "pip install -e ." in line)
-    assert "pip install torch torchvision" in lines[cpu] and cpu < editable
+    assert "pip install torch torchvision" in lines[cpu]
+    assert cpu < editable

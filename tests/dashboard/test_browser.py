@@ -149,7 +149,9 @@ def test_studies_page_lists_every_study(browser, server):
     ]
     assert sorted(names) == ["alpha", "beta", "broken"]
     body = browser.find_element(*_by("#studies-table")).text
-    assert "unreadable" in body and "running" in body and "finished" in body
+    assert "unreadable" in body
+    assert "running" in body
+    assert "finished" in body
     assert "Traceback" not in browser.page_source
     screenshot(browser, "studies")
 
@@ -182,7 +184,9 @@ def test_explanations_switch_method_alpha_and_filter(browser, server, studies_ro
     assert len(tiles) == 24  # first page of 40 cells
     src = urllib.parse.parse_qs(urllib.parse.urlparse(tiles[0].get_attribute("src")).query)
     # Grad-CAM failed the sanity check on this trial: hidden, saliency comes first
-    assert src["method"] == ["saliency"] and src["alpha"] == ["0.60"] and src["mode"] == ["side"]
+    assert src["method"] == ["saliency"]
+    assert src["alpha"] == ["0.60"]
+    assert src["mode"] == ["side"]
     assert not browser.find_elements(*_by("#ex-sanity-warning .notice"))
     # the overlay images really load (naturalWidth > 0 once the PNG decoded)
     wait_for(
@@ -253,7 +257,8 @@ def test_explanations_switch_method_alpha_and_filter(browser, server, studies_ro
     graphs = browser.find_elements(*_by("#ex-population .js-plotly-plot"))
     assert len(graphs) >= 2  # crop | map and the correlation panels, per class
     titles = browser.find_element(*_by("#ex-population")).text
-    assert "geometric-mean crop" in titles and "r>0.5: 70%" in titles
+    assert "geometric-mean crop" in titles
+    assert "r>0.5: 70%" in titles
     screenshot(browser, "explanations_population")
     assert browser.find_elements(*_by("#ex-prototypes img"))
     assert browser.find_elements(*_by("#ex-attention img"))
@@ -265,7 +270,8 @@ def test_explanations_pagination(browser, server):
     browser.find_element(*_by("#ex-next")).click()
     wait_for(browser, lambda d: "page 2 of 2" in d.find_element(*_by("#ex-page-label")).text)
     second = {t.get_attribute("title") for t in _tiles(browser)}
-    assert len(second) == 16 and not first & second
+    assert len(second) == 16
+    assert not first & second
 
 
 def test_study_without_explanations_says_how_to_make_them(browser, server):
@@ -341,11 +347,9 @@ def test_regression_study_without_its_dataset(browser, tmp_path):
         open_page(browser, srv, "/compare", "#cmp-parcoords")
         open_page(browser, srv, "/explanations", "#ex-grid .tile img")
         page = browser.find_element(*_by("#page")).text
-        assert (
-            "not reachable" in page
-            and "ABSOLUTE ERROR" in page.upper()
-            and "error" in texts(browser, "#ex-grid .tile .cap")[0]
-        )
+        assert "not reachable" in page
+        assert "ABSOLUTE ERROR" in page.upper()
+        assert "error" in texts(browser, "#ex-grid .tile .cap")[0]
         # the maps are drawn alone (no crop): the PNG really decodes
         wait_for(
             browser,

@@ -23,7 +23,8 @@ def busy_port():
 def test_busy_port_is_found_with_its_process(busy_port):
     assert port_in_use("127.0.0.1", busy_port)
     holder = port_holder(busy_port)
-    assert holder is not None and holder[0] == os.getpid()
+    assert holder is not None
+    assert holder[0] == os.getpid()
 
 
 def test_second_dashboard_fails_at_once_naming_port_process_and_fix(busy_port, tmp_path, capsys):
@@ -31,11 +32,14 @@ def test_second_dashboard_fails_at_once_naming_port_process_and_fix(busy_port, t
     code = main(["dashboard", "--study", str(tmp_path), "--port", str(busy_port)])
     seconds = time.perf_counter() - start
     out, err = capsys.readouterr()
-    assert code == 2 and seconds < 5
+    assert code == 2
+    assert seconds < 5
     assert f"port {busy_port} on 127.0.0.1 is already in use" in err
-    assert f"process {os.getpid()}" in err and f"kill {os.getpid()}" in err
+    assert f"process {os.getpid()}" in err
+    assert f"kill {os.getpid()}" in err
     assert "--port " in err
-    assert "http://" not in out + err and "Dash is running" not in out + err
+    assert "http://" not in out + err
+    assert "Dash is running" not in out + err
 
 
 def test_free_port_is_free():

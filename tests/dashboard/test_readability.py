@@ -23,7 +23,9 @@ def alpha(studies_root):
 # ------------------------------------------------------------------------------ without a browser
 def test_a_filter_that_matches_nothing_says_so(alpha):
     rows, pages, count, error = leaderboard.rows_for(alpha, filter_query="{family} icontains zzz")
-    assert rows == [] and pages == 1 and error is None
+    assert rows == []
+    assert pages == 1
+    assert error is None
     assert count == "no trials match the filter (12 in the study)"
 
 
@@ -38,7 +40,8 @@ def test_parallel_coordinates_label_numbers_with_three_significant_digits(alpha)
     figure = compare.parcoords_figure(alpha.trials(), "balanced_accuracy", "backbone")
     dims = figure.data[0].dimensions
     numeric = [d for d in dims if d.tickvals is None]
-    assert numeric and all(d.tickformat == ".3~g" for d in numeric)
+    assert numeric
+    assert all(d.tickformat == ".3~g" for d in numeric)
 
 
 def _trials(rows):
@@ -79,16 +82,19 @@ def test_picking_a_pair_already_shown_adds_no_row():
     best = {"cnn": "a1", "resnet": "b1", "attention": "c1"}
     scores = {t: {0: 0.5, 1: 0.6, 2: 0.7} for t in ("a1", "b1", "c1", "x9")}
     named, pairs = compare.pairs_to_test(best, scores, "b1", "a1")
-    assert len(pairs) == 3 and not any(name.startswith("trial ") for name in named)
+    assert len(pairs) == 3
+    assert not any(name.startswith("trial ") for name in named)
     named, pairs = compare.pairs_to_test(best, scores, "x9", "a1")
-    assert len(pairs) == 4 and pairs[0] == ("trial x9", "trial a1")
+    assert len(pairs) == 4
+    assert pairs[0] == ("trial x9", "trial a1")
 
 
 def test_studies_rows_carry_the_full_dataset_path(alpha, studies_root):
     assert alpha.summary()["dataset"] == str(studies_root / "dataset")
     path = "/very/long/path/to/a/project/with/many/levels/datasets/mitocheck"
     short = studies.left_ellipsis(path)
-    assert short.startswith("…") and short.endswith("/datasets/mitocheck")
+    assert short.startswith("…")
+    assert short.endswith("/datasets/mitocheck")
     assert len(short) == studies.DATASET_CHARS
     assert studies.left_ellipsis("/data/x") == "/data/x"
 
@@ -109,7 +115,8 @@ def test_leaderboard_empty_filter_and_wrapped_key_parameters(browser, server, al
         " td.scrollWidth <= td.clientWidth + 1])"
     )
     expected = set(alpha.trials()["key_params"])
-    assert all(fits for _, fits in shown) and {text for text, _ in shown} <= expected
+    assert all(fits for _, fits in shown)
+    assert {text for text, _ in shown} <= expected
     screenshot(browser, "leaderboard_wrapped", height=900)
     box = browser.find_element(*_by('#lb-table th.dash-filter[data-dash-column="family"] input'))
     box.send_keys("zzz", Keys.ENTER)
@@ -130,7 +137,8 @@ def test_compare_axis_labels_and_a_repeated_pair(browser, server, alpha):
     )
     mantissas = [re.split("e", e)[0] for e in ends if e]  # "−2.02", "0.873", "64", "1.2e−3"
     digits = [len(re.sub(r"\D", "", m).lstrip("0")) for m in mantissas]
-    assert digits and max(digits) <= 3, ends
+    assert digits, ends
+    assert max(digits) <= 3, ends
     assert (
         "9 of 12 trials trained to 4 epochs"
         in browser.find_element(*_by("#cmp-families-note")).text

@@ -32,7 +32,8 @@ def test_default_bind_is_localhost_and_auth_is_optional():
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     args = parser.parse_args(["--study", "runs/studies"])
-    assert args.host == "127.0.0.1" and args.port == 8050
+    assert args.host == "127.0.0.1"
+    assert args.port == 8050
     assert parser.parse_args(["--study", "x", "--auth", "t"]).auth == "t"
 
 
@@ -60,10 +61,8 @@ def test_token_required_on_every_route(guarded):
 def test_token_query_then_cookie_or_bearer_header(guarded, studies_root):
     first = guarded.get(f"/leaderboard?token={TOKEN}")
     assert first.status_code == 200
-    assert (
-        "cytotune_token" in first.headers.get("Set-Cookie", "")
-        and "HttpOnly" in first.headers["Set-Cookie"]
-    )
+    assert "cytotune_token" in first.headers.get("Set-Cookie", "")
+    assert "HttpOnly" in first.headers["Set-Cookie"]
     # the cookie now carries the token: no query string needed
     assert guarded.get("/_dash-layout").status_code == 200
     fresh = create_app(str(studies_root), token=TOKEN).server.test_client()
@@ -75,7 +74,8 @@ def test_token_query_then_cookie_or_bearer_header(guarded, studies_root):
 
 def test_files_are_served_from_inside_the_study_only(client, studies_root, tmp_path):
     ok = client.get("/files?study=alpha&path=study.json")
-    assert ok.status_code == 200 and b'"status"' in ok.data
+    assert ok.status_code == 200
+    assert b'"status"' in ok.data
     secret = studies_root / "secret.txt"
     secret.write_text("not yours")
     for bad in (
@@ -88,7 +88,8 @@ def test_files_are_served_from_inside_the_study_only(client, studies_root, tmp_p
     ):
         response = client.get("/files", query_string={"study": "alpha", "path": bad})
         assert response.status_code in (403, 404), bad
-        assert b"not yours" not in response.data and b"root:" not in response.data
+        assert b"not yours" not in response.data
+        assert b"root:" not in response.data
     assert (
         client.get("/files", query_string={"study": "alpha", "path": "../secret.txt"}).status_code
         == 403
@@ -127,10 +128,12 @@ def test_overlay_render_route(client, studies_root):
     # crop | map | colour bar at 3 screen px per crop px (24 px crops), or one panel + bar
     assert Image.open(io.BytesIO(side.data)).size == (2 * 72 + 4 + 84, 72)
     assert Image.open(io.BytesIO(plain.data)).size == (72 + 84, 72)
-    assert plain.data != strong.data and side.data != viridis.data
+    assert plain.data != strong.data
+    assert side.data != viridis.data
     contour = client.get("/render/overlay.png", query_string={**base, "mode": "contour"})
     smooth = client.get("/render/overlay.png", query_string={**blend, "alpha": "1", "smooth": "1"})
-    assert contour.data != plain.data and smooth.data != strong.data
+    assert contour.data != plain.data
+    assert smooth.data != strong.data
     one = client.get("/render/overlay.png", query_string={**blend, "alpha": "0", "channels": "0"})
     assert one.data != plain.data  # a single channel differs from the composite
     for bad in ({"cmap": "nope"}, {"mode": "nope"}, {"pct": "10"}, {"smooth": "9"}):
@@ -149,7 +152,8 @@ def test_find_studies_and_malformed_directories(studies_root, tmp_path):
     with pytest.raises(StudyUnreadable, match="study.json"):
         broken.status()
     summary = broken.summary()
-    assert summary["status"] == "unreadable" and "study.json" in summary["error"]
+    assert summary["status"] == "unreadable"
+    assert "study.json" in summary["error"]
     half = tmp_path / "half"
     half.mkdir()
     (half / "study.json").write_text('{"status": "running"}')
@@ -184,9 +188,8 @@ def test_broken_study_page_is_a_message_not_a_traceback(client):
     assert response.status_code == 200
     page = response.get_json()["response"]["page"]["children"]["props"]
     assert page["className"] == "notice error"
-    assert "broken" in page["children"] and (
-        "study.json" in page["children"] or "Parquet" in page["children"]
-    )
+    assert "broken" in page["children"]
+    assert "study.json" in page["children"] or "Parquet" in page["children"]
     assert "Traceback" not in json.dumps(page)
 
 
@@ -222,7 +225,8 @@ def test_sort_and_page_on_ten_thousand_trials(tmp_path):
         table, [{"column_id": "f1_macro", "direction": "desc"}], columns, ("val/f1_macro", False)
     )
     page, pages = query.page(ranked, 3, 25)
-    assert pages == 400 and len(page) == 25
+    assert pages == 400
+    assert len(page) == 25
     assert page["val/f1_macro"].tolist() == sorted(table["val/f1_macro"], reverse=True)[75:100]
 
 

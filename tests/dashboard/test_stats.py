@@ -20,12 +20,11 @@ def test_nadeau_bengio_matches_the_formula_by_hand():
     t = mean / math.sqrt((1 / 5 + ratio) * var)
     p = 2 * sps.t.sf(abs(t), 4)
     got = stats.nadeau_bengio(a, b, ratio)
-    assert (
-        got[0] == pytest.approx(mean) and got[1] == pytest.approx(t) and got[2] == pytest.approx(p)
-    )
-    assert got[0] == pytest.approx(0.042) and got[1] == pytest.approx(
-        2.4188, abs=1e-4
-    )  # 0.042 / sqrt(0.45 * 0.00067)
+    assert got[0] == pytest.approx(mean)
+    assert got[1] == pytest.approx(t)
+    assert got[2] == pytest.approx(p)
+    assert got[0] == pytest.approx(0.042)
+    assert got[1] == pytest.approx(2.4188, abs=1e-4)  # 0.042 / sqrt(0.45 * 0.00067)
 
 
 def test_nadeau_bengio_is_more_conservative_than_the_plain_paired_t_test():
@@ -36,14 +35,18 @@ def test_nadeau_bengio_is_more_conservative_than_the_plain_paired_t_test():
     _, t, p = stats.nadeau_bengio(a, b, 1 / 9)
     # with no correction (ratio -> 0) it is exactly scipy's paired t-test
     _, t0, p0 = stats.nadeau_bengio(a, b, 1e-300)
-    assert t0 == pytest.approx(plain.statistic) and p0 == pytest.approx(plain.pvalue)
-    assert abs(t) < abs(plain.statistic) and p > plain.pvalue
+    assert t0 == pytest.approx(plain.statistic)
+    assert p0 == pytest.approx(plain.pvalue)
+    assert abs(t) < abs(plain.statistic)
+    assert p > plain.pvalue
 
 
 def test_nadeau_bengio_edge_cases():
     assert stats.nadeau_bengio([0.5, 0.6], [0.5, 0.6], 0.5)[2] == 1.0
     mean, t, p = stats.nadeau_bengio([0.6, 0.7], [0.5, 0.6], 0.5)
-    assert mean == pytest.approx(0.1) and math.isinf(t) and p == 0.0
+    assert mean == pytest.approx(0.1)
+    assert math.isinf(t)
+    assert p == 0.0
     assert math.isnan(stats.nadeau_bengio([0.5], [0.4], 0.5)[2])
     with pytest.raises(ValueError, match="aligned"):
         stats.nadeau_bengio([0.5, 0.6], [0.4], 0.5)
@@ -56,14 +59,16 @@ def test_wilcoxon_matches_scipy_exact(seed):
     a, b = rng.normal(0, 1, n), rng.normal(0.3, 1, n)
     w, p = stats.wilcoxon_exact(a, b)
     ref = sps.wilcoxon(a, b, method="exact")
-    assert w == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+    assert w == pytest.approx(ref.statistic)
+    assert p == pytest.approx(ref.pvalue)
 
 
 def test_wilcoxon_three_folds_and_zero_differences():
     # all three differences positive: the smallest possible two-sided p with n = 3 is 2/8
     assert stats.wilcoxon_exact([3, 4, 5], [1, 1, 1]) == (0.0, 0.25)
     w, p = stats.wilcoxon_exact([1, 2, 3], [1, 2, 3])
-    assert math.isnan(w) and math.isnan(p)
+    assert math.isnan(w)
+    assert math.isnan(p)
     # large n: normal approximation close to scipy's
     rng = np.random.default_rng(1)
     a, b = rng.normal(0, 1, 30), rng.normal(0.2, 1, 30)
@@ -78,7 +83,9 @@ def test_holm_and_bonferroni_by_hand():
     assert stats.bonferroni(p) == pytest.approx([0.04, 0.16, 0.12, 0.02])
     assert stats.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
     got = stats.holm([0.01, float("nan"), 0.02])  # NaN is not a test
-    assert got[0] == pytest.approx(0.02) and math.isnan(got[1]) and got[2] == pytest.approx(0.02)
+    assert got[0] == pytest.approx(0.02)
+    assert math.isnan(got[1])
+    assert got[2] == pytest.approx(0.02)
 
 
 def test_paired_table_uses_shared_folds_and_corrects_over_rows():
@@ -95,7 +102,8 @@ def test_paired_table_uses_shared_folds_and_corrects_over_rows():
     ]
     ac = rows[1]
     expected = stats.nadeau_bengio([0.92, 0.91, 0.93], [0.7, 0.75, 0.72], 1 / 3)
-    assert ac["t"] == pytest.approx(expected[1]) and ac["p_nb"] == pytest.approx(expected[2])
+    assert ac["t"] == pytest.approx(expected[1])
+    assert ac["p_nb"] == pytest.approx(expected[2])
     raw = [r["p_nb"] for r in rows]
     assert [r["p_nb_holm"] for r in rows] == pytest.approx(stats.holm(raw))
     assert [r["p_nb_bonferroni"] for r in rows] == pytest.approx([min(1, 3 * x) for x in raw])

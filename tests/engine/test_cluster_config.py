@@ -72,4 +72,5 @@ def test_workers_join_the_head_and_run_the_same_cytotune(config):
     (target,) = [t for t, source in config["file_mounts"].items() if source == "."]
     assert any(f"pip install -q -e ~/{Path(target).name}" in c for c in config["setup_commands"])
     text = CLUSTER_YAML.read_text()
-    assert "storage" in text and "every node" in text  # where the study must live
+    assert "storage" in text
+    assert "every node" in text  # where the study must live

@@ -54,12 +54,14 @@ def test_grouped_folds_never_share_a_group_and_match_sklearn(dataset, seed):
 def test_every_cell_in_exactly_one_validation_fold(dataset):
     folds = make_folds(dataset, k=5, group="well")
     val_ids = np.concatenate([folds.split(f)[1] for f in range(5)])
-    assert sorted(val_ids) == sorted(folds.assignment["cell_id"]) and len(set(val_ids)) == 60
+    assert sorted(val_ids) == sorted(folds.assignment["cell_id"])
+    assert len(set(val_ids)) == 60
 
 
 def test_leave_one_group_out_and_naive_audit(dataset):
     folds = make_folds(dataset, group="plate", method="leave-one-group-out", audit_naive=True)
-    assert folds.k == 2 and folds.audit["total_shared_groups"] == 0
+    assert folds.k == 2
+    assert folds.audit["total_shared_groups"] == 0
     naive = folds.audit["naive_per_cell"]
     assert naive["total_shared_groups"] > 0  # per-cell k-fold puts both plates on both sides
 
@@ -83,7 +85,8 @@ def test_hash_stable_and_sensitive_store_and_reload(dataset):
     with pytest.raises(FileExistsError, match="--overwrite"):
         save_folds(dataset, c)
     loaded = load_folds(dataset, a.name)
-    assert loaded.hash == a.hash and loaded.assignment.equals(a.assignment)
+    assert loaded.hash == a.hash
+    assert loaded.assignment.equals(a.assignment)
     with pytest.raises(FileNotFoundError, match="cytotune folds"):
         load_folds(dataset, "nope")
 
@@ -115,9 +118,8 @@ def test_bad_fold_requests(dataset, kwargs, message):
 def test_cli_prints_audit(dataset, capsys):
     assert main(["folds", str(dataset), "--k", "3", "--group", "well", "--audit-naive"]) == 0
     out = capsys.readouterr().out
-    assert (
-        "leakage: 0 values of 'well' shared" in out and "naive per-cell k-fold would share" in out
-    )
+    assert "leakage: 0 values of 'well' shared" in out
+    assert "naive per-cell k-fold would share" in out
     assert (dataset / "folds" / "k3-well.parquet").is_file()
     assert main(["folds", str(dataset), "--group", "patient"]) == 2
 
@@ -125,14 +127,16 @@ def test_cli_prints_audit(dataset, capsys):
 def test_audit_flags_a_group_column_that_determines_the_class(dataset, capsys):
     grouped = make_folds(dataset, k=3, group="well", stratify="label")
     by_column = {e["column"]: e for e in grouped.audit["confounding"]}
-    assert by_column["well"]["confounded"] and by_column["well"]["single_class_values"] == 12
+    assert by_column["well"]["confounded"]
+    assert by_column["well"]["single_class_values"] == 12
     assert by_column["well"]["val_cells_sharing_value_with_train"] == 0  # held out by the split
     assert not by_column["plate"]["confounded"]  # each plate holds all three classes
     naive = make_folds(dataset, k=3, group=None, stratify="label")
     meta = naive.assignment.merge(CellDataset(dataset).metadata(), on="cell_id")
     expected = np.mean([w in set(meta.well[meta.fold != f]) for w, f in zip(meta.well, meta.fold)])
     entry = {e["column"]: e for e in naive.audit["confounding"]}["well"]
-    assert entry["val_cells_sharing_value_with_train"] == pytest.approx(expected) and expected > 0.5
+    assert entry["val_cells_sharing_value_with_train"] == pytest.approx(expected)
+    assert expected > 0.5
     assert main(["folds", str(dataset), "--k", "3", "--group", "none", "--name", "naive"]) == 0
     assert (
         "WARNING confounding: every value of 'well' holds a single class" in capsys.readouterr().out

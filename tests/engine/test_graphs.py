@@ -73,9 +73,11 @@ def fold_trainer(data, device, **train):
 
 def test_cpu_trainer_trains_eagerly_and_says_why(data):
     trainer = fold_trainer(data, "cpu", epochs=1)
-    assert not trainer.graphed and "CUDA" in trainer.eager_reason
+    assert not trainer.graphed
+    assert "CUDA" in trainer.eager_reason
     trainer.fit()
-    assert trainer._graph_step is None and trainer.history[0]["images"] > 0
+    assert trainer._graph_step is None
+    assert trainer.history[0]["images"] > 0
 
 
 @needs_cuda
@@ -83,7 +85,8 @@ def test_graphed_fold_trains_like_the_eager_fold(data):
     graphed = fold_trainer(data, "cuda")
     eager = fold_trainer(data, "cuda", cuda_graphs="off")
     graphed.fit(), eager.fit()
-    assert graphed._graph_step.captured and eager._graph_step is None
+    assert graphed._graph_step.captured
+    assert eager._graph_step is None
     # the one-cycle schedule ran inside the graph: its LR went up and down
     lrs = [r["lr"] for r in graphed.history]
     assert lrs == pytest.approx([r["lr"] for r in eager.history], rel=1e-5)
@@ -118,7 +121,9 @@ def test_uncapturable_step_falls_back_to_eager():
     with pytest.warns(RuntimeWarning, match="capture failed"):
         for _ in range(5):
             step(x, y)
-    assert step.failed and not step.captured and step.eager_steps == 5
+    assert step.failed
+    assert not step.captured
+    assert step.eager_steps == 5
     assert not torch.equal(before, model.weight)
 
 

@@ -68,8 +68,10 @@ def test_index_formats_round_trip_pixel_exact(tmp_path, fmt, index_kind):
         rows.append({"path": f"c{i}.{suffix}", "label": "ab"[i % 2], "well": f"w{i % 3}"})
     report = ingest(_index(tmp_path, rows, index_kind), tmp_path / "ds", ONE_WORKER, progress=False)
     ds = CellDataset(tmp_path / "ds")
-    assert report.manifest.num_quarantined == 0 and ds.manifest.num_rows == 5
-    assert ds.manifest.dtype == np.dtype(dtype).name and ds.manifest.shape == [channels, 20, 24]
+    assert report.manifest.num_quarantined == 0
+    assert ds.manifest.num_rows == 5
+    assert ds.manifest.dtype == np.dtype(dtype).name
+    assert ds.manifest.shape == [channels, 20, 24]
     got = _by_id(ds)
     for cell_id, chw in expected.items():
         np.testing.assert_array_equal(got[cell_id], chw)
@@ -133,7 +135,8 @@ def test_npz_bundle_with_masks_and_groups(tmp_path):
     ds = CellDataset(tmp_path / "ds")
     np.testing.assert_array_equal(ds.images(), images)
     np.testing.assert_array_equal(ds.masks(), masks)
-    assert ds.manifest.channel_names == ["dna", "actin"] and ds.manifest.has_mask
+    assert ds.manifest.channel_names == ["dna", "actin"]
+    assert ds.manifest.has_mask
     assert ds.metadata()["plate"].tolist() == ["p1"] * 5
     assert ds.manifest.class_counts == {"a": 3, "b": 2}
 
@@ -166,12 +169,11 @@ def test_mask_column_channel_order_and_regression_targets(tmp_path):
     np.testing.assert_array_equal(ds.images()[0], chw[[2, 0]])
     np.testing.assert_array_equal(ds.masks()[0], (mask > 0).astype(np.uint8))
     meta = ds.metadata()
-    assert ds.manifest.task == "regression" and ds.manifest.targets == ["size_um", "density"]
-    assert (
-        meta.loc[0, "size_um"] == 3.5
-        and meta.loc[0, "density"] == 0.25
-        and meta.loc[0, "patient"] == "p7"
-    )
+    assert ds.manifest.task == "regression"
+    assert ds.manifest.targets == ["size_um", "density"]
+    assert meta.loc[0, "size_um"] == 3.5
+    assert meta.loc[0, "density"] == 0.25
+    assert meta.loc[0, "patient"] == "p7"
 
 
 @pytest.mark.parametrize(
@@ -191,7 +193,8 @@ def test_size_fitting(tmp_path, mode, source_hw, expect):
     assert got.shape == (1, 12, 12)
     if expect == "pad":  # height 10 -> padded by 1 each side; width 14 -> cropped 1 each side
         np.testing.assert_array_equal(got[:, 1:11, :], chw[:, :, 1:13])
-        assert (got[:, 0] == 0).all() and (got[:, 11] == 0).all()
+        assert (got[:, 0] == 0).all()
+        assert (got[:, 11] == 0).all()
     elif expect == "crop":
         np.testing.assert_array_equal(got, chw[:, 4:16, 2:14])
     else:  # bilinear resize: equals PIL's float resize, rounded
@@ -268,7 +271,8 @@ def test_nan_and_inf_pixels_quarantined(tmp_path):
         rows.append({"path": f"f{i}.npy", "label": "a"})
     ingest(_index(tmp_path, rows), tmp_path / "ds", ONE_WORKER, progress=False)
     q = CellDataset(tmp_path / "ds").quarantine()
-    assert sorted(q["cell_id"]) == ["f1", "f2"] and set(q["reason"]) == {"NaN or inf pixel values"}
+    assert sorted(q["cell_id"]) == ["f1", "f2"]
+    assert set(q["reason"]) == {"NaN or inf pixel values"}
 
 
 def test_cli_exit_code_follows_bad_fraction(tmp_path, capsys):
@@ -277,7 +281,9 @@ def test_cli_exit_code_follows_bad_fraction(tmp_path, capsys):
         main(["ingest", str(index), "--out", str(tmp_path / "a"), "--workers", "1", "--quiet"]) == 1
     )
     out = capsys.readouterr().out
-    assert "10 quarantined" in out and "wrong channel count" in out and "max-bad-fraction" in out
+    assert "10 quarantined" in out
+    assert "wrong channel count" in out
+    assert "max-bad-fraction" in out
     assert (
         main(
             [

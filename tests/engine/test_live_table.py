@@ -33,18 +33,21 @@ def test_setup_says_trials_are_launching_and_no_best_none_before_a_score():
     table.on_trial_start(0, [], trial("a"))
     text = out.getvalue()
     assert "launching 6 trials" in text
-    assert "None" not in text and "no score yet" in text
+    assert "None" not in text
+    assert "no score yet" in text
     table.on_trial_result(0, [], trial("a"), {"epoch": 4, "folds_done": 1, "fold_curve": [],
                                               "val/balanced_accuracy": 0.81234})  # fmt: skip
     last = out.getvalue().splitlines()[-1]
-    assert "1/3 folds" in last and last.endswith("best 0.8123")
+    assert "1/3 folds" in last
+    assert last.endswith("best 0.8123")
 
 
 def test_epoch_race_waits_for_the_first_epoch():
     out = io.StringIO()
     table = LiveTable(study("epochs"), stream=out)
     table.on_trial_start(0, [], trial("a"))
-    assert "first epoch" in out.getvalue() and "None" not in out.getvalue()
+    assert "first epoch" in out.getvalue()
+    assert "None" not in out.getvalue()
 
 
 def test_long_parameters_are_cut_at_a_word_with_an_ellipsis():

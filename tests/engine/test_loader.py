@@ -68,13 +68,12 @@ def test_batches_shape_dtype_normalisation(dataset, normalization):
         "inprocess", dataset, config=LoaderConfig(batch_size=16, normalization=normalization)
     )
     batches = list(loader.epoch(0))
-    assert [len(b) for b in batches] == [16, 16, 8] and len(loader) == 3
+    assert [len(b) for b in batches] == [16, 16, 8]
+    assert len(loader) == 3
     b = batches[0]
-    assert (
-        b.images.dtype == torch.float32
-        and b.images.shape == (16, 2, 12, 12)
-        and b.targets.dtype == torch.int64
-    )
+    assert b.images.dtype == torch.float32
+    assert b.images.shape == (16, 2, 12, 12)
+    assert b.targets.dtype == torch.int64
     for j, cid in enumerate(b.cell_ids):
         expected = (raw[cid] - np.reshape(offset, (2, 1, 1))) / np.reshape(scale, (2, 1, 1))
         np.testing.assert_allclose(b.images[j].numpy(), expected, rtol=1e-5, atol=1e-5)
@@ -86,7 +85,8 @@ def test_split_selection_and_shuffle(dataset):
     loader = create_loader("inprocess", dataset, wanted, LoaderConfig(batch_size=5, seed=3))
     e0 = [c for b in loader.epoch(0) for c in b.cell_ids]
     e1 = [c for b in loader.epoch(1) for c in b.cell_ids]
-    assert sorted(e0) == sorted(wanted) == sorted(e1) and e0 != e1
+    assert sorted(e0) == sorted(wanted) == sorted(e1)
+    assert e0 != e1
     assert e0 == [c for b in loader.epoch(0) for c in b.cell_ids]  # same seed and epoch, same order
     with pytest.raises(ValueError, match="not in dataset"):
         create_loader("inprocess", dataset, ["nope"], LoaderConfig())
@@ -155,7 +155,8 @@ def test_ray_data_loader_matches_in_process(dataset, ray_local):
         np.testing.assert_array_equal(streamed[cid][2], local[cid][2])
     order0 = [c for b in ray_loader.epoch(0) for c in b.cell_ids]
     order1 = [c for b in ray_loader.epoch(1) for c in b.cell_ids]
-    assert sorted(order0) == sorted(order1) and order0 != order1
+    assert sorted(order0) == sorted(order1)
+    assert order0 != order1
 
 
 def test_regression_targets(tmp_path):
@@ -174,7 +175,8 @@ def test_regression_targets(tmp_path):
             "inprocess", tmp_path / "ds", config=LoaderConfig(batch_size=5, shuffle=False)
         ).epoch(0)
     )
-    assert batch.targets.dtype == torch.float32 and batch.targets.shape == (5, 2)
+    assert batch.targets.dtype == torch.float32
+    assert batch.targets.shape == (5, 2)
     np.testing.assert_allclose(batch.targets.numpy(), [[i * 0.5, -i] for i in range(5)])
 
 
@@ -183,7 +185,9 @@ def test_ray_loader_holds_the_whole_split_after_one_epoch(dataset, ray_local):
     wanted = [f"cell{i:03d}" for i in range(30)]
     loader = create_loader("ray", dataset, wanted, config)
     first = [c for b in loader.epoch(0) for c in b.cell_ids]
-    assert len(first) == 24 and set(first) <= set(wanted)
+    assert len(first) == 24
+    assert set(first) <= set(wanted)
     assert sorted(loader._held["cell_id"]) == sorted(wanted)  # dropped rows are still held
     second = [c for b in loader.epoch(1) for c in b.cell_ids]
-    assert len(second) == 24 and second != first
+    assert len(second) == 24
+    assert second != first

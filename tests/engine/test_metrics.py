@@ -92,7 +92,8 @@ def test_classification_matches_sklearn(k, present, n):
     assert out["auc_classes_present"] == len(present)
     cm = skm.confusion_matrix(y, proba.argmax(axis=1), labels=list(range(k)))
     assert out["confusion_matrix"] == cm.tolist()
-    assert len(out["confusion_matrix"]) == k and all(len(r) == k for r in out["confusion_matrix"])
+    assert len(out["confusion_matrix"]) == k
+    assert all(len(r) == k for r in out["confusion_matrix"])
     assert set(out["roc"]) == {classes[c] for c in present}
     for c in present:
         full = skm.roc_auc_score(y == c, proba[:, c])
@@ -133,11 +134,14 @@ def test_single_class_present():
     y = np.zeros(10, dtype=int)
     proba = np.random.default_rng(0).dirichlet(np.ones(2), size=10)
     out = classification_metrics(y, proba, ["neg", "pos"])
-    assert math.isnan(out["auc_macro"]) and math.isnan(out["auc_micro"])
-    assert out["auc_classes_present"] == 1 and out["roc"] == {}
+    assert math.isnan(out["auc_macro"])
+    assert math.isnan(out["auc_micro"])
+    assert out["auc_classes_present"] == 1
+    assert out["roc"] == {}
     assert out["accuracy"] == pytest.approx(np.mean(proba.argmax(1) == 0))
     out3 = classification_metrics(y, np.random.default_rng(1).dirichlet(np.ones(3), 10), "abc")
-    assert math.isnan(out3["auc_macro"]) and math.isnan(out3["auc_weighted"])
+    assert math.isnan(out3["auc_macro"])
+    assert math.isnan(out3["auc_weighted"])
     assert math.isfinite(out3["auc_micro"])
 
 
@@ -166,13 +170,16 @@ def test_roc_thinning():
     f, t = thin_curve(fpr, tpr)
     assert 50 < len(f) <= 101
     assert (f[0], t[0], f[-1], t[-1]) == (fpr[0], tpr[0], fpr[-1], tpr[-1])
-    assert np.all(np.diff(f) >= 0) and np.all(np.diff(t) >= 0)
+    assert np.all(np.diff(f) >= 0)
+    assert np.all(np.diff(t) >= 0)
     assert skm.auc(f, t) == pytest.approx(skm.auc(fpr, tpr), abs=2e-3)
     out = classification_metrics(
         y, np.c_[1 - 1 / (1 + np.exp(-score)), 1 / (1 + np.exp(-score))], "ab"
     )
     curve = out["roc"]["b"]
-    assert len(curve["fpr"]) <= 101 and curve["fpr"][0] == 0.0 and curve["tpr"][-1] == 1.0
+    assert len(curve["fpr"]) <= 101
+    assert curve["fpr"][0] == 0.0
+    assert curve["tpr"][-1] == 1.0
     assert curve["auc"] == pytest.approx(skm.roc_auc_score(y, score))
 
 

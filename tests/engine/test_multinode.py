@@ -78,7 +78,8 @@ def searched(cluster, workspace):
     assert lost is not None, "no trial reached a checkpoint on worker b while it ran"
     ray_cluster.remove_node(worker)
     driver.join(timeout=120)
-    assert not driver.is_alive() and "error" not in outcome, outcome.get("error")
+    assert not driver.is_alive(), outcome.get("error")
+    assert "error" not in outcome, outcome.get("error")
     return study, outcome["store"], lost, before, cwd_before
 
 
@@ -86,7 +87,8 @@ def test_trials_spread_over_nodes_and_match_a_one_node_run(cluster, searched):
     _, head, worker = cluster
     study, store, lost, _, _ = searched
     trials = store.table("trials")
-    assert len(trials) == 2 and set(trials["status"]) == {"completed"}
+    assert len(trials) == 2
+    assert set(trials["status"]) == {"completed"}
     first_nodes = {row.split(",")[0] for row in trials["nodes"]}
     assert first_nodes == {head.node_id, worker.node_id}  # one trial started on each node
     # same seed, same sampled configurations, same scores as one process without Ray; the
@@ -103,9 +105,11 @@ def test_a_lost_worker_node_loses_no_trial_and_its_trial_resumes_elsewhere(clust
     _, head, worker = cluster
     study, store, lost, _, _ = searched
     trials = store.table("trials").set_index("trial_id")
-    assert trials.index.is_unique and (trials["epochs_done"] == EPOCHS).all()
+    assert trials.index.is_unique
+    assert (trials["epochs_done"] == EPOCHS).all()
     moved = trials.loc[lost]
-    assert moved["retries"] == 1 and "node" in moved["last_error"].lower()
+    assert moved["retries"] == 1
+    assert "node" in moved["last_error"].lower()
     assert moved["nodes"].split(",") == [worker.node_id, head.node_id]
     assert moved["node_id"] == head.node_id
     # the first result after the restore is past the checkpointed epoch (the trial did not
@@ -115,7 +119,9 @@ def test_a_lost_worker_node_loses_no_trial_and_its_trial_resumes_elsewhere(clust
     # epoch exactly once (below).
     results = tune_results(Path(store.tune_dir) / f"trial_{lost}")
     starts = [r["epoch"] for r in results if r["iterations_since_restore"] == 1]
-    assert len(starts) == 2 and starts[0] == 1 and starts[1] > 1
+    assert len(starts) == 2
+    assert starts[0] == 1
+    assert starts[1] > 1
     epochs = store.table("epochs")
     assert not epochs.duplicated(["trial_id", "epoch", "fold"]).any()
     assert len(epochs[epochs["fold"] == -1]) == 2 * EPOCHS
@@ -138,7 +144,8 @@ def test_nothing_is_written_outside_the_study_directory(workspace, searched):
     assert (sorted(os.listdir(home)) if home.is_dir() else None) == results_before
     assert sorted(os.listdir(Path.cwd())) == cwd_before
     for checkpoint in store.table("trials")["checkpoint"]:
-        assert Path(checkpoint).is_relative_to(study_dir) and Path(checkpoint).is_dir()
+        assert Path(checkpoint).is_relative_to(study_dir)
+        assert Path(checkpoint).is_dir()
 
 
 def test_trial_page_names_the_nodes(searched):
@@ -180,7 +187,8 @@ def test_explain_job_spreads_its_actors_and_matches_a_direct_computation(cluster
         batch_size=16, address=ray_cluster.address,
     )  # fmt: skip
     plan, state = run_explain(config, progress=False, log=lambda *_: None)
-    assert state.data["status"] == "finished" and not state.data.get("failures")
+    assert state.data["status"] == "finished"
+    assert not state.data.get("failures")
     explain_actors = [
         a for a in ray._private.state.actors().values() if "MapWorker" in a["ActorClassName"]
     ]

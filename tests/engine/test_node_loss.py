@@ -113,8 +113,10 @@ def test_a_killed_driver_resumes_on_the_cluster_without_losing_or_repeating_tria
     done_before = before[before["status"] == "completed"].set_index("trial_id")
     assert 1 <= len(done_before) < TRIALS, before[["trial_id", "status"]]
     after = store.table("trials")
-    assert len(after) == TRIALS and after["trial_id"].is_unique
-    assert set(after["status"]) == {"completed"} and (after["epochs_done"] == EPOCHS).all()
+    assert len(after) == TRIALS
+    assert after["trial_id"].is_unique
+    assert set(after["status"]) == {"completed"}
+    assert (after["epochs_done"] == EPOCHS).all()
     after = after.set_index("trial_id")
     # the trials completed before the kill are kept as they were: same end, same scores
     kept = after.loc[done_before.index]
@@ -245,9 +247,11 @@ def test_explain_job_finishes_when_an_actor_node_is_lost(cluster, resumed, tmp_p
         parts = list(Path(store.path, "explain", "maps").glob("*/.*.tmp/part-*.parquet"))
         ray_cluster.remove_node(worker)
         job.join(timeout=120)
-    assert not job.is_alive() and "error" not in outcome, outcome.get("error")
+    assert not job.is_alive(), outcome.get("error")
+    assert "error" not in outcome, outcome.get("error")
     plan, state = outcome["result"]
-    assert state.data["status"] == "finished" and not state.data.get("failures")
+    assert state.data["status"] == "finished"
+    assert not state.data.get("failures")
     assert parts, "no part was written before the node was lost"
     restarted = [
         a for a in ray._private.state.actors().values()
@@ -257,7 +261,8 @@ def test_explain_job_finishes_when_an_actor_node_is_lost(cluster, resumed, tmp_p
     assert not alive_actors("MapWorker", worker.node_id)
     # every (trial, method, cell) once, equal to the maps of a run that lost no node
     maps, reference = _maps(plan, methods), _maps_without_ray(plan, config)
-    assert sorted(maps) == sorted(reference) and len(maps) == 2 * len(methods)
+    assert sorted(maps) == sorted(reference)
+    assert len(maps) == 2 * len(methods)
     cells = sorted(plan.cells["cell_id"])
     for key, frame in maps.items():
         assert frame["cell_id"].tolist() == cells, key  # sorted: each cell exactly once

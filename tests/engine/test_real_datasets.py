@@ -28,7 +28,8 @@ def test_mitocheck_ingests_completely_and_pixel_exact(tmp_path):
         "uint8",
         16,
     )
-    assert m.class_counts["Polylobed"] == 473 and m.class_counts["Folded"] == 58
+    assert m.class_counts["Polylobed"] == 473
+    assert m.class_counts["Folded"] == 58
     ds = CellDataset(tmp_path / "mitocheck")
     source = pd.read_csv(index)
     meta = ds.metadata().set_index("source")
@@ -37,7 +38,8 @@ def test_mitocheck_ingests_completely_and_pixel_exact(tmp_path):
         i = meta.index.get_loc(row.path)
         reference = np.asarray(Image.open(index.parent / row.path))
         np.testing.assert_array_equal(images[i, 0], reference)
-        assert meta.iloc[i]["label"] == row.label and meta.iloc[i]["group"] == row.group
+        assert meta.iloc[i]["label"] == row.label
+        assert meta.iloc[i]["group"] == row.group
     folds = make_folds(ds, k=5, group="group")
     assert folds.audit["total_shared_groups"] == 0
 

@@ -25,7 +25,9 @@ def test_defaults_are_the_cell_recipe():
         "auto",
         "auto",
     )
-    assert c.augment.flip and c.augment.rot90 and c.augment.shift == 0.05
+    assert c.augment.flip
+    assert c.augment.rot90
+    assert c.augment.shift == 0.05
     assert c.augment.intensity == 0.1
 
 
@@ -46,7 +48,8 @@ def test_auto_batch_and_sqrt_lr_scaling(crop, n_train, batch):
     assert resolved.lr == pytest.approx(2e-3 * math.sqrt(batch / 256))
     assert resolved.resolved(crop, n_train) == resolved  # idempotent
     linear = TrainConfig(lr=2e-3, batch_size=64, lr_scaling="linear").resolved(crop, n_train)
-    assert linear.lr == pytest.approx(2e-3 / 4) and linear.batch_size == 64
+    assert linear.lr == pytest.approx(2e-3 / 4)
+    assert linear.batch_size == 64
 
 
 def test_onecycle_matches_torch_reference():
@@ -62,7 +65,8 @@ def test_onecycle_matches_torch_reference():
         ref_lrs.append(ref.param_groups[0]["lr"])
         ours.step(), ref.step(), sched.step(), ref_sched.step()
     assert lrs == pytest.approx(ref_lrs)
-    assert max(lrs) == pytest.approx(1e-2, rel=0.05) and lrs[0] == pytest.approx(1e-2 / 25)
+    assert max(lrs) == pytest.approx(1e-2, rel=0.05)
+    assert lrs[0] == pytest.approx(1e-2 / 25)
 
 
 def test_invalid_recipe_values_name_the_field():
@@ -82,7 +86,8 @@ def test_tta_views_are_the_eight_dihedral_symmetries():
         for flipped in (x, x.flip(3)):
             reference.add(tuple(torch.rot90(flipped, k, (2, 3)).flatten().tolist()))
     assert outs == reference
-    assert len(tta_views("flips", 4, 4)) == 3 and len(TTA_VIEWS["none"]) == 1
+    assert len(tta_views("flips", 4, 4)) == 3
+    assert len(TTA_VIEWS["none"]) == 1
     assert len(tta_views("dihedral", 4, 6)) == 4  # no quarter turns of a non-square crop
 
 
@@ -129,7 +134,8 @@ def test_intensity_jitter_scales_each_channel_within_bounds():
     out = augment(images, row_seeds([f"c{i}" for i in range(64)], 0, 0), config)
     gains = out[:, :, 0, 0]  # (B, C); constant over pixels
     assert torch.allclose(out, gains[:, :, None, None].expand_as(out))
-    assert gains.min() >= 0.8 - 1e-6 and gains.max() <= 1.2 + 1e-6
+    assert gains.min() >= 0.8 - 1e-6
+    assert gains.max() <= 1.2 + 1e-6
     assert gains.std() > 0.05  # channels and crops get their own gains
     assert not torch.allclose(gains[:, 0], gains[:, 1])
 

@@ -52,7 +52,8 @@ def test_store_completes_a_trial_whose_results_the_killed_driver_never_flushed(t
     )
     StoreCallback(store, study).on_trial_complete(0, [], trial)
     row = store.rows("trials")[0]
-    assert row["status"] == "completed" and row["epochs_done"] == 3
+    assert row["status"] == "completed"
+    assert row["epochs_done"] == 3
     assert row["val/f1_weighted"] == 0.8
     # race: folds: complete only with every fold scored, whatever the epochs
     folds_study = StudyConfig.from_dict(

@@ -105,12 +105,15 @@ def test_tasks_consume_exactly_their_declared_tape(name):
 @pytest.mark.parametrize("size", [32, 64, 96])
 def test_shapes_and_dtypes(task, channels, size):
     b = synth.render(task, 6, size=size)
-    assert b.images.shape == (6, channels, size, size) and b.images.dtype == np.uint16
+    assert b.images.shape == (6, channels, size, size)
+    assert b.images.dtype == np.uint16
     assert b.masks.shape == b.evidence.shape == (6, size, size)
     assert b.masks.dtype == b.evidence.dtype == np.uint8
-    assert set(np.unique(b.masks)) <= {0, 1} and set(np.unique(b.evidence)) <= {0, 1}
+    assert set(np.unique(b.masks)) <= {0, 1}
+    assert set(np.unique(b.evidence)) <= {0, 1}
     assert len(b) == len(b.labels) == len(b.plates) == len(b.wells) == len(b.fields) == 6
-    assert b.phenotype_present.dtype == bool and len(b.channel_names) == channels
+    assert b.phenotype_present.dtype == bool
+    assert len(b.channel_names) == channels
     assert len(set(b.cell_ids)) == 6
 
 
@@ -158,7 +161,8 @@ def test_masks_non_empty_and_evidence_inside(fixture, request):
 def test_classes_balanced_and_wells_class_pure(fixture, request):
     b = request.getfixturevalue(fixture)
     counts = Counter(b.labels)
-    assert set(counts) == set(b.classes) and max(counts.values()) - min(counts.values()) <= 1
+    assert set(counts) == set(b.classes)
+    assert max(counts.values()) - min(counts.values()) <= 1
     labels_per_well = defaultdict(set)
     for well, label in zip(b.wells, b.labels):
         labels_per_well[well].add(label)
@@ -202,7 +206,8 @@ def test_confound_puts_each_class_on_its_own_plates(plates):
     classes_per_plate = defaultdict(set)
     for plate, label in zip(b.plates, b.labels):
         classes_per_plate[plate].add(label)
-    assert len(classes_per_plate) == plates and all(len(v) == 1 for v in classes_per_plate.values())
+    assert len(classes_per_plate) == plates
+    assert all(len(v) == 1 for v in classes_per_plate.values())
     if plates == 2:  # the plate batch effect alone (background level) then predicts the class
         background = _background(b.images[:, 0].astype(float), b.masks)
         y = np.array(b.labels) == "metastasizing"
@@ -222,7 +227,9 @@ def test_partial_confound_is_between():
         )
 
     none, half, full = plate_purity(0.0), plate_purity(0.5), plate_purity(1.0)
-    assert none < 0.45 and 0.5 < half < 0.95 and full == 1.0
+    assert none < 0.45
+    assert 0.5 < half < 0.95
+    assert full == 1.0
 
 
 def test_plate_batch_effects_and_camera_noise(metastasis):
@@ -292,7 +299,8 @@ def test_splat_conserves_mass_and_places_points():
     x = np.array([[10.25, 30.0]])
     y = np.array([[20.5, 5.0]])
     out = shapes.splat([(x, y, np.array([[2.0, 1.0]]), 0)], 40)
-    assert out.shape == (1, 1, 40, 40) and out.sum() == pytest.approx(3.0)
+    assert out.shape == (1, 1, 40, 40)
+    assert out.sum() == pytest.approx(3.0)
     np.testing.assert_allclose(out[0, 0, 20:22, 10:12], [[0.75, 0.25], [0.75, 0.25]])
     assert out[0, 0, 5, 30] == pytest.approx(1.0)
 
@@ -316,17 +324,17 @@ def test_write_dataset_round_trip_is_pixel_exact(tmp_path):
     for col in ("plate", "well", "field"):
         assert meta[col].tolist() == getattr(batch, col + "s")
     assert meta["phenotype_present"].tolist() == batch.phenotype_present.tolist()
-    assert manifest.channel_names == ["dna", "actin", "vimentin"] and manifest.dtype == "uint16"
+    assert manifest.channel_names == ["dna", "actin", "vimentin"]
+    assert manifest.dtype == "uint16"
     assert manifest.group_columns == ["plate", "well", "field"]
     assert manifest.metadata_columns == ["phenotype_present"]
-    assert manifest.has_mask and manifest.has_evidence
+    assert manifest.has_mask
+    assert manifest.has_evidence
     assert manifest.class_counts == {"metastasizing": 20, "normal": 20}
     prov = manifest.provenance
-    assert (
-        prov["task"] == "metastasis"
-        and prov["seed"] == 7
-        and prov["options"]["weak_fraction"] == 0.5
-    )
+    assert prov["task"] == "metastasis"
+    assert prov["seed"] == 7
+    assert prov["options"]["weak_fraction"] == 0.5
     again = synth.write_dataset(
         "metastasis", tmp_path / "ds", 40, size=32, seed=7, progress=False, overwrite=True, **opts
     )
@@ -345,7 +353,9 @@ def test_cli_writes_dataset_and_reports_hash(tmp_path, capsys):
     assert main([*argv, "--seed", "2", "--weak-fraction", "0.5", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     manifest = Manifest.load(out)
-    assert manifest.num_rows == 30 and manifest.content_hash in printed and "30 rows" in printed
+    assert manifest.num_rows == 30
+    assert manifest.content_hash in printed
+    assert "30 rows" in printed
     assert (
         json.loads((out / "manifest.json").read_text())["provenance"]["options"]["weak_fraction"]
         == 0.5
@@ -362,4 +372,6 @@ def test_cli_writes_dataset_and_reports_hash(tmp_path, capsys):
 def test_montage_writes_png(tmp_path, microtubule):
     path = synth.montage(microtubule, tmp_path / "m.png", per_class=3, scale=1)
     with Image.open(path) as img:
-        assert img.mode == "RGB" and img.size[0] >= 3 * 64 and img.size[1] >= 6 * 64
+        assert img.mode == "RGB"
+        assert img.size[0] >= 3 * 64
+        assert img.size[1] >= 6 * 64

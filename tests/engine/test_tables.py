@@ -40,7 +40,8 @@ def test_recorded_tables_round_trip_with_their_types_and_version(tmp_path):
     assert set(tables.TRIALS.fields) <= set(trials.columns)  # every fixed column, typed
     row = trials.iloc[0]
     assert (row["status"], row["epochs_done"], row["folds_done"]) == ("completed", 2, 2)
-    assert row["param.backbone.mlp"] == "[64, 32]" and row["nodes"] == "n1"
+    assert row["param.backbone.mlp"] == "[64, 32]"
+    assert row["nodes"] == "n1"
     assert row["val/acc"] == pytest.approx(0.7)
     folds = store.table("folds")
     assert json.loads(folds["confusion_matrix"].iloc[1]) == [[1, 2], [3, 4]]
@@ -48,10 +49,13 @@ def test_recorded_tables_round_trip_with_their_types_and_version(tmp_path):
     assert sorted(zip(epochs["epoch"], epochs["fold"])) == [(1, -1), (1, 0), (1, 1), (2, -1),
                                                            (2, 0), (2, 1)]  # fmt: skip
     meta = pq.read_schema(f"{store.path}/trials.parquet").metadata
-    assert meta[b"cytotune.table"] == b"trials" and meta[b"cytotune.version"] == b"1"
+    assert meta[b"cytotune.table"] == b"trials"
+    assert meta[b"cytotune.version"] == b"1"
     typed = StudyStore(store.uri).trial("t1")
-    assert typed.sample == SAMPLE and typed.metric("acc") == pytest.approx(0.7)
-    assert typed.retries is None and typed.metric("nope") is None
+    assert typed.sample == SAMPLE
+    assert typed.metric("acc") == pytest.approx(0.7)
+    assert typed.retries is None
+    assert typed.metric("nope") is None
 
 
 def test_the_writer_refuses_a_column_the_format_does_not_define(tmp_path):
@@ -96,7 +100,9 @@ def test_old_and_unknown_versions_say_how_to_fix_them(tmp_path):
 
 def test_an_empty_store_reads_as_typed_empty_tables(tmp_path):
     trials = StudyStore(str(tmp_path)).table("trials")
-    assert trials.empty and "status" in trials and "checkpoint" in trials
+    assert trials.empty
+    assert "status" in trials
+    assert "checkpoint" in trials
     with pytest.raises(ValueError, match="not one of"):
         StudyStore(str(tmp_path)).table("trails")
 
@@ -107,7 +113,8 @@ def test_key_params_has_one_definition():
     assert data.key_params is tables.key_params
     assert tables.key_params(SAMPLE) == "resnet18 dropout=0.25 mlp=64x32 lr=3.0e-03"
     assert tables.key_params(json.dumps(SAMPLE)) == tables.key_params(SAMPLE)
-    assert tables.key_params("not json") == "" and tables.key_params(None) == ""
+    assert tables.key_params("not json") == ""
+    assert tables.key_params(None) == ""
     assert tables.key_params(pd.NA) == ""
 
 

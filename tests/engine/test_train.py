@@ -99,7 +99,8 @@ def test_config_from_sample():
     sample = {"family": "small_cnn", "small_cnn": {}, "train": {"lr": 0.01, "batch_size": 32}}
     config = TrainConfig.from_sample(sample["train"], epochs=7, augment="standard")
     assert (config.lr, config.batch_size, config.epochs) == (0.01, 32, 7)
-    assert config.augment.flip and config.augment.rotate_degrees == 15
+    assert config.augment.flip
+    assert config.augment.rotate_degrees == 15
     assert TrainConfig.from_sample(sample) == TrainConfig(lr=0.01, batch_size=32)
     assert TrainConfig.from_dict(config.to_dict()) == config  # JSON round trip
     with pytest.raises(ValueError, match=r"unknown training setting.*'learning_rate'.*'lr'"):
@@ -128,7 +129,8 @@ def test_warmup_cosine_by_hand():
     expected = {0: 0.02, 2: 0.06, 4: 0.1, 5: 0.1, 10: 0.0775, 15: 0.0325}
     for step, value in expected.items():
         assert lr[step] == pytest.approx(value), step
-    assert lr[19] > 0.01 and 0.1 * schedule(20) == pytest.approx(0.01)
+    assert lr[19] > 0.01
+    assert 0.1 * schedule(20) == pytest.approx(0.01)
 
 
 def test_trainer_steps_the_schedule_per_batch(data):
@@ -174,7 +176,8 @@ def test_fold_training_beats_chance(data, family):
     history = [t.train_epoch(e) for e in range(8)]
     evaluation = t.evaluate()
     assert history[-1]["loss"] < history[0]["loss"]
-    assert history[-1]["images"] == len(t.train_loader) * 32 and history[-1]["images_per_s"] > 0
+    assert history[-1]["images"] == len(t.train_loader) * 32
+    assert history[-1]["images_per_s"] > 0
     assert sorted(evaluation.cell_ids) == sorted(data[2])
     assert evaluation.outputs.shape == (len(data[2]), 2)
     np.testing.assert_allclose(evaluation.outputs.sum(1), 1, rtol=1e-5)
@@ -229,13 +232,15 @@ def test_resume_is_bit_identical(data, tmp_path, family):
 def test_protopnet_runs_its_schedule_with_masks(data):
     dataset, train_ids, _ = data
     t = trainer(data, "protopnet", epochs=3)
-    assert t.uses_mask and t.train_loader.config.with_masks
+    assert t.uses_mask
+    assert t.train_loader.config.with_masks
     history = t.fit()
     assert [h["stage"] for h in history] == ["warmup", "joint", "joint"]
     assert [h["pushed"] for h in history] == [False, True, True]  # push_start=2, every 1, last
     assert all("last_layer_loss" in h for h in history[1:])
     sources = t.model.prototype_sources
-    assert all(s is not None for s in sources) and len(sources) == 6
+    assert all(s is not None for s in sources)
+    assert len(sources) == 6
     masks = dict(zip(dataset.metadata()["cell_id"], dataset.masks()))
     labels = dict(zip(dataset.metadata()["cell_id"], dataset.labels()))
     for s in sources:
@@ -266,7 +271,8 @@ def test_load_model_rebuilds_the_model(data, tmp_path):
     assert config == json.loads((tmp_path / "fold_0" / "config.json").read_text())
     contract = config["data"]
     assert contract["channel_names"] == dataset.manifest.channel_names
-    assert contract["classes"] == dataset.manifest.classes and contract["shape"] == [3, 32, 32]
+    assert contract["classes"] == dataset.manifest.classes
+    assert contract["shape"] == [3, 32, 32]
     # raw pixels + the contract's normalisation reproduce evaluate()'s probabilities
     rows = np.flatnonzero(np.isin(dataset.metadata()["cell_id"], evaluation.cell_ids))
     order = dataset.metadata()["cell_id"].to_numpy()[rows]
@@ -291,7 +297,8 @@ def test_ray_loader_matches_inprocess(data, ray_local):
     assert list(a.cell_ids[order_a]) == list(b.cell_ids[order_b])
     np.testing.assert_allclose(a.outputs[order_a], b.outputs[order_b], rtol=1e-5, atol=1e-6)
     stats = ray_trainer.train_epoch(0)
-    assert stats["images"] == len(ray_trainer.train_loader) * 32 and np.isfinite(stats["loss"])
+    assert stats["images"] == len(ray_trainer.train_loader) * 32
+    assert np.isfinite(stats["loss"])
 
 
 # ------------------------------------------------------------------------------ regression
@@ -317,7 +324,8 @@ def test_regression_fold(tmp_path):
         ids[:64],
         ids[64:],
     )
-    assert t.model.task.kind == "regression" and t.class_weights is None
+    assert t.model.task.kind == "regression"
+    assert t.class_weights is None
     t.fit()
     evaluation = t.evaluate()
     assert evaluation.outputs.shape == evaluation.targets.shape == (32, 2)

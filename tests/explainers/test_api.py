@@ -34,7 +34,8 @@ def test_registry_lists_and_builds():
     model = small_cnn(3)
     assert isinstance(create_explainer("gradcam", model), GradCAM)
     sg = create_explainer("smoothgrad", model, "blocks.1", base="layercam", sigma=0.1, n=2)
-    assert isinstance(sg, SmoothGrad) and isinstance(sg.base, LayerCAM)
+    assert isinstance(sg, SmoothGrad)
+    assert isinstance(sg.base, LayerCAM)
     assert sg.attribute(inputs(2, 3)).shape == (2, 1, 32, 32)
 
 
@@ -126,7 +127,8 @@ def test_normalize_gives_unit_range_and_cams_are_relu():
     model, x = small_cnn(3), inputs(3, 3)
     raw = LayerCAM(model, "blocks.1").attribute(x)
     norm = LayerCAM(model, "blocks.1").attribute(x, normalize=True)
-    assert raw.min() >= 0 and raw.amax((1, 2, 3)).max() > 0
+    assert raw.min() >= 0
+    assert raw.amax((1, 2, 3)).max() > 0
     torch.testing.assert_close(norm.amax((1, 2, 3)), torch.ones(3))
     torch.testing.assert_close(norm.amin((1, 2, 3)), torch.zeros(3))
 
@@ -137,7 +139,8 @@ def test_bf16_autocast_cpu_matches_float32():
     ref = GradCAMPlusPlus(model, "blocks.1").attribute(x, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = GradCAMPlusPlus(model, "blocks.1").attribute(x, 1)
-    assert out.dtype == torch.float32 and out.isfinite().all()
+    assert out.dtype == torch.float32
+    assert out.isfinite().all()
     cos = torch.nn.functional.cosine_similarity(out.flatten(1), ref.flatten(1))
     assert cos.min() > 0.98
 
@@ -148,7 +151,9 @@ def test_bf16_autocast_cuda():
     ref = LayerCAM(model, "blocks.1").attribute(x, 0)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = LayerCAM(model, "blocks.1").attribute(x, 0)
-    assert out.dtype == torch.float32 and out.isfinite().all() and no_hooks(model)
+    assert out.dtype == torch.float32
+    assert out.isfinite().all()
+    assert no_hooks(model)
     cos = torch.nn.functional.cosine_similarity(out.flatten(1), ref.flatten(1))
     assert cos.min() > 0.98
 
@@ -161,4 +166,6 @@ def test_families_with_folded_batches_and_masks():
     proto = create_model("protopnet", in_chans=3, task="binary").eval()
     mask = torch.ones(2, 1, 32, 32)
     cam = LayerCAM(proto, forward_kwargs={"mask": mask}).attribute(x)
-    assert cam.shape == (2, 1, 32, 32) and cam.isfinite().all() and no_hooks(proto)
+    assert cam.shape == (2, 1, 32, 32)
+    assert cam.isfinite().all()
+    assert no_hooks(proto)

@@ -32,7 +32,8 @@ def reference(ref_cls, model, layers, x, target):
 
 def check(ours_cls, ref_cls, model, layer, x, target, **kw):
     ours = ours_cls(model, layer, normalize=True, **kw).attribute(x, torch.as_tensor(target))
-    assert ours.shape == (x.shape[0], 1, *x.shape[2:]) and ours.dtype == torch.float32
+    assert ours.shape == (x.shape[0], 1, *x.shape[2:])
+    assert ours.dtype == torch.float32
     names = layer if isinstance(layer, list) else [layer]
     ref = reference(ref_cls, model, [model.get_submodule(n) for n in names], x, target)
     assert ref.max() > 0.99, "degenerate reference map (constant CAM)"

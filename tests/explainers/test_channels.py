@@ -26,13 +26,15 @@ def image():
 
 def test_overlay_shape_dtype_and_zero_map_is_plain_composite(image):
     plain = overlay(image)
-    assert plain.shape == (16, 12, 3) and plain.dtype == np.uint8
+    assert plain.shape == (16, 12, 3)
+    assert plain.dtype == np.uint8
     np.testing.assert_array_equal(overlay(image, np.zeros((16, 12))), plain)
     cam = np.zeros((16, 12))
     cam[4:8, 4:8] = 1.0
     blended = overlay(image, cam, alpha=0.5)
     changed = np.any(blended != plain, axis=-1)
-    assert changed[4:8, 4:8].all() and not changed[cam == 0].any()
+    assert changed[4:8, 4:8].all()
+    assert not changed[cam == 0].any()
 
 
 def test_overlay_pseudo_colours_by_stain_name():
@@ -63,6 +65,8 @@ def test_overlay_any_channel_count_and_errors():
 def test_colormaps():
     for name in ("inferno", "viridis", "jet", "gray"):
         lut = colormap(name)
-        assert lut.shape == (256, 3) and lut.min() >= 0 and lut.max() <= 1
+        assert lut.shape == (256, 3)
+        assert lut.min() >= 0
+        assert lut.max() <= 1
     np.testing.assert_allclose(colormap("inferno")[[0, -1]] * 255, [[0, 0, 4], [252, 255, 164]])
     np.testing.assert_allclose(colormap("jet")[[0, -1]], [[0, 0, 0.5], [0.5, 0, 0]])

@@ -125,7 +125,8 @@ def test_patch_correlation_constant_windows_and_batch():
     b = rng.random((8, 8))
     r = patch_correlation(a, b, 1)
     np.testing.assert_allclose(r, direct_patch_correlation(a, b, 1), atol=1e-9)
-    assert r[1, 1] == 0.0 and r[0, 0] == 0.0
+    assert r[1, 1] == 0.0
+    assert r[0, 0] == 0.0
     batch = patch_correlation(np.stack([a, b]), np.stack([b, a]), 1)
     np.testing.assert_allclose(batch[0], r, atol=1e-12)
     np.testing.assert_allclose(patch_correlation(a, a, 2)[4:, 4:], 1.0, atol=1e-9)
@@ -147,5 +148,6 @@ def test_correlation_summary_hand_example():
 def test_compare_population_maps():
     a = np.random.default_rng(3).random((10, 10))
     out = compare_population_maps(a, 2 * a + 1)
-    assert out["positive_ratio"] == 1.0 and out["negative_ratio"] == 0.0
+    assert out["positive_ratio"] == 1.0
+    assert out["negative_ratio"] == 0.0
     assert out["r"].shape == (10, 10)

@@ -86,23 +86,27 @@ def test_known_answers_input_map_fails_weight_map_passes():
         return w.repeat(4, 4)[:10, :10].expand(len(x), 1, 10, 10) + 1e-3 * x[:, :1]
 
     failed = sanity_check(input_only, model, config)
-    assert failed.verdict == "failed" and failed.rho_mean == pytest.approx(1.0)
+    assert failed.verdict == "failed"
+    assert failed.rho_mean == pytest.approx(1.0)
     assert failed.null_mean == pytest.approx(1.0)
     passed = sanity_check(weights_only, model, config)
     assert passed.verdict == "passed", passed.as_dict()
     assert passed.ci_low <= passed.rho_mean <= passed.ci_high
     assert set(passed.cascade) == set(cascade_stages(model, config.cascade))
     metrics = passed.metrics()
-    assert metrics["sanity_verdict"] == 1.0 and metrics["sanity_threshold"] == 0.5
+    assert metrics["sanity_verdict"] == 1.0
+    assert metrics["sanity_threshold"] == 0.5
     # pooling two halves (e.g. two fold models) gives the same rho as one call on every cell
     pooled = combine([passed, passed], config)
-    assert pooled.rho_mean == pytest.approx(passed.rho_mean) and pooled.n_cells == 2 * len(x)
+    assert pooled.rho_mean == pytest.approx(passed.rho_mean)
+    assert pooled.n_cells == 2 * len(x)
 
 
 def test_fp32_context_turns_tf32_off_and_restores_it():
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     with fp32("cpu"):
-        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32
         with torch.autocast("cpu", dtype=torch.bfloat16):
             pass
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
@@ -113,6 +117,7 @@ class Trunk(nn.Module):
 
     def __init__(self):
         super().__init__()
+
         def block(cin):
             return nn.Sequential(nn.Conv2d(cin, 4, 3, stride=2, padding=1), nn.ReLU())
 
@@ -134,11 +139,14 @@ def test_cam_layer_skips_a_3x3_map_for_a_sibling_block():
     model = Trunk()
     assert cam_layers(model, (3, 24, 24)) == ["body.layer1", "body.layer2"]
     info = layer_info("gradcam", model, (3, 24, 24))
-    assert info["layers"] == ["body.layer2"] and info["sizes"] == {"body.layer2": [6, 6]}
-    assert info["all"]["body.layer3"] == [3, 3] and "body.stem" not in info["all"]
+    assert info["layers"] == ["body.layer2"]
+    assert info["sizes"] == {"body.layer2": [6, 6]}
+    assert info["all"]["body.layer3"] == [3, 3]
+    assert "body.stem" not in info["all"]
     assert layer_info("layercam", model, (3, 24, 24))["layers"] == ["body.layer1", "body.layer2"]
     asked = layer_info("gradcam", model, (3, 24, 24), requested="body.layer1")
-    assert asked["layers"] == ["body.layer1"] and asked["requested"]
+    assert asked["layers"] == ["body.layer1"]
+    assert asked["requested"]
     assert layer_info("saliency", model, (3, 24, 24)) == {}
 
 

@@ -40,7 +40,8 @@ def test_forward_backward_gradients(variant, channels, task):
     result.loss.backward()
 
     assert result.output.shape == (4, n_out)
-    assert torch.isfinite(result.output).all() and torch.isfinite(result.loss)
+    assert torch.isfinite(result.output).all()
+    assert torch.isfinite(result.loss)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trainable
     for name, p in trainable:
@@ -65,7 +66,8 @@ def test_output_shape_per_task_and_size(family, size, task):
 def test_feature_layers_give_feature_maps(family):
     model = create_model(family, in_chans=2, task="binary", **tiny(family)).eval()
     layers = model.feature_layers()
-    assert layers and model.target_layer is list(layers.values())[-1]
+    assert layers
+    assert model.target_layer is list(layers.values())[-1]
     assert all(model.get_submodule(name) is module for name, module in layers.items())
     seen = {}
     hooks = [
@@ -78,7 +80,8 @@ def test_feature_layers_give_feature_maps(family):
         h.remove()
     assert set(seen) == set(layers)
     for name, fmap in seen.items():
-        assert fmap.dim() == 4 and fmap.shape[-1] >= 1, name
+        assert fmap.dim() == 4, name
+        assert fmap.shape[-1] >= 1, name
 
 
 @pytest.mark.parametrize("family", list_models())
@@ -97,7 +100,8 @@ def test_regression_has_one_head_per_target_and_scores_predictions(family):
     assert set(model.metrics(out, torch.randn(2, 3))) == {"r2", "r2/a", "r2/b", "r2/c"}
     heads = getattr(getattr(model, "head", None), "out", None)
     if heads is not None:  # protopnet's per-target heads are rows of its last layer
-        assert isinstance(heads, torch.nn.ModuleList) and len(heads) == 3
+        assert isinstance(heads, torch.nn.ModuleList)
+        assert len(heads) == 3
 
 
 def test_wrong_channel_count_is_rejected():

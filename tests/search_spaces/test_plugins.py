@@ -80,9 +80,11 @@ def test_plugin_file_registers_its_family_once(tmp_path, clean_registry):
     assert FAMILY not in list_models()
     (module,) = import_plugins([str(path)])
     assert import_plugins([str(path)]) == [module]  # a second import is a no-op
-    assert module.__name__ == plugin_module_name(str(path)) and FAMILY in list_models()
+    assert module.__name__ == plugin_module_name(str(path))
+    assert FAMILY in list_models()
     model = create_model(FAMILY, in_chans=2, task="multiclass", num_outputs=3, width=5)
-    assert model.conv[0].out_channels == 5 and not capabilities_of(model).takes_mask
+    assert model.conv[0].out_channels == 5
+    assert not capabilities_of(model).takes_mask
 
 
 def test_model_configs_name_their_plugin_and_import_it_again(tmp_path, clean_registry):
@@ -97,7 +99,8 @@ def test_model_configs_name_their_plugin_and_import_it_again(tmp_path, clean_reg
     unregister_family(FAMILY)
     del sys.modules[plugin_module_name(str(path))]
     config = ModelConfig.from_dict(data)  # a fresh process: the family is not registered
-    assert config.args.width == 3 and FAMILY in list_models()
+    assert config.args.width == 3
+    assert FAMILY in list_models()
     assert config.replace(family="small_cnn", args=None).plugin is None
 
 
@@ -167,13 +170,16 @@ def test_family_from_a_plugin_file_is_searched_on_a_ray_worker(tmp_path, ray_loc
     trials = store.table("trials")
     assert list(trials["status"]) == ["completed"], trials.get("error")
     built = {int(p.name.split("-")[-1]) for p in plugin.parent.glob("built-by-*")}
-    assert built and os.getpid() not in built  # built by a Ray worker, not by this driver
+    assert built
+    assert os.getpid() not in built  # built by a Ray worker, not by this driver
     fold_dir = f"{trials['checkpoint'].iloc[0]}/fold_0"
     model, config = load_model(fold_dir)
-    assert config["model"]["family"] == FAMILY and type(model).__name__ == "TinyNet"
+    assert config["model"]["family"] == FAMILY
+    assert type(model).__name__ == "TinyNet"
     # the checkpoint names its plugin: a process that never imported it rebuilds the model
     assert config["model"]["plugin"] == str(plugin)
     unregister_family(FAMILY)
     del sys.modules[plugin_module_name(str(plugin))]
     model, _ = load_model(fold_dir)
-    assert type(model).__name__ == "TinyNet" and FAMILY in list_models()
+    assert type(model).__name__ == "TinyNet"
+    assert FAMILY in list_models()

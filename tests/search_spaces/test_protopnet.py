@@ -82,7 +82,8 @@ def test_push_projects_onto_in_mask_patches_of_own_class(task):
     assert len(sources) == model.prototypes.shape[0] == 6
     model.eval()
     for m, src in enumerate(sources):
-        assert src.prototype == m and src.class_index == int(model.prototype_class[m])
+        assert src.prototype == m
+        assert src.class_index == int(model.prototype_class[m])
         i = ids.index(src.source_id)
         if task == "binary":
             assert int(y[i]) == src.class_index  # own class only
@@ -92,7 +93,8 @@ def test_push_projects_onto_in_mask_patches_of_own_class(task):
         torch.testing.assert_close(model.prototypes[m], z[0, :, src.row, src.col])  # a real patch
         assert d[0, src.row * z.shape[-1] + src.col, m] < 1e-4  # distance ~0, not background
         y0, x0, y1, x1 = src.box
-        assert (y1 - y0, x1 - x0) == (8, 8) and (y0, x0) == (src.row * 8, src.col * 8)
+        assert (y1 - y0, x1 - x0) == (8, 8)
+        assert (y0, x0) == (src.row * 8, src.col * 8)
         assert mask[i, y0:y1, x0:x1].mean() >= 0.5  # the patch lies in the cell
     assert model.prototype_sources == sources
 
@@ -113,7 +115,8 @@ def test_stages_set_trainable_parts():
     trunk = list(model.trunk.parameters())
     model.set_stage("warmup")
     assert not any(p.requires_grad for p in trunk)
-    assert model.prototypes.requires_grad and model.last_layer.weight.requires_grad
+    assert model.prototypes.requires_grad
+    assert model.last_layer.weight.requires_grad
     model.set_stage("last_layer")
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["last_layer.weight"]
     model.set_stage("joint")

@@ -76,11 +76,9 @@ def test_config_from_search_sample_and_overrides():
     assert config.task == TaskSpec("regression", 3)
     assert isinstance(config.args, family_args("small_cnn"))
     model = create_model(config, in_chans=4, conv_layers=2)
-    assert (
-        model.config.in_chans == 4
-        and model.config.args.conv_layers == 2
-        and model.config.args.filters == 8
-    )
+    assert model.config.in_chans == 4
+    assert model.config.args.conv_layers == 2
+    assert model.config.args.filters == 8
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.in_chans = 5
 

@@ -85,7 +85,8 @@ def test_conditional_parameters_absent_when_not_applicable():
         )
         if sample["family"] == "mhl_attention":
             # a fixed value is in the sample but never sent to Optuna
-            assert sample["mhl_attention"]["heads"] == 2 and "heads" not in str(trial.params)
+            assert sample["mhl_attention"]["heads"] == 2
+            assert "heads" not in str(trial.params)
 
 
 def test_optuna_optimize_builds_models_default_first():
@@ -99,7 +100,8 @@ def test_optuna_optimize_builds_models_default_first():
         model = create_model(config).eval()
         with torch.no_grad():
             out = model(torch.randn(1, 3, 32, 32))
-        assert out.shape == (1, 2) and torch.isfinite(out).all()
+        assert out.shape == (1, 2)
+        assert torch.isfinite(out).all()
         configs.append(config)
         return float(out[0, 0])
 
@@ -142,10 +144,11 @@ def test_to_tune_for_flat_spaces_only():
         args = ModelConfig.from_sample(
             {"family": "small_cnn", "small_cnn": values}, in_chans=1
         ).args
-        assert (
-            1 <= args.conv_layers <= 5 and 8 <= args.filters <= 256 and 2 <= args.kernel_size <= 5
-        )
-        assert round(args.dropout / 0.05, 6).is_integer() and 0.0 <= args.dropout <= 0.5
+        assert 1 <= args.conv_layers <= 5
+        assert 8 <= args.filters <= 256
+        assert 2 <= args.kernel_size <= 5
+        assert round(args.dropout / 0.05, 6).is_integer()
+        assert 0.0 <= args.dropout <= 0.5
     assert set(to_optuna_distributions(space)) == set(space.default_params())
     with pytest.raises(SpaceError, match="conditional.*define_by_run"):
         load_space("default").to_tune()

@@ -44,7 +44,8 @@ def test_folder_of_class_subfolders(class_folder, tmp_path, capsys):
     ds = CellDataset(out)
     m = ds.manifest
     assert (m.shape, m.dtype, m.channel_names) == ([2, 32, 32], "uint16", ["dna", "actin"])
-    assert m.class_counts == {"ctrl": 6, "drug": 6} and m.num_quarantined == 4
+    assert m.class_counts == {"ctrl": 6, "drug": 6}
+    assert m.num_quarantined == 4
     meta = ds.metadata()
     assert set(meta["field"]) == {"ctrl/f0", "ctrl/f1", "drug/f0", "drug/f1"}
     assert (meta["label"] == meta["field"].str.split("/").str[0]).all()
@@ -53,9 +54,11 @@ def test_folder_of_class_subfolders(class_folder, tmp_path, capsys):
     assert (images * (1 - masks[:, None]) == 0).all()  # --clean
     assert masks[:, 16, 16].all()  # centred on the cell
     q = ds.quarantine()
-    assert len(q) == 4 and set(q["reason"]) == {"touches the field edge"}
+    assert len(q) == 4
+    assert set(q["reason"]) == {"touches the field edge"}
     cells = pd.read_parquet(out / "crop" / "cells.parquet")
-    assert (cells["status"] == "quarantined").sum() == 4 and len(cells) == 16
+    assert (cells["status"] == "quarantined").sum() == 4
+    assert len(cells) == 16
     assert len(list((out / "crop" / "montage").glob("*.png"))) == 4
     assert main(argv) == 2  # exists, no --overwrite: refused with a message
     assert "--overwrite" in capsys.readouterr().err
@@ -87,7 +90,8 @@ def test_index_with_wells_labels_and_a_broken_field(tmp_path):
     assert (meta.loc[meta["well"] == "A01", "label"] == "ctrl").all()
     assert ds.manifest.class_counts == {"ctrl": 4, "drug": 2}
     q = ds.quarantine()
-    assert list(q["cell_id"]) == ["P1/B01/2"] and q["reason"][0].startswith("field unreadable")
+    assert list(q["cell_id"]) == ["P1/B01/2"]
+    assert q["reason"][0].startswith("field unreadable")
 
 
 def test_bad_options_are_named(tmp_path, capsys):

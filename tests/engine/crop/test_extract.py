@@ -22,7 +22,8 @@ def field_with_cells():
 def test_reasons_and_accepted_cells():
     field, labels = field_with_cells()
     cuts = {c.index: c for c in cut_cells(field, labels, 16, min_area=10)}
-    assert cuts[1].reason is None and cuts[5].reason is None
+    assert cuts[1].reason is None
+    assert cuts[5].reason is None
     assert cuts[2].reason == "touches the field edge"
     assert cuts[3].reason.startswith("too small: 4 px")
     assert cuts[4].reason.startswith("too large: box 28x28")
@@ -39,8 +40,10 @@ def test_crop_is_centred_and_copies_the_field():
     # Window rows 15..30, columns 25..40 of the field.
     np.testing.assert_array_equal(cut.image, field[:, 15:31, 25:41])
     np.testing.assert_array_equal(cut.mask, (labels[15:31, 25:41] == 1).astype(np.uint8))
-    assert cut.image.dtype == np.uint16 and cut.mask.sum() == 49
-    assert cut.metadata["area"] == 49 and cut.metadata["box_x1"] == 37
+    assert cut.image.dtype == np.uint16
+    assert cut.mask.sum() == 49
+    assert cut.metadata["area"] == 49
+    assert cut.metadata["box_x1"] == 37
 
 
 def test_clean_mode_zeroes_outside_the_mask():

@@ -23,7 +23,8 @@ def test_targets_from_labels_hand_computed():
     # Rows follow increasing label id: 1 then 3; boxes are x0, y0, x1, y1 (end exclusive).
     assert t["boxes"].tolist() == [[8, 6, 12, 9], [2, 1, 6, 4]]
     assert t["labels"].tolist() == [1, 1]
-    assert t["masks"].shape == (2, 10, 12) and t["masks"][1].sum() == 12
+    assert t["masks"].shape == (2, 10, 12)
+    assert t["masks"][1].sum() == 12
     empty = targets_from_labels(np.zeros((5, 5), dtype=np.int32))
     assert tuple(empty["boxes"].shape) == (0, 4)
 
@@ -35,7 +36,9 @@ def test_paint_keeps_higher_scores_and_drops_duplicates():
     masks[2, 6:8, 6:8] = True  # score 0.3: below threshold
     labels = paint(masks, np.array([0.6, 0.9, 0.3]), threshold=0.5)
     assert labels.max() == 1  # mask 0 keeps 4 of 16 px (< half): dropped as a duplicate
-    assert (labels == 1).sum() == 16 and labels[0, 4] == 1 and labels[0, 0] == 0
+    assert (labels == 1).sum() == 16
+    assert labels[0, 4] == 1
+    assert labels[0, 0] == 0
     boxes = np.array([[0, 0, 4, 4], [1, 0, 5, 4], [6, 6, 8, 8]], dtype=np.float32)
     np.testing.assert_array_equal(paint(masks, np.array([0.6, 0.9, 0.3]), 0.5, boxes=boxes), labels)
     # Lower threshold: the third mask is painted as cell 2.
@@ -75,14 +78,17 @@ def test_train_a_few_steps_on_cpu_then_crop_with_it(tmp_path, one_thread):
             "--device", "cpu", "--quiet"]  # fmt: skip
     assert main(argv) == 0
     config = json.loads((ckpt / "config.json").read_text())
-    assert config["model"]["backbone"] == "resnet18" and config["split_group"] == "field"
-    assert len(config["train_fields"]) == 2 and len(config["val_fields"]) == 1
+    assert config["model"]["backbone"] == "resnet18"
+    assert config["split_group"] == "field"
+    assert len(config["train_fields"]) == 2
+    assert len(config["val_fields"]) == 1
     assert {"f1", "map"} <= set(config["val"])
     field, _ = disc_field((64, 64), [(20, 20)], 7, seed=9)
     a = create_finder("learned", checkpoint=str(ckpt), device="cpu", score_threshold=0.0)
     b = create_finder("learned", checkpoint=str(ckpt), device="cpu", score_threshold=0.0)
     la, lb = a.find(field), b.find(field)
-    assert la.shape == (64, 64) and la.dtype == np.int32
+    assert la.shape == (64, 64)
+    assert la.dtype == np.int32
     np.testing.assert_array_equal(la, lb)  # the checkpoint alone rebuilds the model
     with pytest.raises(FileNotFoundError, match="crop train"):
         create_finder("learned", checkpoint=str(tmp_path))

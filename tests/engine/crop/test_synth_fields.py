@@ -15,7 +15,9 @@ def test_fields_tile_the_layout_cells():
     fields = render_fields("metastasis", grid=3, size=48, **OPTIONS)
     assert len(fields) == 4  # 2 classes x 1 plate x 2 wells x 1 field
     for f in fields:
-        assert f.image.shape == (3, 144, 144) and f.truth.max() == 9 and len(f.cell_ids) == 9
+        assert f.image.shape == (3, 144, 144)
+        assert f.truth.max() == 9
+        assert len(f.cell_ids) == 9
         assert f.field_id.startswith(f.well)
         for k, (cy, cx) in enumerate(f.centroids, start=1):
             assert f.truth[int(round(cy)), int(round(cx))] == k  # centroid inside its cell
@@ -38,7 +40,8 @@ def test_crop_recovers_the_cells_with_inherited_labels(tmp_path):
         truth = tifffile.imread(tmp_path / "fields" / row.truth).astype(np.int32)
         cells = meta[meta["field"] == row.field]
         assert (cells["label"] == row.label).all()  # every crop inherits its field's label
-        assert (cells["well"] == row.well).all() and (cells["plate"] == row.plate).all()
+        assert (cells["well"] == row.well).all()
+        assert (cells["plate"] == row.plate).all()
         # A true cell is recovered when exactly one crop is centred inside it.
         hits = truth[
             cells["centroid_y"].round().astype(int), cells["centroid_x"].round().astype(int)

@@ -124,7 +124,8 @@ def test_promotion_requires_a_passed_randomisation_check(study_copy, capsys):
     assert main([*base, "--trial", "small_cnn"]) == 0
     assert "randomisation check passed" in capsys.readouterr().out
     entry = Registry(study_copy).aliases()["champion"]
-    assert entry["trial_id"] == "small_cnn" and entry["sanity"]["methods"] == {"gradcam": 1.0}
+    assert entry["trial_id"] == "small_cnn"
+    assert entry["sanity"]["methods"] == {"gradcam": 1.0}
     assert sanity_status(study_copy, "backbone")["passed"] is False
 
 
@@ -132,7 +133,8 @@ def test_list_promote_and_pull_by_alias(study_copy, tmp_path, capsys):
     study = str(study_copy)
     assert main(["pull", "--study", study, "--list"]) == 0
     out = capsys.readouterr().out
-    assert "aliases: none" in out and all(f in out for f in ("small_cnn", "protopnet"))
+    assert "aliases: none" in out
+    assert all(f in out for f in ("small_cnn", "protopnet"))
     assert main(["pull", "--study", study, "--promote", "candidate", "--rank", "2"]) == 0
     capsys.readouterr()
     assert (

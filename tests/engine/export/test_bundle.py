@@ -45,19 +45,24 @@ def test_bundle_holds_contract_metrics_provenance_and_checksums(good, cls_datase
     data = json.loads((good / "data.json").read_text())
     ds = CellDataset(cls_dataset).manifest
     assert data["channel_names"] == ds.channel_names == ["dna", "actin", "vimentin"]
-    assert data["dtype"] == "uint16" and data["shape"] == [3, 32, 32]
-    assert data["label_map"] == ds.label_map and data["content_hash"] == ds.content_hash
+    assert data["dtype"] == "uint16"
+    assert data["shape"] == [3, 32, 32]
+    assert data["label_map"] == ds.label_map
+    assert data["content_hash"] == ds.content_hash
     np.testing.assert_allclose(data["normalization"]["offset"], ds.stats.mean)
     np.testing.assert_allclose(data["normalization"]["scale"], ds.stats.std)
     config = json.loads((good / "config.json").read_text())
-    assert config["family"] == "small_cnn" and config["model"]["args"]["filters"] == 8
+    assert config["family"] == "small_cnn"
+    assert config["model"]["args"]["filters"] == 8
     prov = json.loads((good / "provenance.json").read_text())
-    assert prov["trial"]["trial_id"] == "small_cnn" and prov["folds"]["name"] == "k2-well"
+    assert prov["trial"]["trial_id"] == "small_cnn"
+    assert prov["folds"]["name"] == "k2-well"
     assert (
         prov["dataset"]["content_hash"] == ds.content_hash == prov["dataset"]["study_dataset_hash"]
     )
     assert {"cytotune", "torch", "timm"} <= set(prov["versions"])
-    assert "commit" in prov["git"] and prov["search_space"] == {"name": "test"}
+    assert "commit" in prov["git"]
+    assert prov["search_space"] == {"name": "test"}
     assert not list(good.parent.glob(".*tmp*"))  # the staging directory was renamed away
 
 
@@ -151,7 +156,8 @@ def test_bundle_directory_gets_the_umask_permissions_not_700(good):
 def test_card_says_torchscript_is_deprecated_and_what_replaces_it(good):
     card = (good / "README.md").read_text()
     assert "TorchScript is deprecated" in card
-    assert "torch.export.load" in card and "--format torch_export" in card
+    assert "torch.export.load" in card
+    assert "--format torch_export" in card
 
 
 def test_readme_bundle_and_run_folders_are_git_ignored():

@@ -23,7 +23,8 @@ def test_rank_follows_the_leaderboard(cls_study):
     assert (np.diff(scores) <= 0).all()
     for rank in (1, 3):
         source = select_trial(cls_study, rank=rank)
-        assert source.trial_id == board["trial_id"].iloc[rank - 1] and source.rank == rank
+        assert source.trial_id == board["trial_id"].iloc[rank - 1]
+        assert source.rank == rank
     with pytest.raises(ValueError, match="--rank 9 is out of range: study has 5 trials"):
         select_trial(cls_study, rank=9)
     with pytest.raises(ValueError, match="trial 'smal_cnn' is not in study.*small_cnn"):
@@ -38,9 +39,11 @@ def test_retrain_full_trains_one_model_on_every_cell(cls_study, cls_dataset, tmp
     assert "retrain epoch 2/2" in capsys.readouterr().out
     manifest = json.loads((out / "bundle.json").read_text())
     prov = json.loads((out / "provenance.json").read_text())
-    assert manifest["kind"] == "retrained" and manifest["members"] == 1
+    assert manifest["kind"] == "retrained"
+    assert manifest["members"] == 1
     assert prov["retrain"]["cells"] == len(CellDataset(cls_dataset)) == 160
-    assert prov["retrain"]["epochs"] == 2 and np.isfinite(prov["retrain"]["final_train_loss"])
+    assert prov["retrain"]["epochs"] == 2
+    assert np.isfinite(prov["retrain"]["final_train_loss"])
     # New weights: neither fold model's, same architecture.
     full = torch.load(out / "weights/member_0.pt", weights_only=True)
     for fold in trial_folds(cls_study, "small_cnn"):
@@ -48,7 +51,8 @@ def test_retrain_full_trains_one_model_on_every_cell(cls_study, cls_dataset, tmp
         assert full.keys() == fold_state.keys()
         assert any(not torch.equal(full[k], fold_state[k]) for k in full)
     card = (out / "README.md").read_text()
-    assert "retrained on every cell" in card and "no held-out data is left" in card
+    assert "retrained on every cell" in card
+    assert "no held-out data is left" in card
     bundle = engine.load_bundle(out)
     probs = bundle.predict(cls_dataset)[["p(metastasizing)", "p(normal)"]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
@@ -58,7 +62,8 @@ def test_model_card_has_contract_metrics_and_provenance(cls_study, tmp_path, cap
     out = tmp_path / "card"
     assert main(["pull", "--study", str(cls_study), "--rank", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "torchscript  model.torchscript.pt trace" in printed and "README.md" in printed
+    assert "torchscript  model.torchscript.pt trace" in printed
+    assert "README.md" in printed
     card = (out / "README.md").read_text()
     source = select_trial(cls_study, rank=1)
     mean = source.trial["val/balanced_accuracy"]
@@ -66,7 +71,8 @@ def test_model_card_has_contract_metrics_and_provenance(cls_study, tmp_path, cap
     for section in ("## Input", "## Output", "## Cross-validation", "## Explanations",
                     "## Formats", "## Provenance"):  # fmt: skip
         assert section in card
-    assert "| 0 | dna |" in card and "| 1 | normal |" in card
+    assert "| 0 | dna |" in card
+    assert "| 1 | normal |" in card
     assert "The explain job has not run for this study" in card
     assert "torch.jit.load" in card
     metrics = json.loads((out / "metrics.json").read_text())
@@ -100,7 +106,8 @@ def test_checkpoint_is_found_again_when_the_study_moved(cls_study):
     row = {"trial_id": "small_cnn", "status": "completed"}
     old = "/gone/elsewhere/export-test/tune/trial_small_cnn/checkpoint_000000"
     found = resolve_checkpoint(cls_study, {**row, "checkpoint": old})
-    assert found == cls_study / "tune/trial_small_cnn/checkpoint_000000" and found.is_dir()
+    assert found == cls_study / "tune/trial_small_cnn/checkpoint_000000"
+    assert found.is_dir()
     with pytest.raises(FileNotFoundError, match="was the study directory copied without tune/"):
         resolve_checkpoint(cls_study, {**row, "checkpoint": "/gone/tune/trial_x/checkpoint_0"})
     with pytest.raises(ValueError, match="has no checkpoint"):

@@ -42,7 +42,8 @@ def test_classification_ensemble_averages_fold_probabilities(cls_study, cls_data
     source = select_trial(cls_study, trial_id="small_cnn")
     path, manifest = pull(source, tmp_path / "ens", ensemble="folds", formats=FORMATS, log=print)
     folds = trial_folds(cls_study, "small_cnn")
-    assert manifest["kind"] == "ensemble" and manifest["members"] == len(folds) == 2
+    assert manifest["kind"] == "ensemble"
+    assert manifest["members"] == len(folds) == 2
     assert "mean of the 2 members' probabilities" in manifest["output"]["meaning"]
     pixels, _ = raw_crops(cls_dataset, n=9)
     want = _by_hand(folds, pixels, classification=True)
@@ -62,7 +63,8 @@ def test_classification_ensemble_averages_fold_probabilities(cls_study, cls_data
 def test_regression_ensemble_averages_fold_predictions(reg_study, tmp_path):
     source = select_trial(reg_study, rank=1)
     path, manifest = pull(source, tmp_path / "reg", ensemble="folds", formats=FORMATS, log=print)
-    assert manifest["task"] == "regression" and manifest["output"]["name"] == "values"
+    assert manifest["task"] == "regression"
+    assert manifest["output"]["name"] == "values"
     assert manifest["output"]["names"] == ["vimentin", "area"]
     dataset = CellDataset(json.loads((path / "provenance.json").read_text())["dataset"]["path"])
     pixels = dataset.images(np.arange(7))
@@ -73,7 +75,8 @@ def test_regression_ensemble_averages_fold_predictions(reg_study, tmp_path):
         np.testing.assert_allclose(got[["vimentin", "area"]].to_numpy(), want, rtol=1e-4, atol=1e-5)
     metrics = json.loads((path / "metrics.json").read_text())
     assert metrics["objective"] == {"metric": "r2", "mode": "max"}
-    assert {row["fold"] for row in metrics["folds"]} == {0, 1} and "mse" in metrics["folds"][0]
+    assert {row["fold"] for row in metrics["folds"]} == {0, 1}
+    assert "mse" in metrics["folds"][0]
 
 
 def test_single_fold_is_the_best_validation_fold(cls_study, tmp_path):
@@ -84,7 +87,8 @@ def test_single_fold_is_the_best_validation_fold(cls_study, tmp_path):
     assert best_fold(metrics, 2) == best
     path, manifest = pull(source, tmp_path / "one", log=print)
     config = json.loads((path / "config.json").read_text())
-    assert manifest["kind"] == "single" and config["members"][0]["fold"] == best
+    assert manifest["kind"] == "single"
+    assert config["members"][0]["fold"] == best
     assert config["fold_choice"] == "best validation objective of the folds"
     for key in ("balanced_accuracy", "balanced_accuracy_std"):  # the trial's fold mean and std
         assert metrics["mean"][key] == pytest.approx(source.trial[f"val/{key}"])

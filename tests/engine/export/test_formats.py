@@ -68,11 +68,13 @@ def test_bundle_records_how_each_format_was_made(bundles, family):
     assert list(manifest["formats"]) == FORMATS
     ts = manifest["formats"]["torchscript"]
     # No family scripts (shared CytoModel/TaskHead code); the fallback is tracing, said so.
-    assert ts["method"] == "trace" and ts["script_error"]
+    assert ts["method"] == "trace"
+    assert ts["script_error"]
     assert manifest["formats"]["onnx"]["opset"] == 17
     for name in ("torchscript", "torch_export", "onnx"):
         assert manifest["formats"][name]["max_abs_diff"] <= 1e-4
-    assert manifest["family"] == family and manifest["members"] == 1
+    assert manifest["family"] == family
+    assert manifest["members"] == 1
     inputs = [i["name"] for i in manifest["inputs"]]
     assert inputs == (["pixels", "mask"] if family == "protopnet" else ["pixels"])
     # protopnet's ONNX graph pools the mask with a fixed kernel (the adaptive pooling of the

@@ -56,7 +56,8 @@ def test_arrays_files_and_dataset_agree_with_the_engine_model(
     batch = bundle.predict(pixels[:5], batch_size=2)  # several forward passes
     np.testing.assert_allclose(batch[COLS].to_numpy(), want[:5], atol=1e-5)
     one = bundle.predict(pixels[3])  # (C, H, W)
-    assert len(one) == 1 and one["index"].tolist() == [0]
+    assert len(one) == 1
+    assert one["index"].tolist() == [0]
     np.testing.assert_allclose(one[COLS].to_numpy(), want[3:4], atol=1e-5)
     as_float = bundle.predict(pixels[:2].astype(np.float32))  # raw values as float
     np.testing.assert_allclose(as_float[COLS].to_numpy(), want[:2], atol=1e-5)
@@ -115,4 +116,5 @@ def test_members_and_normalize_serve_explainers(bundle, cls_dataset):
     with torch.no_grad():
         probs = member(x).softmax(1).numpy()
     np.testing.assert_allclose(probs, bundle.predict(pixels)[COLS].to_numpy(), atol=1e-6)
-    assert bundle.output_names == ["metastasizing", "normal"] and "mhl_attention" in repr(bundle)
+    assert bundle.output_names == ["metastasizing", "normal"]
+    assert "mhl_attention" in repr(bundle)

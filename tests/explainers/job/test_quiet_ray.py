@@ -36,7 +36,8 @@ def test_actor_pool_run_shows_ray_starting_and_no_ray_internal_notices(tmp_path)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     assert "rows 64" in out
-    assert "starting a local Ray instance" in out and "Ray ready in" in out
+    assert "starting a local Ray instance" in out
+    assert "Ray ready in" in out
     assert "constructor arguments in the object store" not in out, out
     assert "Progress bars disabled" not in out, out
     assert "deprecated" not in out, out

@@ -29,7 +29,8 @@ def test_regression_targets_are_explained_one_by_one(tmp_path):
     frame = pd.read_parquet(maps_path(study, "reg", "saliency"))
     assert len(frame) == 2 * len(plan.cells)  # every cell once per target
     assert sorted(frame["label"].unique()) == ["area", "vimentin"]
-    assert (frame["label_index"] == -1).all() and not frame["correct"].any()
+    assert (frame["label_index"] == -1).all()
+    assert not frame["correct"].any()
     data = CellDataset(dataset)
     meta = data.metadata().set_index("cell_id")
     for t, name in enumerate(["vimentin", "area"]):
@@ -54,7 +55,8 @@ def test_regression_targets_are_explained_one_by_one(tmp_path):
         first["predicted_value"], out[:, first["target_index"].iloc[0]], rtol=1e-4
     )
     population = pd.read_parquet(explain_dir(study) / "population.parquet")
-    assert set(population["class"]) == {"all"} and population["n"].iloc[0] == len(plan.cells)
+    assert set(population["class"]) == {"all"}
+    assert population["n"].iloc[0] == len(plan.cells)
     overlays = pd.read_parquet(explain_dir(study) / "overlays.parquet")
     assert len(overlays) == 3
     quality = pd.read_parquet(explain_dir(study) / "quality.parquet")

@@ -27,7 +27,9 @@ def test_scale_map_clips_at_the_percentile_of_positive_pixels():
     plane[0, :5] = -2.0
     m, top = scale_map(plane, 99.0)
     assert top == pytest.approx(np.percentile(plane[plane > 0], 99.0))
-    assert m.max() == 1.0 and m.min() == 0.0 and (m[0, :5] == 0).all()
+    assert m.max() == 1.0
+    assert m.min() == 0.0
+    assert (m[0, :5] == 0).all()
     assert np.median(m) > 0.05  # with max scaling it would be ~0.002
     smooth, _ = scale_map(plane, 100.0, smooth=1.0)
     want = np.clip(ndimage.gaussian_filter(plane.astype(np.float32), 1.0, mode="nearest"), 0, None)
@@ -63,7 +65,9 @@ def test_render_tile_modes_sizes_and_colour_bar():
     # the bar: its ramp runs from black (bottom) to the map's hue (white here) at the top
     bar = side[:, 2 * 16 * k + 4 :]
     column = bar[:, 10]
-    assert column[-10].sum() < 60 and (column[10] > 225).all() and len(set(column[10])) == 1
+    assert column[-10].sum() < 60
+    assert (column[10] > 225).all()
+    assert len(set(column[10])) == 1
     alone = _png(render_tile(None, cam, "gradcam"))
     assert alone.shape == (72, 72 + BAR_W, 3)  # a 4x4 map alone, enlarged to 72 px
     for bad in ({"mode": "nope"}, {"cmap": "jet"}, {"percentile": 10}, {"smooth": 9}):
@@ -74,4 +78,5 @@ def test_render_tile_modes_sizes_and_colour_bar():
 def test_with_bar_adds_a_labelled_bar():
     rgb = np.zeros((10, 20, 3), np.uint8)
     out = with_bar(rgb, np.linspace(0, 1, 256)[:, None].repeat(3, 1), (-1, 1), "r", scale=4)
-    assert out.shape[1] == 80 + 4 + BAR_W and out.shape[0] >= 40
+    assert out.shape[1] == 80 + 4 + BAR_W
+    assert out.shape[0] >= 40

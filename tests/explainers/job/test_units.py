@@ -67,7 +67,8 @@ def test_map_encoding_round_trip_in_float16():
 
 def test_safe_names_cannot_leave_the_directory():
     assert safe_name("../../etc/passwd") == "_.._etc_passwd"
-    assert "/" not in safe_name("a/b\\c") and safe_name("") == "_"
+    assert "/" not in safe_name("a/b\\c")
+    assert safe_name("") == "_"
 
 
 def test_attach_fold_keeps_planned_cells_with_their_fold():
@@ -104,7 +105,8 @@ def test_pick_cells_puts_misclassified_first():
     chosen = pick_cells(frame, 8, seed=0)
     assert len(chosen) == len(set(chosen)) == 8
     wrong = {f"c{i}" for i in range(0, 20, 5)}
-    assert set(chosen[:2]) <= wrong and len(set(chosen) & wrong) == 2
+    assert set(chosen[:2]) <= wrong
+    assert len(set(chosen) & wrong) == 2
 
 
 def test_crop_pads_outside_the_image():
@@ -119,9 +121,12 @@ def test_grid_and_diverging_colours():
     tiles = [np.full((2, 3, 3), k, np.uint8) for k in range(5)]
     out = grid(tiles, 2, pad=1, fill=9)
     assert out.shape == (3 * 3 + 1, 2 * 4 + 1, 3)
-    assert (out[1:3, 5:8] == 1).all() and (out[7:9, 5:8] == 9).all()  # 6th slot empty
+    assert (out[1:3, 5:8] == 1).all()
+    assert (out[7:9, 5:8] == 9).all()  # 6th slot empty
     rgb = diverging(np.array([[-1.0, 0.0, 1.0]]))[0]
-    assert tuple(rgb[1]) == (255, 255, 255) and rgb[2, 0] > rgb[2, 2] and rgb[0, 2] > rgb[0, 0]
+    assert tuple(rgb[1]) == (255, 255, 255)
+    assert rgb[2, 0] > rgb[2, 2]
+    assert rgb[0, 2] > rgb[0, 0]
 
 
 def test_device_localisation_equals_the_quality_functions():
@@ -154,4 +159,7 @@ def test_cells_without_masks_get_no_localisation_scores():
     assert valid.tolist() == [True, False]
     maps = torch.ones(2, 1, 2, 2)
     mass, hits = localisation(maps, torch.from_numpy(masks) > 0, valid)
-    assert mass[0] == 1.0 and hits[0] == 1.0 and np.isnan(mass[1]) and np.isnan(hits[1])
+    assert mass[0] == 1.0
+    assert hits[0] == 1.0
+    assert np.isnan(mass[1])
+    assert np.isnan(hits[1])
