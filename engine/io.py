@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -122,22 +123,41 @@ def publish_directory(staging: str | Path, target: str | Path) -> Path:
     """Rename a finished ``staging`` directory to ``target``.
 
     An existing target (file or directory) is moved aside under a unique name first and deleted
-    afterwards, so a reader or a crash sees either the old or the new target complete, never a mix.
+    afterwards, so a reader or a crash sees either the old or the new target complete, never a
+    mix. Concurrent publishers of one target each land whole, the last one staying.
     """
     staging, target = Path(staging), Path(target)
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
-        os.replace(target, old)
+    for _ in range(100):
+        old = _move_aside(target)
+        try:
+            os.replace(staging, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # another writer published meanwhile
+                _remove(old)
+                continue
+            if old is not None:
+                os.replace(old, target)
+            raise
+        _remove(old)
+        return target
+    raise RuntimeError(f"could not publish {staging} as {target}: it kept being replaced")
+
+
+def _move_aside(target: Path) -> Path | None:
+    if not (target.exists() or target.is_symlink()):
+        return None
+    old = target.with_name(f".{target.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
     try:
-        os.replace(staging, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-    return target
+        os.replace(target, old)
+    except FileNotFoundError:  # another writer moved it first
+        return None
+    return old
+
+
+def _remove(path: Path | None) -> None:
+    if path is None:
+        return
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def make_staging_dir(target: str | Path) -> Path:

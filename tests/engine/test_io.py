@@ -156,6 +156,23 @@ def test_directories_replace_whole_or_not_at_all(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_concurrent_directory_publishers_each_land_whole(tmp_path):
+    target = tmp_path / "fold_0"
+
+    def publish(writer: int) -> None:
+        for i in range(10):
+            with atomic_directory(target) as staging:
+                for name in ("model.pt", "trainer.pt", "config.json"):
+                    (staging / name).write_text(f"{writer}-{i}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(publish, range(4)))
+    contents = {p.name: p.read_text() for p in target.iterdir()}
+    assert sorted(contents) == ["config.json", "model.pt", "trainer.pt"]
+    assert len(set(contents.values())) == 1, f"files of several writers mixed: {contents}"
+    assert _leftovers(tmp_path) == []
+
+
 def test_no_module_renames_files_by_hand():
     """Atomic writes go through cytotune.engine.io only: a hand-rolled temp name and rename
     (fixed ``.tmp`` names collided under concurrent writers) fails here."""
