@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from cytotune.engine.formats import FormatError
 from cytotune.explainers.job import layout
 from cytotune.explainers.job.tiles import MAP_COLORMAPS as COLORMAPS  # noqa: F401  (the page's choices)
 
-from .data import CACHE, Study
+from .data import CACHE, Study, StudyUnreadable
 
 _MAP_TABLES: OrderedDict[tuple, tuple] = OrderedDict()
 _CROPS: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -165,7 +166,16 @@ class Explanations:
 
     # -- population, prototypes, attention, quality --------------------------------------------
     def table(self, name: str) -> pd.DataFrame:
-        return _read(self.root / f"{name}.parquet", "table")
+        """An index table (explainers.job.layout.INDEX), typed; StudyUnreadable with the fix for
+        one an older explain run wrote."""
+        try:
+            return CACHE.get(
+                self.root / f"{name}.parquet",
+                "index",
+                lambda: layout.read_index(self.study.path, name),
+            )
+        except FormatError as exc:
+            raise StudyUnreadable(str(exc)) from None
 
     def population_images(self, trial_id: str, method: str) -> list[dict]:
         """Per class: n, per-channel positive/negative shares and the three PNGs (study-relative)."""

@@ -62,9 +62,10 @@ class TableFormat:
 
     @property
     def fields(self) -> dict[str, pa.DataType]:
-        """Fixed column -> pyarrow type, from the row dataclass's annotations."""
+        """Fixed column -> pyarrow type, from the row dataclass's annotations (a field's
+        ``metadata={"column": ...}`` names a column that is no Python name, such as ``class``)."""
         return {
-            f.name: _TYPES[str(f.type).split(" | ")[0]]
+            column_of(f): _TYPES[str(f.type).split(" | ")[0]]
             for f in dataclasses.fields(self.row)
             if f.name != "extra"
         }
@@ -109,12 +110,17 @@ class TableFormat:
     def to_row(self, record: dict):
         """A table record (a dict, NaN for missing values) as the typed row."""
         fixed = self.fields
+        names = {column_of(f): f.name for f in dataclasses.fields(self.row)}
         values = {k: (None if missing(v) else v) for k, v in record.items()}
-        kwargs = {k: _cast(values.get(k), t, k) for k, t in fixed.items() if k in values}
+        kwargs = {names[k]: _cast(values.get(k), t, k) for k, t in fixed.items() if k in values}
         extra = {k: v for k, v in values.items() if k not in fixed}
         if any(f.name == "extra" for f in dataclasses.fields(self.row)):
             return self.row(**kwargs, extra=extra)
         return self.row(**kwargs)
+
+
+def column_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("column", f.name)
 
 
 # -- writer ------------------------------------------------------------------------------------

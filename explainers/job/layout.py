@@ -19,6 +19,11 @@
       attention/<trial_id>/<cell_id>.png   attention per channel pair (channel-attention families)
       attention.parquet                    index of the attention figures (ATTENTION_COLUMNS)
 
+The five index tables (overlays, population, quality, prototypes, attention) have typed rows
+(:data:`INDEX`, through :mod:`cytotune.engine.formats`) and a format version: ``write_frame``
+checks and stamps them, ``read_index`` reads them back and refuses an older run's with the fix.
+The map tables are not versioned yet (their columns are described by ``MAP_COLUMNS``).
+
 Maps are float16, stored as raw bytes with their shape: ``(1, H, W)`` for CAM methods and
 ``(C, H, W)`` (one map per input channel) for gradient methods. Decode one with
 :func:`decode_map`.
@@ -26,10 +31,14 @@ Maps are float16, stored as raw bytes with their shape: ``(1, H, W)`` for CAM me
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from cytotune.engine.io import atomic_write_parquet
+import pandas as pd
+from cytotune.engine import formats
+from cytotune.engine.formats import TableFormat
+from cytotune.engine.io import atomic_write_bytes, atomic_write_parquet
 
 EXPLAIN_DIR = "explain"
 STATE_FILE = "explain.json"
@@ -55,23 +64,94 @@ MAP_COLUMNS = {
     "mass_evidence": "float: share inside the synthetic evidence mask (NaN without one)",
     "pointing_hit": "float: 1/0 pointing game on the evidence mask (NaN without one)",
 }
-OVERLAY_COLUMNS = ("trial_id", "method", "cell_id", "path", "label", "prediction", "correct")
-POPULATION_COLUMNS = (
-    "trial_id",
-    "method",
-    "class",
-    "channel",  # a channel name, or "all" for the channel mean of Gmean-Shape
-    "n",
-    "positive_ratio",
-    "negative_ratio",
-    "mean_r",
-    "gmean_image",
-    "gmean_map",
-    "correlation",
-)
-QUALITY_COLUMNS = ("trial_id", "method", "metric", "mean", "std", "n")
-PROTOTYPE_COLUMNS = ("trial_id", "fold", "prototype", "class", "path", "duplicate_of")
-ATTENTION_COLUMNS = ("trial_id", "cell_id", "path", "pairs")
+# The index tables (explain/<name>.parquet): typed rows, written through ``write_frame`` with
+# their format version, read back with ``read_index`` (an older explain run is refused with the
+# fix: run the explain job again with --overwrite).
+INDEX_VERSION = 1
+_FIX = "run `cytotune explain --study STUDY_DIR --overwrite` again to rewrite it"
+
+
+@dataclass
+class OverlayRow:
+    """A pseudo-colour overlay PNG of one explained cell."""
+
+    trial_id: str
+    method: str
+    cell_id: str
+    path: str  # relative to the study directory
+    label: str | None = None
+    prediction: str | None = None
+    correct: bool | None = None
+
+
+@dataclass
+class PopulationRow:
+    """Population maps of one trial x method x class x channel (paths relative to the study)."""
+
+    trial_id: str
+    method: str
+    cls: str = field(metadata={"column": "class"})
+    channel: str  # a channel name, or "all" for the channel mean of Gmean-Shape
+    n: int | None = None
+    positive_ratio: float | None = None
+    negative_ratio: float | None = None
+    mean_r: float | None = None
+    gmean_image: str | None = None
+    gmean_map: str | None = None
+    correlation: str | None = None
+
+
+@dataclass
+class QualityRow:
+    """One quality metric of a trial x method (mean and std over the scored cells)."""
+
+    trial_id: str
+    method: str
+    metric: str
+    mean: float | None = None
+    std: float | None = None
+    n: int | None = None
+
+
+@dataclass
+class PrototypeRow:
+    """One prototype of a fold model: its mosaic of the closest training patches."""
+
+    trial_id: str
+    fold: int
+    prototype: int
+    cls: int = field(metadata={"column": "class"})  # the class index the prototype belongs to
+    path: str  # relative to the study directory
+    duplicate_of: int = -1  # another prototype of the same patches, -1: none
+    receptive_field: int | None = None
+    top_distance: float | None = None
+
+
+@dataclass
+class AttentionRow:
+    """The attention figure of one cell (channel-attention families)."""
+
+    trial_id: str
+    cell_id: str
+    path: str  # relative to the study directory
+    pairs: list[str] | None = None  # channel pairs shown, "dna-actin"
+
+
+INDEX = {
+    name: TableFormat(name, row, version=INDEX_VERSION, fix=_FIX)
+    for name, row in (
+        ("overlays", OverlayRow),
+        ("population", PopulationRow),
+        ("quality", QualityRow),
+        ("prototypes", PrototypeRow),
+        ("attention", AttentionRow),
+    )
+}
+OVERLAY_COLUMNS = tuple(INDEX["overlays"].fields)
+POPULATION_COLUMNS = tuple(INDEX["population"].fields)
+QUALITY_COLUMNS = tuple(INDEX["quality"].fields)
+PROTOTYPE_COLUMNS = tuple(INDEX["prototypes"].fields)
+ATTENTION_COLUMNS = tuple(INDEX["attention"].fields)
 
 
 def explain_dir(study_dir: str | Path) -> Path:
@@ -152,5 +232,23 @@ def decode_map(data: bytes, shape) -> np.ndarray:
 
 def write_frame(frame, path: str | Path) -> Path:
     """Write a DataFrame as Parquet through a temporary name and a rename (readers never see a
-    half-written table)."""
-    return atomic_write_parquet(frame, path)
+    half-written table); an index table (``explain/<name>.parquet`` of :data:`INDEX`) is checked
+    against its row type and stamped with its format version."""
+    path = Path(path)
+    fmt = INDEX.get(path.stem) if path.parent.name == EXPLAIN_DIR else None
+    if fmt is None:
+        return atomic_write_parquet(frame, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, formats.write(fmt, frame))
+    return path
+
+
+def read_index(study_dir: str | Path, name: str) -> pd.DataFrame:
+    """An index table (:data:`INDEX`) with every column (no rows when the job has not written
+    it); FormatError, naming the fix, for one from an older explain run."""
+    if name not in INDEX:
+        raise ValueError(f"explain index table {name!r} is not one of {tuple(INDEX)}")
+    path = explain_dir(study_dir) / f"{name}.parquet"
+    if not path.is_file():
+        return formats.empty(INDEX[name])
+    return formats.read(INDEX[name], path, where=str(path))

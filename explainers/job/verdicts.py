@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..quality.sanity import MEANINGS, VERDICT_NAMES
-from .layout import STATE_FILE, explain_dir
+from .layout import STATE_FILE, explain_dir, read_index
 
 SANITY_COLUMNS = (
     "trial_id",
@@ -46,8 +46,7 @@ SCORE_COLUMNS = {
 
 
 def _quality(study_dir) -> pd.DataFrame:
-    path = explain_dir(study_dir) / "quality.parquet"
-    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+    return read_index(study_dir, "quality")
 
 
 def failures(study_dir) -> dict[tuple[str, str], str]:

@@ -338,7 +338,7 @@ def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
                     "trial_id": tid,
                     "fold": 0,
                     "prototype": j,
-                    "class": CLASSES[j % 2],
+                    "class": j % 2,  # the prototype's class index, as the explain job writes it
                     "path": target.relative_to(study).as_posix(),
                     "duplicate_of": -1,
                 }
@@ -363,7 +363,7 @@ def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
         ("prototypes", prototypes),
         ("attention", attention),
     ):
-        pd.DataFrame(rows).to_parquet(root / f"{name}.parquet", index=False)
+        layout.write_frame(pd.DataFrame(rows), root / f"{name}.parquet")  # typed, versioned
     failures = {f"maps/{sorted(trial_ids)[0]}/occlusion": "RuntimeError: out of memory in the test"}
     (root / layout.STATE_FILE).write_text(
         json.dumps({"status": "finished", "trials": trial_ids, "failures": failures})
