@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from cytotune.engine.io import atomic_directory
+from cytotune.engine.train.contract import DataContract
 
 from .ensemble import BundleModel
 from .formats import FORMATS, example_inputs, io_names
@@ -166,17 +167,18 @@ def write_bundle(
 
 
 def _input_docs(inputs: list[str], data: dict) -> list[dict]:
-    c, h, w = data["shape"]
-    norm = data["normalization"]
+    contract = DataContract.from_dict(data)
+    c, h, w = contract.shape
     docs = [
         {
             "name": "pixels",
             "shape": ["batch", c, h, w],
             "dtype": "float32",
-            "channels": data["channel_names"],
+            "channels": list(contract.channel_names),
             "meaning": (
-                f"raw pixel intensities as stored by cytotune ingest ({data['dtype']} cast to "
-                f"float32, channels in this order); the graph applies the {norm['method']} "
+                f"raw pixel intensities as stored by cytotune ingest ({contract.dtype} cast to "
+                f"float32, channels in this order); the graph applies the "
+                f"{contract.normalization.method} "
                 "normalisation (x - offset) / scale itself"
             ),
         }
@@ -293,16 +295,16 @@ def build_model(path: str | Path, device: str | torch.device = "cpu") -> BundleM
             ) from exc
         load_model_extra_state(model, member.get("model_extra", {}))
         members.append(model.eval())
-    norm = data["normalization"]
+    contract = DataContract.from_dict(data, f"bundle {path}: data.json")
     return (
         BundleModel(
             members,
-            norm["offset"],
-            norm["scale"],
-            classification=data["task"] == "classification",
+            contract.normalization.offset,
+            contract.normalization.scale,
+            classification=contract.is_classification,
             with_mask=bool(config.get("mask_input")),
             tta=config.get("tta", "none"),
-            square=data["shape"][-1] == data["shape"][-2],
+            square=contract.shape[-1] == contract.shape[-2],
         )
         .to(device)
         .eval()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from cytotune.engine.train.contract import DataContract
 
 from .source import TrialSource
 
@@ -116,17 +117,17 @@ def model_card(
             "```",
         ]
     lines += ["", "## Input", ""]
-    c, h, w = data["shape"]
-    norm = data["normalization"]
+    contract = DataContract.from_dict(data)
+    c, h, w = contract.shape
+    norm = contract.normalization
     lines.append(
-        f"Raw crops of {c} x {h} x {w} pixels ({data['dtype']} as ingested, passed as float32). "
-        f"The exported graphs apply the {norm['method']} normalisation `(x - offset) / scale` "
+        f"Raw crops of {c} x {h} x {w} pixels ({contract.dtype} as ingested, passed as float32). "
+        f"The exported graphs apply the {norm.method} normalisation `(x - offset) / scale` "
         "per channel themselves: feed raw pixels, not normalised ones."
     )
     lines.append("")
     rows = [
-        [i, name, norm["offset"][i], norm["scale"][i]]
-        for i, name in enumerate(data["channel_names"])
+        [i, name, norm.offset[i], norm.scale[i]] for i, name in enumerate(contract.channel_names)
     ]
     lines += _table(["index", "channel", "offset", "scale"], rows)
     if config["mask_input"]:
@@ -175,7 +176,10 @@ def model_card(
         r = prov["retrain"]
         rows.append(["retrained", f"{r['cells']} cells, {r['epochs']} epochs, loss {r['final_train_loss']:.4f}"])  # fmt: skip
     lines += _table(["", ""], rows)
-    lines += ["", "Checksums of every file are in bundle.json; `cytotune.load_bundle` verifies them."]
+    lines += [
+        "",
+        "Checksums of every file are in bundle.json; `cytotune.load_bundle` verifies them.",
+    ]
     return "\n".join(lines) + "\n"
 
 

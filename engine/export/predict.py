@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from cytotune.engine.train.contract import DataContract
 
 from . import bundle as bundle_io
 from .formats import FORMATS, check_requirements
@@ -44,6 +45,7 @@ class Bundle:
         self.manifest = bundle_io.read_manifest(self.path)
         self.config = bundle_io.read_json(self.path, "config.json")
         self.data = bundle_io.read_json(self.path, "data.json")
+        self.contract = DataContract.from_dict(self.data, f"bundle {self.path}: data.json")
         self.metrics = bundle_io.read_json(self.path, "metrics.json")
         self.provenance = bundle_io.read_json(self.path, "provenance.json")
         self.backend, self.device = backend, torch.device(device)
@@ -80,19 +82,17 @@ class Bundle:
 
     @property
     def channel_names(self) -> list[str]:
-        return list(self.data["channel_names"])
+        return list(self.contract.channel_names)
 
     @property
     def is_classification(self) -> bool:
-        return self.data["task"] == "classification"
+        return self.contract.is_classification
 
     def normalize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw pixels (N, C, H, W) -> the normalised float32 tensor the members take."""
-        norm = self.data["normalization"]
+        offset, scale = self.contract.normalization.arrays  # (1, C, 1, 1)
         x = torch.as_tensor(np.asarray(pixels), dtype=torch.float32)
-        offset = torch.tensor(norm["offset"], dtype=torch.float32).view(1, -1, 1, 1)
-        scale = torch.tensor(norm["scale"], dtype=torch.float32).view(1, -1, 1, 1)
-        return (x - offset) / scale
+        return (x - torch.from_numpy(offset)) / torch.from_numpy(scale)
 
     def _run_torch(self, pixels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         x = torch.as_tensor(pixels, dtype=torch.float32, device=self.device)
@@ -183,7 +183,7 @@ class Bundle:
         return pixels, masks, pd.DataFrame({"index": np.arange(len(pixels))})
 
     def _check(self, pixels: Any, check_dtype: bool) -> np.ndarray:
-        c, h, w = self.data["shape"]
+        c, h, w = self.contract.shape
         if isinstance(pixels, list):
             shapes = sorted({tuple(p.shape) for p in pixels})
             raise ValueError(
@@ -202,7 +202,7 @@ class Bundle:
                     else ""
                 )
             )
-        want = self.data["dtype"]
+        want = self.contract.dtype
         if check_dtype and pixels.dtype.kind in "iub" and pixels.dtype != np.dtype(want):
             raise ValueError(
                 f"crops are {pixels.dtype} but the model was trained on {want} raw pixels; "

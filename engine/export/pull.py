@@ -21,6 +21,7 @@ from cytotune.engine.train.checkpoint import (
     model_extra_state,
     read_config,
 )
+from cytotune.engine.train.contract import DataContract
 
 from .bundle import write_bundle
 from .card import model_card
@@ -106,9 +107,10 @@ def sample_crops(
             mask = dataset.masks()[rows][:, None].astype(np.float32)
         return pixels, mask, f"dataset {path} rows {rows.tolist()}"
     except (FileNotFoundError, ValueError, TypeError):
-        stats = data["normalization"]["stats"]
+        contract = DataContract.from_dict(data)
+        stats = contract.normalization.stats
         rng = np.random.default_rng(0)
-        c, h, w = data["shape"]
+        c, h, w = contract.shape
         mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
         pixels = rng.normal(mean[:, None, None], std[:, None, None], (n, c, h, w))
         pixels = np.clip(pixels, np.asarray(stats["min"])[:, None, None], None).astype(np.float32)
@@ -193,15 +195,15 @@ def pull(
             extra["fold_choice"] = (
                 "given by --fold" if fold is not None else "best validation objective of the folds"
             )
-    classification = data["task"] == "classification"
-    with_mask = uses_mask(members[0]) and bool(data.get("has_mask"))
-    norm = data["normalization"]
+    contract = DataContract.from_dict(data, f"checkpoint {fold_dirs[0]}")
+    with_mask = uses_mask(members[0]) and contract.has_mask
+    norm = contract.normalization
     tta = configs[0]["train"].get("tta", "none") if tta == "trial" else tta
-    square = data["shape"][-1] == data["shape"][-2]
+    square = contract.shape[-1] == contract.shape[-2]
     model = BundleModel(
-        members, norm["offset"], norm["scale"], classification, with_mask, tta, square
+        members, norm.offset, norm.scale, contract.is_classification, with_mask, tta, square
     )
-    output_names = list(data["classes"] if classification else data["targets"])
+    output_names = contract.output_names
     model_config = model_config_of(configs[0])
     config = {
         "family": model_config.family,

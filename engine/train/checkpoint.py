@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cytotune.engine.data.augment import normalization_constants
 from cytotune.engine.io import atomic_directory
 from cytotune.search_spaces import ModelConfig
 from cytotune.search_spaces.models import create_model
 from torch import nn
 
 from .config import TrainConfig
+from .contract import DataContract
 
 FORMAT = "cytotune-fold-checkpoint"
 VERSION = 1
@@ -62,26 +62,9 @@ def load_model_extra_state(model: nn.Module, extra: dict[str, Any]) -> None:
 
 
 def data_contract(manifest, normalization: str) -> dict[str, Any]:
-    """What the model expects as input and what its outputs mean."""
-    offset, scale = normalization_constants(manifest.stats, normalization)
-    return {
-        "dataset": manifest.name,
-        "content_hash": manifest.content_hash,
-        "task": manifest.task,
-        "channel_names": list(manifest.channel_names),
-        "shape": list(manifest.shape),  # (C, H, W)
-        "dtype": manifest.dtype,
-        "normalization": {
-            "method": normalization,
-            "offset": [float(v) for v in offset],  # x_norm = (x - offset) / scale per channel
-            "scale": [float(v) for v in scale],
-            "stats": dataclasses.asdict(manifest.stats),
-        },
-        "label_map": dict(manifest.label_map),
-        "classes": list(manifest.classes),
-        "targets": list(manifest.targets),
-        "has_mask": bool(manifest.has_mask),
-    }
+    """What the model expects as input and what its outputs mean (:class:`DataContract`), as
+    ``config.json`` stores it."""
+    return DataContract.of(manifest, normalization).to_dict()
 
 
 def checkpoint_config(
@@ -144,13 +127,15 @@ def read(directory: str | Path, device: str | torch.device = "cpu") -> tuple[dic
 
 def check_contract(data: dict[str, Any], manifest, directory: str | Path) -> None:
     """Raise ValueError when a dataset does not match a checkpoint's data contract."""
-    current = data_contract(manifest, data["normalization"]["method"])
-    for key in ("channel_names", "shape", "task", "label_map", "targets"):
-        if current[key] != data[key]:
-            raise ValueError(
-                f"dataset {manifest.name!r} does not match checkpoint {directory}: {key} is "
-                f"{current[key]!r}, the checkpoint was trained on {data[key]!r}"
-            )
+    trained = DataContract.from_dict(data, f"checkpoint {directory}")
+    differ = DataContract.of(manifest, trained.normalization.method).mismatch(trained)
+    if differ:
+        key, now, then = differ
+        raise ValueError(
+            f"dataset {manifest.name!r} does not match checkpoint {directory}: {key} is "
+            f"{list(now) if isinstance(now, tuple) else now!r}, the checkpoint was trained on "
+            f"{list(then) if isinstance(then, tuple) else then!r}"
+        )
 
 
 def model_config_of(config: dict[str, Any]) -> ModelConfig:
@@ -186,7 +171,8 @@ class LoadedFold:
 
     Attributes:
         model: the model in eval mode on the device.
-        config: the parsed ``config.json`` (``config["data"]`` is the data contract).
+        config: the parsed ``config.json``.
+        contract: its data contract (channels, shape, dtype, normalisation, outputs).
         offset: per-channel normalisation offset ``(C,)``, float32 on the device.
         scale: per-channel normalisation scale ``(C,)``, float32 on the device.
         takes_mask: the model's forward takes a cell mask (its declared capability).
@@ -194,6 +180,7 @@ class LoadedFold:
 
     model: nn.Module
     config: dict[str, Any]
+    contract: DataContract
     offset: torch.Tensor
     scale: torch.Tensor
     takes_mask: bool
@@ -213,11 +200,12 @@ def load_fold(
     model, config = load_model(directory, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    norm = config["data"]["normalization"]
+    contract = DataContract.from_dict(config["data"], f"checkpoint {directory}")
     return LoadedFold(
         model,
         config,
-        torch.tensor(norm["offset"], dtype=torch.float32, device=device),
-        torch.tensor(norm["scale"], dtype=torch.float32, device=device),
+        contract,
+        torch.tensor(contract.normalization.offset, dtype=torch.float32, device=device),
+        torch.tensor(contract.normalization.scale, dtype=torch.float32, device=device),
         capabilities_of(model).takes_mask,
     )
