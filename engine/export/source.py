@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 from cytotune.engine.search.store import StudyStore
+from cytotune.engine.search.tables import TRIALS, TrialRow
 
 # Columns of folds.parquet that are not metrics of the fold (or are too big for a card).
 _FOLD_SKIP = ("trial_id", "roc", "well/roc")
@@ -44,6 +45,11 @@ class TrialSource:
     @property
     def trial_id(self) -> str:
         return str(self.trial["trial_id"])
+
+    @property
+    def row(self) -> TrialRow:
+        """The trial's row of trials.parquet, typed (``extra``: its metric and param columns)."""
+        return TRIALS.to_row(self.trial)
 
     def fold_dirs(self) -> list[Path]:
         dirs = sorted(
@@ -190,9 +196,10 @@ def cv_metrics(source: TrialSource) -> dict[str, Any]:
     if not rows and (source.checkpoint / "metrics.json").is_file():
         details = json.loads((source.checkpoint / "metrics.json").read_text())
         rows = [{k: _plain(v) for k, v in d.items() if k not in _FOLD_SKIP} for d in details]
+    row = source.row
     mean = {
         key[4:]: _plain(value)
-        for key, value in source.trial.items()
+        for key, value in row.extra.items()
         if key.startswith("val/") and _plain(value) is not None
     }
     metric, mode = source.objective
@@ -200,8 +207,8 @@ def cv_metrics(source: TrialSource) -> dict[str, Any]:
         "objective": {"metric": metric, "mode": mode},
         "mean": mean,
         "folds": rows,
-        "epochs": _plain(source.trial.get("epochs_done")),
-        "status": source.trial.get("status"),
+        "epochs": row.epochs_done,
+        "status": row.status,
     }
 
 
@@ -251,8 +258,7 @@ def versions(formats: list[str] = ()) -> dict[str, str | None]:
 
 def provenance(source: TrialSource, data: dict, formats: list[str], **extra: Any) -> dict:
     """Where the bundle's weights come from and what produced them."""
-    study, cv = source.study, source.cv_state()
-    params = _plain(source.trial.get("params"))
+    study, cv, row = source.study, source.cv_state(), source.row
     return {
         "study": {
             "name": study.get("name"),
@@ -262,12 +268,12 @@ def provenance(source: TrialSource, data: dict, formats: list[str], **extra: Any
         },
         "trial": {
             "trial_id": source.trial_id,
-            "number": _plain(source.trial.get("number")),
+            "number": row.number,
             "rank": source.rank,
             "selected_by": source.selected_by,
-            "status": source.trial.get("status"),
-            "epochs_done": _plain(source.trial.get("epochs_done")),
-            "params": params,
+            "status": row.status,
+            "epochs_done": row.epochs_done,
+            "params": row.sample,
             "checkpoint": str(source.checkpoint),
         },
         "dataset": {
