@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from cytotune.engine.io import atomic_directory
 from cytotune.search_spaces import ModelConfig
-from cytotune.search_spaces.models import create_model
+from cytotune.search_spaces.models import CytoModel, create_model
 from torch import nn
 
 from .config import TrainConfig
@@ -28,37 +28,15 @@ VERSION = 1
 MODEL_FILE, CONFIG_FILE, TRAINER_FILE = "model.pt", "config.json", "trainer.pt"
 
 
-def _dump_sources(sources: list) -> list[dict | None]:
-    return [None if s is None else dataclasses.asdict(s) for s in sources]
-
-
-def _load_sources(model: nn.Module, sources: list[dict | None]) -> None:
-    from cytotune.search_spaces.models.families.protopnet import PrototypeSource
-
-    model.prototype_sources = [
-        None if s is None else PrototypeSource(**{**s, "box": tuple(s["box"])}) for s in sources
-    ]
-
-
-# Model attributes that are not in ``state_dict`` but belong to a trained model: (dump, restore).
-EXTRA_STATE = {
-    "stage": (lambda stage: stage, lambda model, stage: model.set_stage(stage)),
-    "prototype_sources": (_dump_sources, _load_sources),
-}
-
-
 def model_extra_state(model: nn.Module) -> dict[str, Any]:
-    """The ``EXTRA_STATE`` attributes the model has, as JSON-able values."""
-    return {
-        name: dump(getattr(model, name))
-        for name, (dump, _) in EXTRA_STATE.items()
-        if hasattr(model, name)
-    }
+    """What a trained model keeps outside ``state_dict`` (``CytoModel.extra_state``, e.g. a
+    prototype model's stage and prototype sources), as JSON-able values."""
+    return model.extra_state() if isinstance(model, CytoModel) else {}
 
 
 def load_model_extra_state(model: nn.Module, extra: dict[str, Any]) -> None:
-    for name, value in extra.items():
-        EXTRA_STATE[name][1](model, value)
+    if extra:
+        model.load_extra_state(extra)
 
 
 def data_contract(manifest, normalization: str) -> dict[str, Any]:

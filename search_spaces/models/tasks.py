@@ -6,8 +6,9 @@ regression has one head per continuous target, MSE loss and R^2 per target.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -205,3 +206,13 @@ class CytoModel(nn.Module):
 
     def metrics(self, output: Tensor, target: Tensor) -> dict[str, float]:
         return task_metrics(self.task, output, target)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Trained state outside ``state_dict``, as JSON-able values (checkpoints keep it in
+        ``config.json`` as ``model_extra``); none by default."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no extra state, got {sorted(state)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,31 @@ def test_no_signature_or_attribute_probes_of_models_outside_the_model_package():
             if isinstance(probed, ast.Constant) and probed.value in HOOK_NAMES:
                 hits.append(f"{_where(path, node)}: {name}(..., {probed.value!r})")
     assert hits == [], "model probes outside search_spaces/models:\n" + "\n".join(hits)
+
+
+def test_nothing_outside_the_model_package_imports_a_family_module():
+    """Family internals (``families.protopnet.similarity``, ``PrototypeSource``) used elsewhere
+    tie that code to one family; the model's own methods (``similarities``,
+    ``extra_state``) serve every family that declares the capability."""
+    hits = [
+        _where(path, node)
+        for path, tree in _sources()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and ".families" in f".{node.module or ''}"
+    ]
+    assert hits == [], "family modules imported outside search_spaces/models:\n" + "\n".join(hits)
+
+
+@pytest.mark.parametrize("family", list_models())
+def test_extra_state_is_json_and_restores(family):
+    model = create_model(family, in_chans=3, task="multiclass", num_outputs=2, **tiny(family))
+    state = json.loads(json.dumps(model.extra_state()))
+    if caps := capabilities_of(model).staged:
+        model.set_stage("last_layer")
+        state = json.loads(json.dumps(model.extra_state()))
+    fresh = create_model(model.config)
+    fresh.load_extra_state(state)
+    assert fresh.extra_state() == state and (not caps or fresh.stage == "last_layer")
 
 
 @pytest.mark.parametrize("family", list_models())

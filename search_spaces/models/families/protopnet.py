@@ -12,7 +12,8 @@ layer gives the outputs. Loss: cross-entropy + ``clst_weight`` * Clst + ``sep_we
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -298,6 +299,20 @@ class ProtoPNet(CytoModel):
         self.prototype_sources = sources
         self.train(was_training)
         return sources
+
+    def extra_state(self) -> dict[str, Any]:
+        """The training stage and where each pushed prototype came from."""
+        sources = [None if s is None else dataclasses.asdict(s) for s in self.prototype_sources]
+        return {"stage": self.stage, "prototype_sources": sources}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        if "stage" in state:
+            self.set_stage(state["stage"])
+        if "prototype_sources" in state:
+            self.prototype_sources = [
+                None if s is None else PrototypeSource(**{**s, "box": tuple(s["box"])})
+                for s in state["prototype_sources"]
+            ]
 
     def feature_layers(self) -> dict[str, nn.Module]:
         return {f"trunk.{self.trunk.layer_path}": self.trunk.feature_layer, "add_on": self.add_on}
