@@ -14,6 +14,12 @@ copies, bootstrap CI over cells, cascade) runs on held-out cells; the threshold 
 best separates the two groups (balanced accuracy, midpoint between neighbours). The same
 trained cases are re-run with the maps in bf16 autocast to show whether bf16 changes the
 verdict. ``--device cuda`` runs the same cases on a GPU, to compare with a CPU run's JSON.
+
+The model verdict (explainers.quality.learned) is calibrated on the same cases: known answers
+an untrained model (should be flagged ``untrained``) and a trained model that learned its task
+(should not); trained models still at chance are left out. Reported: the head-only |rho|
+threshold with the best balanced accuracy per method and per model (median over methods), the
+balanced accuracy of "held-out balanced accuracy not above chance" and of the combined rule.
 Writes a JSON and a markdown table.
 
 Example:
@@ -81,6 +87,15 @@ def build(arch: str, in_chans: int, classes, seed: int):
     return create_model(
         family, in_chans=in_chans, task=kind, num_outputs=len(classes), **ARCHS[arch]
     ).eval()
+
+
+def held_out_accuracy(model, d) -> tuple[float, float, float]:
+    """Balanced accuracy of ``model`` on the held-out quarter and its 95% interval."""
+    from cytotune.explainers.quality.learned import balanced_accuracy_ci
+
+    with torch.no_grad():
+        pred = model(d["x"][d["cut"] :]).argmax(1).cpu().numpy()
+    return balanced_accuracy_ci(d["y"][d["cut"] :].cpu().numpy(), pred)
 
 
 def train(model, d, epochs: int, seed: int) -> float:
@@ -169,6 +184,7 @@ def main(argv=None) -> int:
         default="cpu",
         help="cpu or cuda: the same cases on a GPU (checks in fp32, TF32 off) to compare with CPU",
     )
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the bf16 re-runs")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -183,9 +199,7 @@ def main(argv=None) -> int:
         summary = {**earlier["summary"], **derive(rows, args.evidence_gain, args.min_accuracy_gain)}
         write(out, rows, summary)
         return 0
-    config = SanityConfig(
-        seeds=args.seeds
-    )  # verdicts re-derived below  # verdicts re-derived below
+    config = SanityConfig(seeds=args.seeds)  # verdicts re-derived below
     rows, started = [], time.perf_counter()
     for task in args.tasks:
         d = data(task, args.n, args.size, seed=1)
@@ -203,6 +217,9 @@ def main(argv=None) -> int:
                 trained, {**d, "x": d["x"].to(device), "y": d["y"].to(device)}, args.epochs, seed=3
             )
             train_s = time.perf_counter() - t0
+            dd = {**d, "x": d["x"].to(device), "y": d["y"].to(device)}
+            held_acc = {"untrained": held_out_accuracy(untrained, dd)}
+            held_acc["trained"] = held_out_accuracy(trained, dd)
             for state, model in (("untrained", untrained), ("trained", trained)):
                 with torch.no_grad():
                     target = model(x).argmax(1)
@@ -228,11 +245,14 @@ def main(argv=None) -> int:
                         "ci": [res.ci_low, res.ci_high],
                         "seed_sd": res.seed_sd,
                         "cascade": res.cascade,
+                        "head": res.head_mean,
+                        "head_ci": [res.head_low, res.head_high],
+                        "balanced_accuracy": list(held_acc[state]),
                         "evidence_mass": evidence_mass(maps, evidence),
                         "evidence_mass_random": evidence_mass(control_maps, evidence),
                         "seconds": time.perf_counter() - t0,
                     }
-                    if state == "trained":
+                    if state == "trained" and args.bf16:
                         bf = attribute_fn(method, x, target, bf16=True)
                         res16 = sanity_check(bf, model, config, masks=cells)
                         row["rho_bf16"] = res16.rho_mean
@@ -242,7 +262,8 @@ def main(argv=None) -> int:
                     print(
                         f"{task:11s} {arch:13s} {state:9s} {method:20s} rho {res.rho_mean:+.3f} null "
                         f"{res.null_mean:+.3f} [{res.ci_low:+.3f}, {res.ci_high:+.3f}] evidence "
-                        f"{row['evidence_mass']:.3f} vs random {row['evidence_mass_random']:.3f}"
+                        f"{row['evidence_mass']:.3f} vs random {row['evidence_mass_random']:.3f} "
+                        f"head |rho| {row['head']:.3f} bal.acc {row['balanced_accuracy'][0]:.2f}"
                         + (f" bf16 rho {row['rho_bf16']:+.3f}" if "rho_bf16" in row else ""),
                         flush=True,
                     )
@@ -304,7 +325,8 @@ def derive(rows, evidence_gain: float, min_accuracy_gain: float) -> dict:
         if "ci_bf16" in r:
             r["verdict_bf16"] = verdict(*r["ci_bf16"], threshold)
     trained = [r for r in rows if "rho_bf16" in r]
-    return {
+    learned = derive_learned(rows, min_accuracy_gain)
+    return learned | {
         "threshold": threshold,
         "balanced_accuracy": balanced,
         "n_fail_cases": len(fail),
@@ -314,10 +336,92 @@ def derive(rows, evidence_gain: float, min_accuracy_gain: float) -> dict:
         "pass_ci_high_max": floor if ok else None,
         "head_rho_fail_median": float(np.nanmedian(head_fail)) if head_fail else None,
         "head_rho_pass_median": float(np.nanmedian(head_ok)) if head_ok else None,
-        "bf16_max_abs_rho_diff": max(abs(r["rho"] - r["rho_bf16"]) for r in trained),
-        "bf16_verdict_agreement": float(
-            np.mean([r["verdict"] == r["verdict_bf16"] for r in trained])
+        "bf16_max_abs_rho_diff": (
+            max(abs(r["rho"] - r["rho_bf16"]) for r in trained) if trained else None
         ),
+        "bf16_verdict_agreement": (
+            float(np.mean([r["verdict"] == r["verdict_bf16"] for r in trained]))
+            if trained
+            else None
+        ),
+    }
+
+
+def derive_learned(rows, min_accuracy_gain: float) -> dict:
+    """Calibrate the model verdict (explainers.quality.learned) on the known cases.
+
+    Known answers: an untrained model should be flagged (``flag``); a trained model that
+    learned the task (accuracy at least ``min_accuracy_gain`` above chance) should not
+    (``keep``); trained models still at chance are left out. Rules, as 'flag when score < t':
+    the head-only |rho| per (model, method), its median over a model's methods, the held-out
+    balanced accuracy's lower bound against chance, and the combined verdict
+    (model_verdict) at the chosen head threshold.
+    """
+    from cytotune.explainers.quality.learned import model_verdict
+
+    rows = [r for r in rows if r.get("head") is not None and np.isfinite(r["head"])]
+    if not rows:
+        return {}
+    for r in rows:
+        chance = 1 / r.get("n_classes", 2)
+        learned = r["state"] == "trained" and (r["accuracy"] or 0) >= chance + min_accuracy_gain
+        r["model_expected"] = (
+            "flag" if r["state"] == "untrained" else "keep" if learned else "unknown"
+        )
+    models: dict[tuple, list] = {}
+    for r in rows:
+        models.setdefault((r["task"], r["arch"], r["state"]), []).append(r)
+
+    def split(items, score):
+        flag = [score(i) for i in items if i[0]["model_expected"] == "flag"]
+        keep = [score(i) for i in items if i[0]["model_expected"] == "keep"]
+        return flag, keep
+
+    per_method = [[r] for r in rows]
+    flag, keep = split(per_method, lambda i: i[0]["head"])
+    if not flag or not keep:
+        return {}
+    t_method, ba_method = best_threshold(keep, flag)  # 'flag when score < t'
+    groups = list(models.values())
+    flag_m, keep_m = split(groups, lambda g: float(np.median([r["head"] for r in g])))
+    t_model, ba_model = best_threshold(keep_m, flag_m)
+
+    def accuracy_flags(group) -> bool:
+        acc, low, _ = group[0]["balanced_accuracy"]
+        return low <= 1 / group[0].get("n_classes", 2)
+
+    def combined(group, threshold) -> str:
+        acc, low, _ = group[0]["balanced_accuracy"]
+        return model_verdict(
+            {r["method"]: r["head"] for r in group},
+            accuracy=acc,
+            accuracy_low=low,
+            chance=1 / group[0].get("n_classes", 2),
+            threshold=threshold,
+        ).verdict
+
+    def balanced(flagged) -> float:
+        f = [flagged(g) for g in groups if g[0]["model_expected"] == "flag"]
+        k = [not flagged(g) for g in groups if g[0]["model_expected"] == "keep"]
+        return float((np.mean(f) + np.mean(k)) / 2)
+
+    for g in groups:
+        verdict = combined(g, t_model)
+        for r in g:
+            r["model_verdict"] = verdict
+            r["model_head_median"] = float(np.median([x["head"] for x in g]))
+    return {
+        "head_threshold_per_method": t_method,
+        "head_balanced_accuracy_per_method": ba_method,
+        "head_threshold": t_model,
+        "head_balanced_accuracy": ba_model,
+        "head_flag_range": [min(flag_m), max(flag_m)],
+        "head_keep_range": [min(keep_m), max(keep_m)],
+        "accuracy_balanced_accuracy": balanced(accuracy_flags),
+        "model_verdict_balanced_accuracy": balanced(lambda g: combined(g, t_model) == "untrained"),
+        "n_flag_models": len(flag_m),
+        "n_keep_models": len(keep_m),
+        "n_unknown_models": sum(g[0]["model_expected"] == "unknown" for g in groups),
     }
 
 
@@ -339,8 +443,17 @@ def markdown(rows, summary) -> str:
         f"bf16 vs fp32: max |d rho| {num('bf16_max_abs_rho_diff', '.3f')}, verdicts agree "
         f"{num('bf16_verdict_agreement', '.0%')}; {num('seconds', '.0f')} s",
         "",
-        "| task | arch | state (acc) | method | rho [95% CI] | null rho | gap | seed sd | cascade head/25/50/75% | evidence: model vs random (gain) | expected | verdict | rho bf16 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"model verdict: head-only |rho| threshold {num('head_threshold', '.3f')} on the median "
+        f"over a model's methods (balanced accuracy {num('head_balanced_accuracy')} on "
+        f"{summary.get('n_flag_models', 0)} untrained and {summary.get('n_keep_models', 0)} "
+        f"learned models; untrained {span('head_flag_range')}, learned {span('head_keep_range')}); "
+        f"per method: threshold {num('head_threshold_per_method', '.3f')}, balanced accuracy "
+        f"{num('head_balanced_accuracy_per_method')}; held-out accuracy vs chance alone: "
+        f"{num('accuracy_balanced_accuracy')}; combined verdict: "
+        f"{num('model_verdict_balanced_accuracy')}",
+        "",
+        "| task | arch | state (acc) | method | rho [95% CI] | null rho | gap | seed sd | cascade head/25/50/75% | evidence: model vs random (gain) | expected | verdict | rho bf16 | head-only abs rho [95% CI] | held-out bal. acc [95% CI] | model: expected / verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         state = r["state"] + (f" ({r['accuracy']:.2f})" if r.get("accuracy") is not None else "")
@@ -351,9 +464,21 @@ def markdown(rows, summary) -> str:
             f"| {r['task']} | {r['arch']} | {state} | {r['method']} | {r['rho']:+.3f} "
             f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] | {r['null']:+.3f} | {r['gap']:+.3f} | "
             f"{r['seed_sd']:.3f} | {cascade} | "
-            f"{r['evidence_mass']:.3f} vs {r['evidence_mass_random']:.3f}{gain} | {r['expected']} | {r['verdict']} | {bf} |"
+            f"{r['evidence_mass']:.3f} vs {r['evidence_mass_random']:.3f}{gain} | {r['expected']} | {r['verdict']} | {bf} | "
+            + learned_cells(r)
         )
     return "\n".join(lines) + "\n"
+
+
+def learned_cells(r) -> str:
+    if r.get("head") is None:
+        return "- | - | - |"
+    acc = r["balanced_accuracy"]
+    return (
+        f"{r['head']:.2f} [{r['head_ci'][0]:.2f}, {r['head_ci'][1]:.2f}] | "
+        f"{acc[0]:.2f} [{acc[1]:.2f}, {acc[2]:.2f}] | "
+        f"{r.get('model_expected', '-')} / {r.get('model_verdict', '-')} |"
+    )
 
 
 if __name__ == "__main__":

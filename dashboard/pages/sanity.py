@@ -23,7 +23,9 @@ LABELS = {
     "failed": "failed sanity",
     "inconclusive": "sanity inconclusive",
     "error": "could not run",
+    "untrained": "untrained model",
 }
+HIDDEN = ("failed", "inconclusive", "untrained")  # gallery methods hidden unless asked for
 
 
 def verdicts(study) -> pd.DataFrame:
@@ -82,7 +84,7 @@ def method_options(methods: list[str], rows: dict[str, dict], show_failing: bool
     out = []
     for m in methods:
         verdict = rows.get(m, {}).get("verdict")
-        if verdict in ("failed", "inconclusive") and not show_failing:
+        if verdict in HIDDEN and not show_failing:
             continue
         label = m if verdict in (None, "passed") else f"{m} ⚠ {LABELS[verdict]}"
         out.append({"label": label, "value": m})
@@ -94,7 +96,7 @@ def warning(method: str | None, rows: dict[str, dict]):
     row = rows.get(method or "")
     if row is None or row["verdict"] == "passed":
         return None
-    kind = "error" if row["verdict"] == "failed" else "warn"
+    kind = "error" if row["verdict"] in ("failed", "untrained") else "warn"
     return common.notice(
         [
             html.B(f"{method}: {describe(row)}. "),

@@ -8,8 +8,10 @@ synthetic data, the evidence mass of the randomised model's maps. The randomisat
 :func:`cytotune.explainers.quality.sanity.sanity_check` in fp32 (3 random copies, Spearman inside the
 cell mask where there is one, bootstrap interval over cells, cascade, the calibrated
 threshold); its ``sanity_*`` rows carry the verdict. Prototype models also get
-prototype diversity. The sample runs as one Ray task per trial and method (on a GPU when there
-is one), with a progress bar over the tasks.
+prototype diversity. The sample is scored per (trial, method) on a few long-lived Ray actors
+(``QualityContext``, on a GPU when there is one) that read the dataset once and load each fold
+model once, with a progress bar over the (trial, method) jobs. For a classifier explained on its
+validation cells the held-out balanced accuracy is recorded too (the model verdict's evidence).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..quality import deletion_insertion, mass_inside, prototype_diversity
+from ..quality.learned import balanced_accuracy_ci
 from ..quality.sanity import SanityConfig, combine, fp32, sanity_check
 from .config import ExplainConfig
 from .layout import QUALITY_COLUMNS, explain_dir, maps_path, write_frame
@@ -40,54 +43,109 @@ def _row(trial_id, method, metric, values) -> dict:
     }
 
 
-def map_scores(plan: ExplainPlan, trial_id: str, method: str) -> list[dict]:
-    frame = pd.read_parquet(maps_path(plan.study_dir, trial_id, method), columns=list(MAP_SCORES))
-    return [
+def map_scores(plan: ExplainPlan, trial_id: str, method: str, split: str = "val") -> list[dict]:
+    """Localisation scores of every explained cell and, for a classifier explained on its
+    validation cells (``split`` val), the held-out balanced accuracy with its 95% interval and
+    chance (``1 / classes``): the model verdict's evidence that the model learned."""
+    columns = list(MAP_SCORES) + ["label_index", "prediction_index"]
+    frame = pd.read_parquet(maps_path(plan.study_dir, trial_id, method), columns=columns)
+    rows = [
         _row(trial_id, method, name, frame[name])
         for name in MAP_SCORES
         if frame[name].notna().any()
     ]
+    if plan.manifest.task == "classification" and split == "val" and len(frame):
+        value, low, high = balanced_accuracy_ci(frame["label_index"], frame["prediction_index"])
+        chance = 1 / len(plan.manifest.classes)
+        for name, v in (("", value), ("_low", low), ("_high", high)):
+            rows.append(
+                {**_row(trial_id, method, f"heldout_balanced_accuracy{name}", [v]), "n": len(frame)}
+            )
+        rows.append(_row(trial_id, method, "chance_balanced_accuracy", [chance]))
+    return rows
+
+
+class QualityContext:
+    """What scoring needs that does not change between trials and methods: the device, the
+    dataset with its cell and evidence masks, the sampled crops and every fold model loaded so
+    far. The quality stage runs one per Ray actor (:func:`score_on_actors`), so each is read or loaded
+    once per actor, not once per (trial, method) task."""
+
+    def __init__(self, dataset_dir: str) -> None:
+        from cytotune.engine.data.dataset import CellDataset
+
+        from .worker import pick_device
+
+        self.device = pick_device()
+        self.dataset = CellDataset(dataset_dir)
+        m = self.dataset.manifest
+        self.masks = self.dataset.masks() if m.has_mask else None
+        _, height, width = m.shape
+        self.evidence, self.has_evidence = optional_masks(
+            self.dataset.table(["evidence"]) if _has(self.dataset, "evidence") else None,
+            height,
+            width,
+        )
+        self._models: dict[str, tuple] = {}
+        self._images: dict[bytes, np.ndarray] = {}
+        self.loads = 0  # fold models loaded (the tests and the benchmark read it)
+
+    def model(self, directory: str):
+        """``(model, offset, scale)`` of a fold checkpoint, loaded on first use."""
+        from cytotune.engine.train.checkpoint import load_fold
+
+        if directory not in self._models:
+            loaded = load_fold(directory, self.device)
+            self._models[directory] = (loaded.model, loaded.offset, loaded.scale)
+            self.loads += 1
+        return self._models[directory]
+
+    def images(self, rows: np.ndarray) -> np.ndarray:
+        key = np.asarray(rows, dtype=np.int64).tobytes()
+        if key not in self._images:
+            self._images[key] = self.dataset.images(rows).astype(np.float32)
+        return self._images[key]
+
+    def score(self, fold_dirs, cells, methods, trial_id, seed, precision, prototypes=True):
+        """:func:`sample_scores` with this context."""
+        return sample_scores(
+            fold_dirs, None, cells, methods, trial_id, seed, precision, prototypes, context=self
+        )
+
+    def stats(self) -> dict:
+        return {"loads": self.loads}
 
 
 def sample_scores(
     fold_dirs: dict[int, str],
-    dataset_dir: str,
+    dataset_dir: str | None,
     cells: pd.DataFrame,
     methods: dict[str, dict],
     trial_id: str,
     seed: int,
     precision: str,
     prototypes: bool = True,
+    context: QualityContext | None = None,
 ) -> list[dict]:
     """Deletion/insertion and randomisation scores of one trial's ``methods`` on sampled cells,
-    and its prototype diversity when ``prototypes`` (a prototype model)."""
+    and its prototype diversity when ``prototypes`` (a prototype model). ``context`` holds the
+    dataset and loaded models between calls (default: a new one on ``dataset_dir``)."""
     import torch
     from cytotune.engine.data.augment import normalize
-    from cytotune.engine.data.dataset import CellDataset
-    from cytotune.engine.train.checkpoint import load_model
     from cytotune.search_spaces.models import capabilities_of
 
     from ..methods import create_explainer
-    from .worker import layer_for, pick_device
+    from .worker import layer_for
 
-    device = pick_device()
-    dataset = CellDataset(dataset_dir)
+    context = context or QualityContext(dataset_dir)
+    device, dataset = context.device, context.dataset
     m = dataset.manifest
-    masks = dataset.masks() if m.has_mask else None
-    _, height, width = m.shape
-    evidence, has_evidence = optional_masks(
-        dataset.table(["evidence"]) if _has(dataset, "evidence") else None, height, width
-    )
+    masks, evidence, has_evidence = context.masks, context.evidence, context.has_evidence
     collected: dict[tuple[str, str], list] = {}
     for fold, group in cells.groupby("fold"):
         rows = group["row"].to_numpy()
-        model, config = load_model(fold_dirs[int(fold)], device)
-        norm = config["data"]["normalization"]
-        offset = torch.tensor(norm["offset"], dtype=torch.float32, device=device)
-        scale = torch.tensor(norm["scale"], dtype=torch.float32, device=device)
-        x = normalize(
-            torch.from_numpy(dataset.images(rows).astype(np.float32)).to(device), offset, scale
-        )
+        model, offset, scale = context.model(str(fold_dirs[int(fold)]))
+        x = normalize(torch.from_numpy(context.images(rows)).to(device), offset, scale)
         takes_mask = capabilities_of(model).takes_mask
         fk = {}
         if takes_mask and masks is not None:
@@ -211,6 +269,51 @@ def _inside(maps, masks, valid, rows):
     return mass
 
 
+def actor_count(jobs: int, gpus: float, cpus: float, gpus_per_actor: float) -> int:
+    """Quality actors: as many as fit (``gpus / gpus_per_actor`` on a GPU node, one per CPU
+    otherwise), never more than there are jobs."""
+    fit = int(gpus / gpus_per_actor) if gpus else int(cpus)
+    return max(1, min(jobs, fit))
+
+
+def assign(jobs: list, actors: int) -> list[int]:
+    """The actor of each ``(trial, methods, prototypes)`` job: with at least as many trials as
+    actors, all of a trial's jobs go to one actor (its fold models load once); with fewer, the
+    jobs are dealt round-robin (every actor busy; a trial's models load on each actor that
+    scores one of its methods)."""
+    trials = list(dict.fromkeys(j[0].trial_id for j in jobs))
+    if len(trials) >= actors:
+        return [trials.index(j[0].trial_id) % actors for j in jobs]
+    return [i % actors for i in range(len(jobs))]
+
+
+def score_on_actors(plan, config, sample, jobs, progress: bool = True) -> list[list[dict]]:
+    """Run the ``(trial, methods, prototypes)`` jobs on a few long-lived ``QualityContext``
+    actors (each reads the dataset once and loads each fold model once); results in job order."""
+    import ray
+
+    if not jobs:
+        return []
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    n = actor_count(len(jobs), gpus, resources.get("CPU", 1), config.gpus_per_actor)
+    actor_cls = ray.remote(QualityContext).options(
+        num_gpus=config.gpus_per_actor if gpus else 0, num_cpus=1, max_restarts=0
+    )
+    actors = [actor_cls.remote(str(plan.dataset.path)) for _ in range(n)]
+    try:
+        refs = [
+            actors[a].score.remote(
+                t.fold_dirs, sample, methods, t.trial_id, config.seed, config.precision, protos
+            )
+            for (t, methods, protos), a in zip(jobs, assign(jobs, n))
+        ]
+        return _gather(refs, progress, desc=f"explain quality ({len(sample)} cells)")
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
 def run_quality(
     plan: ExplainPlan, config: ExplainConfig, state: ExplainState, progress: bool = True
 ) -> pd.DataFrame:
@@ -218,7 +321,6 @@ def run_quality(
 
     Each trial is a part of its own (``quality/<trial>``): a trial added to the top-k is scored
     alone, the others keep their rows."""
-    import ray
     from cytotune.engine.cluster import ensure_ray
 
     path = explain_dir(plan.study_dir) / "quality.parquet"
@@ -246,32 +348,19 @@ def run_quality(
     for trial in todo:
         for method in config.method_names:
             if maps_path(plan.study_dir, trial.trial_id, method).exists():
-                rows += map_scores(plan, trial.trial_id, method)
+                rows += map_scores(plan, trial.trial_id, method, config.split)
                 available.setdefault(trial.trial_id, {})[method] = config.method_options[method]
     if config.quality_cells:
         sample = plan.cells.sample(
             n=min(config.quality_cells, len(plan.cells)), random_state=config.seed
         )
         ensure_ray(config.address)
-        gpus = ray.cluster_resources().get("GPU", 0)
-        task = ray.remote(sample_scores).options(
-            num_gpus=config.gpus_per_actor if gpus else 0, num_cpus=1
-        )
-        refs = [
-            task.remote(
-                t.fold_dirs,
-                str(plan.dataset.path),
-                sample,
-                {method: options},
-                t.trial_id,
-                config.seed,
-                config.precision,
-                prototypes=method == list(available[t.trial_id])[-1],  # once per trial
-            )
+        jobs = [
+            (t, {method: options}, method == list(available[t.trial_id])[-1])  # protos once
             for t in todo
             for method, options in available.get(t.trial_id, {}).items()
         ]
-        for result in _gather(refs, progress, desc=f"explain quality ({len(sample)} cells)"):
+        for result in score_on_actors(plan, config, sample, jobs, progress):
             rows += result
     table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     write_frame(table, path)

@@ -2,10 +2,14 @@
 
 One table, read from ``explain/quality.parquet`` and the failures in ``explain/explain.json``,
 that the CLI summary, the dashboard, the model card and ``pull --require-sanity`` all show:
-per (trial, method) the sanity verdict (``passed``, ``failed``, ``inconclusive``, ``error``),
-its rho and interval, the threshold and a sentence saying what the verdict means. Studies
-explained before the interval existed (only ``randomisation_passed``) read as ``passed`` /
-``failed`` with ``legacy`` set.
+per (trial, method) the sanity verdict (``passed``, ``failed``, ``inconclusive``, ``error``,
+``untrained``), its rho and interval, the threshold and a sentence saying what the verdict
+means. The randomisation check cannot tell an untrained model from a trained one, so each trial
+also gets a model verdict (explainers.quality.learned: head-only randomisation and held-out
+balanced accuracy versus chance); every method of a trial whose model looks untrained reads
+``untrained`` (the per-method check stays in ``method_verdict``). Studies explained before the
+interval existed (only ``randomisation_passed``) read as ``passed`` / ``failed`` with ``legacy``
+set.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..quality.learned import ModelVerdict, model_verdict
 from ..quality.sanity import MEANINGS, VERDICT_NAMES
 from .layout import STATE_FILE, explain_dir, read_index
 
@@ -31,6 +36,9 @@ SANITY_COLUMNS = (
     "legacy",
     "meaning",
     "error",
+    "method_verdict",
+    "model",
+    "model_reason",
 )
 # per-trial scores the leaderboard and the compare page offer
 SCORE_COLUMNS = {
@@ -64,10 +72,41 @@ def failures(study_dir) -> dict[tuple[str, str], str]:
     return out
 
 
+def model_verdicts(quality: pd.DataFrame) -> dict[str, ModelVerdict]:
+    """trial_id -> its model verdict, from the ``learned_head_rho`` of its methods and the
+    held-out balanced accuracy the quality stage recorded (``unknown`` for older studies)."""
+    if quality.empty:
+        return {}
+    wide = quality.pivot_table(
+        index=["trial_id", "method"], columns="metric", values="mean", sort=False
+    ).reset_index()
+    wide = wide[wide["method"] != "prototypes"]
+    out = {}
+    for trial_id, group in wide.groupby("trial_id", sort=False):
+
+        def first(column, group=group) -> float:
+            values = group[column].dropna() if column in group else ()
+            return float(values.iloc[0]) if len(values) else float("nan")
+
+        heads = (
+            dict(zip(group["method"], group["learned_head_rho"]))
+            if "learned_head_rho" in group
+            else {}
+        )
+        out[str(trial_id)] = model_verdict(
+            heads,
+            accuracy=first("heldout_balanced_accuracy"),
+            accuracy_low=first("heldout_balanced_accuracy_low"),
+            chance=first("chance_balanced_accuracy"),
+        )
+    return out
+
+
 def sanity_table(study_dir, quality: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (trial, method) with a verdict (columns: SANITY_COLUMNS)."""
     quality = _quality(study_dir) if quality is None else quality
     rows = []
+    models = model_verdicts(quality)
     if not quality.empty:
         wide = quality.pivot_table(
             index=["trial_id", "method"], columns="metric", values="mean", sort=False
@@ -90,18 +129,23 @@ def sanity_table(study_dir, quality: pd.DataFrame | None = None) -> pd.DataFrame
             if pd.isna(rho):
                 rho = r.get("randomisation_spearman", np.nan)
             n = counts.loc[(trial_id, method)].get("sanity_rho", np.nan)
+            model = models.get(str(trial_id))
+            untrained = model is not None and model.verdict == "untrained"
             rows.append(
                 {
                     "trial_id": str(trial_id),
                     "method": str(method),
-                    "verdict": name,
+                    "verdict": "untrained" if untrained else name,
+                    "method_verdict": name,
+                    "model": model.verdict if model is not None else "unknown",
+                    "model_reason": model.reason if model is not None else None,
                     "rho": float(rho) if pd.notna(rho) else np.nan,
                     "rho_low": float(r.get("sanity_rho_low", np.nan)),
                     "rho_high": float(r.get("sanity_rho_high", np.nan)),
                     "threshold": float(r.get("sanity_threshold", 0.5 if legacy else np.nan)),
                     "n": int(n) if pd.notna(n) else None,
                     "legacy": legacy,
-                    "meaning": MEANINGS[name],
+                    "meaning": MEANINGS["untrained" if untrained else name],
                     "error": None,
                 }
             )
@@ -119,16 +163,23 @@ def sanity_table(study_dir, quality: pd.DataFrame | None = None) -> pd.DataFrame
                 "legacy": False,
                 "meaning": MEANINGS["error"],
                 "error": reason,
+                "method_verdict": "error",
+                "model": models[trial_id].verdict if trial_id in models else "unknown",
+                "model_reason": models[trial_id].reason if trial_id in models else None,
             }
         )
     return pd.DataFrame(rows, columns=list(SANITY_COLUMNS))
 
 
 def describe(row) -> str:
-    """``failed (rho 0.71 [0.65, 0.77] >= 0.50)``-style text of one sanity row."""
+    """``failed (rho 0.71 [0.65, 0.77] >= 0.50)``-style text of one sanity row; for a trial
+    whose model looks untrained, ``untrained model (<why>); method check: <that text>``."""
     verdict = row["verdict"]
     if verdict == "error":
         return f"error: {row['error']}"
+    if verdict == "untrained":
+        inner = describe({**row, "verdict": row.get("method_verdict") or "inconclusive"})
+        return f"untrained model ({row.get('model_reason')}); method check: {inner}"
     if not np.isfinite(row["rho"]):
         return verdict
     if row.get("legacy") or not np.isfinite(row["rho_low"]):

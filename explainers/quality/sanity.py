@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ._common import to_bhw
+from .learned import MODEL_MEANINGS
 from .randomisation import randomisation_check, randomizable_layers, randomize_weights
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
 # better than a random copy's) on its 95% upper bound; the highest such bound was 0.655. No
 # threshold also fails the untrained models: their maps differ from other random models' maps
 # as much as trained maps do (rho -0.04..0.37), so the check flags input-driven maps, not
-# untrained models.
+# untrained models: the model verdict (learned.py) does that.
 CALIBRATED_THRESHOLD = 0.66
 
 MEANINGS = {
@@ -65,6 +66,7 @@ MEANINGS = {
     ),
     "not run": "the explain job has not scored this method",
     "error": "the method could not run on this model (see the error)",
+    "untrained": MODEL_MEANINGS["untrained"],
 }
 
 
@@ -125,6 +127,10 @@ class SanityResult:
     cascade: dict[str, float] = field(default_factory=dict)
     ssim_mean: float = float("nan")
     random_maps: np.ndarray | None = None  # the first random copy's maps
+    head: np.ndarray | None = None  # per cell: mean |rho| after re-drawing only the head
+    head_mean: float = float("nan")
+    head_low: float = float("nan")
+    head_high: float = float("nan")
 
     @property
     def passed(self) -> bool:
@@ -143,12 +149,19 @@ class SanityResult:
             "sanity_verdict": VERDICT_CODES[self.verdict],
         }
         out |= {f"cascade_rho_{k}": v for k, v in self.cascade.items()}
+        if np.isfinite(self.head_mean):
+            out |= {
+                "learned_head_rho": self.head_mean,
+                "learned_head_low": self.head_low,
+                "learned_head_high": self.head_high,
+            }
         return out
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("rho", "null", "per_seed"):
-            d[key] = getattr(self, key).tolist()
+        for key in ("rho", "null", "per_seed", "head"):
+            value = getattr(self, key)
+            d[key] = None if value is None else value.tolist()
         d.pop("random_maps")
         return d
 
@@ -283,8 +296,26 @@ def sanity_check(
     cascade = {}
     for label, k in cascade_stages(model, config.cascade).items():
         partial = randomize_weights(model, seed=config.seed, mode="cascading", layers=k).eval()
-        cascade[label] = float(np.nanmean(rho_of(a, maps_of(partial))))
-    return summarise(per_seed, null, cascade, config, ssim_mean=ssim_mean, random_maps=randoms[0])
+        rho_k = rho_of(a, maps_of(partial))
+        cascade[label] = float(np.nanmean(rho_k))
+        if label == "head":
+            head = [rho_k]
+    if cascade:  # the head re-drawn with every seed: |rho| (a new head may flip the sign)
+        for i in range(1, config.seeds):
+            partial = randomize_weights(model, seed=config.seed + i, mode="cascading", layers=1)
+            head.append(rho_of(a, maps_of(partial.eval())))
+        head = np.abs(np.stack(head)).mean(0)  # (B,)
+    else:
+        head = None
+    return summarise(
+        per_seed,
+        null,
+        cascade,
+        config,
+        ssim_mean=ssim_mean,
+        random_maps=randoms[0],
+        head=head,
+    )
 
 
 def summarise(
@@ -294,11 +325,18 @@ def summarise(
     config: SanityConfig,
     ssim_mean: float = float("nan"),
     random_maps: np.ndarray | None = None,
+    head: np.ndarray | None = None,
 ) -> SanityResult:
     """A :class:`SanityResult` from per-cell correlations (``per_seed`` (seeds, B), ``null``
-    (B,)): the bootstrap interval of the mean rho and the verdict."""
+    (B,), optionally the head-only ``head`` (B,)): the bootstrap intervals of the mean rho and
+    of the mean head-only |rho|, and the verdict."""
     rho = np.nanmean(per_seed, axis=0) if per_seed.size else np.zeros(0)
     low, high = bootstrap_ci(rho, config.n_boot, config.level, config.seed)
+    head_low, head_high = (
+        bootstrap_ci(head, config.n_boot, config.level, config.seed)
+        if head is not None
+        else (float("nan"), float("nan"))
+    )
 
     def mean(v) -> float:
         v = np.asarray(v, dtype=float)
@@ -320,6 +358,10 @@ def summarise(
         cascade=cascade,
         ssim_mean=ssim_mean,
         random_maps=random_maps,
+        head=head,
+        head_mean=mean(head) if head is not None else float("nan"),
+        head_low=head_low,
+        head_high=head_high,
     )
 
 
@@ -336,4 +378,6 @@ def combine(parts: list[SanityResult], config: SanityConfig) -> SanityResult:
         for k in parts[0].cascade
     }
     ssim = float(np.average([p.ssim_mean for p in parts], weights=weights))
-    return summarise(per_seed, null, cascade, config, ssim_mean=ssim)
+    heads = [p.head for p in parts]
+    head = None if any(h is None for h in heads) else np.concatenate(heads)
+    return summarise(per_seed, null, cascade, config, ssim_mean=ssim, head=head)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cytotune.explainers.job.layout import explain_dir
+from cytotune.explainers.job.layout import explain_dir, write_frame
 from cytotune.explainers.job.summary import format_quality
 from cytotune.explainers.job.verdicts import describe, sanity_table, trial_scores
 from cytotune.explainers.job.worker import cam_layers, layer_info
@@ -152,9 +152,7 @@ def test_cam_layer_skips_a_3x3_map_for_a_sibling_block():
 
 def _write_quality(study, rows):
     frame = pd.DataFrame(rows, columns=["trial_id", "method", "metric", "mean", "std", "n"])
-    path = explain_dir(study) / "quality.parquet"
-    path.parent.mkdir(parents=True)
-    frame.to_parquet(path)
+    write_frame(frame, explain_dir(study) / "quality.parquet")
 
 
 def test_verdict_table_summary_and_scores(tmp_path):

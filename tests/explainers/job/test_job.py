@@ -16,6 +16,7 @@ from cytotune.engine.train.checkpoint import load_model
 from cytotune.explainers import create_explainer
 from cytotune.explainers.job.layout import decode_map, explain_dir, maps_path, population_dir
 from cytotune.explainers.job.worker import cam_layers
+from sklearn.metrics import balanced_accuracy_score
 
 from ._study import by_family
 
@@ -134,6 +135,11 @@ def test_quality_table_covers_every_trial_and_method(explained):
             assert rows.loc["mass_cell", "mean"] == pytest.approx(
                 frame["mass_cell"].mean(), rel=1e-5
             )
+            # the model verdict's evidence: held-out balanced accuracy (sklearn) and head |rho|
+            want = balanced_accuracy_score(frame["label_index"], frame["prediction_index"])
+            assert rows.loc["heldout_balanced_accuracy", "mean"] == pytest.approx(want)
+            assert rows.loc["chance_balanced_accuracy", "mean"] == 0.5
+            assert 0 <= rows.loc["learned_head_rho", "mean"] <= 1
     proto = quality[quality.method == "prototypes"].set_index("metric")
     assert proto.loc["n_distinct_prototypes", "n"] == 3  # one value per fold model
 
