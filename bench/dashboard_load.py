@@ -105,8 +105,8 @@ def make_study(root: Path, n_trials: int = 10_000, k: int = 3, epochs: int = 4, 
         fold_rows[m] = values.reshape(-1)
     tp = np.round(15 * per_fold).astype(int).reshape(-1)
     fold_rows["confusion_matrix"] = [f"[[{a}, {15 - a}], [{15 - a}, {a}]]" for a in tp]
-    pd.DataFrame(trials).to_parquet(study / "trials.parquet", index=False)
-    pd.DataFrame(fold_rows).to_parquet(study / "folds.parquet", index=False)
+    _write(study, "trials", pd.DataFrame(trials))
+    _write(study, "folds", pd.DataFrame(fold_rows))
 
     # learning curves: every trial x epoch done x (folds and the fold mean, fold -1)
     trial_idx = np.repeat(np.arange(n_trials), done)
@@ -114,7 +114,7 @@ def make_study(root: Path, n_trials: int = 10_000, k: int = 3, epochs: int = 4, 
     trial_idx, epoch = np.repeat(trial_idx, k + 1), np.repeat(epoch, k + 1)
     fold = np.tile(np.arange(-1, k), len(trial_idx) // (k + 1))
     shape = 0.7 + 0.3 * epoch / epochs
-    pd.DataFrame(
+    epochs_table = pd.DataFrame(
         {
             "trial_id": ids[trial_idx],
             "epoch": epoch,
@@ -123,10 +123,19 @@ def make_study(root: Path, n_trials: int = 10_000, k: int = 3, epochs: int = 4, 
             "val_loss": 1.1 / epoch,
             "balanced_accuracy": level[trial_idx] * shape,
         }
-    ).to_parquet(study / "epochs.parquet", index=False)
+    )
+    _write(study, "epochs", epochs_table)
     best = ids[np.argsort(-trials["val/balanced_accuracy"])[:2]].tolist()
     make_explain(study, dataset, best, rng)
     return study, best
+
+
+def _write(study: Path, name: str, frame: pd.DataFrame) -> None:
+    """``name``.parquet through the results store's table writer (typed columns, format version
+    in the metadata), as the search writes it."""
+    from cytotune.engine.search.tables import write_table
+
+    (study / f"{name}.parquet").write_bytes(write_table(name, frame.to_dict("records")))
 
 
 # -- one client --------------------------------------------------------------------------------
@@ -263,7 +272,7 @@ def start_dashboard(root: Path, port: int) -> subprocess.Popen:
     command += ["--host", HOST, "--port", str(port)]
     log = open(root / "cytotune.dashboard.log", "w")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
+    deadline = time.time() + 120  # a loaded 2-core box needs 20-30 s to import and fork
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(
@@ -275,7 +284,7 @@ def start_dashboard(root: Path, port: int) -> subprocess.Popen:
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.3)
     proc.kill()
-    raise RuntimeError("cytotune dashboard did not answer within 60 s")
+    raise RuntimeError("cytotune dashboard did not answer within 120 s")
 
 
 def run_level(base: str, deps: list[dict], pages: list[tuple], clients: int, seconds: float):

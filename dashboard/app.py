@@ -17,7 +17,7 @@ import dash
 from dash import Input, Output, State, dcc, html
 from flask import Response, abort, request, send_file
 
-from . import auth
+from . import auth, memo
 from .data import Catalog, StudyUnreadable
 from .explain import Explanations
 from .pages import compare, explanations, leaderboard, studies, trial
@@ -33,6 +33,8 @@ PAGES = {
     "compare": compare,
     "explanations": explanations,
 }
+# Pages drawn from the study's files alone: memoised on those files (memo.view).
+MEMO_PAGES = ("leaderboard", "trial", "explanations")
 NAV = (
     ("leaderboard", "Leaderboard"),
     ("compare", "Compare"),
@@ -120,7 +122,17 @@ def create_app(root: str, token: str | None = None, refresh_s: float = 5.0) -> d
             module = PAGES.get(name)
             if module is None:
                 return notice(f"No page {pathname!r}.", "error"), nav, chip
-            return module.layout(ctx, study, {**params, "arg": arg}), nav, chip
+            page_params = {**params, "arg": arg}
+            if name not in MEMO_PAGES:
+                return module.layout(ctx, study, page_params), nav, chip
+            page = memo.view(
+                study,
+                f"page:{name}",
+                memo.freeze(page_params),
+                lambda: module.layout(ctx, study, page_params),
+                trial_id=params.get("trial") or (arg if name == "trial" else None),
+            )
+            return page, nav, chip
         except StudyUnreadable as exc:
             return notice(str(exc), "error"), nav, ""
         except Exception as exc:  # never a traceback in the browser

@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: $CYTOTUNE_DASHBOARD_TOKEN",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="server processes, each with its own caches (default: one per core, at most 4)",
+    )
+    parser.add_argument(
         "--refresh",
         type=float,
         default=5.0,
@@ -67,8 +74,24 @@ def run(args: argparse.Namespace) -> int:
             f"warning: serving on {args.host} without --auth: anyone who can reach this port can read the study",
             file=sys.stderr,
         )
-    app = create_app(str(root), token=args.auth, refresh_s=args.refresh)
+    from .serve import MAX_WORKERS, default_workers, serve
+
+    workers = default_workers() if args.workers is None else args.workers
+    if not 1 <= workers <= MAX_WORKERS:
+        print(f"error: --workers must be 1..{MAX_WORKERS}, got {workers}", file=sys.stderr)
+        return 2
+    create_app(str(root), token=args.auth, refresh_s=args.refresh)  # fail here, before forking
     url = f"http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/"
-    print(f"cytotune dashboard: {url}" + ("?token=<your token>" if args.auth else ""), flush=True)
-    app.run(host=args.host, port=args.port, debug=False)
+    print(
+        f"cytotune dashboard: {url}"
+        + ("?token=<your token>" if args.auth else "")
+        + f" ({workers} worker{'s' if workers > 1 else ''})",
+        flush=True,
+    )
+    serve(
+        lambda: create_app(str(root), token=args.auth, refresh_s=args.refresh),
+        args.host,
+        args.port,
+        workers,
+    )
     return 0

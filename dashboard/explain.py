@@ -20,10 +20,12 @@ from cytotune.engine.formats import FormatError
 from cytotune.explainers.job import layout
 from cytotune.explainers.job.tiles import MAP_COLORMAPS as COLORMAPS  # noqa: F401  (the page's choices)
 
-from .data import CACHE, Study, StudyUnreadable
+from .data import CACHE, Study, StudyUnreadable, _signature
 
 _MAP_TABLES: OrderedDict[tuple, tuple] = OrderedDict()
 _CROPS: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_PNGS: OrderedDict[tuple, bytes] = OrderedDict()  # rendered overlays, least recently used first
+_PNGS_MAX = 4096  # tiles of 5-20 kB: at most about 80 MB
 _LOCK = threading.Lock()
 
 
@@ -147,11 +149,20 @@ class Explanations:
         smooth=0.0,
     ) -> bytes:
         """PNG of one cell (explainers.job.tiles.render_tile): crop | map, blend or contours, with
-        a colour bar in the method's units."""
+        a colour bar in the method's units. Drawn once per version of the map table and view
+        (every client of a page asks for the same tiles), then served from memory."""
         from cytotune.explainers.job.tiles import render_tile
 
+        path = layout.maps_path(self.study.path, trial_id, method)
+        view = (tuple(channels or ()), cmap, alpha, mode, percentile, smooth)
+        key = (str(path), _signature(path), str(self.study.dataset_path()), str(cell_id), view)
+        with _LOCK:
+            png = _PNGS.get(key)
+            if png is not None:
+                _PNGS.move_to_end(key)
+                return png
         amap = self.map(trial_id, method, cell_id)  # (C, H, W) or (1, H, W)
-        return render_tile(
+        png = render_tile(
             self.crop(cell_id),
             amap,
             method,
@@ -163,6 +174,12 @@ class Explanations:
             percentile=percentile,
             smooth=smooth,
         )
+        with _LOCK:
+            _PNGS[key] = png
+            _PNGS.move_to_end(key)
+            while len(_PNGS) > _PNGS_MAX:
+                _PNGS.popitem(last=False)
+        return png
 
     # -- population, prototypes, attention, quality --------------------------------------------
     def table(self, name: str) -> pd.DataFrame:

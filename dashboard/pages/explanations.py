@@ -7,11 +7,11 @@ import math
 import urllib.parse
 
 import dash
-import plotly.graph_objects as go
 from cytotune.explainers.job import layout as paths
 from cytotune.explainers.job.tiles import MODES
 from dash import Input, Output, State, dcc, html
 
+from .. import memo
 from ..data import StudyUnreadable
 from ..explain import Explanations, filter_cells
 from . import common, population, sanity
@@ -50,7 +50,7 @@ def layout(ctx, study, params):
         }
         for i, (name, rgb) in enumerate(zip(names, controls.channel_css(names)))
     ]
-    return html.Div(
+    page = html.Div(
         [
             dcc.Store(id="ex-study", data=study.key),
             dcc.Store(id="ex-page", data=0),
@@ -120,6 +120,43 @@ def layout(ctx, study, params):
             ),
         ]
     )
+    return _prefill(page, study, first)
+
+
+# What each on-load callback sets, in the order Dash would fire them on a fresh page.
+ON_LOAD = {
+    "trial": ("ex-method.options", "ex-method.value", "ex-true.options", "ex-pred.options",
+              "ex-range.max", "ex-range.step", "ex-range.value", "ex-range.marks"),
+    "notes": ("ex-sanity-warning.children", "ex-layer.children"),
+    "grid": ("ex-grid.children", "ex-page-label.children", "ex-count.children", "ex-page.data"),
+    "extras": ("ex-population.children", "ex-sanity.children", "ex-quality.figure",
+               "ex-prototypes.children", "ex-attention.children"),
+}  # fmt: skip
+
+
+def _prefill(page, study, trial_id):
+    """The page with what its callbacks would draw on load already in it: one request instead
+    of five per page view (the callbacks fire on user changes only)."""
+
+    def value(cid, prop="value"):
+        return getattr(page[cid], prop, None)
+
+    def apply(name, outputs):
+        for spec, out in zip(ON_LOAD[name], outputs):
+            cid, prop = spec.split(".")
+            setattr(page[cid], prop, out)
+
+    apply("trial", _trial_changed(study, trial_id, value("ex-show-failing"), value("ex-method")))
+    method = value("ex-method")
+    apply("notes", _method_notes(study, trial_id, method))
+    controls_now = [
+        value(c)
+        for c in ("ex-channels", "ex-cmap", "ex-alpha", "ex-mode", "ex-pct", "ex-smooth")
+        + ("ex-true", "ex-pred", "ex-outcome", "ex-range")
+    ]
+    apply("grid", _grid(study, trial_id, method, *controls_now, value("ex-page", "data"), None))
+    apply("extras", _extras(study, trial_id, method))
+    return page
 
 
 def register(app, ctx):
@@ -136,27 +173,20 @@ def register(app, ctx):
         Input("ex-show-failing", "value"),
         State("ex-method", "value"),
         State("ex-study", "data"),
+        prevent_initial_call=True,  # drawn into the page by layout()
     )
     def trial_changed(trial_id, show_failing, method, key):
         try:
             study = ctx.catalog.get(key)
         except StudyUnreadable:
             return [], None, [], [], dash.no_update, dash.no_update, dash.no_update, dash.no_update
-        explain = Explanations(study)
-        methods = explain.methods().get(trial_id, [])
-        options = sanity.method_options(
-            methods, sanity.for_trial(study, trial_id), bool(show_failing)
-        ) or [{"label": m, "value": m} for m in methods]
-        shown = [o["value"] for o in options]
-        method = method if method in shown else (shown[0] if shown else None)
-        cells = explain.cells(trial_id, method) if method else None
-        span = controls.range_props(cells, study.task())
-        slider = (span["max"], span["step"], span["value"], span["marks"])
-        if cells is None or cells.empty:
-            return options, method, [], [], *slider
-        true = sorted(c for c in cells["label"].astype(str).unique() if c)
-        pred = sorted(c for c in cells["prediction"].astype(str).unique() if c) if true else []
-        return options, method, true, pred, *slider
+        return memo.view(
+            study,
+            "ex-trial",
+            memo.freeze((trial_id, show_failing, method)),
+            lambda: _trial_changed(study, trial_id, show_failing, method),
+            trial_id=trial_id,
+        )
 
     @app.callback(
         Output("ex-sanity-warning", "children"),
@@ -164,14 +194,20 @@ def register(app, ctx):
         Input("ex-trial", "value"),
         Input("ex-method", "value"),
         State("ex-study", "data"),
+        prevent_initial_call=True,  # drawn into the page by layout()
     )
     def method_notes(trial_id, method, key):
         try:
             study = ctx.catalog.get(key)
         except StudyUnreadable:
             return None, None
-        rows = sanity.for_trial(study, trial_id)
-        return sanity.warning(method, rows), sanity.layer_note(study, trial_id, method)
+        return memo.view(
+            study,
+            "ex-notes",
+            (trial_id, method),
+            lambda: _method_notes(study, trial_id, method),
+            trial_id=trial_id,
+        )
 
     @app.callback(
         Output("ex-layer-command", "children"),
@@ -209,6 +245,7 @@ def register(app, ctx):
         Input("ex-next", "n_clicks"),
         State("ex-page", "data"),
         State("ex-study", "data"),
+        prevent_initial_call=True,  # drawn into the page by layout()
     )
     def grid(
         trial_id,
@@ -232,43 +269,15 @@ def register(app, ctx):
             study = ctx.catalog.get(key)
         except StudyUnreadable as exc:
             return common.notice(str(exc), "error"), "", "", 0
-        explain = Explanations(study)
-        cells = explain.cells(trial_id, method) if trial_id and method else None
-        if cells is None or cells.empty:
-            return common.notice("No maps for this trial and method.", "warn"), "", "", 0
-        regression = study.task() == "regression"
-        if regression and "abs_error" in cells and cells["abs_error"].notna().any():
-            error, confidence = tuple(span), None
-        else:
-            error, confidence = None, tuple(span or (0, 1))
-        shown = filter_cells(cells, true, pred, outcome, confidence, error)
-        pages = max(1, math.ceil(len(shown) / PAGE_SIZE))
         trigger = dash.ctx.triggered_id
-        page = int(page or 0)
-        page = (
-            page - 1
-            if trigger == "ex-prev"
-            else page + 1
-            if trigger == "ex-next"
-            else (
-                page
-                if trigger
-                in ("ex-alpha", "ex-cmap", "ex-channels", "ex-mode", "ex-pct", "ex-smooth")
-                else 0
-            )
+        args = (trial_id, method, channels, cmap, alpha, mode, pct, smooth, true, pred, outcome)
+        return memo.view(
+            study,
+            "ex-grid",
+            memo.freeze((*args, span, page, trigger)),
+            lambda: _grid(study, *args, span, page, trigger),
+            trial_id=trial_id,
         )
-        page = min(max(page, 0), pages - 1)
-        chunk = shown.iloc[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
-        explain.prefetch(chunk["cell_id"].astype(str).tolist())
-        view = {"mode": mode, "pct": pct, "smooth": smooth}
-        tiles = [
-            _tile(study.key, trial_id, method, r, channels, cmap, alpha, regression, view)
-            for r in chunk.to_dict("records")
-        ]
-        if not tiles:
-            tiles = [common.notice("No cell matches these filters.", "warn")]
-        count = f"{len(shown):,} of {len(cells):,} explained cells"
-        return tiles, f"page {page + 1} of {pages}", count, page
 
     @app.callback(
         Output("ex-population", "children"),
@@ -279,48 +288,132 @@ def register(app, ctx):
         Input("ex-trial", "value"),
         Input("ex-method", "value"),
         State("ex-study", "data"),
+        prevent_initial_call=True,  # drawn into the page by layout()
     )
     def extras(trial_id, method, key):
         try:
             study = ctx.catalog.get(key)
         except StudyUnreadable as exc:
-            return common.notice(str(exc), "error"), "", go.Figure(), "", ""
-        explain = Explanations(study)
-        return (
-            population.blocks(explain, study.key, trial_id, method),
-            sanity.trial_list(sanity.for_trial(study, trial_id)),
-            quality_figure(explain, trial_id),
-            _figures(
-                explain,
-                study.key,
-                "prototypes",
-                trial_id,
-                lambda r: (
-                    f"fold {r.get('fold')} · prototype {r.get('prototype')} · {r.get('class', '')}"
-                    + (
-                        f" (duplicate of {int(r['duplicate_of'])})"
-                        if _present(r.get("duplicate_of"))
-                        else ""
-                    )
-                ),
-                "This trial's family has no prototypes.",
-            ),
-            _figures(
-                explain,
-                study.key,
-                "attention",
-                trial_id,
-                lambda r: (
-                    f"cell {r.get('cell_id')}"
-                    + (
-                        f" · channel pairs: {_pairs(r.get('pairs'))}"
-                        if _pairs(r.get("pairs"))
-                        else ""
-                    )
-                ),
-                "This trial's family has no channel attention.",
-            ),
+            return common.notice(str(exc), "error"), "", {"data": [], "layout": {}}, "", ""
+        return memo.view(
+            study,
+            "ex-extras",
+            (trial_id, method),
+            lambda: _extras(study, trial_id, method),
+            trial_id=trial_id,
         )
+
+
+def _trial_changed(study, trial_id, show_failing, method):
+    explain = Explanations(study)
+    methods = explain.methods().get(trial_id, [])
+    options = sanity.method_options(
+        methods, sanity.for_trial(study, trial_id), bool(show_failing)
+    ) or [{"label": m, "value": m} for m in methods]
+    shown = [o["value"] for o in options]
+    method = method if method in shown else (shown[0] if shown else None)
+    cells = explain.cells(trial_id, method) if method else None
+    span = controls.range_props(cells, study.task())
+    slider = (span["max"], span["step"], span["value"], span["marks"])
+    if cells is None or cells.empty:
+        return options, method, [], [], *slider
+    true = sorted(c for c in cells["label"].astype(str).unique() if c)
+    pred = sorted(c for c in cells["prediction"].astype(str).unique() if c) if true else []
+    return options, method, true, pred, *slider
+
+
+def _method_notes(study, trial_id, method):
+    rows = sanity.for_trial(study, trial_id)
+    return sanity.warning(method, rows), sanity.layer_note(study, trial_id, method)
+
+
+def _grid(
+    study,
+    trial_id,
+    method,
+    channels,
+    cmap,
+    alpha,
+    mode,
+    pct,
+    smooth,
+    true,
+    pred,
+    outcome,
+    span,
+    page,
+    trigger,
+):
+    explain = Explanations(study)
+    cells = explain.cells(trial_id, method) if trial_id and method else None
+    if cells is None or cells.empty:
+        return common.notice("No maps for this trial and method.", "warn"), "", "", 0
+    regression = study.task() == "regression"
+    if regression and "abs_error" in cells and cells["abs_error"].notna().any():
+        error, confidence = tuple(span), None
+    else:
+        error, confidence = None, tuple(span or (0, 1))
+    shown = filter_cells(cells, true, pred, outcome, confidence, error)
+    pages = max(1, math.ceil(len(shown) / PAGE_SIZE))
+    page = int(page or 0)
+    page = (
+        page - 1
+        if trigger == "ex-prev"
+        else page + 1
+        if trigger == "ex-next"
+        else (
+            page
+            if trigger in ("ex-alpha", "ex-cmap", "ex-channels", "ex-mode", "ex-pct", "ex-smooth")
+            else 0
+        )
+    )
+    page = min(max(page, 0), pages - 1)
+    chunk = shown.iloc[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
+    explain.prefetch(chunk["cell_id"].astype(str).tolist())
+    view = {"mode": mode, "pct": pct, "smooth": smooth}
+    tiles = [
+        _tile(study.key, trial_id, method, r, channels, cmap, alpha, regression, view)
+        for r in chunk.to_dict("records")
+    ]
+    if not tiles:
+        tiles = [common.notice("No cell matches these filters.", "warn")]
+    count = f"{len(shown):,} of {len(cells):,} explained cells"
+    return tiles, f"page {page + 1} of {pages}", count, page
+
+
+def _extras(study, trial_id, method):
+    explain = Explanations(study)
+    return (
+        population.blocks(explain, study.key, trial_id, method),
+        sanity.trial_list(sanity.for_trial(study, trial_id)),
+        quality_figure(explain, trial_id),
+        _figures(
+            explain,
+            study.key,
+            "prototypes",
+            trial_id,
+            lambda r: (
+                f"fold {r.get('fold')} · prototype {r.get('prototype')} · {r.get('class', '')}"
+                + (
+                    f" (duplicate of {int(r['duplicate_of'])})"
+                    if _present(r.get("duplicate_of"))
+                    else ""
+                )
+            ),
+            "This trial's family has no prototypes.",
+        ),
+        _figures(
+            explain,
+            study.key,
+            "attention",
+            trial_id,
+            lambda r: (
+                f"cell {r.get('cell_id')}"
+                + (f" · channel pairs: {_pairs(r.get('pairs'))}" if _pairs(r.get("pairs")) else "")
+            ),
+            "This trial's family has no channel attention.",
+        ),
+    )
 
 
 def _pairs(value) -> str:

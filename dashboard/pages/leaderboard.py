@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, State, dash_table, dcc, html
 
-from .. import query
+from .. import memo, query
 from ..data import StudyUnreadable
 from . import common, sanity
 
@@ -310,8 +310,9 @@ def register(app, ctx):
             study = ctx.catalog.get(key)
         except StudyUnreadable as exc:
             return [], 1, "", common.notice(str(exc), "error")
-        return rows_for(
-            study, page_current, page_size, sort_by, filter_query, hide, families, explained
+        args = (page_current, page_size, sort_by, filter_query, hide, families, explained)
+        return memo.view(
+            study, "leaderboard-rows", memo.freeze(args), lambda: rows_for(study, *args)
         )
 
     @app.callback(

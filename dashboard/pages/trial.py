@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import yaml
 from dash import dash_table, dcc, html
+from plotly.colors import get_colorscale
 
 from ..data import trial_params
 from ..explain import Explanations
@@ -186,9 +186,9 @@ def _node_line(row: pd.Series):
     )
 
 
-def _or_notice(figure: go.Figure, text: str, height: int = 360):
+def _or_notice(figure: dict, text: str, height: int = 360):
     """The figure, or a notice when it has nothing to draw (the diagonal alone does not count)."""
-    drawn = [t for t in figure.data if t.showlegend is not False]
+    drawn = [t for t in figure["data"] if t.get("showlegend") is not False]
     return common.graph(figure, height) if drawn else common.notice(text, "info")
 
 
@@ -231,116 +231,143 @@ def _fold_table(folds: pd.DataFrame):
     )
 
 
-def fold_figure(folds: pd.DataFrame) -> go.Figure:
+def _layout(**extra) -> dict:
+    """common.DICT_LAYOUT with ``extra`` merged one level deep (as update_layout does)."""
+    layout = dict(common.DICT_LAYOUT)
+    for key, value in extra.items():
+        merge = isinstance(value, dict) and isinstance(layout.get(key), dict)
+        layout[key] = {**layout[key], **value} if merge else value
+    return layout
+
+
+def _floats(values) -> list:
+    """Plain floats for JSON (NaN as None, which plotly.js leaves as a gap)."""
+    return [None if v is None or v != v else float(v) for v in values]
+
+
+def fold_figure(folds: pd.DataFrame) -> dict:
     """Each metric's value on every fold (dots) and their mean (a bar across), on a zoomed axis."""
-    fig = go.Figure()
     shown = [m for m in FOLD_METRICS if m in folds and m != "log_loss" and folds[m].notna().any()]
     if folds.empty or not shown:
-        return fig
-    means = [float(folds[m].mean()) for m in shown]
-    fig.add_trace(
-        go.Scatter(
-            x=shown,
-            y=means,
-            mode="markers",
-            name="fold mean",
-            marker={"symbol": "line-ew-open", "size": 34, "color": "#0f172a", "line": {"width": 2}},
-            hovertemplate="%{x} mean %{y:.4f}<extra></extra>",
-        )
-    )
-    for i, r in enumerate(folds.to_dict("records")):
-        fig.add_trace(
-            go.Scatter(
-                x=shown,
-                y=[r[m] for m in shown],
-                mode="markers",
-                name=f"fold {int(r['fold'])}",
-                marker={
+        return {"data": [], "layout": _layout()}
+    values = folds[shown].to_numpy(dtype=float)  # (folds, metrics)
+    data = [
+        {
+            "type": "scatter",
+            "x": shown,
+            "y": _floats(np.nanmean(values, axis=0)),
+            "mode": "markers",
+            "name": "fold mean",
+            "marker": {
+                "symbol": "line-ew-open",
+                "size": 34,
+                "color": "#0f172a",
+                "line": {"width": 2},
+            },
+            "hovertemplate": "%{x} mean %{y:.4f}<extra></extra>",
+        }
+    ]
+    for i, (fold, row) in enumerate(zip(folds["fold"].astype(int), values)):
+        data.append(
+            {
+                "type": "scatter",
+                "x": shown,
+                "y": _floats(row),
+                "mode": "markers",
+                "name": f"fold {fold}",
+                "marker": {
                     "color": PALETTE[i % len(PALETTE)],
                     "size": 10,
                     "line": {"color": "white", "width": 1},
                 },
-                hovertemplate="%{x} %{y:.4f}<extra>fold " + str(int(r["fold"])) + "</extra>",
-            )
+                "hovertemplate": "%{x} %{y:.4f}<extra>fold " + str(fold) + "</extra>",
+            }
         )
-    low = float(np.nanmin(folds[shown].to_numpy(dtype=float)))
-    fig.update_layout(
-        **common.FIG_LAYOUT, yaxis_range=[max(0.0, low - 0.05), 1.005] if low >= 0 else None
-    )
-    return fig
+    low = float(np.nanmin(values))
+    return {
+        "data": data,
+        "layout": _layout(yaxis={"range": [max(0.0, low - 0.05), 1.005]} if low >= 0 else {}),
+    }
 
 
-def learning_figure(epochs: pd.DataFrame, metric: str) -> go.Figure:
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", metric), horizontal_spacing=0.12)
+def learning_figure(epochs: pd.DataFrame, metric: str) -> dict:
+    """Loss (train solid, validation dashed) and ``metric`` per epoch, one colour per fold."""
+    _, grid = common.subplots(("loss", metric), spacing=0.12)
+    layout = _layout(**grid, legend={"orientation": "h", "y": -0.18}, margin={"t": 60})
+    data: list[dict] = []
     if epochs.empty:
-        return fig
+        return {"data": data, "layout": layout}
     per_fold = epochs[epochs["fold"] >= 0].sort_values("epoch")
     for i, (fold, group) in enumerate(per_fold.groupby("fold")):
         color = PALETTE[i % len(PALETTE)]
+        x = group["epoch"].tolist()
         for column, dash_style in (("train_loss", "solid"), ("val_loss", "dash")):
             if column in group and group[column].notna().any():
-                fig.add_trace(
-                    go.Scatter(
-                        x=group["epoch"],
-                        y=group[column],
-                        mode="lines+markers",
-                        name=f"fold {fold} {column.split('_')[0]}",
-                        line={"color": color, "dash": dash_style},
-                        legendgroup=str(fold),
-                    ),
-                    row=1,
-                    col=1,
+                data.append(
+                    {
+                        "type": "scatter",
+                        "x": x,
+                        "y": _floats(group[column]),
+                        "mode": "lines+markers",
+                        "name": f"fold {fold} {column.split('_')[0]}",
+                        "line": {"color": color, "dash": dash_style},
+                        "legendgroup": str(fold),
+                        "xaxis": "x",
+                        "yaxis": "y",
+                    }
                 )
         if metric in group:
-            fig.add_trace(
-                go.Scatter(
-                    x=group["epoch"],
-                    y=group[metric],
-                    mode="lines+markers",
-                    name=f"fold {fold}",
-                    line={"color": color, "dash": "dash"},
-                    legendgroup=str(fold),
-                    showlegend=False,
-                ),
-                row=1,
-                col=2,
+            data.append(
+                {
+                    "type": "scatter",
+                    "x": x,
+                    "y": _floats(group[metric]),
+                    "mode": "lines+markers",
+                    "name": f"fold {fold}",
+                    "line": {"color": color, "dash": "dash"},
+                    "legendgroup": str(fold),
+                    "showlegend": False,
+                    "xaxis": "x2",
+                    "yaxis": "y2",
+                }
             )
     mean = epochs[epochs["fold"] == -1].sort_values("epoch")
     if metric in mean and mean[metric].notna().any():
-        fig.add_trace(
-            go.Scatter(
-                x=mean["epoch"],
-                y=mean[metric],
-                mode="lines",
-                name="fold mean",
-                line={"color": "#0f172a", "width": 3},
-            ),
-            row=1,
-            col=2,
+        data.append(
+            {
+                "type": "scatter",
+                "x": mean["epoch"].tolist(),
+                "y": _floats(mean[metric]),
+                "mode": "lines",
+                "name": "fold mean",
+                "line": {"color": "#0f172a", "width": 3},
+                "xaxis": "x2",
+                "yaxis": "y2",
+            }
         )
-    fig.update_layout(**common.FIG_LAYOUT)
-    fig.update_layout(legend={"orientation": "h", "y": -0.18}, margin={"t": 60})
     last = int(epochs["epoch"].max()) if epochs["epoch"].notna().any() else 1
-    fig.update_xaxes(title_text="epoch", dtick=max(1, round(last / 8)))  # about 8 ticks
-    return fig
+    for axis in ("xaxis", "xaxis2"):  # about 8 ticks
+        layout[axis] = {
+            **layout[axis],
+            "title": {"text": "epoch"},
+            "dtick": max(1, round(last / 8)),
+        }
+    return {"data": data, "layout": layout}
 
 
-def roc_figure(folds: pd.DataFrame, classes: list[str]) -> go.Figure:
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1],
-            y=[0, 1],
-            mode="lines",
-            line={"color": "#cbd5e1", "dash": "dot"},
-            showlegend=False,
-            hoverinfo="skip",
-        )
-    )
+def roc_figure(folds: pd.DataFrame, classes: list[str]) -> dict:
+    diagonal = {
+        "type": "scatter",
+        "x": [0, 1],
+        "y": [0, 1],
+        "mode": "lines",
+        "line": {"color": "#cbd5e1", "dash": "dot"},
+        "showlegend": False,
+        "hoverinfo": "skip",
+    }
+    data = [diagonal]
     if "roc" not in folds:
-        return fig
+        return {"data": data, "layout": _layout()}
     for i, r in enumerate(folds.to_dict("records")):
         try:
             curves = json.loads(r["roc"]) if isinstance(r["roc"], str) else {}
@@ -353,32 +380,30 @@ def roc_figure(folds: pd.DataFrame, classes: list[str]) -> go.Figure:
             )  # binary: the positive class
         for j, name in enumerate(names):
             c = curves[name]
-            fig.add_trace(
-                go.Scatter(
-                    x=c["fpr"],
-                    y=c["tpr"],
-                    mode="lines",
-                    name=f"fold {int(r['fold'])} · {name} (AUC {c.get('auc', float('nan')):.3f})",
-                    line={
+            data.append(
+                {
+                    "type": "scatter",
+                    "x": c["fpr"],
+                    "y": c["tpr"],
+                    "mode": "lines",
+                    "name": f"fold {int(r['fold'])} · {name} (AUC {c.get('auc', float('nan')):.3f})",
+                    "line": {
                         "color": PALETTE[(i if len(names) == 1 else j) % len(PALETTE)],
                         "dash": ("solid", "dash", "dot", "dashdot")[i % 4]
                         if len(names) > 1
                         else "solid",
                     },
-                )
+                }
             )
-    fig.update_layout(
-        **common.FIG_LAYOUT, xaxis_title="false positive rate", yaxis_title="true positive rate"
+    layout = _layout(
+        xaxis={"title": {"text": "false positive rate"}, "range": [0, 1], "constrain": "domain"},
+        yaxis={"title": {"text": "true positive rate"}, "range": [0, 1.02], "scaleanchor": "x"},
+        legend={"orientation": "v", "x": 0.45, "y": 0.05, "bgcolor": "rgba(255,255,255,.8)"},
     )
-    fig.update_layout(
-        legend={"orientation": "v", "x": 0.45, "y": 0.05, "bgcolor": "rgba(255,255,255,.8)"}
-    )
-    fig.update_xaxes(range=[0, 1], constrain="domain")
-    fig.update_yaxes(range=[0, 1.02], scaleanchor="x")
-    return fig
+    return {"data": data, "layout": layout}
 
 
-def confusion_figure(folds: pd.DataFrame, classes: list[str]) -> go.Figure:
+def confusion_figure(folds: pd.DataFrame, classes: list[str]) -> dict:
     total = None
     for text in folds.get("confusion_matrix", pd.Series(dtype=object)).dropna():
         try:
@@ -386,9 +411,8 @@ def confusion_figure(folds: pd.DataFrame, classes: list[str]) -> go.Figure:
         except (ValueError, TypeError):
             continue
         total = matrix if total is None else total + matrix
-    fig = go.Figure()
     if total is None:
-        return fig
+        return {"data": [], "layout": _layout()}
     names = classes if len(classes) == len(total) else [str(i) for i in range(len(total))]
     share = total / np.maximum(total.sum(1, keepdims=True), 1)
     many = len(names) > 8  # counts and shares no longer fit in a cell: shares only, counts on hover
@@ -399,29 +423,34 @@ def confusion_figure(folds: pd.DataFrame, classes: list[str]) -> go.Figure:
         ]
         for i in range(len(names))
     ]
-    fig.add_trace(
-        go.Heatmap(
-            z=share,
-            x=names,
-            y=names,
-            text=text,
-            texttemplate="%{text}",
-            colorscale="Blues",
-            zmin=0,
-            zmax=1,
-            showscale=False,
-            customdata=total,
-            hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata:.0f} cells, %{text}<extra></extra>"
-            if many
-            else "true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
-            textfont={"size": 9 if many else 12},
-        )
+    heatmap = {
+        "type": "heatmap",
+        "z": share.tolist(),
+        "x": names,
+        "y": names,
+        "text": text,
+        "texttemplate": "%{text}",
+        "colorscale": get_colorscale("Blues"),  # by name, plotly.js draws Blues reversed
+        "zmin": 0,
+        "zmax": 1,
+        "showscale": False,
+        "customdata": total.tolist(),
+        "hovertemplate": "true %{y}<br>predicted %{x}<br>%{customdata:.0f} cells, %{text}<extra></extra>"
+        if many
+        else "true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+        "textfont": {"size": 9 if many else 12},
+    }
+    layout = _layout(
+        xaxis={"title": {"text": "predicted"}, "tickangle": -45 if many else 0, "dtick": 1},
+        yaxis={
+            "title": {"text": "true"},
+            "dtick": 1,
+            "autorange": "reversed",
+            "scaleanchor": "x",
+            "constrain": "domain",
+        },
     )
-    fig.update_xaxes(tickangle=-45 if many else 0, dtick=1)
-    fig.update_yaxes(dtick=1)
-    fig.update_layout(**common.FIG_LAYOUT, xaxis_title="predicted", yaxis_title="true")
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
-    return fig
+    return {"data": [heatmap], "layout": layout}
 
 
 def config_text(params: dict) -> str:
