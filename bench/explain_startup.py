@@ -4,6 +4,9 @@ Same dataset and pipeline shape as ``cytotune explain`` (read Parquet -> attach 
 pool), with actors that only count rows, so the numbers are Ray Data + Ray start-up alone:
 
     python bench/explain_startup.py --out bench/results/explain/startup.json
+
+Without a GPU it also times the read pipeline feeding the worker in the driver (the job's path
+for one CPU actor on a local Ray: no actor process to start).
 """
 
 from __future__ import annotations
@@ -33,6 +36,32 @@ class Counter:
         return pa.table(
             {"rows": [table.num_rows], "created": [self.created], "ready": [self.ready]}
         )
+
+
+def in_driver(paths, cells, heavy: bool):
+    """The same read pipeline with the counter run here (explainers.job.pool.run_in_driver,
+    what the job does for one CPU actor on a local Ray)."""
+    import ray
+    from cytotune.explainers.job.maps import AttachFold
+    from cytotune.explainers.job.pool import run_in_driver
+
+    ds = ray.data.read_parquet(paths).select_columns(["cell_id", "image", "label"])
+    ds = ds.map_batches(
+        AttachFold(cells, np.zeros(len(cells), np.int32)), batch_format="pyarrow", batch_size=None
+    )
+    start = time.time()
+    counter = Counter(heavy)
+    first, rows = None, 0
+    for batch in run_in_driver(ds, counter, 256):
+        first = first or time.time() - start
+        rows += sum(batch.column("rows").to_pylist())
+    return {
+        "total_s": time.time() - start,
+        "first_batch_s": first,
+        "actors_created_s": counter.created - start,
+        "actors_ready_s": counter.ready - start,
+        "rows": rows,
+    }
 
 
 def pipeline(paths, cells, attach: bool, heavy: bool, actors: int, gpus: float, cpus: float | None):
@@ -100,6 +129,9 @@ def main() -> None:
             dataset.shard_paths, cells, case["attach"], case["heavy"], actors, gpu, case["cpus"]
         )
         result |= {f"{name}_{k}": v for k, v in out.items()}
+    if not gpu:  # one CPU actor: the job runs its worker in the driver instead
+        out = in_driver(dataset.shard_paths, cells, heavy=True)
+        result |= {f"imports_attach_in_driver_{k}": v for k, v in out.items()}
     write_result(args.out, result)
 
 

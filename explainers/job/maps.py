@@ -28,7 +28,9 @@ from .parts import finish_parts
 from .plan import ExplainPlan
 from .pool import run_actor_pool
 from .state import ExplainState
-from .worker import OUTPUT_SCHEMA
+
+# .worker (torch, the model families) is imported where it is used: Ray Data's read tasks
+# unpickle AttachFold from this module and need none of it
 
 
 def part_name(trial_id: str, method: str) -> str:
@@ -74,6 +76,8 @@ class StagedParts:
         rows = finish_parts(staging) if staging.is_dir() else 0
         if not rows:  # no cell: an empty table
             staging.mkdir(parents=True, exist_ok=True)
+            from .worker import OUTPUT_SCHEMA
+
             empty = OUTPUT_SCHEMA.empty_table().drop(["error"])
             pq.write_table(empty, staging / "empty.parquet")
         publish_directory(staging, target)  # a reader sees the old table or the new one

@@ -37,6 +37,27 @@ def restart_options(joined_cluster: bool) -> dict:
     return {"max_restarts": 0}
 
 
+def in_driver(actors: int, gpus_per_actor: float, joined_cluster: bool) -> bool:
+    """One CPU actor on a local one-node Ray: run the worker in this process instead.
+
+    Such an actor is one more process on the same CPUs, and it starts by importing torch, timm
+    and the model families and loading every fold model, all of which this process has done or
+    does anyway; on a loaded 2-core machine that start-up was most of the maps stage
+    (BENCHMARKS.md, "Explain job start-up on the CPU"). Ray Data still reads the crops.
+    """
+    import ray
+
+    if actors != 1 or gpus_per_actor or joined_cluster:
+        return False
+    return sum(1 for node in ray.nodes() if node.get("Alive")) == 1
+
+
+def run_in_driver(dataset, worker, batch_size: int):
+    """``worker`` applied here to ``dataset``'s batches of ``batch_size`` rows."""
+    for batch in dataset.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+        yield worker(batch)
+
+
 def run_actor_pool(
     dataset,
     worker_kwargs: dict,
@@ -47,13 +68,17 @@ def run_actor_pool(
     joined_cluster: bool = False,
 ):
     """Stream ``dataset`` through ``actors`` actors of ``worker`` (default: MapWorker); yields
-    their batch summaries. ``joined_cluster``: Ray was reached by address (actors restart on
-    another node when theirs is lost; :func:`restart_options`)."""
+    their batch summaries (one CPU actor on a local Ray: the worker runs here, :func:`in_driver`).
+    ``joined_cluster``: Ray was reached by address (actors restart on another node when theirs
+    is lost; :func:`restart_options`)."""
     import ray
 
     if worker is None:
         from .worker import MapWorker as worker
 
+    if in_driver(actors, gpus_per_actor, joined_cluster):
+        yield from run_in_driver(dataset, worker(**worker_kwargs), batch_size)
+        return
     kwargs = dict(
         fn_constructor_kwargs=worker_kwargs,
         batch_size=batch_size,

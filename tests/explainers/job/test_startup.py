@@ -1,0 +1,83 @@
+"""The explain job's start-up: quality actors reused across trials and methods (each fold model
+loaded once per actor), their job assignment, and the maps stage run in the driver for one CPU
+actor on a local Ray."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from cytotune.explainers.job import pool
+from cytotune.explainers.job.scores import QualityContext, actor_count, assign, sample_scores
+
+from ._study import by_family
+
+
+def _jobs(trials: list[str], methods: list[str]):
+    return [(SimpleNamespace(trial_id=t), {m: {}}, False) for t in trials for m in methods]
+
+
+def test_actor_count_and_assignment_by_hand():
+    assert actor_count(jobs=6, gpus=0, cpus=2, gpus_per_actor=0.25) == 2
+    assert actor_count(jobs=15, gpus=1, cpus=16, gpus_per_actor=0.25) == 4
+    assert actor_count(jobs=3, gpus=2, cpus=32, gpus_per_actor=0.25) == 3
+    assert actor_count(jobs=4, gpus=0, cpus=0.5, gpus_per_actor=0.25) == 1
+    # contiguous balanced runs: actor 0 scores a, a, b; actor 1 b, c, c (4 trial loads, not 6)
+    assert assign(_jobs(["a", "b", "c"], ["g", "s"]), 2) == [0, 0, 0, 1, 1, 1]
+    # 3 trials x 5 methods on 4 actors: 4, 4, 4, 3 jobs; 6 trial loads instead of 15
+    got = assign(_jobs(["a", "b", "c"], list("12345")), 4)
+    assert got == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3]
+    trials = [t for t in "abc" for _ in range(5)]
+    assert len({(a, t) for a, t in zip(got, trials)}) == 6
+    assert assign(_jobs(["a"], ["g", "s", "i"]), 3) == [0, 1, 2]
+
+
+def test_in_driver_only_for_one_cpu_actor_on_a_local_one_node_ray(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": False}])
+    assert pool.in_driver(actors=1, gpus_per_actor=0, joined_cluster=False)
+    assert not pool.in_driver(actors=2, gpus_per_actor=0, joined_cluster=False)
+    assert not pool.in_driver(actors=1, gpus_per_actor=0.25, joined_cluster=False)
+    assert not pool.in_driver(actors=1, gpus_per_actor=0, joined_cluster=True)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])
+    assert not pool.in_driver(actors=1, gpus_per_actor=0, joined_cluster=False)
+
+    calls = []
+
+    class Batches:
+        def iter_batches(self, batch_size, batch_format):
+            assert (batch_size, batch_format) == (5, "pyarrow")
+            yield from ("b1", "b2")
+
+    out = list(pool.run_in_driver(Batches(), lambda b: calls.append(b) or b.upper(), 5))
+    assert out == ["B1", "B2"] and calls == ["b1", "b2"]
+
+
+@pytest.mark.slow
+def test_quality_context_loads_each_fold_model_once_and_scores_like_a_fresh_one(trained_study):
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.plan import build_plan
+
+    plan = build_plan(ExplainConfig(study=str(trained_study), top_k=3, methods=("saliency",)))
+    trial = by_family(plan, "small_cnn")
+    sample = plan.cells.sample(n=8, random_state=0)
+    context = QualityContext(str(plan.dataset.path))
+    methods = {"saliency": {}, "gradcam": {}}
+    shared = [
+        context.score(trial.fold_dirs, sample, {m: o}, trial.trial_id, 0, "fp32", False)
+        for m, o in methods.items()
+    ]
+    folds = sample["fold"].nunique()
+    assert context.loads == folds  # not once per method
+    fresh = sample_scores(
+        trial.fold_dirs, str(plan.dataset.path), sample, {"gradcam": {}}, trial.trial_id, 0, "fp32"
+    )
+
+    def table(rows):
+        return pd.DataFrame(rows).set_index(["method", "metric"])["mean"]
+
+    pd.testing.assert_series_equal(table(shared[1]), table(fresh))
+    assert np.isfinite(table(shared[0]).loc[("saliency", "learned_head_rho")])
