@@ -299,6 +299,8 @@ def run_level(base: str, deps: list[dict], pages: list[tuple], clients: int, sec
         client, i = Client(base, deps), offset
         while time.time() < stop:
             name, pathname, search = pages[i % len(pages)]
+            if isinstance(pathname, list):  # one of several trial pages, a different one each time
+                pathname = pathname[(i * 7919 + offset * 104729) % len(pathname)]
             start, error = time.perf_counter(), None
             try:
                 client.visit(pathname, search)
@@ -342,15 +344,16 @@ def markdown(rows: list[dict], machine: str, trials: int) -> str:
         f"Dashboard under load ({trials:,}-trial study, {machine}): one visit = page shell + "
         "server render + on-load callbacks + overlay images, requests in sequence",
         "",
-        "| clients | visits | visits/s | errors | p50 (s) | p95 (s) | p95 leaderboard | p95 trial | p95 explanations |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| clients | visits | visits/s | errors | p50 (s) | p95 (s) | p95 leaderboard | p95 trial | p95 explanations | load avg (1 min, at end) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         page = {k: v["p95_s"] for k, v in r["pages"].items()}
         lines.append(
             f"| {r['clients']} | {r['visits']} | {r['visits_per_s']:.1f} | {r['errors']} | "
             f"{_f(r['p50_s'])} | {_f(r['p95_s'])} | {_f(page.get('leaderboard'))} | "
-            f"{_f(page.get('trial'))} | {_f(page.get('explanations'))} |"
+            f"{_f(page.get('trial'))} | {_f(page.get('explanations'))} | "
+            f"{r['load_average_after'][0]:.1f} |"
         )
     return "\n".join(lines)
 
@@ -364,6 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=20.0, help="per level (default 20)")
     parser.add_argument("--trials", type=int, default=10_000)
+    parser.add_argument(
+        "--trial-pages",
+        type=int,
+        default=1,
+        metavar="K",
+        help="visit K different trial pages in turn (default 1: the best trial's); with K in the "
+        "thousands nearly every trial view is drawn anew instead of coming from the memo",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/dashboard_load.json")
     parser.add_argument(
@@ -386,13 +397,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             base = f"http://{HOST}:{port}"
             deps = json.loads(urllib.request.urlopen(base + "/_dash-dependencies").read())
+            trial_paths = [f"/trial/{best[0]}"]
+            if args.trial_pages > 1:
+                picks = np.random.default_rng(1).choice(
+                    args.trials, args.trial_pages, replace=False
+                )
+                trial_paths = [f"/trial/t{i:05d}" for i in picks]
             pages = [
                 ("leaderboard", "/leaderboard", "?study=big"),
-                ("trial", f"/trial/{best[0]}", "?study=big"),
+                ("trial", trial_paths, "?study=big"),
                 ("explanations", "/explanations", f"?study=big&trial={best[0]}"),
             ]
             cold = {}  # first visit of each page: table reads, lazy imports (explainers: torch)
             for name, pathname, search in pages:
+                pathname = pathname[0] if isinstance(pathname, list) else pathname
                 start = time.perf_counter()
                 Client(base, deps).visit(pathname, search)
                 cold[name] = round(time.perf_counter() - start, 3)
@@ -402,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary = summarise(
                     run_level(base, deps, pages, clients, args.seconds), clients, args.seconds
                 )
+                summary["load_average_after"] = os.getloadavg()  # 1, 5, 15 min, at its end
                 rows.append(summary)
                 print(
                     f"{clients:>3} clients: {summary['visits']} visits, {summary['errors']} errors, "
@@ -414,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": args.machine,
         "trials": args.trials,
+        "trial_pages": args.trial_pages,
         "command": "python bench/dashboard_load.py " + " ".join(argv or sys.argv[1:]),
         "load_average_before": load_before,
         "cold_first_visit_s": cold,
