@@ -18,7 +18,11 @@ from . import common, population, sanity
 from . import explain_controls as controls
 
 PAGE_SIZE = 24
-QUALITY_HIDDEN = r"sanity_(?!rho$)|randomisation_|cascade_|n_distinct|duplicate_|evidence_ratio"
+# the sanity verdict, the model verdict's scores and counts have their own card
+QUALITY_HIDDEN = (
+    r"sanity_(?!rho$)|randomisation_|cascade_|n_distinct|duplicate_|evidence_ratio"
+    r"|learned_head_|heldout_balanced_accuracy|chance_balanced_accuracy"
+)
 
 
 def layout(ctx, study, params):

@@ -107,7 +107,8 @@ def warning(method: str | None, rows: dict[str, dict]):
 
 
 def trial_list(rows: dict[str, dict]):
-    """Every method of a trial with its verdict, rho and interval, and what it means."""
+    """The trial's model verdict (learned / untrained, and why), then every method with its
+    verdict, rho and interval, and what it means."""
     if not rows:
         return common.notice(
             "No sanity check for this trial yet: run `cytotune explain` with its quality stage.",
@@ -132,7 +133,21 @@ def trial_list(rows: dict[str, dict]):
                 **{"data-method": method, "data-verdict": row["verdict"]},
             )
         )
-    return html.Ul(items, className="sanity-list")
+    listing = html.Ul(items, className="sanity-list")
+    first = next(iter(rows.values()))
+    model = first.get("model") or "unknown"
+    if model == "unknown":  # a study explained before the model verdict existed
+        return listing
+    note = html.Div(
+        [
+            html.B("Model: "),
+            badge(model) if model == "untrained" else html.Span(model),
+            html.Span(f" {first.get('model_reason') or ''}", className="muted"),
+        ],
+        className="sanity-model",
+        **{"data-model": model},
+    )
+    return html.Div([note, listing])
 
 
 def summary_line(study, trial_id):

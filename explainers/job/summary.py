@@ -56,6 +56,11 @@ def format_quality(study_dir) -> str:
         "against the calibrated threshold)"
     ]
     lines.append(wide.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    if "model" in sanity:
+        models = sanity.drop_duplicates("trial_id").set_index("trial_id")
+        for trial_id, r in models.iterrows():  # the model verdict (explainers.quality.learned)
+            reason = f" ({r['model_reason']})" if r["model_reason"] else ""
+            lines.append(f"model {trial_id}: {r['model']}{reason}")
     bad = sanity[sanity["verdict"] != "passed"]
     for verdict, group in bad.groupby("verdict", sort=False):
         parts = ", ".join(f"{r['trial_id']} {r['method']}" for r in group.to_dict("records"))

@@ -158,7 +158,20 @@ def test_verdict_table_flags_the_untrained_trial(tmp_path):
         "method check: passed (rho 0.10 [0.05, 0.15] < 0.66)"
     )
     assert "model looks untrained" in fresh["meaning"]
-    assert "UNTRAINED: fresh gradcam, fresh saliency, chance gradcam" in format_quality(tmp_path)
+    text = format_quality(tmp_path)
+    assert "UNTRAINED: fresh gradcam, fresh saliency, chance gradcam" in text
+    assert "model fresh: untrained (head-only randomisation |rho| 0.20 < 0.58)" in text
+    assert (
+        "model good: learned (held-out balanced accuracy 0.95 > chance 0.50; "
+        "head-only randomisation |rho| 0.90)"
+    ) in text
+    # the dashboard's per-trial list starts with the model verdict
+    from cytotune.dashboard.pages import sanity as page
+
+    rows = sanity_table(tmp_path)
+    fresh_rows = {r["method"]: r for r in rows[rows.trial_id == "fresh"].to_dict("records")}
+    note = page.trial_list(fresh_rows).children[0].to_plotly_json()["props"]
+    assert note["data-model"] == "untrained"
     scores = trial_scores(tmp_path)
     assert scores.loc["good", "explain_sanity"] == 1.0
     assert (
