@@ -146,9 +146,11 @@ class StudyStore:
         return None if record is None else tables.TRIALS.to_row(record)
 
     def flush(self) -> None:
-        """Write every table atomically."""
+        """Write every table atomically, the trials table last: a driver killed mid-flush never
+        leaves a trial recorded as completed without its folds and epochs (a resumed search
+        takes the store's completed trials as done and records nothing more for them)."""
         self._load()
-        for name, rows in self._tables.items():
+        for name, rows in sorted(self._tables.items(), key=lambda item: item[0] == "trials"):
             if rows:
                 self.write_bytes(f"{name}.parquet", tables.write_table(name, list(rows.values())))
 
