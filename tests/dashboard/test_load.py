@@ -57,7 +57,8 @@ def test_trial_and_population_figures_are_plain_dicts_not_go_figures(alpha_copy,
         explain_page = explanations.layout(None, study, {"trial": explained})
     figures = _graphs(trial_page) + _graphs(explain_page)
     heatmaps = [t for f in figures for t in f["data"] if t.get("type") == "heatmap"]
-    assert len(figures) >= 6 and heatmaps
+    assert len(figures) >= 6
+    assert heatmaps
     for figure in figures:
         go.Figure(figure)  # raises on any property plotly.py does not know
 
@@ -104,7 +105,8 @@ def test_an_overlay_is_rendered_once_per_view_and_map_version(alpha_copy, monkey
     trial_id, methods = next(iter(explain.methods().items()))
     cell = str(explain.cells(trial_id, methods[0])["cell_id"].iloc[0])
     first = explain.render(trial_id, methods[0], cell)
-    assert explain.render(trial_id, methods[0], cell) == first and len(calls) == 1
+    assert explain.render(trial_id, methods[0], cell) == first
+    assert len(calls) == 1
     explain.render(trial_id, methods[0], cell, alpha=0.3)  # another view of the same map
     assert len(calls) == 2
     maps = paths.maps_path(alpha_copy.path, trial_id, methods[0])
@@ -135,14 +137,17 @@ def test_explanations_page_arrives_drawn_in_one_request(studies_root):
     trial_id = next(iter(Explanations(study).methods()))
     page = explanations.layout(None, study, {"trial": trial_id})
     tiles = [n for n in page["ex-grid"]._traverse() if getattr(n, "src", "")]
-    assert tiles and all(t.src.startswith("/render/overlay.png?") for t in tiles)
-    assert page["ex-count"].children and page["ex-population"].children is not None
+    assert tiles
+    assert all(t.src.startswith("/render/overlay.png?") for t in tiles)
+    assert page["ex-count"].children
+    assert page["ex-population"].children is not None
     assert isinstance(page["ex-quality"].figure, dict)
     app = create_app(str(studies_root))
     dependencies = app.server.test_client().get("/_dash-dependencies").get_json()
     drawn = {spec for specs in explanations.ON_LOAD.values() for spec in specs}
     on_load = [d for d in dependencies if any(spec in d["output"] for spec in drawn)]
-    assert len(on_load) == 4 and all(d["prevent_initial_call"] for d in on_load)
+    assert len(on_load) == 4
+    assert all(d["prevent_initial_call"] for d in on_load)
 
 
 def _children(pid: int) -> list[int]:
@@ -182,7 +187,8 @@ def test_workers_serve_one_port_and_stop_together(studies_root):
         assert len(workers) == 2
         for _ in range(12):
             with urllib.request.urlopen(url, timeout=10) as answer:
-                assert answer.status == 200 and json.loads(answer.read())
+                assert answer.status == 200
+                assert json.loads(answer.read())
         proc.terminate()
         assert proc.wait(timeout=15) == 0
         assert "(2 workers)" in proc.stdout.read()

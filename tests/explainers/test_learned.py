@@ -22,7 +22,8 @@ from cytotune.explainers.quality.learned import (
 from cytotune.explainers.quality.sanity import SanityConfig, sanity_check
 from scipy import stats
 from sklearn.metrics import balanced_accuracy_score
-from torch import nn
+
+from tests.explainers.tiny import Tiny
 
 
 def test_balanced_accuracy_matches_sklearn_and_scipy_bootstrap():
@@ -54,30 +55,23 @@ def test_balanced_accuracy_matches_sklearn_and_scipy_bootstrap():
 def test_model_verdict_rules_on_hand_checkable_numbers():
     t = 0.45
     learned = model_verdict({"a": 0.9, "b": 0.1, "c": 0.8}, 0.9, 0.85, 0.5, threshold=t)
-    assert learned.verdict == "learned" and learned.head == 0.8  # median of 0.1, 0.8, 0.9
+    assert learned.verdict == "learned"
+    assert learned.head == 0.8  # median of 0.1, 0.8, 0.9
     # the head says learned, but the held-out cells are at chance: untrained
     chance = model_verdict({"a": 0.9}, 0.52, 0.48, 0.5, threshold=t)
-    assert chance.verdict == "untrained" and "not above chance 0.50" in chance.reason
+    assert chance.verdict == "untrained"
+    assert "not above chance 0.50" in chance.reason
     # above chance: learned, whatever the head says (the accuracy decides where it is known)
     above = model_verdict({"a": 0.2, "b": 0.3, "c": 0.9}, 0.9, 0.8, 0.5, threshold=t)
-    assert above.verdict == "learned" and "|rho| 0.30" in above.reason
+    assert above.verdict == "learned"
+    assert "|rho| 0.30" in above.reason
     # no held-out accuracy (regression): the head decides; NaN heads are ignored
     head = model_verdict({"a": 0.2, "b": 0.3, "c": 0.9}, threshold=t)
-    assert head.verdict == "untrained" and "|rho| 0.30 < 0.45" in head.reason
+    assert head.verdict == "untrained"
+    assert "|rho| 0.30 < 0.45" in head.reason
     assert model_verdict({"a": 0.5, "b": float("nan")}, threshold=t).verdict == "learned"
     assert model_verdict({}).verdict == "unknown"
     assert 0 < HEAD_THRESHOLD < 1
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(2, 4, 3, padding=1)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
 
 def test_head_score_matches_scipy_and_ignores_a_sign_flip():
@@ -152,7 +146,8 @@ def test_verdict_table_flags_the_untrained_trial(tmp_path):
     table = sanity_table(tmp_path).set_index(["trial_id", "method"])
     assert table.loc[("good", "gradcam"), "verdict"] == "passed"
     fresh = table.loc[("fresh", "gradcam")]
-    assert fresh["verdict"] == "untrained" and fresh["method_verdict"] == "passed"
+    assert fresh["verdict"] == "untrained"
+    assert fresh["method_verdict"] == "passed"
     assert describe(fresh) == (
         "untrained model (head-only randomisation |rho| 0.20 < 0.58); "
         "method check: passed (rho 0.10 [0.05, 0.15] < 0.66)"
@@ -174,9 +169,8 @@ def test_verdict_table_flags_the_untrained_trial(tmp_path):
     assert note["data-model"] == "untrained"
     scores = trial_scores(tmp_path)
     assert scores.loc["good", "explain_sanity"] == 1.0
-    assert (
-        scores.loc["fresh", "explain_sanity"] == 0.0 and scores.loc["fresh", "explain_score"] == 0
-    )
+    assert scores.loc["fresh", "explain_sanity"] == 0.0
+    assert scores.loc["fresh", "explain_score"] == 0
 
 
 def test_trained_small_cnn_is_learned_and_its_untrained_copy_is_flagged():

@@ -24,6 +24,8 @@ from cytotune.explainers.quality.sanity import (
 from scipy import stats
 from torch import nn
 
+from tests.explainers.tiny import Tiny
+
 
 def test_bootstrap_ci_matches_scipy_percentile():
     values = np.random.default_rng(0).normal(0.3, 0.2, size=60)
@@ -60,17 +62,6 @@ def test_verdict_rules():
     assert verdict(float("nan"), 0.2, 0.5) == "inconclusive"
     with pytest.raises(ValueError, match="seeds must be >= 2"):
         SanityConfig(seeds=1)
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(2, 4, 3, padding=1)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
 
 def test_known_answers_input_map_fails_weight_map_passes():

@@ -22,14 +22,17 @@ def test_index_tables_round_trip_typed_and_versioned(tmp_path):
         pd.DataFrame(QUALITY), layout.explain_dir(tmp_path) / "quality.parquet"
     )
     meta = pq.read_schema(path).metadata
-    assert meta[b"cytotune.table"] == b"quality" and meta[b"cytotune.version"] == b"1"
+    assert meta[b"cytotune.table"] == b"quality"
+    assert meta[b"cytotune.version"] == b"1"
     table = layout.read_index(tmp_path, "quality")
     assert table.columns.tolist() == list(layout.QUALITY_COLUMNS)
-    assert table["n"].tolist() == [16, 16] and table["mean"].tolist() == [0.4, 0.2]
+    assert table["n"].tolist() == [16, 16]
+    assert table["mean"].tolist() == [0.4, 0.2]
     protos = [{"trial_id": "t1", "fold": 0, "prototype": 3, "class": 1, "path": "p.png"}]
     layout.write_frame(pd.DataFrame(protos), layout.explain_dir(tmp_path) / "prototypes.parquet")
     row = layout.read_index(tmp_path, "prototypes").iloc[0]
-    assert row["class"] == 1 and pd.isna(row["top_distance"])  # absent: null, not dropped
+    assert row["class"] == 1
+    assert pd.isna(row["top_distance"])  # absent: null, not dropped
     assert layout.read_index(tmp_path, "attention").empty  # not written: no rows, every column
     assert "pairs" in layout.read_index(tmp_path, "attention")
 

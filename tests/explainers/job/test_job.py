@@ -39,7 +39,8 @@ def test_every_planned_cell_once_per_trial_and_method(explained):
             assert (frame["fold"].to_numpy() == folds.loc[frame["cell_id"]].to_numpy()).all()
             shape = tuple(frame["map_shape"].iloc[0])
             assert shape == ((1, 32, 32) if method == "gradcam" else (3, 32, 32))
-    assert state.data["status"] == "finished" and not state.data["failures"]
+    assert state.data["status"] == "finished"
+    assert not state.data["failures"]
 
 
 @pytest.mark.parametrize("method", ["gradcam", "integrated_gradients"])
@@ -125,10 +126,8 @@ def test_quality_table_covers_every_trial_and_method(explained):
             rows = quality[
                 (quality.trial_id == trial.trial_id) & (quality.method == method)
             ].set_index("metric")
-            assert (
-                0 <= rows.loc["deletion_auc", "mean"] <= 1
-                and 0 <= rows.loc["insertion_auc", "mean"] <= 1
-            )
+            assert 0 <= rows.loc["deletion_auc", "mean"] <= 1
+            assert 0 <= rows.loc["insertion_auc", "mean"] <= 1
             assert rows.loc["randomisation_passed", "mean"] in (0.0, 1.0)
             assert rows.loc["deletion_auc", "n"] == config.quality_cells
             frame = _maps(study, trial.trial_id, method)
@@ -166,9 +165,8 @@ def test_prototype_mosaics_hold_the_closest_training_patches(explained):
     fold0 = table[table.fold == 0].sort_values("prototype")
     np.testing.assert_allclose(fold0["top_distance"], brute, rtol=1e-4, atol=1e-6)
     for path in fold0["path"]:
-        assert (study / path).is_file() and (
-            study / path.replace(".png", "_activation.png")
-        ).is_file()
+        assert (study / path).is_file()
+        assert (study / path.replace(".png", "_activation.png")).is_file()
 
 
 def test_attention_figures_and_overlays_exist(explained):
@@ -222,10 +220,8 @@ def test_a_failing_method_is_recorded_and_the_rest_finishes(trained_study, tmp_p
     )
     _, state = run_explain(config, progress=False, log=lambda *_: None)
     failures = state.data["failures"]
-    assert (
-        list(failures) == ["maps/small_cnn/occlusion"]
-        and "window" in failures["maps/small_cnn/occlusion"]
-    )
+    assert list(failures) == ["maps/small_cnn/occlusion"]
+    assert "window" in failures["maps/small_cnn/occlusion"]
     assert maps_path(study, "small_cnn", "saliency").is_dir()
     assert not maps_path(study, "small_cnn", "occlusion").exists()
     assert not list((explain_dir(study) / "maps").rglob("*.tmp"))
@@ -266,7 +262,9 @@ def test_a_trial_added_to_top_k_gets_its_quality_scores(trained_study, tmp_path)
     plan, state = run_explain(ExplainConfig(top_k=2, **common), progress=False, log=lambda *_: None)
     after = pd.read_parquet(explain_dir(study) / "quality.parquet")
     second = set(after["trial_id"])
-    assert len(first) == 1 and second == {t.trial_id for t in plan.trials} and len(second) == 2
+    assert len(first) == 1
+    assert second == {t.trial_id for t in plan.trials}
+    assert len(second) == 2
     # the first trial kept its rows (it was not scored again); the added one has its own part
     (kept,) = first
     pd.testing.assert_frame_equal(

@@ -53,7 +53,8 @@ def test_in_driver_only_for_one_cpu_actor_on_a_local_one_node_ray(monkeypatch):
             yield from ("b1", "b2")
 
     out = list(pool.run_in_driver(Batches(), lambda b: calls.append(b) or b.upper(), 5))
-    assert out == ["B1", "B2"] and calls == ["b1", "b2"]
+    assert out == ["B1", "B2"]
+    assert calls == ["b1", "b2"]
 
 
 @pytest.mark.slow
