@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from cytotune.engine.cli import main
 from cytotune.engine.export.aliases import Registry, sanity_status
+from cytotune.explainers.job.layout import explain_dir, write_frame
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -85,9 +86,8 @@ def test_alias_names_and_unknown_aliases(tmp_path):
 
 
 def _quality(study: Path, rows: list[tuple]) -> None:
-    (study / "explain").mkdir(exist_ok=True)
     frame = pd.DataFrame(rows, columns=["trial_id", "method", "metric", "mean", "std", "n"])
-    frame.to_parquet(study / "explain" / "quality.parquet")
+    write_frame(frame, explain_dir(study) / "quality.parquet")  # as the explain job writes it
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from cytotune.engine.export.aliases import sanity_status
 from cytotune.engine.export.card import _explain_section
 from cytotune.engine.export.command import _require_sanity
-from cytotune.explainers.job.layout import explain_dir
+from cytotune.explainers.job.layout import explain_dir, write_frame
 
 
 def _quality(study, verdicts: dict[str, tuple[float, float, float, float]]):
@@ -26,11 +26,8 @@ def _quality(study, verdicts: dict[str, tuple[float, float, float, float]]):
             ("deletion_auc", 0.5),
         ):
             rows.append(("t1", method, metric, value, 0.0, 64))
-    path = explain_dir(study) / "quality.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=["trial_id", "method", "metric", "mean", "std", "n"]).to_parquet(
-        path
-    )
+    frame = pd.DataFrame(rows, columns=["trial_id", "method", "metric", "mean", "std", "n"])
+    write_frame(frame, explain_dir(study) / "quality.parquet")
 
 
 def test_inconclusive_does_not_pass_and_the_refusal_names_it(tmp_path):
