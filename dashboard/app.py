@@ -20,26 +20,19 @@ from flask import Response, abort, request, send_file
 from . import auth, memo
 from .data import Catalog, StudyUnreadable
 from .explain import Explanations
-from .pages import compare, explanations, leaderboard, studies, trial
+from .pages import discover
 from .pages.common import href, notice
 
 # DataTable still ships with Dash and does server-side paging well; its future move is not ours.
 warnings.filterwarnings("ignore", message="The dash_table.DataTable will be removed")
 
-PAGES = {
-    "studies": studies,
-    "leaderboard": leaderboard,
-    "trial": trial,
-    "compare": compare,
-    "explanations": explanations,
-}
+PAGES = discover()  # {path: module} of every page module declaring PAGE
 # Pages drawn from the study's files alone: memoised on those files (memo.view).
-MEMO_PAGES = ("leaderboard", "trial", "explanations")
-NAV = (
-    ("leaderboard", "Leaderboard"),
-    ("compare", "Compare"),
-    ("explanations", "Explanations"),
-    ("studies", "Studies"),
+MEMO_PAGES = tuple(path for path, module in PAGES.items() if module.PAGE.memo)
+NAV = tuple(
+    (path, module.PAGE.nav)
+    for path, module in sorted(PAGES.items(), key=lambda item: item[1].PAGE.order)
+    if module.PAGE.nav
 )
 
 
@@ -103,8 +96,9 @@ def create_app(root: str, token: str | None = None, refresh_s: float = 5.0) -> d
             for page, label in NAV
         ]
         try:
-            if name == "studies":
-                return studies.layout(ctx, None, params), nav, ""
+            module = PAGES.get(name)
+            if module is not None and not module.PAGE.needs_study:
+                return module.layout(ctx, None, params), nav, ""
             study = ctx.catalog.get(key)
             chip = [
                 html.B(study.key),
@@ -119,7 +113,6 @@ def create_app(root: str, token: str | None = None, refresh_s: float = 5.0) -> d
                 )
                 for page, label in NAV
             ]
-            module = PAGES.get(name)
             if module is None:
                 return notice(f"No page {pathname!r}.", "error"), nav, chip
             page_params = {**params, "arg": arg}

@@ -19,7 +19,9 @@ from dash import Input, Output, State, dash_table, dcc, html
 
 from .. import stats
 from ..data import CACHE, StudyUnreadable, metric_direction
-from . import common, pareto
+from . import Page, common, pareto
+
+PAGE = Page("compare", nav="Compare", order=20)
 
 MAX_PARCOORDS = 3000
 # Parallel-coordinates tick and axis-end labels: 3 significant digits (-2.38, not -2.38307).

@@ -14,7 +14,7 @@ from dash import Input, Output, State, dcc, html
 from .. import memo
 from ..data import StudyUnreadable
 from ..explain import Explanations, filter_cells
-from . import common, population, sanity
+from . import Page, common, population, sanity
 from . import explain_controls as controls
 
 PAGE_SIZE = 24
@@ -23,6 +23,8 @@ QUALITY_HIDDEN = (
     r"sanity_(?!rho$)|randomisation_|cascade_|n_distinct|duplicate_|evidence_ratio"
     r"|learned_head_|heldout_balanced_accuracy|chance_balanced_accuracy"
 )
+
+PAGE = Page("explanations", nav="Explanations", order=30, memo=True)
 
 
 def layout(ctx, study, params):

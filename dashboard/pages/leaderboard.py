@@ -12,7 +12,9 @@ from dash import Input, Output, State, dash_table, dcc, html
 
 from .. import memo, query
 from ..data import StudyUnreadable
-from . import common, sanity
+from . import Page, common, sanity
+
+PAGE = Page("leaderboard", nav="Leaderboard", order=10, memo=True)
 
 PAGE_SIZE = 25
 # Above this many trials the chart (plotly.js and a WebGL canvas) is drawn on request, so the

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dash import dash_table, html
 
-from . import common
+from . import Page, common
+
+PAGE = Page("studies", nav="Studies", order=40, needs_study=False)
 
 # Dataset paths longer than this lose their start ("…/studies/dataset"): the end names the
 # dataset; the full path shows on hover.

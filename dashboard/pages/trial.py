@@ -14,7 +14,7 @@ from plotly.colors import get_colorscale
 
 from ..data import trial_params
 from ..explain import Explanations
-from . import common, sanity
+from . import Page, common, sanity
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777")
 FOLD_METRICS = (
@@ -27,6 +27,8 @@ FOLD_METRICS = (
     "r2",
     "mae",
 )
+
+PAGE = Page("trial", memo=True)  # reached from the leaderboard
 
 
 def pull_command(study, trial_id: str) -> str:
