@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..quality.sanity import MEANINGS
+from ..quality.verdicts import MEANINGS
 from .layout import explain_dir
 from .verdicts import describe, sanity_table
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..quality.learned import ModelVerdict, model_verdict
-from ..quality.sanity import MEANINGS, VERDICT_NAMES
+from ..quality.verdicts import MEANINGS, VERDICT_NAMES
 from .layout import STATE_FILE, explain_dir, read_index
 
 SANITY_COLUMNS = (

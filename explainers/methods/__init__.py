@@ -7,12 +7,45 @@
 >>> maps = cam.attribute(x, target=None, normalize=True)  # (B, 1, H, W)
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from ._registry import create_explainer, get_explainer_class, list_explainers, register_explainer
-from .base import Explainer, normalize_maps, resolve_layer, resolve_target
-from .cam import GradCAM, GradCAMPlusPlus, LayerCAM, hooked_gradients
-from .channels import channel_attribution, channel_colors, colormap, overlay
-from .gradient import InputXGradient, IntegratedGradients, Occlusion, Saliency
-from .smoothgrad import SmoothGrad
+
+# Exported name -> submodule, imported on first use: the registry (and the built-in methods'
+# names, registered lazily) and the numpy colour helpers load without torch.
+_EXPORTS = {
+    "Explainer": ".base",
+    "normalize_maps": ".base",
+    "resolve_layer": ".base",
+    "resolve_target": ".base",
+    "GradCAM": ".cam",
+    "GradCAMPlusPlus": ".cam",
+    "LayerCAM": ".cam",
+    "hooked_gradients": ".cam",
+    "channel_attribution": ".channels",
+    "channel_colors": ".channels",
+    "colormap": ".channels",
+    "overlay": ".channels",
+    "InputXGradient": ".gradient",
+    "IntegratedGradients": ".gradient",
+    "Occlusion": ".gradient",
+    "Saliency": ".gradient",
+    "SmoothGrad": ".smoothgrad",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "Explainer",

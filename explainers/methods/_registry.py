@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from cytotune.registry import Registry
 
-EXPLAINERS: Registry[type] = Registry("explainer")
+if TYPE_CHECKING:
+    from torch import nn
+
+# Built-in method -> the module that registers it, imported on first use (torch stays out of
+# processes that only list the methods or draw maps, e.g. the dashboard).
+_BUILTINS = {
+    "gradcam": "cytotune.explainers.methods.cam",
+    "gradcam++": "cytotune.explainers.methods.cam",
+    "layercam": "cytotune.explainers.methods.cam",
+    "saliency": "cytotune.explainers.methods.gradient",
+    "inputxgradient": "cytotune.explainers.methods.gradient",
+    "integrated_gradients": "cytotune.explainers.methods.gradient",
+    "occlusion": "cytotune.explainers.methods.gradient",
+    "smoothgrad": "cytotune.explainers.methods.smoothgrad",
+}
+
+EXPLAINERS: Registry[type] = Registry("explainer", lazy=_BUILTINS)
 
 
 def register_explainer(name: str) -> Callable[[type], type]:

@@ -6,12 +6,17 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# Only channel_attribution needs torch (imported there): the colour helpers are numpy, so the
+# dashboard draws tiles without loading torch.
 
 # Stain -> colour, by lower-case channel name (the seed papers' conventions).
 STAIN_COLORS: dict[str, tuple[float, float, float]] = {
@@ -62,11 +67,19 @@ def channel_attribution(attr: Tensor) -> Tensor:
     Returns:
         (B, C), each row summing to 1 (all zeros for an all-zero attribution).
     """
-    if not isinstance(attr, Tensor) or attr.ndim != 4:
+    import torch
+
+    if not isinstance(attr, torch.Tensor) or attr.ndim != 4:
         raise ValueError(f"attr must be a (B, C, H, W) tensor, got {getattr(attr, 'shape', attr)}")
     mass = attr.detach().float().abs().sum((2, 3))  # (B, C)
     total = mass.sum(1, keepdim=True)
     return torch.where(total > 0, mass / total.clamp_min(torch.finfo(mass.dtype).tiny), 0.0)
+
+
+def _is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch (no torch loaded: no tensors)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _color(value: Any) -> np.ndarray:
@@ -144,7 +157,7 @@ def overlay(
     Returns:
         (H, W, 3) uint8 RGB.
     """
-    img = np.asarray(image.detach().float().cpu() if isinstance(image, Tensor) else image, float)
+    img = np.asarray(image.detach().float().cpu() if _is_tensor(image) else image, float)
     if img.ndim != 3:
         raise ValueError(
             f"image must be (C, H, W), got shape {img.shape}; use image[None] for 1 channel"
@@ -163,7 +176,7 @@ def overlay(
         base += _stretch(img[c], percentiles)[..., None] * rgb
     base = np.clip(base, 0.0, 1.0)
     if cam is not None:
-        m = np.asarray(cam.detach().float().cpu() if isinstance(cam, Tensor) else cam, float)
+        m = np.asarray(cam.detach().float().cpu() if _is_tensor(cam) else cam, float)
         m = np.clip(m.squeeze(), 0.0, None)
         if m.shape != img.shape[1:]:
             raise ValueError(f"cam must be (H, W) = {img.shape[1:]}, got {m.shape}")

@@ -30,14 +30,16 @@ import torch
 from torch import nn
 
 from ._common import to_bhw
-from .learned import MODEL_MEANINGS
 from .randomisation import randomisation_check, randomizable_layers, randomize_weights
+from .verdicts import MEANINGS, VERDICT_CODES, VERDICT_NAMES
 
 __all__ = [
     "CALIBRATED_THRESHOLD",
     "MEANINGS",
     "SanityConfig",
     "SanityResult",
+    "VERDICT_CODES",
+    "VERDICT_NAMES",
     "bootstrap_ci",
     "combine",
     "fp32",
@@ -53,21 +55,6 @@ __all__ = [
 # as much as trained maps do (rho -0.04..0.37), so the check flags input-driven maps, not
 # untrained models: the model verdict (learned.py) does that.
 CALIBRATED_THRESHOLD = 0.66
-
-MEANINGS = {
-    "passed": "maps change when the learned weights are destroyed: they show what the model learned",
-    "failed": (
-        "maps barely change when the learned weights are destroyed: they mostly show the input "
-        "(bright or edged structures), not the model's evidence; do not read them as explanations"
-    ),
-    "inconclusive": (
-        "the confidence interval straddles the threshold: explain more cells "
-        "(--quality-cells) before trusting or discarding this method"
-    ),
-    "not run": "the explain job has not scored this method",
-    "error": "the method could not run on this model (see the error)",
-    "untrained": MODEL_MEANINGS["untrained"],
-}
 
 
 @dataclass(frozen=True)
@@ -164,10 +151,6 @@ class SanityResult:
             d[key] = None if value is None else value.tolist()
         d.pop("random_maps")
         return d
-
-
-VERDICT_CODES = {"failed": 0.0, "inconclusive": 0.5, "passed": 1.0}
-VERDICT_NAMES = {v: k for k, v in VERDICT_CODES.items()}
 
 
 def verdict(ci_low: float, ci_high: float, threshold: float) -> str:
