@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cytotune.registry import Registry
@@ -10,20 +12,20 @@ from cytotune.registry import Registry
 if TYPE_CHECKING:
     from torch import nn
 
-# Built-in method -> the module that registers it, imported on first use (torch stays out of
-# processes that only list the methods or draw maps, e.g. the dashboard).
-_BUILTINS = {
-    "gradcam": "cytotune.explainers.methods.cam",
-    "gradcam++": "cytotune.explainers.methods.cam",
-    "layercam": "cytotune.explainers.methods.cam",
-    "saliency": "cytotune.explainers.methods.gradient",
-    "inputxgradient": "cytotune.explainers.methods.gradient",
-    "integrated_gradients": "cytotune.explainers.methods.gradient",
-    "occlusion": "cytotune.explainers.methods.gradient",
-    "smoothgrad": "cytotune.explainers.methods.smoothgrad",
-}
 
-EXPLAINERS: Registry[type] = Registry("explainer", lazy=_BUILTINS)
+def _builtin_modules() -> dict[str, str]:
+    """Built-in method -> the module of this package that registers it, read from the sources
+    (``@register_explainer("name")``) and imported on first use: listing the methods imports no
+    torch (the dashboard, ``--help``), and a new method is one module here, listed by itself."""
+    found: dict[str, str] = {}
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for name in _DECORATOR.findall(path.read_text(encoding="utf-8")):
+            found[name] = f"{__package__}.{path.stem}"
+    return found
+
+
+_DECORATOR = re.compile(r"^@register_explainer\(\s*[\"']([^\"']+)[\"']\s*\)", re.M)
+EXPLAINERS: Registry[type] = Registry("explainer", lazy=_builtin_modules())
 
 
 def register_explainer(name: str) -> Callable[[type], type]:
