@@ -9,8 +9,7 @@ cell, with its mask, through the ingest writer. Python API: :func:`crop_fields`,
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cytotune.lazy import lazy_exports
 
 from .finders import Finder, create_finder, list_finders, register_finder
 
@@ -44,7 +43,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

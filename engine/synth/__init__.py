@@ -6,8 +6,7 @@ streams the same cells into a dataset; ``list_tasks()`` names the registered tas
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cytotune.lazy import lazy_exports
 
 from . import metastasis as _metastasis  # noqa: F401  (registers the task)
 from . import microtubule as _microtubule  # noqa: F401
@@ -30,7 +29,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

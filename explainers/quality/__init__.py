@@ -7,8 +7,7 @@ and method and writes the results as quality tables.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cytotune.lazy import lazy_exports
 
 # Exported name -> submodule, imported on first use (the torch-free parts, e.g. the verdict
 # constants in .verdicts and the model verdict in .learned, load without torch).
@@ -29,14 +28,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [
