@@ -16,23 +16,10 @@ import numpy as np
 import yaml
 from cytotune.engine.search import StudyConfig
 
-SPACE = {
-    "name": "tiny",
-    "default_family": "small_cnn",
-    "families": {
-        "small_cnn": {
-            "conv_layers": {"type": "int", "low": 1, "high": 2, "default": 2},
-            "filters": {"type": "categorical", "choices": [4, 8], "default": 8},
-            "dense_units": 16,
-            "dense_layers": 1,
-            "dropout": 0.0,
-        }
-    },
-    "train": {
-        "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True, "default": 3e-3},
-        "batch_size": 32,
-    },
-}
+from .test_search import TINY_SPACE
+
+# the search tests' tiny space, small_cnn only (every trial builds the same kind of model)
+SPACE = {**TINY_SPACE, "families": {"small_cnn": TINY_SPACE["families"]["small_cnn"]}}
 
 
 @contextlib.contextmanager
