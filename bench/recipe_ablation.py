@@ -52,8 +52,10 @@ def run_variant(dataset: str, folds: str, k: int, group: str, text: str, epochs:
     sample = load_space("default").default()
     sample["backbone"] = {**sample["backbone"], **family}
     sample["train"] = {**sample["train"], **train}
+    seed = int(train.pop("seed", 0))  # the study's seed is the one the trainer uses
     study = StudyConfig(
         name="ablation",
+        seed=seed,
         dataset=dataset,
         folds=FoldsSpec(name=folds, k=k, group=group),
         budget=Budget(trials=1, max_epochs=variant_epochs or epochs),

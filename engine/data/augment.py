@@ -67,9 +67,9 @@ class AugmentConfig:
 
     @classmethod
     def cells(cls) -> AugmentConfig:
-        """The default for cell crops, whose class never depends on orientation: the dihedral
-        group (flips and 90-degree turns), 5 % shifts and +-10 % per-channel gain."""
-        return cls(flip=True, rot90=True, shift=0.05, intensity=0.1)
+        """The default for cell crops, whose class never depends on orientation: any rotation
+        (90-degree turns plus +-45 degrees), flips, 5 % shifts and +-10 % per-channel gain."""
+        return cls(rotate_degrees=45.0, flip=True, rot90=True, shift=0.05, intensity=0.1)
 
     @classmethod
     def standard(cls) -> AugmentConfig:

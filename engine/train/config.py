@@ -95,8 +95,8 @@ class TrainConfig:
 
     epochs: int = 10
     optimizer: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.05
+    lr: float = 4e-3
+    weight_decay: float = 0.1
     momentum: float = 0.9
     batch_size: int | Literal["auto"] = "auto"
     lr_scaling: str = "sqrt"
@@ -104,7 +104,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0
     class_weighting: str = "auto"
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.2
     mixup: float = 0.0
     cutmix: float = 0.0
     ema: float = 0.0
