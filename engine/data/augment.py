@@ -108,21 +108,32 @@ def uniforms(seeds: np.ndarray, count: int) -> np.ndarray:
 
 
 def augment(images: torch.Tensor, seeds: np.ndarray, config: AugmentConfig) -> torch.Tensor:
-    """Augment a float batch ``(B, C, H, W)`` (raw intensities, dark background = 0)."""
+    """Augment a float batch ``(B, C, H, W)`` of raw intensities; rotations and shifts fill the
+    uncovered corners with each crop's background level (its border median), not 0."""
     if not config.enabled or images.shape[0] == 0:
         return images
     channels = images.shape[1]
     u = torch.as_tensor(uniforms(seeds, 7 + channels), dtype=torch.float32)  # (B, 7 + C)
     if images.device.type == "cuda":  # pinned + non-blocking: no stall of the CPU per batch
         u = u.pin_memory().to(images.device, non_blocking=True)
-    if config.geometric:
-        images = _affine(images, u, config)
+    if config.geometric:  # what moves in from outside the crop is the crop's own background
+        background = border_median(images)
+        images = _affine(images - background, u, config) + background
     if config.sharpen > 0:
         images = _sharpen(images, u, config)
     if config.intensity > 0:
         gain = 1 + (2 * u[:, 7 : 7 + channels] - 1) * config.intensity  # (B, C)
         images = images * gain.view(*gain.shape, 1, 1)
     return images
+
+
+def border_median(images: torch.Tensor) -> torch.Tensor:
+    """Per crop and channel, the median of the outermost pixel ring, shape ``(B, C, 1, 1)``: the
+    background level (a camera offset of hundreds of counts in raw uint16 crops, not 0)."""
+    ring = torch.cat(
+        [images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], dim=-1
+    )
+    return ring.median(dim=-1).values[..., None, None]
 
 
 def _affine(images: torch.Tensor, u: torch.Tensor, config: AugmentConfig) -> torch.Tensor:

@@ -8,6 +8,7 @@ import time
 from cytotune.engine.data.folds import list_folds, load_folds, make_folds, save_folds
 
 from .callbacks import FailFast, FailFastStopper, LiveTable, StoreCallback
+from .deadline import DEADLINE
 from .leaderboard import format_leaderboard
 from .store import StudyStore
 from .study import StudyConfig, load_plugins, load_spaces
@@ -252,6 +253,7 @@ def run_search(
         "RAY_AIR_NEW_OUTPUT", "0"
     )  # with verbose=0: no Tune boxes, our table instead
     started = time.time()
+    tune_budget = _tune_budget(study, entered)
     if resume and tune.Tuner.can_restore(store.tune_dir):
         tuner = tune.Tuner.restore(
             store.tune_dir, trainable, resume_unfinished=True, resume_errored=True, param_space=None
@@ -264,12 +266,13 @@ def run_search(
                 scheduler=scheduler,
                 num_samples=study.budget.trials,
                 max_concurrent_trials=max_concurrent(study),
-                time_budget_s=_tune_budget(study, entered),
+                time_budget_s=tune_budget,
                 reuse_actors=True,
                 trial_dirname_creator=_trial_dirname,  # a finished trial's worker takes the next one (no actor start-up)
             ),
             run_config=run_config,
         )
+    DEADLINE.start(tune_budget)
     tuner.fit()
     if fail_fast.triggered:
         store.update_status(status="failed", finished=time.time(), error=fail_fast.errors[-1])

@@ -18,17 +18,36 @@ from torch import nn
 
 def test_defaults_are_the_cell_recipe():
     c = TrainConfig()
-    assert (c.optimizer, c.lr, c.weight_decay, c.schedule) == ("adamw", 2e-3, 0.05, "onecycle")
+    assert (c.optimizer, c.lr, c.weight_decay, c.schedule) == ("adamw", 4e-3, 0.1, "onecycle")
     assert (c.label_smoothing, c.tta, c.batch_size, c.class_weighting) == (
-        0.1,
+        0.2,
         "dihedral",
         "auto",
         "auto",
     )
     assert c.augment.flip
     assert c.augment.rot90
+    assert c.augment.rotate_degrees == 45
     assert c.augment.shift == 0.05
     assert c.augment.intensity == 0.1
+
+
+def test_rotation_and_shift_fill_with_the_crops_background_not_zero():
+    """A raw uint16-like crop sits on a camera offset (500 counts here); what a 45-degree turn or a
+    shift brings in from outside the crop is that offset, as a wider field of view would show."""
+    images = torch.full((32, 2, 24, 24), 500.0)
+    images[:, 1] = 80.0  # a second channel with its own background
+    images[:, :, 10:14, 10:14] += 3000.0  # the cell
+    config = AugmentConfig(rotate_degrees=45, shift=0.2)
+    out = augment(images, row_seeds([f"c{i}" for i in range(32)], 0, 0), config)
+    corners = out[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]  # (B, C, 4)
+    torch.testing.assert_close(corners[:, 0], torch.full((32, 4), 500.0))
+    torch.testing.assert_close(corners[:, 1], torch.full((32, 4), 80.0))
+    assert (out[:, 0].amax(dim=(-2, -1)) > 1500).all()  # the cell is still in every crop
+    ring = np.concatenate([images[0, 0, 0], images[0, 0, -1], images[0, 0, 1:-1, 0], images[0, 0, 1:-1, -1]])
+    from cytotune.engine.data.augment import border_median
+
+    assert border_median(images)[0, 0, 0, 0].item() == float(np.median(ring))
 
 
 @pytest.mark.parametrize(
