@@ -55,6 +55,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "cytotune.engine.data.info_command",
         "describe a dataset: channels, classes, groups, stats, quarantine, folds",
     ),
+    "upgrade": (
+        "cytotune.engine.upgrade_command",
+        "rewrite a study's (or explain run's) tables from an older cytotune in this one's format",
+    ),
     "dashboard": (
         "cytotune.dashboard.command",
         "browse studies, trials, comparisons and explanations in the browser",

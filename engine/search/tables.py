@@ -16,7 +16,8 @@ epochs    ``trial_id, epoch, fold``   :class:`EpochRow` + one column per metric 
 The dataclass fields are the fixed columns (their annotations give the pyarrow types); the
 open columns are scores whose names the metrics decide. Writing and reading, with the format
 version kept in each file, is :mod:`cytotune.engine.formats`; this module adds the tables'
-definitions, the search parameters' columns and summary, and the upgrade of older studies.
+definitions, the search parameters' columns and summary, and the upgrade of older studies'
+tables (``cytotune upgrade STUDY_DIR``, :mod:`cytotune.engine.upgrade_command`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from cytotune.engine.formats import FormatError, TableFormat
 __all__ = ["FormatError", "TrialRow", "FoldRow", "EpochRow", "TRIALS", "FOLDS", "EPOCHS"]
 
 VERSION = 1
-UPGRADE_HINT = "python -m cytotune.engine.search.tables upgrade STUDY_DIR"
+UPGRADE_HINT = "cytotune upgrade STUDY_DIR"
 _FIX = f"upgrade the study once with `{UPGRADE_HINT}`"
 
 # Trial statuses: running; completed (every fold and epoch); pruned (stopped early by ASHA or
@@ -186,19 +187,17 @@ def _short(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cytotune.engine.search.tables upgrade STUDY_DIR ...``"""
+    """``python -m cytotune.engine.search.tables upgrade STUDY_DIR ...``: the older spelling of
+    ``cytotune upgrade STUDY_DIR`` (kept for scripts that use it)."""
     import argparse
 
-    from .store import StudyStore
+    from cytotune.engine.cli import main as cli_main
 
     parser = argparse.ArgumentParser(prog="python -m cytotune.engine.search.tables")
     parser.add_argument("command", choices=["upgrade"])
     parser.add_argument("studies", nargs="+", help="study directories (or URIs)")
     args = parser.parse_args(argv)
-    for uri in args.studies:
-        for name in StudyStore(uri).upgrade():
-            print(f"{uri}: {name}.parquet upgraded to format version {VERSION}")
-    return 0
+    return max(cli_main(["upgrade", uri]) for uri in args.studies)
 
 
 if __name__ == "__main__":

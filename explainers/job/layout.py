@@ -68,7 +68,10 @@ MAP_COLUMNS = {
 # their format version, read back with ``read_index`` (an older explain run is refused with the
 # fix: run the explain job again with --overwrite).
 INDEX_VERSION = 1
-_FIX = "run `cytotune explain --study STUDY_DIR --overwrite` again to rewrite it"
+_FIX = (
+    "upgrade it once with `cytotune upgrade STUDY_DIR` (or run `cytotune explain --study "
+    "STUDY_DIR --overwrite` again to rewrite it)"
+)
 
 
 @dataclass
@@ -252,3 +255,19 @@ def read_index(study_dir: str | Path, name: str) -> pd.DataFrame:
     if not path.is_file():
         return formats.empty(INDEX[name])
     return formats.read(INDEX[name], path, where=str(path))
+
+
+def upgrade_index(study_dir: str | Path) -> list[str]:
+    """Rewrite index tables written before format versions in this one; returns the paths
+    rewritten (none when every table is current). FormatError for a table of another version."""
+    done = []
+    for name, fmt in INDEX.items():
+        path = explain_dir(study_dir) / f"{name}.parquet"
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        upgraded = formats.upgrade(fmt, data)
+        if upgraded is not data:
+            atomic_write_bytes(path, upgraded)
+            done.append(str(path))
+    return done

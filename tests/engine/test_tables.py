@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cytotune.engine.cli import main
 from cytotune.engine.search import tables
 from cytotune.engine.search.recorder import StudyRecorder
 from cytotune.engine.search.store import StudyStore
@@ -84,7 +85,7 @@ def test_old_and_unknown_versions_say_how_to_fix_them(tmp_path):
     current.replace_schema_metadata(None).to_pandas().to_parquet(target, index=False)
     with pytest.raises(FormatError, match="before cytotune.s table format versions.*upgrade"):
         StudyStore(store.uri).table("trials")
-    assert tables.main(["upgrade", store.uri]) == 0
+    assert main(["upgrade", store.uri]) == 0
     assert StudyStore(store.uri).table("trials")["status"].tolist() == ["completed"]
     assert StudyStore(store.uri).upgrade() == []  # already current: nothing rewritten
     # a newer cytotune's table: install that one
@@ -124,6 +125,6 @@ def test_the_dashboard_says_how_to_upgrade_an_old_study(tmp_path):
     store = _recorded(tmp_path)
     target = tmp_path / "study" / "trials.parquet"
     pq.read_table(target).replace_schema_metadata(None).to_pandas().to_parquet(target)
-    with pytest.raises(StudyUnreadable, match=r"upgrade.*tables upgrade STUDY_DIR"):
+    with pytest.raises(StudyUnreadable, match=r"upgrade.*`cytotune upgrade STUDY_DIR`"):
         Study("old", store.path).trials()
     assert Study("old", store.path).summary()["status"] == "unreadable"
