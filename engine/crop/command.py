@@ -16,6 +16,7 @@ Examples:
   cytotune crop plates/index.csv --out data/cells --channels dna,actin --channel dna --clean
   cytotune crop train ../shared/datasets/dsb2018/images --truth ../shared/datasets/dsb2018/labels --out finders/nuclei
   cytotune crop plates/index.csv --out data/cells --finder learned --checkpoint finders/nuclei
+  cytotune crop plates/index.csv --out data/cells --workers 8
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--montages", type=int, default=20, help="montage PNGs for the first N fields (20)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes reading, finding and cutting fields; the dataset is the same for any N "
+        "(default: the CPU count, at most 4; 1: all in this process)",
     )
     parser.add_argument("--name", help="dataset name (default: the --out folder name)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -141,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         montages=args.montages,
         name=args.name,
         overwrite=args.overwrite,
+        workers=args.workers,
     )
     report = crop_fields(args.fields[0], args.out, options, progress=not args.quiet)
     m = report.manifest

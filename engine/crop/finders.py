@@ -24,6 +24,9 @@ class Finder:
     """Base class: subclasses implement :meth:`find` (and may batch in :meth:`find_many`)."""
 
     name: str = ""
+    # May run in worker processes, one copy each (`cytotune crop --workers`); False keeps it in
+    # the calling process (a model that lives on one device and batches there).
+    processes: bool = True
 
     def find(self, image: np.ndarray) -> np.ndarray:
         """Instance labels of one field.

@@ -161,6 +161,8 @@ class LearnedFinder(Finder):
         model: an in-memory model instead of a checkpoint (used by training and benchmarks).
     """
 
+    processes = False  # its model lives on one device: one copy, in the calling process
+
     def __init__(
         self,
         checkpoint: str | Path | None = None,

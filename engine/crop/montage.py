@@ -36,17 +36,32 @@ def field_montage(
     title: str = "",
     max_side: int = 1024,
 ) -> Path:
-    """Write the detections of one field as a PNG.
+    """Write the detections of one field as a PNG (see :func:`montage_png` for the arguments)."""
+    from cytotune.engine.io import atomic_write_bytes
+
+    return atomic_write_bytes(path, montage_png(image, labels, cuts, size, title, max_side))
+
+
+def montage_png(
+    image: np.ndarray,
+    labels: np.ndarray,
+    cuts,
+    size: int,
+    title: str = "",
+    max_side: int = 1024,
+) -> bytes:
+    """The detections of one field drawn as PNG bytes.
 
     Args:
         image: (H, W) channel the finder searched.
         labels: (H, W) instance labels.
         cuts: the field's :class:`~cytotune.engine.crop.extract.CellCut` list (accepted or not).
-        path: output PNG.
         size: crop side (drawn as the accepted cells' windows).
         title: caption text.
         max_side: larger fields are shrunk to this side.
     """
+    import io
+
     from PIL import Image, ImageDraw
 
     grey = (normalise(image) * 255).astype(np.uint8)
@@ -72,7 +87,6 @@ def field_montage(
     framed = Image.new("RGB", (max(canvas.width, 360), canvas.height + 18), (16, 16, 16))
     framed.paste(canvas, (0, 18))
     ImageDraw.Draw(framed).text((4, 3), caption, fill=(230, 230, 230))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    framed.save(path)
-    return path
+    buffer = io.BytesIO()
+    framed.save(buffer, format="PNG")
+    return buffer.getvalue()

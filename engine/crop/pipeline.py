@@ -5,7 +5,9 @@ columns ``plate``/``well``/``field``, centroid/box/area metadata, ``source`` = t
 or a quarantine entry with the reason. Unreadable fields and fields with the wrong channel count
 are quarantined too (cell id = the field id). Beside the Parquet shards, ``DATASET/crop/`` holds
 ``cells.parquet`` (every detection, accepted or not), ``fields.csv`` (per-field counts) and
-``montage/<field>.png`` (detections drawn on the field).
+``montage/<field>.png`` (detections drawn on the field). With ``workers > 1`` the fields are read,
+searched and cut in worker processes (``work.py``) while this process writes them in the
+listing's order: the dataset is the same for any number of workers.
 """
 
 from __future__ import annotations
@@ -17,13 +19,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-from cytotune.engine.io import make_staging_dir, publish_directory
+from cytotune.engine.io import atomic_write_bytes, make_staging_dir, publish_directory
 
-from .extract import cut_cells
-from .fields import FieldRecord, list_fields, read_field, resolve_channel
+from .fields import FieldRecord, list_fields, resolve_channel
 from .finders import Finder, create_finder
-from .montage import field_montage
+from .work import default_workers, field_results
 
 CROP_DIR = "crop"
 METADATA_COLUMNS = (
@@ -49,6 +49,7 @@ class CropOptions:
     rows_per_shard: int = 4096
     name: str | None = None
     overwrite: bool = False
+    workers: int = 0  # processes for reading, finding and cutting; 0: the CPU count, at most 4
 
     def __post_init__(self) -> None:
         if not 8 <= self.size <= 1024:
@@ -57,6 +58,8 @@ class CropOptions:
             raise ValueError(f"--min-area must be >= 1 px, got {self.min_area}")
         if self.max_area is not None and self.max_area < self.min_area:
             raise ValueError(f"--max-area {self.max_area} is below --min-area {self.min_area}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 1 (or 0 for the CPU count), got {self.workers}")
         if self.montages < 0:
             raise ValueError(f"--montages must be >= 0, got {self.montages}")
         if not str(self.default_label).strip():
@@ -92,17 +95,16 @@ def _check_out(out: Path, overwrite: bool) -> None:
         )
 
 
-def _spec(first: np.ndarray, options: CropOptions, records: list[FieldRecord]):
+def _spec(c: int, dtype: str, options: CropOptions, records: list[FieldRecord]):
     from cytotune.engine.data import DatasetSpec
 
-    c = first.shape[0]
     names = options.channel_names or tuple(f"ch{i}" for i in range(c))
     if len(names) != c:
         raise ValueError(f"{len(names)} channel names {list(names)} for fields with {c} channel(s)")
     groups = tuple(g for g in ("plate", "well", "field") if any(g in r.groups for r in records))
     spec = DatasetSpec(
         channel_names=tuple(names),
-        dtype=str(first.dtype),
+        dtype=dtype,
         shape=(c, options.size, options.size),
         group_columns=groups,
         metadata_columns=METADATA_COLUMNS,
@@ -130,7 +132,6 @@ def crop_fields(
     Returns:
         A :class:`CropReport` with the manifest and the quarantine counts by reason.
     """
-    from cytotune.engine.data import DatasetWriter
     from tqdm.auto import tqdm
 
     options = options or CropOptions()
@@ -141,75 +142,60 @@ def crop_fields(
     staging = make_staging_dir(out.parent / f"{out.name}.crop")
     (staging / "montage").mkdir()
     start = time.perf_counter()
-    writer, channel, pending = None, 0, []
+    writer, pending = None, []
     reasons: Counter = Counter()
     cells, per_field = [], []
-    bar = tqdm(records, unit="field", desc="crop", disable=not progress)
+    workers = options.workers or default_workers()
+    bar = None
     try:
-        for n_done, rec in enumerate(bar):
-            try:
-                image = read_field(rec.path, options.channel_axis)
-            except (ValueError, OSError) as exc:
-                pending.append((rec.field_id, rec.source, f"field unreadable: {exc}"))
-                reasons["field unreadable"] += 1
-                continue
-            if writer is None:
-                spec, channel = _spec(image, options, records)
-                provenance = {
-                    "generator": "cytotune crop",
-                    "source": str(source),
-                    "finder": finder.describe(),
-                    "options": {k: v for k, v in asdict(options).items() if k != "finder_args"},
-                }
-                writer = DatasetWriter(
-                    out, spec, name=options.name, rows_per_shard=options.rows_per_shard,
-                    overwrite=options.overwrite, provenance=provenance,
-                )  # fmt: skip
-            if image.shape[0] != writer.spec.shape[0]:
-                reason = (
-                    f"field has {image.shape[0]} channel(s), the dataset {writer.spec.shape[0]}"
-                )
-                pending.append((rec.field_id, rec.source, reason))
-                reasons["field channel count"] += 1
-                continue
-            t0 = time.perf_counter()
-            labels = finder.find(image[channel])
-            cuts = cut_cells(
-                image, labels, options.size,
-                min_area=options.min_area, max_area=options.max_area, clean=options.clean,
-            )  # fmt: skip
-            accepted = 0
-            label = rec.label or options.default_label
-            for cut in cuts:
-                cell_id = f"{rec.field_id}/cell{cut.index:05d}"
-                reason = cut.reason
-                if reason is None:
-                    ok = writer.add(
-                        cell_id, cut.image, label=label, groups=rec.groups,
-                        metadata=cut.metadata, mask=cut.mask, source=rec.source,
-                    )  # fmt: skip
-                    reason = None if ok else writer.quarantined[-1]["reason"]
-                else:
-                    writer.quarantine(cell_id, rec.source, reason)
-                accepted += reason is None
-                if reason is not None:
-                    reasons[reason.split(":")[0]] += 1
-                cells.append({
-                    "cell_id": cell_id, "field": rec.field_id, "label": label,
-                    "status": "accepted" if reason is None else "quarantined",
-                    "reason": reason or "", **cut.metadata,
+        with field_results(records, options, finder, workers) as results:
+            bar = tqdm(total=len(records), unit="field", desc="crop", disable=not progress)
+            for rec, res in zip(records, results):
+                bar.update(1)
+                if res.error is not None:
+                    pending.append((rec.field_id, rec.source, res.error))
+                    reasons["field unreadable"] += 1
+                    continue
+                if writer is None:
+                    writer = _writer(out, source, res, options, records, finder)
+                if res.channels != writer.spec.shape[0]:
+                    reason = (
+                        f"field has {res.channels} channel(s), the dataset {writer.spec.shape[0]}"
+                    )
+                    pending.append((rec.field_id, rec.source, reason))
+                    reasons["field channel count"] += 1
+                    continue
+                assert res.cuts is not None, "a field matching the dataset's channels is searched"
+                accepted = 0
+                label = rec.label or options.default_label
+                for cut in res.cuts:
+                    cell_id = f"{rec.field_id}/cell{cut.index:05d}"
+                    reason = cut.reason
+                    if reason is None:
+                        ok = writer.add(
+                            cell_id, cut.image, label=label, groups=rec.groups,
+                            metadata=cut.metadata, mask=cut.mask, source=rec.source,
+                        )  # fmt: skip
+                        reason = None if ok else writer.quarantined[-1]["reason"]
+                    else:
+                        writer.quarantine(cell_id, rec.source, reason)
+                    accepted += reason is None
+                    if reason is not None:
+                        reasons[reason.split(":")[0]] += 1
+                    cells.append({
+                        "cell_id": cell_id, "field": rec.field_id, "label": label,
+                        "status": "accepted" if reason is None else "quarantined",
+                        "reason": reason or "", **cut.metadata,
+                    })  # fmt: skip
+                per_field.append({
+                    "field": rec.field_id, "path": rec.source, "label": label,
+                    "cells": len(res.cuts), "accepted": accepted,
+                    "quarantined": len(res.cuts) - accepted, "seconds": round(res.seconds, 4),
                 })  # fmt: skip
-            per_field.append({
-                "field": rec.field_id, "path": rec.source, "label": label, "cells": len(cuts),
-                "accepted": accepted, "quarantined": len(cuts) - accepted,
-                "seconds": round(time.perf_counter() - t0, 4),
-            })  # fmt: skip
-            if n_done < options.montages:
-                field_montage(
-                    image[channel], labels, cuts, staging / "montage" / f"{_safe_name(rec.field_id)}.png",
-                    options.size, title=f"{rec.field_id} [{label}]",
-                )  # fmt: skip
-            bar.set_postfix(cells=len(cells), refresh=False)
+                if res.montage is not None:
+                    name = f"{_safe_name(rec.field_id)}.png"
+                    atomic_write_bytes(staging / "montage" / name, res.montage)
+                bar.set_postfix(cells=len(cells), refresh=False)
         if writer is None:
             raise ValueError(f"no field of {source} could be read: {pending[:3]}")
         for entry in pending:
@@ -221,10 +207,29 @@ def crop_fields(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     _write_tables(staging, cells, per_field)
     publish_directory(staging, out / CROP_DIR)
     return CropReport(manifest, len(records), len(cells), reasons, time.perf_counter() - start)
+
+
+def _writer(out: Path, source, first, options: CropOptions, records, finder: Finder):
+    """The dataset writer, its contract taken from the first readable field."""
+    from cytotune.engine.data import DatasetWriter
+
+    spec, _ = _spec(first.channels, first.dtype, options, records)
+    skip = ("finder_args", "workers")  # the dataset is the same for any number of workers
+    provenance = {
+        "generator": "cytotune crop",
+        "source": str(source),
+        "finder": finder.describe(),
+        "options": {k: v for k, v in asdict(options).items() if k not in skip},
+    }
+    return DatasetWriter(
+        out, spec, name=options.name, rows_per_shard=options.rows_per_shard,
+        overwrite=options.overwrite, provenance=provenance,
+    )  # fmt: skip
 
 
 def _write_tables(staging: Path, cells: list[dict], per_field: list[dict]) -> None:
