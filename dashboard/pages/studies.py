@@ -1,10 +1,11 @@
-"""Studies: every study under the dashboard's root with task, dataset, trials, best value, status."""
+"""Studies: every study under the dashboard's root with task, dataset, trials, best value, status;
+below, the detection montages of the datasets that ``cytotune crop`` built (``montages.py``)."""
 
 from __future__ import annotations
 
 from dash import dash_table, html
 
-from . import Page, common
+from . import Page, common, montages
 
 PAGE = Page("studies", nav="Studies", order=40, needs_study=False)
 
@@ -100,9 +101,10 @@ def layout(ctx, _study, params):
                     ],
                 ),
             ),
+            *montages.gallery(catalog.get(key) for key in catalog.keys),
         ]
     )
 
 
 def register(app, ctx):
-    return None
+    montages.add_route(app, ctx)
