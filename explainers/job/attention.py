@@ -17,7 +17,7 @@ import pandas as pd
 from ..methods.channels import overlay
 from .config import ExplainConfig
 from .figures import grid, save_png
-from .layout import ATTENTION_COLUMNS, attention_path, explain_dir, write_frame
+from .layout import ATTENTION_COLUMNS, attention_path, explain_dir, read_index, write_frame
 from .plan import ExplainPlan
 from .state import ExplainState
 
@@ -60,7 +60,7 @@ def run_attention(plan: ExplainPlan, config: ExplainConfig, state: ExplainState)
         return pd.DataFrame(columns=list(ATTENTION_COLUMNS))
     key = f"{config.maps_key()}-{MAX_CELLS}"
     if state.done("attention", key) and path.is_file() and not config.overwrite:
-        return pd.read_parquet(path)
+        return read_index(plan.study_dir, "attention")
     names = list(plan.manifest.channel_names)
     hw = tuple(plan.manifest.shape[1:])
     sample = plan.cells.sample(n=min(MAX_CELLS, len(plan.cells)), random_state=config.seed)

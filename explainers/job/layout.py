@@ -246,6 +246,11 @@ def write_frame(frame, path: str | Path) -> Path:
     return path
 
 
+def empty_index(name: str) -> pd.DataFrame:
+    """Index table ``name`` with no rows (every column, typed)."""
+    return formats.empty(INDEX[name])
+
+
 def read_index(study_dir: str | Path, name: str) -> pd.DataFrame:
     """An index table (:data:`INDEX`) with every column (no rows when the job has not written
     it); FormatError, naming the fix, for one from an older explain run."""
@@ -253,7 +258,7 @@ def read_index(study_dir: str | Path, name: str) -> pd.DataFrame:
         raise ValueError(f"explain index table {name!r} is not one of {tuple(INDEX)}")
     path = explain_dir(study_dir) / f"{name}.parquet"
     if not path.is_file():
-        return formats.empty(INDEX[name])
+        return empty_index(name)
     return formats.read(INDEX[name], path, where=str(path))
 
 

@@ -16,9 +16,11 @@ from .config import ExplainConfig
 from .layout import (
     OVERLAY_COLUMNS,
     decode_map,
+    empty_index,
     explain_dir,
     maps_path,
     overlay_path,
+    read_index,
     read_maps,
     write_frame,
 )
@@ -46,11 +48,8 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
     names = list(plan.manifest.channel_names)
     row_of = dict(zip(plan.cells["cell_id"], plan.cells["row"]))
     index_path = explain_dir(plan.study_dir) / "overlays.parquet"
-    old = (
-        pd.read_parquet(index_path)
-        if index_path.is_file()
-        else pd.DataFrame(columns=list(OVERLAY_COLUMNS))
-    )
+    # --overwrite keeps nothing: an older run's table is not read (it may be of an older format)
+    old = empty_index("overlays") if config.overwrite else read_index(plan.study_dir, "overlays")
     records: list[dict] = []
     for trial in plan.trials:
         for method in config.method_names:

@@ -19,7 +19,15 @@ from ..methods.channels import overlay
 from ..population import PerClassGeometricMean, compare_population_maps
 from .config import ExplainConfig
 from .figures import diverging, grid, save_png
-from .layout import explain_dir, iter_maps, maps_path, population_dir, write_frame
+from .layout import (
+    empty_index,
+    explain_dir,
+    iter_maps,
+    maps_path,
+    population_dir,
+    read_index,
+    write_frame,
+)
 from .plan import ExplainPlan
 from .state import ExplainState
 from .tiles import DIVERGING_LUT, render_tile, with_bar
@@ -92,7 +100,9 @@ def run_population(
     hw = tuple(plan.manifest.shape[1:])
     key = config.maps_key() + f"-r{config.radius}-t{config.threshold}"
     summary_path = explain_dir(plan.study_dir) / "population.parquet"
-    old = pd.read_parquet(summary_path) if summary_path.is_file() else pd.DataFrame()
+    old = (
+        empty_index("population") if config.overwrite else read_index(plan.study_dir, "population")
+    )
     shape_means = None
     rows: list[dict] = []
     for trial in plan.trials:

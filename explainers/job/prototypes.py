@@ -14,7 +14,13 @@ import pandas as pd
 from ..methods.channels import overlay
 from .config import ExplainConfig
 from .figures import box, grid, save_png
-from .layout import PROTOTYPE_COLUMNS, explain_dir, prototype_path, write_frame
+from .layout import (
+    PROTOTYPE_COLUMNS,
+    explain_dir,
+    prototype_path,
+    read_index,
+    write_frame,
+)
 from .plan import ExplainPlan
 from .state import ExplainState
 
@@ -151,7 +157,7 @@ def run_prototypes(
         return pd.DataFrame(columns=list(PROTOTYPE_COLUMNS))
     key = f"top{TOP_PATCHES}-{max_train}-{config.seed}-{config.split}"
     if state.done("prototypes", key) and path.is_file() and not config.overwrite:
-        return pd.read_parquet(path)
+        return read_index(plan.study_dir, "prototypes")
     ensure_ray(config.address)
     gpus = ray.cluster_resources().get("GPU", 0)
     task = ray.remote(fold_prototypes).options(

@@ -23,7 +23,14 @@ from ..quality import deletion_insertion, mass_inside, prototype_diversity
 from ..quality.learned import balanced_accuracy_ci
 from ..quality.sanity import SanityConfig, combine, fp32, sanity_check
 from .config import ExplainConfig
-from .layout import QUALITY_COLUMNS, explain_dir, maps_path, write_frame
+from .layout import (
+    QUALITY_COLUMNS,
+    empty_index,
+    explain_dir,
+    maps_path,
+    read_index,
+    write_frame,
+)
 from .plan import ExplainPlan
 from .state import ExplainState
 
@@ -327,19 +334,14 @@ def run_quality(
         + f"-q{config.quality_cells}-"
         + "-".join(config.method_key(m) for m in config.method_names)
     )
-    previous = pd.read_parquet(path) if path.is_file() else None
+    previous = empty_index("quality") if config.overwrite else read_index(plan.study_dir, "quality")
     kept = {
         t.trial_id
         for t in plan.trials
-        if previous is not None
-        and not config.overwrite
-        and state.done(f"quality/{t.trial_id}", key)
-        and (previous["trial_id"] == t.trial_id).any()
+        if state.done(f"quality/{t.trial_id}", key) and (previous["trial_id"] == t.trial_id).any()
     }
     todo = [t for t in plan.trials if t.trial_id not in kept]
-    rows: list[dict] = (
-        [] if previous is None else previous[previous["trial_id"].isin(kept)].to_dict("records")
-    )
+    rows: list[dict] = previous[previous["trial_id"].isin(kept)].to_dict("records")
     if not todo:
         return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     available: dict[str, dict[str, dict]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..quality.verdicts import MEANINGS
-from .layout import explain_dir
+from .layout import read_index
 from .verdicts import describe, sanity_table
 
 COLUMNS = {
@@ -21,10 +21,7 @@ COLUMNS = {
 
 def quality_table(study_dir) -> pd.DataFrame:
     """Trial x method rows, one column per quality metric (means)."""
-    path = explain_dir(study_dir) / "quality.parquet"
-    if not path.is_file():
-        return pd.DataFrame()
-    table = pd.read_parquet(path)
+    table = read_index(study_dir, "quality")
     if table.empty:
         return pd.DataFrame()
     wide = table.pivot_table(

@@ -63,3 +63,15 @@ def test_an_index_table_from_an_older_explain_run_names_the_fix(tmp_path):
         layout.read_index(tmp_path, "quality")
     with pytest.raises(StudyUnreadable, match="cytotune explain --study .* --overwrite"):
         Explanations(Study("old", tmp_path)).table("quality")
+
+
+def test_the_quality_summary_reads_the_typed_table(tmp_path):
+    from cytotune.explainers.job.summary import quality_table
+
+    assert quality_table(tmp_path).empty  # no explain run yet
+    layout.write_frame(pd.DataFrame(QUALITY), layout.explain_dir(tmp_path) / "quality.parquet")
+    wide = quality_table(tmp_path)
+    assert wide.loc[("t1", "gradcam"), "deletion"] == 0.4
+    pd.DataFrame(QUALITY).to_parquet(layout.explain_dir(tmp_path) / "quality.parquet")
+    with pytest.raises(FormatError, match="cytotune upgrade"):
+        quality_table(tmp_path)

@@ -272,3 +272,33 @@ def test_a_trial_added_to_top_k_gets_its_quality_scores(trained_study, tmp_path)
     )
     assert {f"quality/{t.trial_id}" for t in plan.trials} <= set(state.data["parts"])
     assert state.data["parts"][f"quality/{kept}"]["finished"] == scored_at[f"quality/{kept}"]
+
+
+def test_a_resumed_run_reads_its_index_tables_typed_and_refuses_an_old_one(explained, tmp_path):
+    import pyarrow.parquet as pq
+    from cytotune.engine.cli import main
+    from cytotune.engine.formats import FormatError
+    from cytotune.explainers.job.layout import read_index
+    from cytotune.explainers.job.runner import run_explain
+
+    source, config, _, _ = explained
+    study = tmp_path / "study"
+    shutil.copytree(source, study)
+    config = dataclasses.replace(config, study=str(study))
+    before = read_index(study, "quality")
+    target = explain_dir(study) / "quality.parquet"
+    # the table as cytotune wrote it before format versions (plain pandas, same values)
+    pq.read_table(target).replace_schema_metadata(None).to_pandas().to_parquet(target)
+    with pytest.raises(FormatError, match="quality.parquet was written before.*cytotune upgrade"):
+        run_explain(config, progress=False, log=lambda *_: None)
+    assert main(["upgrade", str(study)]) == 0
+    run_explain(config, progress=False, log=lambda *_: None)  # every part done: rows kept
+    pd.testing.assert_frame_equal(read_index(study, "quality"), before)
+    # --overwrite does not read the older table at all: it writes a new one
+    pq.read_table(target).replace_schema_metadata(None).to_pandas().to_parquet(target)
+    again = dataclasses.replace(config, overwrite=True, stages=("quality",))
+    run_explain(again, progress=False, log=lambda *_: None)
+    assert pq.read_schema(target).metadata[b"cytotune.version"] == b"1"
+    assert sorted(read_index(study, "quality")["trial_id"].unique()) == sorted(
+        before["trial_id"].unique()
+    )
