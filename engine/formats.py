@@ -9,8 +9,9 @@ of another table or version with the fix, and returns every fixed column (null w
 had no value).
 
 The definitions live next to what they describe: the results store's tables in
-:mod:`cytotune.engine.search.tables`, the explain job's index tables in
-:mod:`cytotune.explainers.job.layout`.
+:mod:`cytotune.engine.search.tables`, the explain job's index and map tables in
+:mod:`cytotune.explainers.job.layout`. Tables of binary columns and many rows (the maps) go
+through :func:`conform`, which checks and casts whole Arrow columns.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ _TYPES = {
     "int": pa.int64(),
     "float": pa.float64(),
     "bool": pa.bool_(),
+    "bytes": pa.binary(),
     "list[str]": pa.list_(pa.string()),
+    "list[int]": pa.list_(pa.int64()),
 }
 
 
@@ -63,9 +66,10 @@ class TableFormat:
     @property
     def fields(self) -> dict[str, pa.DataType]:
         """Fixed column -> pyarrow type, from the row dataclass's annotations (a field's
-        ``metadata={"column": ...}`` names a column that is no Python name, such as ``class``)."""
+        ``metadata={"column": ...}`` names a column that is no Python name, such as ``class``;
+        ``metadata={"arrow": pa.float32()}`` stores it narrower than the annotation's type)."""
         return {
-            column_of(f): _TYPES[str(f.type).split(" | ")[0]]
+            column_of(f): f.metadata.get("arrow") or _TYPES[str(f.type).split(" | ")[0]]
             for f in dataclasses.fields(self.row)
             if f.name != "extra"
         }
@@ -176,6 +180,35 @@ def frame_to_arrow(fmt: TableFormat, frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=fmt.metadata))
 
 
+def conform(fmt: TableFormat, table: pa.Table) -> pa.Table:
+    """An Arrow table as ``fmt``'s, without a Python loop over rows (large tables of binary
+    columns): every column checked, the fixed ones first and cast to their types (absent ones
+    null), open ones kept as they are, the format's name and version in the metadata."""
+    missing_key = [k for k in fmt.key if k not in table.column_names]
+    if missing_key:
+        raise FormatError(f"a {fmt.name} table needs its key {fmt.key}; {missing_key} missing")
+    fixed = fmt.fields
+    arrays, fields = [], []
+    for column in [*fixed, *(c for c in table.column_names if c not in fixed)]:
+        fmt.check_column(column)
+        kind = fixed.get(column)
+        if column not in table.column_names:
+            array = pa.nulls(len(table), kind)
+        else:
+            array = table.column(column)
+            if column in fmt.choices:
+                fmt.check_values(column, array.to_pylist())
+            if kind is not None and array.type != kind:
+                try:
+                    array = array.cast(kind)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise FormatError(f"{fmt.name} column {column!r}: {exc}") from None
+            kind = array.type
+        arrays.append(array)
+        fields.append(pa.field(column, kind))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=fmt.metadata))
+
+
 def write(fmt: TableFormat, rows: list[dict] | pd.DataFrame) -> bytes:
     """Parquet bytes of a table of ``fmt`` from records or a DataFrame (write them atomically)."""
     table = frame_to_arrow(fmt, rows) if isinstance(rows, pd.DataFrame) else to_arrow(fmt, rows)
@@ -253,20 +286,28 @@ def _cast(value, kind: pa.DataType, column: str = ""):
     if missing(value):
         return None
     try:
-        if kind == pa.int64():
-            number = float(value)
-            if not number.is_integer():
-                raise ValueError(f"{value!r} is not a whole number")
-            return int(number)
-        if kind == pa.float64():
+        if pa.types.is_integer(kind):
+            return _whole(value)
+        if pa.types.is_floating(kind):
             return float(value)
         if kind == pa.bool_():
             return bool(value)
+        if pa.types.is_binary(kind):
+            return bytes(value)
         if pa.types.is_list(kind):
-            return [str(v) for v in (value.tolist() if hasattr(value, "tolist") else value)]
+            items = value.tolist() if hasattr(value, "tolist") else value
+            item = _whole if pa.types.is_integer(kind.value_type) else str
+            return [item(v) for v in items]
     except (TypeError, ValueError) as exc:
         raise FormatError(f"column {column!r}: {exc}") from None
     return _text(value)
+
+
+def _whole(value) -> int:
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(number)
 
 
 def _open_type(values: list) -> tuple[pa.DataType, list]:

@@ -1,6 +1,7 @@
 """Upgrade a study (or an explain run) from an older cytotune to this one's table formats.
 
-A study's trials, folds and epochs tables and its explain run's tables record their format
+A study's trials, folds and epochs tables and its explain run's tables (the index tables and
+the per-cell map tables) record their format
 version; a table written before cytotune kept versions is rewritten in place, atomically, with
 the same values. Tables that are current already are left alone, so running it twice changes
 nothing the second time.
@@ -73,5 +74,5 @@ def upgrade(directory: str) -> list[str]:
 
 def _explain(layout, study_dir: Path) -> list[str]:
     return [
-        f"{p} to format version {layout.INDEX_VERSION}" for p in layout.upgrade_index(study_dir)
+        f"{p} to format version {layout.INDEX_VERSION}" for p in layout.upgrade_explain(study_dir)
     ]

@@ -4,8 +4,8 @@
 
     <study>/explain/
       explain.json                         the run: config, trials, finished parts, timings, status
-      maps/<trial_id>/<method>.parquet/    one row per explained cell (MAP_COLUMNS); a directory
-                                           of part files (read_maps / pandas.read_parquet)
+      maps/<trial_id>/<method>.parquet/    one row per explained cell (MapRow); a directory of
+                                           part files (write_maps writes each, read_maps reads)
       overlays/<trial_id>/<method>/<cell_id>.png   pseudo-colour overlays for a sample of cells
       overlays.parquet                     index of the overlays (OVERLAY_COLUMNS)
       population/<trial_id>/<method>/<class>/{gmean_image,gmean_map,correlation}.{npy,png}
@@ -22,7 +22,10 @@
 The five index tables (overlays, population, quality, prototypes, attention) have typed rows
 (:data:`INDEX`, through :mod:`cytotune.engine.formats`) and a format version: ``write_frame``
 checks and stamps them, ``read_index`` reads them back and refuses an older run's with the fix.
-The map tables are not versioned yet (their columns are described by ``MAP_COLUMNS``).
+The map tables likewise (:data:`MAPS`, :class:`MapRow`): ``write_maps`` writes each file (a
+part of the directory the actors write), ``read_maps`` / ``iter_maps`` / ``maps_schema`` check
+every file's version. ``cytotune upgrade STUDY_DIR`` (:func:`upgrade_explain`) rewrites the
+tables of a run from before format versions.
 
 Maps are float16, stored as raw bytes with their shape: ``(1, H, W)`` for CAM methods and
 ``(C, H, W)`` (one map per input channel) for gradient methods. Decode one with
@@ -36,42 +39,58 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from cytotune.engine import formats
 from cytotune.engine.formats import TableFormat
-from cytotune.engine.io import atomic_write_bytes, atomic_write_parquet
+from cytotune.engine.io import atomic_path, atomic_write_bytes, atomic_write_parquet
 
 EXPLAIN_DIR = "explain"
 STATE_FILE = "explain.json"
 
-MAP_COLUMNS = {
-    "cell_id": "string: the dataset's cell id",
-    "trial_id": "string",
-    "method": "string: registered explainer name",
-    "fold": "int: the fold whose model explained the cell (it did not train on it for split=val)",
-    "label": "string: true class name (classification) or '' (regression)",
-    "label_index": "int: true class index, -1 for regression",
-    "prediction": "string: predicted class name, or the predicted value as text (regression)",
-    "prediction_index": "int: predicted class index, -1 for regression",
-    "confidence": "float: probability of the predicted class (classification), NaN otherwise",
-    "correct": "bool: prediction == label (classification), NaN-free False for regression",
-    "target_index": "int: output explained (predicted class / regression target)",
-    "true_value": "float: regression target of the explained output (NaN for classification)",
-    "predicted_value": "float: regression prediction of the explained output (NaN otherwise)",
-    "abs_error": "float: |predicted - true| (regression), NaN otherwise",
-    "map": "binary: float16 bytes, C-order, shape map_shape",
-    "map_shape": "list<int>: (channels, H, W)",
-    "mass_cell": "float: share of positive attribution inside the cell mask (NaN without masks)",
-    "mass_evidence": "float: share inside the synthetic evidence mask (NaN without one)",
-    "pointing_hit": "float: 1/0 pointing game on the evidence mask (NaN without one)",
-}
-# The index tables (explain/<name>.parquet): typed rows, written through ``write_frame`` with
-# their format version, read back with ``read_index`` (an older explain run is refused with the
-# fix: run the explain job again with --overwrite).
+# The map and index tables: typed rows, written (``write_maps``, ``write_frame``) with their
+# format version, read back (``read_maps``, ``read_index``); an older explain run's are refused
+# with the fix.
 INDEX_VERSION = 1
 _FIX = (
     "upgrade it once with `cytotune upgrade STUDY_DIR` (or run `cytotune explain --study "
     "STUDY_DIR --overwrite` again to rewrite it)"
 )
+I32, F32 = {"arrow": pa.int32()}, {"arrow": pa.float32()}
+
+
+@dataclass
+class MapRow:
+    """One explained cell and output (class or regression target) of a map table.
+
+    ``map`` is float16 bytes, C-order, of shape ``map_shape`` (channels, H, W); see
+    :func:`decode_map`.
+    """
+
+    cell_id: str  # the dataset's cell id
+    trial_id: str
+    method: str  # registered explainer name
+    fold: int | None = field(default=None, metadata=I32)  # the fold whose model explained it
+    label: str | None = None  # true class name (classification) or the target (regression)
+    label_index: int | None = field(default=None, metadata=I32)  # -1 for regression
+    prediction: str | None = None  # predicted class name, or the value as text (regression)
+    prediction_index: int | None = field(default=None, metadata=I32)  # -1 for regression
+    confidence: float | None = field(default=None, metadata=F32)  # probability of prediction
+    correct: bool | None = None  # prediction == label (always False for regression)
+    target_index: int | None = field(default=None, metadata=I32)  # output explained
+    true_value: float | None = field(default=None, metadata=F32)  # regression target
+    predicted_value: float | None = field(default=None, metadata=F32)  # regression prediction
+    abs_error: float | None = field(default=None, metadata=F32)  # |predicted - true|
+    map: bytes | None = None
+    map_shape: list[int] | None = field(default=None, metadata={"arrow": pa.list_(pa.int32())})
+    mass_cell: float | None = field(default=None, metadata=F32)  # positive share in the mask
+    mass_evidence: float | None = field(default=None, metadata=F32)  # in the evidence mask
+    pointing_hit: float | None = field(default=None, metadata=F32)  # 1/0 pointing game
+    seconds: float | None = field(default=None, metadata=F32)  # explain time per cell
+
+
+MAPS = TableFormat("maps", MapRow, ("cell_id", "target_index"), (), INDEX_VERSION, _FIX)
+MAP_COLUMNS = tuple(MAPS.fields)
 
 
 @dataclass
@@ -172,27 +191,42 @@ def maps_staging_dir(study_dir: str | Path, trial_id: str, method: str, run_id: 
     return explain_dir(study_dir) / "maps" / trial_id / f".{method}.{run_id}.tmp"
 
 
-def read_maps(path: str | Path, columns: list[str] | None = None):
+def write_maps(rows: pa.Table | pd.DataFrame, path: str | Path) -> Path:
+    """Write map rows (:class:`MapRow` columns) as one Parquet file of the maps format,
+    atomically: a part of a map table's directory, or a whole table as a single file. A column
+    the format lacks, or a value of the wrong type, raises FormatError here."""
+    if isinstance(rows, pd.DataFrame):
+        rows = pa.Table.from_pandas(rows, preserve_index=False)
+    table = formats.conform(MAPS, rows)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="lz4")
+    return Path(path)
+
+
+def _maps_dataset(path: str | Path):
+    """The map table at ``path`` as a pyarrow dataset, every file's format version checked
+    (FormatError, naming the fix, for a table of an older explain run)."""
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(str(path), format="parquet")
+    for fragment in dataset.get_fragments():
+        formats.check_version(MAPS, fragment.physical_schema, fragment.path)
+    return dataset
+
+
+def read_maps(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     """A map table (directory of parts or single file) as one Arrow table."""
-    import pyarrow.dataset as ds
-
-    return ds.dataset(str(path), format="parquet").to_table(columns=columns)
+    return _maps_dataset(path).to_table(columns=columns)
 
 
-def maps_schema(path: str | Path):
+def maps_schema(path: str | Path) -> pa.Schema:
     """Column names and types of a map table, without reading its rows."""
-    import pyarrow.dataset as ds
-
-    return ds.dataset(str(path), format="parquet").schema
+    return _maps_dataset(path).schema
 
 
 def iter_maps(path: str | Path, columns: list[str] | None = None, batch_size: int = 2048):
     """Arrow record batches of a map table, streaming (a whole table need not fit in memory)."""
-    import pyarrow.dataset as ds
-
-    return ds.dataset(str(path), format="parquet").to_batches(
-        columns=columns, batch_size=batch_size
-    )
+    return _maps_dataset(path).to_batches(columns=columns, batch_size=batch_size)
 
 
 def overlay_path(study_dir: str | Path, trial_id: str, method: str, cell_id: str) -> Path:
@@ -262,9 +296,10 @@ def read_index(study_dir: str | Path, name: str) -> pd.DataFrame:
     return formats.read(INDEX[name], path, where=str(path))
 
 
-def upgrade_index(study_dir: str | Path) -> list[str]:
-    """Rewrite index tables written before format versions in this one; returns the paths
-    rewritten (none when every table is current). FormatError for a table of another version."""
+def upgrade_explain(study_dir: str | Path) -> list[str]:
+    """Rewrite the explain run's index and map tables written before format versions in this
+    one; returns the paths rewritten (none when every table is current). FormatError for a
+    table of another version."""
     done = []
     for name, fmt in INDEX.items():
         path = explain_dir(study_dir) / f"{name}.parquet"
@@ -275,4 +310,20 @@ def upgrade_index(study_dir: str | Path) -> list[str]:
         if upgraded is not data:
             atomic_write_bytes(path, upgraded)
             done.append(str(path))
+    for table in sorted((explain_dir(study_dir) / "maps").glob("*/*.parquet")):
+        files = sorted(table.glob("*.parquet")) if table.is_dir() else [table]
+        old = [f for f in files if not _current(pq.read_schema(f), f)]
+        for part in old:
+            write_maps(pq.read_table(part), part)
+        if old:
+            done.append(str(table))
     return done
+
+
+def _current(schema: pa.Schema, path: Path) -> bool:
+    """Whether a map file is of this format version; False for one from before versions,
+    FormatError for any other."""
+    if formats.VERSION_KEY not in (schema.metadata or {}):
+        return False
+    formats.check_version(MAPS, schema, str(path))
+    return True

@@ -23,7 +23,7 @@ from cytotune.engine.io import publish_directory
 from tqdm.auto import tqdm
 
 from .config import ExplainConfig
-from .layout import maps_path, maps_staging_dir
+from .layout import MAPS, maps_path, maps_staging_dir, write_maps
 from .parts import finish_parts
 from .plan import ExplainPlan
 from .pool import run_actor_pool
@@ -75,11 +75,7 @@ class StagedParts:
         staging, target = self.staging[part], self.targets[part]
         rows = finish_parts(staging) if staging.is_dir() else 0
         if not rows:  # no cell: an empty table
-            staging.mkdir(parents=True, exist_ok=True)
-            from .worker import OUTPUT_SCHEMA
-
-            empty = OUTPUT_SCHEMA.empty_table().drop(["error"])
-            pq.write_table(empty, staging / "empty.parquet")
+            write_maps(MAPS.schema.empty_table(), staging / "empty.parquet")
         publish_directory(staging, target)  # a reader sees the old table or the new one
         return rows
 

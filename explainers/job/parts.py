@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from cytotune.engine.io import atomic_path
+
+from .layout import MAPS, write_maps
 
 # a map row is one cell explained for one output (class or regression target)
-KEY = ("cell_id", "target_index")
+KEY = MAPS.key
 
 
 def part_name(table: pa.Table) -> str:
@@ -35,12 +36,9 @@ def part_name(table: pa.Table) -> str:
 
 
 def write_part(table: pa.Table, directory: str | Path) -> Path:
-    """Write ``table`` as the part :func:`part_name` names in ``directory``, atomically (the
-    temporary file is hidden from Parquet dataset readers by its leading dot)."""
-    path = Path(directory) / part_name(table)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="lz4")
-    return path
+    """Write ``table`` as the part :func:`part_name` names in ``directory``, in the maps format,
+    atomically (the temporary file is hidden from Parquet dataset readers by its leading dot)."""
+    return write_maps(table, Path(directory) / part_name(table))
 
 
 def finish_parts(directory: str | Path) -> int:

@@ -29,6 +29,7 @@ from .layout import (
     explain_dir,
     maps_path,
     read_index,
+    read_maps,
     write_frame,
 )
 from .plan import ExplainPlan
@@ -55,7 +56,7 @@ def map_scores(plan: ExplainPlan, trial_id: str, method: str, split: str = "val"
     validation cells (``split`` val), the held-out balanced accuracy with its 95% interval and
     chance (``1 / classes``): the model verdict's evidence that the model learned."""
     columns = list(MAP_SCORES) + ["label_index", "prediction_index"]
-    frame = pd.read_parquet(maps_path(plan.study_dir, trial_id, method), columns=columns)
+    frame = read_maps(maps_path(plan.study_dir, trial_id, method), columns).to_pandas()
     rows = [
         _row(trial_id, method, name, frame[name])
         for name in MAP_SCORES

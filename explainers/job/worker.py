@@ -25,34 +25,12 @@ from cytotune.engine.train.checkpoint import load_fold
 
 from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
-from .layout import maps_staging_dir
+from .layout import MAPS, maps_staging_dir
 from .parts import write_part
 
-OUTPUT_SCHEMA = pa.schema(
-    [
-        ("cell_id", pa.string()),
-        ("trial_id", pa.string()),
-        ("method", pa.string()),
-        ("fold", pa.int32()),
-        ("label", pa.string()),
-        ("label_index", pa.int32()),
-        ("prediction", pa.string()),
-        ("prediction_index", pa.int32()),
-        ("confidence", pa.float32()),
-        ("correct", pa.bool_()),
-        ("target_index", pa.int32()),
-        ("true_value", pa.float32()),
-        ("predicted_value", pa.float32()),
-        ("abs_error", pa.float32()),
-        ("map", pa.binary()),
-        ("map_shape", pa.list_(pa.int32())),
-        ("mass_cell", pa.float32()),
-        ("mass_evidence", pa.float32()),
-        ("pointing_hit", pa.float32()),
-        ("seconds", pa.float32()),
-        ("error", pa.string()),  # set on the one row reporting that a method failed on a trial
-    ]
-)
+# the map rows (the maps format's columns) and, on the one row that reports a method failing on
+# a trial, its error (dropped before the rows are written)
+OUTPUT_SCHEMA = pa.schema([*MAPS.fields.items(), ("error", pa.string())])
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -256,9 +256,7 @@ def make_explain(study: Path, dataset: Path, trial_ids: list[str], rng) -> None:
                             "correct": correct,
                         }
                     )
-            path = layout.maps_path(study, tid, method)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(rows).to_parquet(path, index=False)
+            layout.write_maps(pd.DataFrame(rows), layout.maps_path(study, tid, method))
             for cls in CLASSES:
                 folder = layout.population_dir(study, tid, method, cls)
                 mean_image = images[[i for i in range(n) if label_names[i] == cls]].mean(0)
@@ -428,7 +426,5 @@ def make_regression_study(
              "true_value": true, "predicted_value": pred, "abs_error": abs(true - pred), "map": data, "map_shape": shape,
              "mass_cell": np.nan, "mass_evidence": np.nan, "pointing_hit": np.nan}
         )  # fmt: skip
-    path = layout.maps_path(study, "r0000", "gradcam")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_parquet(path, index=False)
+    layout.write_maps(pd.DataFrame(rows), layout.maps_path(study, "r0000", "gradcam"))
     return study

@@ -17,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from .multinode import (
@@ -175,7 +174,7 @@ def test_explain_job_spreads_its_actors_and_matches_a_direct_computation(cluster
     and every cell's map equals the map computed in this process."""
     import ray._private.state
     from cytotune.explainers.job.config import ExplainConfig
-    from cytotune.explainers.job.layout import maps_path
+    from cytotune.explainers.job.layout import maps_path, read_maps
     from cytotune.explainers.job.runner import run_explain
 
     ray_cluster, head, _ = cluster
@@ -194,7 +193,7 @@ def test_explain_job_spreads_its_actors_and_matches_a_direct_computation(cluster
     ]
     assert {a["Address"]["NodeID"] for a in explain_actors} == {head.node_id, joined.node_id}
     (trial,) = plan.trials
-    frame = pd.read_parquet(maps_path(plan.study_dir, trial.trial_id, "gradcam"))
+    frame = read_maps(maps_path(plan.study_dir, trial.trial_id, "gradcam")).to_pandas()
     assert sorted(frame["cell_id"]) == sorted(plan.cells["cell_id"])  # each cell once
     for fold in (0, 1):
         check_maps_against_direct(plan, frame[frame["fold"] == fold], trial, fold)

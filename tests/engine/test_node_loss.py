@@ -170,10 +170,11 @@ class SlowMapWorker(MapWorker):
 
 def _maps(plan, methods) -> dict[tuple[str, str], pd.DataFrame]:
     """The job's stored map tables, by (trial, method), rows in cell order."""
-    from cytotune.explainers.job.layout import maps_path
+    from cytotune.explainers.job.layout import maps_path, read_maps
 
     return {
-        (t.trial_id, m): pd.read_parquet(maps_path(plan.study_dir, t.trial_id, m))
+        (t.trial_id, m): read_maps(maps_path(plan.study_dir, t.trial_id, m))
+        .to_pandas()
         .sort_values("cell_id")
         .reset_index(drop=True)
         for t in plan.trials

@@ -46,8 +46,8 @@ def test_a_column_the_row_type_lacks_or_a_wrong_type_is_refused(tmp_path):
         layout.write_frame(
             pd.DataFrame(protos), layout.explain_dir(tmp_path) / "prototypes.parquet"
         )
-    # other tables under explain/ (maps, staging) are not index tables: written as they are
-    other = layout.explain_dir(tmp_path) / "maps" / "t1" / "gradcam.parquet"
+    # other tables under explain/ are not index tables: written as they are
+    other = layout.explain_dir(tmp_path) / "workers" / "summary.parquet"
     layout.write_frame(pd.DataFrame([{"anything": 1}]), other)
     assert pd.read_parquet(other)["anything"].tolist() == [1]
 

@@ -14,7 +14,13 @@ from cytotune.engine.data.augment import normalize
 from cytotune.engine.data.dataset import CellDataset
 from cytotune.engine.train.checkpoint import load_model
 from cytotune.explainers import create_explainer
-from cytotune.explainers.job.layout import decode_map, explain_dir, maps_path, population_dir
+from cytotune.explainers.job.layout import (
+    decode_map,
+    explain_dir,
+    maps_path,
+    population_dir,
+    read_maps,
+)
 from cytotune.explainers.job.worker import cam_layers
 from sklearn.metrics import balanced_accuracy_score
 
@@ -24,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def _maps(study, trial, method) -> pd.DataFrame:
-    return pd.read_parquet(maps_path(study, trial, method))
+    return read_maps(maps_path(study, trial, method)).to_pandas()
 
 
 def test_every_planned_cell_once_per_trial_and_method(explained):

@@ -17,7 +17,7 @@ def _batch(cells: list[str], fold: int = 0, targets=(0,)) -> pa.Table:
             "fold": pa.array([fold] * len(rows), pa.int32()),
             "target_index": pa.array([t for _, t in rows], pa.int32()),
             # a value that depends only on the cell and output, as a map does
-            "value": [float(int(c[1:]) * 10 + t) for c, t in rows],
+            "confidence": pa.array([float(int(c[1:]) * 10 + t) for c, t in rows], pa.float32()),
         }
     )
 
@@ -65,4 +65,4 @@ def test_finish_parts_leaves_sound_parts_untouched(tmp_path):
     assert finish_parts(tmp_path) == 12
     assert [p.stat().st_mtime_ns for p in paths] == stamps
     table = read_maps(tmp_path).to_pandas()
-    np.testing.assert_array_equal(np.sort(table["value"]), np.arange(12) * 10.0)
+    np.testing.assert_array_equal(np.sort(table["confidence"]), np.arange(12) * 10.0)

@@ -10,7 +10,7 @@ from cytotune.engine.data.augment import normalize
 from cytotune.engine.data.dataset import CellDataset
 from cytotune.engine.train.checkpoint import load_model
 from cytotune.explainers.job.config import ExplainConfig
-from cytotune.explainers.job.layout import explain_dir, maps_path
+from cytotune.explainers.job.layout import explain_dir, maps_path, read_maps
 from cytotune.explainers.job.runner import run_explain
 
 from tests.studies import make_study, regression_dataset, sample
@@ -26,7 +26,7 @@ def test_regression_targets_are_explained_one_by_one(tmp_path):
     )
     plan, state = run_explain(config, progress=False, log=lambda *_: None)
     assert not state.data["failures"]
-    frame = pd.read_parquet(maps_path(study, "reg", "saliency"))
+    frame = read_maps(maps_path(study, "reg", "saliency")).to_pandas()
     assert len(frame) == 2 * len(plan.cells)  # every cell once per target
     assert sorted(frame["label"].unique()) == ["area", "vimentin"]
     assert (frame["label_index"] == -1).all()
