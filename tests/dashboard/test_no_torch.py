@@ -19,6 +19,7 @@ PAGES = [
     "explanations_figures",
     "explanations_grid",
     "leaderboard",
+    "montages",
     "pareto",
     "population",
     "sanity",
