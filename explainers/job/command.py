@@ -72,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cells for deletion/insertion and randomisation (default 128)",
     )
     parser.add_argument(
+        "--head-check",
+        action="store_true",
+        help="score every trial's head-only randomisation (default: only where no held-out "
+        "accuracy decides the model verdict: regression, --split train)",
+    )
+    parser.add_argument(
         "--stages",
         nargs="+",
         default=list(STAGES),
@@ -109,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         overlays=args.overlays,
         quality_cells=args.quality_cells,
+        head_check=args.head_check,
         stages=tuple(args.stages),
         seed=args.seed,
         address=args.address,

@@ -58,6 +58,8 @@ class ExplainConfig:
         precision: ``auto`` = bf16 autocast on CUDA, fp32 on CPU.
         overlays: cells per trial and method written as PNG overlays.
         quality_cells: cells per trial and method for deletion/insertion and randomisation.
+        head_check: score the head-only randomisation of every trial; by default only of those
+            whose model verdict it decides (no held-out accuracy: regression, ``split`` train).
         radius, threshold: patch-correlation window half-width and ``|r|`` threshold.
         stages: which stages to run (all by default).
         overwrite: recompute every stage even when finished.
@@ -76,6 +78,7 @@ class ExplainConfig:
     precision: str = "auto"
     overlays: int = 24
     quality_cells: int = 128
+    head_check: bool = False
     radius: int = 2
     threshold: float = 0.5
     stages: tuple[str, ...] = STAGES

@@ -11,7 +11,9 @@ threshold); its ``sanity_*`` rows carry the verdict. Prototype models also get
 prototype diversity. The sample is scored per (trial, method) on a few long-lived Ray actors
 (``QualityContext``, on a GPU when there is one) that read the dataset once and load each fold
 model once, with a progress bar over the (trial, method) jobs. For a classifier explained on its
-validation cells the held-out balanced accuracy is recorded too (the model verdict's evidence).
+validation cells the held-out balanced accuracy is recorded too (the model verdict's evidence);
+the head-only randomisation score, the verdict's other evidence (two more maps per method and
+fold), is computed only for trials without it (``needs_head``) or with ``head_check``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..quality import deletion_insertion, mass_inside, prototype_diversity
-from ..quality.learned import balanced_accuracy_ci
+from ..quality.learned import balanced_accuracy_ci, held_out_decides
 from ..quality.sanity import SanityConfig, combine, fp32, sanity_check
 from .config import ExplainConfig
 from .layout import (
@@ -114,10 +116,21 @@ class QualityContext:
             self._images[key] = self.dataset.images(rows).astype(np.float32)
         return self._images[key]
 
-    def score(self, fold_dirs, cells, methods, trial_id, seed, precision, prototypes=True):
+    def score(
+        self, fold_dirs, cells, methods, trial_id, seed, precision, prototypes=True, head=True
+    ):
         """:func:`sample_scores` with this context."""
         return sample_scores(
-            fold_dirs, None, cells, methods, trial_id, seed, precision, prototypes, context=self
+            fold_dirs,
+            None,
+            cells,
+            methods,
+            trial_id,
+            seed,
+            precision,
+            prototypes,
+            context=self,
+            head=head,
         )
 
     def stats(self) -> dict:
@@ -134,10 +147,12 @@ def sample_scores(
     precision: str,
     prototypes: bool = True,
     context: QualityContext | None = None,
+    head: bool = True,
 ) -> list[dict]:
     """Deletion/insertion and randomisation scores of one trial's ``methods`` on sampled cells,
     and its prototype diversity when ``prototypes`` (a prototype model). ``context`` holds the
-    dataset and loaded models between calls (default: a new one on ``dataset_dir``)."""
+    dataset and loaded models between calls (default: a new one on ``dataset_dir``); ``head``:
+    with the head-only randomisation score (else its rows read ``learned_head_skipped``)."""
     import torch
     from cytotune.engine.data.augment import normalize
     from cytotune.search_spaces.models import capabilities_of
@@ -149,6 +164,7 @@ def sample_scores(
     device, dataset = context.device, context.dataset
     m = dataset.manifest
     masks, evidence, has_evidence = context.masks, context.evidence, context.has_evidence
+    sanity_config = SanityConfig(seed=seed, head_only=head)
     collected: dict[tuple[str, str], list] = {}
     for fold, group in cells.groupby("fold"):
         rows = group["row"].to_numpy()
@@ -187,7 +203,7 @@ def sample_scores(
                 with fp32(device.type):  # the check means the same on CPU and GPU
                     a = attribute(model).detach().float()
                 check = sanity_check(
-                    attribute, model, SanityConfig(seed=seed), trained_maps=a, masks=cell_masks
+                    attribute, model, sanity_config, trained_maps=a, masks=cell_masks
                 )
                 faith = deletion_insertion(
                     score_fn, x, a, steps=16, baseline="blur", target=target, batch_size=256
@@ -223,7 +239,7 @@ def sample_scores(
             )
             out.append(_row(trial_id, method, metric, values))
         if method != "prototypes":
-            check = combine([p["sanity"] for p in parts], SanityConfig(seed=seed))
+            check = combine([p["sanity"] for p in parts], sanity_config)
             n = int(np.isfinite(check.rho).sum())
             for metric, value in check.metrics().items():
                 out.append({**_row(trial_id, method, metric, [value]), "n": n})
@@ -293,8 +309,24 @@ def assign(jobs: list, actors: int) -> list[int]:
     return [i * actors // n for i in range(n)]
 
 
+def needs_head(rows: list[dict], trial_id: str) -> bool:
+    """Whether ``trial_id``'s model verdict needs the head-only score: its map score ``rows``
+    hold no held-out balanced accuracy that decides it (:func:`held_out_decides`)."""
+
+    def first(metric: str) -> float:
+        values = [
+            float(r["mean"])
+            for r in rows
+            if r["trial_id"] == trial_id and r["metric"] == metric and np.isfinite(r["mean"])
+        ]
+        return values[0] if values else float("nan")
+
+    low, chance = first("heldout_balanced_accuracy_low"), first("chance_balanced_accuracy")
+    return not held_out_decides(low, chance)
+
+
 def score_on_actors(plan, config, sample, jobs, progress: bool = True) -> list[list[dict]]:
-    """Run the ``(trial, methods, prototypes)`` jobs on a few long-lived ``QualityContext``
+    """Run the ``(trial, methods, prototypes, head)`` jobs on a few long-lived ``QualityContext``
     actors (each reads the dataset once and loads each fold model once); results in job order."""
     import ray
 
@@ -310,9 +342,9 @@ def score_on_actors(plan, config, sample, jobs, progress: bool = True) -> list[l
     try:
         refs = [
             actors[a].score.remote(
-                t.fold_dirs, sample, methods, t.trial_id, config.seed, config.precision, protos
+                t.fold_dirs, sample, methods, t.trial_id, config.seed, config.precision, *flags
             )
-            for (t, methods, protos), a in zip(jobs, assign(jobs, n))
+            for (t, methods, *flags), a in zip(jobs, assign(jobs, n))
         ]
         return _gather(refs, progress, desc=f"explain quality ({len(sample)} cells)")
     finally:
@@ -334,6 +366,7 @@ def run_quality(
         config.maps_key()
         + f"-q{config.quality_cells}-"
         + "-".join(config.method_key(m) for m in config.method_names)
+        + ("-head" if config.head_check else "")
     )
     previous = empty_index("quality") if config.overwrite else read_index(plan.study_dir, "quality")
     kept = {
@@ -356,9 +389,10 @@ def run_quality(
             n=min(config.quality_cells, len(plan.cells)), random_state=config.seed
         )
         ensure_ray(config.address)
+        head = {t.trial_id: config.head_check or needs_head(rows, t.trial_id) for t in todo}
         jobs = [
-            (t, {method: options}, method == list(available[t.trial_id])[-1])  # protos once
-            for t in todo
+            (t, {method: options}, method == list(available[t.trial_id])[-1], head[t.trial_id])
+            for t in todo  # prototypes once per trial, with its last method
             for method, options in available.get(t.trial_id, {}).items()
         ]
         for result in score_on_actors(plan, config, sample, jobs, progress):

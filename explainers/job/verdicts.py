@@ -73,8 +73,9 @@ def failures(study_dir) -> dict[tuple[str, str], str]:
 
 
 def model_verdicts(quality: pd.DataFrame) -> dict[str, ModelVerdict]:
-    """trial_id -> its model verdict, from the ``learned_head_rho`` of its methods and the
-    held-out balanced accuracy the quality stage recorded (``unknown`` for older studies)."""
+    """trial_id -> its model verdict, from the ``learned_head_rho`` of its methods (or
+    ``learned_head_skipped``: not computed) and the held-out balanced accuracy the quality stage
+    recorded (``unknown`` for older studies)."""
     if quality.empty:
         return {}
     wide = quality.pivot_table(
@@ -98,6 +99,7 @@ def model_verdicts(quality: pd.DataFrame) -> dict[str, ModelVerdict]:
             accuracy=first("heldout_balanced_accuracy"),
             accuracy_low=first("heldout_balanced_accuracy_low"),
             chance=first("chance_balanced_accuracy"),
+            head_skipped=first("learned_head_skipped") == 1,
         )
     return out
 

@@ -23,6 +23,9 @@ there is no such accuracy (regression, ``--split train``): calibrated on small C
 trained ResNet-10t of the demo study (balanced accuracy 0.96) at 0.52, below the small CNNs'
 threshold. ``unknown`` when neither is known. HEAD_THRESHOLD comes from
 ``bench/sanity_calibration.py`` (trained vs untrained small CNNs on the synthetic tasks).
+The explain job computes the head-only score only where it decides (:func:`held_out_decides`
+is False; ``cytotune explain --head-check`` computes it everywhere): elsewhere its rows read
+``learned_head_skipped`` and the verdict's reason says the check was not run.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "ModelVerdict",
     "balanced_accuracy",
     "balanced_accuracy_ci",
+    "held_out_decides",
     "model_verdict",
 ]
 
@@ -94,6 +98,13 @@ def balanced_accuracy_ci(
     return value, float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))
 
 
+def held_out_decides(accuracy_low: float, chance: float) -> bool:
+    """Whether the held-out balanced accuracy decides the model verdict: its lower 95% bound
+    and chance are known (a classifier explained on its validation cells). Otherwise the
+    head-only score decides."""
+    return bool(np.isfinite(accuracy_low) and np.isfinite(chance))
+
+
 @dataclass(frozen=True)
 class ModelVerdict:
     """Outcome of :func:`model_verdict`; ``reason`` names the score that decided it."""
@@ -116,6 +127,7 @@ def model_verdict(
     accuracy_low: float = float("nan"),
     chance: float = float("nan"),
     threshold: float = HEAD_THRESHOLD,
+    head_skipped: bool = False,
 ) -> ModelVerdict:
     """One trial's model verdict.
 
@@ -125,12 +137,20 @@ def model_verdict(
         accuracy: held-out balanced accuracy; ``accuracy_low`` its lower 95% bound.
         chance: the balanced accuracy of chance (``1 / classes``); NaN for regression.
         threshold: head-only |rho| below which the maps come from random features.
+        head_skipped: the job left the head-only check out (the held-out accuracy decides);
+            the reason says so.
     """
     values = [float(v) for v in (head_scores or {}).values() if np.isfinite(v)]
     head = float(np.median(values)) if values else float("nan")
     common = {"head": head, "accuracy": accuracy, "accuracy_low": accuracy_low, "chance": chance}
-    head_text = f"head-only randomisation |rho| {head:.2f}" if np.isfinite(head) else ""
-    if np.isfinite(accuracy_low) and np.isfinite(chance):
+    head_text = (
+        f"head-only randomisation |rho| {head:.2f}"
+        if np.isfinite(head)
+        else "head-only check not run: the held-out accuracy decides"
+        if head_skipped
+        else ""
+    )
+    if held_out_decides(accuracy_low, chance):
         if accuracy_low <= chance:
             reason = (
                 f"held-out balanced accuracy {accuracy:.2f} (95% low {accuracy_low:.2f}) is not "

@@ -70,6 +70,9 @@ class SanityConfig:
         threshold: the verdict's Spearman threshold.
         absolute: compare ``|maps|`` instead of signed maps.
         seed: base seed (copy ``i`` uses ``seed + i``; the bootstrap uses ``seed``).
+        head_only: also score the maps after only the head is re-drawn with every seed (the
+            model verdict's ``learned_head_rho``: ``seeds - 1`` maps more than the cascade);
+            False leaves it out and ``metrics`` says so (``learned_head_skipped``).
     """
 
     seeds: int = 3
@@ -79,6 +82,7 @@ class SanityConfig:
     threshold: float = CALIBRATED_THRESHOLD
     absolute: bool = False
     seed: int = 0
+    head_only: bool = True
 
     def __post_init__(self) -> None:
         if self.seeds < 2:
@@ -115,6 +119,7 @@ class SanityResult:
     ssim_mean: float = float("nan")
     random_maps: np.ndarray | None = None  # the first random copy's maps
     head: np.ndarray | None = None  # per cell: mean |rho| after re-drawing only the head
+    # None: not computed (SanityConfig.head_only False)
     head_mean: float = float("nan")
     head_low: float = float("nan")
     head_high: float = float("nan")
@@ -124,7 +129,8 @@ class SanityResult:
         return self.verdict == "passed"
 
     def metrics(self) -> dict[str, float]:
-        """Scalar metrics for ``quality.parquet`` (cascade as ``cascade_rho_<stage>``)."""
+        """Scalar metrics for ``quality.parquet`` (cascade as ``cascade_rho_<stage>``); without
+        the head-only score, ``learned_head_skipped`` 1 in place of its ``learned_head_*``."""
         out = {
             "sanity_rho": self.rho_mean,
             "sanity_null_rho": self.null_mean,
@@ -136,7 +142,9 @@ class SanityResult:
             "sanity_verdict": VERDICT_CODES[self.verdict],
         }
         out |= {f"cascade_rho_{k}": v for k, v in self.cascade.items()}
-        if np.isfinite(self.head_mean):
+        if self.head is None:
+            out["learned_head_skipped"] = 1.0
+        elif np.isfinite(self.head_mean):
             out |= {
                 "learned_head_rho": self.head_mean,
                 "learned_head_low": self.head_low,
@@ -276,20 +284,16 @@ def sanity_check(
     ssim_mean = float(np.mean([randomisation_check(a, b)["ssim_mean"] for b in randoms]))
     pairs = [(i, (i + 1) % len(randoms)) for i in range(len(randoms) if len(randoms) > 2 else 1)]
     null = np.mean([rho_of(randoms[i], randoms[j]) for i, j in pairs], axis=0)  # (B,)
-    cascade = {}
+    cascade, first_head = {}, None
     for label, k in cascade_stages(model, config.cascade).items():
         partial = randomize_weights(model, seed=config.seed, mode="cascading", layers=k).eval()
         rho_k = rho_of(a, maps_of(partial))
         cascade[label] = float(np.nanmean(rho_k))
         if label == "head":
-            head = [rho_k]
-    if cascade:  # the head re-drawn with every seed: |rho| (a new head may flip the sign)
-        for i in range(1, config.seeds):
-            partial = randomize_weights(model, seed=config.seed + i, mode="cascading", layers=1)
-            head.append(rho_of(a, maps_of(partial.eval())))
-        head = np.abs(np.stack(head)).mean(0)  # (B,)
-    else:
-        head = None
+            first_head = rho_k
+    head = None
+    if config.head_only and first_head is not None:
+        head = head_only_rho(model, a, first_head, maps_of, rho_of, config)
     return summarise(
         per_seed,
         null,
@@ -299,6 +303,17 @@ def sanity_check(
         random_maps=randoms[0],
         head=head,
     )
+
+
+def head_only_rho(model, a, first, maps_of, rho_of, config: SanityConfig) -> np.ndarray:
+    """Per cell: mean |rho| between the trained maps ``a`` and the maps after only the head is
+    re-drawn, over ``config.seeds`` heads (``first``: the cascade's head stage, seed
+    ``config.seed``). |rho|: a new head may flip the sign of a map without moving it."""
+    rhos = [first]
+    for i in range(1, config.seeds):
+        partial = randomize_weights(model, seed=config.seed + i, mode="cascading", layers=1)
+        rhos.append(rho_of(a, maps_of(partial.eval())))
+    return np.abs(np.stack(rhos)).mean(0)  # (B,)
 
 
 def summarise(

@@ -5,6 +5,8 @@ synthetic task."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -101,12 +103,37 @@ def test_head_score_matches_scipy_and_ignores_a_sign_flip():
     assert flip.head_mean == pytest.approx(1.0)
 
 
+def test_without_the_head_only_score_the_check_draws_two_maps_less_and_says_so():
+    model = Tiny().eval()
+    x = torch.randn(12, 2, 8, 8)
+    calls = []
+
+    def maps(m):
+        calls.append(1)
+        return torch.relu(m.conv(x)).detach().sum(1, keepdim=True) * m.fc.weight.detach().sum()
+
+    config = SanityConfig(seeds=3, n_boot=200)
+    full = sanity_check(maps, model, config)
+    drawn = len(calls)
+    calls.clear()
+    lean = sanity_check(maps, model, dataclasses.replace(config, head_only=False))
+    assert drawn - len(calls) == 2  # the head re-drawn with seeds 1 and 2
+    assert lean.head is None
+    metrics = lean.metrics()
+    assert metrics["learned_head_skipped"] == 1
+    assert not any(k.startswith("learned_head_") and k != "learned_head_skipped" for k in metrics)
+    assert "learned_head_skipped" not in full.metrics()
+    np.testing.assert_array_equal(lean.rho, full.rho)  # the per-method check is unchanged
+    assert lean.cascade == full.cascade
+
+
 def _write_quality(study, rows):
     frame = pd.DataFrame(rows, columns=["trial_id", "method", "metric", "mean", "std", "n"])
     write_frame(frame, explain_dir(study) / "quality.parquet")
 
 
 def _method(trial, method, head, accuracy_low):
+    """Quality rows of one method; ``head`` None: the job left the head-only score out."""
     accuracy = (
         [
             (trial, method, "heldout_balanced_accuracy", accuracy_low + 0.05, 0, 300),
@@ -122,7 +149,13 @@ def _method(trial, method, head, accuracy_low):
         (trial, method, "sanity_rho_high", 0.15, 0, 32),
         (trial, method, "sanity_threshold", 0.66, 0, 32),
         (trial, method, "sanity_verdict", 1.0, 0, 32),
-        (trial, method, "learned_head_rho", head, 0, 32),
+        (
+            trial,
+            method,
+            *(("learned_head_skipped", 1.0) if head is None else ("learned_head_rho", head)),
+            0,
+            32,
+        ),
         (trial, method, "deletion_auc", 0.2, 0, 32),
         (trial, method, "insertion_auc", 0.9, 0, 32),
     ]
@@ -171,6 +204,24 @@ def test_verdict_table_flags_the_untrained_trial(tmp_path):
     assert scores.loc["good", "explain_sanity"] == 1.0
     assert scores.loc["fresh", "explain_sanity"] == 0.0
     assert scores.loc["fresh", "explain_score"] == 0
+
+
+def test_a_head_score_left_out_reads_as_not_run_where_the_held_out_accuracy_decides(tmp_path):
+    rows = _method("good", "gradcam", None, 0.9) + _method("good", "saliency", None, 0.9)
+    rows += _method("chance", "gradcam", None, 0.45)
+    _write_quality(tmp_path, rows)
+    models = model_verdicts(pd.read_parquet(explain_dir(tmp_path) / "quality.parquet"))
+    assert models["good"].verdict == "learned"
+    assert np.isnan(models["good"].head)
+    assert models["chance"].verdict == "untrained"
+    text = format_quality(tmp_path)  # the CLI summary; the dashboard and the card read the same
+    assert (
+        "model good: learned (held-out balanced accuracy 0.95 > chance 0.50; "
+        "head-only check not run: the held-out accuracy decides)"
+    ) in text
+    table = sanity_table(tmp_path).set_index(["trial_id", "method"])
+    assert "head-only check not run" in table.loc[("good", "gradcam"), "model_reason"]
+    assert "|rho|" not in text
 
 
 def test_trained_small_cnn_is_learned_and_its_untrained_copy_is_flagged():

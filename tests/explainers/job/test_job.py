@@ -140,13 +140,74 @@ def test_quality_table_covers_every_trial_and_method(explained):
             assert rows.loc["mass_cell", "mean"] == pytest.approx(
                 frame["mass_cell"].mean(), rel=1e-5
             )
-            # the model verdict's evidence: held-out balanced accuracy (sklearn) and head |rho|
+            # the model verdict's evidence: held-out balanced accuracy (sklearn); it decides, so
+            # the head-only score was left out
             want = balanced_accuracy_score(frame["label_index"], frame["prediction_index"])
             assert rows.loc["heldout_balanced_accuracy", "mean"] == pytest.approx(want)
             assert rows.loc["chance_balanced_accuracy", "mean"] == 0.5
-            assert 0 <= rows.loc["learned_head_rho", "mean"] <= 1
+            assert rows.loc["learned_head_skipped", "mean"] == 1
+            assert "learned_head_rho" not in rows.index
     proto = quality[quality.method == "prototypes"].set_index("metric")
     assert proto.loc["n_distinct_prototypes", "n"] == 3  # one value per fold model
+
+
+def _quality_in_process(explained, tmp_path, monkeypatch, **changes):
+    """The quality stage on a copy of the explained study (one trial, saliency), its jobs scored
+    in this process instead of on Ray actors; returns its rows and the head-only scorings."""
+    import cytotune.engine.cluster as cluster
+    from cytotune.explainers.job import scores
+    from cytotune.explainers.job.plan import build_plan
+    from cytotune.explainers.job.state import ExplainState
+    from cytotune.explainers.quality import sanity
+
+    source, config, _, _ = explained
+    study = tmp_path / "study"
+    shutil.copytree(source, study)
+    config = dataclasses.replace(
+        config, study=str(study), top_k=1, methods=("saliency",), overwrite=True, **changes
+    )
+    plan = build_plan(config)
+    heads = []
+    real = sanity.head_only_rho
+    monkeypatch.setattr(sanity, "head_only_rho", lambda *a: heads.append(1) or real(*a))
+    monkeypatch.setattr(cluster, "ensure_ray", lambda *a, **k: None)
+
+    def in_process(plan, config, sample, jobs, progress=True):
+        context = scores.QualityContext(str(plan.dataset.path))
+        return [
+            context.score(t.fold_dirs, sample, m, t.trial_id, config.seed, config.precision, *f)
+            for t, m, *f in jobs
+        ]
+
+    monkeypatch.setattr(scores, "score_on_actors", in_process)
+    table = scores.run_quality(plan, config, ExplainState(plan.study_dir), progress=False)
+    rows = table[table["method"] == "saliency"].set_index("metric")["mean"]
+    return rows, len(heads)
+
+
+def test_the_head_only_score_is_left_out_where_held_out_predictions_decide(
+    explained, tmp_path, monkeypatch
+):
+    rows, heads = _quality_in_process(explained, tmp_path, monkeypatch)
+    assert heads == 0
+    assert rows["heldout_balanced_accuracy_low"] > 0
+    assert rows["learned_head_skipped"] == 1
+    assert "learned_head_rho" not in rows.index
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"split": "train"}, {"head_check": True}],
+    ids=["no-held-out-predictions", "asked-for"],
+)
+def test_the_head_only_score_is_computed_where_it_decides_or_is_asked_for(
+    explained, tmp_path, monkeypatch, changes
+):
+    rows, heads = _quality_in_process(explained, tmp_path, monkeypatch, **changes)
+    assert heads == 3  # once per fold model
+    assert 0 <= rows["learned_head_rho"] <= 1
+    assert "learned_head_skipped" not in rows.index
+    assert ("heldout_balanced_accuracy_low" in rows.index) == ("head_check" in changes)
 
 
 def test_prototype_mosaics_hold_the_closest_training_patches(explained):
