@@ -116,9 +116,11 @@ def augment(images: torch.Tensor, seeds: np.ndarray, config: AugmentConfig) -> t
     u = torch.as_tensor(uniforms(seeds, 7 + channels), dtype=torch.float32)  # (B, 7 + C)
     if images.device.type == "cuda":  # pinned + non-blocking: no stall of the CPU per batch
         u = u.pin_memory().to(images.device, non_blocking=True)
-    if config.geometric:  # what moves in from outside the crop is the crop's own background
+    if config.rotate_degrees or config.shift:  # what moves into the crop is its own background
         background = border_median(images)
         images = _affine(images - background, u, config) + background
+    elif config.geometric:  # flips and quarter turns only move pixels within the crop
+        images = _affine(images, u, config)
     if config.sharpen > 0:
         images = _sharpen(images, u, config)
     if config.intensity > 0:

@@ -35,7 +35,9 @@ SAMPLERS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("asha", "none")
 LOADERS = ("auto", "ray", "inprocess")
 # loader "auto": datasets up to this many decoded bytes are read whole by each trial. On the
-# 2-core CPU a one-trial search's first fold took 21.7 s through Ray Data vs 8.2 s in process.
+# 2-core CPU a one-trial search's first fold took 21.7 s through Ray Data vs 8.2 s in process
+# (`python bench/timeline.py -- cytotune search --config S.yaml`; S: `cytotune synth --n 300
+# --size 32`, k=2 folds by well, space demo, 1 trial, 1 epoch, loader ray vs inprocess).
 INPROCESS_MAX_BYTES = 1 << 30
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from cytotune.engine.data.augment import AugmentConfig, augment, row_seeds
+from cytotune.engine.data.augment import AugmentConfig, augment, border_median, row_seeds
 from cytotune.engine.train import TrainConfig
 from cytotune.engine.train.optim import create_optimizer, create_scheduler
 from cytotune.engine.train.recipe import TTA_VIEWS, WeightEMA, mix_batch, tta_views
@@ -45,8 +45,6 @@ def test_rotation_and_shift_fill_with_the_crops_background_not_zero():
     torch.testing.assert_close(corners[:, 1], torch.full((32, 4), 80.0))
     assert (out[:, 0].amax(dim=(-2, -1)) > 1500).all()  # the cell is still in every crop
     ring = np.concatenate([images[0, 0, 0], images[0, 0, -1], images[0, 0, 1:-1, 0], images[0, 0, 1:-1, -1]])
-    from cytotune.engine.data.augment import border_median
-
     assert border_median(images)[0, 0, 0, 0].item() == float(np.median(ring))
 
 
