@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,15 @@ AUTOCAST_DTYPES = {
     "bf16": lambda device: torch.bfloat16,
     "fp32": lambda device: None,
 }
+
+
+def run_to_end(steps: Generator):
+    """Exhaust a generator; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def fold_seed(seed: int, fold: int) -> int:
@@ -236,8 +245,11 @@ class FoldTrainer:
             )
         return self._graph_step
 
-    def _run_epoch(self, batches: Iterator[Batch], optimizer, scheduler=None) -> dict:
-        """One pass of optimiser steps; returns mean loss, images and last step's LR."""
+    def _pass_steps(
+        self, batches: Iterator[Batch], optimizer, scheduler=None
+    ) -> Generator[None, None, dict]:
+        """One pass of optimiser steps, yielding after each; returns mean loss, images and the
+        last step's LR."""
         self.model.train()
         clip = self.config.grad_clip
         total = torch.zeros((), device=self.device)
@@ -263,7 +275,12 @@ class FoldTrainer:
                     self.ema.update(self.model)
             total += loss.detach().float() * len(batch)
             images += len(batch)
+            yield
         return {"loss": total.item() / max(images, 1), "images": images, "lr": float(lr)}
+
+    def _run_epoch(self, batches: Iterator[Batch], optimizer, scheduler=None) -> dict:
+        """One pass of optimiser steps; returns mean loss, images and last step's LR."""
+        return run_to_end(self._pass_steps(batches, optimizer, scheduler))
 
     def train_epoch(self, epoch: int | None = None) -> dict[str, Any]:
         """Train one epoch (``epoch`` defaults to the next one), plus push / last-layer epochs.
@@ -274,27 +291,40 @@ class FoldTrainer:
             main pass); with a ProtoPNet schedule also ``stage``, ``pushed`` and, after a push,
             ``last_layer_loss``.
         """
+        steps = self.epoch_steps(epoch)
+        with self._rng_scope():
+            return run_to_end(steps)
+
+    def epoch_steps(self, epoch: int | None = None) -> Generator[None, None, dict[str, Any]]:
+        """``train_epoch`` as a generator that yields after every optimiser step of the main
+        pass and returns the epoch's record, so that several trainers can take turns
+        (``parallel.train_concurrently``). The caller runs every resumption inside
+        ``rng_scope()`` (and on the trainer's CUDA stream): the steps draw from this trainer's
+        RNG stream only."""
         epoch = self.epoch if epoch is None else epoch
         schedule = self.schedule
         start = time.perf_counter()
-        with self._rng_scope():
-            if schedule is not None:
-                self.model.set_stage(schedule.stage(epoch))
-            stats = self._run_epoch(
-                self.train_loader.epoch(epoch, train=True), self.optimizer, self.scheduler
-            )
-            main_seconds = time.perf_counter() - start
-            record = {"epoch": epoch + 1, **stats}
-            if schedule is not None:
-                record["stage"] = self.model.stage
-                record["pushed"] = schedule.push_after(epoch, self.config.epochs)
-                if record["pushed"]:
-                    record.update(self._push_and_tune(epoch, schedule.last_layer_epochs))
+        if schedule is not None:
+            self.model.set_stage(schedule.stage(epoch))
+        stats = yield from self._pass_steps(
+            self.train_loader.epoch(epoch, train=True), self.optimizer, self.scheduler
+        )
+        main_seconds = time.perf_counter() - start
+        record = {"epoch": epoch + 1, **stats}
+        if schedule is not None:
+            record["stage"] = self.model.stage
+            record["pushed"] = schedule.push_after(epoch, self.config.epochs)
+            if record["pushed"]:
+                record.update(self._push_and_tune(epoch, schedule.last_layer_epochs))
         record["seconds"] = time.perf_counter() - start
         record["images_per_s"] = stats["images"] / max(main_seconds, 1e-9)
         self.epoch = epoch + 1
         self.history.append(record)
         return record
+
+    def rng_scope(self):
+        """Run with this trainer's RNG state (see ``epoch_steps``)."""
+        return self._rng_scope()
 
     def _push_and_tune(self, epoch: int, last_layer_epochs: int) -> dict:
         """Project prototypes onto training patches (un-augmented, with masks and cell ids),
