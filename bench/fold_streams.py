@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from recipe_ablation import parse_variant
 
 
@@ -61,7 +60,6 @@ def score(trainers) -> list[float]:
 
 def run(dataset: str, folds: str, text: str, mode: str, epochs: int, device: str) -> dict:
     import torch
-
     from cytotune.engine.train.parallel import train_concurrently
 
     train, family, variant_epochs = parse_variant(text)
@@ -111,7 +109,9 @@ def main() -> None:
     rows = []
     for text in args.variant or ["default"]:
         for mode in args.mode or ["sequential", "streams"]:
-            row = run(str(Path(args.dataset).resolve()), args.folds, text, mode, args.epochs, "cuda")
+            row = run(
+                str(Path(args.dataset).resolve()), args.folds, text, mode, args.epochs, "cuda"
+            )
             row.update(device=torch.cuda.get_device_name(), cudnn_benchmark=args.cudnn_benchmark)
             rows.append(row)
             print(

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cytotune.engine.data import CellDataset
@@ -33,6 +34,9 @@ from cytotune.engine.metrics import (
 )
 
 from .study import StudyConfig
+
+if TYPE_CHECKING:
+    from cytotune.engine.train import FoldTrainer
 
 # Objectives that weigh classes equally: with them ``class_weighting: auto`` means "balanced".
 # Validation points per fold's learning curve under race: folds (each costs an evaluation).
@@ -94,6 +98,7 @@ class CrossValidation:
         )
         self._lockstep_without_graphs()
         self.fold_details: list[dict] = []  # final metrics of the folds done (fold order)
+        self._trained: dict[int, dict] = {}  # folds trained together, not reported yet
         self._scratch = tempfile.TemporaryDirectory(prefix="cytotune-folds-")
         self._written: dict[int, Path] = {}  # finished folds already serialised in _scratch
         self.timing: dict[str, float] = {}  # wall seconds per phase: build, train, evaluate, ...
@@ -183,32 +188,95 @@ class CrossValidation:
         )
         return report, details
 
-    def run_fold(self) -> tuple[dict, list[dict]]:
-        """Train the next fold to the end (scored with test-time averaging); returns the report
-        (means over the folds done so far, ``folds_done``, the fold's learning curve) and the
-        final metrics of every fold done."""
-        k = self.folds_done
-        start = time.perf_counter()
-        trainer = self._trainer(k)
-        self.add_time("build", time.perf_counter() - start)
-        curve, images, train_seconds = [], 0, 0.0
+    def parallel_folds(self, first: FoldTrainer) -> int:
+        """How many folds train at once after the first (``budget.parallel_folds``)."""
+        from cytotune.engine.train.graphs import draws_random_numbers
+
+        setting = self.study.budget.parallel_folds
+        if setting != "auto":
+            return setting
+        on_gpu = first.device.type == "cuda" and self.train_config.loader == "inprocess"
+        # graphs of folds taking turns share the CUDA RNG: a model with dropout trains alone
+        shares_rng = first.graphed and draws_random_numbers(first.model)
+        return self.folds.k - 1 if on_gpu and not shares_rng else 1
+
+    def _train_folds(self, ks: list[int]) -> dict[int, dict]:
+        """Train folds ``ks`` to the end (together when several), with the learning-curve
+        points before the last epoch; per fold its trainer, curve and training figures."""
+        tick = time.perf_counter()
+        trainers = [self._trainer(k) for k in ks]
+        self.add_time("build", time.perf_counter() - tick)
         epochs = self.train_config.epochs
         every = max(1, round(epochs / CURVE_POINTS))
-        for epoch in range(epochs):
-            stats = trainer.train_epoch(epoch)
-            images += stats.get("images", 0)
-            train_seconds += stats.get("seconds", 0.0)
-            last = epoch + 1 == epochs
-            if not last and (epoch + 1) % every:
-                continue
-            # learning-curve points; test-time averaging for the final score
+        curves: dict[int, list] = {k: [] for k in ks}
+
+        def curve_point(trainer, stats: dict) -> None:
+            epoch = stats["epoch"]
+            if epoch == epochs or epoch % every:
+                return  # the last epoch's point is the final, test-time averaged score
             tick = time.perf_counter()
-            evaluation = trainer.evaluate(tta=last)
-            final = self._fold_metrics(evaluation, detail=last)
+            evaluation = trainer.evaluate(tta=False)
+            point = {"epoch": epoch, "train_loss": float(stats["loss"])}
+            point.update(
+                scalar_metrics(self._fold_metrics(evaluation, detail=False)),
+                val_loss=float(evaluation.loss),
+            )
+            curves[trainer.fold].append(point)
             self.add_time("evaluate", time.perf_counter() - tick)
-            point = {"epoch": epoch + 1, "train_loss": float(stats["loss"])}
-            point.update(scalar_metrics(final), val_loss=float(evaluation.loss))
-            curve.append(point)
+
+        tick = time.perf_counter()
+        if len(trainers) == 1:
+            trainer = trainers[0]
+            for epoch in range(trainer.epoch, epochs):
+                curve_point(trainer, trainer.train_epoch(epoch))
+        else:
+            from cytotune.engine.train.parallel import train_concurrently
+
+            train_concurrently(trainers, on_epoch=curve_point)
+        share = (time.perf_counter() - tick) / len(trainers)  # folds together share the wall
+        return {
+            t.fold: {
+                "trainer": t,
+                "curve": curves[t.fold],
+                "images": sum(r.get("images", 0) for r in t.history),
+                "train_seconds": (
+                    share if len(trainers) > 1 else sum(r.get("seconds", 0.0) for r in t.history)
+                ),
+                "wall": share,
+            }
+            for t in trainers
+        }
+
+    def run_fold(self) -> tuple[dict, list[dict]]:
+        """Score the next fold, trained to the end (with test-time averaging); returns the
+        report (means over the folds done so far, ``folds_done``, the fold's learning curve)
+        and the final metrics of every fold done.
+
+        The first fold trains alone; the ones after it train ``parallel_folds`` at a time,
+        and each of those is then reported in turn, so ASHA still sees every rung."""
+        k = self.folds_done
+        start = time.perf_counter()
+        if k not in self._trained:
+            if k == 0 or not self.trainers:
+                self._trained.update(self._train_folds([k]))
+            else:
+                n = self.parallel_folds(self.trainers[0])
+                self._trained.update(self._train_folds(list(range(k, min(k + n, self.folds.k)))))
+        fold = self._trained.pop(k)
+        trainer = fold["trainer"]
+        tick = time.perf_counter()
+        evaluation = trainer.evaluate(tta=True)
+        final = self._fold_metrics(evaluation, detail=True)
+        self.add_time("evaluate", time.perf_counter() - tick)
+        stats = trainer.history[-1]
+        curve = fold["curve"] + [
+            {
+                "epoch": trainer.epoch,
+                "train_loss": float(stats["loss"]),
+                **scalar_metrics(final),
+                "val_loss": float(evaluation.loss),
+            }
+        ]
         final.update(val_loss=float(evaluation.loss), train_loss=float(stats["loss"]))
         trainer.release_data()
         self.trainers.append(trainer)
@@ -221,6 +289,7 @@ class CrossValidation:
             }
         )
         self.epoch = self.train_config.epochs
+        seconds = fold["wall"] + time.perf_counter() - start
         report = self._summary(self.fold_details)
         report.update(
             epoch=self.epoch,
@@ -228,11 +297,11 @@ class CrossValidation:
             fold=k,
             fold_curve=curve,
             train_loss=float(stats["loss"]),
-            epoch_seconds=(time.perf_counter() - start) / self.train_config.epochs,
-            fold_seconds=time.perf_counter() - start,
-            images_per_s=images / max(train_seconds, 1e-9),
+            epoch_seconds=seconds / self.train_config.epochs,
+            fold_seconds=seconds,
+            images_per_s=fold["images"] / max(fold["train_seconds"], 1e-9),
         )
-        self.add_time("train", train_seconds)
+        self.add_time("train", fold["train_seconds"])
         report.update({f"time/{phase}_s": v for phase, v in self.timing.items()})
         return report, list(self.fold_details)
 

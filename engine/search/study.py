@@ -27,7 +27,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -92,6 +92,10 @@ class Budget:
     ASHA stops it after 1, 2, 4, ... folds when it ranks in the worse half of the trials scored on
     those same folds; ``race: epochs`` trains all folds in lockstep and ASHA compares trials
     after ``grace_epochs``, 3x that, ... epochs (default grace: 2, at most ``max_epochs``).
+    ``parallel_folds`` (race: folds): after the first fold, which trains alone (ASHA's first
+    rung), this many folds train at once, their steps taking turns on separate CUDA streams
+    (``engine/train/parallel.py``; same results, the GPU better used at small crops). "auto":
+    all the remaining folds on a GPU with the in-process loader, one at a time otherwise.
     ``time_budget_s`` is wall-clock seconds for the whole search, Ray start-up included.
     """
 
@@ -101,8 +105,13 @@ class Budget:
     time_budget_s: float | None = None
     max_concurrent: int | None = None
     race: str = "folds"
+    parallel_folds: int | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.parallel_folds != "auto" and not (
+            isinstance(self.parallel_folds, int) and self.parallel_folds >= 1
+        ):
+            _fail("budget.parallel_folds", f'must be "auto" or >= 1, got {self.parallel_folds!r}')
         if self.trials < 1:
             _fail("budget.trials", f"must be >= 1, got {self.trials}")
         if self.max_epochs < 1:
@@ -334,6 +343,7 @@ def _build(kind: type, value: Any, where: str):
             and "float" not in str(expected)
             and item is not None
             and not isinstance(item, int)
+            and not (isinstance(item, str) and "Literal" in str(expected))  # e.g. "auto"
         ):
             _fail(f"{where}.{key}", f"must be an integer, got {item!r}")
         if "float" in str(expected) and item is not None and not isinstance(item, (int, float)):

@@ -37,7 +37,7 @@ AUGMENT_PRESETS = {
 # ``batch_size: auto`` picks the largest of these that the crop size allows and that still gives
 # at least MIN_STEPS_PER_EPOCH full batches of the training split.
 AUTO_BATCHES = ((64, 256), (128, 128), (10**9, 64))  # (max crop side, batch)
-MIN_STEPS_PER_EPOCH = 8
+MIN_STEPS_PER_EPOCH = 16  # fewer, larger steps lost 0.6-1.2 points on MitoCheck (BENCHMARKS.md)
 REFERENCE_BATCH = 256  # ``lr`` is the peak LR at this batch size; others scale by ``lr_scaling``
 
 
@@ -55,7 +55,7 @@ class TrainConfig:
             scales get none); a model's own ``l2`` (small_cnn) is added to it.
         momentum: SGD momentum (Nesterov when > 0); the Adam family ignores it.
         batch_size: crops per training and evaluation batch, or "auto": 256 for crops up to
-            64 px, 128 up to 128 px, else 64, halved while an epoch would have fewer than 8
+            64 px, 128 up to 128 px, else 64, halved while an epoch would have fewer than 16
             full batches.
         lr_scaling: "sqrt" (``lr * sqrt(batch / 256)``, the usual rule for Adam), "linear" or
             "none".

@@ -10,7 +10,7 @@ stream (each turn runs inside ``FoldTrainer.rng_scope``) and its own data order.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -30,11 +30,16 @@ def _streams(trainers: Sequence[FoldTrainer]) -> list:
     return streams
 
 
-def train_concurrently(trainers: Sequence[FoldTrainer], epochs: int | None = None) -> None:
+def train_concurrently(
+    trainers: Sequence[FoldTrainer],
+    epochs: int | None = None,
+    on_epoch: Callable[[FoldTrainer, dict], None] | None = None,
+) -> None:
     """Train every trainer from its next epoch up to ``epochs`` (default: its config's).
 
     Trainers that reach the end of an epoch start their next one while the others finish
-    theirs, so folds of different sizes never wait for each other.
+    theirs, so folds of different sizes never wait for each other. ``on_epoch(trainer,
+    record)`` runs after each of a trainer's epochs, on its stream (e.g. a validation point).
     """
     streams = _streams(trainers)
     ends = [epochs or trainer.config.epochs for trainer in trainers]
@@ -49,8 +54,9 @@ def train_concurrently(trainers: Sequence[FoldTrainer], epochs: int | None = Non
                 try:
                     next(running[i])
                     continue
-                except StopIteration:
-                    pass
+                except StopIteration as stop:
+                    if on_epoch is not None:
+                        on_epoch(trainer, stop.value)
             running[i] = None
             if trainer.epoch >= ends[i]:
                 del running[i]

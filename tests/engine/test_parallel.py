@@ -63,3 +63,59 @@ def test_folds_of_different_sizes_each_reach_their_epochs(data):
     assert [t.epoch for t in together] == [3, 3]
     assert [len(t.history) for t in together] == [3, 3]
     assert [r["epoch"] for r in together[0].history] == [1, 2, 3]
+
+
+def test_cross_validation_reports_folds_trained_together_like_folds_trained_alone(tmp_path):
+    """budget.parallel_folds: after the first fold, the others train together and are
+    reported one by one, each with the scores and learning curve of training them alone."""
+    from cytotune.engine.data.folds import save_folds
+    from cytotune.engine.search.crossval import CrossValidation
+    from cytotune.engine.search.study import Budget, FoldsSpec, StudyConfig
+    from cytotune.engine.synth import write_dataset
+
+    write_dataset("metastasis", tmp_path / "d", 120, size=16, seed=0, progress=False)
+    save_folds(tmp_path / "d", make_folds(tmp_path / "d", k=3, group="well", name="k3"))
+    sample = {"family": "small_cnn", "small_cnn": {"filters": 8, "dense_units": 8}, "train": {}}
+    runs = {}
+    for parallel in (1, 2):
+        study = StudyConfig(
+            name="together",
+            dataset=str(tmp_path / "d"),
+            folds=FoldsSpec(name="k3", k=3),
+            budget=Budget(max_epochs=3, parallel_folds=parallel),
+            train={"loader": "inprocess", "batch_size": 16},
+        )
+        cv = CrossValidation(study, sample)
+        reports = []
+        while not cv.finished:
+            reports.append(cv.step()[0])
+        runs[parallel] = reports
+    assert [r["folds_done"] for r in runs[2]] == [1, 2, 3]
+    for alone, together in zip(runs[1], runs[2]):
+        assert together["fold"] == alone["fold"]
+        assert together["val/f1_weighted"] == alone["val/f1_weighted"]
+        assert together["fold_curve"] == alone["fold_curve"]
+        assert together["train_loss"] == alone["train_loss"]
+
+
+def test_auto_parallel_folds_is_one_on_the_cpu(tmp_path):
+    from cytotune.engine.data.folds import save_folds
+    from cytotune.engine.search.crossval import CrossValidation
+    from cytotune.engine.search.study import Budget, FoldsSpec, StudyConfig
+    from cytotune.engine.synth import write_dataset
+
+    write_dataset("metastasis", tmp_path / "d", 60, size=16, seed=0, progress=False)
+    save_folds(tmp_path / "d", make_folds(tmp_path / "d", k=3, group="well", name="k3"))
+    sample = {"family": "small_cnn", "small_cnn": {"filters": 8, "dense_units": 8}, "train": {}}
+    study = StudyConfig(
+        name="auto",
+        dataset=str(tmp_path / "d"),
+        folds=FoldsSpec(name="k3", k=3),
+        budget=Budget(max_epochs=1),
+        train={"loader": "inprocess", "batch_size": 16},
+    )
+    cv = CrossValidation(study, sample)
+    cv.step()
+    assert cv.parallel_folds(cv.trainers[0]) == 1
+    pinned = StudyConfig(**{**study.__dict__, "budget": Budget(max_epochs=1, parallel_folds=3)})
+    assert CrossValidation(pinned, sample).parallel_folds(cv.trainers[0]) == 3
