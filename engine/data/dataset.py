@@ -13,10 +13,16 @@ from .schema import QUARANTINE_NAME, Manifest, decode_images, decode_masks
 
 
 class CellDataset:
-    """An ingested dataset directory: ``CellDataset(path).images()``, ``.metadata()``, ``.labels()``."""
+    """An ingested dataset directory: ``CellDataset(path).images()``, ``.metadata()``, ``.labels()``.
 
-    def __init__(self, path: str | Path) -> None:
+    ``keep_decoded``: in-process loaders of this instance decode the rows once and share them
+    (``decoded_cache``), so the K folds of a trial read and decode the Parquet shards once
+    instead of twice per fold; the decoded rows stay in memory as long as the instance.
+    """
+
+    def __init__(self, path: str | Path, keep_decoded: bool = False) -> None:
         self.path = Path(path)
+        self.decoded_cache: dict | None = {} if keep_decoded else None
         self.manifest = Manifest.load(self.path)
         missing = [s for s in self.manifest.shards if not (self.path / s).is_file()]
         if missing:

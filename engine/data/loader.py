@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -196,7 +197,9 @@ class _Loader:
         if self.device.type != "cuda":
             return arrays
         return {
-            k: v if k == "cell_id" else torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
+            k: v
+            if k == "cell_id" or isinstance(v, torch.Tensor)
+            else torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
             for k, v in arrays.items()
         }
 
@@ -223,7 +226,10 @@ class InProcessLoader(_Loader):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        arrays = self.decoder(self.dataset.table(self.columns))
+        if self.dataset.decoded_cache is None:
+            arrays = self.decoder(self.dataset.table(self.columns))
+        else:
+            arrays = self._split_of(self._all_rows())
         if self.cell_ids is not None and len(arrays["cell_id"]) != len(set(self.cell_ids.tolist())):
             missing = len(set(self.cell_ids.tolist())) - len(arrays["cell_id"])
             raise ValueError(f"{missing} requested cell ids are not in dataset {self.dataset.path}")
@@ -231,6 +237,27 @@ class InProcessLoader(_Loader):
 
     def epoch(self, epoch: int = 0, train: bool = False) -> Iterator[Batch]:
         return self._iterate_resident(self.arrays, epoch, train)
+
+    def _all_rows(self) -> dict:
+        """Every row decoded (and on the GPU when training there), once per dataset instance
+        (``CellDataset(keep_decoded=True)``)."""
+        cache, masks = self.dataset.decoded_cache, self.config.with_masks
+        if ("rows", masks) not in cache:
+            whole = _Decoder(self.manifest, None, masks)
+            cache["rows", masks] = whole(self.dataset.table(self.columns))
+        key = ("rows", masks, str(self.device))
+        if key not in cache:
+            cache[key] = self._resident(cache["rows", masks])
+        return cache[key]
+
+    def _split_of(self, rows: dict) -> dict:
+        """The split's rows, in storage order (as filtering the table gives them)."""
+        if self.cell_ids is None:
+            return rows
+        found = pd.Index(rows["cell_id"]).get_indexer(self.cell_ids)
+        index = np.unique(found[found >= 0])  # sorted: storage order; repeated ids once
+        on_device = torch.as_tensor(index, device=self.device)
+        return {k: v[index] if isinstance(v, np.ndarray) else v[on_device] for k, v in rows.items()}
 
 
 class RayDataLoader(_Loader):

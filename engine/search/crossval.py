@@ -76,7 +76,8 @@ class CrossValidation:
         from cytotune.search_spaces import ModelConfig
 
         self.study = study
-        self.dataset = CellDataset(study.dataset)
+        # the folds' in-process loaders decode the shards once between them
+        self.dataset = CellDataset(study.dataset, keep_decoded=study.effective_loader == "inprocess")
         self.manifest = self.dataset.manifest
         self.folds = load_folds(self.dataset.path, study.folds.resolved_name)
         kind, outputs, self.names = task_of(self.manifest)

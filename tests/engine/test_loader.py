@@ -191,3 +191,31 @@ def test_ray_loader_holds_the_whole_split_after_one_epoch(dataset, ray_local):
     second = [c for b in loader.epoch(1) for c in b.cell_ids]
     assert len(second) == 24
     assert second != first
+
+
+@pytest.mark.parametrize("with_masks", [False, True])
+def test_loaders_sharing_one_decode_give_the_rows_of_their_own_decode(
+    dataset, with_masks, monkeypatch
+):
+    """CellDataset(keep_decoded=True): the folds' in-process loaders decode the shards once
+    and take their split from it, in the same order and with the same values."""
+    rng = np.random.default_rng(0)
+    split = [f"cell{i:03d}" for i in rng.permutation(N)[:25]] + ["cell003"]  # any order, a repeat
+    config = LoaderConfig(batch_size=7, shuffle=True, seed=3, with_masks=with_masks)
+    shared = CellDataset(dataset, keep_decoded=True)
+    own = create_loader("inprocess", CellDataset(dataset), split, config)
+    reads = []
+    read = CellDataset.table
+    monkeypatch.setattr(CellDataset, "table", lambda self, *a: reads.append(a) or read(self, *a))
+    reused = create_loader("inprocess", shared, split, config)
+    other = create_loader("inprocess", shared, ["cell001", "cell000"], config)
+    assert len(reads) == 1  # one read and decode for both loaders of this instance
+    for a, b in zip(own.epoch(1, train=True), reused.epoch(1, train=True)):
+        assert list(a.cell_ids) == list(b.cell_ids)
+        torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
+        assert torch.equal(a.targets, b.targets)
+        if with_masks:
+            assert torch.equal(a.masks, b.masks)
+    assert sorted(c for b in other.epoch(0) for c in b.cell_ids) == ["cell000", "cell001"]
+    with pytest.raises(ValueError, match="1 requested cell ids are not in dataset"):
+        create_loader("inprocess", shared, ["cell001", "nope"], config)
