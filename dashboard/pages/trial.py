@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
+from cytotune.engine.search.tables import decode_cell
 from dash import dash_table, dcc, html
 from plotly.colors import get_colorscale
 
@@ -203,9 +203,9 @@ def _classes(study, folds) -> list[str]:
     if label_map:
         return [name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
     if not folds.empty and "roc" in folds:
-        for text in folds["roc"].dropna():
+        for cell in folds["roc"].dropna():
             try:
-                return list(json.loads(text))
+                return list(decode_cell("folds", "roc", cell))
             except ValueError:
                 continue
     return []
@@ -372,7 +372,7 @@ def roc_figure(folds: pd.DataFrame, classes: list[str]) -> dict:
         return {"data": data, "layout": _layout()}
     for i, r in enumerate(folds.to_dict("records")):
         try:
-            curves = json.loads(r["roc"]) if isinstance(r["roc"], str) else {}
+            curves = decode_cell("folds", "roc", r["roc"]) or {}
         except ValueError:
             curves = {}
         names = list(curves)
@@ -407,10 +407,10 @@ def roc_figure(folds: pd.DataFrame, classes: list[str]) -> dict:
 
 def confusion_figure(folds: pd.DataFrame, classes: list[str]) -> dict:
     total = None
-    for text in folds.get("confusion_matrix", pd.Series(dtype=object)).dropna():
+    for cell in folds.get("confusion_matrix", pd.Series(dtype=object)).dropna():
         try:
-            matrix = np.asarray(json.loads(text) if isinstance(text, str) else text, dtype=float)
-        except (ValueError, TypeError):
+            matrix = decode_cell("folds", "confusion_matrix", cell).astype(float)
+        except ValueError:
             continue
         total = matrix if total is None else total + matrix
     if total is None:

@@ -16,8 +16,9 @@ epochs    ``trial_id, epoch, fold``   :class:`EpochRow` + one column per metric 
 The dataclass fields are the fixed columns (their annotations give the pyarrow types); the
 open columns are scores whose names the metrics decide. Writing and reading, with the format
 version kept in each file, is :mod:`cytotune.engine.formats`; this module adds the tables'
-definitions, the search parameters' columns and summary, and the upgrade of older studies'
-tables (``cytotune upgrade STUDY_DIR``, :mod:`cytotune.engine.upgrade_command`).
+definitions, the search parameters' columns and summary, the decoder of the folds table's
+JSON-valued cells (:func:`decode_cell`: confusion matrices and ROC curves), and the upgrade of
+older studies' tables (``cytotune upgrade STUDY_DIR``, :mod:`cytotune.engine.upgrade_command`).
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from cytotune.engine import formats
 from cytotune.engine.formats import FormatError, TableFormat
 
-__all__ = ["FormatError", "TrialRow", "FoldRow", "EpochRow", "TRIALS", "FOLDS", "EPOCHS"]
+__all__ = [
+    "FormatError", "TrialRow", "FoldRow", "EpochRow", "TRIALS", "FOLDS", "EPOCHS",
+    "decode_cell", "confusion_matrix_of", "roc_of",
+]  # fmt: skip
 
 VERSION = 1
 UPGRADE_HINT = "cytotune upgrade STUDY_DIR"
@@ -84,6 +89,7 @@ class FoldRow:
     epoch: int | None = None
     n_val: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # metrics; curves and matrices as JSON
+    # (decoded by decode_cell)
 
 
 @dataclass
@@ -134,6 +140,113 @@ def empty_frame(name: str) -> pd.DataFrame:
 def upgrade_file(name: str, data: bytes) -> bytes:
     """A table from before format versions rewritten in this one (``data`` when current)."""
     return formats.upgrade(format_of(name), data)
+
+
+# -- JSON-valued cells ------------------------------------------------------------------------
+# folds.parquet keeps a fold's confusion matrix and ROC curves (classification_metrics with
+# detail, see cytotune.engine.metrics) as JSON text; their well-level versions carry "well/".
+_CELL_FIX = (
+    "the study recorder writes it from a fold's metrics.json (classification_metrics); "
+    "re-record the trial or drop its rows from folds.parquet"
+)
+
+
+def _malformed(table: str, column: str, expected: str, value) -> ValueError:
+    text = repr(value)
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return ValueError(f"{table} column {column!r}: expected {expected}, got {text}; {_CELL_FIX}")
+
+
+def _json(value, table: str, column: str, expected: str):
+    """The decoded cell (``value`` itself when not text); None when missing."""
+    if isinstance(value, (str, bytes)):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise _malformed(table, column, expected, value) from None
+    return None if formats.missing(value) else value
+
+
+def confusion_matrix_of(value, column: str = "confusion_matrix") -> np.ndarray | None:
+    """A fold's confusion matrix cell (JSON text or decoded) as a (K, K) int64 array, rows true
+    and columns predicted; None when missing.
+
+    Raises:
+        ValueError: not a square matrix of non-negative whole counts (names ``column``).
+    """
+    expected = "a K x K matrix of non-negative whole counts such as [[5, 1], [0, 4]]"
+    decoded = _json(value, "folds", column, expected)
+    if decoded is None:
+        return None
+    try:
+        matrix = np.asarray(decoded, dtype=np.float64)  # (K, K)
+    except (TypeError, ValueError):
+        raise _malformed("folds", column, expected, value) from None
+    square = matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1] and matrix.size > 0
+    if not square or not np.all(np.isfinite(matrix)) or np.any(matrix < 0):
+        raise _malformed("folds", column, expected, value)
+    if np.any(matrix != np.round(matrix)):
+        raise _malformed("folds", column, expected, value)
+    return matrix.astype(np.int64)
+
+
+def roc_of(value, column: str = "roc") -> dict[str, dict] | None:
+    """A fold's ROC curves cell (JSON text or decoded): class name -> ``{"fpr": [...], "tpr":
+    [...], "auc": float}`` in the order written (``auc`` NaN when absent); None when missing.
+
+    Raises:
+        ValueError: not a mapping of class names to curves with equally long ``fpr`` and ``tpr``
+            lists of numbers (names ``column``).
+    """
+    expected = 'class name -> {"fpr": [...], "tpr": [...], "auc": x} with equally long lists'
+    decoded = _json(value, "folds", column, expected)
+    if decoded is None:
+        return None
+    if not isinstance(decoded, dict):
+        raise _malformed("folds", column, expected, value)
+    curves = {}
+    for name, curve in decoded.items():
+        try:
+            fpr = [float(x) for x in curve["fpr"]]
+            tpr = [float(x) for x in curve["tpr"]]
+            auc = float(curve.get("auc", float("nan")))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise _malformed("folds", column, expected, value) from None
+        if len(fpr) != len(tpr):
+            raise _malformed("folds", column, expected, value)
+        curves[str(name)] = {"fpr": fpr, "tpr": tpr, "auc": auc}
+    return curves
+
+
+_CELLS = {("folds", "confusion_matrix"): confusion_matrix_of, ("folds", "roc"): roc_of}
+_GROUP_PREFIXES = ("well/",)
+
+
+def decode_cell(table: str, column: str, value):
+    """A JSON-valued cell of a results table, decoded and checked: folds ``confusion_matrix``
+    (:func:`confusion_matrix_of`) and ``roc`` (:func:`roc_of`), also with a ``well/`` prefix.
+
+    Args:
+        table: ``"folds"`` (see :data:`FORMATS`).
+        column: the column the cell comes from.
+        value: the cell as read (JSON text) or already decoded; None/NaN for missing.
+
+    Raises:
+        ValueError: an unknown table or a column that holds no JSON; a malformed value (the
+            message names the column and the fix).
+    """
+    format_of(table)
+    base = column
+    for prefix in _GROUP_PREFIXES:
+        base = base.removeprefix(prefix)
+    decode = _CELLS.get((table, base))
+    if decode is None:
+        known = sorted(c for t, c in _CELLS if t == table)
+        raise ValueError(
+            f"{table} column {column!r} holds no JSON to decode; decodable columns: {known} "
+            f"(optionally prefixed {_GROUP_PREFIXES})"
+        )
+    return decode(value, column)
 
 
 # -- parameters --------------------------------------------------------------------------------
