@@ -37,9 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # settings per mode: dataset size, crop size, trials, epochs, GPU share per trial
 SETTINGS = {
     "gpu": {"cells": 6000, "size": 64, "trials": 16, "epochs": 6, "gpus_per_trial": 0.25,
-            "family": "backbone", "batch_size": 256, "explain_limit": None},
+            "family": "backbone", "batch_size": 256, "explain_limit": None,
+            "methods": ("gradcam", "saliency")},
+    # trials long enough that training, not each trial's start-up, fills the GPU; the explain
+    # job with Integrated Gradients (64 steps: 64 forward + backward passes per map)
+    "long": {"cells": 6000, "size": 64, "trials": 16, "epochs": 24, "gpus_per_trial": 0.25,
+             "family": "backbone", "batch_size": 256, "explain_limit": None,
+             "methods": ("gradcam", "saliency", "integrated_gradients:n_steps=64")},
     "smoke": {"cells": 96, "size": 24, "trials": 2, "epochs": 1, "gpus_per_trial": 0,
-              "family": "small_cnn", "batch_size": 32, "explain_limit": 48},
+              "family": "small_cnn", "batch_size": 32, "explain_limit": 48,
+              "methods": ("gradcam", "saliency")},
 }  # fmt: skip
 SPACE = {
     "name": "scale",
@@ -108,7 +115,7 @@ def child_explain(study: str, settings: dict) -> dict:
     from cytotune.explainers.job.runner import run_explain
 
     config = ExplainConfig(
-        study=study, top_k=2, methods=("gradcam", "saliency"), stages=("maps",),
+        study=study, top_k=2, methods=settings["methods"], stages=("maps",),
         limit=settings["explain_limit"], overwrite=True, batch_size=128, address="local",
     )  # fmt: skip
     start = time.time()
@@ -194,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=int, nargs=2, default=[1, 2], metavar=("FEW", "MANY"))
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per run")
     parser.add_argument("--smoke-test", action="store_true", help="CPU, tiny settings")
+    parser.add_argument("--mode", choices=("gpu", "long"), default="gpu", help="GPU workload")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    mode = "smoke" if args.smoke_test else "gpu"
+    mode = "smoke" if args.smoke_test else args.mode
     settings = SETTINGS[mode]
 
     if args.child:  # inside a run: print one RESULT line for the parent
@@ -225,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                   progress=False)  # fmt: skip
     save_folds(dataset, make_folds(dataset, k=3, group="well", name="k3-well"))
     device = device_name()
-    smoke = ["--smoke-test"] if args.smoke_test else []
+    smoke = ["--smoke-test"] if args.smoke_test else ["--mode", mode]
     rows, searches = [], {}
     for n in args.gpus:
         gpus = list(range(n))
