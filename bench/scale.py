@@ -44,6 +44,10 @@ SETTINGS = {
     "long": {"cells": 6000, "size": 64, "trials": 16, "epochs": 24, "gpus_per_trial": 0.25,
              "family": "backbone", "batch_size": 256, "explain_limit": None,
              "methods": ("gradcam", "saliency", "integrated_gradients:n_steps=64")},
+    # the short search (its study is what gets explained), then the explain job of "long"
+    "explain": {"cells": 6000, "size": 64, "trials": 16, "epochs": 6, "gpus_per_trial": 0.25,
+                "family": "backbone", "batch_size": 256, "explain_limit": None,
+                "methods": ("gradcam", "saliency", "integrated_gradients:n_steps=64")},
     "smoke": {"cells": 96, "size": 24, "trials": 2, "epochs": 1, "gpus_per_trial": 0,
               "family": "small_cnn", "batch_size": 32, "explain_limit": 48,
               "methods": ("gradcam", "saliency")},
@@ -201,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=int, nargs=2, default=[1, 2], metavar=("FEW", "MANY"))
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per run")
     parser.add_argument("--smoke-test", action="store_true", help="CPU, tiny settings")
-    parser.add_argument("--mode", choices=("gpu", "long"), default="gpu", help="GPU workload")
+    parser.add_argument(
+        "--mode", choices=("gpu", "long", "explain"), default="gpu", help="GPU workload"
+    )
+    parser.add_argument(
+        "--search-gpus", type=int, nargs="+", help="GPU counts to search on (default --gpus)"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke_test else args.mode
@@ -235,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     device = device_name()
     smoke = ["--smoke-test"] if args.smoke_test else ["--mode", mode]
     rows, searches = [], {}
-    for n in args.gpus:
+    for n in args.search_gpus or args.gpus:
         gpus = list(range(n))
         result, util = run_child(
             ["search", str(args.work), f"scale-{n}gpu", *smoke], gpus, args.timeout
@@ -248,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"search {n} GPU(s): {rows[-1]['throughput']:.3f} trial-epochs/s in {result['wall_s']:.0f} s, util {util}"
         )
-    target = searches[args.gpus[0]]["best"]
+    first = (args.search_gpus or args.gpus)[0]
+    target = searches[first]["best"]
     for row in rows:
         row["time_to_1gpu_best_s"] = time_to_reach(searches[row["gpus"]]["curve"], target)
-    study = searches[args.gpus[0]]["study"]
+    study = searches[first]["study"]
     for n in args.gpus:
         result, util = run_child(["explain", study, *smoke], list(range(n)), args.timeout)
         rows.append({"job": "explain", "gpus": n, "throughput": result["maps"] / result["maps_s"],
@@ -260,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
                      "failures": result["failures"] or None})  # fmt: skip
         print(f"explain {n} GPU(s): {rows[-1]['throughput']:.1f} maps/s, util {util}")
     for job in ("search", "explain"):
-        base = next(r for r in rows if r["job"] == job and r["gpus"] == args.gpus[0])
+        base = next(
+            r
+            for r in rows
+            if r["job"] == job and r["gpus"] == min(r["gpus"] for r in rows if r["job"] == job)
+        )
         for row in rows:
             if row["job"] == job:
                 row["speedup"] = round(row["throughput"] / base["throughput"], 3)

@@ -84,7 +84,9 @@ def run_actor_pool(
         batch_size=batch_size,
         batch_format="pyarrow",
         num_gpus=gpus_per_actor,
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        # at most 2 batches queued per actor, so that every actor gets work (with Ray Data's
+        # default of 4 the first actors ready could take all of a small job)
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2),
     )
     try:
         with warnings.catch_warnings():

@@ -236,7 +236,7 @@ class MapWorker:
         for row in (
             maps.filter(pc.is_valid(errors)).select(["trial_id", "method", "error"]).to_pylist()
         ):
-            summary.append({**row, "rows": 0})
+            summary.append({**row, "rows": 0, "writer": self._writer_id})
         maps = maps.filter(pc.is_null(errors)).drop(["error"])
         for (trial_id, method), group in group_parts(maps):
             directory = maps_staging_dir(
@@ -244,7 +244,13 @@ class MapWorker:
             )
             write_part(group, directory)  # named by the batch: a batch run again replaces it
             summary.append(
-                {"trial_id": trial_id, "method": method, "rows": group.num_rows, "error": None}
+                {
+                    "trial_id": trial_id,
+                    "method": method,
+                    "rows": group.num_rows,
+                    "error": None,
+                    "writer": self._writer_id,
+                }
             )
         return pa.Table.from_pylist(summary, schema=SUMMARY_SCHEMA)
 
@@ -399,6 +405,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("method", pa.string()),
         ("rows", pa.int64()),
         ("error", pa.string()),
+        ("writer", pa.string()),  # the actor that computed the rows (how the work spread)
     ]
 )
 

@@ -82,3 +82,20 @@ def test_quality_context_loads_each_fold_model_once_and_scores_like_a_fresh_one(
 
     pd.testing.assert_series_equal(table(shared[1]), table(fresh))
     assert np.isfinite(table(shared[0]).loc[("saliency", "learned_head_rho")])
+
+
+def test_the_maps_read_comes_in_blocks_of_one_actor_batch(trained_study, ray_local):
+    """On 2 GPUs the 8 actors of a 6,000-cell job got 6 blocks of 1,024 rows, so the first
+    actors ready took the whole job and one GPU sat idle (BENCHMARKS.md, scale-out): blocks
+    of one batch spread a job over every actor."""
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.maps import cell_blocks
+    from cytotune.explainers.job.plan import build_plan
+
+    config = ExplainConfig(study=str(trained_study), top_k=1, methods=("saliency",), batch_size=16)
+    plan = build_plan(config)
+    read = cell_blocks(plan, config)
+    blocks = [t.num_rows for t in read.iter_batches(batch_size=None, batch_format="pyarrow")]
+    assert sum(blocks) == len(plan.cells)
+    assert max(blocks) <= 2 * 16  # about one batch: Ray Data cuts a block once it is over
+    assert len(blocks) >= len(plan.cells) // (2 * 16)
