@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cytotune import engine
+from cytotune.engine import demo
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 DURATION = re.compile(r"about (\w+(?:-\w+)?) minutes? on 2 CPU cores")
@@ -13,6 +13,6 @@ DURATION = re.compile(r"about (\w+(?:-\w+)?) minutes? on 2 CPU cores")
 
 def test_demo_help_and_readme_agree_on_the_duration():
     readme = DURATION.findall(" ".join(README.read_text().split()))
-    help_text = DURATION.findall(" ".join(engine.demo.__doc__.split()))
+    help_text = DURATION.findall(" ".join(demo.__doc__.split()))
     assert help_text, "cytotune demo --help names no duration on 2 CPU cores"
     assert readme == help_text, f"README says {readme}, the demo's help {help_text}"
