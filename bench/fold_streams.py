@@ -19,32 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from recipe_ablation import parse_variant
-
-
-def build_trainers(dataset: str, folds: str, train: dict, family: dict, epochs: int, device):
-    from cytotune.engine.data import CellDataset
-    from cytotune.engine.data.folds import load_folds
-    from cytotune.engine.search.crossval import task_of
-    from cytotune.engine.train import FoldTrainer, TrainConfig
-    from cytotune.search_spaces import ModelConfig, load_space
-
-    data = CellDataset(dataset)
-    fold_set = load_folds(data.path, folds)
-    sample = load_space("default").default()
-    sample["backbone"] = {**sample["backbone"], **family}
-    sample["train"] = {**sample["train"], **train}
-    kind, outputs, _ = task_of(data.manifest)
-    model_config = ModelConfig.from_sample(
-        sample, in_chans=data.manifest.num_channels, task=kind, num_outputs=outputs
-    )
-    config = TrainConfig.from_sample(sample["train"], epochs=epochs, loader="inprocess")
-    if config.class_weighting == "auto":
-        config = config.replace(class_weighting="none")
-    return [
-        FoldTrainer(model_config, config, data, *fold_set.split(k), device=device, fold=k)
-        for k in range(fold_set.k)
-    ]
+from recipe_ablation import variant_cv
 
 
 def score(trainers) -> list[float]:
@@ -58,15 +33,14 @@ def score(trainers) -> list[float]:
     return scores
 
 
-def run(dataset: str, folds: str, text: str, mode: str, epochs: int, device: str) -> dict:
+def run(dataset: str, folds: str, k: int, group: str, text: str, mode: str, epochs: int) -> dict:
     import torch
     from cytotune.engine.train.parallel import train_concurrently
 
-    train, family, variant_epochs = parse_variant(text)
-    epochs = variant_epochs or epochs
     torch.cuda.synchronize()
     start = time.perf_counter()
-    trainers = build_trainers(dataset, folds, train, family, epochs, device)
+    cv = variant_cv(dataset, folds, k, group, text, epochs, "cuda")  # the search's own trainers
+    trainers = [cv._trainer(fold) for fold in range(k)]
     build_s = time.perf_counter() - start
     if mode == "sequential":
         for trainer in trainers:
@@ -97,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset")
     parser.add_argument("--folds", default="k5-group")
+    parser.add_argument("--k", type=int, default=5, help="folds in the set (default 5)")
+    parser.add_argument("--group", default="group", help="fold group column (default group)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--mode", action="append", choices=("sequential", "streams"))
     parser.add_argument("--variant", action="append", default=None)

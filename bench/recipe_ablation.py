@@ -43,7 +43,8 @@ def parse_variant(text: str) -> tuple[dict, dict, int | None]:
     return train, family, epochs
 
 
-def run_variant(dataset: str, folds: str, k: int, group: str, text: str, epochs: int, device: str):
+def variant_cv(dataset: str, folds: str, k: int, group: str, text: str, epochs: int, device: str):
+    """The search's CrossValidation of the default trial changed by variant ``text``."""
     from cytotune.engine.search.crossval import CrossValidation
     from cytotune.engine.search.study import Budget, FoldsSpec, StudyConfig
     from cytotune.search_spaces import load_space
@@ -61,8 +62,12 @@ def run_variant(dataset: str, folds: str, k: int, group: str, text: str, epochs:
         budget=Budget(trials=1, max_epochs=variant_epochs or epochs),
         loader="inprocess",
     )
+    return CrossValidation(study, sample, device=device)
+
+
+def run_variant(dataset: str, folds: str, k: int, group: str, text: str, epochs: int, device: str):
     start = time.perf_counter()
-    cv = CrossValidation(study, sample, device=device)
+    cv = variant_cv(dataset, folds, k, group, text, epochs, device)
     rates = []
     while not cv.finished:
         report, details = cv.step()

@@ -242,12 +242,10 @@ class InProcessLoader(_Loader):
         """Every row decoded (and on the GPU when training there), once per dataset instance
         (``CellDataset(keep_decoded=True)``)."""
         cache, masks = self.dataset.decoded_cache, self.config.with_masks
-        if ("rows", masks) not in cache:
-            whole = _Decoder(self.manifest, None, masks)
-            cache["rows", masks] = whole(self.dataset.table(self.columns))
-        key = ("rows", masks, str(self.device))
-        if key not in cache:
-            cache[key] = self._resident(cache["rows", masks])
+        key = (masks, str(self.device))
+        if key not in cache:  # only the resident copy is kept (on a GPU, no host copy besides)
+            rows = _Decoder(self.manifest, None, masks)(self.dataset.table(self.columns))
+            cache[key] = self._resident(rows)
         return cache[key]
 
     def _split_of(self, rows: dict) -> dict:
