@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from cytotune.engine.search.store import StudyStore
-from cytotune.engine.search.tables import TRIALS, TrialRow
+from cytotune.engine.search.tables import FOLDS, TRIALS, TrialRow, decode_cell
 
-# Columns of folds.parquet that are not metrics of the fold (or are too big for a card).
-_FOLD_SKIP = ("trial_id", "roc", "well/roc")
+# Columns of folds.parquet too big for a card: the ROC curves.
+_FOLD_SKIP = ("roc", "well/roc")
 
 
 @dataclass
@@ -170,17 +171,27 @@ def resolve_checkpoint(study_dir: Path, row: dict) -> Path:
     )
 
 
-def _plain(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    if isinstance(value, float) and value != value:
-        return None
-    return value
+def fold_metrics(trial_id: str, record: dict) -> dict[str, Any]:
+    """One fold's metrics, a folds.parquet record or an entry of the checkpoint's metrics.json,
+    as JSON-ready values: the typed :class:`~cytotune.engine.search.tables.FoldRow` with its
+    scores as numbers (None when missing) and its confusion matrices as lists of lists, decoded
+    and checked by :func:`~cytotune.engine.search.tables.decode_cell`; the ROC curves are left
+    out (too big for a card).
+
+    Raises:
+        ValueError: a malformed confusion matrix, or a text cell in a column that holds no JSON
+            (the message names the column and the fix).
+    """
+    row = FOLDS.to_row({**record, "trial_id": trial_id})
+    out: dict[str, Any] = {"fold": row.fold}
+    out |= {k: v for k, v in (("epoch", row.epoch), ("n_val", row.n_val)) if v is not None}
+    for column, value in row.extra.items():
+        if column in _FOLD_SKIP:
+            continue
+        if isinstance(value, (str, bytes, list, tuple, dict, np.ndarray)):
+            value = decode_cell("folds", column, value)
+        out[column] = value.tolist() if hasattr(value, "tolist") else value
+    return out
 
 
 def cv_metrics(source: TrialSource) -> dict[str, Any]:
@@ -188,20 +199,16 @@ def cv_metrics(source: TrialSource) -> dict[str, Any]:
     fold mean and std of every metric (trials.parquet)."""
     store = StudyStore(str(source.study_dir))
     folds = store.table("folds")
-    rows: list[dict] = []
+    records: list[dict] = []
     if not folds.empty:
         mine = folds[folds["trial_id"].astype(str) == source.trial_id].sort_values("fold")
-        for record in mine.to_dict("records"):
-            rows.append({k: _plain(v) for k, v in record.items() if k not in _FOLD_SKIP})
-    if not rows and (source.checkpoint / "metrics.json").is_file():
-        details = json.loads((source.checkpoint / "metrics.json").read_text())
-        rows = [{k: _plain(v) for k, v in d.items() if k not in _FOLD_SKIP} for d in details]
+        records = mine.to_dict("records")
+    if not records and (source.checkpoint / "metrics.json").is_file():
+        records = json.loads((source.checkpoint / "metrics.json").read_text())
+    rows = [fold_metrics(source.trial_id, record) for record in records]
     row = source.row
-    mean = {
-        key[4:]: _plain(value)
-        for key, value in row.extra.items()
-        if key.startswith("val/") and _plain(value) is not None
-    }
+    names = [key[4:] for key in row.extra if key.startswith("val/")]
+    mean = {name: row.metric(name) for name in names if row.metric(name) is not None}
     metric, mode = source.objective
     return {
         "objective": {"metric": metric, "mode": mode},
