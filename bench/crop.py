@@ -4,11 +4,15 @@ Folds are over fields (KFold, shuffled, seed 0). The classical finder needs no t
 two watershed settings are chosen per fold on the training fields from a small grid (best mean
 Bowl score), then scored on the held-out fold. The learned finder (Mask R-CNN from random
 initialisation) is trained on the four training folds and scored on the fifth; run it on a GPU
-machine. Fields/s counts the finder alone (fields already in memory), one process.
+machine. The seed finder (AttentionNet's two-scale anchor detector, :mod:`engine.crop.seed`) is
+trained the same way; its score threshold is chosen per fold on the training fields (best F1).
+Fields/s counts the finder alone (fields already in memory), one process.
 
   python bench/crop.py --finder classical --out bench/results/crop.json
   python bench/crop.py --finder learned --device cuda --epochs 40 --out bench/results/crop.json
   python bench/crop.py --finder learned --device cpu --limit 12 --folds 2 --epochs 1   # smoke
+  python bench/crop.py --finder seed --device cuda --epochs 40 --batch-size 16 --out bench/results/crop.json
+  python bench/crop.py --finder seed --device cpu --limit 8 --folds 2 --epochs 1 --quiet   # smoke
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ def bench_learned(ids, items, splits, args) -> dict:
     from cytotune.engine.crop.train import TrainOptions, train_model
 
     options = TrainOptions(
-        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size or 4, lr=args.lr or 1e-3,
         backbone=args.backbone, width=args.width, min_size=args.min_size, max_size=max(1024, 2 * args.min_size),
         device=args.device, seed=args.seed,
     )  # fmt: skip
@@ -128,7 +132,7 @@ def bench_learned(ids, items, splits, args) -> dict:
         )
         train_s.append(time.perf_counter() - t0)
         finder = LearnedFinder(
-            model=model, config={}, device=args.device, batch_size=args.batch_size
+            model=model, config={}, device=args.device, batch_size=options.batch_size
         )
         finder.find_many([items[val[0]][0]])  # warm-up
         preds, sec = timed(finder, [items[i][0] for i in val])
@@ -150,13 +154,63 @@ def bench_learned(ids, items, splits, args) -> dict:
     }
 
 
+def bench_seed(ids, items, splits, args) -> dict:
+    from cytotune.engine.crop.seed import SeedFinder
+    from cytotune.engine.crop.seed_train import SeedTrainOptions, choose_threshold, train_seed_model
+
+    given = {"batch_size": args.batch_size, "lr": args.lr}
+    options = SeedTrainOptions(
+        **{k: v for k, v in given.items() if v is not None}, epochs=args.epochs,
+        max_steps=args.max_steps, crop_size=args.crop_size, widths=tuple(args.widths),
+        anchors_per_level=args.anchors_per_level, iou_threshold=args.iou_threshold,
+        centre_fraction=args.centre_fraction, device=args.device, seed=args.seed,
+    )  # fmt: skip
+    held_out, rates, train_s, chosen = [None] * len(items), [], [], []
+    for f, val in enumerate(splits):
+        train = np.setdiff1d(np.arange(len(items)), val)
+        t0 = time.perf_counter()
+        model, history = train_seed_model(
+            [items[i] for i in train], options, progress=not args.quiet
+        )
+        train_s.append(time.perf_counter() - t0)
+        finder = SeedFinder(
+            model=model, device=args.device, batch_size=args.infer_batch,
+            score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
+            centre_fraction=args.centre_fraction,
+        )  # fmt: skip
+        if args.score_threshold is None:  # chosen on the training fields only
+            choose_threshold(finder, [items[i] for i in train])
+        chosen.append(finder.score_threshold)
+        finder.find_many([items[i][0] for i in val[: args.infer_batch]])  # warm-up
+        preds, sec = timed(finder, [items[i][0] for i in val])
+        rates.append(len(val) / sec)
+        for i, p in zip(val, preds):
+            held_out[i] = score_field(items[i][1], p)
+        print(
+            f"fold {f}: {summarise([held_out[i] for i in val])}  train {train_s[-1]:.0f} s, "
+            f"final loss {history[-1]['loss']:.3f}, threshold {chosen[-1]}, "
+            f"{rates[-1]:.2f} fields/s",
+            flush=True,
+        )
+    return {
+        "folds": fold_table(held_out, splits, [{"score_threshold": t} for t in chosen]),
+        "pooled": summarise(held_out),
+        "fields_per_s": float(np.mean(rates)),
+        "fields_per_s_device": args.device,
+        "train_seconds_per_fold": float(np.mean(train_s)),
+        "train": {k: v for k, v in vars(options).items()},
+        "anchors": model.anchors.view(-1, 2).cpu().numpy().round(1).tolist(),
+    }
+
+
+BENCHES = {"classical": bench_classical, "learned": bench_learned, "seed": bench_seed}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--finder", default="classical", choices=["classical", "learned"], help="which finder"
-    )
+    p.add_argument("--finder", default="classical", choices=sorted(BENCHES), help="which finder")
     p.add_argument(
         "--data",
         type=Path,
@@ -165,14 +219,27 @@ def main(argv=None) -> int:
     )
     p.add_argument("--folds", type=int, default=5, help="folds over fields (5)")
     p.add_argument("--limit", type=int, help="first N fields only (smoke runs)")
-    p.add_argument("--epochs", type=int, default=40, help="learned: epochs per fold (40)")
-    p.add_argument("--max-steps", type=int, help="learned: cap on steps per fold")
-    p.add_argument("--batch-size", type=int, default=4, help="learned: fields per step (4)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learned: AdamW learning rate")
+    p.add_argument("--epochs", type=int, default=40, help="learned/seed: epochs per fold (40)")
+    p.add_argument("--max-steps", type=int, help="learned/seed: cap on steps per fold")
+    p.add_argument("--batch-size", type=int, help="fields per step (learned 4, seed 16)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (learned 1e-3, seed 2e-3)")
     p.add_argument("--backbone", default="resnet18", help="learned: resnet18/34/50")
     p.add_argument("--width", type=int, default=256, help="learned: FPN/head channels (256)")
     p.add_argument("--min-size", type=int, default=512, help="learned: resize short side to this")
-    p.add_argument("--device", default="cpu", help="learned: cpu or cuda")
+    p.add_argument("--crop-size", type=int, default=384, help="seed: training crop side (384)")
+    p.add_argument(
+        "--widths", type=int, nargs=4, default=[32, 64, 128, 256], help="seed: stage channels"
+    )
+    p.add_argument("--anchors-per-level", type=int, default=3, help="seed: anchors per stride (3)")
+    p.add_argument("--iou-threshold", type=float, default=0.5, help="seed: merge IoU (0.5)")
+    p.add_argument(
+        "--centre-fraction", type=float, default=0.5, help="seed: merge centre distance (0.5)"
+    )
+    p.add_argument(
+        "--score-threshold", type=float, help="seed: fixed (default: chosen on training fields)"
+    )
+    p.add_argument("--infer-batch", type=int, default=8, help="seed: fields per forward (8)")
+    p.add_argument("--device", default="cpu", help="learned/seed: cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", type=Path, help="JSON file to merge this finder's results into")
@@ -182,11 +249,11 @@ def main(argv=None) -> int:
         return 2
     ids, items = load(args.data, args.limit)
     splits = folds(len(items), args.folds, args.seed)
-    run = bench_classical if args.finder == "classical" else bench_learned
+    run = BENCHES[args.finder]
     start = time.perf_counter()
     result = run(ids, items, splits, args)
     result.update(
-        machine=machine(args.device if args.finder == "learned" else "cpu"),
+        machine=machine("cpu" if args.finder == "classical" else args.device),
         command="python bench/crop.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         fields=len(items), seconds=round(time.perf_counter() - start, 1),
     )  # fmt: skip

@@ -9,13 +9,16 @@ cells.parquet, fields.csv and montage/<field>.png.
 
 `cytotune crop train FIELDS --truth LABELS --out CHECKPOINT` trains the learned finder (Mask
 R-CNN from random initialisation) on fields with instance label images; fields are split into
-train/validation by group.
+train/validation by group; `--model seed` trains the seed's two-scale anchor detector instead
+(K-means++ anchors, GIoU, IoU-and-distance merge, Otsu masks inside the boxes).
 
 Examples:
   cytotune crop ../shared/datasets/dsb2018/images --out data/nuclei --size 48
   cytotune crop plates/index.csv --out data/cells --channels dna,actin --channel dna --clean
   cytotune crop train ../shared/datasets/dsb2018/images --truth ../shared/datasets/dsb2018/labels --out finders/nuclei
   cytotune crop plates/index.csv --out data/cells --finder learned --checkpoint finders/nuclei
+  cytotune crop train FIELDS --truth LABELS --out finders/seed --model seed
+  cytotune crop plates/index.csv --out data/cells --finder seed --checkpoint finders/seed
   cytotune crop plates/index.csv --out data/cells --workers 8
 """
 
@@ -55,9 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-area", type=int, help="quarantine cells above this many px")
     parser.add_argument(
-        "--finder", default="classical", help="classical (default, no training) or learned"
+        "--finder", default="classical", help="classical (default, no training), learned or seed"
     )
-    parser.add_argument("--checkpoint", help="learned finder: checkpoint directory from train")
+    parser.add_argument("--checkpoint", help="learned/seed finder: checkpoint dir from train")
     parser.add_argument(
         "--finder-arg",
         action="append",
@@ -84,12 +87,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     train = parser.add_argument_group("crop train (learned finder)")
     train.add_argument(
+        "--model",
+        default="learned",
+        choices=["learned", "seed"],
+        help="learned: Mask R-CNN (default); seed: the seed's two-scale anchor detector",
+    )
+    train.add_argument(
         "--truth", help="folder of instance label images named like the fields (or index column)"
     )
-    train.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    train.add_argument("--epochs", type=int, help="training epochs (default 30; seed 40)")
     train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
-    train.add_argument("--batch-size", type=int, default=4, help="fields per step (default 4)")
-    train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (1e-3)")
+    train.add_argument("--batch-size", type=int, help="fields per step (default 4; seed 16)")
+    train.add_argument("--lr", type=float, help="AdamW learning rate (1e-3; seed 2e-3)")
     train.add_argument(
         "--min-size", type=int, default=512, help="fields are resized to this short side (512)"
     )
@@ -102,6 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument(
         "--group", default="auto", help="split column: auto (well, plate or field) or a name"
+    )
+    train.add_argument(
+        "--crop-size", type=int, default=384, help="seed: square crop per field and step (384)"
     )
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -130,9 +142,13 @@ def run(args: argparse.Namespace) -> int:
     from .pipeline import CropOptions, crop_fields
 
     finder_args = _finder_args(args.finder_arg)
-    if args.finder == "learned":
+    if args.finder == "seed":
+        from . import seed  # noqa: F401  (registers the "seed" finder)
+    if args.finder in ("learned", "seed"):
         if not args.checkpoint:
-            raise ValueError("--finder learned needs --checkpoint DIR (from `cytotune crop train`)")
+            raise ValueError(
+                f"--finder {args.finder} needs --checkpoint DIR (from `cytotune crop train`)"
+            )
         finder_args.setdefault("checkpoint", args.checkpoint)
         if args.device != "auto":
             finder_args.setdefault("device", args.device)
@@ -170,15 +186,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .train import TrainOptions, train_finder
-
     if len(args.fields) != 2:
         raise ValueError(f"`cytotune crop train` takes one FIELDS source, got {args.fields[1:]}")
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    given = {k: v for k, v in given.items() if v is not None}  # None: the model's default
+    if args.model == "seed":
+        from .seed_train import SeedTrainOptions, train_seed_finder
+
+        options = SeedTrainOptions(
+            **given,
+            max_steps=args.max_steps,
+            crop_size=args.crop_size,
+            val_fraction=args.val_fraction,
+            group=args.group,
+            channel=args.channel,
+            channel_names=_csv(args.channels),
+            device=args.device,
+            seed=args.seed,
+        )
+        return _report(args, train_seed_finder, options)
+    from .train import TrainOptions, train_finder
+
     options = TrainOptions(
-        epochs=args.epochs,
+        **given,
         max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
         backbone=args.backbone,
         width=args.width,
         min_size=args.min_size,
@@ -190,9 +221,11 @@ def _run_train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
     )
-    result = train_finder(
-        args.fields[1], args.out, options, truth=args.truth, progress=not args.quiet
-    )
+    return _report(args, train_finder, options)
+
+
+def _report(args: argparse.Namespace, train, options) -> int:
+    result = train(args.fields[1], args.out, options, truth=args.truth, progress=not args.quiet)
     print(f"checkpoint {args.out}")
     print(f"fields     {result['train_fields']} train, {result['val_fields']} validation")
     val = result.get("val") or {}

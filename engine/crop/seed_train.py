@@ -1,0 +1,274 @@
+"""``cytotune crop train --model seed``: fit the seed's two-scale detector on labelled fields.
+
+Same protocol as the Mask R-CNN trainer (:mod:`.train`, whose split, augmentation and scoring are
+reused): fields split into train and validation by group, AdamW, linear warm-up then cosine
+decay, flips and 90-degree turns, bf16 autocast on CUDA. Each step takes one random square crop
+per field (padded where the field is smaller). The anchors are K-means++ centres of the training
+boxes. After training the score threshold is chosen on the validation fields (best F1 at IoU
+0.5; the training fields where there is no validation) and the validation scores are written
+into the checkpoint's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .fields import list_fields, read_field, read_truth, resolve_channel
+from .train import augment, evaluate, split_by_group
+
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+
+
+@dataclass(frozen=True)
+class SeedTrainOptions:
+    """Settings of ``cytotune crop train --model seed``."""
+
+    epochs: int = 40
+    max_steps: int | None = None
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    depths: tuple[int, ...] = (1, 2, 3, 3)
+    head: int = 128
+    anchors_per_level: int = 3
+    crop_size: int = 384
+    box_weight: float = 2.0
+    iou_threshold: float = 0.5
+    centre_fraction: float = 0.5
+    score_threshold: float | None = None  # None: chosen on the validation fields
+    val_fraction: float = 0.2
+    group: str = "auto"
+    channel: str | int | None = None
+    channel_names: tuple[str, ...] | None = None
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, lo in (
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("anchors_per_level", 1),
+            ("crop_size", 32),
+        ):
+            if int(getattr(self, name)) < lo:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(self, name)}"
+                )
+        if self.crop_size % 32:
+            raise ValueError(f"--crop-size must be a multiple of 32, got {self.crop_size}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must be within [0, 1), got {self.val_fraction}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+
+    def model_args(self, anchors: np.ndarray) -> dict:
+        """The :func:`~cytotune.engine.crop.seed.build_model` arguments a checkpoint records."""
+        return {"anchors": np.round(anchors, 3).tolist(), "widths": list(self.widths),
+                "depths": list(self.depths), "head": self.head}  # fmt: skip
+
+
+def label_boxes(labels: np.ndarray) -> np.ndarray:
+    """(N, 4) float32 boxes x0, y0, x1, y1 (end exclusive) of the objects of a label image."""
+    from scipy import ndimage as ndi
+
+    found = [sl for sl in ndi.find_objects(labels) if sl is not None]
+    return np.array(
+        [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in found], np.float32
+    ).reshape(-1, 4)
+
+
+def sample(item, size: int, rng: np.random.Generator):
+    """One random ``size`` square of a (normalised field, labels) pair, augmented and padded."""
+    image, labels = item
+    h, w = image.shape
+    y = int(rng.integers(0, h - size + 1)) if h > size else 0
+    x = int(rng.integers(0, w - size + 1)) if w > size else 0
+    image, labels = augment(
+        image[y : y + size, x : x + size], labels[y : y + size, x : x + size], rng
+    )
+    boxes = label_boxes(labels)
+    boxes = boxes[((boxes[:, 2:] - boxes[:, :2]) >= 2).all(axis=1)]  # slivers cut by the crop
+    out = np.zeros((size, size), np.float32)
+    out[: image.shape[0], : image.shape[1]] = image
+    return out, boxes
+
+
+def train_seed_model(train_items, options: SeedTrainOptions, progress: bool = True):
+    """Train the detector on (image (H, W), labels (H, W)) pairs; returns (model, history)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .finders import normalise
+    from .learned import resolve_device
+    from .seed import build_model, kmeans_anchors, seed_loss
+
+    if not train_items:
+        raise ValueError("no training fields (all went to validation, or none has truth labels)")
+    torch.manual_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    device = resolve_device(options.device)
+    items = [(normalise(image), np.asarray(labels)) for image, labels in train_items]
+    wh = np.concatenate([label_boxes(labels) for _, labels in items])
+    wh = wh[:, 2:] - wh[:, :2]
+    anchors = kmeans_anchors(wh, 2 * options.anchors_per_level, seed=options.seed)
+    model = build_model(**options.model_args(anchors)).to(device)
+    steps_per_epoch = math.ceil(len(items) / options.batch_size)
+    total = steps_per_epoch * options.epochs
+    if options.max_steps is not None:
+        total = min(total, options.max_steps)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=options.lr, weight_decay=options.weight_decay
+    )
+    warm = max(1, min(options.warmup_steps, total // 5))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    cuda = device.startswith("cuda")
+    torch.backends.cudnn.benchmark = cuda  # one crop size: tuned once
+    history, step = [], 0
+    bar = tqdm(total=total, unit="step", desc="crop train (seed)", disable=not progress)
+    model.train()
+    while step < total:
+        order = rng.permutation(len(items))
+        for start in range(0, len(order), options.batch_size):
+            if step >= total:
+                break
+            batch = [
+                sample(items[i], options.crop_size, rng)
+                for i in order[start : start + options.batch_size]
+            ]
+            x = torch.from_numpy(np.stack([b[0] for b in batch])[:, None]).to(
+                device, non_blocking=True
+            )
+            boxes = [torch.from_numpy(b[1]) for b in batch]
+            with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+                raw = model(x)  # [(B, A, 5, S/8, S/8), (B, A, 5, S/16, S/16)]
+            loss, parts = seed_loss(model, raw, boxes, options.box_weight)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimiser.step()
+            schedule.step()
+            step += 1
+            history.append({"step": step, "loss": float(loss.detach()), **parts})
+            bar.update(1)
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", refresh=False)
+    bar.close()
+    model.eval()
+    return model, history
+
+
+def choose_threshold(finder, items, grid=THRESHOLDS) -> tuple[float, dict]:
+    """Score threshold of best F1 at IoU 0.5 on (image, labels) pairs; sets it on ``finder``.
+
+    The network runs once (at the lowest threshold); each threshold re-runs the merge and masks.
+    Returns the threshold and the scores of each grid value.
+    """
+    from .metrics import score_fields
+
+    fields = [finder._normalise(image) for image, _ in items]
+    found = finder.candidates(fields, min(grid))
+    table = {}
+    for t in grid:
+        preds = [finder.labels(f, b, s, t) for f, (b, s) in zip(fields, found)]
+        table[t] = score_fields([labels for _, labels in items], preds)
+    best = max(grid, key=lambda t: (table[t]["f1"], table[t]["map"]))
+    finder.score_threshold = float(best)
+    return float(best), {str(t): {k: table[t][k] for k in ("f1", "map")} for t in grid}
+
+
+def load_labelled_fields(source, truth, options) -> tuple[list, list, str]:
+    """(records, (image channel, labels) items, group key) of the fields of ``source``."""
+    records = list_fields(source, truth=truth)
+    missing = [r.field_id for r in records if r.truth_path is None]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} field(s) have no instance label image (e.g. {missing[:3]}); pass "
+            "--truth DIR with label images named like the fields, or a truth column in the index"
+        )
+    key = options.group
+    if key == "auto":
+        key = next((g for g in ("well", "plate") if all(r.groups.get(g) for r in records)), "field")
+    if any(key not in r.groups for r in records):
+        raise ValueError(
+            f"--group {key!r} is not a column of every field (have {sorted(records[0].groups)})"
+        )
+    items = []
+    for r in records:
+        image = read_field(r.path)
+        names = options.channel_names or tuple(f"ch{i}" for i in range(image.shape[0]))
+        if len(names) != image.shape[0]:
+            raise ValueError(
+                f"{len(names)} channel names for {r.path} with {image.shape[0]} channel(s)"
+            )
+        items.append(
+            (image[resolve_channel(options.channel, tuple(names))], read_truth(r.truth_path))
+        )
+    return records, items, key
+
+
+def train_seed_finder(
+    source: str | Path,
+    out: str | Path,
+    options: SeedTrainOptions | None = None,
+    *,
+    truth: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train the seed finder on the fields of ``source`` and save a checkpoint at ``out``.
+
+    Returns:
+        A summary like :func:`~cytotune.engine.crop.train.train_finder`'s.
+    """
+    from .learned import resolve_device
+    from .seed import SeedFinder, save_checkpoint
+
+    options = options or SeedTrainOptions()
+    start = time.perf_counter()
+    records, items, key = load_labelled_fields(source, truth, options)
+    train_rows, val_rows = split_by_group(
+        [r.groups[key] for r in records], options.val_fraction, options.seed
+    )
+    model, history = train_seed_model([items[i] for i in train_rows], options, progress)
+    config = {
+        "finder": "seed",
+        "model": {**options.model_args(model.anchors.view(-1, 2).cpu().numpy())},
+        "iou_threshold": options.iou_threshold,
+        "centre_fraction": options.centre_fraction,
+        "train": asdict(options),
+        "split_group": key,
+        "train_fields": [records[i].field_id for i in train_rows],
+        "val_fields": [records[i].field_id for i in val_rows],
+        "final_loss": history[-1]["loss"] if history else None,
+    }
+    finder = SeedFinder(model=model, config=config, device=options.device)
+    val = [items[i] for i in val_rows]
+    if options.score_threshold is None:
+        chosen, table = choose_threshold(finder, val or [items[i] for i in train_rows])
+        config.update(score_threshold=chosen, threshold_grid=table)
+    else:
+        config["score_threshold"] = finder.score_threshold = float(options.score_threshold)
+    config["val"] = evaluate(finder, val)
+    save_checkpoint(model, out, config)
+    return {
+        "train_fields": len(train_rows),
+        "val_fields": len(val_rows),
+        "val": config["val"],
+        "score_threshold": config["score_threshold"],
+        "steps": len(history),
+        "seconds": time.perf_counter() - start,
+        "device": resolve_device(options.device),
+    }
