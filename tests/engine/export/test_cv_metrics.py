@@ -107,7 +107,8 @@ def test_fold_metrics_of_one_record():
         "t", {"fold": 2.0, "n_val": np.int64(5), "f1": np.float32(0.5), "mse": float("nan")}
     )
     assert row == {"fold": 2, "n_val": 5, "f1": 0.5, "mse": None}
-    assert type(row["fold"]) is int and type(row["f1"]) is float
+    assert type(row["fold"]) is int
+    assert type(row["f1"]) is float
     assert fold_metrics("t", {"fold": 0, "confusion_matrix": np.eye(2)}) == {
         "fold": 0,
         "confusion_matrix": [[1, 0], [0, 1]],
