@@ -15,19 +15,8 @@ from cytotune.engine.search.recorder import StudyRecorder
 from cytotune.engine.search.store import StudyStore
 from sklearn import metrics as skm
 
-CLASSES = ["a", "b", "c"]
-Y_TRUE = (np.array([0, 0, 0, 1, 1, 1, 2, 2, 2]), np.array([0, 1, 2, 2, 1, 0]))
-Y_PRED = (np.array([0, 0, 1, 1, 1, 2, 2, 2, 0]), np.array([0, 1, 2, 1, 1, 0]))
-WELLS = (np.repeat(["w0", "w1", "w2"], 3), np.array(["v0", "v1", "v2", "v3", "v4", "v5"]))
-HAND = ([[2, 1, 0], [0, 2, 1], [1, 0, 2]], [[2, 0, 0], [0, 2, 0], [0, 1, 1]])  # rows true
-
-
-def _proba(y_pred: np.ndarray) -> np.ndarray:
-    n = len(y_pred)
-    top = 0.6 + 0.03 * np.arange(n)
-    proba = np.repeat(((1 - top) / 2)[:, None], 3, axis=1)
-    proba[np.arange(n), y_pred] = top
-    return proba
+# two folds of three classes, the labels and the well-level counts written out by hand there
+from tests.engine.test_table_cells import CLASSES, HAND, WELLS, Y_PRED, Y_TRUE, _proba
 
 
 def _details() -> list[dict]:
