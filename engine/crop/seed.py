@@ -34,6 +34,7 @@ __all__ = [
     "kmeans_anchors",
     "mask_boxes",
     "merge_boxes",
+    "otsu_mask",
     "save_checkpoint",
     "seed_loss",
     "wh_iou",
@@ -265,13 +266,6 @@ def seed_loss(model, raw, boxes, box_weight: float = 2.0):
 # --- merging and masks -----------------------------------------------------------------------
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(axis=2)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
 def merge_boxes(
     boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5, centre_fraction: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -288,11 +282,14 @@ def merge_boxes(
     boxes, scores = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64)
     order = np.argsort(-scores, kind="stable")
     boxes, scores = boxes[order], scores[order]
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    size = np.sqrt(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None).prod(axis=1))
-    dist = np.linalg.norm(centre[:, None] - centre[None], axis=2)
-    near = dist < centre_fraction * (size[:, None] + size[None]) / 2
-    joined = near | (_box_iou(boxes, boxes) > iou_threshold)
+    x0, y0, x1, y1 = boxes.astype(np.float32).T
+    area = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    inter = np.clip(np.minimum(x1[:, None], x1) - np.maximum(x0[:, None], x0), 0, None)
+    inter *= np.clip(np.minimum(y1[:, None], y1) - np.maximum(y0[:, None], y0), 0, None)
+    joined = inter > iou_threshold * np.maximum(area[:, None] + area - inter, 1e-9)  # IoU > t
+    cx, cy, size = (x0 + x1) / 2, (y0 + y1) / 2, np.sqrt(area)
+    reach = centre_fraction * (size[:, None] + size) / 2
+    joined |= (cx[:, None] - cx) ** 2 + (cy[:, None] - cy) ** 2 < reach * reach
     used = np.zeros(len(boxes), dtype=bool)
     out_boxes, out_scores = [], []
     for i in range(len(boxes)):
@@ -307,18 +304,34 @@ def merge_boxes(
     return np.array(out_boxes).reshape(-1, 4), np.array(out_scores)
 
 
-def box_mask(image: np.ndarray, box, margin: float = 0.1):
+def otsu_mask(values: np.ndarray) -> np.ndarray:
+    """Pixels above Otsu's threshold (256 bins over the values' range); all False if flat."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=bool)
+    q = ((values - lo) * (255.999 / (hi - lo))).astype(np.intp)  # bin of each pixel
+    hist = np.bincount(q.ravel(), minlength=256).astype(np.float64)
+    w0 = np.cumsum(hist)[:-1]  # pixels at or below each candidate bin
+    w1 = hist.sum() - w0
+    m0 = np.cumsum(hist * np.arange(256))[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = w0 * w1 * (m0 / w0 - (m0[-1] + 255 * hist[-1] - m0) / w1) ** 2
+    return q > int(np.nanargmax(between))
+
+
+def box_mask(image: np.ndarray, box, margin: float = 0.2):
     """The seed's mask of one box: Otsu's threshold inside the box, largest component, filled.
 
     Args:
         image: (H, W) float field.
-        box: x0, y0, x1, y1 in pixels; widened by ``margin`` x its side (at least 1 px).
+        box: x0, y0, x1, y1 in pixels. The threshold is computed on the box widened by
+            ``margin`` x its longer side (so background is always in view); the mask is kept
+            within the box plus 1 px.
 
     Returns:
         (ys, xs, mask) with the mask's slices into the field, or None where nothing stands out.
     """
     from scipy import ndimage as ndi
-    from skimage.filters import threshold_otsu
 
     h, w = image.shape
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -326,15 +339,21 @@ def box_mask(image: np.ndarray, box, margin: float = 0.1):
     ys = slice(max(int(np.floor(y0 - pad)), 0), min(int(np.ceil(y1 + pad)), h))
     xs = slice(max(int(np.floor(x0 - pad)), 0), min(int(np.ceil(x1 + pad)), w))
     crop = image[ys, xs]
-    if crop.size < 4 or crop.max() <= crop.min():
+    if crop.size < 4:
         return None
-    fg = crop > threshold_otsu(crop)
+    fg = otsu_mask(crop)
+    yy, xx = np.ogrid[ys, xs]
+    fg &= (yy >= y0 - 1) & (yy < y1 + 1) & (xx >= x0 - 1) & (xx < x1 + 1)
     parts, n = ndi.label(fg)
     if n == 0:
         return None
     if n > 1:
         fg = parts == np.argmax(np.bincount(parts.ravel())[1:]) + 1
-    return ys, xs, ndi.binary_fill_holes(fg)
+    holes, n = ndi.label(~fg)  # background pieces; those off the crop's edge are holes
+    outside = np.zeros(n + 1, dtype=bool)
+    outside[np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])] = True
+    outside[0] = False
+    return ys, xs, ~outside[holes]
 
 
 def mask_boxes(
@@ -462,11 +481,13 @@ class SeedFinder(Finder):
         import torch.nn.functional as F
 
         threshold = self.score_threshold if threshold is None else threshold
-        out = []
+        out = [None] * len(fields)
+        order = sorted(range(len(fields)), key=lambda i: fields[i].shape)  # batch alike sizes
         cuda = self.device.startswith("cuda")
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=cuda):
             for start in range(0, len(fields), self.batch_size):
-                chunk = fields[start : start + self.batch_size]
+                rows = order[start : start + self.batch_size]
+                chunk = [fields[i] for i in rows]
                 h = max(f.shape[0] for f in chunk)
                 w = max(f.shape[1] for f in chunk)
                 hp, wp = -(-h // PAD) * PAD, -(-w // PAD) * PAD
@@ -476,7 +497,7 @@ class SeedFinder(Finder):
                 parts = [decode(r, self.model.anchors[i], STRIDES[i]) for i, r in enumerate(raw)]
                 boxes = torch.cat([b.flatten(1, 3) for b, _ in parts], 1)  # (B, N, 4)
                 scores = torch.cat([s.flatten(1) for _, s in parts], 1).sigmoid()  # (B, N)
-                for f, b, s in zip(chunk, boxes, scores):
+                for row, f, b, s in zip(rows, chunk, boxes, scores):
                     keep = s >= threshold
                     b, s = b[keep], s[keep]
                     if len(s) > self.max_candidates:
@@ -484,5 +505,5 @@ class SeedFinder(Finder):
                         b = b[top]
                     size = b.new_tensor([f.shape[1], f.shape[0]] * 2)
                     b = torch.minimum(b.clamp(min=0), size)
-                    out.append((b.float().cpu().numpy(), s.float().cpu().numpy()))
+                    out[row] = (b.float().cpu().numpy(), s.float().cpu().numpy())
         return out

@@ -137,7 +137,8 @@ def train_seed_model(train_items, options: SeedTrainOptions, progress: bool = Tr
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
     cuda = device.startswith("cuda")
-    torch.backends.cudnn.benchmark = cuda  # one crop size: tuned once
+    tuned = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = cuda  # one crop size: tuned once (restored after)
     history, step = [], 0
     bar = tqdm(total=total, unit="step", desc="crop train (seed)", disable=not progress)
     model.train()
@@ -167,18 +168,24 @@ def train_seed_model(train_items, options: SeedTrainOptions, progress: bool = Tr
             bar.update(1)
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", refresh=False)
     bar.close()
+    torch.backends.cudnn.benchmark = tuned
     model.eval()
     return model, history
 
 
-def choose_threshold(finder, items, grid=THRESHOLDS) -> tuple[float, dict]:
+def choose_threshold(finder, items, grid=THRESHOLDS, limit: int = 64) -> tuple[float, dict]:
     """Score threshold of best F1 at IoU 0.5 on (image, labels) pairs; sets it on ``finder``.
 
-    The network runs once (at the lowest threshold); each threshold re-runs the merge and masks.
-    Returns the threshold and the scores of each grid value.
+    The network runs once (at the lowest threshold); each threshold re-runs the merge and masks,
+    on at most ``limit`` fields (a fixed random subset). Returns the threshold and the scores of
+    each grid value.
     """
     from .metrics import score_fields
 
+    if len(items) > limit:
+        items = [
+            items[i] for i in np.sort(np.random.default_rng(0).permutation(len(items))[:limit])
+        ]
     fields = [finder._normalise(image) for image, _ in items]
     found = finder.candidates(fields, min(grid))
     table = {}

@@ -17,6 +17,7 @@ from cytotune.engine.crop.seed import (
     kmeans_anchors,
     mask_boxes,
     merge_boxes,
+    otsu_mask,
     save_checkpoint,
     wh_iou,
 )
@@ -95,6 +96,19 @@ def test_merge_rule_on_hand_made_boxes():
     # Plain NMS-like settings (no distance rule) keep the nested box 4 apart.
     assert len(merge_boxes(boxes, scores, iou_threshold=0.5, centre_fraction=0.0)[0]) == 6
     assert merge_boxes(np.zeros((0, 4)), np.zeros(0))[0].shape == (0, 4)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_otsu_mask_matches_scikit_image(seed):
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([rng.normal(0.2, 0.05, 700), rng.normal(0.7, 0.1, 300)]).reshape(40, 25)
+    ours, theirs = otsu_mask(values), values > threshold_otsu(values)
+    # Same threshold bin; scikit-image also keeps the upper half of that bin.
+    assert (ours != theirs).mean() < 0.01
+    assert not (ours & ~theirs).any()
+    assert not otsu_mask(np.ones((4, 4))).any()
 
 
 def test_box_mask_on_a_synthetic_disc():
