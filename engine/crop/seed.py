@@ -242,12 +242,20 @@ def assign(boxes, anchors, sizes, ratio: float = 4.0):
     return out
 
 
-def seed_loss(model, raw, boxes, box_weight: float = 2.0):
-    """Focal objectness (per positive) + ``box_weight`` x mean (1 - GIoU); returns (loss, parts)."""
+def seed_loss(model, raw, targets, box_weight: float = 2.0):
+    """Focal objectness (per positive) + ``box_weight`` x mean (1 - GIoU).
+
+    Args:
+        raw: the model's outputs.
+        targets: :func:`assign`'s positives, on the model's device (assigned before the forward
+            pass, on the CPU, so that nothing here waits for the device).
+
+    Returns:
+        The loss and its two parts (detached tensors: reading them waits for the device).
+    """
     import torch
     from torchvision.ops import sigmoid_focal_loss
 
-    targets = assign(boxes, model.anchors, [r.shape[-2:] for r in raw])
     obj, box_terms, positives = 0.0, [], 0
     for level, (r, (index, true)) in enumerate(zip(raw, targets)):
         logits = r[:, :, 4].float()  # (B, A, H, W)
@@ -260,7 +268,7 @@ def seed_loss(model, raw, boxes, box_weight: float = 2.0):
         positives += len(true)
     obj = obj / max(positives, 1)
     box = torch.cat(box_terms).mean() if box_terms else logits.sum() * 0.0
-    return obj + box_weight * box, {"obj": float(obj.detach()), "box": float(box.detach())}
+    return obj + box_weight * box, {"obj": obj.detach(), "box": box.detach()}
 
 
 # --- merging and masks -----------------------------------------------------------------------

@@ -109,7 +109,7 @@ def train_seed_model(train_items, options: SeedTrainOptions, progress: bool = Tr
 
     from .finders import normalise
     from .learned import resolve_device
-    from .seed import build_model, kmeans_anchors, seed_loss
+    from .seed import STRIDES, assign, build_model, kmeans_anchors, seed_loss
 
     if not train_items:
         raise ValueError("no training fields (all went to validation, or none has truth labels)")
@@ -140,6 +140,8 @@ def train_seed_model(train_items, options: SeedTrainOptions, progress: bool = Tr
     tuned = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cuda  # one crop size: tuned once (restored after)
     history, step = [], 0
+    anchors_cpu = model.anchors.cpu()
+    sizes = [(options.crop_size // s,) * 2 for s in STRIDES]
     bar = tqdm(total=total, unit="step", desc="crop train (seed)", disable=not progress)
     model.train()
     while step < total:
@@ -154,21 +156,26 @@ def train_seed_model(train_items, options: SeedTrainOptions, progress: bool = Tr
             x = torch.from_numpy(np.stack([b[0] for b in batch])[:, None]).to(
                 device, non_blocking=True
             )
-            boxes = [torch.from_numpy(b[1]) for b in batch]
+            targets = [
+                (tuple(t.to(device, non_blocking=True) for t in index), true.to(device))
+                for index, true in assign([torch.from_numpy(b[1]) for b in batch], anchors_cpu, sizes)
+            ]  # fmt: skip
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
                 raw = model(x)  # [(B, A, 5, S/8, S/8), (B, A, 5, S/16, S/16)]
-            loss, parts = seed_loss(model, raw, boxes, options.box_weight)
+            loss, parts = seed_loss(model, raw, targets, options.box_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimiser.step()
             schedule.step()
             step += 1
-            history.append({"step": step, "loss": float(loss.detach()), **parts})
+            history.append({"step": step, "loss": loss.detach(), **parts})
             bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", refresh=False)
+            if step % 25 == 0:  # reading the loss waits for the device: not every step
+                bar.set_postfix(loss=f"{float(history[-1]['loss']):.3f}", refresh=False)
     bar.close()
     torch.backends.cudnn.benchmark = tuned
+    history = [{k: v if k == "step" else float(v) for k, v in h.items()} for h in history]
     model.eval()
     return model, history
 

@@ -200,3 +200,9 @@ def test_crop_train_model_seed_via_the_cli(tmp_path, one_thread):
         _disc_items(1, 64)[0][0]
     )
     assert labels.shape == (64, 64) and labels.dtype == np.int32
+    out = tmp_path / "cells"
+    argv = ["crop", str(images), "--out", str(out), "--finder", "seed", "--checkpoint", str(ckpt),
+            "--finder-arg", "score_threshold=0.0", "--size", "16", "--workers", "1", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    provenance = json.loads((out / "manifest.json").read_text())
+    assert "seed" in json.dumps(provenance)
