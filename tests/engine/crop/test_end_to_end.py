@@ -41,7 +41,8 @@ def walkthrough() -> tuple[list[str], str]:
 
 def _study_scores(study: Path) -> pd.Series:
     trials = pd.read_parquet(study / "trials.parquet")
-    assert len(trials) == 1 and trials["status"].iloc[0] == "completed", trials
+    assert len(trials) == 1, trials
+    assert trials["status"].iloc[0] == "completed", trials
     folds = pd.read_parquet(study / "folds.parquet")
     assert len(folds) == 3
     return folds.sort_values("fold")["balanced_accuracy"]
