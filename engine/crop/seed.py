@@ -327,7 +327,7 @@ def otsu_mask(values: np.ndarray) -> np.ndarray:
     return q > int(np.nanargmax(between))
 
 
-def box_mask(image: np.ndarray, box, margin: float = 0.2):
+def box_mask(image: np.ndarray, box, margin: float = 0.3):
     """The seed's mask of one box: Otsu's threshold inside the box, largest component, filled.
 
     Args:
@@ -365,14 +365,19 @@ def box_mask(image: np.ndarray, box, margin: float = 0.2):
 
 
 def mask_boxes(
-    image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, keep: float = 0.5, min_pixels: int = 4
+    image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    keep: float = 0.5,
+    min_pixels: int = 4,
+    margin: float = 0.3,
 ) -> np.ndarray:
     """Label image from boxes (by decreasing score): each box's :func:`box_mask`, painted where
     free; a mask keeping less than ``keep`` of its pixels (or fewer than ``min_pixels``) is dropped."""
     labels = np.zeros(image.shape, dtype=np.int32)
     n = 0
     for i in np.argsort(-np.asarray(scores), kind="stable"):
-        found = box_mask(image, boxes[i])
+        found = box_mask(image, boxes[i], margin)
         if found is None:
             continue
         ys, xs, m = found
@@ -396,8 +401,8 @@ class SeedFinder(Finder):
     Args:
         checkpoint: checkpoint directory (``weights.pt`` + ``config.json``).
         device: "auto", "cpu" or "cuda[:i]".
-        score_threshold, iou_threshold, centre_fraction: candidates kept and the merge rule
-            (default: the checkpoint's).
+        score_threshold, iou_threshold, centre_fraction: candidates kept and the merge rule;
+        mask_margin: :func:`box_mask`'s margin (defaults: the checkpoint's).
         batch_size: fields per forward pass in :meth:`find_many`.
         max_candidates: most candidate boxes per field going into the merge.
         model, config: an in-memory model instead of a checkpoint (training, benchmarks).
@@ -412,6 +417,7 @@ class SeedFinder(Finder):
         score_threshold: float | None = None,
         iou_threshold: float | None = None,
         centre_fraction: float | None = None,
+        mask_margin: float | None = None,
         batch_size: int = 8,
         max_candidates: int = 3000,
         model=None,
@@ -443,8 +449,9 @@ class SeedFinder(Finder):
         self.config = config or {}
         self.model = model.to(self.device).eval()
         given = {"score_threshold": score_threshold, "iou_threshold": iou_threshold,
-                 "centre_fraction": centre_fraction}  # fmt: skip
-        defaults = {"score_threshold": 0.5, "iou_threshold": 0.5, "centre_fraction": 0.5}
+                 "centre_fraction": centre_fraction, "mask_margin": mask_margin}  # fmt: skip
+        defaults = {"score_threshold": 0.5, "iou_threshold": 0.5, "centre_fraction": 0.5,
+                    "mask_margin": 0.3}  # fmt: skip
         for key, value in given.items():
             setattr(
                 self, key, float(self.config.get(key, defaults[key]) if value is None else value)
@@ -460,6 +467,7 @@ class SeedFinder(Finder):
             "score_threshold": self.score_threshold,
             "iou_threshold": self.iou_threshold,
             "centre_fraction": self.centre_fraction,
+            "mask_margin": self.mask_margin,
         }
 
     def find(self, image: np.ndarray) -> np.ndarray:
@@ -475,7 +483,7 @@ class SeedFinder(Finder):
         boxes, scores = merge_boxes(
             boxes[keep], scores[keep], self.iou_threshold, self.centre_fraction
         )
-        return mask_boxes(field, boxes, scores)
+        return mask_boxes(field, boxes, scores, margin=self.mask_margin)
 
     @staticmethod
     def _normalise(image: np.ndarray) -> np.ndarray:
