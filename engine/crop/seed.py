@@ -438,10 +438,9 @@ class SeedFinder(Finder):
                     "train one with `cytotune crop train FIELDS --truth LABELS --out DIR --model seed`"
                 )
             config = json.loads((path / CONFIG_NAME).read_text())
-            if config.get("finder", "seed") != "seed":
-                raise ValueError(
-                    f"{path} holds a {config['finder']!r} finder; use --finder {config['finder']}"
-                )
+            if config.get("finder") != "seed" or "anchors" not in config.get("model", {}):
+                kind = config.get("finder", "learned")  # Mask R-CNN checkpoints name none
+                raise ValueError(f"{path} holds a {kind!r} finder checkpoint; use --finder {kind}")
             model = build_model(**config["model"])
             model.load_state_dict(
                 torch.load(path / WEIGHTS_NAME, map_location="cpu", weights_only=True)

@@ -177,6 +177,9 @@ def test_tiny_training_lowers_the_loss_and_the_checkpoint_finds_cells(tmp_path, 
         assert a.dtype == np.int32 and a.shape == image.shape
     with pytest.raises(FileNotFoundError, match="--model seed"):
         create_finder("seed", checkpoint=str(tmp_path))
+    (ckpt / "config.json").write_text(json.dumps({"model": {"backbone": "resnet18"}}))
+    with pytest.raises(ValueError, match="'learned' finder checkpoint"):
+        create_finder("seed", checkpoint=str(ckpt))
 
 
 def test_crop_train_model_seed_via_the_cli(tmp_path, one_thread):
