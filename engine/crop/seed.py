@@ -4,7 +4,8 @@ A small conv-BN-ReLU backbone from random initialisation (strides 2..16) with a 
 neck feeds two heads, at strides 8 and 16. Each head predicts, per anchor and position, an
 objectness logit and a box (YOLOv5 parameterisation: centre offset in (-0.5, 1.5) cells, size in
 (0, 4) x the anchor). The anchors are K-means++ centres of the training boxes' (w, h) under the
-1 - IoU distance, the smaller half at stride 8. Training: focal objectness + GIoU box loss.
+1 - IoU distance, the smaller half at stride 8. Training (:mod:`.seed_train`): focal
+objectness + GIoU box loss.
 Inference: candidate boxes above the score threshold are merged (IoU above a threshold OR centres
 closer than a fraction of the boxes' size; score-weighted mean box, the leader's score), each
 box is masked by Otsu's threshold inside it (largest component, holes filled), and the masks are
@@ -36,7 +37,6 @@ __all__ = [
     "merge_boxes",
     "otsu_mask",
     "save_checkpoint",
-    "seed_loss",
     "wh_iou",
 ]
 
@@ -180,7 +180,7 @@ def decode(raw, anchors, stride: int, index=None):
     return boxes, t[..., 4]
 
 
-# --- training targets and loss ---------------------------------------------------------------
+# --- GIoU (the box loss is 1 - GIoU; targets and loss in seed_train.py) -------------------------
 
 
 def giou(a, b):
@@ -194,81 +194,6 @@ def giou(a, b):
     union = area_a + area_b - inter
     hull = (torch.maximum(a[:, 2:], b[:, 2:]) - torch.minimum(a[:, :2], b[:, :2])).prod(dim=1)
     return inter / union.clamp(min=1e-7) - (hull - union) / hull.clamp(min=1e-7)
-
-
-def assign(boxes, anchors, sizes, ratio: float = 4.0):
-    """Positive (b, a, gy, gx) positions and their true boxes, per head (YOLOv5's rule).
-
-    An anchor takes a true box when their width and height ratios are all below ``ratio`` (the
-    best anchor always does); the cell holding the box centre and its two nearest neighbouring
-    cells predict it.
-
-    Args:
-        boxes: list over the batch of (n_i, 4) true boxes in pixels.
-        anchors: (2, A, 2) model anchors.
-        sizes: [(H8, W8), (H16, W16)] grid sizes of the heads.
-    """
-    import torch
-
-    device = anchors.device
-    gt = torch.cat(
-        [
-            torch.cat([torch.full((len(b), 1), float(i)), b.float().cpu()], 1)
-            for i, b in enumerate(boxes)
-        ]
-        or [torch.zeros(0, 5)]
-    ).to(device)  # (G, 5): image index, x0, y0, x1, y1
-    wh, xy = gt[:, 3:] - gt[:, 1:3], (gt[:, 1:3] + gt[:, 3:]) / 2
-    levels, per_level = anchors.shape[:2]
-    r = wh[:, None] / anchors.reshape(-1, 2)[None]  # (G, L * A, 2)
-    worst = torch.maximum(r, 1 / r).amax(dim=2)
-    match = worst < ratio
-    if len(gt):
-        match[torch.arange(len(gt), device=device), worst.argmin(dim=1)] = True
-    match = match.view(len(gt), levels, per_level)
-    out = []
-    for level, (stride, (h, w)) in enumerate(zip(STRIDES, sizes)):
-        g, a = match[:, level].nonzero(as_tuple=True)
-        c = xy[g] / stride
-        cell = c.floor().long()
-        step = torch.where(c - cell < 0.5, -1, 1)  # (P, 2): towards the nearer neighbour
-        cells = [cell, cell + torch.stack([step[:, 0], torch.zeros_like(step[:, 0])], 1),
-                 cell + torch.stack([torch.zeros_like(step[:, 1]), step[:, 1]], 1)]  # fmt: skip
-        cells = torch.cat(cells)
-        g3, a3 = g.repeat(3), a.repeat(3)
-        ok = (cells[:, 0] >= 0) & (cells[:, 0] < w) & (cells[:, 1] >= 0) & (cells[:, 1] < h)
-        g3, a3, cells = g3[ok], a3[ok], cells[ok]
-        out.append(((gt[g3, 0].long(), a3, cells[:, 1], cells[:, 0]), gt[g3, 1:]))
-    return out
-
-
-def seed_loss(model, raw, targets, box_weight: float = 2.0):
-    """Focal objectness (per positive) + ``box_weight`` x mean (1 - GIoU).
-
-    Args:
-        raw: the model's outputs.
-        targets: :func:`assign`'s positives, on the model's device (assigned before the forward
-            pass, on the CPU, so that nothing here waits for the device).
-
-    Returns:
-        The loss and its two parts (detached tensors: reading them waits for the device).
-    """
-    import torch
-    from torchvision.ops import sigmoid_focal_loss
-
-    obj, box_terms, positives = 0.0, [], 0
-    for level, (r, (index, true)) in enumerate(zip(raw, targets)):
-        logits = r[:, :, 4].float()  # (B, A, H, W)
-        target = torch.zeros_like(logits)
-        if len(true):
-            pred, _ = decode(r, model.anchors[level], STRIDES[level], index)
-            box_terms.append(1.0 - giou(pred, true))
-            target[index] = 1.0
-        obj = obj + sigmoid_focal_loss(logits, target, reduction="sum")
-        positives += len(true)
-    obj = obj / max(positives, 1)
-    box = torch.cat(box_terms).mean() if box_terms else logits.sum() * 0.0
-    return obj + box_weight * box, {"obj": obj.detach(), "box": box.detach()}
 
 
 # --- merging and masks -----------------------------------------------------------------------

@@ -4,9 +4,10 @@ Same protocol as the Mask R-CNN trainer (:mod:`.train`, whose split, augmentatio
 reused): fields split into train and validation by group, AdamW, linear warm-up then cosine
 decay, flips and 90-degree turns, bf16 autocast on CUDA. Each step takes one random square crop
 per field (padded where the field is smaller). The anchors are K-means++ centres of the training
-boxes. After training the score threshold is chosen on the validation fields (best F1 at IoU
-0.5; the training fields where there is no validation) and the validation scores are written
-into the checkpoint's ``config.json``.
+boxes; positives follow YOLOv5's rule (:func:`assign`); the loss is focal objectness + GIoU.
+After training the score threshold is chosen on the validation fields (best F1 at IoU 0.5; the
+training fields where there is no validation) and the validation scores are written into the
+checkpoint's ``config.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .fields import list_fields, read_field, read_truth, resolve_channel
+from .seed import STRIDES, decode, giou
 from .train import augment, evaluate, split_by_group
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -76,6 +78,81 @@ class SeedTrainOptions:
                 "depths": list(self.depths), "head": self.head}  # fmt: skip
 
 
+def assign(boxes, anchors, sizes, ratio: float = 4.0):
+    """Positive (b, a, gy, gx) positions and their true boxes, per head (YOLOv5's rule).
+
+    An anchor takes a true box when their width and height ratios are all below ``ratio`` (the
+    best anchor always does); the cell holding the box centre and its two nearest neighbouring
+    cells predict it.
+
+    Args:
+        boxes: list over the batch of (n_i, 4) true boxes in pixels.
+        anchors: (2, A, 2) model anchors.
+        sizes: [(H8, W8), (H16, W16)] grid sizes of the heads.
+    """
+    import torch
+
+    device = anchors.device
+    gt = torch.cat(
+        [
+            torch.cat([torch.full((len(b), 1), float(i)), b.float().cpu()], 1)
+            for i, b in enumerate(boxes)
+        ]
+        or [torch.zeros(0, 5)]
+    ).to(device)  # (G, 5): image index, x0, y0, x1, y1
+    wh, xy = gt[:, 3:] - gt[:, 1:3], (gt[:, 1:3] + gt[:, 3:]) / 2
+    levels, per_level = anchors.shape[:2]
+    r = wh[:, None] / anchors.reshape(-1, 2)[None]  # (G, L * A, 2)
+    worst = torch.maximum(r, 1 / r).amax(dim=2)
+    match = worst < ratio
+    if len(gt):
+        match[torch.arange(len(gt), device=device), worst.argmin(dim=1)] = True
+    match = match.view(len(gt), levels, per_level)
+    out = []
+    for level, (stride, (h, w)) in enumerate(zip(STRIDES, sizes)):
+        g, a = match[:, level].nonzero(as_tuple=True)
+        c = xy[g] / stride
+        cell = c.floor().long()
+        step = torch.where(c - cell < 0.5, -1, 1)  # (P, 2): towards the nearer neighbour
+        cells = [cell, cell + torch.stack([step[:, 0], torch.zeros_like(step[:, 0])], 1),
+                 cell + torch.stack([torch.zeros_like(step[:, 1]), step[:, 1]], 1)]  # fmt: skip
+        cells = torch.cat(cells)
+        g3, a3 = g.repeat(3), a.repeat(3)
+        ok = (cells[:, 0] >= 0) & (cells[:, 0] < w) & (cells[:, 1] >= 0) & (cells[:, 1] < h)
+        g3, a3, cells = g3[ok], a3[ok], cells[ok]
+        out.append(((gt[g3, 0].long(), a3, cells[:, 1], cells[:, 0]), gt[g3, 1:]))
+    return out
+
+
+def seed_loss(model, raw, targets, box_weight: float = 2.0):
+    """Focal objectness (per positive) + ``box_weight`` x mean (1 - GIoU).
+
+    Args:
+        raw: the model's outputs.
+        targets: :func:`assign`'s positives, on the model's device (assigned before the forward
+            pass, on the CPU, so that nothing here waits for the device).
+
+    Returns:
+        The loss and its two parts (detached tensors: reading them waits for the device).
+    """
+    import torch
+    from torchvision.ops import sigmoid_focal_loss
+
+    obj, box_terms, positives = 0.0, [], 0
+    for level, (r, (index, true)) in enumerate(zip(raw, targets)):
+        logits = r[:, :, 4].float()  # (B, A, H, W)
+        target = torch.zeros_like(logits)
+        if len(true):
+            pred, _ = decode(r, model.anchors[level], STRIDES[level], index)
+            box_terms.append(1.0 - giou(pred, true))
+            target[index] = 1.0
+        obj = obj + sigmoid_focal_loss(logits, target, reduction="sum")
+        positives += len(true)
+    obj = obj / max(positives, 1)
+    box = torch.cat(box_terms).mean() if box_terms else logits.sum() * 0.0
+    return obj + box_weight * box, {"obj": obj.detach(), "box": box.detach()}
+
+
 def label_boxes(labels: np.ndarray) -> np.ndarray:
     """(N, 4) float32 boxes x0, y0, x1, y1 (end exclusive) of the objects of a label image."""
     from scipy import ndimage as ndi
@@ -109,7 +186,7 @@ def train_seed_model(train_items, options: SeedTrainOptions, progress: bool = Tr
 
     from .finders import normalise
     from .learned import resolve_device
-    from .seed import STRIDES, assign, build_model, kmeans_anchors, seed_loss
+    from .seed import build_model, kmeans_anchors
 
     if not train_items:
         raise ValueError("no training fields (all went to validation, or none has truth labels)")

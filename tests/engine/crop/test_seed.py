@@ -11,7 +11,6 @@ from cytotune.engine.cli import main
 from cytotune.engine.crop import create_finder
 from cytotune.engine.crop.metrics import iou_matrix
 from cytotune.engine.crop.seed import (
-    assign,
     box_mask,
     giou,
     kmeans_anchors,
@@ -23,6 +22,7 @@ from cytotune.engine.crop.seed import (
 )
 from cytotune.engine.crop.seed_train import (
     SeedTrainOptions,
+    assign,
     choose_threshold,
     label_boxes,
     train_seed_model,
