@@ -1,0 +1,54 @@
+# The GPU call behind BENCHMARKS.md "Explain job on one GPU: the MitoCheck study" (issue 16,
+# item 5) and "CPU vs GPU sanity agreement": run through the device tool on one GPU with carry
+# [".gpu", "data/mitocheck"]; the code runs from .gpu/src.tar (git archive, id in .gpu/src.commit).
+#   1. a MitoCheck search of 3 trials (default space, 40 epochs, 3 at once on the GPU);
+#   2. `cytotune explain --study ... --top-k 3` (5 methods x 3 trials x 3,277 cells) RUNS times,
+#      each timed, with the job's own stage timings (explain/state.json);
+#   3. SANITY=1: bench/sanity_calibration.py --device cuda on the CPU run's cases, compared with
+#      bench/results/sanity_calibration.json by bench/sanity_agreement.py;
+#   4. ERRORS=1 with BBBC021 copied to /tmp/bb first (`bash bench/vs_plain_gpu.sh piece`):
+#      bench/real/errors.py on BBBC021 (held-out errors per well and field of view).
+set -x
+R=/tmp/res; mkdir -p $R
+DATA=$PWD/data; mkdir -p /tmp/src && tar -xf .gpu/src.tar -C /tmp/src && cp -r .gpu /tmp/src/ && cd /tmp/src
+echo "commit $(cat .gpu/src.commit)"
+bash bench/real/device.sh true
+for w in .gpu/wheels/*.whl; do python3 -m zipfile -e $w /tmp/site; done
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PATH=/tmp/bin:$PATH
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+mkdir -p /tmp/data && cp -r $DATA/mitocheck /tmp/data/
+if [ -n "$ERRORS" ] && ls /tmp/bb/part.* >/dev/null 2>&1; then
+  [ -d /tmp/data/bbbc021 ] || cat /tmp/bb/part.* | tar -xf - -C /tmp/data
+  timeout ${ERRORS_TIMEOUT:-150} python3 bench/real/errors.py /tmp/data/bbbc021 --out $R/bbbc021_errors.json \
+    --montage $R/bbbc021_errors.png ${ERRORS_ARGS} 2>&1 | grep -v Warn | tail -30
+fi
+if [ -z "$NOEXPLAIN" ]; then
+  cat > /tmp/mito3.yaml <<EOF
+name: mitocheck
+dataset: /tmp/data/mitocheck
+folds: {name: k5-group, k: 5, group: group}
+space: default
+budget: {trials: 3, max_epochs: 40, grace_epochs: 40, max_concurrent: 3}
+resources: {cpus: 1, gpus: 0.33}
+objective: {metric: f1_weighted}
+loader: inprocess
+seed: 0
+storage: /tmp/runs
+EOF
+  t0=$(date +%s%N); timeout 240 cytotune search --config /tmp/mito3.yaml --quiet 2>&1 | grep -v Warn | tail -6
+  echo "search wall $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  for i in $(seq ${RUNS:-2}); do
+    t0=$(date +%s%N)
+    timeout 240 cytotune explain --study /tmp/runs/mitocheck --top-k 3 --overwrite ${EXPLAIN_ARGS} 2>&1 | grep -v "Warn\|it/s\|s/it" | tail -14
+    echo "explain run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+    cp /tmp/runs/mitocheck/explain/state.json $R/explain_state_$i.json
+    python3 -c "import json; d=json.load(open('$R/explain_state_$i.json')); print({k: round(v, 2) if isinstance(v, float) else v for k, v in d.get('timings', {}).items()})"
+  done
+  mkdir -p $R/workers && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers/ 2>/dev/null
+fi
+if [ -n "$SANITY" ]; then
+  timeout ${SANITY_TIMEOUT:-240} python3 bench/sanity_calibration.py --out /tmp/sanity --cells 32 --device cuda --no-bf16 2>&1 | grep -v Warn | tail -5
+  cp /tmp/sanity/calibration.json $R/sanity_calibration_cuda.json 2>/dev/null
+  python3 bench/sanity_agreement.py bench/results/sanity_calibration.json /tmp/sanity/calibration.json --out $R/sanity_agreement.json 2>&1 | tail -22
+fi
+cp -r $R $OUT/
