@@ -78,11 +78,49 @@ def machine(device: str = "cpu") -> str:
 
 
 def fold_table(scores, splits, choice=None) -> list[dict]:
+    """One row per scored fold (folds left out by ``--only-folds`` have no scores)."""
     rows = []
     for f, val in enumerate(splits):
+        if any(scores[i] is None for i in val):
+            continue
         s = summarise([scores[i] for i in val])
         rows.append({"fold": f, **({"setting": choice[f]} if choice else {}), **s})
     return rows
+
+
+def pooled_scores(scores) -> dict:
+    return summarise([s for s in scores if s is not None])
+
+
+def pool_fold_rows(rows: list[dict]) -> dict:
+    """What :func:`summarise` gives over all fields of ``rows``' folds, from the fold rows alone
+    (true positives = precision x predicted objects; mAP is a mean over fields)."""
+    tp = sum(round(r["precision"] * r["predicted_objects"]) for r in rows)
+    n_true = sum(r["true_objects"] for r in rows)
+    n_pred = sum(r["predicted_objects"] for r in rows)
+    fields = sum(r["fields"] for r in rows)
+    return {
+        "precision": tp / n_pred if n_pred else 0.0,
+        "recall": tp / n_true if n_true else 0.0,
+        "f1": 2 * tp / (n_true + n_pred) if n_true + n_pred else 0.0,
+        "map": sum(r["map"] * r["fields"] for r in rows) / fields if fields else 0.0,
+        "fields": fields,
+        "true_objects": n_true,
+        "predicted_objects": n_pred,
+    }
+
+
+def merge_parts(paths: list[Path], finder: str) -> dict:
+    """One result from runs that each scored some folds (``--only-folds``, e.g. one per GPU)."""
+    parts = [json.loads(Path(p).read_text())[finder] for p in paths]
+    rows = sorted((r for part in parts for r in part["folds"]), key=lambda r: r["fold"])
+    if len({r["fold"] for r in rows}) != len(rows):
+        raise SystemExit(f"the parts score some folds twice: {[r['fold'] for r in rows]}")
+    merged = {**parts[0], "folds": rows, "pooled": pool_fold_rows(rows)}
+    merged["fields_per_s"] = float(np.mean([p["fields_per_s"] for p in parts]))
+    merged["train_seconds_per_fold"] = float(np.mean([p["train_seconds_per_fold"] for p in parts]))
+    merged["parts"] = [str(p) for p in paths]
+    return merged
 
 
 def bench_classical(ids, items, splits, args) -> dict:
@@ -125,6 +163,8 @@ def bench_learned(ids, items, splits, args) -> dict:
     )  # fmt: skip
     held_out, rates, train_s = [None] * len(items), [], []
     for f, val in enumerate(splits):
+        if args.only_folds and f not in args.only_folds:
+            continue
         train = np.setdiff1d(np.arange(len(items)), val)
         t0 = time.perf_counter()
         model, history = train_model(
@@ -146,7 +186,7 @@ def bench_learned(ids, items, splits, args) -> dict:
         )
     return {
         "folds": fold_table(held_out, splits),
-        "pooled": summarise(held_out),
+        "pooled": pooled_scores(held_out),
         "fields_per_s": float(np.mean(rates)),
         "fields_per_s_device": args.device,
         "train_seconds_per_fold": float(np.mean(train_s)),
@@ -165,8 +205,10 @@ def bench_seed(ids, items, splits, args) -> dict:
         anchors_per_level=args.anchors_per_level, iou_threshold=args.iou_threshold,
         centre_fraction=args.centre_fraction, device=args.device, seed=args.seed,
     )  # fmt: skip
-    held_out, rates, train_s, chosen = [None] * len(items), [], [], []
+    held_out, rates, train_s, chosen = [None] * len(items), [], [], {}
     for f, val in enumerate(splits):
+        if args.only_folds and f not in args.only_folds:
+            continue
         train = np.setdiff1d(np.arange(len(items)), val)
         t0 = time.perf_counter()
         model, history = train_seed_model(
@@ -180,7 +222,7 @@ def bench_seed(ids, items, splits, args) -> dict:
         )  # fmt: skip
         if args.score_threshold is None:  # chosen on the training fields only
             choose_threshold(finder, [items[i] for i in train])
-        chosen.append(finder.score_threshold)
+        chosen[f] = finder.score_threshold
         finder.find_many([items[i][0] for i in val[: args.infer_batch]])  # warm-up
         preds, sec = timed(finder, [items[i][0] for i in val])
         rates.append(len(val) / sec)
@@ -188,13 +230,15 @@ def bench_seed(ids, items, splits, args) -> dict:
             held_out[i] = score_field(items[i][1], p)
         print(
             f"fold {f}: {summarise([held_out[i] for i in val])}  train {train_s[-1]:.0f} s, "
-            f"final loss {history[-1]['loss']:.3f}, threshold {chosen[-1]}, "
+            f"final loss {history[-1]['loss']:.3f}, threshold {chosen[f]}, "
             f"{rates[-1]:.2f} fields/s",
             flush=True,
         )
     return {
-        "folds": fold_table(held_out, splits, [{"score_threshold": t} for t in chosen]),
-        "pooled": summarise(held_out),
+        "folds": fold_table(
+            held_out, splits, {f: {"score_threshold": t} for f, t in chosen.items()}
+        ),
+        "pooled": pooled_scores(held_out),
         "fields_per_s": float(np.mean(rates)),
         "fields_per_s_device": args.device,
         "train_seconds_per_fold": float(np.mean(train_s)),
@@ -242,8 +286,16 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="learned/seed: cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--only-folds", type=int, nargs="+", help="learned/seed: score only these folds (one run "
+        "per GPU; join the runs' JSONs with --merge)",
+    )  # fmt: skip
+    p.add_argument("--merge", type=Path, nargs="+", help="join these --only-folds runs' JSONs")
     p.add_argument("--out", type=Path, help="JSON file to merge this finder's results into")
     args = p.parse_args(argv)
+    if args.merge:
+        result = merge_parts(args.merge, args.finder)
+        return report(args, result)
     if not (args.data / "index.csv").is_file():
         print(f"dsb2018 not found at {args.data}", file=sys.stderr)
         return 2
@@ -257,6 +309,11 @@ def main(argv=None) -> int:
         command="python bench/crop.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         fields=len(items), seconds=round(time.perf_counter() - start, 1),
     )  # fmt: skip
+    return report(args, result)
+
+
+def report(args, result: dict) -> int:
+    """Print the pooled and per-fold scores; merge ``result`` into ``--out``."""
     pooled = result["pooled"]
     folds_f1 = [r["f1"] for r in result["folds"]]
     folds_map = [r["map"] for r in result["folds"]]

@@ -4,8 +4,8 @@
 #   1. a MitoCheck search of 3 trials (default space, 40 epochs, 3 at once on the GPU);
 #   2. `cytotune explain --study ... --top-k 3` (5 methods x 3 trials x 3,277 cells) RUNS times,
 #      each timed, with the job's own stage timings (explain/state.json);
-#   3. SANITY=1: bench/sanity_calibration.py --device cuda on the CPU run's cases, compared with
-#      bench/results/sanity_calibration.json by bench/sanity_agreement.py;
+#   3. SANITY=1: bench/sanity_calibration.py on the same trained weights (--models) on the GPU and
+#      on the machine's 16 CPU cores, compared case by case by bench/sanity_agreement.py;
 #   4. ERRORS=1 with BBBC021 copied to /tmp/bb first (`bash bench/vs_plain_gpu.sh piece`):
 #      bench/real/errors.py on BBBC021 (held-out errors per well and field of view).
 set -x
@@ -39,16 +39,21 @@ EOF
   echo "search wall $(( ($(date +%s%N) - t0) / 1000000 )) ms"
   for i in $(seq ${RUNS:-2}); do
     t0=$(date +%s%N)
-    timeout 240 cytotune explain --study /tmp/runs/mitocheck --top-k 3 --overwrite ${EXPLAIN_ARGS} 2>&1 | grep -v "Warn\|it/s\|s/it" | tail -14
-    echo "explain run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms"
-    cp /tmp/runs/mitocheck/explain/state.json $R/explain_state_$i.json
+    timeout 240 cytotune explain --study /tmp/runs/mitocheck --top-k 3 --overwrite ${EXPLAIN_ARGS} > $R/explain_$i.txt 2>&1
+    echo "explain run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)"
+    grep -v "Warn\|it/s\|s/it" $R/explain_$i.txt | grep -v "^ \+[a-z_+]\+ \+[0-9.]\+ \+[0-9.]\+ \+\(passed\|failed\|inconclusive\)" | tail -22
+    cp /tmp/runs/mitocheck/explain/explain.json $R/explain_state_$i.json
     python3 -c "import json; d=json.load(open('$R/explain_state_$i.json')); print({k: round(v, 2) if isinstance(v, float) else v for k, v in d.get('timings', {}).items()})"
+    mkdir -p $R/workers_$i && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers_$i/ 2>/dev/null
   done
-  mkdir -p $R/workers && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers/ 2>/dev/null
 fi
 if [ -n "$SANITY" ]; then
-  timeout ${SANITY_TIMEOUT:-240} python3 bench/sanity_calibration.py --out /tmp/sanity --cells 32 --device cuda --no-bf16 2>&1 | grep -v Warn | tail -5
-  cp /tmp/sanity/calibration.json $R/sanity_calibration_cuda.json 2>/dev/null
-  python3 bench/sanity_agreement.py bench/results/sanity_calibration.json /tmp/sanity/calibration.json --out $R/sanity_agreement.json 2>&1 | tail -22
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:dash.testing.plugin tests/explainers/test_quality.py 2>&1 | tail -2
+  # the same trained weights (saved by the GPU run) and cells, checked on the GPU and on 16 CPU cores
+  S="python3 bench/sanity_calibration.py --cells 32 --no-bf16 --models /tmp/sanity-models"
+  timeout ${SANITY_TIMEOUT:-150} $S --out /tmp/sanity-gpu --device cuda 2>&1 | grep -v Warn | tail -2
+  timeout ${SANITY_TIMEOUT:-150} $S --out /tmp/sanity-cpu --device cpu --threads 16 ${SANITY_CPU_ARGS:---tasks metastasis} 2>&1 | grep -v Warn | tail -2
+  cp /tmp/sanity-gpu/calibration.json $R/sanity_calibration_cuda.json; cp /tmp/sanity-cpu/calibration.json $R/sanity_calibration_cpu16.json
+  python3 bench/sanity_agreement.py /tmp/sanity-cpu/calibration.json /tmp/sanity-gpu/calibration.json --out $R/sanity_agreement.json 2>&1 | tail -22
 fi
 cp -r $R $OUT/

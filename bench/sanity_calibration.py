@@ -13,7 +13,9 @@ For every (task, architecture, method) the check (explainers.quality.sanity_chec
 copies, bootstrap CI over cells, cascade) runs on held-out cells; the threshold is the rho that
 best separates the two groups (balanced accuracy, midpoint between neighbours). The same
 trained cases are re-run with the maps in bf16 autocast to show whether bf16 changes the
-verdict. ``--device cuda`` runs the same cases on a GPU, to compare with a CPU run's JSON.
+verdict. ``--device cuda`` runs the same cases on a GPU, to compare with a CPU run's JSON;
+``--models DIR`` makes both runs check the same trained weights (the first run saves them), so
+that what differs between the two JSONs is the device alone (``bench/sanity_agreement.py``).
 
 The model verdict (explainers.quality.learned) is calibrated on the same cases: known answers
 an untrained model (should be flagged ``untrained``) and a trained model that learned its task
@@ -184,6 +186,11 @@ def main(argv=None) -> int:
         default="cpu",
         help="cpu or cuda: the same cases on a GPU (checks in fp32, TF32 off) to compare with CPU",
     )
+    p.add_argument(
+        "--models",
+        help="directory of trained weights: loaded where present (so two devices check the same "
+        "models), else trained and saved there",
+    )
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the bf16 re-runs")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
@@ -212,11 +219,29 @@ def main(argv=None) -> int:
             trained = build(arch, x.shape[1], d["classes"], seed=12).to(device)
             # fresh PyTorch-default init, the same scheme as the check's random copies
             untrained = randomize_weights(trained, seed=1000, mode="full").eval()
-            t0 = time.perf_counter()
-            accuracy = train(
-                trained, {**d, "x": d["x"].to(device), "y": d["y"].to(device)}, args.epochs, seed=3
-            )
-            train_s = time.perf_counter() - t0
+            saved = Path(args.models) / f"{task}-{arch}.pt" if args.models else None
+            if saved is not None and saved.is_file():  # the same trained weights on every device
+                state = torch.load(saved, map_location=device)
+                trained.load_state_dict(state["trained"])
+                trained.eval()
+                accuracy, train_s = state["accuracy"], state["train_s"]
+            else:
+                t0 = time.perf_counter()
+                accuracy = train(
+                    trained,
+                    {**d, "x": d["x"].to(device), "y": d["y"].to(device)},
+                    args.epochs,
+                    seed=3,
+                )
+                train_s = time.perf_counter() - t0
+                if saved is not None:
+                    saved.parent.mkdir(parents=True, exist_ok=True)
+                    state = {
+                        "trained": trained.state_dict(),
+                        "accuracy": accuracy,
+                        "train_s": train_s,
+                    }
+                    torch.save(state, saved)
             dd = {**d, "x": d["x"].to(device), "y": d["y"].to(device)}
             held_acc = {"untrained": held_out_accuracy(untrained, dd)}
             held_acc["trained"] = held_out_accuracy(trained, dd)

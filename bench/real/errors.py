@@ -24,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def held_out_predictions(dataset: str, folds: str, k: int, group: str, epochs: int, variant: str):
     """(predictions table, fold weighted F1s) of the default trial changed by ``variant``."""
-    from recipe_ablation import variant_cv
-
     from cytotune.engine.train.trainer import FoldTrainer
+    from recipe_ablation import variant_cv
 
     kept = []
     evaluate = FoldTrainer.evaluate
@@ -49,8 +48,13 @@ def held_out_predictions(dataset: str, folds: str, k: int, group: str, epochs: i
     for fold, ev in enumerate(kept):
         for cell, target, probs in zip(ev.cell_ids, ev.targets, ev.outputs):
             rows.append(
-                {"cell_id": cell, "fold": fold, "target": ev.names[int(target)],
-                 "predicted": ev.names[int(np.argmax(probs))], "confidence": float(np.max(probs))}
+                {
+                    "cell_id": cell,
+                    "fold": fold,
+                    "target": ev.names[int(target)],
+                    "predicted": ev.names[int(np.argmax(probs))],
+                    "confidence": float(np.max(probs)),
+                }
             )
     return pd.DataFrame(rows), [float(d["f1_weighted"]) for d in details]
 
@@ -105,8 +109,10 @@ def montage(dataset: str, errors: pd.DataFrame, path: Path, column: str, n: int 
         rgb = np.stack([image[min(c, len(image) - 1)] for c in range(3)], -1)
         low, high = np.percentile(rgb, 1, axis=(0, 1)), np.percentile(rgb, 99.5, axis=(0, 1))
         ax.imshow(np.clip((rgb - low) / np.maximum(high - low, 1e-6), 0, 1))
-        ax.set_title(f"{getattr(row, column)[:12]} {row.target[:8]}\n-> {row.predicted[:8]} {row.confidence:.2f}",
-                     fontsize=6)
+        ax.set_title(
+            f"{getattr(row, column)[:12]} {row.target[:8]}\n-> {row.predicted[:8]} {row.confidence:.2f}",
+            fontsize=6,
+        )
     fig.suptitle(f"Most confident held-out mistakes ({column}, true -> predicted, confidence)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -137,9 +143,7 @@ def main() -> None:
         "f1_weighted": scores,
         "cells": len(table),
         "errors": len(errors),
-        "confusion": json.loads(
-            pd.crosstab(table["target"], table["predicted"]).to_json()
-        ),
+        "confusion": json.loads(pd.crosstab(table["target"], table["predicted"]).to_json()),
         "by": {c: summary(table, c) for c in columns},
         "confident_errors": int((errors["confidence"] > 0.9).sum()),
         "wall_s": time.perf_counter() - start,

@@ -152,9 +152,9 @@ def randomize_weights(
     ``reset_parameters()`` where it has one (PyTorch's default init: Kaiming-uniform for conv and
     linear; norm layers go back to weight 1, bias 0 and fresh running statistics, which erases
     what they learned); other modules' own parameters (e.g. prototype vectors) get a truncated
-    normal with ``std``. Modules are re-initialised top-down from one seeded generator state, so
-    a cascade is consistent: the top layers get the same values at every depth. The global RNG
-    state is restored afterwards.
+    normal with ``std``. Modules are re-initialised top-down from one seeded CPU generator state,
+    so a cascade is consistent (the top layers get the same values at every depth) and a seed
+    gives the same copy on every device. The global RNG state is restored afterwards.
 
     Args:
         model: The trained model.
@@ -195,9 +195,22 @@ def randomize_weights(
         raise ValueError(f"mode must be 'cascading', 'full' or 'independent', got {mode!r}")
 
     out = copy.deepcopy(model)
-    cuda = sorted({p.device.index or 0 for p in out.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for name in selected:
-            _reinit(out.get_submodule(name), std)
+            _reinit_on_cpu(out.get_submodule(name), std)
     return out
+
+
+def _reinit_on_cpu(module: nn.Module, std: float) -> None:
+    """:func:`_reinit` with the module's own tensors drawn on the CPU and moved back, so that one
+    seed gives the same random copy on every device (a CUDA generator draws other numbers than
+    the CPU's for the same seed, which made the check's verdict depend on the device)."""
+    own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    device = own[0].device if own else torch.device("cpu")
+    if device.type == "cpu":
+        _reinit(module, std)
+        return
+    module._apply(lambda t: t.cpu(), recurse=False)
+    _reinit(module, std)
+    module._apply(lambda t: t.to(device), recurse=False)

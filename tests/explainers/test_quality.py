@@ -204,6 +204,18 @@ def test_randomize_weights_changes_every_parameter():
     assert rand(torch.rand(2, 2, 8, 8)).shape == (2, 2)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_randomize_weights_gives_the_same_copy_on_cpu_and_gpu():
+    """One seed, one random copy on every device: the check's verdict must not depend on it."""
+    torch.manual_seed(0)
+    model = SmallCNN()
+    on_cpu = randomize_weights(model, seed=5, mode="full")
+    on_gpu = randomize_weights(model.cuda(), seed=5, mode="full")
+    for (name, p), (_, q) in zip(on_cpu.state_dict().items(), on_gpu.state_dict().items()):
+        assert q.device.type == "cuda", name
+        assert torch.equal(p, q.cpu()), name
+
+
 def test_randomize_weights_cascading_and_independent():
     model = SmallCNN()
     assert randomizable_layers(model) == ["fc", "conv2", "bn", "conv1", ""]
