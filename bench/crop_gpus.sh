@@ -1,0 +1,23 @@
+# The learned finder's 5 folds on a multi-GPU machine, one fold per GPU (fold 4 shares GPU 0),
+# plus seed-finder variants on the other GPUs; carry [".bb/crop"] (dsb2018 + src.tar, see
+# crop_gpu.sh). Each run scores its folds (bench/crop.py --only-folds); --merge joins them.
+# EPOCHS (learned, default 24), BATCH (8), SEED_VARIANTS ("A|B": bench/crop.py options per run).
+set -x
+mkdir -p /tmp/src && tar -xf .bb/crop/src.tar -C /tmp/src && rm -rf /tmp/dsb2018 && cp -r .bb/crop/dsb2018 /tmp/ && cd /tmp/src
+nvidia-smi --query-gpu=name --format=csv,noheader
+export PYTHONUNBUFFERED=1
+n=$(nvidia-smi -L | grep -c '^GPU')
+L="python3 bench/crop.py --finder learned --device cuda --epochs ${EPOCHS:-24} --batch-size ${BATCH:-8} --quiet --data /tmp/dsb2018"
+for f in 0 1 2 3 4; do
+  CUDA_VISIBLE_DEVICES=$((f % n)) timeout ${TIMEOUT:-540} $L --only-folds $f --out /tmp/learned_$f.json > /tmp/learned_$f.log 2>&1 &
+done
+i=0
+IFS='|' read -ra variants <<< "${SEED_VARIANTS}"
+for v in "${variants[@]}"; do
+  i=$((i + 1))
+  CUDA_VISIBLE_DEVICES=$(( (i + 1) % n )) timeout ${TIMEOUT:-540} python3 bench/crop.py --finder seed --device cuda --batch-size 16 --quiet --data /tmp/dsb2018 $v --out /tmp/seed_$i.json > /tmp/seed_$i.log 2>&1 &
+done
+wait
+for f in /tmp/learned_*.log /tmp/seed_*.log; do echo "== $f"; grep -v Warn $f | tail -3; done
+python3 bench/crop.py --finder learned --merge /tmp/learned_*.json --out /tmp/crop.json | tail -2
+mkdir -p $OUT/crop && cp /tmp/learned_*.json /tmp/seed_*.json /tmp/crop.json /tmp/*.log $OUT/crop/ 2>/dev/null; true
