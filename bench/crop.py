@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     p.add_argument("--anchors-per-level", type=int, default=3, help="seed: anchors per stride (3)")
     p.add_argument("--iou-threshold", type=float, default=0.5, help="seed: merge IoU (0.5)")
     p.add_argument(
-        "--centre-fraction", type=float, default=0.5, help="seed: merge centre distance (0.5)"
+        "--centre-fraction", type=float, default=0.3, help="seed: merge centre distance (0.3)"
     )
     p.add_argument(
         "--score-threshold", type=float, help="seed: fixed (default: chosen on training fields)"

@@ -16,7 +16,11 @@ from cytotune.registry import Registry
 # Built-in finders register when first asked for (their modules import scikit-image or torch).
 FINDERS: Registry[type[Finder]] = Registry(
     "finder",
-    lazy={"classical": "cytotune.engine.crop.classical", "learned": "cytotune.engine.crop.learned"},
+    lazy={
+        "classical": "cytotune.engine.crop.classical",
+        "learned": "cytotune.engine.crop.learned",
+        "seed": "cytotune.engine.crop.seed",
+    },
 )
 
 

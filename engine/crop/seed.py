@@ -200,7 +200,7 @@ def giou(a, b):
 
 
 def merge_boxes(
-    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5, centre_fraction: float = 0.5
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5, centre_fraction: float = 0.3
 ) -> tuple[np.ndarray, np.ndarray]:
     """The seed's merge rule in place of NMS.
 
@@ -374,7 +374,7 @@ class SeedFinder(Finder):
         self.model = model.to(self.device).eval()
         given = {"score_threshold": score_threshold, "iou_threshold": iou_threshold,
                  "centre_fraction": centre_fraction, "mask_margin": mask_margin}  # fmt: skip
-        defaults = {"score_threshold": 0.5, "iou_threshold": 0.5, "centre_fraction": 0.5,
+        defaults = {"score_threshold": 0.5, "iou_threshold": 0.5, "centre_fraction": 0.3,
                     "mask_margin": 0.3}  # fmt: skip
         for key, value in given.items():
             setattr(

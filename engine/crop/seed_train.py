@@ -43,7 +43,7 @@ class SeedTrainOptions:
     crop_size: int = 384
     box_weight: float = 2.0
     iou_threshold: float = 0.5
-    centre_fraction: float = 0.5
+    centre_fraction: float = 0.3
     score_threshold: float | None = None  # None: chosen on the validation fields
     val_fraction: float = 0.2
     group: str = "auto"

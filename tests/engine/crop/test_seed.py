@@ -135,7 +135,8 @@ def test_assign_centre_cell_and_nearest_neighbours():
     # Stride 8: centre cell (x 2, y 2), fractions (0.375, 0.5): nearer x neighbour 1, y 3.
     b, a, gy, gx = (t.tolist() for t in index8)
     assert sorted(zip(gy, gx)) == [(2, 1), (2, 2), (3, 2)]
-    assert b == [0, 0, 0] and a == [0, 0, 0]
+    assert b == [0, 0, 0]
+    assert a == [0, 0, 0]
     assert true8.tolist() == [[14, 14, 24, 26]] * 3
     assert len(true16) == 0  # 40 / 10 = 4 is not below the ratio 4
     np.testing.assert_array_equal(
@@ -174,7 +175,8 @@ def test_tiny_training_lowers_the_loss_and_the_checkpoint_finds_cells(tmp_path, 
         items, finder.find_many([i for i, _ in items]), loaded.find_many([i for i, _ in items])
     ):
         np.testing.assert_array_equal(a, b)  # the checkpoint alone rebuilds the model
-        assert a.dtype == np.int32 and a.shape == image.shape
+        assert a.dtype == np.int32
+        assert a.shape == image.shape
     with pytest.raises(FileNotFoundError, match="--model seed"):
         create_finder("seed", checkpoint=str(tmp_path))
     (ckpt / "config.json").write_text(json.dumps({"model": {"backbone": "resnet18"}}))
@@ -197,12 +199,14 @@ def test_crop_train_model_seed_via_the_cli(tmp_path, one_thread):
     config = json.loads((ckpt / "config.json").read_text())
     assert config["finder"] == "seed"
     assert np.shape(config["model"]["anchors"]) == (6, 2)
-    assert len(config["train_fields"]) == 2 and len(config["val_fields"]) == 1
+    assert len(config["train_fields"]) == 2
+    assert len(config["val_fields"]) == 1
     assert {"f1", "map"} <= set(config["val"])
     labels = create_finder("seed", checkpoint=str(ckpt), device="cpu").find(
         _disc_items(1, 64)[0][0]
     )
-    assert labels.shape == (64, 64) and labels.dtype == np.int32
+    assert labels.shape == (64, 64)
+    assert labels.dtype == np.int32
     out = tmp_path / "cells"
     argv = ["crop", str(images), "--out", str(out), "--finder", "seed", "--checkpoint", str(ckpt),
             "--finder-arg", "score_threshold=0.0", "--size", "16", "--workers", "1", "--quiet"]  # fmt: skip
