@@ -77,6 +77,14 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
 
 
 def _type_name(annotation: Any) -> str:
+    """``int | 'auto'`` for ``int | Literal["auto"]``: how a user writes the value."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arm) for arm in args)
+    if origin is Literal:
+        return " | ".join(repr(arg) for arg in args)
+    if annotation is None or annotation is type(None):
+        return "None"
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 

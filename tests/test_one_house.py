@@ -314,8 +314,8 @@ def _hand_coercions(tree: ast.AST, relative: str) -> list[str]:
     return hits
 
 
-# Found by the audit of issue 17 and reported; move the check to coerce and drop it here.
-HAND_COERCIONS_LEFT = {"engine/search/study.py:_build"}
+# None left: engine/search/study.py's _build (the audit of issue 17) calls coerce now.
+HAND_COERCIONS_LEFT: set[str] = set()
 
 
 def test_fields_are_checked_only_by_search_spaces_config_coerce():
@@ -344,16 +344,50 @@ def test_the_coercion_guard_sees_a_hand_rolled_check():
     assert _hand_coercions(ast.parse(delegated), "x.py") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/search/study.py's own type check (_build) takes a bool for an int: "
-    "budget.max_epochs: true passes; coerce refuses it (issue 17, reported)",
-)
 def test_a_study_file_refuses_a_bool_where_an_int_belongs():
     from cytotune.engine.search.study import StudyConfig
 
     with pytest.raises(ValueError, match="max_epochs"):
         StudyConfig.from_dict({"dataset": "/nowhere", "budget": {"max_epochs": True}})
+
+
+@pytest.mark.parametrize(
+    "section, value, message",
+    [
+        ("budget", {"parallel_folds": "many"}, r"budget.parallel_folds: expected int \| 'auto'"),
+        ("budget", {"parallel_folds": True}, "budget.parallel_folds"),
+        ("budget", {"race": 3}, "budget.race: expected str"),
+        ("budget", {"time_budget_s": "1h"}, r"budget.time_budget_s: expected float \| None"),
+        ("resources", {"gpus": "1"}, "resources.gpus: expected float"),
+        ("folds", {"k": 2.5}, "folds.k: expected int"),
+    ],
+)
+def test_a_study_files_sections_are_checked_by_coerce(section, value, message):
+    from cytotune.engine.search.study import StudyConfig, StudyError
+
+    with pytest.raises(StudyError, match=message):
+        StudyConfig.from_dict({"dataset": "/nowhere", section: value})
+
+
+def test_a_study_files_sections_keep_what_they_accepted():
+    """``parallel_folds`` takes "auto" or a number, ``race`` its names; whole numbers are
+    numbers where a float belongs (as coerce normalises them) and ``null`` where None is."""
+    from cytotune.engine.search.study import StudyConfig
+
+    config = StudyConfig.from_dict(
+        {
+            "dataset": "/nowhere",
+            "budget": {"parallel_folds": 3, "race": "epochs", "time_budget_s": 60},
+            "resources": {"cpus": 2, "gpus": 1},
+            "folds": {"k": 3, "group": None},
+        }
+    )
+    assert (config.budget.parallel_folds, config.budget.race) == (3, "epochs")
+    assert config.budget.time_budget_s == 60.0 and isinstance(config.budget.time_budget_s, float)
+    assert (config.resources.cpus, config.resources.gpus) == (2.0, 1.0)
+    assert (config.folds.k, config.folds.group) == (3, None)
+    auto = StudyConfig.from_dict({"dataset": "/nowhere", "budget": {"parallel_folds": "auto"}})
+    assert auto.budget.parallel_folds == "auto"
 
 
 # -- one ranking ----------------------------------------------------------------------------

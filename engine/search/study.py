@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -328,27 +329,25 @@ class StudyConfig:
 
 
 def _build(kind: type, value: Any, where: str):
+    """``kind`` from a mapping of the study file, each value checked against its annotation by
+    :func:`cytotune.search_spaces.config.coerce` (lists become tuples, ints floats where a float
+    belongs; a bool is no integer); ``kind``'s own checks then judge the values."""
+    from cytotune.search_spaces.config import coerce
+
     if isinstance(value, kind):
         return value
     if not isinstance(value, dict):
         _fail(where, f"must be a mapping, got {value!r}")
-    names = {f.name: f for f in dataclasses.fields(kind)}
+    names = [f.name for f in dataclasses.fields(kind)]
     unknown = sorted(set(value) - set(names))
     if unknown:
         _fail(f"{where}.{unknown[0]}", f"unknown key; valid keys: {sorted(names)}")
-    for key, item in value.items():
-        expected = names[key].type
-        if (
-            "int" in str(expected)
-            and "float" not in str(expected)
-            and item is not None
-            and not isinstance(item, int)
-            and not (isinstance(item, str) and "Literal" in str(expected))  # e.g. "auto"
-        ):
-            _fail(f"{where}.{key}", f"must be an integer, got {item!r}")
-        if "float" in str(expected) and item is not None and not isinstance(item, (int, float)):
-            _fail(f"{where}.{key}", f"must be a number, got {item!r}")
-    return kind(**value)
+    hints = typing.get_type_hints(kind)
+    try:
+        checked = {key: coerce(item, hints[key], f"{where}.{key}") for key, item in value.items()}
+    except TypeError as exc:
+        raise StudyError(f"study file: {exc}") from None
+    return kind(**checked)
 
 
 def _plugin_ref(ref: str, base: Path) -> str:
