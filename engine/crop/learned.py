@@ -149,6 +149,27 @@ def save_checkpoint(model, directory: str | Path, config: dict) -> Path:
     return directory
 
 
+def read_checkpoint(checkpoint: str | Path | None, finder: str) -> tuple[dict, dict]:
+    """(config, weights) of a finder checkpoint directory written by ``cytotune crop train``;
+    an error naming the fix for a missing directory or another finder's checkpoint."""
+    import torch
+
+    train = "cytotune crop train" + ("" if finder == "learned" else f" --model {finder}")
+    if checkpoint is None:
+        raise ValueError(f"the {finder} finder needs --checkpoint DIR from `{train}`")
+    path = Path(checkpoint)
+    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a finder checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
+            f"train one with `{train.replace(' train', ' train FIELDS --truth LABELS --out DIR', 1)}`"
+        )
+    config = json.loads((path / CONFIG_NAME).read_text())
+    kind = config.get("finder", "learned")  # Mask R-CNN checkpoints name none
+    if kind != finder:
+        raise ValueError(f"{path} holds a {kind!r} finder checkpoint; use --finder {kind}")
+    return config, torch.load(path / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+
+
 @register_finder("learned")
 class LearnedFinder(Finder):
     """Mask R-CNN finder loaded from a ``cytotune crop train`` checkpoint (or given a model).
@@ -172,23 +193,11 @@ class LearnedFinder(Finder):
         model=None,
         config: dict | None = None,
     ) -> None:
-        import torch
 
         self.device = resolve_device(device)
         if model is None:
-            if checkpoint is None:
-                raise ValueError(
-                    "the learned finder needs --checkpoint DIR from `cytotune crop train`"
-                )
-            path = Path(checkpoint)
-            if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-                raise FileNotFoundError(
-                    f"{path} is not a finder checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
-                    "train one with `cytotune crop train FIELDS --truth LABELS --out DIR`"
-                )
-            config = json.loads((path / CONFIG_NAME).read_text())
+            config, state = read_checkpoint(checkpoint, "learned")
             model = build_model(**config["model"])
-            state = torch.load(path / WEIGHTS_NAME, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         self.config = config or {}
         self.model = model.to(self.device).eval()

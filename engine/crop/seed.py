@@ -17,13 +17,12 @@ merge settings, training settings, validation scores), from which :class:`SeedFi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .finders import Finder, normalise, register_finder
-from .learned import CONFIG_NAME, WEIGHTS_NAME, resolve_device, save_checkpoint
+from .learned import read_checkpoint, resolve_device, save_checkpoint
 
 STRIDES = (8, 16)
 PAD = 32  # fields are padded to a multiple of this before the forward pass
@@ -348,28 +347,12 @@ class SeedFinder(Finder):
         model=None,
         config: dict | None = None,
     ) -> None:
-        import torch
 
         self.device = resolve_device(device)
         if model is None:
-            if checkpoint is None:
-                raise ValueError(
-                    "the seed finder needs --checkpoint DIR from `cytotune crop train --model seed`"
-                )
-            path = Path(checkpoint)
-            if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-                raise FileNotFoundError(
-                    f"{path} is not a finder checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
-                    "train one with `cytotune crop train FIELDS --truth LABELS --out DIR --model seed`"
-                )
-            config = json.loads((path / CONFIG_NAME).read_text())
-            if config.get("finder") != "seed" or "anchors" not in config.get("model", {}):
-                kind = config.get("finder", "learned")  # Mask R-CNN checkpoints name none
-                raise ValueError(f"{path} holds a {kind!r} finder checkpoint; use --finder {kind}")
+            config, state = read_checkpoint(checkpoint, "seed")
             model = build_model(**config["model"])
-            model.load_state_dict(
-                torch.load(path / WEIGHTS_NAME, map_location="cpu", weights_only=True)
-            )
+            model.load_state_dict(state)
         self.config = config or {}
         self.model = model.to(self.device).eval()
         given = {"score_threshold": score_threshold, "iou_threshold": iou_threshold,

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .fields import list_fields, read_field, read_truth, resolve_channel
 from .seed import STRIDES, decode, giou
-from .train import augment, evaluate, split_by_group
+from .train import augment, evaluate, load_labelled_fields, split_by_group
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
@@ -279,36 +278,6 @@ def choose_threshold(finder, items, grid=THRESHOLDS, limit: int = 64) -> tuple[f
     best = max(grid, key=lambda t: (table[t]["f1"], table[t]["map"]))
     finder.score_threshold = float(best)
     return float(best), {str(t): {k: table[t][k] for k in ("f1", "map")} for t in grid}
-
-
-def load_labelled_fields(source, truth, options) -> tuple[list, list, str]:
-    """(records, (image channel, labels) items, group key) of the fields of ``source``."""
-    records = list_fields(source, truth=truth)
-    missing = [r.field_id for r in records if r.truth_path is None]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} field(s) have no instance label image (e.g. {missing[:3]}); pass "
-            "--truth DIR with label images named like the fields, or a truth column in the index"
-        )
-    key = options.group
-    if key == "auto":
-        key = next((g for g in ("well", "plate") if all(r.groups.get(g) for r in records)), "field")
-    if any(key not in r.groups for r in records):
-        raise ValueError(
-            f"--group {key!r} is not a column of every field (have {sorted(records[0].groups)})"
-        )
-    items = []
-    for r in records:
-        image = read_field(r.path)
-        names = options.channel_names or tuple(f"ch{i}" for i in range(image.shape[0]))
-        if len(names) != image.shape[0]:
-            raise ValueError(
-                f"{len(names)} channel names for {r.path} with {image.shape[0]} channel(s)"
-            )
-        items.append(
-            (image[resolve_channel(options.channel, tuple(names))], read_truth(r.truth_path))
-        )
-    return records, items, key
 
 
 def train_seed_finder(

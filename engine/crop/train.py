@@ -184,6 +184,37 @@ def evaluate(finder, items) -> dict:
     return score_fields([labels for _, labels in items], preds)
 
 
+def load_labelled_fields(source, truth, options) -> tuple[list, list, str]:
+    """(records, (image channel, labels) items, group key) of the labelled fields of ``source``
+    (the finders' training data; ``options`` gives group, channel and channel names)."""
+    records = list_fields(source, truth=truth)
+    missing = [r.field_id for r in records if r.truth_path is None]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} field(s) have no instance label image (e.g. {missing[:3]}); pass "
+            "--truth DIR with label images named like the fields, or a truth column in the index"
+        )
+    key = options.group
+    if key == "auto":
+        key = next((g for g in ("well", "plate") if all(r.groups.get(g) for r in records)), "field")
+    if any(key not in r.groups for r in records):
+        raise ValueError(
+            f"--group {key!r} is not a column of every field (have {sorted(records[0].groups)})"
+        )
+    items = []
+    for r in records:
+        image = read_field(r.path)
+        names = options.channel_names or tuple(f"ch{i}" for i in range(image.shape[0]))
+        if len(names) != image.shape[0]:
+            raise ValueError(
+                f"{len(names)} channel names for {r.path} with {image.shape[0]} channel(s)"
+            )
+        items.append(
+            (image[resolve_channel(options.channel, tuple(names))], read_truth(r.truth_path))
+        )
+    return records, items, key
+
+
 def train_finder(
     source: str | Path,
     out: str | Path,
@@ -207,30 +238,7 @@ def train_finder(
 
     options = options or TrainOptions()
     start = time.perf_counter()
-    records = list_fields(source, truth=truth)
-    missing = [r.field_id for r in records if r.truth_path is None]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} field(s) have no instance label image (e.g. {missing[:3]}); pass "
-            "--truth DIR with label images named like the fields, or a truth column in the index"
-        )
-    key = options.group
-    if key == "auto":
-        key = next((g for g in ("well", "plate") if all(r.groups.get(g) for r in records)), "field")
-    if any(key not in r.groups for r in records):
-        raise ValueError(
-            f"--group {key!r} is not a column of every field (have {sorted(records[0].groups)})"
-        )
-    items = []
-    for r in records:
-        image = read_field(r.path)
-        names = options.channel_names or tuple(f"ch{i}" for i in range(image.shape[0]))
-        if len(names) != image.shape[0]:
-            raise ValueError(
-                f"{len(names)} channel names for {r.path} with {image.shape[0]} channel(s)"
-            )
-        channel = resolve_channel(options.channel, tuple(names))
-        items.append((image[channel], read_truth(r.truth_path)))
+    records, items, key = load_labelled_fields(source, truth, options)
     train_rows, val_rows = split_by_group(
         [r.groups[key] for r in records], options.val_fraction, options.seed
     )

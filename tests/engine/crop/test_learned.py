@@ -92,3 +92,22 @@ def test_train_a_few_steps_on_cpu_then_crop_with_it(tmp_path, one_thread):
     np.testing.assert_array_equal(la, lb)  # the checkpoint alone rebuilds the model
     with pytest.raises(FileNotFoundError, match="crop train"):
         create_finder("learned", checkpoint=str(tmp_path))
+
+
+def test_a_checkpoint_of_the_other_finder_is_refused_naming_the_right_one(tmp_path):
+    import json
+
+    import torch
+    from cytotune.engine.crop import create_finder
+
+    seed_dir, learned_dir = tmp_path / "seed", tmp_path / "learned"
+    for path, config in ((seed_dir, {"finder": "seed", "model": {}}), (learned_dir, {"model": {}})):
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(config))
+        torch.save({}, path / "weights.pt")
+    with pytest.raises(ValueError, match="holds a 'seed' finder checkpoint; use --finder seed"):
+        create_finder("learned", checkpoint=str(seed_dir), device="cpu")
+    with pytest.raises(
+        ValueError, match="holds a 'learned' finder checkpoint; use --finder learned"
+    ):
+        create_finder("seed", checkpoint=str(learned_dir), device="cpu")
