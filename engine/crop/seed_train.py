@@ -12,7 +12,6 @@ checkpoint's ``config.json``.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from .seed import STRIDES, decode, giou
-from .train import augment, evaluate, load_labelled_fields, split_by_group
+from .train import (
+    augment,
+    evaluate,
+    load_labelled_fields,
+    optimiser_and_schedule,
+    split_by_group,
+)
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
@@ -197,21 +202,7 @@ def train_seed_model(train_items, options: SeedTrainOptions, progress: bool = Tr
     wh = wh[:, 2:] - wh[:, :2]
     anchors = kmeans_anchors(wh, 2 * options.anchors_per_level, seed=options.seed)
     model = build_model(**options.model_args(anchors)).to(device)
-    steps_per_epoch = math.ceil(len(items) / options.batch_size)
-    total = steps_per_epoch * options.epochs
-    if options.max_steps is not None:
-        total = min(total, options.max_steps)
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=options.lr, weight_decay=options.weight_decay
-    )
-    warm = max(1, min(options.warmup_steps, total // 5))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    optimiser, schedule, total = optimiser_and_schedule(model, len(items), options)
     cuda = device.startswith("cuda")
     tuned = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cuda  # one crop size: tuned once (restored after)

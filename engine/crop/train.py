@@ -113,6 +113,27 @@ def model_args(options: TrainOptions) -> dict:
     }
 
 
+def optimiser_and_schedule(model, n_items: int, options):
+    """AdamW and its schedule (linear warm-up, then cosine to 0) for a finder's training on
+    ``n_items`` fields: (optimiser, scheduler stepped once per step, total steps)."""
+    import torch
+
+    total = math.ceil(n_items / options.batch_size) * options.epochs
+    if options.max_steps is not None:
+        total = min(total, options.max_steps)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=options.lr, weight_decay=options.weight_decay
+    )
+    warm = max(1, min(options.warmup_steps, total // 5))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, factor), total
+
+
 def train_model(train_items, val_items, options: TrainOptions, progress: bool = True, log=print):
     """Train a Mask R-CNN on (image (H, W), labels (H, W)) pairs; returns (model, history)."""
     import torch
@@ -128,21 +149,7 @@ def train_model(train_items, val_items, options: TrainOptions, progress: bool = 
     rng = np.random.default_rng(options.seed)
     device = resolve_device(options.device)
     model = build_model(**model_args(options)).to(device)
-    steps_per_epoch = math.ceil(len(train_items) / options.batch_size)
-    total = steps_per_epoch * options.epochs
-    if options.max_steps is not None:
-        total = min(total, options.max_steps)
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=options.lr, weight_decay=options.weight_decay
-    )
-    warm = max(1, min(options.warmup_steps, total // 5))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    optimiser, schedule, total = optimiser_and_schedule(model, len(train_items), options)
     cuda = device.startswith("cuda")
     history, step = [], 0
     bar = tqdm(total=total, unit="step", desc="crop train", disable=not progress)
