@@ -391,12 +391,6 @@ def test_a_study_files_sections_keep_what_they_accepted():
 
 
 # -- one ranking ----------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="dashboard/pages/compare.py family_best sorts on its own (ties: row order), not "
-    "with engine.search.leaderboard.ranked (ties: the trial that started first) "
-    "(issue 17, reported)",
-)
 def test_the_compare_pages_family_best_is_the_leaderboards_first_of_the_family():
     from cytotune.dashboard.pages.compare import family_best
     from cytotune.engine.search.leaderboard import ranked

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from cytotune.engine.search.leaderboard import ranked
 from dash import Input, Output, State, dash_table, dcc, html
 
 from .. import stats
@@ -214,12 +215,14 @@ def fidelity_note(trials, full, epochs, k, left_out: list[str]) -> str:
 
 
 def family_best(trials: pd.DataFrame, metric: str, mode: str) -> dict[str, str]:
-    """family -> trial_id of its best trial by the metric's fold mean."""
+    """family -> trial_id of its best trial by the metric's fold mean: the family's first in the
+    leaderboard's order (:func:`~cytotune.engine.search.leaderboard.ranked`; ties go to the
+    trial that started first)."""
     key = f"val/{metric}"
     if key not in trials:
         return {}
-    ranked = trials[trials[key].notna()].sort_values(key, ascending=(mode == "min"))
-    return {str(f): str(g.iloc[0]["trial_id"]) for f, g in ranked.groupby("family", sort=True)}
+    order = ranked(trials[trials[key].notna()], key, mode)
+    return {str(f): str(g.iloc[0]["trial_id"]) for f, g in order.groupby("family", sort=True)}
 
 
 def fold_scores(folds: pd.DataFrame, metric: str) -> dict[str, dict[int, float]]:
