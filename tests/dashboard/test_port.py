@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 
 import pytest
 from cytotune.dashboard.ports import port_holder, port_in_use
@@ -27,13 +26,20 @@ def test_busy_port_is_found_with_its_process(busy_port):
     assert holder[0] == os.getpid()
 
 
-def test_second_dashboard_fails_at_once_naming_port_process_and_fix(busy_port, tmp_path, capsys):
-    start = time.perf_counter()
+def test_second_dashboard_fails_at_once_naming_port_process_and_fix(
+    busy_port, tmp_path, capsys, monkeypatch
+):
+    """At once: the port is checked before an app is built or a server started (either would
+    block or take the address); the test watches for those calls, not the clock."""
+    from cytotune.dashboard import app, serve
+
+    reached = []
+    monkeypatch.setattr(app, "create_app", lambda *a, **k: reached.append("create_app"))
+    monkeypatch.setattr(serve, "serve", lambda *a, **k: reached.append("serve"))
     code = main(["dashboard", "--study", str(tmp_path), "--port", str(busy_port)])
-    seconds = time.perf_counter() - start
     out, err = capsys.readouterr()
     assert code == 2
-    assert seconds < 5
+    assert reached == []
     assert f"port {busy_port} on 127.0.0.1 is already in use" in err
     assert f"process {os.getpid()}" in err
     assert f"kill {os.getpid()}" in err
