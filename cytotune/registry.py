@@ -43,6 +43,8 @@ class Registry(Generic[T]):
             asked for (kept lazy because it imports something heavy); listed like the others.
         identity: what makes two registrations of one name the same (registering it again
             then replaces the entry); default: the object itself.
+        name_attr: the attribute :meth:`register` sets, on what it registers, to the name
+            (``"name"``: a registered class knows its name as ``cls.name``); None sets none.
     """
 
     def __init__(
@@ -52,11 +54,13 @@ class Registry(Generic[T]):
         hint: str = "",
         lazy: Mapping[str, str] | None = None,
         identity: Callable[[T], object] | None = None,
+        name_attr: str | None = None,
     ):
         self.kind = kind
         self.hint = hint
         self._lazy = dict(lazy or {})
         self._identity = identity or (lambda obj: obj)
+        self._name_attr = name_attr
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, obj: T) -> T:
@@ -78,10 +82,14 @@ class Registry(Generic[T]):
         del self._entries[name]
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator registering the decorated class or function as ``name``."""
+        """Decorator registering the decorated class or function as ``name`` (and setting its
+        ``name_attr`` to ``name`` once registered)."""
 
         def decorator(obj: T) -> T:
-            return self.add(name, obj)
+            self.add(name, obj)
+            if self._name_attr is not None:
+                setattr(obj, self._name_attr, name)
+            return obj
 
         return decorator
 

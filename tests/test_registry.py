@@ -42,6 +42,42 @@ def test_a_taken_name_refuses_another_object_but_not_the_same_one():
         things.remove("a")
 
 
+def test_register_sets_the_name_attribute_once_registered():
+    things: Registry[type] = Registry("widget", name_attr="name")
+
+    @things.register("round_cell")
+    class Round: ...
+
+    assert Round.name == "round_cell"
+    taken = type("Taken", (), {"name": "mine"})
+    with pytest.raises(ValueError, match="widget 'round_cell' is already registered"):
+        things.register("round_cell")(taken)
+    assert taken.name == "mine"  # refused: left as it was
+    plain: Registry[type] = Registry("widget")
+    assert not hasattr(plain.register("rod_cell")(type("Rod", (), {})), "name")
+
+
+@pytest.mark.parametrize(
+    "module, decorator, registry",
+    [
+        ("cytotune.explainers.methods._registry", "register_explainer", "EXPLAINERS"),
+        ("cytotune.engine.crop.finders", "register_finder", "FINDERS"),
+        ("cytotune.engine.synth.tasks", "register_task", "TASKS"),
+    ],
+)
+def test_class_decorators_of_the_axes_name_their_class(module, decorator, registry):
+    """One "register and set cls.name" decorator: Registry.register with name_attr="name"."""
+    import importlib
+
+    axis = importlib.import_module(module)
+    cls = getattr(axis, decorator)("a_test_only_entry")(type("Entry", (), {}))
+    try:
+        assert cls.name == "a_test_only_entry"
+        assert getattr(axis, registry).get("a_test_only_entry") is cls
+    finally:
+        getattr(axis, registry).remove("a_test_only_entry")
+
+
 def test_lazy_entries_are_listed_and_imported_when_asked_for(tmp_path, monkeypatch):
     (tmp_path / "lazy_widget_mod.py").write_text(
         "from tests.test_registry import LAZY\n@LAZY.register('lazy')\nclass Lazy: ...\n"

@@ -21,6 +21,7 @@ FINDERS: Registry[type[Finder]] = Registry(
         "learned": "cytotune.engine.crop.learned",
         "seed": "cytotune.engine.crop.seed",
     },
+    name_attr="name",
 )
 
 
@@ -53,14 +54,9 @@ class Finder:
 
 
 def register_finder(name: str):
-    """Class decorator adding a :class:`Finder` subclass to the registry under ``name``."""
-
-    def decorator(cls: type[Finder]) -> type[Finder]:
-        FINDERS.add(name, cls)
-        cls.name = name
-        return cls
-
-    return decorator
+    """Class decorator adding a :class:`Finder` subclass to the registry under ``name`` (set as
+    the class's ``name``)."""
+    return FINDERS.register(name)
 
 
 def list_finders(pattern: str = "*") -> list[str]:

@@ -152,18 +152,13 @@ class SynthTask:
         raise NotImplementedError
 
 
-TASKS: Registry[type[SynthTask]] = Registry("synthetic task")
+TASKS: Registry[type[SynthTask]] = Registry("synthetic task", name_attr="name")
 
 
 def register_task(name: str):
-    """Class decorator adding a :class:`SynthTask` subclass to the registry under ``name``."""
-
-    def decorator(cls: type[SynthTask]) -> type[SynthTask]:
-        TASKS.add(name, cls)
-        cls.name = name
-        return cls
-
-    return decorator
+    """Class decorator adding a :class:`SynthTask` subclass to the registry under ``name`` (set
+    as the class's ``name``)."""
+    return TASKS.register(name)
 
 
 def list_tasks(pattern: str = "*") -> list[str]:

@@ -25,7 +25,7 @@ def _builtin_modules() -> dict[str, str]:
 
 
 _DECORATOR = re.compile(r"^@register_explainer\(\s*[\"']([^\"']+)[\"']\s*\)", re.M)
-EXPLAINERS: Registry[type] = Registry("explainer", lazy=_builtin_modules())
+EXPLAINERS: Registry[type] = Registry("explainer", lazy=_builtin_modules(), name_attr="name")
 
 
 def register_explainer(name: str) -> Callable[[type], type]:
@@ -35,15 +35,10 @@ def register_explainer(name: str) -> Callable[[type], type]:
     classmethod (``Explainer.create`` calls the constructor).
 
     Args:
-        name: the method name used in configs and on the command line, e.g. ``"gradcam"``.
+        name: the method name used in configs and on the command line, e.g. ``"gradcam"``
+            (set as the class's ``name``).
     """
-
-    def decorator(cls: type) -> type:
-        EXPLAINERS.add(name, cls)
-        cls.name = name
-        return cls
-
-    return decorator
+    return EXPLAINERS.register(name)
 
 
 def get_explainer_class(name: str) -> type:
