@@ -226,12 +226,12 @@ def test_key_params_is_defined_once():
     assert [hit.split(":")[0] for hit in _defined("key_params")] == ["engine/search/tables.py"]
 
 
-# Each file reads weights of its own format: fold checkpoints, bundle members, cell finders.
+# Each file reads weights of its own format: fold checkpoints, bundle members, cell finders
+# (both finders' checkpoints through learned.read_checkpoint).
 TORCH_LOADERS = {
     "engine/train/checkpoint.py",
     "engine/export/bundle.py",
     "engine/crop/learned.py",
-    "engine/crop/seed.py",
 }
 FOLD_CONTRACT = {"engine/train/checkpoint.py", "engine/train/contract.py"}
 
