@@ -5,7 +5,9 @@ labels) or a CSV/TSV/Parquet index with a path column and optional label, plate,
 columns (a field without a label inherits its well's). Each cell becomes one row: a crop centred
 on it, its mask, the label, the plate/well/field group columns, centroid/box/area. Cells cut by
 the field edge, too small or too large are quarantined with the reason. DATASET/crop/ holds
-cells.parquet, fields.csv and montage/<field>.png.
+cells.parquet, fields.csv and montage/<field>.png. With --cell-channel, each nucleus found on
+--channel is grown into its whole cell on that channel (seeded watershed) and the crop is centred
+on the cell body, with the body's mask (metadata: the nucleus's columns and body_* ones).
 
 `cytotune crop train FIELDS --truth LABELS --out CHECKPOINT` trains the learned finder (Mask
 R-CNN from random initialisation) on fields with instance label images; fields are split into
@@ -20,6 +22,7 @@ Examples:
   cytotune crop train FIELDS --truth LABELS --out finders/seed --model seed
   cytotune crop plates/index.csv --out data/cells --finder seed --checkpoint finders/seed
   cytotune crop plates/index.csv --out data/cells --workers 8
+  cytotune crop plates/index.csv --out data/cells --channels dna,actin --channel dna --cell-channel actin
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", help="comma-separated channel names (default ch0,ch1,...)")
     parser.add_argument(
         "--channel", help="name or index of the channel holding nuclei/cells (default 0)"
+    )
+    parser.add_argument(
+        "--cell-channel",
+        metavar="NAME",
+        help="grow each nucleus into its cell body on this channel (e.g. actin; seeded "
+        "watershed) and crop the body: centred on it, its mask, rules applied to it",
     )
     parser.add_argument(
         "--channel-axis",
@@ -155,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     options = CropOptions(
         size=args.size,
         channel=args.channel,
+        cell_channel=args.cell_channel,
         channel_names=_csv(args.channels),
         channel_axis=args.channel_axis,
         clean=args.clean,

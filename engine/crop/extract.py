@@ -5,7 +5,9 @@ the field. Where the window leaves the field it is padded with the field's per-c
 (its background), never with neighbouring pixels. The crop's mask holds this cell alone;
 ``clean`` zeroes every pixel outside it. Cells that touch the field edge, are smaller than
 ``min_area`` or larger than ``max_area`` (or whose box does not fit the crop) get a reason
-instead of a crop.
+instead of a crop. Given cell bodies grown around the nuclei (``cells.grow_cells``), the crop is
+centred on the body, its mask is the body's, the rules apply to the body, and the metadata keeps
+the nucleus's centroid/box/area beside the body's (``body_*``).
 """
 
 from __future__ import annotations
@@ -28,18 +30,26 @@ class CellCut:
     image: np.ndarray | None = None  # (C, size, size), the field's dtype
     mask: np.ndarray | None = None  # (size, size) uint8
     reason: str | None = None
+    nucleus: dict | None = None  # the nucleus's centroid/box/area when the cut is a cell body
 
     @property
     def metadata(self) -> dict:
-        return {
-            "centroid_y": round(float(self.centroid[0]), 2),
-            "centroid_x": round(float(self.centroid[1]), 2),
-            "box_y0": int(self.box[0]),
-            "box_x0": int(self.box[1]),
-            "box_y1": int(self.box[2]),
-            "box_x1": int(self.box[3]),
-            "area": int(self.area),
-        }
+        own = _place(self.centroid, self.box, self.area)
+        if self.nucleus is None:
+            return own
+        return {**self.nucleus, **{f"body_{k}": v for k, v in own.items()}}
+
+
+def _place(centroid, box, area) -> dict:
+    return {
+        "centroid_y": round(float(centroid[0]), 2),
+        "centroid_x": round(float(centroid[1]), 2),
+        "box_y0": int(box[0]),
+        "box_x0": int(box[1]),
+        "box_y1": int(box[2]),
+        "box_x1": int(box[3]),
+        "area": int(area),
+    }
 
 
 def _reason(cut: CellCut, shape: tuple[int, int], size: int, min_area: int, max_area: int | None):
@@ -77,6 +87,7 @@ def cut_cells(
     min_area: int = 16,
     max_area: int | None = None,
     clean: bool = False,
+    bodies: np.ndarray | None = None,
 ) -> list[CellCut]:
     """Crops (or quarantine reasons) for every cell of a field.
 
@@ -88,32 +99,35 @@ def cut_cells(
         max_area: cells with more pixels are quarantined as too large (None: only the crop
             size limits them).
         clean: zero the pixels outside the cell's mask.
+        bodies: (H, W) cell bodies grown from ``labels`` (same label per cell), or None. Given,
+            each cut is the body's: crop centre, mask, box, area and quarantine rules; the
+            nucleus's centroid/box/area go to :attr:`CellCut.nucleus`.
 
     Returns:
         One :class:`CellCut` per label, in label order.
     """
-    from scipy import ndimage as ndi
-
     if field.ndim != 3 or field.shape[1:] != labels.shape:
         raise ValueError(
             f"field {field.shape} and labels {labels.shape} do not match (C, H, W)/(H, W)"
         )
+    if bodies is not None and bodies.shape != labels.shape:
+        raise ValueError(f"cell bodies {bodies.shape} and nuclei {labels.shape} do not match")
     if size < 4:
         raise ValueError(f"crop size must be >= 4 px, got {size}")
     ids = np.unique(labels)
     ids = ids[ids > 0]
     if len(ids) == 0:
         return []
-    slices = ndi.find_objects(labels)
-    areas = ndi.sum_labels(np.ones_like(labels), labels, ids)
-    centroids = ndi.center_of_mass(np.ones_like(labels), labels, ids)
+    nuclei = None
+    if bodies is not None:
+        nuclei = {int(i): _place(*p) for i, *p in zip(ids, *_measure(labels, ids))}
+        labels = bodies
     background = np.median(field.reshape(field.shape[0], -1), axis=1).astype(field.dtype)
     background = background[:, None, None]
     cuts = []
-    for i, area, centroid in zip(ids, areas, centroids):
-        sl = slices[i - 1]
-        box = (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
-        cut = CellCut(int(i), (float(centroid[0]), float(centroid[1])), box, int(area))
+    for i, centroid, box, area in zip(ids, *_measure(labels, ids)):
+        cut = CellCut(int(i), centroid, box, area)
+        cut.nucleus = None if nuclei is None else nuclei[int(i)]
         cut.reason = _reason(cut, labels.shape, size, min_area, max_area)
         if cut.reason is None:
             top = int(round(centroid[0])) - size // 2
@@ -125,3 +139,21 @@ def cut_cells(
             cut.image, cut.mask = image, mask
         cuts.append(cut)
     return cuts
+
+
+def _measure(labels: np.ndarray, ids: np.ndarray) -> tuple[list, list, list]:
+    """Centroids (y, x), boxes (y0, x0, y1, x1) and areas of the labels ``ids`` (all present)."""
+    from scipy import ndimage as ndi
+
+    slices = ndi.find_objects(labels)
+    areas = ndi.sum_labels(np.ones_like(labels), labels, ids)
+    centroids = ndi.center_of_mass(np.ones_like(labels), labels, ids)
+    boxes = []
+    for i in ids:
+        sl = slices[i - 1]
+        boxes.append((sl[0].start, sl[1].start, sl[0].stop, sl[1].stop))
+    return (
+        [(float(c[0]), float(c[1])) for c in centroids],
+        boxes,
+        [int(a) for a in areas],
+    )

@@ -7,7 +7,9 @@ are quarantined too (cell id = the field id). Beside the Parquet shards, ``DATAS
 ``cells.parquet`` (every detection, accepted or not), ``fields.csv`` (per-field counts) and
 ``montage/<field>.png`` (detections drawn on the field). With ``workers > 1`` the fields are read,
 searched and cut in worker processes (``work.py``) while this process writes them in the
-listing's order: the dataset is the same for any number of workers.
+listing's order: the dataset is the same for any number of workers. With ``cell_channel`` the
+nuclei are grown into cell bodies on that channel (``cells.py``) and the bodies are cropped; the
+metadata then holds the nucleus's centroid/box/area and the body's (``body_*`` columns).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from cytotune.engine.io import atomic_write_bytes, make_staging_dir, publish_directory
 
+from .cells import CELL_DEFAULTS
 from .fields import FieldRecord, list_fields, resolve_channel
 from .finders import Finder, create_finder
 from .work import default_workers, field_results
@@ -29,6 +32,13 @@ CROP_DIR = "crop"
 METADATA_COLUMNS = (
     "centroid_y", "centroid_x", "box_y0", "box_x0", "box_y1", "box_x1", "area",
 )  # fmt: skip
+# --cell-channel: the columns above are the nucleus's, these the cell body's (what is cropped).
+BODY_COLUMNS = tuple(f"body_{c}" for c in METADATA_COLUMNS)
+
+
+def metadata_columns(options: CropOptions) -> tuple[str, ...]:
+    """The metadata columns of a crop dataset made with ``options``."""
+    return METADATA_COLUMNS + (BODY_COLUMNS if options.cell_channel is not None else ())
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class CropOptions:
     name: str | None = None
     overwrite: bool = False
     workers: int = 0  # processes for reading, finding and cutting; 0: the CPU count, at most 4
+    cell_channel: str | int | None = None  # grow cell bodies on it and crop those (None: nuclei)
 
     def __post_init__(self) -> None:
         if not 8 <= self.size <= 1024:
@@ -64,6 +75,8 @@ class CropOptions:
             raise ValueError(f"--montages must be >= 0, got {self.montages}")
         if not str(self.default_label).strip():
             raise ValueError("--label must not be empty")
+        if self.cell_channel is not None and not str(self.cell_channel).strip():
+            raise ValueError("--cell-channel must name a channel (or give its index)")
         names = self.channel_names
         if names is not None and len(set(names)) != len(names):
             raise ValueError(f"channel names repeat: {names}")
@@ -107,8 +120,13 @@ def _spec(c: int, dtype: str, options: CropOptions, records: list[FieldRecord]):
         dtype=dtype,
         shape=(c, options.size, options.size),
         group_columns=groups,
-        metadata_columns=METADATA_COLUMNS,
+        metadata_columns=metadata_columns(options),
     )
+    if options.cell_channel is not None:
+        try:
+            resolve_channel(options.cell_channel, tuple(names))
+        except ValueError as exc:
+            raise ValueError(f"--cell-channel: {exc}".replace("--channel", "channel")) from exc
     return spec, resolve_channel(options.channel, tuple(names))
 
 
@@ -209,7 +227,7 @@ def crop_fields(
     finally:
         if bar is not None:
             bar.close()
-    _write_tables(staging, cells, per_field)
+    _write_tables(staging, cells, per_field, metadata_columns(options))
     publish_directory(staging, out / CROP_DIR)
     return CropReport(manifest, len(records), len(cells), reasons, time.perf_counter() - start)
 
@@ -220,21 +238,26 @@ def _writer(out: Path, source, first, options: CropOptions, records, finder: Fin
 
     spec, _ = _spec(first.channels, first.dtype, options, records)
     skip = ("finder_args", "workers")  # the dataset is the same for any number of workers
+    settings = {k: v for k, v in asdict(options).items() if k not in skip}
+    if settings["cell_channel"] is None:
+        del settings["cell_channel"]  # a nuclei dataset reads as it did before the option
     provenance = {
         "generator": "cytotune crop",
         "source": str(source),
         "finder": finder.describe(),
-        "options": {k: v for k, v in asdict(options).items() if k not in skip},
+        "options": settings,
     }
+    if options.cell_channel is not None:
+        provenance["cells"] = {"grown": "seeded watershed", **CELL_DEFAULTS}
     return DatasetWriter(
         out, spec, name=options.name, rows_per_shard=options.rows_per_shard,
         overwrite=options.overwrite, provenance=provenance,
     )  # fmt: skip
 
 
-def _write_tables(staging: Path, cells: list[dict], per_field: list[dict]) -> None:
+def _write_tables(staging: Path, cells: list[dict], per_field: list[dict], metadata) -> None:
     import pandas as pd
 
-    columns = ["cell_id", "field", "label", "status", "reason", *METADATA_COLUMNS]
+    columns = ["cell_id", "field", "label", "status", "reason", *metadata]
     pd.DataFrame(cells, columns=columns).to_parquet(staging / "cells.parquet", index=False)
     pd.DataFrame(per_field).to_csv(staging / "fields.csv", index=False)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from .cells import grow_cells
 from .extract import CellCut, cut_cells
 from .fields import FieldRecord, read_field, resolve_channel
 from .finders import Finder
@@ -49,6 +50,9 @@ def default_workers() -> int:
 def process_field(index: int, record: FieldRecord, options, finder: Finder) -> FieldResult:
     """Read one field, find its cells on the options' channel and cut them.
 
+    With ``options.cell_channel``, the nuclei found are grown into cell bodies on that channel
+    (:func:`~cytotune.engine.crop.cells.grow_cells`) and the bodies are cut.
+
     Args:
         index: position of the field in the listing (the first ``options.montages`` get one).
         record: the field.
@@ -64,21 +68,29 @@ def process_field(index: int, record: FieldRecord, options, finder: Finder) -> F
     names = options.channel_names or tuple(f"ch{i}" for i in range(c))
     if len(names) != c:
         return result
+    cell_channel = options.cell_channel
     try:
         channel = resolve_channel(options.channel, tuple(names))
+        if cell_channel is not None:
+            cell_channel = resolve_channel(cell_channel, tuple(names))
     except ValueError:
         return result
     start = time.perf_counter()
     labels = finder.find(image[channel])
+    bodies = None
+    if cell_channel is not None:
+        bodies = grow_cells(image[cell_channel], labels)
     result.cuts = cut_cells(
         image, labels, options.size,
         min_area=options.min_area, max_area=options.max_area, clean=options.clean,
+        bodies=bodies,
     )  # fmt: skip
     result.seconds = time.perf_counter() - start
     if index < options.montages:
         label = record.label or options.default_label
+        shown, outlined = (channel, labels) if bodies is None else (cell_channel, bodies)
         result.montage = montage_png(
-            image[channel], labels, result.cuts, options.size,
+            image[shown], outlined, result.cuts, options.size,
             title=f"{record.field_id} [{label}]",
         )  # fmt: skip
     return result
