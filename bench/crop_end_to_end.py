@@ -2,15 +2,17 @@
 
 The synth module renders the same cells (same seed, layout and ids) two ways: as crops straight
 from its writer, and tiled into whole fields of ``grid`` x ``grid`` cells (``--as-fields``) that
-`cytotune crop` (classical finder on the DNA channel) turns back into a dataset. Both datasets
-get the same frozen folds (k by well) and the same search (by default trial 0 of the ``demo``
-space: its default small CNN, every fold trained to ``--epochs``); the script prints both
+`cytotune crop` (classical finder on the DNA channel; with ``--cell-channel actin``, the whole
+cells grown around those nuclei on actin) turns back into a dataset. Both datasets get the same
+frozen folds (k by well) and the same search (by default trial 0 of the ``demo`` space: its
+default small CNN, every fold trained to ``--epochs``); the script prints both
 balanced accuracies (fold mean ± std), their difference and the cell finding counts, and
 appends one JSON line to ``--out``. The default space's trial 0 (a ResNet-18) is a GPU run:
 ``--space default``.
 
   python bench/crop_end_to_end.py --out bench/results/crop_end_to_end.json
   python bench/crop_end_to_end.py --weak-fraction 0.6 --train-seeds 3 --out bench/results/crop_end_to_end.json
+  python bench/crop_end_to_end.py --weak-fraction 0.6 --seed 1 --cell-channel actin   # whole cells
   python bench/crop_end_to_end.py --grid 4 --size 32 --plates 2 --wells-per-class 3 --fields-per-well 4 --epochs 16   # the test's size
   python bench/crop_end_to_end.py --space default --epochs 40 --gpus 1 --cpus 4   # GPU machine
 """
@@ -47,6 +49,11 @@ def parse(argv=None) -> argparse.Namespace:
         "--weak-fraction",
         type=float,
         help="share of cells in metastasizing wells that show the phenotype (default 1: all)",
+    )
+    p.add_argument(
+        "--cell-channel",
+        help="crop the whole cells grown on this channel (`cytotune crop --cell-channel`, e.g. "
+        "actin) instead of the nuclei (default)",
     )
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--space", default="demo", help="search space (default demo)")
@@ -131,8 +138,10 @@ def main(argv=None) -> int:
     t_fields = run_cli(
         "synth", "--task", TASK, "--out", "fields", "--as-fields", str(args.grid), *layout
     )
+    cells = ["--cell-channel", args.cell_channel] if args.cell_channel else []
     t_crop = run_cli("crop", "fields/index.csv", "--out", "data/crops", "--channels", CHANNELS,
-                     "--channel", "dna", "--size", str(args.size), "--quiet", "--montages", "4")  # fmt: skip
+                     "--channel", "dna", *cells, "--size", str(args.size), "--quiet",
+                     "--montages", "4")  # fmt: skip
     t_direct = run_cli("synth", "--task", TASK, "--out", "data/direct", "--n", str(n), *layout,
                        "--no-progress")  # fmt: skip
     crops = CellDataset(root / "data/crops")
@@ -164,6 +173,7 @@ def main(argv=None) -> int:
             "fields_per_well": args.fields_per_well,
         },
         weak_fraction=args.weak_fraction,
+        cell_channel=args.cell_channel,
         folds=args.folds,
         space=args.space,
         trials=args.trials,
