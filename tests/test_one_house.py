@@ -383,7 +383,8 @@ def test_a_study_files_sections_keep_what_they_accepted():
         }
     )
     assert (config.budget.parallel_folds, config.budget.race) == (3, "epochs")
-    assert config.budget.time_budget_s == 60.0 and isinstance(config.budget.time_budget_s, float)
+    assert config.budget.time_budget_s == 60.0
+    assert isinstance(config.budget.time_budget_s, float)
     assert (config.resources.cpus, config.resources.gpus) == (2.0, 1.0)
     assert (config.folds.k, config.folds.group) == (3, None)
     auto = StudyConfig.from_dict({"dataset": "/nowhere", "budget": {"parallel_folds": "auto"}})
