@@ -86,8 +86,8 @@ def test_crops_are_centred_on_the_body_and_the_rules_apply_to_it():
         assert np.array_equal(cut.image, image[:, top : top + SIZE, left : left + SIZE])
         assert np.array_equal(cut.mask, body[top : top + SIZE, left : left + SIZE])
         my, mx = ndi.center_of_mass(cut.mask)
-        assert abs(my + top - cy) < 1e-9 and abs(mx + left - cx) < 1e-9  # crop centre = body's
-        assert abs(my - SIZE / 2) <= 0.5 and abs(mx - SIZE / 2) <= 0.5
+        assert np.allclose((my + top, mx + left), (cy, cx))  # the crop's centre is the body's
+        assert np.abs(np.subtract((my, mx), SIZE / 2)).max() <= 0.5
     # Too large is judged on the body: every nucleus passes, no body does.
     limit = max(c.area for c in plain.values()) + 1
     cuts = cut_cells(image, nuclei, SIZE, bodies=bodies, max_area=limit)
@@ -136,7 +136,8 @@ def test_cli_cell_channel_with_one_and_two_workers(folder, tmp_path, capsys):
     q = serial.quarantine()
     assert set(q["reason"]) == {"touches the field edge"}
     table = pd.read_parquet(serial.path / "crop" / "cells.parquet")
-    assert "body_area" in table.columns and len(table) == 20
+    assert len(table) == 20
+    assert "body_area" in table.columns
     provenance = json.loads((serial.path / "manifest.json").read_text())["provenance"]
     assert provenance["options"]["cell_channel"] == "actin"
 
