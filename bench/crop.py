@@ -152,6 +152,37 @@ def bench_classical(ids, items, splits, args) -> dict:
     }
 
 
+def trained_folds(items, splits, args, fit) -> dict:
+    """Train on each selected fold's other folds and score the fold; ``fit(train_items)``
+    returns (finder, history, what to record about the fold). Pooled and per-fold scores,
+    fields/s of the finder alone (after a warm-up batch), training seconds per fold."""
+    held_out, rates, train_s, chosen = [None] * len(items), [], [], {}
+    for f, val in enumerate(splits):
+        if args.only_folds and f not in args.only_folds:
+            continue
+        train = np.setdiff1d(np.arange(len(items)), val)
+        t0 = time.perf_counter()
+        finder, history, chosen[f] = fit([items[i] for i in train])
+        train_s.append(time.perf_counter() - t0)
+        finder.find_many([items[i][0] for i in val[: finder.batch_size]])  # warm-up
+        preds, sec = timed(finder, [items[i][0] for i in val])
+        rates.append(len(val) / sec)
+        for i, p in zip(val, preds):
+            held_out[i] = score_field(items[i][1], p)
+        print(
+            f"fold {f}: {summarise([held_out[i] for i in val])}  train {train_s[-1]:.0f} s, "
+            f"final loss {history[-1]['loss']:.3f}, {chosen[f] or ''} {rates[-1]:.2f} fields/s",
+            flush=True,
+        )
+    return {
+        "folds": fold_table(held_out, splits, chosen if any(chosen.values()) else None),
+        "pooled": pooled_scores(held_out),
+        "fields_per_s": float(np.mean(rates)),
+        "fields_per_s_device": args.device,
+        "train_seconds_per_fold": float(np.mean(train_s)),
+    }
+
+
 def bench_learned(ids, items, splits, args) -> dict:
     from cytotune.engine.crop.learned import LearnedFinder
     from cytotune.engine.crop.train import TrainOptions, train_model
@@ -161,37 +192,15 @@ def bench_learned(ids, items, splits, args) -> dict:
         backbone=args.backbone, width=args.width, min_size=args.min_size, max_size=max(1024, 2 * args.min_size),
         device=args.device, seed=args.seed,
     )  # fmt: skip
-    held_out, rates, train_s = [None] * len(items), [], []
-    for f, val in enumerate(splits):
-        if args.only_folds and f not in args.only_folds:
-            continue
-        train = np.setdiff1d(np.arange(len(items)), val)
-        t0 = time.perf_counter()
-        model, history = train_model(
-            [items[i] for i in train], [], options, progress=not args.quiet
-        )
-        train_s.append(time.perf_counter() - t0)
+
+    def fit(train_items):
+        model, history = train_model(train_items, [], options, progress=not args.quiet)
         finder = LearnedFinder(
             model=model, config={}, device=args.device, batch_size=options.batch_size
         )
-        finder.find_many([items[val[0]][0]])  # warm-up
-        preds, sec = timed(finder, [items[i][0] for i in val])
-        rates.append(len(val) / sec)
-        for i, p in zip(val, preds):
-            held_out[i] = score_field(items[i][1], p)
-        print(
-            f"fold {f}: {summarise([held_out[i] for i in val])}  train {train_s[-1]:.0f} s, "
-            f"final loss {history[-1]['loss']:.3f}, {rates[-1]:.2f} fields/s",
-            flush=True,
-        )
-    return {
-        "folds": fold_table(held_out, splits),
-        "pooled": pooled_scores(held_out),
-        "fields_per_s": float(np.mean(rates)),
-        "fields_per_s_device": args.device,
-        "train_seconds_per_fold": float(np.mean(train_s)),
-        "train": {k: v for k, v in vars(options).items()},
-    }
+        return finder, history, None
+
+    return {**trained_folds(items, splits, args, fit), "train": dict(vars(options))}
 
 
 def bench_seed(ids, items, splits, args) -> dict:
@@ -205,46 +214,22 @@ def bench_seed(ids, items, splits, args) -> dict:
         anchors_per_level=args.anchors_per_level, iou_threshold=args.iou_threshold,
         centre_fraction=args.centre_fraction, device=args.device, seed=args.seed,
     )  # fmt: skip
-    held_out, rates, train_s, chosen = [None] * len(items), [], [], {}
-    for f, val in enumerate(splits):
-        if args.only_folds and f not in args.only_folds:
-            continue
-        train = np.setdiff1d(np.arange(len(items)), val)
-        t0 = time.perf_counter()
-        model, history = train_seed_model(
-            [items[i] for i in train], options, progress=not args.quiet
-        )
-        train_s.append(time.perf_counter() - t0)
+    anchors = []
+
+    def fit(train_items):
+        model, history = train_seed_model(train_items, options, progress=not args.quiet)
         finder = SeedFinder(
             model=model, device=args.device, batch_size=args.infer_batch,
             score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
             centre_fraction=args.centre_fraction,
         )  # fmt: skip
         if args.score_threshold is None:  # chosen on the training fields only
-            choose_threshold(finder, [items[i] for i in train])
-        chosen[f] = finder.score_threshold
-        finder.find_many([items[i][0] for i in val[: args.infer_batch]])  # warm-up
-        preds, sec = timed(finder, [items[i][0] for i in val])
-        rates.append(len(val) / sec)
-        for i, p in zip(val, preds):
-            held_out[i] = score_field(items[i][1], p)
-        print(
-            f"fold {f}: {summarise([held_out[i] for i in val])}  train {train_s[-1]:.0f} s, "
-            f"final loss {history[-1]['loss']:.3f}, threshold {chosen[f]}, "
-            f"{rates[-1]:.2f} fields/s",
-            flush=True,
-        )
-    return {
-        "folds": fold_table(
-            held_out, splits, {f: {"score_threshold": t} for f, t in chosen.items()}
-        ),
-        "pooled": pooled_scores(held_out),
-        "fields_per_s": float(np.mean(rates)),
-        "fields_per_s_device": args.device,
-        "train_seconds_per_fold": float(np.mean(train_s)),
-        "train": {k: v for k, v in vars(options).items()},
-        "anchors": model.anchors.view(-1, 2).cpu().numpy().round(1).tolist(),
-    }
+            choose_threshold(finder, train_items)
+        anchors.append(model.anchors.view(-1, 2).cpu().numpy().round(1).tolist())
+        return finder, history, {"score_threshold": finder.score_threshold}
+
+    result = trained_folds(items, splits, args, fit)
+    return {**result, "train": dict(vars(options)), "anchors": anchors[-1]}
 
 
 BENCHES = {"classical": bench_classical, "learned": bench_learned, "seed": bench_seed}

@@ -200,36 +200,29 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"`cytotune crop train` takes one FIELDS source, got {args.fields[1:]}")
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     given = {k: v for k, v in given.items() if v is not None}  # None: the model's default
-    if args.model == "seed":
-        from .seed_train import SeedTrainOptions, train_seed_finder
-
-        options = SeedTrainOptions(
-            **given,
-            max_steps=args.max_steps,
-            crop_size=args.crop_size,
-            val_fraction=args.val_fraction,
-            group=args.group,
-            channel=args.channel,
-            channel_names=_csv(args.channels),
-            device=args.device,
-            seed=args.seed,
-        )
-        return _report(args, train_seed_finder, options)
-    from .train import TrainOptions, train_finder
-
-    options = TrainOptions(
-        **given,
+    common = dict(
         max_steps=args.max_steps,
-        backbone=args.backbone,
-        width=args.width,
-        min_size=args.min_size,
-        max_size=max(1024, 2 * args.min_size),
         val_fraction=args.val_fraction,
         group=args.group,
         channel=args.channel,
         channel_names=_csv(args.channels),
         device=args.device,
         seed=args.seed,
+    )
+    if args.model == "seed":
+        from .seed_train import SeedTrainOptions, train_seed_finder
+
+        options = SeedTrainOptions(**given, **common, crop_size=args.crop_size)
+        return _report(args, train_seed_finder, options)
+    from .train import TrainOptions, train_finder
+
+    options = TrainOptions(
+        **given,
+        **common,
+        backbone=args.backbone,
+        width=args.width,
+        min_size=args.min_size,
+        max_size=max(1024, 2 * args.min_size),
     )
     return _report(args, train_finder, options)
 

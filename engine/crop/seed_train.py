@@ -13,7 +13,7 @@ checkpoint's ``config.json``.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,10 @@ from .seed import STRIDES, decode, giou
 from .train import (
     augment,
     evaluate,
-    load_labelled_fields,
+    labelled_split,
     optimiser_and_schedule,
-    split_by_group,
+    training_record,
+    training_summary,
 )
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -284,26 +285,18 @@ def train_seed_finder(
     Returns:
         A summary like :func:`~cytotune.engine.crop.train.train_finder`'s.
     """
-    from .learned import resolve_device
     from .seed import SeedFinder, save_checkpoint
 
     options = options or SeedTrainOptions()
     start = time.perf_counter()
-    records, items, key = load_labelled_fields(source, truth, options)
-    train_rows, val_rows = split_by_group(
-        [r.groups[key] for r in records], options.val_fraction, options.seed
-    )
+    records, items, key, train_rows, val_rows = labelled_split(source, truth, options)
     model, history = train_seed_model([items[i] for i in train_rows], options, progress)
     config = {
         "finder": "seed",
         "model": {**options.model_args(model.anchors.view(-1, 2).cpu().numpy())},
         "iou_threshold": options.iou_threshold,
         "centre_fraction": options.centre_fraction,
-        "train": asdict(options),
-        "split_group": key,
-        "train_fields": [records[i].field_id for i in train_rows],
-        "val_fields": [records[i].field_id for i in val_rows],
-        "final_loss": history[-1]["loss"] if history else None,
+        **training_record(options, records, key, train_rows, val_rows, history),
     }
     finder = SeedFinder(model=model, config=config, device=options.device)
     val = [items[i] for i in val_rows]
@@ -314,12 +307,5 @@ def train_seed_finder(
         config["score_threshold"] = finder.score_threshold = float(options.score_threshold)
     config["val"] = evaluate(finder, val)
     save_checkpoint(model, out, config)
-    return {
-        "train_fields": len(train_rows),
-        "val_fields": len(val_rows),
-        "val": config["val"],
-        "score_threshold": config["score_threshold"],
-        "steps": len(history),
-        "seconds": time.perf_counter() - start,
-        "device": resolve_device(options.device),
-    }
+    summary = training_summary(config, train_rows, val_rows, history, start, options.device)
+    return {**summary, "score_threshold": config["score_threshold"]}

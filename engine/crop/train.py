@@ -222,6 +222,42 @@ def load_labelled_fields(source, truth, options) -> tuple[list, list, str]:
     return records, items, key
 
 
+def labelled_split(source, truth, options) -> tuple[list, list, str, list[int], list[int]]:
+    """The labelled fields of ``source`` split into train and validation by group:
+    (records, items, group key, train rows, validation rows)."""
+    records, items, key = load_labelled_fields(source, truth, options)
+    train_rows, val_rows = split_by_group(
+        [r.groups[key] for r in records], options.val_fraction, options.seed
+    )
+    return records, items, key, train_rows, val_rows
+
+
+def training_record(options, records, key, train_rows, val_rows, history) -> dict:
+    """What every finder checkpoint's ``config.json`` says about its training run."""
+    return {
+        "train": asdict(options),
+        "split_group": key,
+        "train_fields": [records[i].field_id for i in train_rows],
+        "val_fields": [records[i].field_id for i in val_rows],
+        "final_loss": history[-1]["loss"] if history else None,
+    }
+
+
+def training_summary(config, train_rows, val_rows, history, start, device, **extra) -> dict:
+    """What ``cytotune crop train`` prints: field counts, validation scores, steps, seconds."""
+    from .learned import resolve_device
+
+    return {
+        "train_fields": len(train_rows),
+        "val_fields": len(val_rows),
+        "val": config["val"],
+        **extra,
+        "steps": len(history),
+        "seconds": time.perf_counter() - start,
+        "device": resolve_device(device),
+    }
+
+
 def train_finder(
     source: str | Path,
     out: str | Path,
@@ -241,34 +277,20 @@ def train_finder(
     Returns:
         A summary: field counts, validation scores, seconds, device.
     """
-    from .learned import LearnedFinder, resolve_device, save_checkpoint
+    from .learned import LearnedFinder, save_checkpoint
 
     options = options or TrainOptions()
     start = time.perf_counter()
-    records, items, key = load_labelled_fields(source, truth, options)
-    train_rows, val_rows = split_by_group(
-        [r.groups[key] for r in records], options.val_fraction, options.seed
-    )
+    records, items, key, train_rows, val_rows = labelled_split(source, truth, options)
     model, history = train_model(
         [items[i] for i in train_rows], [items[i] for i in val_rows], options, progress
     )
     config = {
         "model": model_args(options),
         "score_threshold": options.score_threshold,
-        "train": asdict(options),
-        "split_group": key,
-        "train_fields": [records[i].field_id for i in train_rows],
-        "val_fields": [records[i].field_id for i in val_rows],
-        "final_loss": history[-1]["loss"] if history else None,
+        **training_record(options, records, key, train_rows, val_rows, history),
     }
     finder = LearnedFinder(model=model, config=config, device=options.device)
     config["val"] = evaluate(finder, [items[i] for i in val_rows])
     save_checkpoint(model, out, config)
-    return {
-        "train_fields": len(train_rows),
-        "val_fields": len(val_rows),
-        "val": config["val"],
-        "steps": len(history),
-        "seconds": time.perf_counter() - start,
-        "device": resolve_device(options.device),
-    }
+    return training_summary(config, train_rows, val_rows, history, start, options.device)
