@@ -2,8 +2,9 @@
 # item 5) and "CPU vs GPU sanity agreement": run through the device tool on one GPU with carry
 # [".gpu", "data/mitocheck"]; the code runs from .gpu/src.tar (git archive, id in .gpu/src.commit).
 #   1. a MitoCheck search of 3 trials (default space, 40 epochs, 3 at once on the GPU);
-#   2. `cytotune explain --study ... --top-k 3` (5 methods x 3 trials x 3,277 cells) RUNS times,
-#      each timed, with the job's own stage timings (explain/state.json);
+#   2. `cytotune explain --study ... --top-k 3` (5 methods x 3 trials x 3,277 cells) RUNS times
+#      per executor in EXECUTORS (default "local ray"), each timed, with the job's own stage
+#      timings (explain/explain.json);
 #   3. SANITY=1: bench/sanity_calibration.py on the same trained weights (--models) on the GPU and
 #      on the machine's 16 CPU cores, compared case by case by bench/sanity_agreement.py;
 #   4. ERRORS=1 with BBBC021 copied to /tmp/bb first (`bash bench/vs_plain_gpu.sh piece`):
@@ -37,15 +38,22 @@ storage: /tmp/runs
 EOF
   t0=$(date +%s%N); timeout 240 cytotune search --config /tmp/mito3.yaml --quiet 2>&1 | grep -v Warn | tail -6
   echo "search wall $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  for e in ${EXECUTORS:-local ray}; do
   for i in $(seq ${RUNS:-2}); do
     t0=$(date +%s%N)
-    timeout 240 cytotune explain --study /tmp/runs/mitocheck --top-k 3 --overwrite ${EXPLAIN_ARGS} > $R/explain_$i.txt 2>&1
-    echo "explain run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)"
-    grep -v "Warn\|it/s\|s/it" $R/explain_$i.txt | grep -v "^ \+[a-z_+]\+ \+[0-9.]\+ \+[0-9.]\+ \+\(passed\|failed\|inconclusive\)" | tail -22
-    cp /tmp/runs/mitocheck/explain/explain.json $R/explain_state_$i.json
-    python3 -c "import json; d=json.load(open('$R/explain_state_$i.json')); print({k: round(v, 2) if isinstance(v, float) else v for k, v in d.get('timings', {}).items()})"
-    mkdir -p $R/workers_$i && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers_$i/ 2>/dev/null
+    timeout 240 cytotune explain --study /tmp/runs/mitocheck --top-k 3 --overwrite --executor $e ${EXPLAIN_ARGS} > $R/explain_${e}_$i.txt 2>&1
+    echo "explain $e run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)"
+    grep -v "Warn\|it/s\|s/it" $R/explain_${e}_$i.txt | grep -v "^ \+[a-z_+]\+ \+[0-9.]\+ \+[0-9.]\+ \+\(passed\|failed\|inconclusive\)" | tail -22
+    cp /tmp/runs/mitocheck/explain/explain.json $R/explain_state_${e}_$i.json
+    python3 -c "import json; d=json.load(open('$R/explain_state_${e}_$i.json')); print({k: round(v, 2) if isinstance(v, float) else v for k, v in d.get('timings', {}).items()})"
+    mkdir -p $R/workers_${e}_$i && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers_${e}_$i/ 2>/dev/null
   done
+  done
+  if [ -n "$PROFILE" ]; then  # where the local job's time goes, by function (cumulative)
+    timeout 240 python3 -m cProfile -o $R/explain_local.prof $(which cytotune) explain --study /tmp/runs/mitocheck \
+      --top-k 3 --overwrite --executor local --quiet ${EXPLAIN_ARGS} > /dev/null 2>&1
+    python3 -c "import pstats; pstats.Stats('$R/explain_local.prof').sort_stats('cumulative').print_stats(45)" | tail -60
+  fi
 fi
 if [ -n "$SANITY" ]; then
   timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:dash.testing.plugin tests/explainers/test_quality.py 2>&1 | tail -2

@@ -1,8 +1,9 @@
 """Explain the best trials of a study: attribution maps, population maps, mosaics, quality scores.
 
-Each cell is explained by the fold model that never trained on it (--split val). Ray Data
-streams the cells to explainer actors (one per GPU by default, or on the CPUs); a rerun computes
-only what is missing or changed (--overwrite recomputes everything).
+Each cell is explained by the fold model that never trained on it (--split val). On one GPU or
+a laptop the job runs in this process; with several GPUs, Ray nodes, --actors or --address, Ray
+Data streams the cells to explainer actors (one per GPU by default); --executor chooses. A rerun
+computes only what is missing or changed (--overwrite recomputes everything).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from .config import BUILTIN_METHODS, DEFAULT_METHODS, PRECISIONS, STAGES
+from .executor import EXECUTORS
 
 EPILOG = """examples:
   cytotune explain --study runs/demo/studies/demo
@@ -92,6 +94,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seed of the sampled cells: --limit, overlays, quality scores (default 0)",
     )
     parser.add_argument("--address", default=None, help="Ray address (default: local Ray)")
+    parser.add_argument(
+        "--executor",
+        default="auto",
+        choices=EXECUTORS,
+        help="local: in this process, no Ray (fastest on one GPU or a laptop); ray: on Ray "
+        "actors; auto (default): ray with several GPUs, Ray nodes, --actors or --address, "
+        "else local",
+    )
     parser.add_argument("--overwrite", action="store_true", help="recompute finished parts too")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -119,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         stages=tuple(args.stages),
         seed=args.seed,
         address=args.address,
+        executor=args.executor,
         overwrite=args.overwrite,
     )
     plan, state = run_explain(config, progress=not args.quiet)

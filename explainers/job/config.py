@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ..methods._registry import list_explainers
+from .executor import EXECUTORS
 
 # The methods (and torch) are imported where a config is validated, not here: the command's
 # `--help` reads these constants; listing the registered methods imports none of them.
@@ -64,6 +65,8 @@ class ExplainConfig:
         stages: which stages to run (all by default).
         overwrite: recompute every stage even when finished.
         address: Ray address (None: connect to a running cluster or start a local one).
+        executor: ``local`` computes in this process (no Ray: the fastest on one GPU or a
+            laptop), ``ray`` on Ray actors (several GPUs or nodes), ``auto`` picks (executor.py).
     """
 
     study: str
@@ -85,6 +88,7 @@ class ExplainConfig:
     overwrite: bool = False
     seed: int = 0
     address: str | None = None
+    executor: str = "auto"
     method_options: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -121,6 +125,8 @@ class ExplainConfig:
             raise bad(
                 "radius/threshold", (self.radius, self.threshold), "radius >= 0, 0 <= threshold < 1"
             )
+        if self.executor not in EXECUTORS:
+            raise bad("executor", self.executor, f"use one of {EXECUTORS}")
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise bad("stages", unknown, f"use some of {STAGES}")

@@ -11,6 +11,10 @@ from PIL import Image
 
 from ..methods.channels import colormap
 
+# zlib level of the job's PNGs: level 1 encodes several times faster than PIL's default 6 for
+# files about a third larger (the population stage spent a quarter of its time encoding)
+PNG_LEVEL = 1
+
 
 def save_png(path: str | Path, rgb: np.ndarray, scale: int = 1) -> Path:
     """Write an (H, W, 3) uint8 image atomically, optionally enlarged (nearest) by ``scale``."""
@@ -18,7 +22,7 @@ def save_png(path: str | Path, rgb: np.ndarray, scale: int = 1) -> Path:
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", compress_level=PNG_LEVEL)
     return Path(path)
 
 

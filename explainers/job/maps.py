@@ -1,4 +1,5 @@
-"""Stage 1: per-cell maps. Ray Data streams the crops through GPU actors holding the fold models.
+"""Stage 1: per-cell maps. Ray Data streams the crops through GPU actors holding the fold models,
+or (executor ``local``: one GPU, a laptop) this process reads them and runs the same worker.
 
 The actors write their map rows as Parquet parts into a staging directory per (trial, method)
 (in parallel: the driver only sees row counts), and the driver renames each staging directory
@@ -13,16 +14,18 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from cytotune.engine.data.row_groups import read_row_groups
+from cytotune.engine.data.row_groups import RowGroupReader, read_row_groups, row_groups
 from cytotune.engine.io import publish_directory
 from tqdm.auto import tqdm
 
 from .config import ExplainConfig
+from .executor import prefetch, resolve_executor
 from .layout import MAPS, maps_path, maps_staging_dir, write_maps
 from .parts import finish_parts
 from .plan import ExplainPlan
@@ -102,18 +105,29 @@ def pending_parts(
     return out
 
 
-def cell_blocks(plan: ExplainPlan, config: ExplainConfig):
-    """The planned cells as a Ray Dataset (row groups as items, each cell with its fold) in
-    blocks of one actor batch: with blocks of 1,024 rows, 6,000 cells made 6 blocks that the
-    first actors ready took between them while the others (a whole second GPU) sat idle."""
+def cell_columns(plan: ExplainPlan) -> list[str]:
+    """The dataset columns the map worker reads."""
     columns = ["cell_id", "image"]
     manifest = plan.manifest
     columns += ["label"] if manifest.task == "classification" else list(manifest.targets)
     schema = pq.read_schema(plan.dataset.shard_paths[0]).names
-    columns += [c for c in ("mask", "evidence") if c in schema]
-    attach = AttachFold(plan.cells["cell_id"].to_numpy(), plan.cells["fold"].to_numpy())
+    return columns + [c for c in ("mask", "evidence") if c in schema]
+
+
+def attach_fold(plan: ExplainPlan) -> AttachFold:
+    return AttachFold(plan.cells["cell_id"].to_numpy(), plan.cells["fold"].to_numpy())
+
+
+def cell_blocks(plan: ExplainPlan, config: ExplainConfig):
+    """The planned cells as a Ray Dataset (row groups as items, each cell with its fold) in
+    blocks of one actor batch: with blocks of 1,024 rows, 6,000 cells made 6 blocks that the
+    first actors ready took between them while the others (a whole second GPU) sat idle."""
+    manifest = plan.manifest
     ds = read_row_groups(
-        plan.dataset.shard_paths, columns, transform=attach, chunk_rows=config.batch_size
+        plan.dataset.shard_paths,
+        cell_columns(plan),
+        transform=attach_fold(plan),
+        chunk_rows=config.batch_size,
     )
     # Ray Data joins a read task's chunks into blocks of up to 128 MiB: cap them at about one
     # batch of rows (pixels, masks and the small columns) so the chunks stay apart
@@ -121,6 +135,35 @@ def cell_blocks(plan: ExplainPlan, config: ExplainConfig):
     pixels = int(np.prod(manifest.shape)) * np.dtype(manifest.dtype).itemsize
     ds.context.target_max_block_size = config.batch_size * (pixels + 2 * height * width + 64)
     return ds
+
+
+def local_cell_tables(plan: ExplainPlan, config: ExplainConfig):
+    """The planned cells with their fold, read here with pyarrow in tables of at most one batch
+    (the same reader as the Ray read tasks)."""
+    items = row_groups(plan.dataset.shard_paths)
+    reader = RowGroupReader(cell_columns(plan), attach_fold(plan), chunk_rows=config.batch_size)
+    return reader(
+        {"path": [i["path"] for i in items], "row_group": [i["row_group"] for i in items]}
+    )
+
+
+def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
+    """The map worker in this process (executor ``local``): the next batch is read in a thread
+    and each batch's map parts are written in another while the next one is explained."""
+    from .worker import MapWorker
+
+    worker = MapWorker(**worker_kwargs)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain-write") as writes:
+        pending = None
+        for table in prefetch(local_cell_tables(plan, config)):
+            maps = worker.explain(table)
+            if pending is not None:
+                yield pending.result()
+            pending = writes.submit(worker.write, maps)
+        if pending is not None:
+            yield pending.result()
+    worker.timing["done"] = time.time()
+    worker._report()
 
 
 def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
@@ -151,7 +194,9 @@ def run_maps(
     todo = pending_parts(plan, config, state)
     if not todo:
         return {}
-    ensure_ray(config.address)
+    local = resolve_executor(config) == "local"
+    if not local:
+        ensure_ray(config.address)
     trials = {t.trial_id: t for t in plan.trials}
     folds_needed = set(plan.cells["fold"].unique().tolist())
     units = {t: {f: d for f, d in trials[t].fold_dirs.items() if f in folds_needed} for t in todo}
@@ -177,7 +222,8 @@ def run_maps(
     first = None
     try:
         with tqdm(total=total, unit="map", desc="explain maps", disable=not progress) as bar:
-            for summary in _batches(plan, config, worker_kwargs):
+            batches = _local_batches if local else _batches
+            for summary in batches(plan, config, worker_kwargs):
                 first = first or time.perf_counter()
                 for row in summary.to_pylist():
                     part = (row["trial_id"], row["method"])

@@ -10,6 +10,8 @@ mean, with the shares of pixels above ``|r| > threshold``.
 from __future__ import annotations
 
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -94,17 +96,16 @@ def _save_npy(path, array: np.ndarray) -> None:
 def run_population(
     plan: ExplainPlan, config: ExplainConfig, state: ExplainState, eps: float = 1e-3
 ) -> pd.DataFrame:
-    """Write population maps and ``population.parquet``; returns the summary table."""
+    """Write population maps and ``population.parquet``; returns the summary table. The
+    (trial, method) pairs run in threads (numpy, zlib and file writes release the GIL: the
+    MitoCheck job's 10 pairs x 16 classes took 9.5 s one after another)."""
     classes, groups = class_of_cells(plan)
-    names = list(plan.manifest.channel_names)
-    hw = tuple(plan.manifest.shape[1:])
     key = config.maps_key() + f"-r{config.radius}-t{config.threshold}"
     summary_path = explain_dir(plan.study_dir) / "population.parquet"
     old = (
         empty_index("population") if config.overwrite else read_index(plan.study_dir, "population")
     )
-    shape_means = None
-    rows: list[dict] = []
+    work: list[tuple] = []  # (part, part_key, trial_id, method, source) or kept rows
     for trial in plan.trials:
         for method in config.method_names:
             part = f"population/{trial.trial_id}/{method}"
@@ -115,32 +116,52 @@ def run_population(
             if state.done(part, part_key) and not config.overwrite and not old.empty:
                 kept = old[(old["trial_id"] == trial.trial_id) & (old["method"] == method)]
                 if len(kept):
-                    rows += kept.to_dict("records")
+                    work.append(kept.to_dict("records"))
                     continue
-            if shape_means is None:
-                shape_means = gmean_images(plan, classes, groups, eps)
-            map_means = gmean_maps(
-                source, classes, groups, hw, eps, plan.manifest.task != "classification"
-            )
-            for cls in classes:
-                if cls not in map_means or cls not in shape_means:
-                    continue
-                rows += _write_class(
-                    plan,
-                    config,
-                    trial.trial_id,
-                    method,
-                    cls,
-                    shape_means[cls],
-                    map_means[cls][0],
-                    names,
-                    int((groups == cls).sum()),
-                )
-            state.finish(part, part_key)
+            work.append((part, part_key, trial.trial_id, method, source))
+    todo = [w for w in work if isinstance(w, tuple)]
+    shape_means = gmean_images(plan, classes, groups, eps) if todo else None
+    rows: list[dict] = []
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, max(1, len(todo)))) as pool:
+        futures = {
+            w: pool.submit(_population_of, plan, config, w[2:], (classes, groups), shape_means, eps)
+            for w in todo
+        }
+        for w in work:
+            if not isinstance(w, tuple):
+                rows += w
+                continue
+            rows += futures[w].result()
+            state.finish(w[0], w[1])
     table = pd.DataFrame(rows)
     if not table.empty:
         write_frame(table, summary_path)
     return table
+
+
+def _population_of(plan, config, what, populations, shape_means, eps) -> list[dict]:
+    """One ``what`` = (trial_id, method, map table): its geometric-mean maps per class of
+    ``populations`` (classes, each cell's class), their files and summary rows."""
+    (trial_id, method, source), (classes, groups) = what, populations
+    names = list(plan.manifest.channel_names)
+    hw = tuple(plan.manifest.shape[1:])
+    map_means = gmean_maps(source, classes, groups, hw, eps, plan.manifest.task != "classification")
+    rows: list[dict] = []
+    for cls in classes:
+        if cls not in map_means or cls not in shape_means:
+            continue
+        rows += _write_class(
+            plan,
+            config,
+            trial_id,
+            method,
+            cls,
+            shape_means[cls],
+            map_means[cls][0],
+            names,
+            int((groups == cls).sum()),
+        )
+    return rows
 
 
 def _write_class(plan, config, trial_id, method, cls, image, cam, names, n) -> list[dict]:

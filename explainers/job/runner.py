@@ -6,6 +6,7 @@ import time
 
 from .attention import run_attention
 from .config import ExplainConfig
+from .executor import resolve_executor
 from .maps import run_maps
 from .overlays import run_overlays
 from .plan import ExplainPlan, build_plan
@@ -41,9 +42,12 @@ def run_explain(
         cells=len(plan.cells),
         dataset=str(plan.dataset.path),
     )
+    executor = resolve_executor(config)
+    state.update(executor=executor)
+    where = "in this process" if executor == "local" else "on Ray actors"
     log(
         f"explaining {len(plan.trials)} trial(s) {[t.trial_id for t in plan.trials]} on "
-        f"{len(plan.cells)} cells ({config.split} split) with {config.method_names}"
+        f"{len(plan.cells)} cells ({config.split} split) with {config.method_names}, {where}"
     )
     if not config.trials and len(plan.trials) < config.top_k:
         log(

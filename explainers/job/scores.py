@@ -25,6 +25,7 @@ from ..quality import deletion_insertion, mass_inside, prototype_diversity
 from ..quality.learned import balanced_accuracy_ci, held_out_decides
 from ..quality.sanity import SanityConfig, combine, fp32, sanity_check
 from .config import ExplainConfig
+from .executor import resolve_executor
 from .layout import (
     QUALITY_COLUMNS,
     empty_index,
@@ -99,6 +100,29 @@ class QualityContext:
         self._models: dict[str, tuple] = {}
         self._images: dict[bytes, np.ndarray] = {}
         self.loads = 0  # fold models loaded (the tests and the benchmark read it)
+        self._copies: dict[tuple, object] = {}  # the current trial's random copies
+        self._copies_of: str | None = None
+        self.copies_made = 0
+
+    def randomized(self, trial_id: str):
+        """``randomize_weights`` remembered for ``trial_id``: its methods share the random
+        copies of each fold model (the same seed gives the same copy, so drawing it once per
+        method only repeated the work; the copies of the previous trial are let go)."""
+        from ..quality.randomisation import randomize_weights
+
+        if self._copies_of != trial_id:
+            self._copies, self._copies_of = {}, trial_id
+
+        def randomize(model, seed=0, mode="cascading", layers=None, **kw):
+            key = (id(model), seed, mode, repr(layers), repr(sorted(kw.items())))
+            if key not in self._copies:
+                self._copies[key] = randomize_weights(
+                    model, seed=seed, mode=mode, layers=layers, **kw
+                )
+                self.copies_made += 1
+            return self._copies[key]
+
+        return randomize
 
     def model(self, directory: str):
         """``(model, offset, scale)`` of a fold checkpoint, loaded on first use."""
@@ -134,7 +158,7 @@ class QualityContext:
         )
 
     def stats(self) -> dict:
-        return {"loads": self.loads}
+        return {"loads": self.loads, "random_copies": self.copies_made}
 
 
 def sample_scores(
@@ -165,6 +189,7 @@ def sample_scores(
     m = dataset.manifest
     masks, evidence, has_evidence = context.masks, context.evidence, context.has_evidence
     sanity_config = SanityConfig(seed=seed, head_only=head)
+    randomize = context.randomized(trial_id)
     collected: dict[tuple[str, str], list] = {}
     for fold, group in cells.groupby("fold"):
         rows = group["row"].to_numpy()
@@ -203,7 +228,12 @@ def sample_scores(
                 with fp32(device.type):  # the check means the same on CPU and GPU
                     a = attribute(model).detach().float()
                 check = sanity_check(
-                    attribute, model, sanity_config, trained_maps=a, masks=cell_masks
+                    attribute,
+                    model,
+                    sanity_config,
+                    trained_maps=a,
+                    masks=cell_masks,
+                    randomize=randomize,
                 )
                 faith = deletion_insertion(
                     score_fn, x, a, steps=16, baseline="blur", target=target, batch_size=256
@@ -352,10 +382,29 @@ def score_on_actors(plan, config, sample, jobs, progress: bool = True) -> list[l
             ray.kill(actor)
 
 
+def score_locally(plan, config, sample, jobs, progress: bool = True) -> list[list[dict]]:
+    """The ``(trial, methods, prototypes, head)`` jobs on one ``QualityContext`` in this process
+    (executor ``local``); results in job order."""
+    from tqdm.auto import tqdm
+
+    context = QualityContext(str(plan.dataset.path))
+    out = []
+    desc = f"explain quality ({len(sample)} cells)"
+    for trial, methods, *flags in tqdm(jobs, unit="task", desc=desc, disable=not progress):
+        out.append(
+            context.score(
+                trial.fold_dirs, sample, methods, trial.trial_id, config.seed, config.precision,
+                *flags,
+            )
+        )  # fmt: skip
+    return out
+
+
 def run_quality(
     plan: ExplainPlan, config: ExplainConfig, state: ExplainState, progress: bool = True
 ) -> pd.DataFrame:
-    """Score every (trial, method) with maps; sample scores run as Ray tasks, one per pair.
+    """Score every (trial, method) with maps; sample scores run in this process (executor
+    ``local``) or on a few Ray actors.
 
     Each trial is a part of its own (``quality/<trial>``): a trial added to the top-k is scored
     alone, the others keep their rows."""
@@ -388,14 +437,17 @@ def run_quality(
         sample = plan.cells.sample(
             n=min(config.quality_cells, len(plan.cells)), random_state=config.seed
         )
-        ensure_ray(config.address)
+        local = resolve_executor(config) == "local"
+        if not local:
+            ensure_ray(config.address)
         head = {t.trial_id: config.head_check or needs_head(rows, t.trial_id) for t in todo}
         jobs = [
             (t, {method: options}, method == list(available[t.trial_id])[-1], head[t.trial_id])
             for t in todo  # prototypes once per trial, with its last method
             for method, options in available.get(t.trial_id, {}).items()
         ]
-        for result in score_on_actors(plan, config, sample, jobs, progress):
+        score = score_locally if local else score_on_actors
+        for result in score(plan, config, sample, jobs, progress):
             rows += result
     table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     write_frame(table, path)

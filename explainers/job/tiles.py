@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from ..methods.channels import channel_colors, colormap, overlay
-from .figures import diverging
+from .figures import PNG_LEVEL, diverging
 
 MODES = ("side", "blend", "contour")
 MAP_COLORMAPS = ("auto", "inferno", "viridis", "gray")
@@ -240,5 +240,5 @@ def render_tile(
     label = units(method) + (f"\nsmoothed {smooth:g} px" if smooth else "")
     canvas.paste(colour_bar(lut, top, h * k, label, clipped), (x - gap + 2, 0))
     buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
+    canvas.save(buffer, format="PNG", compress_level=PNG_LEVEL)
     return buffer.getvalue()

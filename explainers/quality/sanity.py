@@ -27,10 +27,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 from torch import nn
 
 from ._common import to_bhw
-from .randomisation import randomisation_check, randomizable_layers, randomize_weights
+from .randomisation import (
+    _minmax,
+    _row_pearson,
+    randomizable_layers,
+    randomize_weights,
+    ssim,
+)
 from .verdicts import MEANINGS, VERDICT_CODES, VERDICT_NAMES
 
 __all__ = [
@@ -208,20 +215,35 @@ def spearman_rows(a: np.ndarray, b: np.ndarray, masks: np.ndarray | None = None)
     """Spearman rho of matching ``(B, C, H, W)`` / ``(B, H, W)`` maps (channels summed), over
     the pixels inside ``masks`` (``(B, H, W)``) when given; 0 for a constant map, NaN for a
     cell with fewer than 3 pixels in its mask."""
-    a, b = to_bhw(a, "a"), to_bhw(b, "b")
+    return spearman_of_ranks(pixel_ranks(a, masks, "a"), pixel_ranks(b, masks, "b"))
+
+
+def pixel_ranks(maps: np.ndarray, masks: np.ndarray | None = None, name: str = "maps"):
+    """Average ranks (``scipy.stats.rankdata``) of each map's pixels, channels summed: a
+    ``(B, H * W)`` array, or with ``masks`` one array of the pixels inside each cell's mask
+    (None for a cell with fewer than 3). Ranked once, a map is compared with many others."""
+    x = to_bhw(maps, name)
     if masks is None:
-        return randomisation_check(a, b)["spearman"]
+        return stats.rankdata(x.reshape(len(x), -1), axis=1)
     masks = np.asarray(masks) > 0
-    if masks.shape != a.shape:
-        raise ValueError(f"masks {masks.shape} must match the maps {a.shape}")
-    out = np.full(len(a), np.nan)
-    for i in range(len(a)):
-        inside = masks[i]
-        if inside.sum() >= 3:
-            out[i] = randomisation_check(a[i][inside][None, None], b[i][inside][None, None])[
-                "spearman"
-            ][0]
-    return out
+    if masks.shape != x.shape:
+        raise ValueError(f"masks {masks.shape} must match the maps {x.shape}")
+    return [stats.rankdata(x[i][m]) if m.sum() >= 3 else None for i, m in enumerate(masks)]
+
+
+def spearman_of_ranks(ra, rb) -> np.ndarray:
+    """Spearman rho per cell from two :func:`pixel_ranks` results (the Pearson r of the ranks,
+    as ``randomisation_check`` computes it)."""
+    if not isinstance(ra, list):
+        return _row_pearson(ra, rb)
+    return np.array(
+        [np.nan if x is None else _row_pearson(x[None], y[None])[0] for x, y in zip(ra, rb)]
+    )
+
+
+def mean_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of the min-max scaled maps (``randomisation_check``'s ``ssim_mean``)."""
+    return float(ssim(_minmax(to_bhw(a, "a")), _minmax(to_bhw(b, "b"))).mean())
 
 
 def cascade_stages(model: nn.Module, fractions) -> dict[str, int]:
@@ -242,6 +264,7 @@ def sanity_check(
     config: SanityConfig = SanityConfig(),
     trained_maps: torch.Tensor | None = None,
     masks: np.ndarray | None = None,
+    randomize: Callable[..., nn.Module] = randomize_weights,
 ) -> SanityResult:
     """Randomisation sanity check of one method on one batch of cells.
 
@@ -259,6 +282,8 @@ def sanity_check(
         trained_maps: the trained model's maps when already computed (in fp32).
         masks: ``(B, H, W)`` cell masks: correlate only the pixels inside each cell (the
             trivial agreement "cell brighter than background" is left out); None: every pixel.
+        randomize: makes the random copies (``randomize_weights``'s signature); a memo of it
+            lets several methods of one model share the copies.
 
     Returns:
         A :class:`SanityResult`.
@@ -270,30 +295,36 @@ def sanity_check(
             maps = attribute(m).detach().float().cpu().numpy()
         return np.abs(maps) if config.absolute else maps
 
-    def rho_of(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return spearman_rows(x, y, masks)
+    def ranks_of(maps: np.ndarray):
+        return pixel_ranks(maps, masks)
 
     a = trained_maps.detach().float().cpu().numpy() if trained_maps is not None else maps_of(model)
     randoms = [
-        maps_of(randomize_weights(model, seed=config.seed + i, mode="full").eval())
+        maps_of(randomize(model, seed=config.seed + i, mode="full").eval())
         for i in range(config.seeds)
     ]
     if config.absolute:
         a = np.abs(a)
-    per_seed = np.stack([rho_of(a, b) for b in randoms])  # (seeds, B)
-    ssim_mean = float(np.mean([randomisation_check(a, b)["ssim_mean"] for b in randoms]))
+    ranked_a = ranks_of(a)  # ranked once, compared with every copy
+
+    def rho_of(maps: np.ndarray) -> np.ndarray:
+        return spearman_of_ranks(ranked_a, ranks_of(maps))
+
+    ranked = [ranks_of(b) for b in randoms]
+    per_seed = np.stack([spearman_of_ranks(ranked_a, r) for r in ranked])  # (seeds, B)
+    ssim_mean = float(np.mean([mean_ssim(a, b) for b in randoms]))
     pairs = [(i, (i + 1) % len(randoms)) for i in range(len(randoms) if len(randoms) > 2 else 1)]
-    null = np.mean([rho_of(randoms[i], randoms[j]) for i, j in pairs], axis=0)  # (B,)
+    null = np.mean([spearman_of_ranks(ranked[i], ranked[j]) for i, j in pairs], axis=0)  # (B,)
     cascade, first_head = {}, None
     for label, k in cascade_stages(model, config.cascade).items():
-        partial = randomize_weights(model, seed=config.seed, mode="cascading", layers=k).eval()
-        rho_k = rho_of(a, maps_of(partial))
+        partial = randomize(model, seed=config.seed, mode="cascading", layers=k).eval()
+        rho_k = rho_of(maps_of(partial))
         cascade[label] = float(np.nanmean(rho_k))
         if label == "head":
             first_head = rho_k
     head = None
     if config.head_only and first_head is not None:
-        head = head_only_rho(model, a, first_head, maps_of, rho_of, config)
+        head = head_only_rho(model, first_head, maps_of, rho_of, config, randomize)
     return summarise(
         per_seed,
         null,
@@ -305,14 +336,17 @@ def sanity_check(
     )
 
 
-def head_only_rho(model, a, first, maps_of, rho_of, config: SanityConfig) -> np.ndarray:
-    """Per cell: mean |rho| between the trained maps ``a`` and the maps after only the head is
-    re-drawn, over ``config.seeds`` heads (``first``: the cascade's head stage, seed
-    ``config.seed``). |rho|: a new head may flip the sign of a map without moving it."""
+def head_only_rho(
+    model, first, maps_of, rho_of, config: SanityConfig, randomize=randomize_weights
+) -> np.ndarray:
+    """Per cell: mean |rho| between the trained maps and the maps after only the head is
+    re-drawn (``rho_of(maps)``), over ``config.seeds`` heads (``first``: the cascade's head
+    stage, seed ``config.seed``). |rho|: a new head may flip the sign of a map without moving
+    it."""
     rhos = [first]
     for i in range(1, config.seeds):
-        partial = randomize_weights(model, seed=config.seed + i, mode="cascading", layers=1)
-        rhos.append(rho_of(a, maps_of(partial.eval())))
+        partial = randomize(model, seed=config.seed + i, mode="cascading", layers=1)
+        rhos.append(rho_of(maps_of(partial.eval())))
     return np.abs(np.stack(rhos)).mean(0)  # (B,)
 
 

@@ -1,0 +1,180 @@
+"""The explain job in this process (executor ``local``) against the same job on Ray actors."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+
+def _config(**changes):
+    from cytotune.explainers.job.config import ExplainConfig
+
+    return ExplainConfig(study="unused", **changes)
+
+
+def test_auto_runs_here_unless_there_is_something_to_spread_over(monkeypatch):
+    from cytotune.explainers.job import executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(executor, "_ray_nodes", lambda: 0)
+    assert executor.resolve_executor(_config()) == "local"
+    assert executor.resolve_executor(_config(address="127.0.0.1:6379")) == "ray"
+    assert executor.resolve_executor(_config(actors=2)) == "ray"
+    assert executor.resolve_executor(_config(actors=1)) == "local"
+    assert executor.resolve_executor(_config(executor="ray")) == "ray"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert executor.resolve_executor(_config()) == "ray"
+    assert executor.resolve_executor(_config(executor="local")) == "local"
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(executor, "_ray_nodes", lambda: 2)  # joined a multi-node Ray
+    assert executor.resolve_executor(_config()) == "ray"
+
+
+def test_auto_spreads_over_several_gpus(monkeypatch):
+    import torch
+    from cytotune.explainers.job import executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(executor, "_ray_nodes", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert executor.resolve_executor(_config()) == "ray"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert executor.resolve_executor(_config()) == "local"
+
+
+def test_an_unknown_executor_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="executor.*auto.*local.*ray"):
+        _config(executor="dask")
+
+
+def test_prefetch_keeps_order_and_raises_the_producers_error():
+    from cytotune.explainers.job.executor import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("shard unreadable")
+
+    got = []
+    with pytest.raises(OSError, match="shard unreadable"):
+        for item in prefetch(failing()):
+            got.append(item)
+    assert got == [1]
+
+
+def test_prefetch_stops_its_thread_when_the_consumer_stops():
+    from cytotune.explainers.job.executor import prefetch
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    stream = prefetch(endless(), depth=2)
+    assert next(stream) == 0
+    stream.close()
+    time.sleep(0.5)
+    count = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == count  # no longer producing
+    assert count <= 5  # at most the queue's depth ahead of the consumer (plus items in hand)
+    assert not any(t.name == "explain-read" and t.is_alive() for t in threading.enumerate())
+
+
+def test_maps_in_this_process_equal_the_maps_on_ray_actors(trained_study, tmp_path, ray_local):
+    """Same cells, same fold models, same maps and predictions on both executors (the CPU is
+    deterministic, so they must agree to the bit); the local run starts no Ray."""
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.layout import maps_path, read_maps
+    from cytotune.explainers.job.runner import run_explain
+
+    tables = {}
+    for executor in ("local", "ray"):
+        study = tmp_path / executor
+        shutil.copytree(trained_study, study)
+        config = ExplainConfig(
+            study=str(study),
+            top_k=2,
+            methods=("gradcam", "saliency"),
+            stages=("maps",),
+            batch_size=16,
+            executor=executor,
+        )
+        plan, state = run_explain(config, progress=False, log=lambda *_: None)
+        assert state.data["executor"] == executor
+        tables[executor] = {
+            (t.trial_id, m): read_maps(maps_path(plan.study_dir, t.trial_id, m))
+            .to_pandas()
+            .sort_values("cell_id")
+            .reset_index(drop=True)
+            for t in plan.trials
+            for m in config.method_names
+        }
+    assert tables["local"].keys() == tables["ray"].keys()
+    for part, local in tables["local"].items():
+        ray_maps = tables["ray"][part]
+        assert len(local) == len(plan.cells)
+        assert local["cell_id"].tolist() == ray_maps["cell_id"].tolist()
+        assert local["prediction_index"].tolist() == ray_maps["prediction_index"].tolist()
+        a = np.stack([np.frombuffer(b, np.float16) for b in local["map"]])
+        b = np.stack([np.frombuffer(b, np.float16) for b in ray_maps["map"]])
+        np.testing.assert_array_equal(a, b)
+
+
+def test_quality_shares_each_fold_models_random_copies_between_methods(trained_study):
+    """Three methods of one trial draw each fold model's random copies once, not three times,
+    and score as a context that draws them afresh per method."""
+    import pandas as pd
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.plan import build_plan
+    from cytotune.explainers.job.scores import QualityContext
+
+    plan = build_plan(ExplainConfig(study=str(trained_study), top_k=1, methods=("saliency",)))
+    trial = plan.trials[0]
+    sample = plan.cells.sample(n=8, random_state=0)
+    methods = ("saliency", "gradcam", "inputxgradient")
+    shared = QualityContext(str(plan.dataset.path))
+    rows = []
+    for m in methods:
+        rows += shared.score(trial.fold_dirs, sample, {m: {}}, trial.trial_id, 0, "fp32", False)
+    fresh_rows = []
+    for m in methods:
+        fresh = QualityContext(str(plan.dataset.path))
+        fresh_rows += fresh.score(
+            trial.fold_dirs, sample, {m: {}}, trial.trial_id, 0, "fp32", False
+        )
+    folds = sample["fold"].nunique()
+    assert shared.copies_made == fresh.copies_made  # the last method alone made as many
+    assert shared.copies_made >= 3 * folds  # three full copies per fold model at least
+
+    def table(r):
+        return pd.DataFrame(r).set_index(["method", "metric"])["mean"].sort_index()
+
+    pd.testing.assert_series_equal(table(rows), table(fresh_rows))
+
+
+def test_copies_of_the_previous_trial_are_let_go(trained_study):
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.plan import build_plan
+    from cytotune.explainers.job.scores import QualityContext
+
+    plan = build_plan(ExplainConfig(study=str(trained_study), top_k=2, methods=("saliency",)))
+    sample = plan.cells.sample(n=4, random_state=0)
+    context = QualityContext(str(plan.dataset.path))
+    first, second = plan.trials[:2]
+    context.score(first.fold_dirs, sample, {"saliency": {}}, first.trial_id, 0, "fp32", False)
+    held = len(context._copies)
+    context.score(second.fold_dirs, sample, {"saliency": {}}, second.trial_id, 0, "fp32", False)
+    assert held > 0
+    assert context._copies_of == second.trial_id
+    second_models = {id(context.model(str(d))[0]) for d in second.fold_dirs.values()}
+    assert {key[0] for key in context._copies} <= second_models  # the first trial's are gone
