@@ -3,11 +3,14 @@
 Kernel (ResNet-50, 224 px, batch 256, bf16 autocast, channels_last, tensors already on the GPU):
 our batched Grad-CAM, Grad-CAM++ and LayerCAM vs captum's LayerGradCam one image at a time
 (fp32, the notebook way) and vs the same model's batched bf16 forward+backward.
-End to end: ``cytotune explain`` (Ray Data reads Parquet, GPU actors, maps written as Parquet)
-vs the bare batched Grad-CAM rate of the same run.
+End to end: the explain job's maps stage (Parquet in, maps written as Parquet) in this process
+(executor local) and on Ray actors, vs the bare batched Grad-CAM rate of the same run.
 
     python bench/explain.py --out bench/results/explain.json
     python bench/explain.py --size 64 --cells 512 --backbone resnet18 --smoke   # CPU check
+    # about 1M maps (62,500 cells x 16 trials), one GPU:
+    python bench/explain.py --backbone resnet18 --size 64 --cells 62500 --trials 16 --batch 1024 \
+        --e2e-batch 1024 --actors-per-gpu 4 --no-worker-loop --out bench/results/explain/million.json
 """
 
 from __future__ import annotations
@@ -174,55 +177,11 @@ def worker_timings(study: Path, state, prefix: str) -> dict:
     return out
 
 
-def end_to_end(args, device: str, kernel_rate: float) -> dict:
+def worker_loop(args, plan, config, kernel_rate: float) -> dict:
+    """The map worker called in a loop on batches read with pyarrow (no threads, no writes)."""
     import pyarrow.parquet as pq
-    from cytotune.engine.cluster import ensure_ray
-    from cytotune.explainers.job.config import ExplainConfig
-    from cytotune.explainers.job.layout import maps_path
-    from cytotune.explainers.job.maps import run_maps
-    from cytotune.explainers.job.plan import build_plan
-    from cytotune.explainers.job.state import ExplainState
     from cytotune.explainers.job.worker import MapWorker
 
-    root = Path(tempfile.mkdtemp(prefix="bench-explain-"))
-    start = time.perf_counter()
-    dataset = random_dataset(root / "data", args.cells, args.size)
-    study = make_study(root, dataset, args.backbone, args.trials)
-    out = {"setup_s": time.perf_counter() - start, "cells": args.cells, "trials": args.trials}
-    ensure_ray()
-    config = ExplainConfig(
-        study=str(study),
-        top_k=args.trials,
-        methods=("gradcam",),
-        stages=("maps",),
-        batch_size=args.batch,
-        precision="bf16" if device == "cuda" else "fp32",
-    )
-    plan = build_plan(config)
-    state = ExplainState(plan.study_dir)
-    maps = args.cells * args.trials
-    gpus = 1 if device == "cuda" else 0
-    for per_gpu in args.actors_per_gpu:
-        variant = dataclasses.replace(
-            config,
-            gpus_per_actor=1 / per_gpu,
-            actors=per_gpu * gpus or 1,
-            overwrite=True,
-            batch_size=args.e2e_batch,
-        )
-        start = time.perf_counter()
-        run_maps(plan, variant, state, progress=False)
-        seconds = time.perf_counter() - start
-        out[f"explain_{per_gpu}_actors_s"] = seconds
-        out[f"explain_{per_gpu}_actors_maps_s"] = maps / seconds
-        startup = state.data["timings"]["maps_first_batch"]  # Ray Data + actors until 1st batch
-        out[f"explain_{per_gpu}_actors_startup_s"] = startup
-        out[f"explain_{per_gpu}_actors_after_startup_maps_s"] = maps / (seconds - startup)
-        out |= worker_timings(study, state, f"explain_{per_gpu}_actors")
-    best = max(args.actors_per_gpu, key=lambda k: out[f"explain_{k}_actors_maps_s"])
-    out["explain_maps_s"] = out[f"explain_{best}_actors_maps_s"]
-    out["explain_best_actors_per_gpu"] = best
-    # the same worker without Ray: Parquet read in this process, batches in a loop
     worker = MapWorker(
         {t.trial_id: t.fold_dirs for t in plan.trials},
         {"gradcam": {}},
@@ -245,15 +204,75 @@ def end_to_end(args, device: str, kernel_rate: float) -> dict:
         )
         for offset in range(0, table.num_rows, args.batch):
             rows += worker(table.slice(offset, args.batch)).num_rows
-    out["worker_no_ray_maps_s"] = rows / (time.perf_counter() - start)
+    rate = rows / (time.perf_counter() - start)
     if profile is not None:
         import pstats
 
         profile.disable()
         pstats.Stats(profile).sort_stats("tottime").print_stats(18)
+    return {"worker_no_ray_maps_s": rate, "worker_vs_kernel": rate / kernel_rate}
+
+
+def end_to_end(args, device: str, kernel_rate: float) -> dict:
+    from cytotune.engine.cluster import ensure_ray
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.layout import maps_path
+    from cytotune.explainers.job.maps import run_maps
+    from cytotune.explainers.job.plan import build_plan
+    from cytotune.explainers.job.state import ExplainState
+
+    root = Path(tempfile.mkdtemp(prefix="bench-explain-"))
+    start = time.perf_counter()
+    dataset = random_dataset(root / "data", args.cells, args.size)
+    study = make_study(root, dataset, args.backbone, args.trials)
+    out = {"setup_s": time.perf_counter() - start, "cells": args.cells, "trials": args.trials}
+    config = ExplainConfig(
+        study=str(study),
+        top_k=args.trials,
+        methods=("gradcam",),
+        stages=("maps",),
+        batch_size=args.batch,
+        precision="bf16" if device == "cuda" else "fp32",
+    )
+    plan = build_plan(config)
+    state = ExplainState(plan.study_dir)
+    maps = args.cells * args.trials
+    out["maps"] = maps
+    gpus = 1 if device == "cuda" else 0
+    variants = [("local", 1)] if "local" in args.executors else []
+    if "ray" in args.executors:
+        ensure_ray()
+        variants += [("ray", k) for k in args.actors_per_gpu]
+    for executor, per_gpu in variants:
+        name = "local" if executor == "local" else f"{per_gpu}_actors"
+        variant = dataclasses.replace(
+            config,
+            gpus_per_actor=1 / per_gpu,
+            actors=per_gpu * gpus or 1,
+            overwrite=True,
+            batch_size=args.e2e_batch,
+            executor=executor,
+        )
+        start = time.perf_counter()
+        run_maps(plan, variant, state, progress=False)
+        seconds = time.perf_counter() - start
+        out[f"explain_{name}_s"] = seconds
+        out[f"explain_{name}_maps_s"] = maps / seconds
+        startup = state.data["timings"]["maps_first_batch"]  # until the first batch is back
+        out[f"explain_{name}_startup_s"] = startup
+        out[f"explain_{name}_after_startup_maps_s"] = maps / (seconds - startup)
+        out |= worker_timings(study, state, f"explain_{name}")
+        print({k: round(v, 2) for k, v in out.items() if k.startswith(f"explain_{name}")})
+    names = ["local" if e == "local" else f"{k}_actors" for e, k in variants]
+    best = max(names, key=lambda k: out[f"explain_{k}_maps_s"])
+    out["explain_maps_s"] = out[f"explain_{best}_maps_s"]
+    out["explain_best"] = best
+    if args.worker_loop:  # the same worker without Ray: Parquet read here, batches in a loop
+        out |= worker_loop(args, plan, config, kernel_rate)
     out["kernel_gradcam_img_s"] = kernel_rate
     out["explain_vs_kernel"] = out["explain_maps_s"] / kernel_rate
-    out["worker_vs_kernel"] = out["worker_no_ray_maps_s"] / kernel_rate
+    for name in names:
+        out[f"explain_{name}_vs_kernel"] = out[f"explain_{name}_maps_s"] / kernel_rate
     out["maps_bytes"] = sum(
         f.stat().st_size
         for t in plan.trials
@@ -277,6 +296,19 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--actors-per-gpu", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--e2e-batch", type=int, default=256, help="cells per explain actor batch")
+    parser.add_argument(
+        "--executors",
+        nargs="+",
+        default=["local", "ray"],
+        choices=["local", "ray"],
+        help="end-to-end runs: in this process and/or on --actors-per-gpu Ray actors",
+    )
+    parser.add_argument(
+        "--no-worker-loop",
+        dest="worker_loop",
+        action="store_false",
+        help="skip the bare worker loop (the local executor without its read/write threads)",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the worker loop")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU-sized run")
     parser.add_argument("--out", type=Path, default=None)

@@ -7,7 +7,8 @@
 #      timings (explain/explain.json);
 #   3. SANITY=1: bench/sanity_calibration.py on the same trained weights (--models) on the GPU and
 #      on the machine's 16 CPU cores, compared case by case by bench/sanity_agreement.py;
-#   4. ERRORS=1 with BBBC021 copied to /tmp/bb first (`bash bench/vs_plain_gpu.sh piece`):
+#   4. MILLION=1: bench/explain.py on about 1M Grad-CAM maps (local executor and 4 Ray actors);
+#   5. ERRORS=1 with BBBC021 copied to /tmp/bb first (`bash bench/vs_plain_gpu.sh piece`):
 #      bench/real/errors.py on BBBC021 (held-out errors per well and field of view).
 set -x
 R=/tmp/res; mkdir -p $R
@@ -63,5 +64,10 @@ if [ -n "$SANITY" ]; then
   timeout ${SANITY_TIMEOUT:-150} $S --out /tmp/sanity-cpu --device cpu --threads 16 ${SANITY_CPU_ARGS:---tasks metastasis} 2>&1 | grep -v Warn | tail -2
   cp /tmp/sanity-gpu/calibration.json $R/sanity_calibration_cuda.json; cp /tmp/sanity-cpu/calibration.json $R/sanity_calibration_cpu16.json
   python3 bench/sanity_agreement.py /tmp/sanity-cpu/calibration.json /tmp/sanity-gpu/calibration.json --out $R/sanity_agreement.json 2>&1 | tail -22
+fi
+if [ -n "$MILLION" ]; then  # about 1M Grad-CAM maps (62,500 cells x 16 trials) vs the kernel
+  (cd bench && timeout ${MILLION_TIMEOUT:-300} python3 explain.py --backbone resnet18 --size 64 --cells 62500 \
+    --trials 16 --batch 1024 --e2e-batch 1024 --actors-per-gpu 4 --no-worker-loop \
+    ${MILLION_ARGS} --out $R/million.json 2>&1 | grep -v Warn | tail -8)
 fi
 cp -r $R $OUT/
