@@ -30,7 +30,7 @@ name: mitocheck
 dataset: /tmp/data/mitocheck
 folds: {name: k5-group, k: 5, group: group}
 space: default
-budget: {trials: 3, max_epochs: 40, grace_epochs: 40, max_concurrent: 3}
+budget: {trials: 3, max_epochs: ${SEARCH_EPOCHS:-40}, grace_epochs: ${SEARCH_EPOCHS:-40}, max_concurrent: 3}
 resources: {cpus: 1, gpus: 0.33}
 objective: {metric: f1_weighted}
 loader: inprocess
@@ -51,9 +51,11 @@ EOF
   done
   done
   if [ -n "$PROFILE" ]; then  # where the local job's time goes, by function (cumulative)
-    timeout 240 python3 -m cProfile -o $R/explain_local.prof $(which cytotune) explain --study /tmp/runs/mitocheck \
-      --top-k 3 --overwrite --executor local --quiet ${EXPLAIN_ARGS} > /dev/null 2>&1
+    printf 'import sys\nfrom cytotune.engine.cli import main\nsys.exit(main(sys.argv[1:]))\n' > /tmp/cli.py
+    timeout 240 python3 -m cProfile -o $R/explain_local.prof /tmp/cli.py explain --study /tmp/runs/mitocheck \
+      --top-k 3 --overwrite --executor local --quiet ${PROFILE_ARGS} 2>&1 | grep -v Warn | tail -12
     python3 -c "import pstats; pstats.Stats('$R/explain_local.prof').sort_stats('cumulative').print_stats(45)" | tail -60
+    python3 -c "import pstats; pstats.Stats('$R/explain_local.prof').sort_stats('tottime').print_stats(30)" | tail -40
   fi
 fi
 if [ -n "$SANITY" ]; then
