@@ -3,7 +3,7 @@
 # [".gpu", "data/mitocheck"]; the code runs from .gpu/src.tar (git archive, id in .gpu/src.commit).
 #   1. a MitoCheck search of 3 trials (default space, 40 epochs, 3 at once on the GPU);
 #   2. `cytotune explain --study ... --top-k 3` (5 methods x 3 trials x 3,277 cells) RUNS times
-#      per executor in EXECUTORS (default "local ray"), each timed, with the job's own stage
+#      per executor in EXECUTORS (default "local ray"; local1: local with one worker), each timed, with the job's own stage
 #      timings (explain/explain.json);
 #   3. SANITY=1: bench/sanity_calibration.py on the same trained weights (--models) on the GPU and
 #      on the machine's 16 CPU cores, compared case by case by bench/sanity_agreement.py;
@@ -42,7 +42,10 @@ EOF
   for e in ${EXECUTORS:-local ray}; do
   for i in $(seq ${RUNS:-2}); do
     t0=$(date +%s%N)
-    timeout 240 cytotune explain --study /tmp/runs/mitocheck --top-k 3 --overwrite --executor $e ${EXPLAIN_ARGS} > $R/explain_${e}_$i.txt 2>&1
+    # local1: the local executor with one worker (no threads)
+    W=""; [ "$e" = local1 ] && W=1
+    CYTOTUNE_LOCAL_WORKERS=$W timeout 240 cytotune explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
+      --executor ${e%1} ${EXPLAIN_ARGS} > $R/explain_${e}_$i.txt 2>&1
     echo "explain $e run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)"
     grep -v "Warn\|it/s\|s/it" $R/explain_${e}_$i.txt | grep -v "^ \+[a-z_+]\+ \+[0-9.]\+ \+[0-9.]\+ \+\(passed\|failed\|inconclusive\)" | tail -22
     cp /tmp/runs/mitocheck/explain/explain.json $R/explain_state_${e}_$i.json

@@ -25,7 +25,7 @@ from cytotune.engine.io import publish_directory
 from tqdm.auto import tqdm
 
 from .config import ExplainConfig
-from .executor import prefetch, resolve_executor
+from .executor import in_threads, local_workers, prefetch, resolve_executor
 from .layout import MAPS, maps_path, maps_staging_dir, write_maps
 from .parts import finish_parts
 from .plan import ExplainPlan
@@ -148,22 +148,37 @@ def local_cell_tables(plan: ExplainPlan, config: ExplainConfig):
 
 
 def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
-    """The map worker in this process (executor ``local``): the next batch is read in a thread
-    and each batch's map parts are written in another while the next one is explained."""
+    """The map worker in this process (executor ``local``): the next batch is read in a thread;
+    with one worker its map parts are written in another while the next batch is explained,
+    with several (a GPU: :func:`local_workers`) each explains and writes in a thread of its own."""
+    import torch
+
     from .worker import MapWorker
 
-    worker = MapWorker(**worker_kwargs)
+    workers = [MapWorker(**worker_kwargs) for _ in range(local_workers())]
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # the models are on the device before other streams use them
+    tables = prefetch(local_cell_tables(plan, config))
+    if len(workers) > 1:
+        yield from in_threads(tables, workers, lambda w, table: w.write(w.explain(table)))
+    else:
+        yield from _pipelined(tables, workers[0])
+    for worker in workers:
+        worker.timing["done"] = time.time()
+        worker._report()
+
+
+def _pipelined(tables, worker):
+    """One worker: each batch's parts written in a thread while the next batch is explained."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain-write") as writes:
         pending = None
-        for table in prefetch(local_cell_tables(plan, config)):
+        for table in tables:
             maps = worker.explain(table)
             if pending is not None:
                 yield pending.result()
             pending = writes.submit(worker.write, maps)
         if pending is not None:
             yield pending.result()
-    worker.timing["done"] = time.time()
-    worker._report()
 
 
 def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):

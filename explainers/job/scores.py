@@ -25,7 +25,7 @@ from ..quality import deletion_insertion, mass_inside, prototype_diversity
 from ..quality.learned import balanced_accuracy_ci, held_out_decides
 from ..quality.sanity import SanityConfig, combine, fp32, sanity_check
 from .config import ExplainConfig
-from .executor import resolve_executor
+from .executor import in_threads, local_workers, resolve_executor
 from .layout import (
     QUALITY_COLUMNS,
     empty_index,
@@ -383,20 +383,41 @@ def score_on_actors(plan, config, sample, jobs, progress: bool = True) -> list[l
 
 
 def score_locally(plan, config, sample, jobs, progress: bool = True) -> list[list[dict]]:
-    """The ``(trial, methods, prototypes, head)`` jobs on one ``QualityContext`` in this process
-    (executor ``local``); results in job order."""
+    """The ``(trial, methods, prototypes, head)`` jobs in this process (executor ``local``): on
+    :func:`local_workers` ``QualityContext`` s, each in a thread of its own with a contiguous
+    run of jobs (as :func:`assign` gives actors); results in job order. fp32 is set for the
+    whole stage, so the threads' :func:`fp32` scopes never restore TF32 under one another."""
     from tqdm.auto import tqdm
 
-    context = QualityContext(str(plan.dataset.path))
-    out = []
+    from ..quality.sanity import fp32
+
+    if not jobs:
+        return []
+    n = min(local_workers(), len(jobs))
+    owner = assign(jobs, n)
+    runs = [[i for i, a in enumerate(owner) if a == k] for k in range(n)]
+    contexts = [QualityContext(str(plan.dataset.path)) for _ in range(n)]
+    out: list = [None] * len(jobs)
     desc = f"explain quality ({len(sample)} cells)"
-    for trial, methods, *flags in tqdm(jobs, unit="task", desc=desc, disable=not progress):
-        out.append(
-            context.score(
-                trial.fold_dirs, sample, methods, trial.trial_id, config.seed, config.precision,
-                *flags,
-            )
-        )  # fmt: skip
+    with (
+        fp32(contexts[0].device.type),
+        tqdm(total=len(jobs), unit="task", desc=desc, disable=not progress) as bar,
+    ):
+
+        def score_run(context, run):
+            for i in run:
+                trial, methods, *flags = jobs[i]
+                out[i] = context.score(
+                    trial.fold_dirs, sample, methods, trial.trial_id, config.seed,
+                    config.precision, *flags,
+                )  # fmt: skip
+                bar.update(1)
+            return len(run)
+
+        if n == 1:
+            score_run(contexts[0], runs[0])
+        else:  # each run on whichever context is free: n runs, n contexts, one each
+            list(in_threads(runs, contexts, score_run, ahead=1))
     return out
 
 

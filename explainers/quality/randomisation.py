@@ -10,6 +10,7 @@ bright structures), not the model, and the check fails.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -195,11 +196,17 @@ def randomize_weights(
         raise ValueError(f"mode must be 'cascading', 'full' or 'independent', got {mode!r}")
 
     out = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]):
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for name in selected:
             _reinit_on_cpu(out.get_submodule(name), std)
     return out
+
+
+# modules re-initialise themselves from torch's global CPU generator (``reset_parameters``
+# takes no generator): threads drawing copies at once (the local explain executor's quality
+# workers) take turns, or one thread's seed would reach another's draws
+_GLOBAL_RNG = threading.Lock()
 
 
 def _reinit_on_cpu(module: nn.Module, std: float) -> None:

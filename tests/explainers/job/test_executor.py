@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 
@@ -178,3 +179,64 @@ def test_copies_of_the_previous_trial_are_let_go(trained_study):
     assert context._copies_of == second.trial_id
     second_models = {id(context.model(str(d))[0]) for d in second.fold_dirs.values()}
     assert {key[0] for key in context._copies} <= second_models  # the first trial's are gone
+
+
+def test_in_threads_keeps_order_and_lends_each_worker_to_one_thread_at_a_time():
+    from cytotune.explainers.job.executor import in_threads
+
+    busy: dict[int, int] = {}
+    overlaps = []
+    lock = threading.Lock()
+
+    def fn(worker, item):
+        with lock:
+            busy[worker] = busy.get(worker, 0) + 1
+            overlaps.append(busy[worker])
+        time.sleep(0.002 * (item % 3))
+        with lock:
+            busy[worker] -= 1
+        return item * 10
+
+    assert list(in_threads(iter(range(40)), [0, 1, 2], fn)) == [i * 10 for i in range(40)]
+    assert max(overlaps) == 1  # never two threads on one worker
+
+
+def test_several_local_workers_give_the_maps_and_scores_of_one(
+    trained_study, tmp_path, monkeypatch
+):
+    """Threads change where the work runs, not what it computes (CPU: bit for bit)."""
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.layout import maps_path, read_maps
+    from cytotune.explainers.job.runner import run_explain
+
+    results = {}
+    for workers in ("1", "3"):
+        monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", workers)
+        study = tmp_path / workers
+        shutil.copytree(trained_study, study)
+        config = ExplainConfig(
+            study=str(study),
+            top_k=2,
+            methods=("gradcam", "smoothgrad:n=4"),
+            stages=("maps", "quality"),
+            batch_size=16,
+            quality_cells=12,
+            executor="local",
+        )
+        plan, _ = run_explain(config, progress=False, log=lambda *_: None)
+        maps = {
+            (t.trial_id, m): read_maps(maps_path(plan.study_dir, t.trial_id, m))
+            .to_pandas()
+            .sort_values("cell_id")
+            .reset_index(drop=True)
+            for t in plan.trials
+            for m in config.method_names
+        }
+        quality = pd.read_parquet(study / "explain" / "quality.parquet")
+        results[workers] = maps, quality.set_index(["trial_id", "method", "metric"]).sort_index()
+    (one, q_one), (three, q_three) = results["1"], results["3"]
+    for part, table in one.items():
+        assert table["cell_id"].tolist() == three[part]["cell_id"].tolist()
+        assert table["map"].tolist() == three[part]["map"].tolist()
+    assert len(q_one) > 0
+    pd.testing.assert_series_equal(q_one["mean"], q_three["mean"])
