@@ -155,7 +155,10 @@ def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict
 
     from .worker import MapWorker
 
-    workers = [MapWorker(**worker_kwargs) for _ in range(local_workers())]
+    n = local_workers()
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="explain-load") as pool:
+        # each loads its own copy of every fold model; loading releases the GIL, so at once
+        workers = list(pool.map(lambda _: MapWorker(**worker_kwargs), range(n)))
     if torch.cuda.is_available():
         torch.cuda.synchronize()  # the models are on the device before other streams use them
     tables = prefetch(local_cell_tables(plan, config))
