@@ -15,7 +15,7 @@ from .executor import EXECUTORS
 
 EPILOG = """examples:
   cytotune explain --study runs/demo/studies/demo
-  cytotune explain --study STUDY --top-k 1 --methods gradcam smoothgrad:n_samples=8 --limit 500
+  cytotune explain --study STUDY --top-k 1 --methods gradcam smoothgrad:n=8 --limit 500
   cytotune explain --study STUDY --trials 3f2a9c01 --stages maps quality --gpus-per-actor 0.5
 
 outputs land in STUDY/explain/ (maps Parquet, overlays, population maps, quality.parquet)."""

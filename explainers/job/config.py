@@ -23,7 +23,7 @@ STAGES = ("maps", "population", "quality", "overlays", "prototypes", "attention"
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"smoothgrad:n_samples=8,sigma=0.1"`` -> ``("smoothgrad", {"n_samples": 8, "sigma": 0.1})``."""
+    """``"smoothgrad:n=8,sigma=0.1"`` -> ``("smoothgrad", {"n": 8, "sigma": 0.1})``."""
     from ..methods._registry import get_explainer_class
 
     name, _, rest = spec.partition(":")
@@ -34,7 +34,7 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
         if not sep or not key:
             raise ValueError(
                 f"method option {item!r} in {spec!r} is not key=value; "
-                "write e.g. smoothgrad:n_samples=8,sigma=0.1"
+                "write e.g. smoothgrad:n=8,sigma=0.1"
             )
         options[key.strip()] = yaml.safe_load(value)
     return name, options

@@ -19,14 +19,14 @@ from tests.maps import encode_map
 
 
 def test_parse_method_options_and_errors():
-    assert parse_method("smoothgrad:n_samples=8,sigma=0.1") == (
+    assert parse_method("smoothgrad:n=8,sigma=0.1") == (
         "smoothgrad",
-        {"n_samples": 8, "sigma": 0.1},
+        {"n": 8, "sigma": 0.1},
     )
     with pytest.raises(ValueError, match="gradcam"):
         parse_method("gradcma")
     with pytest.raises(ValueError, match="key=value"):
-        parse_method("smoothgrad:n_samples")
+        parse_method("smoothgrad:n")
 
 
 @pytest.mark.parametrize(
@@ -46,8 +46,8 @@ def test_config_errors_name_the_key(kwargs, match):
 
 
 def test_changed_method_options_change_only_that_methods_key():
-    a = ExplainConfig(study="x", methods=("gradcam", "smoothgrad:n_samples=4"))
-    b = ExplainConfig(study="x", methods=("gradcam", "smoothgrad:n_samples=8"))
+    a = ExplainConfig(study="x", methods=("gradcam", "smoothgrad:n=4"))
+    b = ExplainConfig(study="x", methods=("gradcam", "smoothgrad:n=8"))
     assert a.method_key("gradcam") == b.method_key("gradcam")
     assert a.method_key("smoothgrad") != b.method_key("smoothgrad")
 
