@@ -76,7 +76,7 @@ class Explanations:
         return _read(path, "cells", names)
 
     def map(self, trial_id: str, method: str, cell_id: str) -> np.ndarray:
-        """The stored map of one cell as float32 (C, H, W)."""
+        """The stored map of one cell as float32 (C, H, W), at the crop's size."""
         path = layout.maps_path(self.study.path, trial_id, method)
         key = (str(path), *(path.stat().st_mtime_ns, path.stat().st_size))
         with _LOCK:
@@ -92,7 +92,8 @@ class Explanations:
         if cell_id not in index:
             raise KeyError(f"cell {cell_id!r} has no {method} map for trial {trial_id}")
         row = frame.iloc[index[cell_id]]
-        return layout.decode_map(row["map"], row["map_shape"])
+        shape = self.study.manifest().get("shape")  # (C, H, W): a CAM is stored at its layer's size
+        return layout.decode_map(row["map"], row["map_shape"], shape[-2:] if shape else None)
 
     # -- crops -------------------------------------------------------------------------------
     def channel_names(self) -> list[str]:

@@ -27,9 +27,11 @@ part of the directory the actors write), ``read_maps`` / ``iter_maps`` / ``maps_
 every file's version. ``cytotune upgrade STUDY_DIR`` (:func:`upgrade_explain`) rewrites the
 tables of a run from before format versions.
 
-Maps are float16, stored as raw bytes with their shape: ``(1, H, W)`` for CAM methods and
+Maps are float16, stored as raw bytes with their shape: ``(1, h, w)`` for CAM methods at the
+resolution of their layer (a 7x7 Grad-CAM of a 224 px crop is 98 bytes instead of 100 kB;
+upsampled to the crop where it is read), ``(1, H, W)`` for fused or smoothed CAMs and
 ``(C, H, W)`` (one map per input channel) for gradient methods. Decode one with
-:func:`decode_map`.
+:func:`decode_map` and the crop's size.
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ I32, F32 = {"arrow": pa.int32()}, {"arrow": pa.float32()}
 class MapRow:
     """One explained cell and output (class or regression target) of a map table.
 
-    ``map`` is float16 bytes, C-order, of shape ``map_shape`` (channels, H, W); see
-    :func:`decode_map`.
+    ``map`` is float16 bytes, C-order, of shape ``map_shape`` (channels, h, w: a CAM at its
+    layer's resolution, else the crop's); see :func:`decode_map`.
     """
 
     cell_id: str  # the dataset's cell id
@@ -258,13 +260,38 @@ def safe_name(name: str) -> str:
     return out.lstrip(".") or "_"
 
 
-def decode_map(data: bytes, shape) -> np.ndarray:
-    """One stored map as a float32 array of ``shape`` (C, H, W)."""
-    return (
+def decode_map(data: bytes, shape, size=None) -> np.ndarray:
+    """One stored map as a float32 array of ``shape`` (C, H, W); with ``size`` (the crop's
+    (H, W)), a CAM stored at its layer's resolution is upsampled to it as the explainer does
+    (:func:`upsample_bilinear`)."""
+    out = (
         np.frombuffer(data, dtype=np.float16)
         .reshape(tuple(int(s) for s in shape))
         .astype(np.float32)
     )
+    return out if size is None else upsample_bilinear(out, size)
+
+
+def upsample_bilinear(maps: np.ndarray, size) -> np.ndarray:
+    """``maps`` (..., h, w) resized to ``size`` (H, W) on their last two axes exactly as
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` does (pixel
+    centres aligned, edges clamped), in numpy (the dashboard reads maps without torch). Maps
+    already of ``size`` come back as they are."""
+    height, width = (int(v) for v in size)
+    h, w = maps.shape[-2:]
+    if (h, w) == (height, width):
+        return maps
+
+    def axis(n_in: int, n_out: int):
+        src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        high = np.minimum(low + 1, n_in - 1)
+        return low, high, (src - low).astype(np.float32)
+
+    y0, y1, fy = axis(h, height)
+    x0, x1, fx = axis(w, width)
+    rows = maps[..., y0, :] * (1 - fy)[:, None] + maps[..., y1, :] * fy[:, None]  # (..., H, w)
+    return (rows[..., x0] * (1 - fx) + rows[..., x1] * fx).astype(np.float32)
 
 
 def write_frame(frame, path: str | Path) -> Path:

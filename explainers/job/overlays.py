@@ -77,7 +77,7 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
                 np.array([row_of[c] for c in picked.column("cell_id").to_pylist()])
             )
             for image, row in zip(images, picked.to_pylist()):
-                amap = decode_map(row["map"], row["map_shape"])
+                amap = decode_map(row["map"], row["map_shape"], image.shape[-2:])
                 path = overlay_path(plan.study_dir, trial.trial_id, method, row["cell_id"])
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # crop | map with a colour bar in the method's units (what the dashboard draws)

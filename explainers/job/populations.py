@@ -28,6 +28,7 @@ from .layout import (
     maps_path,
     population_dir,
     read_index,
+    upsample_bilinear,
     write_frame,
 )
 from .plan import ExplainPlan
@@ -77,7 +78,8 @@ def gmean_maps(
             continue
         shape = tuple(frame["map_shape"].iloc[0])
         blob = b"".join(frame["map"].tolist())
-        maps = np.frombuffer(blob, np.float16).reshape(len(frame), *shape).astype(np.float64)
+        maps = np.frombuffer(blob, np.float16).reshape(len(frame), *shape).astype(np.float32)
+        maps = upsample_bilinear(maps, hw).astype(np.float64)  # a CAM at its layer's size
         maps = np.clip(maps, 0, None).sum(1, keepdims=True)  # (B, 1, H, W)
         peak = maps.reshape(len(frame), -1).max(1)
         maps = np.where(

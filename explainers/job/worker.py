@@ -183,6 +183,7 @@ class MapWorker:
                     loaded.model, loaded.offset, loaded.scale, loaded.takes_mask
                 )
         self.failures: dict[tuple[str, str], str] = {}
+        self._native: dict[str, torch.Tensor] = {}  # method -> its last CAM before upsampling
         self.timing = {"created": self._created, "ready": time.time()}
         self._report()
 
@@ -339,7 +340,8 @@ class MapWorker:
                     break
                 mass_cell, _ = localisation(maps, cell_mask, self._valid(batch, "mask", idx))
                 mass_ev, hits = localisation(maps, evidence, self._valid(batch, "evidence", idx))
-                data = maps.to(torch.float16).cpu().numpy()  # half the bytes off the device
+                stored = self._native.pop(method, maps)  # a CAM at its layer's resolution
+                data = stored.to(torch.float16).cpu().numpy()  # half the bytes off the device
                 seconds = (time.perf_counter() - start) / n
                 columns = {
                     **common,
@@ -384,6 +386,9 @@ class MapWorker:
             with self._autocast():
                 maps = explainer.attribute(x, target=target, forward_kwargs=fk)
             self._last_output = getattr(explainer, "last_output", None)
+            native = getattr(explainer, "last_native", None)
+            if native is not None and tuple(native.shape[-2:]) != tuple(maps.shape[-2:]):
+                self._native[method] = native.detach()[:, None]  # (B, 1, h, w): what is stored
             return maps.detach().float()
         except (RuntimeError, ValueError, TypeError) as exc:
             return exc

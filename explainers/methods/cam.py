@@ -123,6 +123,9 @@ class _CAM(Explainer):
         )
         self.last_output = output  # (B, K): lets a caller reuse this forward's predictions
         maps = [F.relu(self.layer_map(a, g)) for a, g in zip(acts, grads)]
+        # one layer, not normalised: the map before upsampling is the whole map (the explain
+        # job stores this and upsamples where it is read)
+        self.last_native = maps[0] if len(maps) == 1 and not normalize else None  # (B, h, w)
         cam = fuse_maps(maps, tuple(x.shape[-2:]), fuse)  # (B, 1, H, W)
         return normalize_maps(cam) if normalize else cam
 

@@ -202,5 +202,6 @@ def check_maps_against_direct(plan, frame, trial, fold: int) -> None:
     np.testing.assert_array_equal(frame["prediction_index"], target.numpy())
     explainer = create_explainer("gradcam", model, cam_layers(model, tuple(x.shape[1:]))[-1])
     expected = explainer.attribute(x, target=target).detach().numpy()
-    stored = np.stack([decode_map(m, s) for m, s in zip(frame["map"], frame["map_shape"])])
+    size = expected.shape[-2:]  # a CAM is stored at its layer's size, read at the crop's
+    stored = np.stack([decode_map(m, s, size) for m, s in zip(frame["map"], frame["map_shape"])])
     np.testing.assert_allclose(stored, expected, atol=2e-3 * np.abs(expected).max(), rtol=2e-3)

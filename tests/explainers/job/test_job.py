@@ -44,7 +44,11 @@ def test_every_planned_cell_once_per_trial_and_method(explained):
             # split=val: each cell is explained by the model of the fold that held it out
             assert (frame["fold"].to_numpy() == folds.loc[frame["cell_id"]].to_numpy()).all()
             shape = tuple(frame["map_shape"].iloc[0])
-            assert shape == ((1, 32, 32) if method == "gradcam" else (3, 32, 32))
+            if method == "gradcam":  # one map at its layer's size (at most the crop's)
+                assert shape[0] == 1
+                assert 4 <= min(shape[1:]) <= max(shape[1:]) <= 32
+            else:
+                assert shape == (3, 32, 32)
     assert state.data["status"] == "finished"
     assert not state.data["failures"]
 
@@ -71,7 +75,8 @@ def test_stored_maps_and_predictions_equal_a_direct_computation(explained, metho
     layer = cam_layers(model, (3, 32, 32))[-1] if method == "gradcam" else None
     explainer = create_explainer(method, model, layer, **config.method_options[method])
     expected = explainer.attribute(x, target=probs.argmax(1)).detach().numpy()
-    stored = np.stack([decode_map(m, s) for m, s in zip(frame["map"], frame["map_shape"])])
+    size = expected.shape[-2:]  # a CAM is stored at its layer's size, read at the crop's
+    stored = np.stack([decode_map(m, s, size) for m, s in zip(frame["map"], frame["map_shape"])])
     scale = np.abs(expected).max()
     np.testing.assert_allclose(stored, expected, atol=2e-3 * scale, rtol=2e-3)
 
@@ -83,7 +88,7 @@ def test_mass_in_cell_and_evidence_match_hand_computation(explained):
     row_of = plan.cells.set_index("cell_id")["row"]
     cell, evidence = dataset.masks(), dataset.masks("evidence")
     for _, r in frame.head(10).iterrows():
-        m = np.clip(decode_map(r["map"], r["map_shape"]), 0, None).sum(0)
+        m = np.clip(decode_map(r["map"], r["map_shape"], cell.shape[-2:]), 0, None).sum(0)
         row = row_of[r["cell_id"]]
         assert r["mass_cell"] == pytest.approx((m * cell[row]).sum() / m.sum(), rel=1e-4)
         assert r["mass_evidence"] == pytest.approx((m * evidence[row]).sum() / m.sum(), rel=1e-4)
@@ -95,12 +100,13 @@ def test_population_maps_equal_numpy_geometric_means(explained):
     study, config, plan, _ = explained
     trial, method, eps = by_family(plan, "small_cnn").trial_id, "gradcam", 1e-3
     frame = _maps(study, trial, method)
+    hw = tuple(plan.manifest.shape[1:])
     labels = plan.dataset.metadata().set_index("cell_id")["label"]
     for cls in plan.manifest.classes:
         part = frame[labels.loc[frame["cell_id"]].to_numpy() == cls]
         maps = np.stack(
             [
-                np.clip(decode_map(m, s).astype(np.float64), 0, None).sum(0)
+                np.clip(decode_map(m, s, hw).astype(np.float64), 0, None).sum(0)
                 for m, s in zip(part["map"], part["map_shape"])
             ]
         )
@@ -369,3 +375,15 @@ def test_a_resumed_run_reads_its_index_tables_typed_and_refuses_an_old_one(expla
     assert sorted(read_index(study, "quality")["trial_id"].unique()) == sorted(
         before["trial_id"].unique()
     )
+
+
+def test_cams_are_stored_at_their_layers_size_and_gradients_at_the_crops(explained):
+    study, _, plan, _ = explained
+    trial = by_family(plan, "small_cnn").trial_id
+    crop = tuple(plan.manifest.shape[1:])
+    cam = _maps(study, trial, "gradcam")
+    saliency = _maps(study, trial, "saliency")
+    cam_side = tuple(cam["map_shape"].iloc[0])[1:]
+    assert cam_side[0] < crop[0]  # the layer's map, not the crop
+    assert tuple(saliency["map_shape"].iloc[0]) == tuple(plan.manifest.shape)
+    assert len(cam["map"].iloc[0]) == 2 * int(np.prod(cam_side))  # float16 bytes

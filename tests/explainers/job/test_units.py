@@ -163,3 +163,19 @@ def test_cells_without_masks_get_no_localisation_scores():
     assert hits[0] == 1.0
     assert np.isnan(mass[1])
     assert np.isnan(hits[1])
+
+
+@pytest.mark.parametrize(
+    ("source", "size"),
+    [((4, 4), (32, 32)), ((3, 5), (7, 24)), ((7, 7), (224, 224)), ((8, 8), (8, 8))],
+)
+def test_upsampled_maps_equal_torch_bilinear(source, size):
+    """What readers draw from a CAM stored at its layer's size is what the explainer returned."""
+    import torch
+    from cytotune.explainers.job.layout import upsample_bilinear
+
+    maps = np.random.default_rng(0).random((3, 1, *source), dtype=np.float32)
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(maps), size=size, mode="bilinear", align_corners=False
+    ).numpy()
+    np.testing.assert_allclose(upsample_bilinear(maps, size), want, rtol=1e-5, atol=1e-6)
