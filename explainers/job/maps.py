@@ -155,10 +155,11 @@ def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict
 
     from .worker import MapWorker
 
-    n = local_workers()
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="explain-load") as pool:
-        # each loads its own copy of every fold model; loading releases the GIL, so at once
-        workers = list(pool.map(lambda _: MapWorker(**worker_kwargs), range(n)))
+    first = MapWorker(**worker_kwargs)  # reads and builds every fold model once
+    # the others copy them on the device (each thread needs models of its own: CAM hooks)
+    workers = [first] + [
+        MapWorker(**worker_kwargs, models_from=first) for _ in range(local_workers() - 1)
+    ]
     if torch.cuda.is_available():
         torch.cuda.synchronize()  # the models are on the device before other streams use them
     tables = prefetch(local_cell_tables(plan, config))

@@ -251,3 +251,27 @@ def test_several_local_workers_give_the_maps_and_scores_of_one(
         np.testing.assert_allclose(a, b, rtol=TOLERANCE, atol=TOLERANCE * float(np.abs(a).max()))
     assert len(q_one) > 0
     pd.testing.assert_series_equal(q_one["mean"], q_three["mean"], rtol=TOLERANCE)
+
+
+def test_a_worker_copies_another_workers_models_without_sharing_them(trained_study):
+    """Each thread's worker needs models of its own (CAMs hook them), equal to the loaded ones."""
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.plan import build_plan
+    from cytotune.explainers.job.worker import MapWorker
+
+    plan = build_plan(ExplainConfig(study=str(trained_study), top_k=2, methods=("gradcam",)))
+    kwargs = {
+        "units": {t.trial_id: t.fold_dirs for t in plan.trials},
+        "methods": {"gradcam": {}},
+        "manifest": plan.manifest.to_dict(),
+        "device": "cpu",
+    }
+    first = MapWorker(**kwargs)
+    second = MapWorker(**kwargs, models_from=first)
+    assert second.models.keys() == first.models.keys()
+    for key, loaded in first.models.items():
+        copy = second.models[key].model
+        assert copy is not loaded.model
+        for (name, a), (_, b) in zip(loaded.model.state_dict().items(), copy.state_dict().items()):
+            assert a.data_ptr() != b.data_ptr(), name
+            assert torch.equal(a, b), name
