@@ -263,6 +263,11 @@ def end_to_end(args, device: str, kernel_rate: float) -> dict:
         out[f"explain_{name}_after_startup_maps_s"] = maps / (seconds - startup)
         out |= worker_timings(study, state, f"explain_{name}")
         print({k: round(v, 2) for k, v in out.items() if k.startswith(f"explain_{name}")})
+        if device == "cuda":  # the local workers' models, cached by this process, go back
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
     names = ["local" if e == "local" else f"{k}_actors" for e, k in variants]
     best = max(names, key=lambda k: out[f"explain_{k}_maps_s"])
     out["explain_maps_s"] = out[f"explain_{best}_maps_s"]
