@@ -26,20 +26,27 @@ def resolve_executor(config) -> str:
         return "ray"  # a cluster was named: its nodes share the work
     if config.actors is not None and config.actors > 1:
         return "ray"  # several actors were asked for
-    if _ray_nodes() > 1:
+    if ray_nodes() > 1:
         return "ray"  # this process already runs on a multi-node Ray
     import torch
 
     return "ray" if torch.cuda.device_count() > 1 else "local"
 
 
-def _ray_nodes() -> int:
+def ray_nodes() -> int:
     """Alive nodes of the Ray this process already joined (0: none joined; Ray not started)."""
     import sys
 
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         return 0
+    return alive_nodes()
+
+
+def alive_nodes() -> int:
+    """Alive nodes of the Ray this process joined."""
+    import ray
+
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 

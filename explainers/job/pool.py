@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import warnings
 
+from .executor import alive_nodes
+
 # restarts of one actor and reruns of one batch after its actor died (a node lost each time);
 # bounded, so an actor that crashes its process on every start fails the job instead of looping
 MAX_RESTARTS = 4
@@ -29,10 +31,8 @@ def restart_options(joined_cluster: bool) -> dict:
     cluster (``--address``/RAY_ADDRESS: it may gain and lose nodes while the job runs) or Ray
     has more than one node; none on a local one-node Ray, where a lost node is the whole job.
     """
-    import ray
 
-    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
-    if joined_cluster or alive > 1:
+    if joined_cluster or alive_nodes() > 1:
         return {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_RESTARTS}
     return {"max_restarts": 0}
 
@@ -45,11 +45,10 @@ def in_driver(actors: int, gpus_per_actor: float, joined_cluster: bool) -> bool:
     does anyway; on a loaded 2-core machine that start-up was most of the maps stage
     (BENCHMARKS.md, "Explain job start-up on the CPU"). Ray Data still reads the crops.
     """
-    import ray
 
     if actors != 1 or gpus_per_actor or joined_cluster:
         return False
-    return sum(1 for node in ray.nodes() if node.get("Alive")) == 1
+    return alive_nodes() == 1
 
 
 def run_in_driver(dataset, worker, batch_size: int):

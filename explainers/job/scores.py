@@ -412,12 +412,9 @@ def score_locally(plan, config, sample, jobs, progress: bool = True) -> list[lis
                     config.precision, *flags,
                 )  # fmt: skip
                 bar.update(1)
-            return len(run)
 
-        if n == 1:
-            score_run(contexts[0], runs[0])
-        else:  # each run on whichever context is free: n runs, n contexts, one each
-            list(in_threads(runs, contexts, score_run, ahead=1))
+        # each run on whichever context is free: n runs, n contexts, one each
+        list(in_threads(runs, contexts, score_run, ahead=1))
     return out
 
 

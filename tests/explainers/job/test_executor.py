@@ -21,11 +21,36 @@ def _config(**changes):
     return ExplainConfig(study="unused", **changes)
 
 
+def _explain_copy(trained_study, directory, **settings):
+    """``run_explain`` on a copy of the study in ``directory``: the plan, the state and every
+    map table by (trial, method), rows in cell order."""
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.layout import maps_path, read_maps
+    from cytotune.explainers.job.runner import run_explain
+
+    shutil.copytree(trained_study, directory)
+    config = ExplainConfig(study=str(directory), top_k=2, batch_size=16, **settings)
+    plan, state = run_explain(config, progress=False, log=lambda *_: None)
+    maps = {
+        (t.trial_id, m): read_maps(maps_path(plan.study_dir, t.trial_id, m))
+        .to_pandas()
+        .sort_values("cell_id")
+        .reset_index(drop=True)
+        for t in plan.trials
+        for m in config.method_names
+    }
+    return plan, state, maps
+
+
+def _stacked(frame) -> np.ndarray:
+    return np.stack([np.frombuffer(m, np.float16) for m in frame["map"]]).astype(np.float32)
+
+
 def test_auto_runs_here_unless_there_is_something_to_spread_over(monkeypatch):
     from cytotune.explainers.job import executor
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(executor, "_ray_nodes", lambda: 0)
+    monkeypatch.setattr(executor, "ray_nodes", lambda: 0)
     assert executor.resolve_executor(_config()) == "local"
     assert executor.resolve_executor(_config(address="127.0.0.1:6379")) == "ray"
     assert executor.resolve_executor(_config(actors=2)) == "ray"
@@ -35,7 +60,7 @@ def test_auto_runs_here_unless_there_is_something_to_spread_over(monkeypatch):
     assert executor.resolve_executor(_config()) == "ray"
     assert executor.resolve_executor(_config(executor="local")) == "local"
     monkeypatch.delenv("RAY_ADDRESS")
-    monkeypatch.setattr(executor, "_ray_nodes", lambda: 2)  # joined a multi-node Ray
+    monkeypatch.setattr(executor, "ray_nodes", lambda: 2)  # joined a multi-node Ray
     assert executor.resolve_executor(_config()) == "ray"
 
 
@@ -44,7 +69,7 @@ def test_auto_spreads_over_several_gpus(monkeypatch):
     from cytotune.explainers.job import executor
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(executor, "_ray_nodes", lambda: 0)
+    monkeypatch.setattr(executor, "ray_nodes", lambda: 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert executor.resolve_executor(_config()) == "ray"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -98,32 +123,13 @@ def test_prefetch_stops_its_thread_when_the_consumer_stops():
 def test_maps_in_this_process_equal_the_maps_on_ray_actors(trained_study, tmp_path, ray_local):
     """Same cells, same fold models, same maps and predictions on both executors (to the bit on
     the CPU, within bf16 rounding on a GPU)."""
-    from cytotune.explainers.job.config import ExplainConfig
-    from cytotune.explainers.job.layout import maps_path, read_maps
-    from cytotune.explainers.job.runner import run_explain
-
     tables = {}
     for executor in ("local", "ray"):
-        study = tmp_path / executor
-        shutil.copytree(trained_study, study)
-        config = ExplainConfig(
-            study=str(study),
-            top_k=2,
-            methods=("gradcam", "saliency"),
-            stages=("maps",),
-            batch_size=16,
-            executor=executor,
+        methods, stages = ("gradcam", "saliency"), ("maps",)
+        plan, state, tables[executor] = _explain_copy(
+            trained_study, tmp_path / executor, methods=methods, stages=stages, executor=executor
         )
-        plan, state = run_explain(config, progress=False, log=lambda *_: None)
         assert state.data["executor"] == executor
-        tables[executor] = {
-            (t.trial_id, m): read_maps(maps_path(plan.study_dir, t.trial_id, m))
-            .to_pandas()
-            .sort_values("cell_id")
-            .reset_index(drop=True)
-            for t in plan.trials
-            for m in config.method_names
-        }
     assert tables["local"].keys() == tables["ray"].keys()
     for part, local in tables["local"].items():
         ray_maps = tables["ray"][part]
@@ -131,8 +137,7 @@ def test_maps_in_this_process_equal_the_maps_on_ray_actors(trained_study, tmp_pa
         assert local["cell_id"].tolist() == ray_maps["cell_id"].tolist()
         agree = (local["prediction_index"] == ray_maps["prediction_index"]).mean()
         assert agree >= (0.97 if torch.cuda.is_available() else 1.0)
-        a = np.stack([np.frombuffer(b, np.float16) for b in local["map"]]).astype(np.float32)
-        b = np.stack([np.frombuffer(b, np.float16) for b in ray_maps["map"]]).astype(np.float32)
+        a, b = _stacked(local), _stacked(ray_maps)
         if torch.cuda.is_available():  # kernels are not bitwise repeatable on a GPU
             np.testing.assert_allclose(a, b, rtol=0.05, atol=0.02 * float(np.abs(b).max()))
         else:
@@ -213,41 +218,23 @@ def test_several_local_workers_give_the_maps_and_scores_of_one(
     trained_study, tmp_path, monkeypatch
 ):
     """Threads change where the work runs, not what it computes (CPU: bit for bit)."""
-    from cytotune.explainers.job.config import ExplainConfig
-    from cytotune.explainers.job.layout import maps_path, read_maps
-    from cytotune.explainers.job.runner import run_explain
-
     results = {}
     for workers in ("1", "3"):
         monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", workers)
-        study = tmp_path / workers
-        shutil.copytree(trained_study, study)
-        config = ExplainConfig(
-            study=str(study),
-            top_k=2,
+        _, _, maps = _explain_copy(
+            trained_study,
+            tmp_path / workers,
             methods=("gradcam", "smoothgrad:n=4"),
             stages=("maps", "quality"),
-            batch_size=16,
             quality_cells=12,
             executor="local",
         )
-        plan, _ = run_explain(config, progress=False, log=lambda *_: None)
-        maps = {
-            (t.trial_id, m): read_maps(maps_path(plan.study_dir, t.trial_id, m))
-            .to_pandas()
-            .sort_values("cell_id")
-            .reset_index(drop=True)
-            for t in plan.trials
-            for m in config.method_names
-        }
-        quality = pd.read_parquet(study / "explain" / "quality.parquet")
+        quality = pd.read_parquet(tmp_path / workers / "explain" / "quality.parquet")
         results[workers] = maps, quality.set_index(["trial_id", "method", "metric"]).sort_index()
     (one, q_one), (three, q_three) = results["1"], results["3"]
     for part, table in one.items():
         assert table["cell_id"].tolist() == three[part]["cell_id"].tolist()
-        a, b = (
-            np.stack([np.frombuffer(m, np.float16) for m in t["map"]]) for t in (table, three[part])
-        )
+        a, b = _stacked(table), _stacked(three[part])
         np.testing.assert_allclose(a, b, rtol=TOLERANCE, atol=TOLERANCE * float(np.abs(a).max()))
     assert len(q_one) > 0
     pd.testing.assert_series_equal(q_one["mean"], q_three["mean"], rtol=TOLERANCE)
