@@ -2,15 +2,19 @@
 
 Each run is a child process with ``CUDA_VISIBLE_DEVICES`` naming 1 or 2 GPUs, so it starts its
 own local Ray that sees exactly those. The search is one small study (synthetic metastasis
-crops, ``race: epochs`` and no scheduler, so both runs do the same work; fractional GPUs pack
+crops, no scheduler, so both runs do the same work; fractional GPUs pack
 several trials per GPU); the explain job explains the 1-GPU study's two best trials over every
-cell (``--overwrite``, maps stage only), with four actors per visible GPU. ``nvidia-smi`` is
-sampled every 0.5 s during each run.
+cell (``--overwrite``, maps stage only) with each executor of ``--explain-runs``: ``local`` (the
+job in the process, 4 worker threads per visible GPU) and ``ray`` (4 actors per visible GPU).
+``nvidia-smi`` is sampled every 0.5 s during each run. Rows are written after every run, so a
+call cut short keeps what it measured.
 
 Reported per run (bench/results/scale.json, a list of objects):
   job, gpus, throughput, unit, speedup (vs 1 GPU), device, wall_s, gpu_util_mean (per GPU),
-  and for the search: trial-epochs, the best score, and the time to reach the 1-GPU run's best
-  score (time_to_1gpu_best_s; null when the run never reaches it).
+  for the search: trial-epochs, the best score, the time to reach the 1-GPU run's best score
+  (time_to_1gpu_best_s; null when the run never reaches it), when the first trial started and
+  the last ended (seconds from the command's start) and the mean trial's wall time;
+  for the explain job: the executor.
 
 On the GPU machine (2 GPUs; Ray, Optuna and captum from the bundle, see bench/real/device.sh):
   bash bench/real/device.sh python bench/scale.py --out $OUT/scale.json
@@ -36,19 +40,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # settings per mode: dataset size, crop size, trials, epochs, GPU share per trial
 SETTINGS = {
-    "gpu": {"cells": 6000, "size": 64, "trials": 16, "epochs": 6, "gpus_per_trial": 0.25,
+    "gpu": {"race": "epochs", "cells": 6000, "size": 64, "trials": 16, "epochs": 6, "gpus_per_trial": 0.25,
             "family": "backbone", "batch_size": 256, "explain_limit": None,
             "methods": ("gradcam", "saliency")},
-    # trials long enough that training, not each trial's start-up, fills the GPU; the explain
-    # job with Integrated Gradients (64 steps: 64 forward + backward passes per map)
-    "long": {"cells": 6000, "size": 64, "trials": 16, "epochs": 24, "gpus_per_trial": 0.25,
+    # trials long enough that training, not each trial's start-up, fills the GPU, raced over
+    # folds as a study is by default (``race: epochs`` writes every fold's weights and optimiser
+    # state after every epoch: about 1 GB per epoch for a ResNet-34 trial of 3 folds); the
+    # explain job with Integrated Gradients (64 steps: 64 forward + backward passes per map)
+    "long": {"race": "folds", "cells": 6000, "size": 64, "trials": 16, "epochs": 24, "gpus_per_trial": 0.25,
              "family": "backbone", "batch_size": 256, "explain_limit": None,
              "methods": ("gradcam", "saliency", "integrated_gradients:n_steps=64")},
     # the short search (its study is what gets explained), then the explain job of "long"
-    "explain": {"cells": 6000, "size": 64, "trials": 16, "epochs": 6, "gpus_per_trial": 0.25,
+    "explain": {"race": "epochs", "cells": 6000, "size": 64, "trials": 16, "epochs": 6, "gpus_per_trial": 0.25,
                 "family": "backbone", "batch_size": 256, "explain_limit": None,
                 "methods": ("gradcam", "saliency", "integrated_gradients:n_steps=64")},
-    "smoke": {"cells": 96, "size": 24, "trials": 2, "epochs": 1, "gpus_per_trial": 0,
+    "smoke": {"race": "folds", "cells": 96, "size": 24, "trials": 2, "epochs": 1, "gpus_per_trial": 0,
               "family": "small_cnn", "batch_size": 32, "explain_limit": 48,
               "methods": ("gradcam", "saliency")},
 }  # fmt: skip
@@ -86,7 +92,7 @@ def child_search(work: Path, name: str, settings: dict) -> dict:
         "folds": {"k": 3, "group": "well"},
         "space": "space.yaml",
         "budget": {"trials": settings["trials"], "max_epochs": settings["epochs"],
-                   "race": "epochs", "max_concurrent": 64},
+                   "race": settings["race"], "max_concurrent": 64},
         "resources": {"cpus": 1, "gpus": settings["gpus_per_trial"]},
         "objective": {"metric": "balanced_accuracy"},
         "scheduler": "none",
@@ -103,7 +109,12 @@ def child_search(work: Path, name: str, settings: dict) -> dict:
     done = trials[trials["status"] == "completed"]
     score = "val/balanced_accuracy"
     curve = sorted((float(r["ended_at"]) - start, float(r[score])) for _, r in done.iterrows())
+    started = trials["started_at"].dropna().astype(float) - start
+    ended = trials["ended_at"].dropna().astype(float) - start
     return {
+        "first_trial_start_s": float(started.min()) if len(started) else None,
+        "last_trial_end_s": float(ended.max()) if len(ended) else None,
+        "trial_s_mean": float((done["ended_at"] - done["started_at"]).astype(float).mean()),
         "study": store.path,
         "wall_s": wall,
         "trial_epochs": int(trials["epochs_done"].fillna(0).sum()),
@@ -114,13 +125,14 @@ def child_search(work: Path, name: str, settings: dict) -> dict:
     }
 
 
-def child_explain(study: str, settings: dict) -> dict:
+def child_explain(study: str, executor: str, settings: dict) -> dict:
     from cytotune.explainers.job.config import ExplainConfig
     from cytotune.explainers.job.runner import run_explain
 
     config = ExplainConfig(
         study=study, top_k=2, methods=settings["methods"], stages=("maps",),
-        limit=settings["explain_limit"], overwrite=True, batch_size=128, address="local",
+        limit=settings["explain_limit"], overwrite=True, batch_size=128, executor=executor,
+        address="local" if executor == "ray" else None,
     )  # fmt: skip
     start = time.time()
     plan, state = run_explain(config, progress=False, log=lambda *_: None)
@@ -211,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--search-gpus", type=int, nargs="+", help="GPU counts to search on (default --gpus)"
     )
+    parser.add_argument(
+        "--explain-runs", nargs="+", metavar="GPUS:EXECUTOR",
+        help="explain runs (default: 1:local 2:local 2:ray with --gpus 1 2)",
+    )  # fmt: skip
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke_test else args.mode
@@ -222,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             os.chdir(rest[0])
             result = child_search(Path(rest[0]), rest[1], settings)
         else:
-            result = child_explain(rest[0], settings)
+            result = child_explain(rest[0], rest[1], settings)
         print("RESULT " + json.dumps(result, default=str))
         return 0
 
@@ -244,55 +260,75 @@ def main(argv: list[str] | None = None) -> int:
     device = device_name()
     smoke = ["--smoke-test"] if args.smoke_test else ["--mode", mode]
     rows, searches = [], {}
-    for n in args.search_gpus or args.gpus:
-        gpus = list(range(n))
-        result, util = run_child(
-            ["search", str(args.work), f"scale-{n}gpu", *smoke], gpus, args.timeout
-        )
-        searches[n] = result
-        rows.append({"job": "search", "gpus": n, "throughput": result["trial_epochs"] / result["wall_s"],
-                     "unit": "trial-epochs/s", "device": device, "wall_s": result["wall_s"],
-                     "trial_epochs": result["trial_epochs"], "best": result["best"],
-                     "gpu_util_mean": util, "failed_trials": result["failed"]})  # fmt: skip
-        print(
-            f"search {n} GPU(s): {rows[-1]['throughput']:.3f} trial-epochs/s in {result['wall_s']:.0f} s, util {util}"
-        )
-    first = (args.search_gpus or args.gpus)[0]
-    target = searches[first]["best"]
-    for row in rows:
-        row["time_to_1gpu_best_s"] = time_to_reach(searches[row["gpus"]]["curve"], target)
-    study = searches[first]["study"]
-    for n in args.gpus:
-        result, util = run_child(["explain", study, *smoke], list(range(n)), args.timeout)
-        rows.append({"job": "explain", "gpus": n, "throughput": result["maps"] / result["maps_s"],
-                     "unit": "maps/s", "device": device, "wall_s": result["wall_s"],
-                     "maps": result["maps"], "gpu_util_mean": util,
-                     "failures": result["failures"] or None})  # fmt: skip
-        print(f"explain {n} GPU(s): {rows[-1]['throughput']:.1f} maps/s, util {util}")
-    for job in ("search", "explain"):
-        base = next(
-            r
-            for r in rows
-            if r["job"] == job and r["gpus"] == min(r["gpus"] for r in rows if r["job"] == job)
-        )
-        for row in rows:
-            if row["job"] == job:
-                row["speedup"] = round(row["throughput"] / base["throughput"], 3)
-    report = [
-        {**r, "mode": mode, "command": "python bench/scale.py " + " ".join(argv or sys.argv[1:])}
-        for r in rows
-    ]
     out = (
         args.out
         if not args.smoke_test or "--out" in (argv or sys.argv)
         else args.work / "scale.json"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    command = "python bench/scale.py " + " ".join(argv or sys.argv[1:])
+
+    def save() -> list[dict]:
+        """Every row so far, with its speedup over the fewest GPUs (the first executor)."""
+        for job in ("search", "explain"):
+            mine = [r for r in rows if r["job"] == job]
+            if mine:
+                base = min(mine, key=lambda r: r["gpus"])
+                for row in mine:
+                    row["speedup"] = round(row["throughput"] / base["throughput"], 3)
+        report = [{**r, "mode": mode, "command": command} for r in rows]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        return report
+
+    def search(n: int) -> None:
+        result, util = run_child(
+            ["search", str(args.work), f"scale-{n}gpu", *smoke], list(range(n)), args.timeout
+        )
+        searches[n] = result
+        rows.append({"job": "search", "gpus": n, "throughput": result["trial_epochs"] / result["wall_s"],
+                     "unit": "trial-epochs/s", "device": device, "wall_s": result["wall_s"],
+                     "trial_epochs": result["trial_epochs"], "best": result["best"],
+                     "gpu_util_mean": util, "failed_trials": result["failed"],
+                     "first_trial_start_s": result["first_trial_start_s"],
+                     "last_trial_end_s": result["last_trial_end_s"],
+                     "trial_s_mean": result["trial_s_mean"]})  # fmt: skip
+        target = searches[first]["best"]
+        for row in rows:
+            if row["job"] == "search":
+                row["time_to_1gpu_best_s"] = time_to_reach(searches[row["gpus"]]["curve"], target)
+        print(
+            f"search {n} GPU(s): {rows[-1]['throughput']:.3f} trial-epochs/s in {result['wall_s']:.0f} s, util {util}"
+        )
+        save()
+
+    def explain(run: str) -> None:
+        n, executor = int(run.split(":")[0]), run.split(":")[1]
+        result, util = run_child(
+            ["explain", searches[first]["study"], executor, *smoke], list(range(n)), args.timeout
+        )
+        rows.append({"job": "explain", "gpus": n, "executor": executor,
+                     "throughput": result["maps"] / result["maps_s"],
+                     "unit": "maps/s", "device": device, "wall_s": result["wall_s"],
+                     "maps": result["maps"], "gpu_util_mean": util,
+                     "failures": result["failures"] or None})  # fmt: skip
+        print(f"explain {n} GPU(s), {executor}: {rows[-1]['throughput']:.1f} maps/s, util {util}")
+        save()
+
+    # the first search's study is the one explained; the explain runs come before the other
+    # searches, so a call cut short still has both jobs measured on the first GPU count
+    search_gpus = args.search_gpus or args.gpus
+    first = search_gpus[0]
+    few, many = args.gpus
+    search(first)
+    for run in args.explain_runs or [f"{few}:local", f"{many}:local", f"{many}:ray"]:
+        explain(run)
+    for n in search_gpus[1:]:
+        search(n)
+    report = save()
     print(f"wrote {out}")
     for r in report:
         print(
-            f"{r['job']:<8} {r['gpus']} GPU  {r['throughput']:9.3f} {r['unit']:<15} x{r['speedup']:.2f}  {r['device']}"
+            f"{r['job']:<8} {r['gpus']} GPU {r.get('executor', ''):<6} {r['throughput']:9.3f} {r['unit']:<15} x{r['speedup']:.2f}  {r['device']}"
         )
     return 0
 

@@ -2,11 +2,13 @@
 # nvidia-h100-x2 (or h200-x2) and carry [".gpu"]; the code runs from .gpu/src.tar (git archive).
 # MODE=long TIMEOUT=300: the longer workload (24 epochs; Integrated Gradients in the explain job).
 # MODE=explain SCALE_ARGS="--search-gpus 1": the explain job of "long" after a 1-GPU short search.
+# SCALE_ARGS="--explain-runs 1:local 2:local 2:ray": which explain runs (GPUs:executor).
 set -x
 mkdir -p /tmp/src && tar -xf .gpu/src.tar -C /tmp/src && cp -r .gpu /tmp/src/ && cd /tmp/src
 echo "commit $(cat .gpu/src.commit)"
 bash bench/real/device.sh true
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-bash bench/real/device.sh python bench/scale.py --out /tmp/scale.json --timeout ${TIMEOUT:-240} --mode ${MODE:-gpu} ${SCALE_ARGS} 2>&1 | grep -v "Warn\|warn" | tail -25
+# WALL bounds the whole benchmark (rows are written as they come) so they come back in time
+timeout ${WALL:-560} bash bench/real/device.sh python bench/scale.py --out /tmp/scale.json --timeout ${TIMEOUT:-240} --mode ${MODE:-gpu} ${SCALE_ARGS} 2>&1 | grep -v "Warn\|warn" | tail -25
 cp /tmp/scale.json $OUT/ 2>/dev/null; ls /tmp/cytotune-scale

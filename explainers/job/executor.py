@@ -5,7 +5,9 @@ On one GPU (or on a CPU-only laptop) Ray buys the job nothing but its start-up: 
 loading the fold models (10 s), then quality actors doing it again (18 s before their first
 result): most of the 114 s the MitoCheck job took on one H100 (BENCHMARKS.md, "The MitoCheck
 explain job on one GPU"). ``auto`` therefore runs the job in this process unless there is
-more than one GPU or node to spread it over, or the user named a cluster or several actors.
+more than one node to spread it over, or the user named a cluster or several actors. Several
+GPUs of this machine are shared by the local executor's threads (:func:`local_devices`): one
+process, no actor start-up, every GPU busy.
 """
 
 from __future__ import annotations
@@ -28,9 +30,7 @@ def resolve_executor(config) -> str:
         return "ray"  # several actors were asked for
     if ray_nodes() > 1:
         return "ray"  # this process already runs on a multi-node Ray
-    import torch
-
-    return "ray" if torch.cuda.device_count() > 1 else "local"
+    return "local"  # this machine: its GPUs, if several, are shared by threads
 
 
 def ray_nodes() -> int:
@@ -107,16 +107,32 @@ def local_workers() -> int:
     return 4 if torch.cuda.is_available() else 1
 
 
+def local_devices() -> list[str]:
+    """The devices of the local executor: every visible GPU (``CUDA_VISIBLE_DEVICES`` picks
+    them), else the CPU."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+
+
+def worker_devices() -> list[str]:
+    """One device per local worker: :func:`local_workers` per device, interleaved (the first
+    workers to get work are on different GPUs)."""
+    devices = local_devices()
+    return [device for _ in range(local_workers()) for device in devices]
+
+
 def in_threads(items: Iterable, workers: list, fn, ahead: int = 2) -> Iterator:
     """``fn(worker, item)`` for each item, on one thread per worker (each worker used by one
-    thread at a time, on its own CUDA stream when there is a GPU); results in item order, at
-    most ``ahead`` items per worker in flight."""
+    thread at a time, on its own CUDA stream on the worker's ``device`` when that is a GPU);
+    results in item order, at most ``ahead`` items per worker in flight."""
     import collections
     from concurrent.futures import ThreadPoolExecutor
 
     idle: queue.SimpleQueue = queue.SimpleQueue()
     for worker in workers:
-        idle.put((worker, _new_stream()))
+        idle.put((worker, _new_stream(getattr(worker, "device", None))))
 
     def run(item):
         worker, stream = idle.get()
@@ -136,10 +152,16 @@ def in_threads(items: Iterable, workers: list, fn, ahead: int = 2) -> Iterator:
             yield pending.popleft().result()
 
 
-def _new_stream():
+def _new_stream(device=None):
+    """A CUDA stream on ``device`` (None: the current GPU), or None without a GPU."""
     import torch
 
-    return torch.cuda.Stream() if torch.cuda.is_available() else None
+    if not torch.cuda.is_available():
+        return None
+    if device is None:
+        return torch.cuda.Stream()
+    device = torch.device(device)
+    return torch.cuda.Stream(device=device) if device.type == "cuda" else None
 
 
 def _on_stream(stream):
@@ -154,7 +176,7 @@ def _on_stream(stream):
 
     @contextlib.contextmanager
     def scope():
-        with torch.cuda.stream(stream):
+        with torch.cuda.device(stream.device), torch.cuda.stream(stream):
             yield
         stream.synchronize()
 

@@ -25,7 +25,7 @@ from cytotune.engine.io import publish_directory
 from tqdm.auto import tqdm
 
 from .config import ExplainConfig
-from .executor import in_threads, local_workers, prefetch, resolve_executor
+from .executor import in_threads, prefetch, resolve_executor, worker_devices
 from .layout import MAPS, maps_path, maps_staging_dir, write_maps
 from .parts import finish_parts
 from .plan import ExplainPlan
@@ -148,20 +148,23 @@ def local_cell_tables(plan: ExplainPlan, config: ExplainConfig):
 
 
 def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
-    """The map worker in this process (executor ``local``): the next batch is read in a thread;
-    with one worker its map parts are written in another while the next batch is explained,
-    with several (a GPU: :func:`local_workers`) each explains and writes in a thread of its own."""
+    """The map workers in this process (executor ``local``): the next batch is read in a
+    thread; with one worker its map parts are written in another while the next batch is
+    explained, with several (a GPU: :func:`local_workers` per visible GPU) each explains and
+    writes in a thread of its own."""
     import torch
 
     from .worker import MapWorker
 
-    first = MapWorker(**worker_kwargs)  # reads and builds every fold model once
-    # the others copy them on the device (each thread needs models of its own: CAM hooks)
+    devices = worker_devices()
+    first = MapWorker(**worker_kwargs, device=devices[0])  # reads and builds each model once
+    # the others copy them onto their device (each thread needs models of its own: CAM hooks)
     workers = [first] + [
-        MapWorker(**worker_kwargs, models_from=first) for _ in range(local_workers() - 1)
+        MapWorker(**worker_kwargs, device=device, models_from=first) for device in devices[1:]
     ]
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()  # the models are on the device before other streams use them
+    for device in set(devices):
+        if device.startswith("cuda"):  # the models are there before other streams use them
+            torch.cuda.synchronize(device)
     tables = prefetch(local_cell_tables(plan, config))
     if len(workers) > 1:
         yield from in_threads(tables, workers, lambda w, table: w.write(w.explain(table)))

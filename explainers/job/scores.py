@@ -25,7 +25,7 @@ from ..quality import deletion_insertion, mass_inside, prototype_diversity
 from ..quality.learned import balanced_accuracy_ci, held_out_decides
 from ..quality.sanity import SanityConfig, combine, fp32, sanity_check
 from .config import ExplainConfig
-from .executor import in_threads, local_workers, resolve_executor
+from .executor import in_threads, resolve_executor, worker_devices
 from .layout import (
     QUALITY_COLUMNS,
     empty_index,
@@ -82,12 +82,12 @@ class QualityContext:
     far. The quality stage runs one per Ray actor (:func:`score_on_actors`), so each is read or loaded
     once per actor, not once per (trial, method) task."""
 
-    def __init__(self, dataset_dir: str) -> None:
+    def __init__(self, dataset_dir: str, device: str | None = None) -> None:
         from cytotune.engine.data.dataset import CellDataset
 
         from .worker import pick_device
 
-        self.device = pick_device()
+        self.device = pick_device(device)
         self.dataset = CellDataset(dataset_dir)
         m = self.dataset.manifest
         self.masks = self.dataset.masks() if m.has_mask else None
@@ -384,7 +384,7 @@ def score_on_actors(plan, config, sample, jobs, progress: bool = True) -> list[l
 
 def score_locally(plan, config, sample, jobs, progress: bool = True) -> list[list[dict]]:
     """The ``(trial, methods, prototypes, head)`` jobs in this process (executor ``local``): on
-    :func:`local_workers` ``QualityContext`` s, each in a thread of its own with a contiguous
+    :func:`worker_devices` ``QualityContext`` s, each in a thread of its own with a contiguous
     run of jobs (as :func:`assign` gives actors); results in job order. fp32 is set for the
     whole stage, so the threads' :func:`fp32` scopes never restore TF32 under one another."""
     from tqdm.auto import tqdm
@@ -393,10 +393,11 @@ def score_locally(plan, config, sample, jobs, progress: bool = True) -> list[lis
 
     if not jobs:
         return []
-    n = min(local_workers(), len(jobs))
+    devices = worker_devices()[: len(jobs)]
+    n = len(devices)
     owner = assign(jobs, n)
     runs = [[i for i, a in enumerate(owner) if a == k] for k in range(n)]
-    contexts = [QualityContext(str(plan.dataset.path)) for _ in range(n)]
+    contexts = [QualityContext(str(plan.dataset.path), device) for device in devices]
     out: list = [None] * len(jobs)
     desc = f"explain quality ({len(sample)} cells)"
     with (

@@ -155,7 +155,7 @@ class MapWorker:
         output: ``{"study_dir": ..., "run_id": ...}`` to write the map rows as Parquet parts
             into the run's staging directories (the actors write in parallel) and return only
             a summary; None returns the map rows.
-        models_from: a worker on the same device whose fold models this one copies (the local
+        models_from: a worker whose fold models this one copies onto its own device (the local
             executor's threads: 4 workers x 64 ResNet-50 checkpoints read and built one by one
             took 48 s of a 1M-map job).
     """
@@ -183,7 +183,12 @@ class MapWorker:
         self.models: dict[tuple[str, int], LoadedModel] = {}
         if models_from is not None:  # copies on the device: no file read, no model build
             self.models = {
-                key: dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+                key: dataclasses.replace(
+                    loaded,
+                    model=copy.deepcopy(loaded.model).to(self.device),
+                    offset=loaded.offset.to(self.device),
+                    scale=loaded.scale.to(self.device),
+                )
                 for key, loaded in models_from.models.items()
             }
             units = {}

@@ -64,16 +64,24 @@ def test_auto_runs_here_unless_there_is_something_to_spread_over(monkeypatch):
     assert executor.resolve_executor(_config()) == "ray"
 
 
-def test_auto_spreads_over_several_gpus(monkeypatch):
+def test_auto_shares_several_gpus_of_this_machine_in_this_process(monkeypatch):
     import torch
     from cytotune.explainers.job import executor
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("CYTOTUNE_LOCAL_WORKERS", raising=False)
     monkeypatch.setattr(executor, "ray_nodes", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert executor.resolve_executor(_config()) == "ray"
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert executor.resolve_executor(_config()) == "local"
+    assert executor.local_devices() == ["cuda:0", "cuda:1"]
+    # 4 workers per GPU, interleaved: the first two to get work are on different GPUs
+    assert executor.worker_devices() == ["cuda:0", "cuda:1"] * 4
+    monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", "1")
+    assert executor.worker_devices() == ["cuda:0", "cuda:1"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CYTOTUNE_LOCAL_WORKERS")
+    assert executor.worker_devices() == ["cpu"]
 
 
 def test_an_unknown_executor_is_refused_with_the_choices():
@@ -217,10 +225,15 @@ def test_in_threads_keeps_order_and_lends_each_worker_to_one_thread_at_a_time():
 def test_several_local_workers_give_the_maps_and_scores_of_one(
     trained_study, tmp_path, monkeypatch
 ):
-    """Threads change where the work runs, not what it computes (CPU: bit for bit)."""
+    """Threads and devices change where the work runs, not what it computes (CPU: bit for
+    bit). "3" is 3 workers on each of two devices (two CPUs standing in for two GPUs)."""
+    from cytotune.explainers.job import executor
+
     results = {}
     for workers in ("1", "3"):
         monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", workers)
+        devices = ["cpu"] * (1 if workers == "1" else 2)
+        monkeypatch.setattr(executor, "local_devices", lambda devices=devices: devices)
         _, _, maps = _explain_copy(
             trained_study,
             tmp_path / workers,
