@@ -97,7 +97,6 @@ class CrossValidation:
         self.trainers = (
             [] if self.race == "folds" else [self._trainer(k) for k in range(self.folds.k)]
         )
-        self._lockstep_without_graphs()
         self.fold_details: list[dict] = []  # final metrics of the folds done (fold order)
         self._trained: dict[int, dict] = {}  # folds trained together, not reported yet
         self._scratch = tempfile.TemporaryDirectory(prefix="cytotune-folds-")
@@ -112,16 +111,6 @@ class CrossValidation:
                 )
             self.groups = dict(zip(meta["cell_id"], meta[study.well_column].astype(str)))
         self.epoch = 0  # epochs completed
-
-    def _lockstep_without_graphs(self) -> None:
-        """Folds trained in lockstep (``race: epochs``) share the process's CUDA RNG: their
-        graphs cannot each own the dropout stream, so models with dropout train eagerly."""
-        from cytotune.engine.train.graphs import draws_random_numbers
-
-        for trainer in self.trainers if len(self.trainers) > 1 else []:
-            if trainer.graphed and draws_random_numbers(trainer.model):
-                trainer.graphed = False
-                trainer.eager_reason = "folds trained in lockstep with dropout share one CUDA RNG"
 
     def _trainer(self, k: int):
         from cytotune.engine.train import FoldTrainer
@@ -191,15 +180,11 @@ class CrossValidation:
 
     def parallel_folds(self, first: FoldTrainer) -> int:
         """How many folds train at once after the first (``budget.parallel_folds``)."""
-        from cytotune.engine.train.graphs import draws_random_numbers
-
         setting = self.study.budget.parallel_folds
         if setting != "auto":
             return setting
         on_gpu = first.device.type == "cuda" and self.train_config.loader == "inprocess"
-        # graphs of folds taking turns share the CUDA RNG: a model with dropout trains alone
-        shares_rng = first.graphed and draws_random_numbers(first.model)
-        return self.folds.k - 1 if on_gpu and not shares_rng else 1
+        return self.folds.k - 1 if on_gpu else 1
 
     def _train_folds(self, ks: list[int]) -> dict[int, dict]:
         """Train folds ``ks`` to the end (together when several), with the learning-curve
@@ -381,5 +366,4 @@ class CrossValidation:
         if self.race == "folds":
             for trainer in self.trainers:
                 trainer.release_data()
-        self._lockstep_without_graphs()
         self.epoch = state["epoch"]

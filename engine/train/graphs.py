@@ -8,7 +8,12 @@ longer than the GPU needs to run them (the issue's trials ran at 3-5k images/s w
 - an optimiser whose learning rate is a device tensor that the schedule fills in place
   (torch's fused Adam/AdamW read it on the device; see ``optim.create_optimizer``);
 - no host synchronisation inside the step: models trained on forward + task loss alone (not
-  ProtoPNet's ``compute_loss``), without mixup / CutMix, whose lambda is drawn on the host.
+  ProtoPNet's ``compute_loss``), without mixup / CutMix, whose lambda is drawn on the host;
+- no random numbers drawn in the step (dropout, drop-path): on the GPU machine such trials
+  failed before their first result with "Offset increment outside graph capture encountered
+  unexpectedly" from an eager dropout. Torch's CUDA generator is process-wide: once a capture
+  that draws from it goes wrong, the generator stays in capture mode and every eager draw after
+  it raises, so the eager fallback below cannot rescue such a model. They train eagerly.
 ``graph_support`` says whether a trainer qualifies and why not; ``GraphedStep`` falls back to
 eager steps (and says so once) if the capture fails.
 """
@@ -36,6 +41,7 @@ def graph_support(
     mixing: bool,
     staged: bool,
     compiled: bool,
+    random_draws: bool = False,
 ) -> tuple[bool, str]:
     """Whether a trainer's steps can be captured, and the reason when not."""
     checks = (
@@ -49,6 +55,7 @@ def graph_support(
         (mixing, "mixup / CutMix draw their mixing weight on the host"),
         (staged, "the model has a training schedule (prototype pushes)"),
         (compiled, "torch.compile manages its own graphs"),
+        (random_draws, "the model draws random numbers in training (dropout, drop-path)"),
     )
     for failed, reason in checks:
         if failed:

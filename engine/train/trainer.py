@@ -27,7 +27,7 @@ from torch import Tensor
 from . import checkpoint
 from .config import TrainConfig
 from .evaluation import FoldEvaluation, check_compatible, task_spec
-from .graphs import GraphedStep, graph_support
+from .graphs import GraphedStep, draws_random_numbers, graph_support
 from .optim import CLASS_WEIGHTINGS, create_optimizer, create_scheduler
 from .recipe import WeightEMA, mix_batch, tta_views
 
@@ -129,6 +129,7 @@ class FoldTrainer:
             mixing=self.mixing,
             staged=self.schedule is not None,
             compiled=train_config.compile,
+            random_draws=draws_random_numbers(model),
         )
         self._graph_step: GraphedStep | None = None
 

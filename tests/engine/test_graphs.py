@@ -39,6 +39,7 @@ QUALIFYING = dict(
         ({"mixing": True}, "mixup"),
         ({"staged": True}, "prototype"),
         ({"compiled": True}, "torch.compile"),
+        ({"random_draws": True}, "dropout"),
     ],
 )
 def test_graph_support_names_the_reason(change, words):
@@ -137,35 +138,22 @@ def test_models_with_dropout_are_recognised():
     assert draws_random_numbers(nn.Sequential(head))
 
 
-def test_lockstep_folds_with_dropout_train_eagerly(tmp_path):
-    """race: epochs trains the K folds in lockstep; with dropout their graphs would share the
-    CUDA RNG, so they are marked eager (on CPU they are eager anyway: the reason is kept)."""
-    from cytotune.engine.search.crossval import CrossValidation
-    from cytotune.engine.search.study import Budget, FoldsSpec, StudyConfig
-    from cytotune.engine.synth import write_dataset
+def test_the_trainer_keeps_models_with_dropout_out_of_graphs(data, monkeypatch):
+    """A model that draws random numbers in training is never captured: a capture that went
+    wrong would leave torch's process-wide CUDA generator in capture mode and make the eager
+    fallback raise (seen on the GPU machine with timm's drop_rate)."""
+    from cytotune.engine.train import trainer as trainer_module
 
-    path = tmp_path / "cells"
-    write_dataset("metastasis", path, 96, size=24, seed=0, progress=False)
-    make_folds_and_save(path)
-    study = StudyConfig(
-        name="lockstep",
-        dataset=str(path),
-        folds=FoldsSpec(name="k2-well", k=2, group="well"),
-        budget=Budget(trials=1, max_epochs=1, race="epochs"),
-        loader="inprocess",
-    )
-    sample = {"family": "small_cnn", "small_cnn": {"conv_layers": 1, "filters": 4,
-              "dense_units": 8, "dropout": 0.5}}  # fmt: skip
-    cv = CrossValidation(study, sample, device="cpu")
-    assert len(cv.trainers) == 2
-    for trainer in cv.trainers:
-        trainer.graphed = True  # as on a GPU
-    cv._lockstep_without_graphs()
-    assert [t.graphed for t in cv.trainers] == [False, False]
-    assert "lockstep" in cv.trainers[0].eager_reason
+    seen = []
 
+    def recording(**kwargs):
+        seen.append(kwargs["random_draws"])
+        return graph_support(**kwargs)
 
-def make_folds_and_save(path):
-    from cytotune.engine.data.folds import make_folds, save_folds
-
-    save_folds(path, make_folds(CellDataset(path), k=2, group="well", name="k2-well"))
+    monkeypatch.setattr(trainer_module, "graph_support", recording)
+    dataset, train_ids, val_ids = data
+    for drop_rate in (0.0, 0.2):
+        params = {"backbone": "resnet10t", "drop_rate": drop_rate}
+        model = ModelConfig("backbone", 3, task_spec(dataset.manifest), params)
+        FoldTrainer(model, TrainConfig(epochs=1), dataset, train_ids, val_ids, device="cpu")
+    assert seen == [False, True]
