@@ -43,11 +43,13 @@ SETTINGS = {
     "gpu": {"race": "epochs", "cells": 6000, "size": 64, "trials": 16, "epochs": 6, "gpus_per_trial": 0.25,
             "family": "backbone", "batch_size": 256, "explain_limit": None,
             "methods": ("gradcam", "saliency")},
-    # trials long enough that training, not each trial's start-up, fills the GPU, raced over
+    # enough trials (6 rounds of 4 on one GPU, 3 of 8 on two) that the command's own start-up
+    # (Ray, about 15 s) is a small share, long enough that training, not each trial's start-up,
+    # fills the GPU, raced over
     # folds as a study is by default (``race: epochs`` writes every fold's weights and optimiser
     # state after every epoch: about 1 GB per epoch for a ResNet-34 trial of 3 folds); the
     # explain job with Integrated Gradients (64 steps: 64 forward + backward passes per map)
-    "long": {"race": "folds", "cells": 6000, "size": 64, "trials": 16, "epochs": 24, "gpus_per_trial": 0.25,
+    "long": {"race": "folds", "cells": 6000, "size": 64, "trials": 24, "epochs": 16, "gpus_per_trial": 0.25,
              "family": "backbone", "batch_size": 256, "explain_limit": None,
              "methods": ("gradcam", "saliency", "integrated_gradients:n_steps=64")},
     # the short search (its study is what gets explained), then the explain job of "long"
@@ -75,6 +77,21 @@ SPACE = {
     },
     "train": {"lr": {"type": "float", "low": 5e-4, "high": 5e-3, "log": True}},
 }
+
+
+# the GPU-bound explain job (--big-explain): bench/explain.py's 1M-map case, Grad-CAM only
+BIG = {"methods": ("gradcam",), "explain_batch": 256, "explain_limit": None}
+
+
+def big_study(work: Path, cells: int, trials: int, smoke: bool) -> Path:
+    """Random crops and a study of randomly initialised fold checkpoints (bench/explain.py)."""
+    from _common import random_dataset
+    from explain import make_study
+
+    root = work / "big"
+    size, backbone = (24, "resnet18") if smoke else (224, "resnet50")
+    dataset = random_dataset(root / "data", cells, size)
+    return make_study(root, dataset, backbone, trials)
 
 
 # -- children: one run each, with CUDA_VISIBLE_DEVICES set by the parent ---------------------
@@ -130,16 +147,29 @@ def child_explain(study: str, executor: str, settings: dict) -> dict:
     from cytotune.explainers.job.runner import run_explain
 
     config = ExplainConfig(
-        study=study, top_k=2, methods=settings["methods"], stages=("maps",),
-        limit=settings["explain_limit"], overwrite=True, batch_size=128, executor=executor,
+        study=study, top_k=settings.get("top_k", 2), methods=settings["methods"], stages=("maps",),
+        limit=settings["explain_limit"], overwrite=True, batch_size=settings.get("explain_batch", 128),
+        executor=executor,
         address="local" if executor == "ray" else None,
     )  # fmt: skip
+    shutil.rmtree(Path(study) / "explain" / "workers", ignore_errors=True)  # this run's only
     start = time.time()
     plan, state = run_explain(config, progress=False, log=lambda *_: None)
     wall = time.time() - start
     maps = len(plan.cells) * len(plan.trials) * len(config.method_names)
-    seconds = state.data.get("timings", {}).get("maps", wall)
-    return {"wall_s": wall, "maps": maps, "maps_s": seconds, "failures": state.data.get("failures")}
+    timings = state.data.get("timings", {})
+    seconds = timings.get("maps", wall)
+    workers = [
+        json.loads(p.read_text()) for p in (Path(study) / "explain" / "workers").glob("*.json")
+    ]
+    first = min((w.get("first_batch_done", float("inf")) for w in workers), default=None)
+    return {"wall_s": wall, "maps": maps, "maps_s": seconds, "failures": state.data.get("failures"),
+            "stage_timings": timings,
+            # seconds from the command's start: workers ready, first batch back, last worker done
+            "workers_ready_s": max((w["ready"] for w in workers), default=start) - start,
+            "first_batch_s": None if first in (None, float("inf")) else first - start,
+            "workers_done_s": max((w.get("done", start) for w in workers), default=start) - start,
+            "workers": len(workers)}  # fmt: skip
 
 
 # -- the parent: runs the children, samples nvidia-smi, writes the results --------------------
@@ -204,6 +234,11 @@ def run_child(args: list[str], gpus: list[int], timeout_s: float) -> tuple[dict,
     return json.loads(line[len("RESULT ") :]), sampler.mean(gpus)
 
 
+def _timings(result: dict) -> dict:
+    keys = ("stage_timings", "workers_ready_s", "first_batch_s", "workers_done_s", "workers")
+    return {k: result.get(k) for k in keys}
+
+
 def time_to_reach(curve: list, target: float | None) -> float | None:
     if target is None:
         return None
@@ -227,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         "--explain-runs", nargs="+", metavar="GPUS:EXECUTOR",
         help="explain runs (default: 1:local 2:local 2:ray with --gpus 1 2)",
     )  # fmt: skip
+    parser.add_argument(
+        "--big-explain", type=int, nargs=2, metavar=("CELLS", "TRIALS"),
+        help="also a GPU-bound explain job: Grad-CAM of TRIALS x 2 ResNet-50 fold models "
+        "(random weights) over CELLS random 224 px crops, on each GPU count, executor local",
+    )  # fmt: skip
+    parser.add_argument("--no-search", action="store_true", help="only the --big-explain job")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke_test else args.mode
@@ -237,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "search":
             os.chdir(rest[0])
             result = child_search(Path(rest[0]), rest[1], settings)
+        elif kind == "explain-big":
+            result = child_explain(rest[0], rest[1], {**settings, **BIG, "top_k": int(rest[2])})
         else:
             result = child_explain(rest[0], rest[1], settings)
         print("RESULT " + json.dumps(result, default=str))
@@ -269,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> list[dict]:
         """Every row so far, with its speedup over the fewest GPUs (the first executor)."""
-        for job in ("search", "explain"):
-            mine = [r for r in rows if r["job"] == job]
+        for job, workload in {(r["job"], r.get("workload")) for r in rows}:
+            mine = [r for r in rows if r["job"] == job and r.get("workload") == workload]
             if mine:
                 base = min(mine, key=lambda r: r["gpus"])
                 for row in mine:
@@ -310,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                      "throughput": result["maps"] / result["maps_s"],
                      "unit": "maps/s", "device": device, "wall_s": result["wall_s"],
                      "maps": result["maps"], "gpu_util_mean": util,
-                     "failures": result["failures"] or None})  # fmt: skip
+                     "failures": result["failures"] or None, **_timings(result)})  # fmt: skip
         print(f"explain {n} GPU(s), {executor}: {rows[-1]['throughput']:.1f} maps/s, util {util}")
         save()
 
@@ -319,11 +362,31 @@ def main(argv: list[str] | None = None) -> int:
     search_gpus = args.search_gpus or args.gpus
     first = search_gpus[0]
     few, many = args.gpus
-    search(first)
-    for run in args.explain_runs or [f"{few}:local", f"{many}:local", f"{many}:ray"]:
-        explain(run)
-    for n in search_gpus[1:]:
-        search(n)
+    if not args.no_search:
+        search(first)
+        for run in args.explain_runs or [f"{few}:local", f"{many}:local", f"{many}:ray"]:
+            explain(run)
+        for n in search_gpus[1:]:
+            search(n)
+    if args.big_explain:
+        start = time.time()
+        study = big_study(args.work, *args.big_explain, args.smoke_test)
+        print(f"big explain study written in {time.time() - start:.0f} s")
+        for n in args.gpus:
+            result, util = run_child(
+                ["explain-big", str(study), "local", str(args.big_explain[1]), *smoke],
+                list(range(n)),
+                args.timeout,
+            )
+            rows.append({"job": "explain", "gpus": n, "executor": "local",
+                         "workload": f"gradcam, resnet50 224 px, {args.big_explain[0]} cells x "
+                                     f"{args.big_explain[1]} trials",
+                         "throughput": result["maps"] / result["maps_s"],
+                         "unit": "maps/s", "device": device, "wall_s": result["wall_s"],
+                         "maps": result["maps"], "gpu_util_mean": util,
+                         "failures": result["failures"] or None, **_timings(result)})  # fmt: skip
+            print(f"big explain {n} GPU(s): {rows[-1]['throughput']:.1f} maps/s, util {util}")
+            save()
     report = save()
     print(f"wrote {out}")
     for r in report:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -130,17 +131,19 @@ def model_config_of(config: dict[str, Any]) -> ModelConfig:
 # fold models of each trial, and the quality scores load them again)
 _BUILT: dict[str, nn.Module] = {}
 _BUILT_MAX = 4
+_BUILT_LOCK = threading.Lock()  # fold models are loaded in threads (explain workers)
 
 
 def built_model(model_config: ModelConfig) -> nn.Module:
     """A new model of ``model_config`` (weights as built: load a state dict into it)."""
     key = json.dumps(model_config.to_dict(), sort_keys=True, default=str)
-    template = _BUILT.get(key)
-    if template is None:
-        template = create_model(model_config)
-        if len(_BUILT) >= _BUILT_MAX:
-            _BUILT.pop(next(iter(_BUILT)))
-        _BUILT[key] = template
+    with _BUILT_LOCK:
+        template = _BUILT.get(key)
+        if template is None:
+            template = create_model(model_config)
+            if len(_BUILT) >= _BUILT_MAX:
+                _BUILT.pop(next(iter(_BUILT)))
+            _BUILT[key] = template
     return copy.deepcopy(template)
 
 

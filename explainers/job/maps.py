@@ -156,12 +156,15 @@ def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict
 
     from .worker import MapWorker
 
+    # the first worker reads and builds each model once; the others share its models on its
+    # device (CAM hooks keep their own thread's activations) or copy them onto another GPU once
+    workers: list[MapWorker] = []
+    holders: dict[str, MapWorker] = {}
     devices = worker_devices()
-    first = MapWorker(**worker_kwargs, device=devices[0])  # reads and builds each model once
-    # the others copy them onto their device (each thread needs models of its own: CAM hooks)
-    workers = [first] + [
-        MapWorker(**worker_kwargs, device=device, models_from=first) for device in devices[1:]
-    ]
+    for device in devices:
+        source = holders.get(device, workers[0] if workers else None)
+        workers.append(MapWorker(**worker_kwargs, device=device, models_from=source))
+        holders.setdefault(device, workers[-1])
     for device in set(devices):
         if device.startswith("cuda"):  # the models are there before other streams use them
             torch.cuda.synchronize(device)

@@ -12,8 +12,10 @@ import contextlib
 import copy
 import dataclasses
 import json
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +65,12 @@ def layer_sizes(model, shape) -> dict[str, tuple[int, int]]:
             if full not in layers and blocks and any(True for _ in module.parameters()):
                 layers[full] = module
     sizes: dict[str, tuple[int, int]] = {}
+    owner = threading.get_ident()  # another thread's forward through the same model: not ours
 
     def record(name):
         def hook(module, inputs, out) -> None:  # returns None: the output stays unchanged
+            if threading.get_ident() != owner:
+                return
             if isinstance(out, torch.Tensor) and out.ndim == 4 and name not in sizes:
                 sizes[name] = (int(out.shape[-2]), int(out.shape[-1]))
 
@@ -155,9 +160,10 @@ class MapWorker:
         output: ``{"study_dir": ..., "run_id": ...}`` to write the map rows as Parquet parts
             into the run's staging directories (the actors write in parallel) and return only
             a summary; None returns the map rows.
-        models_from: a worker whose fold models this one copies onto its own device (the local
-            executor's threads: 4 workers x 64 ResNet-50 checkpoints read and built one by one
-            took 48 s of a 1M-map job).
+        models_from: a worker whose fold models this one uses: shared on the same device (CAM
+            hooks keep only their own thread's activations, and nothing else changes a model
+            while it explains), copied onto another (the local executor's threads: 4 workers x
+            64 ResNet-50 checkpoints read and built one by one took 48 s of a 1M-map job).
     """
 
     def __init__(
@@ -181,7 +187,10 @@ class MapWorker:
         # which methods each trial still needs (None: all of them)
         self.trial_methods = trial_methods or {t: list(methods) for t in units}
         self.models: dict[tuple[str, int], LoadedModel] = {}
-        if models_from is not None:  # copies on the device: no file read, no model build
+        if models_from is not None and models_from.device == self.device:
+            self.models = dict(models_from.models)  # shared: no file read, no copy
+            units = {}
+        elif models_from is not None:  # copies on this device: no file read, no model build
             self.models = {
                 key: dataclasses.replace(
                     loaded,
@@ -192,12 +201,15 @@ class MapWorker:
                 for key, loaded in models_from.models.items()
             }
             units = {}
-        for trial_id, folds in units.items():
-            for fold, directory in folds.items():
-                loaded = load_fold(directory, self.device, self.device.type == "cuda")
-                self.models[(trial_id, int(fold))] = LoadedModel(
-                    loaded.model, loaded.offset, loaded.scale, loaded.takes_mask
-                )
+        wanted = [(t, int(f), d) for t, folds in units.items() for f, d in folds.items()]
+
+        def load(item) -> LoadedModel:  # file reads and copies release the GIL: 8 at a time
+            loaded = load_fold(item[2], self.device, self.device.type == "cuda")
+            return LoadedModel(loaded.model, loaded.offset, loaded.scale, loaded.takes_mask)
+
+        with ThreadPoolExecutor(min(8, max(1, len(wanted))), "explain-load") as pool:
+            for (trial_id, fold, _), loaded in zip(wanted, pool.map(load, wanted)):
+                self.models[(trial_id, fold)] = loaded
         self.failures: dict[tuple[str, str], str] = {}
         self._native: dict[str, torch.Tensor] = {}  # method -> its last CAM before upsampling
         self.timing = {"created": self._created, "ready": time.time()}

@@ -253,8 +253,9 @@ def test_several_local_workers_give_the_maps_and_scores_of_one(
     pd.testing.assert_series_equal(q_one["mean"], q_three["mean"], rtol=TOLERANCE)
 
 
-def test_a_worker_copies_another_workers_models_without_sharing_them(trained_study):
-    """Each thread's worker needs models of its own (CAMs hook them), equal to the loaded ones."""
+def test_workers_share_models_on_one_device_and_copy_them_to_another(trained_study):
+    """Workers on one device use the same fold models (CAM hooks are per thread); a worker on
+    another device gets copies of its own, equal to the loaded ones."""
     from cytotune.explainers.job.config import ExplainConfig
     from cytotune.explainers.job.plan import build_plan
     from cytotune.explainers.job.worker import MapWorker
@@ -269,9 +270,46 @@ def test_a_worker_copies_another_workers_models_without_sharing_them(trained_stu
     first = MapWorker(**kwargs)
     second = MapWorker(**kwargs, models_from=first)
     assert second.models.keys() == first.models.keys()
+    assert all(second.models[k].model is first.models[k].model for k in first.models)
+    other = MapWorker(**{**kwargs, "device": "cpu"}, models_from=_on(first, "cuda:1"))
     for key, loaded in first.models.items():
-        copy = second.models[key].model
+        copy = other.models[key].model
         assert copy is not loaded.model
         for (name, a), (_, b) in zip(loaded.model.state_dict().items(), copy.state_dict().items()):
             assert a.data_ptr() != b.data_ptr(), name
             assert torch.equal(a, b), name
+
+
+def _on(worker, device: str):
+    """``worker`` seen as if it were on ``device`` (its models stay where they are)."""
+    import copy
+
+    twin = copy.copy(worker)
+    twin.device = torch.device(device)
+    return twin
+
+
+def test_cam_hooks_keep_each_threads_activations(trained_study):
+    """Two threads running Grad-CAM on one model at once get the maps of running alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cytotune.engine.train.checkpoint import load_fold
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.plan import build_plan
+    from cytotune.explainers.methods.cam import hooked_gradients_and_output
+
+    plan = build_plan(ExplainConfig(study=str(trained_study), top_k=1, methods=("gradcam",)))
+    model = load_fold(next(iter(plan.trials[0].fold_dirs.values()))).model
+    layer = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    shape = plan.manifest.shape
+    inputs = [torch.randn(4, *shape, generator=torch.Generator().manual_seed(s)) for s in range(8)]
+
+    def cam(x):
+        acts, grads, _ = hooked_gradients_and_output(model, x, [("layer", layer)], None, {})
+        return acts[0] * grads[0]
+
+    alone = [cam(x) for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(cam, inputs))
+    for a, b in zip(alone, together):
+        torch.testing.assert_close(a, b)
