@@ -154,7 +154,17 @@ def child_explain(study: str, executor: str, settings: dict) -> dict:
     )  # fmt: skip
     shutil.rmtree(Path(study) / "explain" / "workers", ignore_errors=True)  # this run's only
     start = time.time()
+    profile = os.environ.get("SCALE_PROFILE")  # cProfile of this process's main thread
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     plan, state = run_explain(config, progress=False, log=lambda *_: None)
+    if profile:
+        profiler.disable()
+        gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "").count(",") + 1
+        profiler.dump_stats(f"{profile}.{gpus}gpu.{int(start)}.prof")
     wall = time.time() - start
     maps = len(plan.cells) * len(plan.trials) * len(config.method_names)
     timings = state.data.get("timings", {})
