@@ -17,6 +17,7 @@ echo "commit $(cat .gpu/src.commit)"
 bash bench/real/device.sh true
 for w in .gpu/wheels/*.whl; do python3 -m zipfile -e $w /tmp/site; done
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PATH=/tmp/bin:$PATH
+unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pycache  # see bench/real/device.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 mkdir -p /tmp/data && cp -r $DATA/mitocheck /tmp/data/
 if [ -n "$ERRORS" ] && ls /tmp/bb/part.* >/dev/null 2>&1; then

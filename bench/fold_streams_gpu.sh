@@ -9,6 +9,7 @@ DATA=$PWD/data; rm -rf /tmp/src; mkdir -p /tmp/src && tar -xf .gpu/src.tar -C /t
 echo "commit $(cat .gpu/src.commit)"
 bash bench/real/device.sh true
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/bin:$PATH
+unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pycache  # see bench/real/device.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 mkdir -p /tmp/data && cp -r $DATA/mitocheck /tmp/data/
 if ls /tmp/bb/part.* >/dev/null 2>&1; then [ -d /tmp/data/bbbc021 ] || cat /tmp/bb/part.* | tar -xf - -C /tmp/data; fi

@@ -9,6 +9,7 @@ DATA=$PWD/data; mkdir -p /tmp/src && tar -xf .gpu/src.tar -C /tmp/src && cp -r .
 echo "commit $(cat .gpu/src.commit)"
 bash bench/real/device.sh true
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/bin:$PATH
+unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pycache  # see bench/real/device.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 mkdir -p /tmp/data && cp -r $DATA/mitocheck /tmp/data/
 variants() { python3 -c "import sys; [print(f'--variant={v}') for v in sys.argv[1].split(';;') if v]" "$1"; }

@@ -8,6 +8,7 @@ mkdir -p /tmp/src && tar -xf .gpu/src.tar -C /tmp/src && cp -r .gpu /tmp/src/ &&
 echo "commit $(cat .gpu/src.commit)"
 bash bench/real/device.sh true
 export PYTHONPATH=/tmp/site:$PWD
+unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pycache  # see bench/real/device.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # WALL bounds the whole benchmark (rows are written as they come) so they come back in time
 timeout ${WALL:-560} bash bench/real/device.sh python bench/scale.py --out /tmp/scale.json --timeout ${TIMEOUT:-240} --mode ${MODE:-gpu} ${SCALE_ARGS} 2>&1 | grep -v "Warn\|warn" | tail -25

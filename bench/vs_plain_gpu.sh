@@ -12,6 +12,7 @@ echo "commit $(cat .gpu/src.commit)"
 bash bench/real/device.sh true
 for w in .gpu/wheels/*.whl; do python3 -m zipfile -e $w /tmp/site; done
 export PYTHONPATH=/tmp/site:$PWD
+unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pycache  # see bench/real/device.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 mkdir -p /tmp/data && cp -r $DATA/mitocheck /tmp/data/
 SETS=${SETS:-mitocheck metastasis bbbc021}

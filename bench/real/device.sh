@@ -6,6 +6,11 @@
 set -euo pipefail
 [ -d /tmp/site/ray ] || { mkdir -p /tmp/site && tar -xJf .gpu/site312.tar.xz -C /tmp/site; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+# the machine's site-packages keep no compiled modules: a profile showed every process (each Ray
+# worker too) compiling about 870 modules (torch._dynamo, which timm imports, and more) from
+# source, 3-4 s each time. A pip-installed venv has them; keep ours in /tmp across processes.
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX=/tmp/pycache
 mkdir -p /tmp/bin
 printf '#!/bin/sh\nexec python3 -c "import sys; from cytotune.engine.cli import main; sys.exit(main(sys.argv[1:]))" "$@"\n' > /tmp/bin/cytotune
 chmod +x /tmp/bin/cytotune
