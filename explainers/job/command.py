@@ -1,9 +1,10 @@
 """Explain the best trials of a study: attribution maps, population maps, mosaics, quality scores.
 
-Each cell is explained by the fold model that never trained on it (--split val). On one GPU or
-a laptop the job runs in this process; with several GPUs, Ray nodes, --actors or --address, Ray
-Data streams the cells to explainer actors (one per GPU by default); --executor chooses. A rerun
-computes only what is missing or changed (--overwrite recomputes everything).
+Each cell is explained by the fold model that never trained on it (--split val). On one machine
+(a laptop, one GPU or several) the job runs in this process, on every visible GPU; with several
+Ray nodes, --actors or --address, Ray Data streams the cells to explainer actors (4 per GPU by
+default); --executor chooses. A rerun computes only what is missing or changed (--overwrite
+recomputes everything).
 """
 
 from __future__ import annotations
@@ -98,9 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--executor",
         default="auto",
         choices=EXECUTORS,
-        help="local: in this process, no Ray (fastest on one GPU or a laptop); ray: on Ray "
-        "actors; auto (default): ray with several GPUs, Ray nodes, --actors or --address, "
-        "else local",
+        help="local: in this process, no Ray, 4 worker threads on each visible GPU (fastest "
+        "on one machine); ray: on Ray actors; auto (default): ray with several Ray nodes, "
+        "--actors or --address, else local",
     )
     parser.add_argument("--overwrite", action="store_true", help="recompute finished parts too")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
