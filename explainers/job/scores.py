@@ -398,6 +398,10 @@ def score_locally(plan, config, sample, jobs, progress: bool = True) -> list[lis
     owner = assign(jobs, n)
     runs = [[i for i, a in enumerate(owner) if a == k] for k in range(n)]
     contexts = [QualityContext(str(plan.dataset.path), device) for device in devices]
+    # one model loaded here first: its imports (timm: about 900 modules) then run in one thread
+    # instead of in every context's thread at once, fighting over the GIL and the import lock
+    first_trial = jobs[runs[0][0]][0]
+    contexts[0].model(first_trial.fold_dirs[min(first_trial.fold_dirs)])
     out: list = [None] * len(jobs)
     desc = f"explain quality ({len(sample)} cells)"
     with (
