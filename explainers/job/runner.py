@@ -6,7 +6,7 @@ import time
 
 from .attention import run_attention
 from .config import ExplainConfig
-from .executor import resolve_executor
+from .executor import resolve_executor, worker_devices
 from .maps import run_maps
 from .overlays import run_overlays
 from .plan import ExplainPlan, build_plan
@@ -44,7 +44,10 @@ def run_explain(
     )
     executor = resolve_executor(config)
     state.update(executor=executor)
-    where = "in this process" if executor == "local" else "on Ray actors"
+    where = "on Ray actors"
+    if executor == "local":
+        devices = worker_devices()
+        where = f"in this process ({len(devices)} worker thread(s) on {', '.join(dict.fromkeys(devices))})"
     log(
         f"explaining {len(plan.trials)} trial(s) {[t.trial_id for t in plan.trials]} on "
         f"{len(plan.cells)} cells ({config.split} split) with {config.method_names}, {where}"

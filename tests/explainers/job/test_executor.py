@@ -313,3 +313,21 @@ def test_cam_hooks_keep_each_threads_activations(trained_study):
         together = list(pool.map(cam, inputs))
     for a, b in zip(alone, together):
         torch.testing.assert_close(a, b)
+
+
+def test_the_job_says_where_its_workers_run(trained_study, tmp_path, monkeypatch):
+    """The first line names the executor, the worker threads and their devices."""
+    from cytotune.explainers.job import executor
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.runner import run_explain
+
+    monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", "2")
+    monkeypatch.setattr(executor, "local_devices", lambda: ["cpu"])
+    shutil.copytree(trained_study, tmp_path / "study")
+    lines: list[str] = []
+    config = ExplainConfig(
+        study=str(tmp_path / "study"), top_k=1, methods=("gradcam",), stages=("maps",),
+        limit=8, executor="local",
+    )  # fmt: skip
+    run_explain(config, progress=False, log=lines.append)
+    assert "in this process (2 worker thread(s) on cpu)" in lines[0]
