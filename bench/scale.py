@@ -354,17 +354,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         save()
 
-    def explain(run: str) -> None:
-        n, executor = int(run.split(":")[0]), run.split(":")[1]
+    def explain(kind: str, study: str, n: int, executor: str, *extra: str, **row) -> None:
         result, util = run_child(
-            ["explain", searches[first]["study"], executor, *smoke], list(range(n)), args.timeout
+            [kind, study, executor, *extra, *smoke], list(range(n)), args.timeout
         )
-        rows.append({"job": "explain", "gpus": n, "executor": executor,
+        rows.append({"job": "explain", "gpus": n, "executor": executor, **row,
                      "throughput": result["maps"] / result["maps_s"],
                      "unit": "maps/s", "device": device, "wall_s": result["wall_s"],
                      "maps": result["maps"], "gpu_util_mean": util,
                      "failures": result["failures"] or None, **_timings(result)})  # fmt: skip
-        print(f"explain {n} GPU(s), {executor}: {rows[-1]['throughput']:.1f} maps/s, util {util}")
+        print(f"{kind} {n} GPU(s), {executor}: {rows[-1]['throughput']:.1f} maps/s, util {util}")
         save()
 
     # the first search's study is the one explained; the explain runs come before the other
@@ -375,28 +374,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_search:
         search(first)
         for run in args.explain_runs or [f"{few}:local", f"{many}:local", f"{many}:ray"]:
-            explain(run)
+            gpus, executor = run.split(":")
+            explain("explain", searches[first]["study"], int(gpus), executor)
         for n in search_gpus[1:]:
             search(n)
     if args.big_explain:
         start = time.time()
         study = big_study(args.work, *args.big_explain, args.smoke_test)
         print(f"big explain study written in {time.time() - start:.0f} s")
+        cells, trials = args.big_explain
         for n in args.gpus:
-            result, util = run_child(
-                ["explain-big", str(study), "local", str(args.big_explain[1]), *smoke],
-                list(range(n)),
-                args.timeout,
-            )
-            rows.append({"job": "explain", "gpus": n, "executor": "local",
-                         "workload": f"gradcam, resnet50 224 px, {args.big_explain[0]} cells x "
-                                     f"{args.big_explain[1]} trials",
-                         "throughput": result["maps"] / result["maps_s"],
-                         "unit": "maps/s", "device": device, "wall_s": result["wall_s"],
-                         "maps": result["maps"], "gpu_util_mean": util,
-                         "failures": result["failures"] or None, **_timings(result)})  # fmt: skip
-            print(f"big explain {n} GPU(s): {rows[-1]['throughput']:.1f} maps/s, util {util}")
-            save()
+            workload = f"gradcam, resnet50 224 px, {cells} cells x {trials} trials"
+            explain("explain-big", str(study), n, "local", str(trials), workload=workload)
     report = save()
     print(f"wrote {out}")
     for r in report:

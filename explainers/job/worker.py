@@ -12,7 +12,6 @@ import contextlib
 import copy
 import dataclasses
 import json
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from cytotune.engine.train.checkpoint import load_fold
 
 from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
+from ..methods.base import own_thread_hook
 from .layout import MAPS, maps_staging_dir
 from .parts import write_part
 
@@ -65,16 +65,14 @@ def layer_sizes(model, shape) -> dict[str, tuple[int, int]]:
             if full not in layers and blocks and any(True for _ in module.parameters()):
                 layers[full] = module
     sizes: dict[str, tuple[int, int]] = {}
-    owner = threading.get_ident()  # another thread's forward through the same model: not ours
 
     def record(name):
-        def hook(module, inputs, out) -> None:  # returns None: the output stays unchanged
-            if threading.get_ident() != owner:
-                return
+        def hook(module, inputs, out) -> None:
             if isinstance(out, torch.Tensor) and out.ndim == 4 and name not in sizes:
                 sizes[name] = (int(out.shape[-2]), int(out.shape[-1]))
 
-        return hook
+        # other threads' forwards through a shared model would scramble the forward order
+        return own_thread_hook(hook)
 
     handles = [module.register_forward_hook(record(name)) for name, module in layers.items()]
     try:

@@ -13,7 +13,8 @@ prediction itself ("higher prediction").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,6 +23,19 @@ from cytotune.search_spaces.config import close_matches as _hint
 from torch import Tensor, nn
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
+
+
+def own_thread_hook(fn: Callable) -> Callable:
+    """A forward hook that calls ``fn(module, inputs, output)`` only for forwards run by the
+    thread that made it: the explain job's threads share one copy of each model, and a hook
+    registered by one thread also fires for the others' forwards through that model."""
+    owner = threading.get_ident()
+
+    def hook(module, inputs, output) -> None:  # None: the output stays unchanged
+        if threading.get_ident() == owner:
+            fn(module, inputs, output)
+
+    return hook
 
 
 def is_classification(model: nn.Module) -> bool:

@@ -20,7 +20,6 @@ treated as one layer with N*D channels per image: the CAM sums the N channel tru
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import register_explainer
-from .base import Explainer, normalize_maps, resolve_target, scores
+from .base import Explainer, normalize_maps, own_thread_hook, resolve_target, scores
 
 
 def hooked_gradients(
@@ -55,16 +54,11 @@ def hooked_gradients_and_output(
 ) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """:func:`hooked_gradients` plus the model output (B, K) of the same forward, detached."""
     acts: dict[int, list[Tensor]] = {i: [] for i in range(len(layers))}
-    owner = threading.get_ident()  # threads explaining with the same model keep their own
-
-    def keep(i: int, out) -> None:
-        if threading.get_ident() == owner:
-            acts[i].append(out)
-
     handles = []
     try:
         for i, (_, module) in enumerate(layers):
-            handles.append(module.register_forward_hook(lambda m, a, out, i=i: keep(i, out)))
+            keep = own_thread_hook(lambda m, a, out, i=i: acts[i].append(out))
+            handles.append(module.register_forward_hook(keep))
         with torch.enable_grad():
             output = model(x.detach().requires_grad_(True), **forward_kwargs)
             target = resolve_target(model, output, target)
