@@ -208,6 +208,7 @@ def run_search(
     check_well_column(study)
     space = applicable_space(load_spaces(study.space), study, verbose)
     ensure_ray(address, preload=TRIAL_MODULES)
+    ray_ready = time.time() - entered
     check_resources(study)  # before the store exists: a refused study leaves nothing "running"
     if not resume:
         from cytotune.engine.data import Manifest
@@ -272,6 +273,8 @@ def run_search(
             ),
             run_config=run_config,
         )
+    # where the command's start-up went (seconds from its start), for `study.json` readers
+    store.update_status(startup={"ray_ready_s": ray_ready, "tune_start_s": time.time() - entered})
     DEADLINE.start(tune_budget)
     tuner.fit()
     if fail_fast.triggered:

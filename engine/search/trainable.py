@@ -27,12 +27,14 @@ def run_trial(config: dict, study: StudyConfig, plugin_sources: dict | None = No
     The study's plugins are imported first (from ``plugin_sources``, ``{path: source}``, for
     plugin files this node lacks), so their families can be built here.
     """
+    entered = time.perf_counter()
     import ray
     from ray import tune
 
     load_plugins(study.plugins, plugin_sources)
     node_id = ray.get_runtime_context().get_node_id()  # the store records where each trial ran
     cv = CrossValidation(study, config, device=pick_device(study.resources.gpus))
+    cv.add_time("setup", time.perf_counter() - entered)  # data, models, optimisers
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
