@@ -52,10 +52,10 @@ SETTINGS = {
     "long": {"race": "folds", "cells": 6000, "size": 64, "trials": 24, "epochs": 16, "gpus_per_trial": 0.25,
              "family": "backbone", "batch_size": 256, "explain_limit": None,
              "methods": ("gradcam", "saliency", "integrated_gradients:n_steps=64")},
-    # many shorter trials (8 rounds of 4 on one GPU, 8 of 8 on two), so the last round's tail and
+    # many shorter trials (12 rounds of 4 on one GPU, 6 of 8 on two), so the last round's tail and
     # the command's start-up weigh less; a seeded random sampler, so both runs train the very same
     # configurations (TPE's later samples depend on which trials finished first)
-    "many": {"race": "folds", "cells": 6000, "size": 64, "trials": 64, "epochs": 8, "gpus_per_trial": 0.25,
+    "many": {"race": "folds", "cells": 6000, "size": 64, "trials": 48, "epochs": 8, "gpus_per_trial": 0.25,
              "family": "backbone", "batch_size": 256, "explain_limit": None, "sampler": "random",
              "methods": ("gradcam", "saliency", "integrated_gradients:n_steps=64")},
     # the short search (its study is what gets explained), then the explain job of "long"
