@@ -288,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         "(random weights) over CELLS random 224 px crops, on each GPU count, executor local",
     )  # fmt: skip
     parser.add_argument("--no-search", action="store_true", help="only the --big-explain job")
+    parser.add_argument(
+        "--explain-top-k", type=int, default=2, help="trials the study's explain job covers"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke_test else args.mode
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         elif kind == "explain-big":
             result = child_explain(rest[0], rest[1], {**settings, **BIG, "top_k": int(rest[2])})
         else:
-            result = child_explain(rest[0], rest[1], settings)
+            result = child_explain(rest[0], rest[1], {**settings, "top_k": int(rest[2])})
         print("RESULT " + json.dumps(result, default=str))
         return 0
 
@@ -388,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         search(first)
         for run in args.explain_runs or [f"{few}:local", f"{many}:local", f"{many}:ray"]:
             gpus, executor = run.split(":")
-            explain("explain", searches[first]["study"], int(gpus), executor)
+            explain("explain", searches[first]["study"], int(gpus), executor,
+                    str(args.explain_top_k), workload=f"top {args.explain_top_k} trials")  # fmt: skip
         for n in search_gpus[1:]:
             search(n)
     if args.big_explain:
