@@ -116,10 +116,10 @@ def local_devices() -> list[str]:
     return [f"cuda:{i}" for i in range(count)] or ["cpu"]
 
 
-def worker_devices() -> list[str]:
-    """One device per local worker: :func:`local_workers` per device, interleaved (the first
-    workers to get work are on different GPUs)."""
-    devices = local_devices()
+def worker_devices(devices: list[str] | None = None) -> list[str]:
+    """One device per local worker: :func:`local_workers` per device of ``devices`` (default:
+    :func:`local_devices`), interleaved (the first workers to get work are on different GPUs)."""
+    devices = devices if devices is not None else local_devices()
     return [device for _ in range(local_workers()) for device in devices]
 
 

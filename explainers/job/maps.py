@@ -9,6 +9,7 @@ table and a rerun recomputes only the unfinished parts.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -148,10 +149,28 @@ def local_cell_tables(plan: ExplainPlan, config: ExplainConfig):
 
 
 def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
-    """The map workers in this process (executor ``local``): the next batch is read in a
-    thread; with one worker its map parts are written in another while the next batch is
-    explained, with several (a GPU: :func:`local_workers` per visible GPU) each explains and
-    writes in a thread of its own."""
+    """The map workers of this machine (executor ``local``): on one device, threads of this
+    process (:func:`thread_batches`); on several GPUs, one process per GPU with its threads
+    (processes.py), each reading its share of the row groups."""
+    from .processes import process_devices, spread_over_processes
+
+    groups = process_devices()
+    run_threads = functools.partial(thread_batches, worker_kwargs=worker_kwargs)
+    if len(groups) == 1:
+        yield from run_threads(prefetch(local_cell_tables(plan, config)), groups[0])
+        return
+    from .worker import SUMMARY_SCHEMA
+
+    read = RowGroupReader(cell_columns(plan), attach_fold(plan), chunk_rows=config.batch_size)
+    items = row_groups(plan.dataset.shard_paths)
+    yield from spread_over_processes(groups, items, read, run_threads, SUMMARY_SCHEMA)
+
+
+def thread_batches(tables: Iterable[pa.Table], devices: list[str], worker_kwargs: dict):
+    """Summaries of ``tables`` explained by map workers in threads of this process,
+    :func:`local_workers` per device of ``devices``: with one worker its map parts are written
+    in a thread while the next batch is explained, with several each explains and writes in a
+    thread of its own."""
     import torch
 
     from .worker import MapWorker
@@ -160,7 +179,7 @@ def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict
     # device (CAM hooks keep their own thread's activations) or copy them onto another GPU once
     workers: list[MapWorker] = []
     holders: dict[str, MapWorker] = {}
-    devices = worker_devices()
+    devices = worker_devices(devices)
     for device in devices:
         source = holders.get(device, workers[0] if workers else None)
         workers.append(MapWorker(**worker_kwargs, device=device, models_from=source))
@@ -168,7 +187,6 @@ def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict
     for device in set(devices):
         if device.startswith("cuda"):  # the models are there before other streams use them
             torch.cuda.synchronize(device)
-    tables = prefetch(local_cell_tables(plan, config))
     if len(workers) > 1:
         yield from in_threads(tables, workers, lambda w, table: w.write(w.explain(table)))
     else:

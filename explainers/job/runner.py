@@ -11,6 +11,7 @@ from .maps import run_maps
 from .overlays import run_overlays
 from .plan import ExplainPlan, build_plan
 from .populations import run_population
+from .processes import process_devices
 from .prototypes import run_prototypes
 from .scores import run_quality
 from .state import ExplainState
@@ -46,8 +47,12 @@ def run_explain(
     state.update(executor=executor)
     where = "on Ray actors"
     if executor == "local":
-        devices = worker_devices()
+        groups = process_devices()
+        devices = worker_devices(groups[0])
         where = f"in this process ({len(devices)} worker thread(s) on {', '.join(dict.fromkeys(devices))})"
+        if len(groups) > 1:
+            on = ", ".join(d for group in groups for d in group)
+            where = f"in {len(groups)} processes, one per GPU ({len(devices)} worker threads each; {on})"
     log(
         f"explaining {len(plan.trials)} trial(s) {[t.trial_id for t in plan.trials]} on "
         f"{len(plan.cells)} cells ({config.split} split) with {config.method_names}, {where}"

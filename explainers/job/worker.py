@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -224,7 +225,8 @@ class MapWorker:
             return
         directory = Path(self.output["study_dir"]) / "explain" / "workers"
         directory.mkdir(parents=True, exist_ok=True)
-        record = {"run_id": self.output["run_id"], "device": str(self.device), **self.timing}
+        record = {"run_id": self.output["run_id"], "device": str(self.device), "pid": os.getpid()}
+        record.update(self.timing)
         (directory / f"{self._writer_id}.json").write_text(json.dumps(record))
 
     # -- decoding ----------------------------------------------------------------------------

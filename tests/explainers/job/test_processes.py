@@ -1,0 +1,103 @@
+"""The local executor's process per GPU (explainers/job/processes.py): every row group explained
+once over the processes, a failing process stops the job with its error, and two processes (CPUs
+standing in for two GPUs) store the maps of one."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from .test_executor import _explain_copy, _stacked
+
+SCHEMA = pa.schema([("item", pa.int64()), ("pid", pa.int64()), ("devices", pa.string())])
+
+
+def read_item(items: dict):
+    """A stand-in reader: one one-row table per row group, its number as the value."""
+    yield pa.table({"item": [int(g) for g in items["row_group"]]})
+
+
+def tag_rows(tables, devices):
+    """A stand-in for the worker threads: each table tagged with the process and its devices."""
+    for table in tables:
+        n = table.num_rows
+        yield pa.table(
+            {
+                "item": table.column("item"),
+                "pid": [os.getpid()] * n,
+                "devices": ["+".join(devices)] * n,
+            },
+            schema=SCHEMA,
+        )
+
+
+def fail_in_child(tables, devices):
+    if devices == ["cuda:1"]:
+        raise ValueError("broken model file")
+    yield from tag_rows(tables, devices)
+
+
+def test_process_devices_one_per_gpu(monkeypatch):
+    from cytotune.explainers.job.processes import PROCESSES_ENV, process_devices
+
+    monkeypatch.delenv(PROCESSES_ENV, raising=False)
+    assert process_devices(["cpu"]) == [["cpu"]]
+    assert process_devices(["cpu", "cpu"]) == [["cpu", "cpu"]]  # threads' stand-ins: one process
+    assert process_devices(["cuda:0"]) == [["cuda:0"]]
+    assert process_devices(["cuda:0", "cuda:1", "cuda:2"]) == [["cuda:0"], ["cuda:1"], ["cuda:2"]]
+    monkeypatch.setenv(PROCESSES_ENV, "2")
+    assert process_devices(["cuda:0", "cuda:1", "cuda:2"]) == [["cuda:0", "cuda:2"], ["cuda:1"]]
+    assert process_devices(["cuda:0"]) == [["cuda:0"]]
+    assert process_devices(["cpu"]) == [["cpu"], ["cpu"]]
+
+
+def test_every_row_group_is_explained_once_over_the_processes():
+    from cytotune.explainers.job.processes import spread_over_processes
+
+    items = [{"path": "shard.parquet", "row_group": g} for g in range(40)]
+    groups = [["cuda:0"], ["cuda:1"], ["cuda:2"]]
+    tables = list(spread_over_processes(groups, items, read_item, tag_rows, SCHEMA))
+    rows = pa.concat_tables(tables).to_pylist()
+    assert sorted(r["item"] for r in rows) == list(range(40))
+    by_devices = {r["devices"]: r["pid"] for r in rows}
+    assert by_devices.get("cuda:0", os.getpid()) == os.getpid()  # the first group: this process
+    assert all(pid != os.getpid() for d, pid in by_devices.items() if d != "cuda:0")
+
+
+def test_a_failing_process_stops_the_job_with_its_error():
+    from cytotune.explainers.job.processes import spread_over_processes
+
+    items = [{"path": "shard.parquet", "row_group": g} for g in range(4)]
+    with pytest.raises(RuntimeError, match="broken model file"):
+        list(
+            spread_over_processes([["cuda:0"], ["cuda:1"]], items, read_item, fail_in_child, SCHEMA)
+        )
+
+
+def test_two_processes_store_the_maps_of_one(trained_study, tmp_path, monkeypatch):
+    """Two processes (two CPUs standing in for two GPUs) explain the study's cells: the map
+    tables equal, bit for bit, those of one process, and both processes held the models."""
+    from cytotune.explainers.job.processes import PROCESSES_ENV
+
+    monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", "1")
+    results = {}
+    for processes in ("1", "2"):
+        monkeypatch.setenv(PROCESSES_ENV, processes)
+        _, _, maps = _explain_copy(
+            trained_study, tmp_path / processes, methods=("gradcam",), stages=("maps",),
+            executor="local",
+        )  # fmt: skip
+        reports = (tmp_path / processes / "explain" / "workers").glob("*.json")
+        results[processes] = maps, {json.loads(p.read_text())["pid"] for p in reports}
+    (one, one_pids), (two, two_pids) = results["1"], results["2"]
+    assert one_pids == {os.getpid()}
+    assert len(two_pids) == 2
+    assert os.getpid() in two_pids
+    assert one.keys() == two.keys()
+    for part, table in one.items():
+        assert table["cell_id"].tolist() == two[part]["cell_id"].tolist()
+        np.testing.assert_array_equal(_stacked(table), _stacked(two[part]))
