@@ -79,6 +79,9 @@ def gmean_maps(
         shape = tuple(frame["map_shape"].iloc[0])
         blob = b"".join(frame["map"].tolist())
         maps = np.frombuffer(blob, np.float16).reshape(len(frame), *shape).astype(np.float32)
+        # map tables written before maps were scaled into float16's range hold inf where a value
+        # passed 65504 (read: at least that) and NaN where inf met inf
+        maps = np.nan_to_num(maps, nan=0.0, posinf=65504.0, neginf=-65504.0)
         maps = upsample_bilinear(maps, hw).astype(np.float64)  # a CAM at its layer's size
         maps = np.clip(maps, 0, None).sum(1, keepdims=True)  # (B, 1, H, W)
         peak = maps.reshape(len(frame), -1).max(1)

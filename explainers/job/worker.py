@@ -138,6 +138,30 @@ def layer_info(method: str, model, shape, requested=None) -> dict:
     }
 
 
+HALF_LIMIT = 32768.0  # float16 holds up to 65504: a map is scaled under half of that
+
+
+def as_half(maps: torch.Tensor) -> torch.Tensor:
+    """Maps ``(B, ...)`` as float16 (how map tables store them) without overflow.
+
+    A map whose largest magnitude is beyond float16's range (gradients x inputs of a sharp model
+    on a GPU reached it: stored as inf, the population stage then failed) is scaled down by a
+    power of two, which keeps its relative values, the only thing every reader of a map uses.
+    A value the method left NaN becomes 0 and an infinite one the map's largest finite magnitude.
+    """
+    flat = maps.float().reshape(len(maps), -1)
+    finite = torch.isfinite(flat)
+    if not bool(finite.all()):
+        bound = torch.where(finite, flat.abs(), 0.0).amax(1, keepdim=True)
+        flat = torch.nan_to_num(flat, nan=0.0)
+        flat = torch.maximum(torch.minimum(flat, bound), -bound)
+    peak = flat.abs().amax(1, keepdim=True) if flat.numel() else flat
+    if flat.numel() and bool((peak > HALF_LIMIT).any()):
+        factor = torch.exp2(-torch.ceil(torch.log2(peak / HALF_LIMIT)).clamp(min=0))
+        flat = flat * factor
+    return flat.reshape(maps.shape).to(torch.float16)
+
+
 @dataclasses.dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -374,7 +398,7 @@ class MapWorker:
                 mass_cell, _ = localisation(maps, cell_mask, self._valid(batch, "mask", idx))
                 mass_ev, hits = localisation(maps, evidence, self._valid(batch, "evidence", idx))
                 stored = self._native.pop(method, maps)  # a CAM at its layer's resolution
-                data = stored.to(torch.float16).cpu().numpy()  # half the bytes off the device
+                data = as_half(stored).cpu().numpy()  # half the bytes off the device
                 seconds = (time.perf_counter() - start) / n
                 columns = {
                     **common,
