@@ -99,9 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--executor",
         default="auto",
         choices=EXECUTORS,
-        help="local: in this process, no Ray, 4 worker threads on each visible GPU (fastest "
-        "on one machine); ray: on Ray actors; auto (default): ray with several Ray nodes, "
-        "--actors or --address, else local",
+        help="local: on this machine, no Ray, 4 worker threads on each visible GPU (one "
+        "process per GPU; fastest on one machine); ray: on Ray actors; auto (default): ray "
+        "with several Ray nodes, --actors or --address, else local",
     )
     parser.add_argument("--overwrite", action="store_true", help="recompute finished parts too")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
