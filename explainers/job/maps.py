@@ -151,19 +151,36 @@ def local_cell_tables(plan: ExplainPlan, config: ExplainConfig):
 def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
     """The map workers of this machine (executor ``local``): on one device, threads of this
     process (:func:`thread_batches`); on several GPUs, one process per GPU with its threads
-    (processes.py), each reading its share of the row groups."""
-    from .processes import process_devices, spread_over_processes
+    (processes.py), each with its share of the trials (or, with fewer trials than processes, of
+    the row groups)."""
+    from .processes import process_devices, spread_over_processes, trial_shares
 
     groups = process_devices()
-    run_threads = functools.partial(thread_batches, worker_kwargs=worker_kwargs)
     if len(groups) == 1:
-        yield from run_threads(prefetch(local_cell_tables(plan, config)), groups[0])
+        tables = prefetch(local_cell_tables(plan, config))
+        yield from thread_batches(tables, groups[0], worker_kwargs)
         return
     from .worker import SUMMARY_SCHEMA
 
     read = RowGroupReader(cell_columns(plan), attach_fold(plan), chunk_rows=config.batch_size)
     items = row_groups(plan.dataset.shard_paths)
-    yield from spread_over_processes(groups, items, read, run_threads, SUMMARY_SCHEMA)
+    shares = trial_shares(worker_kwargs["units"], len(groups))
+    if shares is None:
+        runs = functools.partial(thread_batches, worker_kwargs=worker_kwargs)
+    else:
+        runs = [
+            functools.partial(thread_batches, worker_kwargs=trials_only(worker_kwargs, share))
+            for share in shares
+        ]
+    yield from spread_over_processes(groups, items, read, runs, SUMMARY_SCHEMA)
+
+
+def trials_only(worker_kwargs: dict, trials: list[str]) -> dict:
+    """The map workers' arguments narrowed to ``trials``."""
+    keep = set(trials)
+    units = {t: folds for t, folds in worker_kwargs["units"].items() if t in keep}
+    methods = {t: ms for t, ms in worker_kwargs["trial_methods"].items() if t in keep}
+    return {**worker_kwargs, "units": units, "trial_methods": methods}
 
 
 def thread_batches(tables: Iterable[pa.Table], devices: list[str], worker_kwargs: dict):

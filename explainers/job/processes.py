@@ -3,10 +3,15 @@
 Threads of one process share one interpreter lock. On a GPU-heavy job (224 px ResNet-50
 Grad-CAM of 16 trials) one process explained 9,300 maps/s on one H200 and 8,500 on two: the
 Python between the kernels (module calls, hooks, Arrow columns) is what the second GPU waited
-on. This process keeps the first GPU; a spawned process per further GPU reads its own Parquet
-row groups, holds its own fold models and writes its own map parts, so nothing but the row
-groups to read (a shared queue, so a faster GPU takes more) and the per-part row counts crosses
+on. This process keeps the first GPU; a spawned process per further GPU holds its own fold
+models and writes its own map parts, so only row-group names and per-part row counts cross
 between processes.
+
+The work is split by trial where there are at least as many trials as processes: each process
+reads every cell but loads only its trials' fold models (loading them was the part of the start
+that more GPUs did not shorten: 6.5-15.8 s of 24-32 checkpoints), with the trials dealt out by
+the size of their checkpoints. With fewer trials the cells are split: row groups from one shared
+queue, so a faster GPU takes more.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import queue
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -64,35 +70,69 @@ def run_device_process(devices, read, run_threads, items, results, stop=None) ->
         results.put(("error", traceback.format_exc()))
 
 
+def trial_shares(units: dict[str, dict], processes: int) -> list[list[str]] | None:
+    """The trials of each process, dealt largest first to the least loaded process, a trial's
+    size being its checkpoints' bytes (parameters: a proxy of the work per cell); None when
+    there are fewer trials than processes (then the cells are split)."""
+    if len(units) < processes:
+        return None
+
+    def size(trial: str) -> int:
+        total = 0
+        for directory in units[trial].values():
+            for path in Path(directory).glob("*.pt"):
+                total += path.stat().st_size
+        return total
+
+    shares: list[list[str]] = [[] for _ in range(processes)]
+    loads = [0] * processes
+    for trial in sorted(units, key=lambda t: (-size(t), t)):
+        least = loads.index(min(loads))
+        shares[least].append(trial)
+        loads[least] += max(1, size(trial))
+    return shares
+
+
 def spread_over_processes(
-    groups: list[list[str]], items: list[dict], read, run_threads, schema: pa.Schema
+    groups: list[list[str]], items: list[dict], read, runs, schema: pa.Schema
 ) -> Iterator[pa.Table]:
     """Summary tables of ``items`` (row groups) explained by one process per device group:
     this process takes ``groups[0]`` (in a thread), a spawned one each of the others.
 
-    ``read`` (item dict -> tables) and ``run_threads`` (tables, devices -> summary tables) must
-    pickle (module-level functions or ``functools.partial`` of them)."""
+    ``runs`` is one ``(tables, devices) -> summary tables`` callable that every process runs on
+    its share of the row groups (a shared queue: the cells are split), or one callable per
+    process that each runs on every row group (the trials are split). ``read`` (item dict ->
+    tables) and the callables must pickle (module-level functions, ``functools.partial``)."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    work, results = context.Queue(), context.Queue()
-    for item in items:
-        work.put(item)
-    for _ in groups:
-        work.put(None)  # one end marker per process
+    results = context.Queue()
+    if callable(runs):
+        work = context.Queue()
+        queues, runs = [work] * len(groups), [runs] * len(groups)
+        for item in items:
+            work.put(item)
+        for _ in groups:
+            work.put(None)  # one end marker per process
+    else:
+        queues = [context.Queue() for _ in groups]
+        for queue_ in queues:
+            for item in items:
+                queue_.put(item)
+            queue_.put(None)
     children = [
         context.Process(
             target=run_device_process,
-            args=(devices, read, run_threads, work, results),
+            args=(devices, read, run, work, results),
             name=f"cytotune-explain-{'+'.join(devices)}",
             daemon=True,
         )
-        for devices in groups[1:]
+        for devices, run, work in zip(groups[1:], runs[1:], queues[1:], strict=True)
     ]
     for child in children:
         child.start()
     stop = threading.Event()
     own = threading.Thread(
         target=run_device_process,
-        args=(groups[0], read, run_threads, work, results, stop),
+        args=(groups[0], read, runs[0], queues[0], results, stop),
         name="explain-own-devices",
         daemon=True,
     )

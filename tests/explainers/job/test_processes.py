@@ -1,6 +1,7 @@
-"""The local executor's process per GPU (explainers/job/processes.py): every row group explained
-once over the processes, a failing process stops the job with its error, and two processes (CPUs
-standing in for two GPUs) store the maps of one."""
+"""The local executor's process per GPU (explainers/job/processes.py): split by cells, every row
+group is explained once over the processes; split by trials, every process sees every row group
+and holds only its trials; a failing process stops the job with its error; and two processes
+(CPUs standing in for two GPUs) store the maps of one."""
 
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def tag_rows(tables, devices):
         )
 
 
+def tag_trial(tables, devices, trial):
+    """A stand-in for one process's trials: each table tagged with the trial it explained."""
+    for table in tag_rows(tables, devices):
+        yield table.append_column("trial", pa.array([trial] * table.num_rows))
+
+
 def fail_in_child(tables, devices):
     if devices == ["cuda:1"]:
         raise ValueError("broken model file")
@@ -66,6 +73,43 @@ def test_every_row_group_is_explained_once_over_the_processes():
     by_devices = {r["devices"]: r["pid"] for r in rows}
     assert by_devices.get("cuda:0", os.getpid()) == os.getpid()  # the first group: this process
     assert all(pid != os.getpid() for d, pid in by_devices.items() if d != "cuda:0")
+
+
+def test_split_by_trials_every_process_sees_every_row_group():
+    import functools
+
+    from cytotune.explainers.job.processes import spread_over_processes
+
+    items = [{"path": "shard.parquet", "row_group": g} for g in range(12)]
+    runs = [functools.partial(tag_trial, trial=t) for t in ("a", "b")]
+    schema = SCHEMA.append(pa.field("trial", pa.string()))
+    rows = pa.concat_tables(
+        list(spread_over_processes([["cuda:0"], ["cuda:1"]], items, read_item, runs, schema))
+    ).to_pylist()
+    for trial, devices in (("a", "cuda:0"), ("b", "cuda:1")):
+        mine = [r for r in rows if r["trial"] == trial]
+        assert sorted(r["item"] for r in mine) == list(range(12))
+        assert {r["devices"] for r in mine} == {devices}
+    assert {r["pid"] for r in rows if r["trial"] == "b"} != {os.getpid()}
+
+
+def test_trials_are_dealt_by_checkpoint_size(tmp_path):
+    from cytotune.explainers.job.processes import trial_shares
+
+    sizes = {"t1": 900, "t2": 500, "t3": 400, "t4": 300, "t5": 100}
+    units = {}
+    for trial, size in sizes.items():
+        folds = {}
+        for fold in (0, 1):
+            directory = tmp_path / trial / f"fold_{fold}"
+            directory.mkdir(parents=True)
+            (directory / "model.pt").write_bytes(b"x" * size)
+            folds[fold] = str(directory)
+        units[trial] = folds
+    # largest first, each to the less loaded process (per fold): t1 -> 900 | t2 -> 500, t3 ->
+    # 900 | t4 -> 1,200 (a tie goes to the first) | t5 -> 1,000: the best split there is
+    assert trial_shares(units, 2) == [["t1", "t4"], ["t2", "t3", "t5"]]
+    assert trial_shares(units, 6) is None  # fewer trials than processes: the cells are split
 
 
 def test_a_failing_process_stops_the_job_with_its_error():
