@@ -264,12 +264,18 @@ def decode_map(data: bytes, shape, size=None) -> np.ndarray:
     """One stored map as a float32 array of ``shape`` (C, H, W); with ``size`` (the crop's
     (H, W)), a CAM stored at its layer's resolution is upsampled to it as the explainer does
     (:func:`upsample_bilinear`)."""
-    out = (
+    out = finite_maps(
         np.frombuffer(data, dtype=np.float16)
         .reshape(tuple(int(s) for s in shape))
         .astype(np.float32)
     )
     return out if size is None else upsample_bilinear(out, size)
+
+
+def finite_maps(maps: np.ndarray) -> np.ndarray:
+    """Stored maps with no inf or NaN: map tables written before maps were scaled into float16's
+    range hold inf where a value passed 65504 (read: that maximum) and NaN where inf met inf."""
+    return np.nan_to_num(maps, nan=0.0, posinf=65504.0, neginf=-65504.0)
 
 
 def upsample_bilinear(maps: np.ndarray, size) -> np.ndarray:

@@ -24,6 +24,7 @@ from .figures import diverging, grid, save_png
 from .layout import (
     empty_index,
     explain_dir,
+    finite_maps,
     iter_maps,
     maps_path,
     population_dir,
@@ -79,9 +80,7 @@ def gmean_maps(
         shape = tuple(frame["map_shape"].iloc[0])
         blob = b"".join(frame["map"].tolist())
         maps = np.frombuffer(blob, np.float16).reshape(len(frame), *shape).astype(np.float32)
-        # map tables written before maps were scaled into float16's range hold inf where a value
-        # passed 65504 (read: at least that) and NaN where inf met inf
-        maps = np.nan_to_num(maps, nan=0.0, posinf=65504.0, neginf=-65504.0)
+        maps = finite_maps(maps)  # old tables: inf where a value passed float16's range
         maps = upsample_bilinear(maps, hw).astype(np.float64)  # a CAM at its layer's size
         maps = np.clip(maps, 0, None).sum(1, keepdims=True)  # (B, 1, H, W)
         peak = maps.reshape(len(frame), -1).max(1)

@@ -35,3 +35,15 @@ def test_nan_becomes_zero_and_inf_the_largest_finite_value():
 
     maps = torch.tensor([[[1.0, float("nan")], [float("inf"), -float("inf")]]])
     assert as_half(maps).float().tolist() == [[[1.0, 0.0], [1.0, -1.0]]]
+
+
+def test_an_old_table_with_inf_is_read_as_the_float16_maximum():
+    """Tables written before the scaling hold inf: the overlays, the dashboard and the population
+    stage read it as 65504 (NaN as 0) instead of failing or drawing nothing."""
+    from cytotune.explainers.job.layout import decode_map
+
+    stored = np.array([[[1.0, np.inf], [np.nan, -np.inf]]], np.float16)
+    decoded = decode_map(stored.tobytes(), (1, 2, 2))
+    assert decoded.tolist() == [[[1.0, 65504.0], [0.0, -65504.0]]]
+    upsampled = decode_map(stored.tobytes(), (1, 2, 2), size=(4, 4))
+    assert np.isfinite(upsampled).all()
