@@ -7,7 +7,7 @@ on. This process keeps the first GPU; a spawned process per further GPU holds it
 models and writes its own map parts, so only row-group names and per-part row counts cross
 between processes.
 
-The work is split by trial where there are at least as many trials as processes: each process
+The work is split by trial where there are at least two trials per process: each process
 reads every cell but loads only its trials' fold models (loading them was the part of the start
 that more GPUs did not shorten: 6.5-15.8 s of 24-32 checkpoints), with the trials dealt out by
 the size of their checkpoints. With fewer trials the cells are split: row groups from one shared
@@ -70,11 +70,16 @@ def run_device_process(devices, read, run_threads, items, results, stop=None) ->
         results.put(("error", traceback.format_exc()))
 
 
+# trials per process from which the trials are split, not the cells: with fewer, the shares can
+# be too uneven (one ResNet-50 against one ResNet-18) and each process loads few models anyway
+SPLIT_TRIALS_FROM = 2
+
+
 def trial_shares(units: dict[str, dict], processes: int) -> list[list[str]] | None:
     """The trials of each process, dealt largest first to the least loaded process, a trial's
     size being its checkpoints' bytes (parameters: a proxy of the work per cell); None when
-    there are fewer trials than processes (then the cells are split)."""
-    if len(units) < processes:
+    there are fewer than ``SPLIT_TRIALS_FROM`` trials per process (then the cells are split)."""
+    if len(units) < SPLIT_TRIALS_FROM * processes:
         return None
 
     def size(trial: str) -> int:

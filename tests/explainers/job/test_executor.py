@@ -29,7 +29,7 @@ def _explain_copy(trained_study, directory, **settings):
     from cytotune.explainers.job.runner import run_explain
 
     shutil.copytree(trained_study, directory)
-    config = ExplainConfig(study=str(directory), top_k=2, batch_size=16, **settings)
+    config = ExplainConfig(study=str(directory), **{"top_k": 2, "batch_size": 16, **settings})
     plan, state = run_explain(config, progress=False, log=lambda *_: None)
     maps = {
         (t.trial_id, m): read_maps(maps_path(plan.study_dir, t.trial_id, m))

@@ -109,7 +109,7 @@ def test_trials_are_dealt_by_checkpoint_size(tmp_path):
     # largest first, each to the less loaded process (per fold): t1 -> 900 | t2 -> 500, t3 ->
     # 900 | t4 -> 1,200 (a tie goes to the first) | t5 -> 1,000: the best split there is
     assert trial_shares(units, 2) == [["t1", "t4"], ["t2", "t3", "t5"]]
-    assert trial_shares(units, 6) is None  # fewer trials than processes: the cells are split
+    assert trial_shares(units, 3) is None  # under 2 trials a process: the cells are split
 
 
 def test_a_failing_process_stops_the_job_with_its_error():
@@ -122,25 +122,30 @@ def test_a_failing_process_stops_the_job_with_its_error():
         )
 
 
-def test_two_processes_store_the_maps_of_one(trained_study, tmp_path, monkeypatch):
-    """Two processes (two CPUs standing in for two GPUs) explain the study's cells: the map
-    tables equal, bit for bit, those of one process, and both processes held the models."""
-    from cytotune.explainers.job.processes import PROCESSES_ENV
+@pytest.mark.parametrize("split", ["cells", "trials"])
+def test_two_processes_store_the_maps_of_one(trained_study, tmp_path, monkeypatch, split):
+    """Two processes (two CPUs standing in for two GPUs) explain the study's cells, splitting
+    the cells (2 trials) or the trials (3, one trial a process enough here): the map tables
+    equal, bit for bit, those of one process, and both processes held models."""
+    from cytotune.explainers.job import processes
 
     monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", "1")
+    top_k = 2 if split == "cells" else 3
+    monkeypatch.setattr(processes, "SPLIT_TRIALS_FROM", 2 if split == "cells" else 1)
     results = {}
-    for processes in ("1", "2"):
-        monkeypatch.setenv(PROCESSES_ENV, processes)
+    for count in ("1", "2"):
+        monkeypatch.setenv(processes.PROCESSES_ENV, count)
         _, _, maps = _explain_copy(
-            trained_study, tmp_path / processes, methods=("gradcam",), stages=("maps",),
-            executor="local",
+            trained_study, tmp_path / count, methods=("gradcam",), stages=("maps",),
+            executor="local", top_k=top_k,
         )  # fmt: skip
-        reports = (tmp_path / processes / "explain" / "workers").glob("*.json")
-        results[processes] = maps, {json.loads(p.read_text())["pid"] for p in reports}
+        reports = (tmp_path / count / "explain" / "workers").glob("*.json")
+        results[count] = maps, {json.loads(p.read_text())["pid"] for p in reports}
     (one, one_pids), (two, two_pids) = results["1"], results["2"]
     assert one_pids == {os.getpid()}
     assert len(two_pids) == 2
     assert os.getpid() in two_pids
+    assert len(one) == top_k
     assert one.keys() == two.keys()
     for part, table in one.items():
         assert table["cell_id"].tolist() == two[part]["cell_id"].tolist()
