@@ -151,7 +151,7 @@ def local_cell_tables(plan: ExplainPlan, config: ExplainConfig):
 def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
     """The map workers of this machine (executor ``local``): on one device, threads of this
     process (:func:`thread_batches`); on several GPUs, one process per GPU with its threads
-    (processes.py), each with its share of the trials (or, with fewer trials than processes, of
+    (processes.py), each with its share of the trials (or, under two trials a process, of
     the row groups)."""
     from .processes import process_devices, spread_over_processes, trial_shares
 
