@@ -158,8 +158,8 @@ def load_model(
     """
     directory = Path(directory)
     config = read_config(directory)
-    # mapped, not read: the weights-only unpickler took 120-290 ms to read a ResNet-50 here and
-    # 40 ms to map it (the file is written whole and renamed into place, never changed after)
+    # mapped, not read: the weights-only unpickler took 114 ms to read a ResNet-50 here and
+    # 41 ms to map it (the file is written whole and renamed into place, never changed after)
     state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True, mmap=True)
     model = model_with_state(model_config_of(config), state)
     load_model_extra_state(model, config.get("model_extra", {}))
@@ -173,8 +173,9 @@ def model_with_state(model_config: ModelConfig, state: dict[str, torch.Tensor]) 
     """A model of ``model_config`` holding ``state``.
 
     Built on the meta device (no weights allocated or initialised), the loaded tensors then
-    assigned: 0.09 s for a ResNet-50 on a 2-core CPU, where copying a built template took 0.29 s,
-    all of it Python under the interpreter lock that the explain job's loading threads share.
+    assigned: 75 ms for a ResNet-50 on a 2-core CPU, where copying a built template and loading
+    into it took 107 ms, mostly Python under the interpreter lock that the explain job's
+    loading threads share (bench/load_folds.py times the whole load).
     A family whose build needs real tensors, or that keeps tensors outside its state dict, gets
     the template copy instead (decided once per configuration)."""
     key = json.dumps(model_config.to_dict(), sort_keys=True, default=str)
