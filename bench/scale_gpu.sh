@@ -3,6 +3,10 @@
 # MODE=long TIMEOUT=300: the longer workload (24 epochs; Integrated Gradients in the explain job).
 # MODE=explain SCALE_ARGS="--search-gpus 1": the explain job of "long" after a 1-GPU short search.
 # SCALE_ARGS="--explain-runs 1:local 2:local 2:ray": which explain runs (GPUs:executor).
+# MODE=many: 48 trials x 8 epochs, seeded random sampler (BENCHMARKS.md "Session 13": 1.85x);
+# add --weak-fraction 0.7 to SCALE_ARGS for a task without a perfect score (time to best).
+# MODE=explain SCALE_ARGS="--search-gpus 1 --explain-runs 1:local 2:local --explain-top-k 8
+#   --big-explain 31250 16": the explain jobs of "Session 13" (top 8 trials; 500k maps).
 set -x
 mkdir -p /tmp/src && tar -xf .gpu/src.tar -C /tmp/src && cp -r .gpu /tmp/src/ && cd /tmp/src
 echo "commit $(cat .gpu/src.commit)"
