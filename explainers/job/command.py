@@ -1,7 +1,7 @@
 """Explain the best trials of a study: attribution maps, population maps, mosaics, quality scores.
 
 Each cell is explained by the fold model that never trained on it (--split val). On one machine
-(a laptop, one GPU or several) the job runs in this process, on every visible GPU; with several
+(a laptop, one GPU or several) the job runs without Ray, one process per visible GPU; with several
 Ray nodes, --actors or --address, Ray Data streams the cells to explainer actors (4 per GPU by
 default); --executor chooses. A rerun computes only what is missing or changed (--overwrite
 recomputes everything).

@@ -82,19 +82,16 @@ def trial_shares(units: dict[str, dict], processes: int) -> list[list[str]] | No
     if len(units) < SPLIT_TRIALS_FROM * processes:
         return None
 
-    def size(trial: str) -> int:
-        total = 0
-        for directory in units[trial].values():
-            for path in Path(directory).glob("*.pt"):
-                total += path.stat().st_size
-        return total
-
+    sizes = {
+        trial: sum(path.stat().st_size for d in folds.values() for path in Path(d).glob("*.pt"))
+        for trial, folds in units.items()
+    }
     shares: list[list[str]] = [[] for _ in range(processes)]
     loads = [0] * processes
-    for trial in sorted(units, key=lambda t: (-size(t), t)):
+    for trial in sorted(units, key=lambda t: (-sizes[t], t)):
         least = loads.index(min(loads))
         shares[least].append(trial)
-        loads[least] += max(1, size(trial))
+        loads[least] += max(1, sizes[trial])
     return shares
 
 

@@ -148,18 +148,15 @@ def as_half(maps: torch.Tensor) -> torch.Tensor:
     on a GPU reached it: stored as inf, the population stage then failed) is scaled down by a
     power of two, which keeps its relative values, the only thing every reader of a map uses.
     A value the method left NaN becomes 0 and an infinite one the map's largest finite magnitude.
+    No branch on the values: nothing waits for the GPU here (the copy to the host does later).
     """
     flat = maps.float().reshape(len(maps), -1)
     finite = torch.isfinite(flat)
-    if not bool(finite.all()):
-        bound = torch.where(finite, flat.abs(), 0.0).amax(1, keepdim=True)
-        flat = torch.nan_to_num(flat, nan=0.0)
-        flat = torch.maximum(torch.minimum(flat, bound), -bound)
-    peak = flat.abs().amax(1, keepdim=True) if flat.numel() else flat
-    if flat.numel() and bool((peak > HALF_LIMIT).any()):
-        factor = torch.exp2(-torch.ceil(torch.log2(peak / HALF_LIMIT)).clamp(min=0))
-        flat = flat * factor
-    return flat.reshape(maps.shape).to(torch.float16)
+    bound = torch.where(finite, flat.abs(), 0.0).amax(1, keepdim=True)
+    flat = torch.where(finite, flat, torch.where(flat.isnan(), 0.0, flat.sign() * bound))
+    peak = flat.abs().amax(1, keepdim=True)  # 0 for an all-zero map: log2 -inf, factor 1
+    factor = torch.exp2(-torch.ceil(torch.log2(peak / HALF_LIMIT)).clamp(min=0))
+    return (flat * factor).reshape(maps.shape).to(torch.float16)
 
 
 @dataclasses.dataclass
