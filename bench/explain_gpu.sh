@@ -1,7 +1,8 @@
 # The GPU call behind BENCHMARKS.md "Explain job on one GPU: the MitoCheck study" (issue 16,
 # item 5) and "CPU vs GPU sanity agreement": run through the device tool on one GPU with carry
 # [".gpu", "data/mitocheck"]; the code runs from .gpu/src.tar (git archive, id in .gpu/src.commit).
-#   1. a MitoCheck search of 3 trials (default space, 40 epochs, 3 at once on the GPU);
+#   1. a MitoCheck search of 3 trials (default space, 40 epochs, 3 at once on the GPU; all folds of
+#      every trial, race: epochs with grace = max, so the job has the issue's 3 trials);
 #   2. `cytotune explain --study ... --top-k 3` (5 methods x 3 trials x 3,277 cells) RUNS times
 #      per executor in EXECUTORS (default "local ray"; local1: local with one worker), each timed, with the job's own stage
 #      timings (explain/explain.json);
@@ -31,7 +32,7 @@ name: mitocheck
 dataset: /tmp/data/mitocheck
 folds: {name: k5-group, k: 5, group: group}
 space: default
-budget: {trials: 3, max_epochs: ${SEARCH_EPOCHS:-40}, grace_epochs: ${SEARCH_EPOCHS:-40}, max_concurrent: 3}
+budget: {trials: 3, max_epochs: ${SEARCH_EPOCHS:-40}, grace_epochs: ${SEARCH_EPOCHS:-40}, max_concurrent: 3, race: ${SEARCH_RACE:-epochs}}
 resources: {cpus: 1, gpus: 0.33}
 objective: {metric: f1_weighted}
 loader: inprocess
