@@ -444,6 +444,8 @@ class MapWorker:
             if native is not None and tuple(native.shape[-2:]) != tuple(maps.shape[-2:]):
                 self._native[method] = native.detach()[:, None]  # (B, 1, h, w): what is stored
             return maps.detach().float()
+        except torch.AcceleratorError:
+            raise  # the device is unusable after it (an illegal address): no method can go on
         except (RuntimeError, ValueError, TypeError) as exc:
             return exc
 

@@ -152,3 +152,30 @@ def test_receptive_field_in_pixels():
         for stage in (1, 2)
     }
     assert fields == {1: 31, 2: 55}
+
+
+def test_distance_gradients_equal_cdists_without_its_buffer():
+    """The distances' backward (matrix products) gives torch.cdist's gradients, 0 at distance
+    0 as cdist does; torch.cdist's CUDA backward overflowed past 2^31 buffer elements."""
+    from cytotune.search_spaces.models.families.protopnet import PatchDistances
+
+    torch.manual_seed(0)
+    z = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)  # (B, D, h, w)
+    prototypes = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        prototypes[0] = z[0, :, 1, 0]  # one exact match: distance 0
+    d = masked_distances(z, prototypes, None, 0.0)
+    assert type(d.grad_fn).__name__ == "PatchDistancesBackward"
+    patches = z.flatten(2).transpose(1, 2)
+    reference = torch.cdist(patches, prototypes[None], compute_mode="donot_use_mm_for_euclid_dist")
+    assert reference[0, 2, 0] == 0.0
+    torch.testing.assert_close(d, reference)
+    seed = torch.randn_like(d)
+    ours = torch.autograd.grad(d, (z, prototypes), seed)
+    theirs = torch.autograd.grad(reference, (z, prototypes), seed)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b)
+    far = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(PatchDistances.apply, (far, prototypes))
+    with torch.no_grad():  # predicting: torch.cdist itself
+        assert masked_distances(z, prototypes, None, 0.0).grad_fn is None

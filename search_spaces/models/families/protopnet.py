@@ -133,10 +133,56 @@ def masked_distances(z: Tensor, prototypes: Tensor, background: Tensor | None, a
         a: background penalty.
     """
     patches = z.flatten(2).transpose(1, 2)  # (B, h*w, D)
-    d = torch.cdist(patches, prototypes[None], compute_mode="donot_use_mm_for_euclid_dist")
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        d = _cdist(patches, prototypes)  # exported graphs predict: no backward needed
+    elif torch.is_grad_enabled() and (patches.requires_grad or prototypes.requires_grad):
+        d = _distances_with_matmul_backward(patches, prototypes)
+    else:
+        d = _cdist(patches, prototypes)
     if background is not None:
         d = d + a * background.flatten(1)[..., None]
     return d  # (B, h*w, M)
+
+
+def _cdist(patches: Tensor, prototypes: Tensor) -> Tensor:
+    return torch.cdist(patches, prototypes[None], compute_mode="donot_use_mm_for_euclid_dist")
+
+
+class PatchDistances(torch.autograd.Function):
+    """Euclidean distances of patches (B, P, D) to prototypes (M, D), (B, P, M): torch.cdist's
+    exact forward with a backward of matrix products.
+
+    torch.cdist's own CUDA backward fills a (B, M, P, D) buffer indexed with 32-bit integers:
+    past 2^31 elements it writes out of bounds (pytorch issue 193099). An explain job's
+    Integrated Gradients (64 steps x 128 cells = 8,192 images, 16 patches, 160 prototypes of
+    128 dimensions: 2.7e9) crashed the GPU with an illegal memory access. The products need no
+    such buffer: d(d_bpm)/dz_bp = (z_bp - p_m) / d_bpm, 0 where d is 0 (as torch.cdist)."""
+
+    @staticmethod
+    def forward(ctx, patches: Tensor, prototypes: Tensor) -> Tensor:
+        dtype = torch.promote_types(patches.dtype, torch.float32)  # no bf16 distances
+        d = _cdist(patches.to(dtype), prototypes.to(dtype))
+        ctx.save_for_backward(patches, prototypes, d)
+        return d
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        patches, prototypes, d = ctx.saved_tensors
+        with torch.autocast(grad.device.type, enabled=False):
+            z, p = patches.to(d.dtype), prototypes.to(d.dtype)
+            w = torch.where(d > 0, grad.to(d.dtype) / d.clamp_min(1e-30), 0.0)  # (B, P, M)
+            grad_z = grad_p = None
+            if ctx.needs_input_grad[0]:
+                grad_z = (z * w.sum(-1, keepdim=True) - w @ p).to(patches.dtype)
+            if ctx.needs_input_grad[1]:
+                pulled = torch.einsum("bpm,bpd->md", w, z)
+                grad_p = (p * w.sum((0, 1))[:, None] - pulled).to(prototypes.dtype)
+        return grad_z, grad_p
+
+
+@torch.jit.unused
+def _distances_with_matmul_backward(patches: Tensor, prototypes: Tensor) -> Tensor:
+    return PatchDistances.apply(patches, prototypes)
 
 
 def similarity(d: Tensor, eps: float) -> Tensor:
