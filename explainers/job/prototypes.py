@@ -147,9 +147,9 @@ def similarity_maps(model, d, hw):
 def run_prototypes(
     plan: ExplainPlan, config: ExplainConfig, state: ExplainState, max_train: int = 4096
 ) -> pd.DataFrame:
-    import ray
-    from cytotune.engine.cluster import ensure_ray
     from cytotune.search_spaces.models import capabilities_of
+
+    from .executor import resolve_executor, worker_devices
 
     proto = [t for t in plan.trials if capabilities_of(t.family).prototypes]
     path = explain_dir(plan.study_dir) / "prototypes.parquet"
@@ -158,15 +158,10 @@ def run_prototypes(
     key = f"top{TOP_PATCHES}-{max_train}-{config.seed}-{config.split}"
     if state.done("prototypes", key) and path.is_file() and not config.overwrite:
         return read_index(plan.study_dir, "prototypes")
-    ensure_ray(config.address)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    task = ray.remote(fold_prototypes).options(
-        num_gpus=config.gpus_per_actor if gpus else 0, num_cpus=1
-    )
     meta = plan.dataset.metadata()[["cell_id"]].reset_index(names="row")
     folds = meta.merge(plan.folds, on="cell_id")
     rng = np.random.default_rng(config.seed)
-    refs = []
+    jobs = []
     for trial in proto:
         for fold, fold_dir in trial.fold_dirs.items():
             train = folds.loc[folds["fold"] != fold, "row"].to_numpy()
@@ -175,18 +170,24 @@ def run_prototypes(
             val = plan.cells.loc[plan.cells["fold"] == fold, "row"].to_numpy()
             if len(val) == 0:
                 continue
-            refs.append(
-                task.remote(
-                    fold_dir,
-                    str(plan.dataset.path),
-                    train,
-                    val,
-                    str(plan.study_dir),
-                    trial.trial_id,
-                    fold,
-                )
-            )
-    records = [r for result in ray.get(refs) for r in result]
+            dataset = str(plan.dataset.path)
+            jobs.append((fold_dir, dataset, train, val, str(plan.study_dir), trial.trial_id, fold))
+    if resolve_executor(config) == "local":  # in this process, as the maps: no Ray to start
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, min(len(jobs), len(worker_devices())))) as pool:
+            results = list(pool.map(lambda job: fold_prototypes(*job), jobs))
+    else:
+        import ray
+        from cytotune.engine.cluster import ensure_ray
+
+        ensure_ray(config.address)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        task = ray.remote(fold_prototypes).options(
+            num_gpus=config.gpus_per_actor if gpus else 0, num_cpus=1
+        )
+        results = ray.get([task.remote(*job) for job in jobs])
+    records = [r for result in results for r in result]
     table = pd.DataFrame(records)
     write_frame(table, path)
     state.finish("prototypes", key, prototypes=len(table))

@@ -179,3 +179,12 @@ def test_distance_gradients_equal_cdists_without_its_buffer():
     assert torch.autograd.gradcheck(PatchDistances.apply, (far, prototypes))
     with torch.no_grad():  # predicting: torch.cdist itself
         assert masked_distances(z, prototypes, None, 0.0).grad_fn is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: a fold model there")
+def test_receptive_field_of_a_model_on_the_gpu_equals_the_cpus():
+    """The probe follows the model's device (a GPU explain job's prototype stage passed a CPU
+    probe to a model on the GPU and failed)."""
+    on_cpu = create_model("protopnet", in_chans=2, **tiny("protopnet"))
+    on_gpu = create_model("protopnet", in_chans=2, **tiny("protopnet")).cuda()
+    assert on_gpu.receptive_field() == on_cpu.receptive_field() > 1

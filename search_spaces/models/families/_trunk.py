@@ -150,8 +150,9 @@ def measure_receptive_field(
     gen = torch.Generator().manual_seed(0)
     for p in net.parameters():
         p.requires_grad_(False).copy_(torch.rand(p.shape, generator=gen) + 0.5)
+    device = next(net.parameters()).device  # a fold model on the GPU is probed there
     while True:
-        x = torch.rand(4, in_chans, size, size, generator=gen).requires_grad_()
+        x = torch.rand(4, in_chans, size, size, generator=gen).to(device).requires_grad_()
         out = net(x)  # (B, D, h, w)
         h, w = out.shape[-2:]
         out[:, :, h // 2, w // 2].sum().backward()
