@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
+
+_STARTING = threading.Lock()  # stages of one explain job run side by side: one starts Ray
 
 # What every Ray worker of a search imports as it starts, so a trial does not wait for torch/timm.
 TRIAL_MODULES = ("cytotune.engine.search.trainable", "timm")
@@ -35,8 +38,14 @@ def ensure_ray(
     """
     import ray
 
-    if ray.is_initialized():
-        return
+    with _STARTING:
+        if not ray.is_initialized():
+            _start_ray(address, num_cpus, quiet, log, preload)
+
+
+def _start_ray(address, num_cpus, quiet, log, preload) -> None:
+    import ray
+
     address = address or os.environ.get("RAY_ADDRESS")
     log = log or (lambda _message: None)
     if address is None:

@@ -1,4 +1,7 @@
-"""The explain job: plan, then each stage in order; every stage skips what is already finished."""
+"""The explain job: plan, then the stages, each as soon as the stages it reads are done (the
+prototype and attention figures need only the fold models: they run beside the maps; the
+population, quality and overlay stages read the maps: they run beside each other after them).
+Every stage skips what is already finished."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from .prototypes import run_prototypes
 from .scores import run_quality
 from .state import ExplainState
 
-# stage name -> function(plan, config, state); dict table, run in this order
+# stage name -> function(plan, config, state, progress); started in this order
 STAGES = {
     "maps": lambda plan, config, state, progress: run_maps(plan, config, state, progress),
     "population": lambda plan, config, state, progress: run_population(plan, config, state),
@@ -24,6 +27,15 @@ STAGES = {
     "overlays": lambda plan, config, state, progress: run_overlays(plan, config, state),
     "prototypes": lambda plan, config, state, progress: run_prototypes(plan, config, state),
     "attention": lambda plan, config, state, progress: run_attention(plan, config, state),
+}
+# the stages whose outputs a stage reads (when they run in the same job)
+NEEDS = {
+    "maps": (),
+    "population": ("maps",),
+    "quality": ("maps",),
+    "overlays": ("maps",),
+    "prototypes": (),
+    "attention": (),
 }
 
 
@@ -62,14 +74,7 @@ def run_explain(
             f"  (top {config.top_k} asked: only {len(plan.trials)} trial(s) have a model of every "
             "fold; trials stopped after fewer folds cannot explain every cell)"
         )
-    for name, stage in STAGES.items():
-        if name not in config.stages:
-            continue
-        start = time.perf_counter()
-        stage(plan, config, state, progress)
-        seconds = time.perf_counter() - start
-        state.time(f"stage/{name}", seconds)
-        log(f"  {name:<11} {seconds:7.1f} s")
+    run_stages(plan, config, state, progress, log)
     if "maps" in config.stages:
         record_layers(plan, config)
     failures = state.data.get("failures", {})
@@ -77,6 +82,32 @@ def run_explain(
         log(f"  not computed: {part}: {reason}")
     state.update(status="finished", finished=time.time())
     return plan, state
+
+
+def run_stages(plan, config, state, progress: bool = True, log=print) -> None:
+    """Every stage of ``config.stages`` in a thread of its own, each started once the stages it
+    :data:`NEEDS` are finished; the first failure (in :data:`STAGES` order) is raised after the
+    stages that do not need the failed one have finished."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [name for name in STAGES if name in config.stages]
+
+    def run(name: str, needs: list) -> None:
+        for need in needs:
+            need.result()  # a failed stage fails the stages that read it
+        start = time.perf_counter()
+        STAGES[name](plan, config, state, progress)
+        seconds = time.perf_counter() - start
+        state.time(f"stage/{name}", seconds)
+        log(f"  {name:<11} {seconds:7.1f} s")
+
+    with ThreadPoolExecutor(len(names), thread_name_prefix="explain-stage") as pool:
+        futures: dict = {}
+        for name in names:
+            needs = [futures[n] for n in NEEDS[name] if n in futures]
+            futures[name] = pool.submit(run, name, needs)
+    for name in names:
+        futures[name].result()
 
 
 def record_layers(plan: ExplainPlan, config: ExplainConfig) -> dict:

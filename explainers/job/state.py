@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ class ExplainState:
 
     A part is finished when its outputs were moved into place *and* it was recorded here with
     the key of the settings that produced it; a part recorded with another key is recomputed.
+    Stages running side by side share one state: every change and save holds its lock.
     """
 
     def __init__(self, study_dir: str | Path) -> None:
         self.path = explain_dir(study_dir) / STATE_FILE
+        self._lock = threading.RLock()
         self.data: dict[str, Any] = {"parts": {}, "failures": {}, "timings": {}}
         if self.path.is_file():
             try:
@@ -34,25 +37,32 @@ class ExplainState:
         return self.data["parts"].get(part, {}).get("key") == key
 
     def finish(self, part: str, key: str, **info: Any) -> None:
-        self.data["parts"][part] = {"key": key, "finished": time.time(), **info}
-        self.save()
-
-    def fail(self, part: str, reason: str) -> None:
-        self.data["failures"][part] = reason
-        self.save()
-
-    def clear_failure(self, part: str) -> None:
-        if self.data["failures"].pop(part, None) is not None:
+        with self._lock:
+            self.data["parts"][part] = {"key": key, "finished": time.time(), **info}
             self.save()
 
+    def fail(self, part: str, reason: str) -> None:
+        with self._lock:
+            self.data["failures"][part] = reason
+            self.save()
+
+    def clear_failure(self, part: str) -> None:
+        with self._lock:
+            if self.data["failures"].pop(part, None) is not None:
+                self.save()
+
     def time(self, stage: str, seconds: float) -> None:
-        self.data["timings"][stage] = round(seconds, 3)
-        self.save()
+        with self._lock:
+            self.data["timings"][stage] = round(seconds, 3)
+            self.save()
 
     def update(self, **fields: Any) -> None:
-        self.data.update(fields)
-        self.save()
+        with self._lock:
+            self.data.update(fields)
+            self.save()
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str))
+        with self._lock:
+            text = json.dumps(self.data, indent=2, default=str)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, text)

@@ -1,0 +1,69 @@
+"""The explain job's stages run side by side where they do not read each other's outputs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from cytotune.explainers.job import runner
+
+
+class _Config:
+    stages = ("maps", "population", "quality", "overlays", "prototypes", "attention")
+
+
+class _State:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def time(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = seconds
+
+
+def _fake_stages(monkeypatch, fail: str | None = None):
+    """Stages that record when they started and ended; ``maps`` waits until the prototype
+    stage has started (it would wait forever if the two ran one after the other)."""
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    prototypes_started = threading.Event()
+
+    def stage(name):
+        def run(plan, config, state, progress):
+            with lock:
+                events.append(("start", name))
+            if name == "prototypes":
+                prototypes_started.set()
+            if name == "maps":
+                assert prototypes_started.wait(10), "the prototype stage did not start beside maps"
+                time.sleep(0.05)
+            if name == fail:
+                raise RuntimeError(f"{name} broke")
+            with lock:
+                events.append(("end", name))
+
+        return run
+
+    monkeypatch.setattr(runner, "STAGES", {name: stage(name) for name in runner.STAGES})
+    return events
+
+
+def test_stages_start_once_what_they_read_is_done(monkeypatch):
+    events = _fake_stages(monkeypatch)
+    state = _State()
+    runner.run_stages(None, _Config(), state, progress=False, log=lambda _m: None)
+    order = {event: i for i, event in enumerate(events)}
+    for name in ("population", "quality", "overlays"):
+        assert order[("start", name)] > order[("end", "maps")], name
+    assert order[("start", "prototypes")] < order[("end", "maps")]
+    assert set(state.timings) == {f"stage/{name}" for name in _Config.stages}
+
+
+def test_a_failed_stage_stops_its_readers_and_the_others_finish(monkeypatch):
+    events = _fake_stages(monkeypatch, fail="maps")
+    with pytest.raises(RuntimeError, match="maps broke"):
+        runner.run_stages(None, _Config(), _State(), progress=False, log=lambda _m: None)
+    started = {name for kind, name in events if kind == "start"}
+    assert started == {"maps", "prototypes", "attention"}
+    assert ("end", "prototypes") in events
+    assert ("end", "attention") in events
