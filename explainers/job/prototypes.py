@@ -100,6 +100,19 @@ def fold_prototypes(
     # activation on the validation cell each prototype matches best
     val_d, _ = distances(val_rows[:batch_size])
     act = similarity_maps(model, val_d, (h, w))  # (B, M, h, w)
+    # each prototype's best-matching validation cell, its map at crop size and its peak: for
+    # all prototypes at once (one copy off the device, not a few per prototype)
+    best_cells = act.amax((2, 3)).argmax(0)  # (M,)
+    chosen = act[best_cells, torch.arange(n_proto, device=act.device)]  # (M, h, w)
+    amaps = (
+        F.interpolate(chosen[:, None], size=(height, width), mode="bilinear", align_corners=False)[
+            :, 0
+        ]
+        .cpu()
+        .numpy()
+    )
+    peaks = chosen.flatten(1).argmax(1).cpu().numpy()
+    best_cells = best_cells.cpu().numpy()
     records = []
     for m in range(n_proto):
         rows = best_row[m]
@@ -111,17 +124,11 @@ def fold_prototypes(
             tiles.append(_crop(rgb, (r + 0.5) * sy, (c + 0.5) * sx, rf))
         path = prototype_path(study_dir, trial_id, fold, m)
         save_png(path, grid(tiles, 5), scale=max(1, -(-96 // rf)))
-        best_cell = int(act[:, m].amax((1, 2)).argmax())
-        amap = F.interpolate(
-            act[best_cell : best_cell + 1, m : m + 1],
-            size=(height, width),
-            mode="bilinear",
-            align_corners=False,
-        )[0, 0]
-        r, c = divmod(int(act[best_cell, m].flatten().argmax()), w)
+        best_cell = int(best_cells[m])
+        r, c = divmod(int(peaks[m]), w)
         cy, cx = (r + 0.5) * sy, (c + 0.5) * sx
         image = dataset.images(val_rows[best_cell : best_cell + 1])[0].astype(np.float32)
-        rgb = overlay(image, amap.cpu().numpy(), channel_names=names, alpha=0.6)
+        rgb = overlay(image, amaps[m], channel_names=names, alpha=0.6)
         rgb = box(rgb, int(cy - rf / 2), int(cx - rf / 2), int(cy + rf / 2), int(cx + rf / 2))
         save_png(path.with_name(f"prototype_{m}_activation.png"), rgb, scale=4)
         records.append(
