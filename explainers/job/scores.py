@@ -18,6 +18,8 @@ fold), is computed only for trials without it (``needs_head``) or with ``head_ch
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 
@@ -76,13 +78,39 @@ def map_scores(plan: ExplainPlan, trial_id: str, method: str, split: str = "val"
     return rows
 
 
+class FoldCache:
+    """Fold models loaded so far and the random copies of the trials being scored: a context's
+    own, or one shared by the quality contexts of one device (:func:`score_locally`), so each
+    trial's models load and its copies are drawn once, not once per context that scores one of
+    its methods (3 trials x 5 methods on 4 contexts: 6 times). The lock covers loading and
+    drawing, both Python under the interpreter lock anyway.
+
+    ``one_trial``: keep only the last trial's copies (a context's own cache: its jobs come
+    trial by trial); a shared cache lets a trial's copies go on :meth:`release`."""
+
+    def __init__(self, one_trial: bool = True) -> None:
+        self.lock = threading.RLock()
+        self.models: dict[str, tuple] = {}
+        self.copies: dict[str, dict] = {}  # trial id -> {copy key: random copy}
+        self.one_trial = one_trial
+        self.loads = 0  # fold models loaded (the tests and the benchmark read it)
+        self.copies_made = 0
+
+    def release(self, trial_id: str) -> None:
+        with self.lock:
+            self.copies.pop(trial_id, None)
+
+
 class QualityContext:
     """What scoring needs that does not change between trials and methods: the device, the
-    dataset with its cell and evidence masks, the sampled crops and every fold model loaded so
-    far. The quality stage runs one per Ray actor (:func:`score_on_actors`), so each is read or loaded
-    once per actor, not once per (trial, method) task."""
+    dataset with its cell and evidence masks, the sampled crops and the fold models with their
+    random copies (a :class:`FoldCache`). The quality stage runs one per Ray actor
+    (:func:`score_on_actors`), so each is read or loaded once per actor, not once per
+    (trial, method) task; in this process the contexts of one device share one cache."""
 
-    def __init__(self, dataset_dir: str, device: str | None = None) -> None:
+    def __init__(
+        self, dataset_dir: str, device: str | None = None, cache: FoldCache | None = None
+    ) -> None:
         from cytotune.engine.data.dataset import CellDataset
 
         from .worker import pick_device
@@ -97,30 +125,45 @@ class QualityContext:
             height,
             width,
         )
-        self._models: dict[str, tuple] = {}
+        self.cache = cache or FoldCache()
         self._images: dict[bytes, np.ndarray] = {}
-        self.loads = 0  # fold models loaded (the tests and the benchmark read it)
-        self._copies: dict[tuple, object] = {}  # the current trial's random copies
-        self._copies_of: str | None = None
-        self.copies_made = 0
+        self._copies_of: str | None = None  # the trial scored last
+
+    @property
+    def loads(self) -> int:
+        return self.cache.loads
+
+    @property
+    def copies_made(self) -> int:
+        return self.cache.copies_made
+
+    @property
+    def _copies(self) -> dict:
+        """The random copies held for the trial scored last."""
+        return self.cache.copies.get(self._copies_of, {})
 
     def randomized(self, trial_id: str):
         """``randomize_weights`` remembered for ``trial_id``: its methods share the random
         copies of each fold model (the same seed gives the same copy, so drawing it once per
-        method only repeated the work; the copies of the previous trial are let go)."""
+        method only repeated the work; a context's own cache lets the previous trial's go)."""
         from ..quality.randomisation import randomize_weights
 
-        if self._copies_of != trial_id:
-            self._copies, self._copies_of = {}, trial_id
+        cache = self.cache
+        with cache.lock:
+            if cache.one_trial and self._copies_of not in (None, trial_id):
+                cache.copies.pop(self._copies_of, None)
+            copies = cache.copies.setdefault(trial_id, {})
+        self._copies_of = trial_id
 
         def randomize(model, seed=0, mode="cascading", layers=None, **kw):
             key = (id(model), seed, mode, repr(layers), repr(sorted(kw.items())))
-            if key not in self._copies:
-                self._copies[key] = randomize_weights(
-                    model, seed=seed, mode=mode, layers=layers, **kw
-                )
-                self.copies_made += 1
-            return self._copies[key]
+            with cache.lock:
+                if key not in copies:
+                    copies[key] = randomize_weights(
+                        model, seed=seed, mode=mode, layers=layers, **kw
+                    )
+                    cache.copies_made += 1
+                return copies[key]
 
         return randomize
 
@@ -128,11 +171,12 @@ class QualityContext:
         """``(model, offset, scale)`` of a fold checkpoint, loaded on first use."""
         from cytotune.engine.train.checkpoint import load_fold
 
-        if directory not in self._models:
-            loaded = load_fold(directory, self.device)
-            self._models[directory] = (loaded.model, loaded.offset, loaded.scale)
-            self.loads += 1
-        return self._models[directory]
+        with self.cache.lock:
+            if directory not in self.cache.models:
+                loaded = load_fold(directory, self.device)
+                self.cache.models[directory] = (loaded.model, loaded.offset, loaded.scale)
+                self.cache.loads += 1
+            return self.cache.models[directory]
 
     def images(self, rows: np.ndarray) -> np.ndarray:
         key = np.asarray(rows, dtype=np.int64).tobytes()
@@ -385,8 +429,10 @@ def score_on_actors(plan, config, sample, jobs, progress: bool = True) -> list[l
 def score_locally(plan, config, sample, jobs, progress: bool = True) -> list[list[dict]]:
     """The ``(trial, methods, prototypes, head)`` jobs in this process (executor ``local``): on
     :func:`worker_devices` ``QualityContext`` s, each in a thread of its own with a contiguous
-    run of jobs (as :func:`assign` gives actors); results in job order. fp32 is set for the
-    whole stage, so the threads' :func:`fp32` scopes never restore TF32 under one another."""
+    run of jobs (as :func:`assign` gives actors); results in job order. The contexts of one
+    device share a :class:`FoldCache`: a trial's fold models load and its random copies are
+    drawn once, and the copies go after its last job. fp32 is set for the whole stage, so the
+    threads' :func:`fp32` scopes never restore TF32 under one another."""
     from tqdm.auto import tqdm
 
     from ..quality.sanity import fp32
@@ -397,7 +443,12 @@ def score_locally(plan, config, sample, jobs, progress: bool = True) -> list[lis
     n = len(devices)
     owner = assign(jobs, n)
     runs = [[i for i, a in enumerate(owner) if a == k] for k in range(n)]
-    contexts = [QualityContext(str(plan.dataset.path), device) for device in devices]
+    caches = {device: FoldCache(one_trial=False) for device in dict.fromkeys(devices)}
+    contexts = [QualityContext(str(plan.dataset.path), d, caches[d]) for d in devices]
+    left = {}  # jobs left per trial: its random copies go with its last
+    for trial, *_ in jobs:
+        left[trial.trial_id] = left.get(trial.trial_id, 0) + 1
+    counting = threading.Lock()
     # one model loaded here first: its imports (timm: about 900 modules) then run in one thread
     # instead of in every context's thread at once, fighting over the GIL and the import lock
     first_trial = jobs[runs[0][0]][0]
@@ -416,6 +467,11 @@ def score_locally(plan, config, sample, jobs, progress: bool = True) -> list[lis
                     trial.fold_dirs, sample, methods, trial.trial_id, config.seed,
                     config.precision, *flags,
                 )  # fmt: skip
+                with counting:
+                    left[trial.trial_id] -= 1
+                    if not left[trial.trial_id]:
+                        for cache in caches.values():
+                            cache.release(trial.trial_id)
                 bar.update(1)
 
         # each run on whichever context is free: n runs, n contexts, one each

@@ -331,3 +331,47 @@ def test_the_job_says_where_its_workers_run(trained_study, tmp_path, monkeypatch
     )  # fmt: skip
     run_explain(config, progress=False, log=lines.append)
     assert "in this process (2 worker thread(s) on cpu)" in lines[0]
+
+
+def test_quality_contexts_of_one_device_share_fold_models_and_copies(trained_study, monkeypatch):
+    """Two contexts on one device scoring one trial's three methods load each fold model once
+    and draw its random copies once (as one context does), score as one context, and let the
+    copies go after the trial's last job."""
+    import pandas as pd
+    from cytotune.explainers.job import scores
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.plan import build_plan
+
+    methods = ("saliency", "gradcam", "inputxgradient")
+    config = ExplainConfig(study=str(trained_study), top_k=1, methods=methods, precision="fp32")
+    plan = build_plan(config)
+    trial = plan.trials[0]
+    sample = plan.cells.sample(n=8, random_state=0)
+    jobs = [(trial, {m: {}}, False, False) for m in methods]
+    caches = []
+    fold_cache = scores.FoldCache
+
+    def recorded(*args, **kwargs):
+        caches.append(fold_cache(*args, **kwargs))
+        return caches[-1]
+
+    monkeypatch.setattr(scores, "FoldCache", recorded)
+    monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", "2")
+    shared_rows = [
+        r for rows in scores.score_locally(plan, config, sample, jobs, False) for r in rows
+    ]
+    assert len(caches) == 1  # two contexts, one device
+    alone = scores.QualityContext(str(plan.dataset.path), cache=fold_cache())
+    alone_rows = []
+    for _trial, job_methods, *flags in jobs:
+        alone_rows += alone.score(
+            trial.fold_dirs, sample, job_methods, trial.trial_id, 0, "fp32", *flags
+        )
+    assert caches[0].loads == alone.loads == sample["fold"].nunique()
+    assert caches[0].copies_made == alone.copies_made > 0
+    assert caches[0].copies == {}  # let go after the trial's last job
+
+    def table(r):
+        return pd.DataFrame(r).set_index(["method", "metric"])["mean"].sort_index()
+
+    pd.testing.assert_series_equal(table(shared_rows), table(alone_rows), rtol=TOLERANCE)
