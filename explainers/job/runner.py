@@ -5,6 +5,7 @@ Every stage skips what is already finished."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from .attention import run_attention
@@ -87,25 +88,34 @@ def run_explain(
 def run_stages(plan, config, state, progress: bool = True, log=print) -> None:
     """Every stage of ``config.stages`` in a thread of its own, each started once the stages it
     :data:`NEEDS` are finished; the first failure (in :data:`STAGES` order) is raised after the
-    stages that do not need the failed one have finished."""
-    from concurrent.futures import ThreadPoolExecutor
+    stages that do not need the failed one have finished. The threads are daemons and the wait
+    is interruptible: Ctrl-C stops the job at once (finished parts are kept; a rerun computes
+    the rest), as it did when the stages ran in this thread."""
+    from concurrent.futures import Future, wait
 
     names = [name for name in STAGES if name in config.stages]
+    futures: dict[str, Future] = {}
 
-    def run(name: str, needs: list) -> None:
-        for need in needs:
-            need.result()  # a failed stage fails the stages that read it
-        start = time.perf_counter()
-        STAGES[name](plan, config, state, progress)
-        seconds = time.perf_counter() - start
-        state.time(f"stage/{name}", seconds)
-        log(f"  {name:<11} {seconds:7.1f} s")
+    def run(name: str, needs: list[Future], future: Future) -> None:
+        try:
+            for need in needs:
+                need.result()  # a failed stage fails the stages that read it
+            start = time.perf_counter()
+            STAGES[name](plan, config, state, progress)
+            seconds = time.perf_counter() - start
+            state.time(f"stage/{name}", seconds)
+            log(f"  {name:<11} {seconds:7.1f} s")
+            future.set_result(None)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            future.set_exception(exc)
 
-    with ThreadPoolExecutor(len(names), thread_name_prefix="explain-stage") as pool:
-        futures: dict = {}
-        for name in names:
-            needs = [futures[n] for n in NEEDS[name] if n in futures]
-            futures[name] = pool.submit(run, name, needs)
+    for name in names:
+        futures[name] = Future()
+        needs = [futures[n] for n in NEEDS[name] if n in futures]
+        threading.Thread(
+            target=run, args=(name, needs, futures[name]), name=f"explain-{name}", daemon=True
+        ).start()
+    wait(list(futures.values()))
     for name in names:
         futures[name].result()
 

@@ -67,3 +67,33 @@ def test_a_failed_stage_stops_its_readers_and_the_others_finish(monkeypatch):
     assert started == {"maps", "prototypes", "attention"}
     assert ("end", "prototypes") in events
     assert ("end", "attention") in events
+
+
+def test_ctrl_c_stops_the_job_while_a_stage_still_runs(monkeypatch):
+    """The caller's wait is interruptible: Ctrl-C surfaces while a stage is still busy (the
+    stages run in daemon threads), as when the stages ran in the caller's thread."""
+    import signal
+
+    release, finished, started = threading.Event(), threading.Event(), threading.Event()
+
+    def busy(plan, config, state, progress):
+        started.set()
+        release.wait(30)
+        finished.set()
+
+    def interrupt():
+        started.wait(10)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    stages = {name: (lambda *a: None) for name in runner.STAGES} | {"maps": busy}
+    monkeypatch.setattr(runner, "STAGES", stages)
+    threading.Thread(target=interrupt, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_stages(None, _Config(), _State(), progress=False, log=lambda _m: None)
+        assert not finished.is_set()  # the maps stage was still running
+        running = [t for t in threading.enumerate() if t.name == "explain-maps"]
+        assert running
+        assert all(t.daemon for t in running)  # it does not keep the process alive
+    finally:
+        release.set()
