@@ -3,6 +3,8 @@
 # MODE=long TIMEOUT=300: the longer workload (24 epochs; Integrated Gradients in the explain job).
 # MODE=explain SCALE_ARGS="--search-gpus 1": the explain job of "long" after a 1-GPU short search.
 # SCALE_ARGS="--explain-runs 1:local 2:local 2:ray": which explain runs (GPUs:executor).
+# TIMEOUT (default 240) kills each child run (it is not the study's budget): MODE=many needs
+# about 220 s on one GPU, so give it TIMEOUT=300 (a run of session 14 cut at 190 s returned nothing).
 # MODE=many: 48 trials x 8 epochs, seeded random sampler (BENCHMARKS.md "Session 13": 1.85x);
 # add --weak-fraction 0.7 to SCALE_ARGS for a task without a perfect score (time to best).
 # MODE=explain SCALE_ARGS="--search-gpus 1 --explain-runs 1:local 2:local --explain-top-k 8
