@@ -1,7 +1,8 @@
 """The explain job: plan, then the stages, each as soon as the stages it reads are done (the
 prototype and attention figures need only the fold models: they run beside the maps; the
-population, quality and overlay stages read the maps: they run beside each other after them).
-Every stage skips what is already finished."""
+population and overlay stages read the maps: they run beside each other after them; the
+quality stage scores its sampled cells beside the maps and reads them after). Every stage
+skips what is already finished."""
 
 from __future__ import annotations
 
@@ -24,11 +25,16 @@ from .state import ExplainState
 STAGES = {
     "maps": lambda plan, config, state, progress: run_maps(plan, config, state, progress),
     "population": lambda plan, config, state, progress: run_population(plan, config, state),
-    "quality": lambda plan, config, state, progress: run_quality(plan, config, state, progress),
+    "quality": lambda plan, config, state, progress, ready=None: run_quality(
+        plan, config, state, progress, maps_ready=ready
+    ),
     "overlays": lambda plan, config, state, progress: run_overlays(plan, config, state),
     "prototypes": lambda plan, config, state, progress: run_prototypes(plan, config, state),
     "attention": lambda plan, config, state, progress: run_attention(plan, config, state),
 }
+# stages that start at once and wait for what they NEED themselves (a ``ready`` callable),
+# after the work that needs none of it: quality scores its sampled cells beside the maps
+WAITS_INSIDE = ("quality",)
 # the stages whose outputs a stage reads (when they run in the same job)
 NEEDS = {
     "maps": (),
@@ -87,7 +93,8 @@ def run_explain(
 
 def run_stages(plan, config, state, progress: bool = True, log=print) -> None:
     """Every stage of ``config.stages`` in a thread of its own, each started once the stages it
-    :data:`NEEDS` are finished; the first failure (in :data:`STAGES` order) is raised after the
+    :data:`NEEDS` are finished (those of :data:`WAITS_INSIDE` at once, given a ``ready`` wait
+    for them; their time includes the wait); the first failure (in :data:`STAGES` order) is raised after the
     stages that do not need the failed one have finished. The threads are daemons and the wait
     is interruptible: Ctrl-C stops the job at once (finished parts are kept; a rerun computes
     the rest), as it did when the stages ran in this thread."""
@@ -98,10 +105,16 @@ def run_stages(plan, config, state, progress: bool = True, log=print) -> None:
 
     def run(name: str, needs: list[Future], future: Future) -> None:
         try:
-            for need in needs:
-                need.result()  # a failed stage fails the stages that read it
             start = time.perf_counter()
-            STAGES[name](plan, config, state, progress)
+            if name in WAITS_INSIDE and needs:
+                STAGES[name](
+                    plan, config, state, progress, ready=lambda: [n.result() for n in needs]
+                )
+            else:
+                for need in needs:
+                    need.result()  # a failed stage fails the stages that read it
+                start = time.perf_counter()
+                STAGES[name](plan, config, state, progress)
             seconds = time.perf_counter() - start
             state.time(f"stage/{name}", seconds)
             log(f"  {name:<11} {seconds:7.1f} s")

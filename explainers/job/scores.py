@@ -426,7 +426,9 @@ def score_on_actors(plan, config, sample, jobs, progress: bool = True) -> list[l
             ray.kill(actor)
 
 
-def score_locally(plan, config, sample, jobs, progress: bool = True) -> list[list[dict]]:
+def score_locally(
+    plan, config, sample, jobs, progress: bool = True, position: int = 0
+) -> list[list[dict]]:
     """The ``(trial, methods, prototypes, head)`` jobs in this process (executor ``local``): on
     :func:`worker_devices` ``QualityContext`` s, each in a thread of its own with a contiguous
     run of jobs (as :func:`assign` gives actors); results in job order. The contexts of one
@@ -457,7 +459,9 @@ def score_locally(plan, config, sample, jobs, progress: bool = True) -> list[lis
     desc = f"explain quality ({len(sample)} cells)"
     with (
         fp32(contexts[0].device.type),
-        tqdm(total=len(jobs), unit="task", desc=desc, disable=not progress) as bar,
+        tqdm(
+            total=len(jobs), unit="task", desc=desc, disable=not progress, position=position
+        ) as bar,
     ):
 
         def score_run(context, run):
@@ -480,13 +484,24 @@ def score_locally(plan, config, sample, jobs, progress: bool = True) -> list[lis
 
 
 def run_quality(
-    plan: ExplainPlan, config: ExplainConfig, state: ExplainState, progress: bool = True
+    plan: ExplainPlan,
+    config: ExplainConfig,
+    state: ExplainState,
+    progress: bool = True,
+    maps_ready=None,
 ) -> pd.DataFrame:
     """Score every (trial, method) with maps; sample scores run in this process (executor
     ``local``) or on a few Ray actors.
 
     Each trial is a part of its own (``quality/<trial>``): a trial added to the top-k is scored
-    alone, the others keep their rows."""
+    alone, the others keep their rows.
+
+    ``maps_ready``: the wait for a maps stage running beside this one. With the local executor
+    the sampled cells are then scored first, for every method, while the maps are computed
+    (they need only the fold models); which methods have maps, the maps' own scores and whether
+    a trial needs its head-only score (:func:`needs_head`, from the maps' held-out accuracy)
+    come after. A trial that turns out to need it is scored again with it. The rows are those
+    of a stage run after the maps."""
     from cytotune.engine.cluster import ensure_ray
 
     path = explain_dir(plan.study_dir) / "quality.parquet"
@@ -505,18 +520,27 @@ def run_quality(
     todo = [t for t in plan.trials if t.trial_id not in kept]
     rows: list[dict] = previous[previous["trial_id"].isin(kept)].to_dict("records")
     if not todo:
+        if maps_ready is not None:
+            maps_ready()
         return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+    local = resolve_executor(config) == "local"
+    sample = None
+    if config.quality_cells:
+        sample = plan.cells.sample(
+            n=min(config.quality_cells, len(plan.cells)), random_state=config.seed
+        )
+    early = {}
+    if maps_ready is not None and local and sample is not None:
+        early = early_sample_scores(plan, config, sample, todo, progress)
+    if maps_ready is not None:
+        maps_ready()
     available: dict[str, dict[str, dict]] = {}
     for trial in todo:
         for method in config.method_names:
             if maps_path(plan.study_dir, trial.trial_id, method).exists():
                 rows += map_scores(plan, trial.trial_id, method, config.split)
                 available.setdefault(trial.trial_id, {})[method] = config.method_options[method]
-    if config.quality_cells:
-        sample = plan.cells.sample(
-            n=min(config.quality_cells, len(plan.cells)), random_state=config.seed
-        )
-        local = resolve_executor(config) == "local"
+    if sample is not None:
         if not local:
             ensure_ray(config.address)
         head = {t.trial_id: config.head_check or needs_head(rows, t.trial_id) for t in todo}
@@ -525,8 +549,14 @@ def run_quality(
             for t in todo  # prototypes once per trial, with its last method
             for method, options in available.get(t.trial_id, {}).items()
         ]
-        score = score_locally if local else score_on_actors
-        for result in score(plan, config, sample, jobs, progress):
+        results: list = [early_rows(early, job, config.head_check) for job in jobs]
+        missing = [i for i, result in enumerate(results) if result is None]
+        if missing:  # all of them without an early run
+            score = score_locally if local else score_on_actors
+            fresh = score(plan, config, sample, [jobs[i] for i in missing], progress)
+            for i, result in zip(missing, fresh, strict=True):
+                results[i] = result
+        for result in results:
             rows += result
     table = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     write_frame(table, path)
@@ -535,3 +565,35 @@ def run_quality(
             f"quality/{trial.trial_id}", key, rows=int((table.trial_id == trial.trial_id).sum())
         )
     return table
+
+
+def early_sample_scores(plan, config, sample, trials, progress: bool = True) -> dict:
+    """Sample scores of every configured method of ``trials`` without the head-only score
+    (unless ``head_check``), before the maps say which methods apply: ``{(trial id, method):
+    rows}``, prototype rows under ``(trial id, "prototypes")``."""
+    last = config.method_names[-1]
+    jobs = [
+        (t, {m: config.method_options[m]}, m == last, config.head_check)
+        for t in trials
+        for m in config.method_names
+    ]
+    out: dict = {}
+    for (trial, methods, *_), result in zip(
+        jobs, score_locally(plan, config, sample, jobs, progress, position=1), strict=True
+    ):
+        for row in result:
+            method = row["method"] if row["method"] == "prototypes" else next(iter(methods))
+            out.setdefault((trial.trial_id, method), []).append(row)
+        out.setdefault((trial.trial_id, next(iter(methods))), [])
+    return out
+
+
+def early_rows(early: dict, job, head_check: bool) -> list[dict] | None:
+    """The rows an early run scored for ``job`` (a :func:`run_quality` job), or None where
+    there was none or the job needs the head-only score it left out."""
+    trial, methods, prototypes, head = job
+    method = next(iter(methods))
+    scored = early.get((trial.trial_id, method))
+    if scored is None or head != head_check:
+        return None
+    return scored + (early.get((trial.trial_id, "prototypes"), []) if prototypes else [])

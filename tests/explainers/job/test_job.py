@@ -387,3 +387,46 @@ def test_cams_are_stored_at_their_layers_size_and_gradients_at_the_crops(explain
     assert cam_side[0] < crop[0]  # the layer's map, not the crop
     assert tuple(saliency["map_shape"].iloc[0]) == tuple(plan.manifest.shape)
     assert len(cam["map"].iloc[0]) == 2 * int(np.prod(cam_side))  # float16 bytes
+
+
+def test_quality_scored_beside_the_maps_equals_quality_scored_after_them(
+    trained_study, tmp_path, monkeypatch
+):
+    """The sampled cells scored while the maps are computed give the quality table of a stage
+    run after the maps, also for a trial that turns out to need its head-only score (scored
+    again, with it) and for a prototype model."""
+    from cytotune.explainers.job import scores
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.runner import run_explain
+
+    monkeypatch.setattr(scores, "needs_head", lambda _rows, trial_id: trial_id == "small_cnn")
+    early_runs = []
+    early = scores.early_sample_scores
+
+    def counted(*args, **kwargs):
+        early_runs.append(args)
+        return early(*args, **kwargs)
+
+    monkeypatch.setattr(scores, "early_sample_scores", counted)
+    tables = {}
+    for way, runs in {"beside": [("maps", "quality")], "after": [("maps",), ("quality",)]}.items():
+        study = tmp_path / way
+        shutil.copytree(trained_study, study)
+        for stages in runs:
+            config = ExplainConfig(
+                study=str(study),
+                trials=("small_cnn", "protopnet"),
+                methods=("saliency", "gradcam"),
+                stages=stages,
+                quality_cells=8,
+                limit=40,
+            )
+            run_explain(config, progress=False, log=lambda *_: None)
+        assert len(early_runs) == (way == "beside")  # scored beside the maps, or not
+        early_runs.clear()
+        table = pd.read_parquet(explain_dir(study) / "quality.parquet")
+        tables[way] = table.sort_values(["trial_id", "method", "metric"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(tables["beside"], tables["after"])
+    heads = tables["beside"].query("metric == 'learned_head_rho'")
+    assert set(heads["trial_id"]) == {"small_cnn"}
+    assert "prototypes" in set(tables["beside"].query("trial_id == 'protopnet'")["method"])

@@ -22,20 +22,25 @@ class _State:
 
 
 def _fake_stages(monkeypatch, fail: str | None = None):
-    """Stages that record when they started and ended; ``maps`` waits until the prototype
-    stage has started (it would wait forever if the two ran one after the other)."""
+    """Stages that record when they started and ended; ``maps`` waits until the prototype and
+    quality stages have started (it would wait forever if they ran one after the other)."""
     events: list[tuple[str, str]] = []
     lock = threading.Lock()
-    prototypes_started = threading.Event()
+    started = {"prototypes": threading.Event(), "quality": threading.Event()}
 
     def stage(name):
-        def run(plan, config, state, progress):
+        def run(plan, config, state, progress, ready=None):
             with lock:
                 events.append(("start", name))
-            if name == "prototypes":
-                prototypes_started.set()
+            if name in started:
+                started[name].set()
+            if ready is not None:  # a stage that waits for what it reads itself
+                ready()
+                with lock:
+                    events.append(("ready", name))
             if name == "maps":
-                assert prototypes_started.wait(10), "the prototype stage did not start beside maps"
+                for other, event in started.items():
+                    assert event.wait(10), f"the {other} stage did not start beside maps"
                 time.sleep(0.05)
             if name == fail:
                 raise RuntimeError(f"{name} broke")
@@ -53,9 +58,10 @@ def test_stages_start_once_what_they_read_is_done(monkeypatch):
     state = _State()
     runner.run_stages(None, _Config(), state, progress=False, log=lambda _m: None)
     order = {event: i for i, event in enumerate(events)}
-    for name in ("population", "quality", "overlays"):
+    for name in ("population", "overlays"):
         assert order[("start", name)] > order[("end", "maps")], name
     assert order[("start", "prototypes")] < order[("end", "maps")]
+    assert order[("start", "quality")] < order[("end", "maps")] < order[("ready", "quality")]
     assert set(state.timings) == {f"stage/{name}" for name in _Config.stages}
 
 
@@ -64,7 +70,8 @@ def test_a_failed_stage_stops_its_readers_and_the_others_finish(monkeypatch):
     with pytest.raises(RuntimeError, match="maps broke"):
         runner.run_stages(None, _Config(), _State(), progress=False, log=lambda _m: None)
     started = {name for kind, name in events if kind == "start"}
-    assert started == {"maps", "prototypes", "attention"}
+    assert started == {"maps", "prototypes", "attention", "quality"}  # quality waits inside
+    assert ("ready", "quality") not in events
     assert ("end", "prototypes") in events
     assert ("end", "attention") in events
 
