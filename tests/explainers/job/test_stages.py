@@ -94,6 +94,8 @@ def test_ctrl_c_stops_the_job_while_a_stage_still_runs(monkeypatch):
 
     stages = {name: (lambda *a: None) for name in runner.STAGES} | {"maps": busy}
     monkeypatch.setattr(runner, "STAGES", stages)
+    # Python's own Ctrl-C handler (a Ray driver started by an earlier test may have replaced it)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -104,3 +106,4 @@ def test_ctrl_c_stops_the_job_while_a_stage_still_runs(monkeypatch):
         assert all(t.daemon for t in running)  # it does not keep the process alive
     finally:
         release.set()
+        signal.signal(signal.SIGINT, previous)
