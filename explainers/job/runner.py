@@ -93,11 +93,11 @@ def run_explain(
 
 def run_stages(plan, config, state, progress: bool = True, log=print) -> None:
     """Every stage of ``config.stages`` in a thread of its own, each started once the stages it
-    :data:`NEEDS` are finished (those of :data:`WAITS_INSIDE` at once, given a ``ready`` wait
-    for them; their time includes the wait); the first failure (in :data:`STAGES` order) is raised after the
-    stages that do not need the failed one have finished. The threads are daemons and the wait
-    is interruptible: Ctrl-C stops the job at once (finished parts are kept; a rerun computes
-    the rest), as it did when the stages ran in this thread."""
+    :data:`NEEDS` are finished (one of :data:`WAITS_INSIDE` at once, with a ``ready`` wait for
+    them; its time includes the wait). The first failure (in :data:`STAGES` order) is raised
+    after the stages that do not need the failed one have finished. The threads are daemons and
+    the wait is interruptible: Ctrl-C stops the job at once (finished parts are kept; a rerun
+    computes the rest), as it did when the stages ran in this thread."""
     from concurrent.futures import Future, wait
 
     names = [name for name in STAGES if name in config.stages]
@@ -105,15 +105,16 @@ def run_stages(plan, config, state, progress: bool = True, log=print) -> None:
 
     def run(name: str, needs: list[Future], future: Future) -> None:
         try:
+            inside = name in WAITS_INSIDE and needs
+            if not inside:
+                for need in needs:
+                    need.result()  # a failed stage fails the stages that read it
             start = time.perf_counter()
-            if name in WAITS_INSIDE and needs:
+            if inside:
                 STAGES[name](
                     plan, config, state, progress, ready=lambda: [n.result() for n in needs]
                 )
             else:
-                for need in needs:
-                    need.result()  # a failed stage fails the stages that read it
-                start = time.perf_counter()
                 STAGES[name](plan, config, state, progress)
             seconds = time.perf_counter() - start
             state.time(f"stage/{name}", seconds)
