@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
@@ -59,6 +60,7 @@ class StoreCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         if self.recorder.is_final(trial.trial_id):
             return  # already recorded before a driver restart; Tune only re-confirms it
+        self.recorder.backfill(trial.trial_id, _logged_results(trial))
         checkpoint = trial.checkpoint
         self.recorder.completed(
             trial.trial_id,
@@ -87,6 +89,28 @@ class StoreCallback(Callback):
                 fold_details=None if checkpoint is None else _fold_details(checkpoint),
             )
         self.recorder.flush(force=True)
+
+
+def _logged_results(trial) -> list[dict]:
+    """The trial's reports as Tune's JSON logger wrote them: ``result.json`` in its directory
+    on this driver (each line flushed as it came) and, where the storage is a local path, in
+    the study's copy (synced with each experiment checkpoint, restored on ``--resume``); []
+    where there is none."""
+    results = []
+    for directory in dict.fromkeys(
+        str(getattr(trial, name, None) or "") for name in ("local_path", "path")
+    ):
+        path = Path(directory) / "result.json"
+        try:
+            lines = path.read_text().splitlines() if directory and path.is_file() else []
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                results.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+    return results
 
 
 def _fold_details(checkpoint) -> list[dict]:

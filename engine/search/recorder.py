@@ -104,29 +104,41 @@ class StudyRecorder:
             self._record_fold_curve(trial_id, int(result["fold"]), result["fold_curve"])
             self.flush()
             return
-        folds: dict[int, dict] = {}
-        for key, value in result.items():
-            match = _FOLD_KEY.match(key)
-            if match:
-                folds.setdefault(int(match.group(1)), {})[match.group(2)] = value
-        for fold, values in folds.items():
-            self.store.upsert(
-                "epochs",
-                (trial_id, epoch, fold),
-                {"trial_id": trial_id, "epoch": epoch, "fold": fold, **values},
-            )
-        self.store.upsert(
-            "epochs",
-            (trial_id, epoch, -1),
-            {
-                "trial_id": trial_id,
-                "epoch": epoch,
-                "fold": -1,
-                **{k[4:]: v for k, v in means.items()},
-                **{k: result.get(k) for k in ("train_loss", "images_per_s", "epoch_seconds")},
-            },
-        )
+        for fold, row in self._epoch_rows(trial_id, result).items():
+            self.store.upsert("epochs", (trial_id, epoch, fold), row)
         self.flush()
+
+    def backfill(self, trial_id: str, results: list[dict]) -> int:
+        """The epoch rows of ``results`` (the trial's reports as Tune's JSON logger kept them)
+        that the store lacks; returns how many were added. A driver killed between a report and
+        the store's next flush lost them, and the resumed trial goes on after its checkpoint
+        without reporting them again."""
+        have = {
+            (int(r["epoch"]), int(r["fold"]))
+            for r in self.store.rows("epochs")
+            if r.get("trial_id") == trial_id
+        }
+        added = 0
+        for result in results:
+            if "epoch" not in result:
+                continue
+            if "fold_curve" in result:
+                fold = int(result["fold"])
+                missing = {(int(p["epoch"]), fold) for p in result["fold_curve"]} - have
+                if missing:
+                    self._record_fold_curve(trial_id, fold, result["fold_curve"])
+                    have |= missing
+                    added += len(missing)
+                continue
+            epoch = int(result["epoch"])
+            for fold, row in self._epoch_rows(trial_id, result).items():
+                if (epoch, fold) not in have:
+                    self.store.upsert("epochs", (trial_id, epoch, fold), row)
+                    have.add((epoch, fold))
+                    added += 1
+        if added:
+            self.flush(force=True)
+        return added
 
     def completed(
         self,
@@ -199,6 +211,28 @@ class StudyRecorder:
         self.flush(force=True)
 
     # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _epoch_rows(trial_id: str, result: dict) -> dict[int, dict]:
+        """The epochs rows of one report (race: epochs): each fold's values (``fold<k>/*``)
+        and the fold means (fold -1)."""
+        epoch = int(result["epoch"])
+        rows: dict[int, dict] = {}
+        for key, value in result.items():
+            match = _FOLD_KEY.match(key)
+            if match:
+                fold = int(match.group(1))
+                row = rows.setdefault(fold, {"trial_id": trial_id, "epoch": epoch, "fold": fold})
+                row[match.group(2)] = value
+        means = {k[4:]: v for k, v in result.items() if k.startswith("val/")}
+        rows[-1] = {
+            "trial_id": trial_id,
+            "epoch": epoch,
+            "fold": -1,
+            **means,
+            **{k: result.get(k) for k in ("train_loss", "images_per_s", "epoch_seconds")},
+        }
+        return rows
+
     def _node_fields(self, trial_id: str, node: str | None) -> dict:
         """``node_id``: the Ray node the trial reported from; ``nodes``: every node it ran on,
         in order (a trial retried after its node was lost shows both)."""

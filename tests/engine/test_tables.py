@@ -128,3 +128,45 @@ def test_the_dashboard_says_how_to_upgrade_an_old_study(tmp_path):
     with pytest.raises(StudyUnreadable, match=r"upgrade.*`cytotune upgrade STUDY_DIR`"):
         Study("old", store.path).trials()
     assert Study("old", store.path).summary()["status"] == "unreadable"
+
+
+def test_epoch_rows_lost_with_a_killed_driver_are_backfilled_from_tunes_log(tmp_path):
+    """A driver killed before the store's flush loses its last reports' epoch rows; the
+    resumed trial goes on after its checkpoint. At the trial's end the rows come back from the
+    reports Tune's JSON logger kept, and rows the store has are left as they are."""
+    store = StudyStore(str(tmp_path / "study"))
+    recorder = StudyRecorder(store, k=2, max_epochs=2, flush_every_s=float("inf"))
+    recorder.started("t1", SAMPLE)
+    reports = [
+        {"epoch": epoch, "val/acc": 0.5 + epoch / 10, "fold0/acc": 0.6, "fold1/acc": 0.7,
+         "train_loss": 1.0 / epoch}
+        for epoch in (1, 2)
+    ]  # fmt: skip
+    recorder.reported("t1", reports[1])  # epoch 1 was lost with the driver
+    kept = {(r["epoch"], r["fold"]): dict(r) for r in store.rows("epochs")}
+    assert recorder.backfill("t1", [{"trial_id": "t1"}, *reports]) == 3  # epoch 1: 2 folds, mean
+    rows = {(r["epoch"], r["fold"]): r for r in store.rows("epochs")}
+    assert sorted(rows) == [(1, -1), (1, 0), (1, 1), (2, -1), (2, 0), (2, 1)]
+    assert rows[(1, -1)]["acc"] == pytest.approx(0.6)
+    assert rows[(1, 0)]["acc"] == 0.6
+    assert all(rows[key] == row for key, row in kept.items())
+    assert recorder.backfill("t1", reports + reports) == 0  # nothing twice
+
+
+def test_a_lost_fold_curve_is_backfilled_with_the_fold_means(tmp_path):
+    """race: folds reports a finished fold's curve; one lost with the driver comes back, and the
+    fold-mean rows (fold -1) then average both folds."""
+    store = StudyStore(str(tmp_path / "study"))
+    recorder = StudyRecorder(store, k=2, max_epochs=2, race="folds", flush_every_s=float("inf"))
+    recorder.started("t1", SAMPLE)
+    reports = [
+        {"epoch": 2, "fold": fold, "folds_done": fold + 1,
+         "fold_curve": [{"epoch": e, "acc": 0.5 + fold / 10 + e / 100} for e in (1, 2)]}
+        for fold in (0, 1)
+    ]  # fmt: skip
+    recorder.reported("t1", reports[0])  # fold 1's curve was lost with the driver
+    assert recorder.backfill("t1", reports) == 2
+    rows = {(r["epoch"], r["fold"]): r for r in store.rows("epochs")}
+    assert sorted(rows) == [(1, -1), (1, 0), (1, 1), (2, -1), (2, 0), (2, 1)]
+    assert rows[(2, -1)]["acc"] == pytest.approx((0.52 + 0.62) / 2)
+    assert rows[(2, -1)]["n_folds"] == 2
