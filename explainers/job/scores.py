@@ -19,6 +19,7 @@ fold), is computed only for trials without it (``needs_head``) or with ``head_ch
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -447,9 +448,7 @@ def score_locally(
     runs = [[i for i, a in enumerate(owner) if a == k] for k in range(n)]
     caches = {device: FoldCache(one_trial=False) for device in dict.fromkeys(devices)}
     contexts = [QualityContext(str(plan.dataset.path), d, caches[d]) for d in devices]
-    left = {}  # jobs left per trial: its random copies go with its last
-    for trial, *_ in jobs:
-        left[trial.trial_id] = left.get(trial.trial_id, 0) + 1
+    left = Counter(trial.trial_id for trial, *_ in jobs)  # its copies go with its last job
     counting = threading.Lock()
     # one model loaded here first: its imports (timm: about 900 modules) then run in one thread
     # instead of in every context's thread at once, fighting over the GIL and the import lock

@@ -133,9 +133,9 @@ def masked_distances(z: Tensor, prototypes: Tensor, background: Tensor | None, a
         a: background penalty.
     """
     patches = z.flatten(2).transpose(1, 2)  # (B, h*w, D)
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        d = _cdist(patches, prototypes)  # exported graphs predict: no backward needed
-    elif torch.is_grad_enabled() and (patches.requires_grad or prototypes.requires_grad):
+    exporting = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+    wants_grad = torch.is_grad_enabled() and (patches.requires_grad or prototypes.requires_grad)
+    if wants_grad and not exporting:  # exported graphs only predict
         d = _distances_with_matmul_backward(patches, prototypes)
     else:
         d = _cdist(patches, prototypes)
