@@ -10,7 +10,11 @@
 #      on the machine's 16 CPU cores, compared case by case by bench/sanity_agreement.py;
 #   4. MILLION=1: bench/explain.py on about 1M Grad-CAM maps (local executor and 4 Ray actors);
 #   5. ERRORS=1 with BBBC021 copied to /tmp/bb first (`bash bench/vs_plain_gpu.sh piece`):
-#      bench/real/errors.py on BBBC021 (held-out errors per well and field of view).
+#      bench/real/errors.py on BBBC021 (held-out errors per well and field of view);
+#      CEILING="member|member..." the same way: bench/real/ceiling.py on BBBC021 (an ensemble of
+#      the default trial's variants, held-out probabilities averaged);
+#   6. PYSPY=1 with the py-spy wheel in .gpu/wheels: one more explain run (local executor) under
+#      `py-spy record --gil` (which Python holds the interpreter lock), raw stacks per thread.
 set -x
 R=/tmp/res; mkdir -p $R
 DATA=$PWD/data; mkdir -p /tmp/src && tar -xf .gpu/src.tar -C /tmp/src && cp -r .gpu /tmp/src/ && cd /tmp/src
@@ -21,6 +25,11 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PATH=/tmp/bin:$PATH
 unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pycache  # see bench/real/device.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 mkdir -p /tmp/data && cp -r $DATA/mitocheck /tmp/data/
+if [ -n "$CEILING" ] && ls /tmp/bb/part.* >/dev/null 2>&1; then
+  [ -d /tmp/data/bbbc021 ] || cat /tmp/bb/part.* | tar -xf - -C /tmp/data
+  IFS='|' read -ra members <<< "$CEILING"; M=(); for m in "${members[@]}"; do M+=(--member "$m"); done
+  timeout ${CEILING_TIMEOUT:-300} python3 bench/real/ceiling.py /tmp/data/bbbc021 "${M[@]}" --out $R/bbbc021_ceiling.json 2>&1 | grep -v Warn | tail -12
+fi
 if [ -n "$ERRORS" ] && ls /tmp/bb/part.* >/dev/null 2>&1; then
   [ -d /tmp/data/bbbc021 ] || cat /tmp/bb/part.* | tar -xf - -C /tmp/data
   timeout ${ERRORS_TIMEOUT:-150} python3 bench/real/errors.py /tmp/data/bbbc021 --out $R/bbbc021_errors.json \
@@ -55,6 +64,13 @@ EOF
     mkdir -p $R/workers_${e}_$i && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers_${e}_$i/ 2>/dev/null
   done
   done
+  if [ -n "$PYSPY" ]; then  # which Python holds the interpreter lock, per thread (raw stacks)
+    S=$(ls /tmp/site/py_spy-*.data/scripts/py-spy | head -1); chmod +x $S
+    timeout 240 $S record --gil --threads --rate 200 --format raw -o $R/explain_local.spy.txt -- \
+      python3 -m cytotune.engine.cli explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
+      --executor local --quiet ${EXPLAIN_ARGS} 2>&1 | grep -v Warn | tail -6
+    python3 bench/spy_summary.py $R/explain_local.spy.txt 2>&1 | tail -60
+  fi
   if [ -n "$PROFILE" ]; then  # where the local job's time goes, by function (cumulative)
     printf 'import sys\nfrom cytotune.engine.cli import main\nsys.exit(main(sys.argv[1:]))\n' > /tmp/cli.py
     timeout 240 python3 -m cProfile -o $R/explain_local.prof /tmp/cli.py explain --study /tmp/runs/mitocheck \

@@ -54,6 +54,8 @@ def held_out_predictions(dataset: str, folds: str, k: int, group: str, epochs: i
                     "target": ev.names[int(target)],
                     "predicted": ev.names[int(np.argmax(probs))],
                     "confidence": float(np.max(probs)),
+                    "target_index": int(target),
+                    "probs": np.asarray(probs, dtype=np.float32),
                 }
             )
     return pd.DataFrame(rows), [float(d["f1_weighted"]) for d in details]
