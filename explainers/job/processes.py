@@ -165,3 +165,64 @@ def spread_over_processes(
                 child.terminate()
             child.join(timeout=10)
         own.join(timeout=60)
+
+
+STAGE_PROCESSES_ENV = "CYTOTUNE_STAGE_PROCESSES"
+
+
+def side_stages_in_processes(devices: list[str] | None = None) -> bool:
+    """Whether the local executor runs the work that goes beside the maps (the prototype figures,
+    the quality stage's sampled scores) in spawned processes of its own.
+
+    On a GPU: each then has an interpreter lock of its own. On one H100 the MitoCheck job held
+    its one lock for 92 % of its wall time (py-spy), the maps waiting on the figures' and the
+    scores' Python. Not on a CPU, where the cores are the limit and a process costs seconds of
+    imports. ``CYTOTUNE_STAGE_PROCESSES=1`` (or ``0``) decides instead."""
+    from . import executor
+
+    value = os.environ.get(STAGE_PROCESSES_ENV)
+    if value is not None:
+        return value not in ("", "0")
+    devices = devices if devices is not None else executor.local_devices()
+    return any(d != "cpu" for d in devices)
+
+
+def _send_result(connection, fn, args) -> None:
+    try:
+        connection.send(("done", fn(*args)))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        connection.send(("error", traceback.format_exc()))
+    finally:
+        connection.close()
+
+
+def call_in_process(fn, *args, name: str = "cytotune-explain-stage"):
+    """``fn(*args)`` in a spawned daemon process (gone when this process exits, Ctrl-C
+    included); its result, or a RuntimeError with the child's traceback. ``fn``, ``args`` and
+    the result must pickle."""
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_send_result, args=(send, fn, args), name=name, daemon=True)
+    child.start()
+    send.close()
+    try:
+        kind, payload = receive.recv()
+    except EOFError:
+        child.join()
+        raise RuntimeError(
+            f"the process {name} died (exit code {child.exitcode}) before returning its result"
+        ) from None
+    finally:
+        receive.close()
+    child.join()
+    if kind == "error":
+        raise RuntimeError(f"the process {name} failed:\n{payload}")
+    return payload
+
+
+def map_in_threads(fn, jobs: list[tuple], workers: int) -> list:
+    """``[fn(*job) for job in jobs]`` on ``workers`` threads, in job order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, min(len(jobs), workers))) as pool:
+        return list(pool.map(lambda job: fn(*job), jobs))

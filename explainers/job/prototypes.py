@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..methods.channels import overlay
+from ..methods.channels import overlays
 from .config import ExplainConfig
 from .figures import box, grid, save_png
 from .layout import (
@@ -113,22 +113,24 @@ def fold_prototypes(
     )
     peaks = chosen.flatten(1).argmax(1).cpu().numpy()
     best_cells = best_cells.cpu().numpy()
+    # one read for every crop drawn: the prototypes' best training rows (a row may be among
+    # several prototypes' best: its composite is drawn once) and their validation cells
+    rows, slots = np.unique(best_row, return_inverse=True)
+    slots = slots.reshape(best_row.shape)  # (M, top) index into rows
+    images = dataset.images(np.concatenate([rows, val_rows[best_cells]]))
+    composites = overlays(images[: len(rows)], channel_names=names)  # (U, H, W, 3)
+    activations = overlays(images[len(rows) :], amaps, channel_names=names, alpha=0.6)  # (M, ...)
     records = []
     for m in range(n_proto):
-        rows = best_row[m]
-        images = dataset.images(rows)
         tiles = []
-        for image, pos in zip(images, best_pos[m]):
+        for slot, pos in zip(slots[m], best_pos[m]):
             r, c = divmod(int(pos), w)
-            rgb = overlay(image.astype(np.float32), None, channel_names=names)
-            tiles.append(_crop(rgb, (r + 0.5) * sy, (c + 0.5) * sx, rf))
+            tiles.append(_crop(composites[slot], (r + 0.5) * sy, (c + 0.5) * sx, rf))
         path = prototype_path(study_dir, trial_id, fold, m)
         save_png(path, grid(tiles, 5), scale=max(1, -(-96 // rf)))
-        best_cell = int(best_cells[m])
         r, c = divmod(int(peaks[m]), w)
         cy, cx = (r + 0.5) * sy, (c + 0.5) * sx
-        image = dataset.images(val_rows[best_cell : best_cell + 1])[0].astype(np.float32)
-        rgb = overlay(image, amaps[m], channel_names=names, alpha=0.6)
+        rgb = activations[m]
         rgb = box(rgb, int(cy - rf / 2), int(cx - rf / 2), int(cy + rf / 2), int(cx + rf / 2))
         save_png(path.with_name(f"prototype_{m}_activation.png"), rgb, scale=4)
         records.append(
@@ -179,11 +181,14 @@ def run_prototypes(
                 continue
             dataset = str(plan.dataset.path)
             jobs.append((fold_dir, dataset, train, val, str(plan.study_dir), trial.trial_id, fold))
-    if resolve_executor(config) == "local":  # in this process, as the maps: no Ray to start
-        from concurrent.futures import ThreadPoolExecutor
+    if resolve_executor(config) == "local":  # no Ray to start: here or in a process of its own
+        from .processes import call_in_process, map_in_threads, side_stages_in_processes
 
-        with ThreadPoolExecutor(max(1, min(len(jobs), len(worker_devices())))) as pool:
-            results = list(pool.map(lambda job: fold_prototypes(*job), jobs))
+        work = (fold_prototypes, jobs, len(worker_devices()))
+        if side_stages_in_processes():
+            results = call_in_process(map_in_threads, *work, name="cytotune-explain-prototypes")
+        else:
+            results = map_in_threads(*work)
     else:
         import ray
         from cytotune.engine.cluster import ensure_ray

@@ -18,8 +18,10 @@ fold), is computed only for trials without it (``needs_head``) or with ``head_ch
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -92,7 +94,8 @@ class FoldCache:
     def __init__(self, one_trial: bool = True) -> None:
         self.lock = threading.RLock()
         self.models: dict[str, tuple] = {}
-        self.copies: dict[str, dict] = {}  # trial id -> {copy key: random copy}
+        self.copies: dict[str, dict] = {}  # trial id -> {copy key: the random copy's state}
+        self.scratch: dict[str, dict] = {}  # trial id -> {(model id, thread): working copy}
         self.one_trial = one_trial
         self.loads = 0  # fold models loaded (the tests and the benchmark read it)
         self.copies_made = 0
@@ -100,6 +103,7 @@ class FoldCache:
     def release(self, trial_id: str) -> None:
         with self.lock:
             self.copies.pop(trial_id, None)
+            self.scratch.pop(trial_id, None)
 
 
 class QualityContext:
@@ -146,25 +150,39 @@ class QualityContext:
     def randomized(self, trial_id: str):
         """``randomize_weights`` remembered for ``trial_id``: its methods share the random
         copies of each fold model (the same seed gives the same copy, so drawing it once per
-        method only repeated the work; a context's own cache lets the previous trial's go)."""
-        from ..quality.randomisation import randomize_weights
+        method only repeated the work; a context's own cache lets the previous trial's go).
+
+        A copy is the state of one working copy per fold model and thread, loaded into it on
+        each call: deep-copying a model per random copy was 5.5 s of the interpreter lock of
+        the MitoCheck job (py-spy, one H100). So a returned model serves until the same
+        thread's next call (:func:`sanity_check` uses each at once)."""
+        from ..quality.randomisation import reinitialise, selected_layers
 
         cache = self.cache
         with cache.lock:
             if cache.one_trial and self._copies_of not in (None, trial_id):
                 cache.copies.pop(self._copies_of, None)
+                cache.scratch.pop(self._copies_of, None)
             copies = cache.copies.setdefault(trial_id, {})
+            scratch = cache.scratch.setdefault(trial_id, {})
         self._copies_of = trial_id
 
-        def randomize(model, seed=0, mode="cascading", layers=None, **kw):
-            key = (id(model), seed, mode, repr(layers), repr(sorted(kw.items())))
+        def randomize(model, seed=0, mode="cascading", layers=None, std=0.02):
+            selected = selected_layers(model, mode, layers)
+            key = (id(model), seed, tuple(selected), std)
             with cache.lock:
-                if key not in copies:
-                    copies[key] = randomize_weights(
-                        model, seed=seed, mode=mode, layers=layers, **kw
-                    )
+                work = scratch.get((id(model), threading.get_ident()))
+                if work is None:
+                    work = scratch[id(model), threading.get_ident()] = copy.deepcopy(model)
+                state = copies.get(key)
+                if state is None:
+                    work.load_state_dict(model.state_dict())
+                    reinitialise(work, selected, seed, std)
+                    copies[key] = {k: v.clone() for k, v in work.state_dict().items()}
                     cache.copies_made += 1
-                return copies[key]
+                    return work
+            work.load_state_dict(state)
+            return work
 
         return randomize
 
@@ -530,7 +548,13 @@ def run_quality(
         )
     early = {}
     if maps_ready is not None and local and sample is not None:
-        early = early_sample_scores(plan, config, sample, todo, progress)
+        from .processes import call_in_process, side_stages_in_processes
+
+        work = (str(plan.dataset.path), config, sample, todo, progress)
+        if side_stages_in_processes():
+            early = call_in_process(early_sample_scores, *work, name="cytotune-explain-quality")
+        else:
+            early = early_sample_scores(*work)
     if maps_ready is not None:
         maps_ready()
     available: dict[str, dict[str, dict]] = {}
@@ -566,10 +590,12 @@ def run_quality(
     return table
 
 
-def early_sample_scores(plan, config, sample, trials, progress: bool = True) -> dict:
+def early_sample_scores(dataset_path: str, config, sample, trials, progress: bool = True) -> dict:
     """Sample scores of every configured method of ``trials`` without the head-only score
     (unless ``head_check``), before the maps say which methods apply: ``{(trial id, method):
-    rows}``, prototype rows under ``(trial id, "prototypes")``."""
+    rows}``, prototype rows under ``(trial id, "prototypes")``. Arguments and result pickle: it
+    may run in a process of its own."""
+    plan = SimpleNamespace(dataset=SimpleNamespace(path=dataset_path))  # all score_locally reads
     last = config.method_names[-1]
     jobs = [
         (t, {m: config.method_options[m]}, m == last, config.head_check)

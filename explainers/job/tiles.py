@@ -12,7 +12,9 @@ used in the side-by-side panel, where nothing mixes with them.
 
 from __future__ import annotations
 
+import functools
 import io
+import threading
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -95,11 +97,30 @@ def lut_for(cmap: str, tints) -> tuple[np.ndarray, str]:
     return colormap(cmap), cmap
 
 
+_FONTS = threading.local()  # a FreeType face is not shared between threads
+
+
 def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
+    fonts = _FONTS.__dict__.setdefault("by_size", {})
+    if size not in fonts:
+        try:
+            fonts[size] = ImageFont.load_default(size=size)
+        except TypeError:  # Pillow < 10.1
+            fonts[size] = ImageFont.load_default()
+    return fonts[size]
+
+
+@functools.lru_cache(maxsize=64)
+def _label_image(label: str) -> Image.Image:
+    """``label`` rendered to run up a bar's right edge (drawn once: every tile of a method
+    repeats it; read-only, so threads share it)."""
+    words = _font(10)
+    box = ImageDraw.Draw(Image.new("RGB", (1, 1))).multiline_textbbox(
+        (0, 0), label, font=words, spacing=1
+    )
+    text = Image.new("RGB", (box[2] + 2, box[3] + 2), "white")
+    ImageDraw.Draw(text).multiline_text((0, 0), label, fill=(50, 50, 50), font=words, spacing=1)
+    return text.rotate(90, expand=True)
 
 
 def _fmt(v: float) -> str:
@@ -127,11 +148,7 @@ def colour_bar(lut: np.ndarray, top, height: int, label: str, clipped: bool) -> 
             text = ">=" + text
         draw.text((x1 + 5, y - 6), text, fill=(30, 30, 30), font=font)
     # the label runs up the right edge (one line per "\n")
-    words = _font(10)
-    box = draw.multiline_textbbox((0, 0), label, font=words, spacing=1)
-    text = Image.new("RGB", (box[2] + 2, box[3] + 2), "white")
-    ImageDraw.Draw(text).multiline_text((0, 0), label, fill=(50, 50, 50), font=words, spacing=1)
-    text = text.rotate(90, expand=True)
+    text = _label_image(label)
     if text.height > height:
         text = text.resize((text.width, height))
     bar.paste(text, (BAR_W - text.width - 1, (height - text.height) // 2))

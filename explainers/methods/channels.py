@@ -118,9 +118,96 @@ def channel_colors(
     return [o if o is not None else next(free, np.ones(3)) for o in out]
 
 
-def _stretch(channel: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    lo, hi = np.percentile(channel, percentiles)
-    return np.clip((channel - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(channel)
+def _as_array(x: Any) -> np.ndarray:
+    """An array in its own dtype (float32 for a tensor); cast to float64 chunk by chunk."""
+    return x.detach().float().cpu().numpy() if _is_tensor(x) else np.asarray(x)
+
+
+# pixels per chunk of :func:`overlays`: its float64 temporaries stay in the CPU's caches
+_CHUNK_PIXELS = 1 << 16
+
+
+def overlays(
+    images: Any,
+    cams: Any = None,
+    channels: Sequence[int | str] | None = None,
+    colors: Any = None,
+    alpha: float = 0.5,
+    *,
+    channel_names: Sequence[str] | None = None,
+    cmap: str = "inferno",
+    percentiles: tuple[float, float] = (1.0, 99.5),
+) -> np.ndarray:
+    """:func:`overlay` of a batch: equal, bit for bit, to stacking ``overlay(images[i],
+    cams[i], ...)``, with the percentiles, stretch, blend and LUT look-up vectorised.
+
+    Args:
+        images: (N, C, H, W) array or tensor.
+        cams: (N, H, W) (or (N, 1, H, W)) maps, or None for the composites alone.
+        channels, colors, alpha, channel_names, cmap, percentiles: as in :func:`overlay`.
+
+    Returns:
+        (N, H, W, 3) uint8 RGB.
+    """
+    img = _as_array(images)
+    if img.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {img.shape}")
+    n, num, h, w = img.shape
+    if channel_names is not None and len(channel_names) != num:
+        raise ValueError(f"{len(channel_names)} channel_names for an image with {num} channels")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    idx = [_channel_index(c, channel_names, num) for c in (channels or range(num))]
+    tints = channel_colors(idx, channel_names, colors)
+    maps, lut = None, None
+    if cams is not None:
+        maps = _as_array(cams)
+        if maps.ndim == 4 and maps.shape[1] == 1:
+            maps = maps[:, 0]
+        if maps.shape != (n, h, w):
+            raise ValueError(f"cams must be (N, H, W) = {(n, h, w)}, got {maps.shape}")
+        lut = colormap(cmap)
+    out = np.empty((n, h, w, 3), np.uint8)
+    step = max(1, _CHUNK_PIXELS // max(1, h * w))
+    for s in range(0, n, step):
+        part = slice(s, s + step)
+        m = None if maps is None else np.asarray(maps[part], float)
+        chosen = np.asarray(img[part][:, idx], float)  # (n, k, H, W)
+        out[part] = _render(chosen, tints, m, lut, alpha, percentiles)
+    return out
+
+
+def _render(img, tints, maps, lut, alpha, percentiles) -> np.ndarray:
+    """(n, k, H, W) chosen channels (float64) -> (n, H, W, 3) uint8; see :func:`overlays`."""
+    # percentiles of sorted pixels: the same order statistics, faster than a float64 partition
+    flat = np.sort(img.reshape(*img.shape[:2], -1), axis=-1)
+    lo, hi = (q[..., None, None] for q in np.percentile(flat, percentiles, axis=-1))  # (n, k)
+    ok = hi > lo  # a flat channel (hi <= lo) stays black
+    stretched = np.where(ok, np.clip((img - lo) / np.where(ok, hi - lo, 1.0), 0.0, 1.0), 0.0)
+    # one colour component at a time (the same sums, in the same order, as adding (H, W, 3)
+    # tints, whose broadcast is slow)
+    base = np.zeros((len(img), *img.shape[2:], 3))
+    for c, rgb in enumerate(tints):
+        for j in range(3):
+            base[..., j] += stretched[:, c] * rgb[j]
+    np.clip(base, 0.0, 1.0, out=base)
+    if maps is not None:
+        m = np.clip(maps, 0.0, None)  # (n, H, W)
+        top = m.max((-2, -1))[:, None, None]
+        m = np.where(top > 0, m / np.where(top > 0, top, 1.0), m)
+        heat = _rint(m * (len(lut) - 1)).astype(int)
+        wgt = alpha * m
+        for j in range(3):
+            base[..., j] = base[..., j] * (1 - wgt) + wgt * np.take(lut[:, j], heat)
+    return _rint(base * 255).astype(np.uint8)
+
+
+def _rint(x: np.ndarray) -> np.ndarray:
+    """np.round of non-negative float64 below 2**51, in place and 3x faster: adding 2**52
+    leaves no fraction bits, so the sum is rounded half to even as np.round does."""
+    x += 2.0**52
+    x -= 2.0**52
+    return x
 
 
 def overlay(
@@ -139,7 +226,7 @@ def overlay(
     Each chosen channel is contrast-stretched between its ``percentiles`` and tinted with its
     colour; tints add up (clipped). The map is scaled by its maximum (negative values count as
     0) and blended in proportion to its value: out = base * (1 - alpha * m) + alpha * m *
-    cmap(m), so a zero map leaves the plain composite.
+    cmap(m), so a zero map leaves the plain composite. :func:`overlays` draws a batch.
 
     Args:
         image: (C, H, W) array or tensor.
@@ -157,35 +244,27 @@ def overlay(
     Returns:
         (H, W, 3) uint8 RGB.
     """
-    img = np.asarray(image.detach().float().cpu() if _is_tensor(image) else image, float)
+    img = _as_array(image)
     if img.ndim != 3:
         raise ValueError(
             f"image must be (C, H, W), got shape {img.shape}; use image[None] for 1 channel"
         )
-    if channel_names is not None and len(channel_names) != img.shape[0]:
-        raise ValueError(
-            f"{len(channel_names)} channel_names for an image with {img.shape[0]} channels"
-        )
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    idx = [
-        _channel_index(c, channel_names, img.shape[0]) for c in (channels or range(img.shape[0]))
-    ]
-    base = np.zeros((*img.shape[1:], 3))
-    for c, rgb in zip(idx, channel_colors(idx, channel_names, colors)):
-        base += _stretch(img[c], percentiles)[..., None] * rgb
-    base = np.clip(base, 0.0, 1.0)
+    m = None
     if cam is not None:
-        m = np.asarray(cam.detach().float().cpu() if _is_tensor(cam) else cam, float)
-        m = np.clip(m.squeeze(), 0.0, None)
+        m = _as_array(cam).squeeze()
         if m.shape != img.shape[1:]:
             raise ValueError(f"cam must be (H, W) = {img.shape[1:]}, got {m.shape}")
-        m = m / m.max() if m.max() > 0 else m
-        lut = colormap(cmap)
-        heat = lut[np.round(m * (len(lut) - 1)).astype(int)]
-        w = alpha * m[..., None]
-        base = base * (1 - w) + w * heat
-    return np.round(base * 255).astype(np.uint8)
+        m = m[None]
+    return overlays(
+        img[None],
+        m,
+        channels,
+        colors,
+        alpha,
+        channel_names=channel_names,
+        cmap=cmap,
+        percentiles=percentiles,
+    )[0]
 
 
 def _channel_index(c: int | str, names: Sequence[str] | None, num: int) -> int:

@@ -170,6 +170,17 @@ def randomize_weights(
     Returns:
         The randomised copy (same device, same train/eval mode).
     """
+    selected = selected_layers(model, mode, layers)
+    out = copy.deepcopy(model)
+    reinitialise(out, selected, seed, std)
+    return out
+
+
+def selected_layers(
+    model: nn.Module, mode: str = "cascading", layers: int | str | Sequence[str] | None = None
+) -> list[str]:
+    """The layers :func:`randomize_weights` re-initialises for ``mode`` and ``layers``, top
+    first."""
     order = randomizable_layers(model)
     if mode == "full":
         if layers is not None:
@@ -194,13 +205,16 @@ def randomize_weights(
         selected = [n for n in order if n in names]
     else:
         raise ValueError(f"mode must be 'cascading', 'full' or 'independent', got {mode!r}")
+    return selected
 
-    out = copy.deepcopy(model)
+
+def reinitialise(model: nn.Module, selected: Sequence[str], seed: int, std: float = 0.02) -> None:
+    """Re-initialise the ``selected`` layers of ``model`` in place, top-down from ``seed`` (the
+    draws of :func:`randomize_weights`)."""
     with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for name in selected:
-            _reinit_on_cpu(out.get_submodule(name), std)
-    return out
+            _reinit_on_cpu(model.get_submodule(name), std)
 
 
 # modules re-initialise themselves from torch's global CPU generator (``reset_parameters``

@@ -253,3 +253,38 @@ def test_prototype_diversity_flags_duplicates():
     assert clean["n_distinct"] == 4
     with pytest.raises(ValueError, match="at least 2"):
         prototype_diversity(np.ones((1, 8)))
+
+
+def test_quality_contexts_random_copies_equal_randomize_weights(tmp_path):
+    """A context's random copies (one working copy per model and thread, refilled per call) hold
+    exactly the weights of ``randomize_weights`` for every seed and depth, in any call order,
+    cached or drawn."""
+    from cytotune.explainers.job.scores import FoldCache, QualityContext
+    from cytotune.explainers.quality.randomisation import randomize_weights
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    ).eval()
+    model[1].running_mean += 0.5  # learned statistics, which a full copy resets
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    context = QualityContext.__new__(QualityContext)  # only its copies: no dataset
+    context.cache, context._copies_of = FoldCache(), None
+    randomize = context.randomized("trial")
+    asks = [
+        dict(seed=1, mode="full"),
+        dict(seed=0, mode="cascading", layers=1),
+        dict(seed=1, mode="full"),  # cached
+        dict(seed=0, mode="cascading", layers=2),
+        dict(seed=2, mode="full"),
+        dict(seed=0, mode="cascading", layers=1),  # cached, after others
+    ]
+    for ask in asks:
+        got = randomize(model, **ask).state_dict()
+        want = randomize_weights(model, **ask).state_dict()
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, msg=f"{ask} {name}")
+    assert context.cache.copies_made == 4  # the repeated asks came from the cache
+    for name, value in model.state_dict().items():  # the trained model is untouched
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)

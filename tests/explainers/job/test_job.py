@@ -430,3 +430,53 @@ def test_quality_scored_beside_the_maps_equals_quality_scored_after_them(
     heads = tables["beside"].query("metric == 'learned_head_rho'")
     assert set(heads["trial_id"]) == {"small_cnn"}
     assert "prototypes" in set(tables["beside"].query("trial_id == 'protopnet'")["method"])
+
+
+def test_side_stages_in_processes_write_what_threads_write(trained_study, tmp_path, monkeypatch):
+    """The prototype figures and the quality stage's sampled scores run in spawned processes of
+    their own (as on a GPU) and give the tables and PNGs of running in this process."""
+    from cytotune.explainers.job import processes
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.runner import run_explain
+
+    called = []
+    call = processes.call_in_process
+
+    def recorded(fn, *args, name):
+        called.append(name)
+        return call(fn, *args, name=name)
+
+    monkeypatch.setattr(processes, "call_in_process", recorded)
+    out = {}
+    for way in ("0", "1"):
+        monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, way)
+        study = tmp_path / f"processes{way}"
+        shutil.copytree(trained_study, study)
+        config = ExplainConfig(
+            study=str(study),
+            trials=("protopnet",),
+            methods=("saliency",),
+            stages=("maps", "quality", "prototypes"),
+            quality_cells=8,
+            limit=40,
+        )
+        run_explain(config, progress=False, log=lambda *_: None)
+        explained = explain_dir(study)
+        quality = pd.read_parquet(explained / "quality.parquet")
+        pngs = {
+            p.relative_to(explained): p.read_bytes()
+            for p in (explained / "prototypes").rglob("*.png")
+        }
+        out[way] = quality.sort_values(["method", "metric"]).reset_index(drop=True), pngs
+    assert sorted(called) == ["cytotune-explain-prototypes", "cytotune-explain-quality"]
+    pd.testing.assert_frame_equal(out["0"][0], out["1"][0])
+    assert len(out["0"][1]) > 0
+    assert out["0"][1] == out["1"][1]
+
+
+def test_a_failing_stage_process_raises_its_traceback():
+    from cytotune.explainers.job.processes import call_in_process
+
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        call_in_process(divmod, 1, 0, name="cytotune-test")
+    assert call_in_process(divmod, 7, 2, name="cytotune-test") == (3, 1)

@@ -80,3 +80,22 @@ def test_with_bar_adds_a_labelled_bar():
     out = with_bar(rgb, np.linspace(0, 1, 256)[:, None].repeat(3, 1), (-1, 1), "r", scale=4)
     assert out.shape[1] == 80 + 4 + BAR_W
     assert out.shape[0] >= 40
+
+
+def test_colour_bars_drawn_in_threads_equal_bars_drawn_alone():
+    """The bars' fonts are per thread and their labels drawn once: bars drawn by 4 threads at
+    once equal the same bars drawn one by one, and each label stays with its own bar."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cytotune.explainers.job.tiles import DIVERGING_LUT, colour_bar
+
+    asks = [
+        ((0.0, 1.0 + i), 120 + 8 * (i % 2), f"label {i % 3}\n(units)", i % 2 == 0)
+        for i in range(12)
+    ]
+    alone = [np.asarray(colour_bar(DIVERGING_LUT, *ask)) for ask in asks]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda ask: np.asarray(colour_bar(DIVERGING_LUT, *ask)), asks))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(alone[0][:, -20:], alone[1][:, -20:])  # labels 0 and 1 differ
