@@ -66,7 +66,7 @@ EOF
   done
   if [ -n "$PYSPY" ]; then  # which Python holds the interpreter lock, per thread (raw stacks)
     S=$(ls /tmp/site/py_spy-*.data/scripts/py-spy | head -1); chmod +x $S
-    timeout 240 $S record --gil --threads --rate 200 --format raw -o $R/explain_local.spy.txt -- \
+    timeout 240 $S record --gil --threads --subprocesses --rate 200 --format raw -o $R/explain_local.spy.txt -- \
       python3 -m cytotune.engine.cli explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
       --executor local --quiet ${EXPLAIN_ARGS} 2>&1 | grep -v Warn | tail -6
     python3 bench/spy_summary.py $R/explain_local.spy.txt 2>&1 | tail -60
