@@ -4,7 +4,8 @@
 #   1. a MitoCheck search of 3 trials (default space, 40 epochs, 3 at once on the GPU; all folds of
 #      every trial, race: epochs with grace = max, so the job has the 3 trials);
 #   2. `cytotune explain --study ... --top-k 3` (5 methods x 3 trials x 3,277 cells) RUNS times
-#      per executor in EXECUTORS (default "local ray"; local1: local with one worker), each timed, with the job's own stage
+#      per executor in EXECUTORS (default "local ray"; local1: local with one worker; local2: local
+#      in two processes sharing the GPU), each timed, with the job's own stage
 #      timings (explain/explain.json);
 #   3. SANITY=1: bench/sanity_calibration.py on the same trained weights (--models) on the GPU and
 #      on the machine's 16 CPU cores, compared case by case by bench/sanity_agreement.py;
@@ -54,9 +55,10 @@ EOF
   for i in $(seq ${RUNS:-2}); do
     t0=$(date +%s%N)
     # local1: the local executor with one worker (no threads)
-    W=""; [ "$e" = local1 ] && W=1
-    CYTOTUNE_LOCAL_WORKERS=$W timeout 240 cytotune explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
-      --executor ${e%1} ${EXPLAIN_ARGS} > $R/explain_${e}_$i.txt 2>&1
+    # local2: the local executor in two processes sharing the GPU
+    W=""; [ "$e" = local1 ] && W=1; P=""; [ "$e" = local2 ] && P=2
+    CYTOTUNE_LOCAL_WORKERS=$W CYTOTUNE_LOCAL_PROCESSES=$P timeout 240 cytotune explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
+      --executor ${e%[12]} ${EXPLAIN_ARGS} > $R/explain_${e}_$i.txt 2>&1
     echo "explain $e run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)"
     grep -v "Warn\|it/s\|s/it" $R/explain_${e}_$i.txt | grep -v "^ \+[a-z_+]\+ \+[0-9.]\+ \+[0-9.]\+ \+\(passed\|failed\|inconclusive\)" | tail -22
     cp /tmp/runs/mitocheck/explain/explain.json $R/explain_state_${e}_$i.json
@@ -69,7 +71,10 @@ EOF
     timeout 240 $S record --gil --threads --subprocesses --rate 200 --format raw -o $R/explain_local.spy.txt -- \
       python3 -m cytotune.engine.cli explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
       --executor local --quiet ${EXPLAIN_ARGS} 2>&1 | grep -v Warn | tail -6
-    python3 bench/spy_summary.py $R/explain_local.spy.txt 2>&1 | tail -60
+    python3 bench/spy_summary.py $R/explain_local.spy.txt --by-process --top 30 --under run_maps \
+      --under MapWorker --under sample_scores --under _population_of --under run_overlays \
+      --under load_fold --under _find_and_load > $R/spy_summary.txt 2>&1; gzip $R/explain_local.spy.txt
+    grep -A3 "^====\|-- threads" $R/spy_summary.txt | head -40
   fi
   if [ -n "$PROFILE" ]; then  # where the local job's time goes, by function (cumulative)
     printf 'import sys\nfrom cytotune.engine.cli import main\nsys.exit(main(sys.argv[1:]))\n' > /tmp/cli.py

@@ -31,7 +31,8 @@ PROCESSES_ENV = "CYTOTUNE_LOCAL_PROCESSES"
 
 def process_devices(devices: list[str] | None = None) -> list[list[str]]:
     """The devices of each local process: one process per GPU (``CYTOTUNE_LOCAL_PROCESSES``
-    sets how many). On the CPU one process, unless told: several then stand in for GPUs."""
+    sets how many; more than the GPUs share them in turn). On the CPU one process, unless told:
+    several then stand in for GPUs."""
     from . import executor
 
     devices = devices if devices is not None else executor.local_devices()
@@ -40,7 +41,9 @@ def process_devices(devices: list[str] | None = None) -> list[list[str]]:
     if not gpus:
         count = max(1, int(value)) if value else 1
         return [list(devices)] if count == 1 else [["cpu"] for _ in range(count)]
-    count = min(max(1, int(value)) if value else len(gpus), len(gpus))
+    count = max(1, int(value)) if value else len(gpus)
+    if count > len(gpus):  # asked for: processes share the GPUs (each its own interpreter lock)
+        return [[gpus[i % len(gpus)]] for i in range(count)]
     return [gpus[i::count] for i in range(count)]
 
 

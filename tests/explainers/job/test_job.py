@@ -433,8 +433,9 @@ def test_quality_scored_beside_the_maps_equals_quality_scored_after_them(
 
 
 def test_side_stages_in_processes_write_what_threads_write(trained_study, tmp_path, monkeypatch):
-    """The prototype figures and the quality stage's sampled scores run in spawned processes of
-    their own (as on a GPU) and give the tables and PNGs of running in this process."""
+    """The prototype figures and the quality stage's sampled scores (one process per trial) run
+    in spawned processes of their own (as on a GPU) and give the tables and PNGs of running in
+    this process."""
     from cytotune.explainers.job import processes
     from cytotune.explainers.job.config import ExplainConfig
     from cytotune.explainers.job.runner import run_explain
@@ -454,7 +455,7 @@ def test_side_stages_in_processes_write_what_threads_write(trained_study, tmp_pa
         shutil.copytree(trained_study, study)
         config = ExplainConfig(
             study=str(study),
-            trials=("protopnet",),
+            trials=("protopnet", "small_cnn"),
             methods=("saliency",),
             stages=("maps", "quality", "prototypes"),
             quality_cells=8,
@@ -468,7 +469,8 @@ def test_side_stages_in_processes_write_what_threads_write(trained_study, tmp_pa
             for p in (explained / "prototypes").rglob("*.png")
         }
         out[way] = quality.sort_values(["method", "metric"]).reset_index(drop=True), pngs
-    assert sorted(called) == ["cytotune-explain-prototypes", "cytotune-explain-quality"]
+    # one process per trial for the sampled scores (the trials dealt out), one for the figures
+    assert sorted(called) == ["cytotune-explain-prototypes", *["cytotune-explain-quality"] * 2]
     pd.testing.assert_frame_equal(out["0"][0], out["1"][0])
     assert len(out["0"][1]) > 0
     assert out["0"][1] == out["1"][1]

@@ -58,8 +58,10 @@ def test_process_devices_one_per_gpu(monkeypatch):
     assert process_devices(["cuda:0", "cuda:1", "cuda:2"]) == [["cuda:0"], ["cuda:1"], ["cuda:2"]]
     monkeypatch.setenv(PROCESSES_ENV, "2")
     assert process_devices(["cuda:0", "cuda:1", "cuda:2"]) == [["cuda:0", "cuda:2"], ["cuda:1"]]
-    assert process_devices(["cuda:0"]) == [["cuda:0"]]
+    assert process_devices(["cuda:0"]) == [["cuda:0"], ["cuda:0"]]  # two share the GPU
     assert process_devices(["cpu"]) == [["cpu"], ["cpu"]]
+    monkeypatch.setenv(PROCESSES_ENV, "3")
+    assert process_devices(["cuda:0", "cuda:1"]) == [["cuda:0"], ["cuda:1"], ["cuda:0"]]
 
 
 def test_every_row_group_is_explained_once_over_the_processes():
