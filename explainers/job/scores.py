@@ -19,6 +19,7 @@ fold), is computed only for trials without it (``needs_head``) or with ``head_ch
 from __future__ import annotations
 
 import copy
+import os
 import threading
 from collections import Counter
 from types import SimpleNamespace
@@ -552,7 +553,7 @@ def run_quality(
 
         data = str(plan.dataset.path)
         if side_stages_in_processes():  # the trials dealt out to processes of their own
-            n = min(len(todo), QUALITY_PROCESSES)
+            n = min(len(todo), quality_processes())
             shares = [(data, config, sample, todo[i::n], progress and i == 0) for i in range(n)]
             early = {}
             for part in map_in_threads(early_in_process, shares, n):
@@ -595,8 +596,15 @@ def run_quality(
 
 
 # processes that score the sampled cells beside the maps (on a GPU), each with its trials: in one,
-# the MitoCheck job's 3 trials x 5 methods ended 12 s after the maps (one H100)
+# the MitoCheck job's 3 trials x 5 methods ended 12 s after the maps (one H100);
+# CYTOTUNE_QUALITY_PROCESSES sets how many
+QUALITY_PROCESSES_ENV = "CYTOTUNE_QUALITY_PROCESSES"
 QUALITY_PROCESSES = 3
+
+
+def quality_processes() -> int:
+    value = os.environ.get(QUALITY_PROCESSES_ENV)
+    return max(1, int(value)) if value else QUALITY_PROCESSES
 
 
 def early_in_process(*args) -> dict:
