@@ -59,7 +59,7 @@ EOF
     # local2: the local executor in two processes sharing the GPU; localq1: the quality's sampled
     # scores in one process; base: the local executor of the code in .gpu/base.tar (a git archive)
     W=""; [ "$e" = local1 ] && W=1; P=""; [ "$e" = local2 ] && P=2; Q=""; [ "$e" = localq1 ] && Q=1
-    C="cytotune"; X=${e%[12]}; X=${X%q1}
+    C="cytotune"; X=${e%q1}; X=${X%[12]}
     if [ "$e" = base ]; then
       [ -d /tmp/src_base ] || { mkdir -p /tmp/src_base && tar -xf .gpu/base.tar -C /tmp/src_base; }
       C="env PYTHONPATH=/tmp/site:/tmp/src_base python3 -P -m cytotune.engine.cli"; X=local
