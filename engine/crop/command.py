@@ -109,21 +109,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--batch-size", type=int, help="fields per step (default 4; seed 16)")
     train.add_argument("--lr", type=float, help="AdamW learning rate (1e-3; seed 2e-3)")
     train.add_argument(
-        "--min-size", type=int, default=512, help="fields are resized to this short side (512)"
+        "--min-size", type=int, help="learned: fields are resized to this short side (512)"
     )
-    train.add_argument(
-        "--width", type=int, default=256, help="channels of the FPN and the heads (256)"
-    )
-    train.add_argument("--backbone", default="resnet18", help="resnet18 (default) or resnet50")
+    train.add_argument("--width", type=int, help="learned: channels of the FPN and the heads (256)")
+    train.add_argument("--backbone", help="learned: resnet18 (default), resnet34 or resnet50")
     train.add_argument(
         "--val-fraction", type=float, default=0.2, help="share of groups for validation (0.2)"
     )
     train.add_argument(
         "--group", default="auto", help="split column: auto (well, plate or field) or a name"
     )
-    train.add_argument(
-        "--crop-size", type=int, default=384, help="seed: square crop per field and step (384)"
-    )
+    train.add_argument("--crop-size", type=int, help="seed: square crop per field and step (384)")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
@@ -209,20 +205,34 @@ def _run_train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
     )
+    other = {
+        "seed": {"--backbone": args.backbone, "--width": args.width, "--min-size": args.min_size},
+        "learned": {"--crop-size": args.crop_size},
+    }[args.model]
+    ignored = [flag for flag, value in other.items() if value is not None]
+    if ignored:
+        owner = "learned" if args.model == "seed" else "seed"
+        raise ValueError(
+            f"{', '.join(ignored)} only apply to `--model {owner}`; this trains `--model "
+            f"{args.model}`: drop them or train the {owner} finder"
+        )
     if args.model == "seed":
         from .seed_train import SeedTrainOptions, train_seed_finder
 
-        options = SeedTrainOptions(**given, **common, crop_size=args.crop_size)
+        options = SeedTrainOptions(
+            **given, **common, crop_size=384 if args.crop_size is None else args.crop_size
+        )
         return _report(args, train_seed_finder, options)
     from .train import TrainOptions, train_finder
 
+    min_size = 512 if args.min_size is None else args.min_size
     options = TrainOptions(
         **given,
         **common,
-        backbone=args.backbone,
-        width=args.width,
-        min_size=args.min_size,
-        max_size=max(1024, 2 * args.min_size),
+        backbone=args.backbone or "resnet18",
+        width=256 if args.width is None else args.width,
+        min_size=min_size,
+        max_size=max(1024, 2 * min_size),
     )
     return _report(args, train_finder, options)
 

@@ -213,3 +213,19 @@ def test_crop_train_model_seed_via_the_cli(tmp_path, one_thread):
     assert main(argv) == 0
     provenance = json.loads((out / "manifest.json").read_text())
     assert "seed" in json.dumps(provenance)
+
+
+@pytest.mark.parametrize(
+    ("model", "flag", "owner"),
+    [
+        ("seed", "--width", "learned"),
+        ("seed", "--min-size", "learned"),
+        ("learned", "--crop-size", "seed"),
+    ],
+)
+def test_crop_train_refuses_the_other_finders_options(tmp_path, capsys, model, flag, owner):
+    """An option of the other finder is refused by name, not silently ignored."""
+    argv = ["crop", "train", str(tmp_path), "--truth", str(tmp_path), "--out", str(tmp_path / "f"),
+            "--model", model, flag, "64"]  # fmt: skip
+    assert main(argv) == 2
+    assert f"{flag} only apply to `--model {owner}`" in capsys.readouterr().err
