@@ -63,6 +63,8 @@ def run_device_process(devices, read, run_threads, items, results, stop=None) ->
     go to ``results``."""
     from .executor import prefetch
 
+    if stop is None:  # a spawned process (the parent's own thread passes its stop event)
+        exit_with_parent()
     stop = stop or threading.Event()
     try:
         tables = prefetch(queued_tables(items, read, stop))
@@ -190,11 +192,31 @@ def side_stages_in_processes(devices: list[str] | None = None) -> bool:
     return any(d != "cpu" for d in devices)
 
 
+def exit_with_parent() -> None:
+    """In a spawned process: end it at once when its parent process is gone (killed, not only
+    exited), so no child is left running on a GPU (a daemon thread waits on the parent)."""
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cytotune-exit-with-parent", daemon=True).start()
+
+
 def _send_result(connection, fn, args) -> None:
+    exit_with_parent()
     try:
         connection.send(("done", fn(*args)))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
-        connection.send(("error", traceback.format_exc()))
+        try:
+            connection.send(("error", traceback.format_exc()))
+        except OSError:  # the parent is gone: nobody to tell
+            pass
     finally:
         connection.close()
 
@@ -215,6 +237,9 @@ def call_in_process(fn, *args, name: str = "cytotune-explain-stage"):
         raise RuntimeError(
             f"the process {name} died (exit code {child.exitcode}) before returning its result"
         ) from None
+    except BaseException:
+        child.terminate()  # this wait was interrupted: the child's work is not wanted
+        raise
     finally:
         receive.close()
     child.join()
@@ -224,8 +249,35 @@ def call_in_process(fn, *args, name: str = "cytotune-explain-stage"):
 
 
 def map_in_threads(fn, jobs: list[tuple], workers: int) -> list:
-    """``[fn(*job) for job in jobs]`` on ``workers`` threads, in job order."""
-    from concurrent.futures import ThreadPoolExecutor
+    """``[fn(*job) for job in jobs]`` on ``workers`` daemon threads, in job order; the first
+    error is raised once the threads are done. Daemons: a thread waiting on a child process
+    must not keep this process from exiting (Ctrl-C or a signal to it alone), while the exit
+    ends its daemon children."""
+    results: list = [None] * len(jobs)
+    errors: list[BaseException] = []
+    todo = iter(enumerate(jobs))
+    lock = threading.Lock()
 
-    with ThreadPoolExecutor(max(1, min(len(jobs), workers))) as pool:
-        return list(pool.map(lambda job: fn(*job), jobs))
+    def run() -> None:
+        while not errors:
+            with lock:
+                item = next(todo, None)
+            if item is None:
+                return
+            i, job = item
+            try:
+                results[i] = fn(*job)
+            except BaseException as error:  # noqa: BLE001 - raised by the caller below
+                errors.append(error)
+
+    threads = [
+        threading.Thread(target=run, name=f"cytotune-map-{k}", daemon=True)
+        for k in range(max(1, min(len(jobs), workers)))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results

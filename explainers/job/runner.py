@@ -71,7 +71,10 @@ def run_explain(
         where = f"in this process ({len(devices)} worker thread(s) on {', '.join(dict.fromkeys(devices))})"
         if len(groups) > 1:
             on = ", ".join(d for group in groups for d in group)
-            where = f"in {len(groups)} processes, one per GPU ({len(devices)} worker threads each; {on})"
+            share = "one per GPU" if len({g[0] for g in groups}) == len(groups) else "sharing GPUs"
+            where = (
+                f"in {len(groups)} processes, {share} ({len(devices)} worker threads each; {on})"
+            )
     log(
         f"explaining {len(plan.trials)} trial(s) {[t.trial_id for t in plan.trials]} on "
         f"{len(plan.cells)} cells ({config.split} split) with {config.method_names}, {where}"

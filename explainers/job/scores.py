@@ -107,6 +107,15 @@ class FoldCache:
             self.scratch.pop(trial_id, None)
 
 
+def _finish_copies(state: dict) -> None:
+    """Wait for the copies into ``state`` queued on this thread's CUDA stream."""
+    import torch
+
+    devices = {v.device for v in state.values() if v.device.type == "cuda"}
+    for device in devices:
+        torch.cuda.current_stream(device).synchronize()
+
+
 class QualityContext:
     """What scoring needs that does not change between trials and methods: the device, the
     dataset with its cell and evidence masks, the sampled crops and the fold models with their
@@ -179,7 +188,9 @@ class QualityContext:
                 if state is None:
                     work.load_state_dict(model.state_dict())
                     reinitialise(work, selected, seed, std)
-                    copies[key] = {k: v.clone() for k, v in work.state_dict().items()}
+                    state = {k: v.clone() for k, v in work.state_dict().items()}
+                    _finish_copies(state)  # other threads read it on their own CUDA streams
+                    copies[key] = state
                     cache.copies_made += 1
                     return work
             work.load_state_dict(state)

@@ -152,3 +152,79 @@ def test_two_processes_store_the_maps_of_one(trained_study, tmp_path, monkeypatc
     for part, table in one.items():
         assert table["cell_id"].tolist() == two[part]["cell_id"].tolist()
         np.testing.assert_array_equal(_stacked(table), _stacked(two[part]))
+
+
+PARENT = """
+import os, sys, threading, time
+from cytotune.explainers.job.processes import call_in_process, map_in_threads
+
+
+def sleeper(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(300)
+
+
+if __name__ == "__main__":
+    path = sys.argv[1]
+    # as run_quality does: a stage's daemon thread waits on children through map_in_threads
+    threading.Thread(
+        target=map_in_threads, args=(call_in_process, [(sleeper, path)], 1), daemon=True
+    ).start()
+    threading.Event().wait()  # the main thread waits, as run_stages does, until a signal
+"""
+
+
+def _start_parent(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)], cwd=tmp_path)
+    for _ in range(600):  # the child writes its pid once it runs (imports take seconds)
+        if pid_file.is_file() and pid_file.read_text():
+            return parent, int(pid_file.read_text())
+        time.sleep(0.1)
+    parent.kill()
+    raise AssertionError("the child process never started")
+
+
+def _gone(pid: int) -> bool:
+    import time
+
+    for _ in range(300):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # an exited child not yet reaped is a zombie
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().split(")")[-1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_a_stage_child_does_not_outlive_its_parent(tmp_path, signal_name):
+    """A signal to the explain process alone (not its process group) ends it and its stage
+    child: SIGINT exits at once (the waiting threads are daemons, the child is terminated at
+    exit), SIGKILL leaves no orphan (the child watches its parent)."""
+    import signal
+    import subprocess
+
+    parent, child = _start_parent(tmp_path)
+    try:
+        parent.send_signal(getattr(signal, signal_name))
+        parent.wait(timeout=120)  # the child sleeps 300 s: waiting for it would time out here
+    except subprocess.TimeoutExpired:
+        parent.kill()
+        raise
+    finally:
+        if not _gone(child):
+            os.kill(child, signal.SIGKILL)
+            raise AssertionError(f"the stage child outlived its parent ({signal_name})")
