@@ -25,6 +25,8 @@ from .plan import ExplainPlan
 from .state import ExplainState
 
 TOP_PATCHES = 20
+# prototypes whose crops are read and drawn at once (a block's images and composites in memory)
+PROTOTYPE_BLOCK = 256
 
 
 def _crop(rgb: np.ndarray, cy: float, cx: float, size: int) -> np.ndarray:
@@ -113,38 +115,45 @@ def fold_prototypes(
     )
     peaks = chosen.flatten(1).argmax(1).cpu().numpy()
     best_cells = best_cells.cpu().numpy()
-    # one read for every crop drawn: the prototypes' best training rows (a row may be among
-    # several prototypes' best: its composite is drawn once) and their validation cells
-    rows, slots = np.unique(best_row, return_inverse=True)
-    slots = slots.reshape(best_row.shape)  # (M, top) index into rows
-    images = dataset.images(np.concatenate([rows, val_rows[best_cells]]))
-    composites = overlays(images[: len(rows)], channel_names=names)  # (U, H, W, 3)
-    activations = overlays(images[len(rows) :], amaps, channel_names=names, alpha=0.6)  # (M, ...)
     records = []
-    for m in range(n_proto):
-        tiles = []
-        for slot, pos in zip(slots[m], best_pos[m]):
-            r, c = divmod(int(pos), w)
-            tiles.append(_crop(composites[slot], (r + 0.5) * sy, (c + 0.5) * sx, rf))
-        path = prototype_path(study_dir, trial_id, fold, m)
-        save_png(path, grid(tiles, 5), scale=max(1, -(-96 // rf)))
-        r, c = divmod(int(peaks[m]), w)
-        cy, cx = (r + 0.5) * sy, (c + 0.5) * sx
-        rgb = activations[m]
-        rgb = box(rgb, int(cy - rf / 2), int(cx - rf / 2), int(cy + rf / 2), int(cx + rf / 2))
-        save_png(path.with_name(f"prototype_{m}_activation.png"), rgb, scale=4)
-        records.append(
-            {
-                "trial_id": trial_id,
-                "fold": fold,
-                "prototype": m,
-                "class": int(model.prototype_class[m]),
-                "path": str(path.relative_to(study_dir)),
-                "duplicate_of": duplicate_of.get(m, -1),
-                "receptive_field": rf,
-                "top_distance": float(best_d[m, 0]),
-            }
+    for block in range(0, n_proto, PROTOTYPE_BLOCK):  # bounded memory, however many prototypes
+        ms = range(block, min(block + PROTOTYPE_BLOCK, n_proto))
+        # one read for every crop this block draws: its best training rows (a row may be among
+        # several prototypes' best: its composite is drawn once) and its validation cells
+        rows, slots = np.unique(best_row[ms.start : ms.stop], return_inverse=True)
+        slots = slots.reshape(len(ms), -1)  # (block, top) index into rows
+        cells = val_rows[best_cells[ms.start : ms.stop]]
+        images = dataset.images(np.concatenate([rows, cells]))
+        composites = overlays(images[: len(rows)], channel_names=names)  # (U, H, W, 3)
+        activations = overlays(  # (block, H, W, 3)
+            images[len(rows) :], amaps[ms.start : ms.stop], channel_names=names, alpha=0.6
         )
+        for k, m in enumerate(ms):
+            tiles = []
+            for slot, pos in zip(slots[k], best_pos[m]):
+                r, c = divmod(int(pos), w)
+                tiles.append(_crop(composites[slot], (r + 0.5) * sy, (c + 0.5) * sx, rf))
+            path = prototype_path(study_dir, trial_id, fold, m)
+            save_png(path, grid(tiles, 5), scale=max(1, -(-96 // rf)))
+            r, c = divmod(int(peaks[m]), w)
+            cy, cx = (r + 0.5) * sy, (c + 0.5) * sx
+            rgb = box(
+                activations[k], int(cy - rf / 2), int(cx - rf / 2), int(cy + rf / 2),
+                int(cx + rf / 2),
+            )  # fmt: skip
+            save_png(path.with_name(f"prototype_{m}_activation.png"), rgb, scale=4)
+            records.append(
+                {
+                    "trial_id": trial_id,
+                    "fold": fold,
+                    "prototype": m,
+                    "class": int(model.prototype_class[m]),
+                    "path": str(path.relative_to(study_dir)),
+                    "duplicate_of": duplicate_of.get(m, -1),
+                    "receptive_field": rf,
+                    "top_distance": float(best_d[m, 0]),
+                }
+            )
     return records
 
 

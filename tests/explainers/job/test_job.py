@@ -482,3 +482,33 @@ def test_a_failing_stage_process_raises_its_traceback():
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
         call_in_process(divmod, 1, 0, name="cytotune-test")
     assert call_in_process(divmod, 7, 2, name="cytotune-test") == (3, 1)
+
+
+def test_prototype_figures_drawn_in_blocks_equal_figures_drawn_at_once(
+    trained_study, tmp_path, monkeypatch
+):
+    """Prototypes read and drawn three at a time (bounded memory) give the same PNG bytes and
+    rows as all of them at once."""
+    from cytotune.explainers.job import prototypes
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.runner import run_explain
+
+    monkeypatch.setenv("CYTOTUNE_STAGE_PROCESSES", "0")  # the block size is this process's
+    out = {}
+    for block in (prototypes.PROTOTYPE_BLOCK, 3):
+        monkeypatch.setattr(prototypes, "PROTOTYPE_BLOCK", block)
+        study = tmp_path / f"block{block}"
+        shutil.copytree(trained_study, study)
+        config = ExplainConfig(study=str(study), trials=("protopnet",), stages=("prototypes",))
+        run_explain(config, progress=False, log=lambda *_: None)
+        explained = explain_dir(study)
+        pngs = {
+            p.relative_to(explained): p.read_bytes()
+            for p in (explained / "prototypes").rglob("*.png")
+        }
+        rows = pd.read_parquet(explained / "prototypes.parquet")
+        out[block] = pngs, rows
+    (pngs_all, rows_all), (pngs_blocks, rows_blocks) = out.values()
+    assert rows_all.groupby("fold").size().min() > 3  # each fold's prototypes span two blocks
+    assert pngs_all == pngs_blocks
+    pd.testing.assert_frame_equal(rows_all, rows_blocks)
