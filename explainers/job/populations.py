@@ -67,27 +67,30 @@ def gmean_images(plan: ExplainPlan, classes: list[str], groups: pd.Series, eps: 
 def gmean_maps(
     path, classes: list[str], groups: pd.Series, hw: tuple[int, int], eps: float, regression: bool
 ) -> dict:
-    """Gmean of one (trial, method) map table per class (regression: first target only)."""
+    """Gmean of one (trial, method) map table per class (regression: first target only). Read
+    as Arrow columns, not data frames: the population stage's threads share the interpreter
+    lock with the other stages, and the frames were a third of this function's share of it."""
+    import pyarrow.compute as pc
+
     acc = PerClassGeometricMean(classes, (1, *hw), eps=eps)
-    lookup = groups.to_dict()
+    lookup = dict(zip(groups.index.tolist(), groups.tolist()))
     columns = ["cell_id", "map", "map_shape", "target_index"]
     for batch in iter_maps(path, columns, batch_size=CHUNK):
-        frame = batch.to_pandas()
         if regression:  # one population per target would repeat the cells: use the first
-            frame = frame[frame["target_index"] == 0]
-        if frame.empty:
+            batch = batch.filter(pc.equal(batch.column("target_index"), 0))
+        if batch.num_rows == 0:
             continue
-        shape = tuple(frame["map_shape"].iloc[0])
-        blob = b"".join(frame["map"].tolist())
-        maps = np.frombuffer(blob, np.float16).reshape(len(frame), *shape).astype(np.float32)
+        shape = tuple(batch.column("map_shape")[0].as_py())
+        blob = b"".join(batch.column("map").to_pylist())
+        maps = np.frombuffer(blob, np.float16).reshape(batch.num_rows, *shape).astype(np.float32)
         maps = finite_maps(maps)  # old tables: inf where a value passed float16's range
         maps = upsample_bilinear(maps, hw).astype(np.float64)  # a CAM at its layer's size
         maps = np.clip(maps, 0, None).sum(1, keepdims=True)  # (B, 1, H, W)
-        peak = maps.reshape(len(frame), -1).max(1)
+        peak = maps.reshape(batch.num_rows, -1).max(1)
         maps = np.where(
             peak[:, None, None, None] > 0, maps / np.maximum(peak, 1e-30)[:, None, None, None], 0
         )
-        acc.update(maps, [lookup[c] for c in frame["cell_id"]])
+        acc.update(maps, [lookup[c] for c in batch.column("cell_id").to_pylist()])
     return acc.results()
 
 
