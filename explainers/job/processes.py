@@ -193,8 +193,9 @@ def side_stages_in_processes(devices: list[str] | None = None) -> bool:
 
 
 def exit_with_parent() -> None:
-    """In a spawned process: end it at once when its parent process is gone (killed, not only
-    exited), so no child is left running on a GPU (a daemon thread waits on the parent)."""
+    """In a process spawned by multiprocessing: end it at once when its parent process is gone
+    (killed, not only exited), so no child is left running on a GPU (a daemon thread waits on
+    the parent)."""
     from multiprocessing.connection import wait
 
     parent = multiprocessing.parent_process()
@@ -208,44 +209,80 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, name="cytotune-exit-with-parent", daemon=True).start()
 
 
-def _send_result(connection, fn, args) -> None:
-    exit_with_parent()
-    try:
-        connection.send(("done", fn(*args)))
-    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
-        try:
-            connection.send(("error", traceback.format_exc()))
-        except OSError:  # the parent is gone: nobody to tell
-            pass
-    finally:
-        connection.close()
+# what a stage child runs: no script of the caller's is imported again (multiprocessing's spawn
+# re-runs the calling script's top level, which breaks a script that calls the job unguarded)
+_CHILD = "from cytotune.explainers.job.processes import stage_child_main; stage_child_main()"
 
 
 def call_in_process(fn, *args, name: str = "cytotune-explain-stage"):
-    """``fn(*args)`` in a spawned daemon process (gone when this process exits, Ctrl-C
-    included); its result, or a RuntimeError with the child's traceback. ``fn``, ``args`` and
-    the result must pickle."""
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_send_result, args=(send, fn, args), name=name, daemon=True)
-    child.start()
-    send.close()
+    """``fn(*args)`` in a new Python process of its own; its result, or a RuntimeError with
+    the child's traceback. ``fn`` must be importable (a module-level function), ``fn``, ``args``
+    and the result must pickle. The child ends when this process is gone (exited or killed),
+    and an interrupted wait kills it."""
+    import pickle
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
-        kind, payload = receive.recv()
-    except EOFError:
-        child.join()
-        raise RuntimeError(
-            f"the process {name} died (exit code {child.exitcode}) before returning its result"
-        ) from None
-    except BaseException:
-        child.terminate()  # this wait was interrupted: the child's work is not wanted
-        raise
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(write_end), name],
+            stdin=subprocess.PIPE,
+            pass_fds=(write_end,),
+            env=env,
+        )
     finally:
-        receive.close()
-    child.join()
+        os.close(write_end)
+    try:
+        try:
+            with child.stdin as stdin:
+                pickle.dump((fn, args), stdin)
+        except BrokenPipeError:  # the child died at start: said below, from its exit code
+            pass
+        with os.fdopen(read_end, "rb") as results:
+            data = results.read()
+        child.wait()
+    except BaseException:
+        child.kill()  # this wait was interrupted: the child's work is not wanted
+        child.wait()
+        raise
+    if not data:
+        raise RuntimeError(
+            f"the process {name} died (exit code {child.returncode}) before returning its result"
+        )
+    kind, payload = pickle.loads(data)
     if kind == "error":
         raise RuntimeError(f"the process {name} failed:\n{payload}")
     return payload
+
+
+def stage_child_main() -> None:
+    """The child of :func:`call_in_process`: ``(fn, args)`` from stdin, ``("done", result)`` or
+    ``("error", traceback)`` to the pipe named on its command line."""
+    import pickle
+    import sys
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:  # the parent killed: this process is re-parented
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cytotune-exit-with-parent", daemon=True).start()
+    fd = int(sys.argv[1])
+    try:
+        fn, args = pickle.load(sys.stdin.buffer)
+        out = pickle.dumps(("done", fn(*args)))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        out = pickle.dumps(("error", traceback.format_exc()))
+    try:
+        with os.fdopen(fd, "wb") as results:
+            results.write(out)
+    except OSError:  # the parent is gone: nobody to tell
+        pass
 
 
 def map_in_threads(fn, jobs: list[tuple], workers: int) -> list:

@@ -154,23 +154,27 @@ def test_two_processes_store_the_maps_of_one(trained_study, tmp_path, monkeypatc
         np.testing.assert_array_equal(_stacked(table), _stacked(two[part]))
 
 
-PARENT = """
-import os, sys, threading, time
-from cytotune.explainers.job.processes import call_in_process, map_in_threads
+SLEEPER = """
+import os, time
 
 
 def sleeper(path):
     open(path, "w").write(str(os.getpid()))
     time.sleep(300)
+"""
 
+# an unguarded script, as a user's might be: a stage child must not run it again
+PARENT = """
+import sys, threading
+sys.path.insert(0, sys.argv[2])  # the child imports the sleeper from here too
+from cytotune.explainers.job.processes import call_in_process, map_in_threads
+from sleeper import sleeper
 
-if __name__ == "__main__":
-    path = sys.argv[1]
-    # as run_quality does: a stage's daemon thread waits on children through map_in_threads
-    threading.Thread(
-        target=map_in_threads, args=(call_in_process, [(sleeper, path)], 1), daemon=True
-    ).start()
-    threading.Event().wait()  # the main thread waits, as run_stages does, until a signal
+# as run_quality does: a stage's daemon thread waits on children through map_in_threads
+threading.Thread(
+    target=map_in_threads, args=(call_in_process, [(sleeper, sys.argv[1])], 1), daemon=True
+).start()
+threading.Event().wait()  # the main thread waits, as run_stages does, until a signal
 """
 
 
@@ -181,8 +185,12 @@ def _start_parent(tmp_path):
 
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "sleeper.py").write_text(SLEEPER)
     pid_file = tmp_path / "child.pid"
-    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)], cwd=tmp_path)
+    parent = subprocess.Popen(
+        [sys.executable, str(script), str(pid_file), str(tmp_path / "lib")], cwd=tmp_path
+    )
     for _ in range(600):  # the child writes its pid once it runs (imports take seconds)
         if pid_file.is_file() and pid_file.read_text():
             return parent, int(pid_file.read_text())
@@ -212,8 +220,8 @@ def _gone(pid: int) -> bool:
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
 def test_a_stage_child_does_not_outlive_its_parent(tmp_path, signal_name):
     """A signal to the explain process alone (not its process group) ends it and its stage
-    child: SIGINT exits at once (the waiting threads are daemons, the child is terminated at
-    exit), SIGKILL leaves no orphan (the child watches its parent)."""
+    child, even from an unguarded script: SIGINT exits at once (the waiting threads are
+    daemons), SIGINT and SIGKILL leave no orphan (the child watches its parent)."""
     import signal
     import subprocess
 
