@@ -619,7 +619,7 @@ def quality_processes() -> int:
 
 
 def early_in_process(*args) -> dict:
-    """:func:`early_sample_scores` in a spawned process of its own."""
+    """:func:`early_sample_scores` in a Python process of its own (:func:`call_in_process`)."""
     from .processes import call_in_process
 
     return call_in_process(early_sample_scores, *args, name="cytotune-explain-quality")
