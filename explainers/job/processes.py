@@ -173,6 +173,8 @@ def spread_over_processes(
 
 
 STAGE_PROCESSES_ENV = "CYTOTUNE_STAGE_PROCESSES"
+# GPU memory from which the side work gets processes (the MitoCheck job's 5 processes fit an H100)
+SIDE_PROCESSES_MIN_GIB = 20.0
 
 
 def side_stages_in_processes(devices: list[str] | None = None) -> bool:
@@ -182,14 +184,23 @@ def side_stages_in_processes(devices: list[str] | None = None) -> bool:
     On a GPU: each then has an interpreter lock of its own. On one H100 the MitoCheck job held
     its one lock for 92 % of its wall time (py-spy), the maps waiting on the figures' and the
     scores' Python. Not on a CPU, where the cores are the limit and a process costs seconds of
-    imports. ``CYTOTUNE_STAGE_PROCESSES=1`` (or ``0``) decides instead."""
+    imports, nor on a GPU under ``SIDE_PROCESSES_MIN_GIB`` of memory: each process holds a CUDA
+    context and its own fold models. ``CYTOTUNE_STAGE_PROCESSES=1`` (or ``0``) decides
+    instead."""
     from . import executor
 
     value = os.environ.get(STAGE_PROCESSES_ENV)
     if value is not None:
         return value not in ("", "0")
     devices = devices if devices is not None else executor.local_devices()
-    return any(d != "cpu" for d in devices)
+    gpus = [d for d in devices if d != "cpu"]
+    return bool(gpus) and min(gpu_memory_gib(d) for d in gpus) >= SIDE_PROCESSES_MIN_GIB
+
+
+def gpu_memory_gib(device: str) -> float:
+    import torch
+
+    return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
 
 
 def exit_with_parent() -> None:

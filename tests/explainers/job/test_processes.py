@@ -236,3 +236,18 @@ def test_a_stage_child_does_not_outlive_its_parent(tmp_path, signal_name):
         if not _gone(child):
             os.kill(child, signal.SIGKILL)
             raise AssertionError(f"the stage child outlived its parent ({signal_name})")
+
+
+def test_side_stages_go_to_processes_on_a_large_gpu_only(monkeypatch):
+    from cytotune.explainers.job import processes
+
+    monkeypatch.delenv(processes.STAGE_PROCESSES_ENV, raising=False)
+    monkeypatch.setattr(processes, "gpu_memory_gib", lambda d: {"cuda:0": 80.0, "cuda:1": 8.0}[d])
+    assert not processes.side_stages_in_processes(["cpu"])
+    assert processes.side_stages_in_processes(["cuda:0"])
+    assert not processes.side_stages_in_processes(["cuda:1"])  # 8 GiB: threads
+    assert not processes.side_stages_in_processes(["cuda:0", "cuda:1"])  # the smallest decides
+    monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "1")
+    assert processes.side_stages_in_processes(["cpu"])
+    monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "0")
+    assert not processes.side_stages_in_processes(["cuda:0"])
