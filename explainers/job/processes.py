@@ -225,12 +225,13 @@ def exit_with_parent() -> None:
 _CHILD = "from cytotune.explainers.job.processes import stage_child_main; stage_child_main()"
 
 
-def call_in_process(fn, *args, name: str = "cytotune-explain-stage"):
-    """``fn(*args)`` in a new Python process of its own; its result, or a RuntimeError with
-    the child's traceback. ``fn`` must be importable (a module-level function), ``fn``, ``args``
-    and the result must pickle. The child ends when this process is gone (exited or killed),
-    and an interrupted wait kills it."""
-    import pickle
+# children started early (:func:`warm_processes`), each importing what the side stages need while
+# the job plans and the maps start: (process, read end of its result pipe)
+_WARM: queue.SimpleQueue = queue.SimpleQueue()
+_WARM_IMPORTS = ("torch", "timm", "captum.attr", "cytotune.explainers.job.scores")
+
+
+def _start_child(name: str, warm: bool = False):
     import subprocess
     import sys
 
@@ -238,13 +239,47 @@ def call_in_process(fn, *args, name: str = "cytotune-explain-stage"):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(write_end), name],
+            [sys.executable, "-c", _CHILD, str(write_end), name, *(["warm"] if warm else [])],
             stdin=subprocess.PIPE,
             pass_fds=(write_end,),
             env=env,
         )
     finally:
         os.close(write_end)
+    return child, read_end
+
+
+def warm_processes(count: int) -> None:
+    """Start ``count`` stage children now: their imports (7-8 s of a lock each on the GPU
+    machine) then run while this process plans the job and starts the maps, not after."""
+    for _ in range(count):
+        _WARM.put(_start_child("cytotune-explain-stage", warm=True))
+
+
+def discard_warm() -> None:
+    """End the warm children no stage took."""
+    while True:
+        try:
+            child, read_end = _WARM.get_nowait()
+        except queue.Empty:
+            return
+        child.kill()
+        child.wait()
+        child.stdin.close()
+        os.close(read_end)
+
+
+def call_in_process(fn, *args, name: str = "cytotune-explain-stage"):
+    """``fn(*args)`` in a Python process of its own (a warm one when :func:`warm_processes`
+    started some); its result, or a RuntimeError with the child's traceback. ``fn`` must be
+    importable (a module-level function), ``fn``, ``args`` and the result must pickle. The
+    child ends when this process is gone (exited or killed), and an interrupted wait kills it."""
+    import pickle
+
+    try:
+        child, read_end = _WARM.get_nowait()
+    except queue.Empty:
+        child, read_end = _start_child(name)
     try:
         try:
             with child.stdin as stdin:
@@ -269,8 +304,9 @@ def call_in_process(fn, *args, name: str = "cytotune-explain-stage"):
 
 
 def stage_child_main() -> None:
-    """The child of :func:`call_in_process`: ``(fn, args)`` from stdin, ``("done", result)`` or
-    ``("error", traceback)`` to the pipe named on its command line."""
+    """The child of :func:`call_in_process`: ``(fn, args)`` from stdin (a warm child imports
+    the side stages' modules first), ``("done", result)`` or ``("error", traceback)`` to the
+    pipe named on its command line."""
     import pickle
     import sys
     import time
@@ -284,6 +320,14 @@ def stage_child_main() -> None:
 
     threading.Thread(target=watch, name="cytotune-exit-with-parent", daemon=True).start()
     fd = int(sys.argv[1])
+    if "warm" in sys.argv[3:]:
+        import importlib
+
+        for module in _WARM_IMPORTS:
+            try:
+                importlib.import_module(module)
+            except ImportError:  # its stage says what is missing, if it runs
+                pass
     try:
         fn, args = pickle.load(sys.stdin.buffer)
         out = pickle.dumps(("done", fn(*args)))

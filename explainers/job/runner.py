@@ -16,7 +16,7 @@ from .maps import run_maps
 from .overlays import run_overlays
 from .plan import ExplainPlan, build_plan
 from .populations import run_population
-from .processes import process_devices
+from .processes import discard_warm, process_devices, side_stages_in_processes, warm_processes
 from .prototypes import run_prototypes
 from .scores import run_quality
 from .state import ExplainState
@@ -50,6 +50,30 @@ def run_explain(
     config: ExplainConfig, progress: bool = True, log=print
 ) -> tuple[ExplainPlan, ExplainState]:
     """Run the explain job for ``config``; returns the plan and the final state."""
+    count = side_processes_wanted(config)
+    if count:  # started first: their imports overlap this process's plan and maps start
+        warm_processes(count)
+    try:
+        return _run_explain(config, progress, log)
+    finally:
+        discard_warm()
+
+
+def side_processes_wanted(config: ExplainConfig) -> int:
+    """The processes the side stages will ask for (:func:`side_stages_in_processes`): one for
+    the prototype figures, one per trial (up to ``quality_processes()``) for the quality
+    stage's samples scored beside the maps; 0 off a GPU or with Ray actors."""
+    from .scores import quality_processes
+
+    if resolve_executor(config) != "local" or not side_stages_in_processes():
+        return 0
+    count = int("prototypes" in config.stages)
+    if {"maps", "quality"} <= set(config.stages) and config.quality_cells:
+        count += min(len(config.trials) or config.top_k, quality_processes())
+    return count
+
+
+def _run_explain(config: ExplainConfig, progress: bool, log) -> tuple[ExplainPlan, ExplainState]:
     plan = build_plan(config)
     state = ExplainState(plan.study_dir)
     state.update(

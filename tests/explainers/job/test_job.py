@@ -448,6 +448,14 @@ def test_side_stages_in_processes_write_what_threads_write(trained_study, tmp_pa
         return call(fn, *args, name=name)
 
     monkeypatch.setattr(processes, "call_in_process", recorded)
+    started = []
+    start = processes._start_child
+
+    def counted(name, warm=False):
+        started.append(warm)
+        return start(name, warm)
+
+    monkeypatch.setattr(processes, "_start_child", counted)
     out = {}
     for way in ("0", "1"):
         monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, way)
@@ -471,6 +479,8 @@ def test_side_stages_in_processes_write_what_threads_write(trained_study, tmp_pa
         out[way] = quality.sort_values(["method", "metric"]).reset_index(drop=True), pngs
     # one process per trial for the sampled scores (the trials dealt out), one for the figures
     assert sorted(called) == ["cytotune-explain-prototypes", *["cytotune-explain-quality"] * 2]
+    # the children came started at the job's start (warm), none was started later
+    assert started == [True] * 3
     pd.testing.assert_frame_equal(out["0"][0], out["1"][0])
     assert len(out["0"][1]) > 0
     assert out["0"][1] == out["1"][1]

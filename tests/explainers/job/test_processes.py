@@ -251,3 +251,20 @@ def test_side_stages_go_to_processes_on_a_large_gpu_only(monkeypatch):
     assert processes.side_stages_in_processes(["cpu"])
     monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "0")
     assert not processes.side_stages_in_processes(["cuda:0"])
+
+
+def test_warm_stage_processes_are_used_first_and_the_rest_ended():
+    """Children started early (their imports beside the job's start) take the first calls; the
+    ones no stage took are ended."""
+    from cytotune.explainers.job import processes
+
+    processes.warm_processes(2)
+    warm = [processes._WARM.get_nowait() for _ in range(2)]
+    for child in warm:
+        processes._WARM.put(child)
+    pid = processes.call_in_process(os.getpid, name="cytotune-test")
+    assert pid == warm[0][0].pid  # the first warm child did the work
+    assert warm[1][0].poll() is None  # the other still waits
+    processes.discard_warm()
+    assert processes._WARM.empty()
+    assert warm[1][0].returncode is not None  # ended
