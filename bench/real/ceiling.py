@@ -59,14 +59,10 @@ def summarise(scores: list[float]) -> dict:
 
 
 def main() -> None:
-    from errors import held_out_predictions
+    from errors import cv_arguments, held_out_predictions
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset")
-    parser.add_argument("--folds", default="k5-group")
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--group", default="group")
-    parser.add_argument("--epochs", type=int, default=40)
+    cv_arguments(parser)
     parser.add_argument(
         "--member", action="append", default=None,
         help="a variant as in recipe_ablation.py (repeat; default: seeds 0-2)",

@@ -120,13 +120,18 @@ def montage(dataset: str, errors: pd.DataFrame, path: Path, column: str, n: int 
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cv_arguments(parser: argparse.ArgumentParser) -> None:
+    """The dataset, its fold set and the epochs, as :func:`held_out_predictions` takes them."""
     parser.add_argument("dataset")
     parser.add_argument("--folds", default="k5-group")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--group", default="group")
     parser.add_argument("--epochs", type=int, default=40)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cv_arguments(parser)
     parser.add_argument("--variant", default="default", help="as in recipe_ablation.py")
     parser.add_argument("--columns", default="well,group", help="dataset columns to break down by")
     parser.add_argument("--out", type=Path, required=True)

@@ -204,17 +204,16 @@ def gpu_memory_gib(device: str) -> float:
 
 
 def exit_with_parent() -> None:
-    """In a process spawned by multiprocessing: end it at once when its parent process is gone
-    (killed, not only exited), so no child is left running on a GPU (a daemon thread waits on
-    the parent)."""
-    from multiprocessing.connection import wait
+    """In a child process (of the maps' or a side stage's): end it at once when its parent is
+    gone (killed, not only exited), so no child is left running on a GPU. A daemon thread sees
+    the process re-parented."""
+    import time
 
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
+    parent = os.getppid()
 
     def watch() -> None:
-        wait([parent.sentinel])
+        while os.getppid() == parent:
+            time.sleep(0.5)
         os._exit(1)
 
     threading.Thread(target=watch, name="cytotune-exit-with-parent", daemon=True).start()
@@ -309,16 +308,8 @@ def stage_child_main() -> None:
     pipe named on its command line."""
     import pickle
     import sys
-    import time
 
-    parent = os.getppid()
-
-    def watch() -> None:  # the parent killed: this process is re-parented
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="cytotune-exit-with-parent", daemon=True).start()
+    exit_with_parent()
     fd = int(sys.argv[1])
     if "warm" in sys.argv[3:]:
         import importlib
