@@ -6,6 +6,8 @@ Bowl score), then scored on the held-out fold. The learned finder (Mask R-CNN fr
 initialisation) is trained on the four training folds and scored on the fifth; run it on a GPU
 machine. The seed finder (AttentionNet's two-scale anchor detector, :mod:`engine.crop.seed`) is
 trained the same way; its score threshold is chosen per fold on the training fields (best F1).
+The learned finder is also scored on a grid of score x mask thresholds; its "tuned" row takes
+each fold's thresholds from the best mAP on the other folds' held-out fields (cross-fitted).
 Fields/s counts the finder alone (fields already in memory), one process.
 
   python bench/crop.py --finder classical --out bench/results/crop.json
@@ -120,6 +122,10 @@ def merge_parts(paths: list[Path], finder: str) -> dict:
     merged["fields_per_s"] = float(np.mean([p["fields_per_s"] for p in parts]))
     merged["train_seconds_per_fold"] = float(np.mean([p["train_seconds_per_fold"] for p in parts]))
     merged["parts"] = [str(p) for p in paths]
+    if any("grid_folds" in part for part in parts):
+        merged.pop("tuned", None)
+        merged.pop("grid_pooled", None)
+        merged.update(with_tuned([r for part in parts for r in part.get("grid_folds", [])]))
     return merged
 
 
@@ -152,10 +158,11 @@ def bench_classical(ids, items, splits, args) -> dict:
     }
 
 
-def trained_folds(items, splits, args, fit) -> dict:
+def trained_folds(items, splits, args, fit, after=None) -> dict:
     """Train on each selected fold's other folds and score the fold; ``fit(train_items)``
     returns (finder, history, what to record about the fold). Pooled and per-fold scores,
-    fields/s of the finder alone (after a warm-up batch), training seconds per fold."""
+    fields/s of the finder alone (after a warm-up batch), training seconds per fold;
+    ``after(finder, fold, held-out items)`` runs after each fold's scoring."""
     held_out, rates, train_s, chosen = [None] * len(items), [], [], {}
     for f, val in enumerate(splits):
         if args.only_folds and f not in args.only_folds:
@@ -174,6 +181,8 @@ def trained_folds(items, splits, args, fit) -> dict:
             f"final loss {history[-1]['loss']:.3f}, {chosen[f] or ''} {rates[-1]:.2f} fields/s",
             flush=True,
         )
+        if after is not None:
+            after(finder, f, [items[i] for i in val])
     return {
         "folds": fold_table(held_out, splits, chosen if any(chosen.values()) else None),
         "pooled": pooled_scores(held_out),
@@ -184,7 +193,7 @@ def trained_folds(items, splits, args, fit) -> dict:
 
 
 def bench_learned(ids, items, splits, args) -> dict:
-    from cytotune.engine.crop.learned import LearnedFinder
+    from cytotune.engine.crop.learned import LearnedFinder, choose_thresholds
     from cytotune.engine.crop.train import TrainOptions, train_model
 
     options = TrainOptions(
@@ -200,7 +209,49 @@ def bench_learned(ids, items, splits, args) -> dict:
         )
         return finder, history, None
 
-    return {**trained_folds(items, splits, args, fit), "train": dict(vars(options))}
+    grid_rows = []
+
+    def grid(finder, fold, val_items):
+        _, table = choose_thresholds(finder, val_items)
+        grid_rows.extend({"fold": fold, **row} for row in table)
+
+    result = trained_folds(items, splits, args, fit, after=grid)
+    return {**result, **with_tuned(grid_rows), "train": dict(vars(options))}
+
+
+def with_tuned(grid_rows: list[dict]) -> dict:
+    """The threshold grid's fold rows and, with two folds or more, the cross-fitted result:
+    each fold scored at the (score, mask) thresholds of the best mAP on the *other* folds'
+    held-out fields, so no fold's own truth picks its thresholds."""
+    out = {"grid_folds": grid_rows}
+    folds_seen = sorted({r["fold"] for r in grid_rows})
+    if len(folds_seen) < 2:
+        return out
+    points = sorted({(r["score_threshold"], r["mask_threshold"]) for r in grid_rows})
+
+    def rows_at(point, keep):
+        return [
+            r
+            for r in grid_rows
+            if r["fold"] in keep and point == (r["score_threshold"], r["mask_threshold"])
+        ]
+
+    tuned = []
+    for f in folds_seen:
+        others = [g for g in folds_seen if g != f]
+        pooled = {pt: pool_fold_rows(rows_at(pt, others)) for pt in points}
+        best = max(points, key=lambda pt: (pooled[pt]["map"], pooled[pt]["f1"]))
+        tuned.extend(rows_at(best, [f]))
+    out["tuned"] = {"folds": tuned, "pooled": pool_fold_rows(tuned)}
+    out["grid_pooled"] = [
+        {
+            "score_threshold": pt[0],
+            "mask_threshold": pt[1],
+            **pool_fold_rows(rows_at(pt, folds_seen)),
+        }
+        for pt in points
+    ]
+    return out
 
 
 def bench_seed(ids, items, splits, args) -> dict:
@@ -307,6 +358,14 @@ def report(args, result: dict) -> int:
         f"P {pooled['precision']:.3f}, R {pooled['recall']:.3f}, mAP {pooled['map']:.3f} "
         f"(folds {np.mean(folds_map):.3f} ± {np.std(folds_map):.3f}), {result['fields_per_s']:.2f} fields/s"
     )
+    tuned = result.get("tuned")
+    if tuned:
+        t = tuned["pooled"]
+        chosen = sorted({(r["score_threshold"], r["mask_threshold"]) for r in tuned["folds"]})
+        print(
+            f"{args.finder}, thresholds cross-fitted {chosen}: F1@0.5 {t['f1']:.3f}, "
+            f"P {t['precision']:.3f}, R {t['recall']:.3f}, mAP {t['map']:.3f}"
+        )
     if args.out:
         merged = json.loads(args.out.read_text()) if args.out.is_file() else {}
         merged[args.finder] = result

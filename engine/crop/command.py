@@ -120,6 +120,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--group", default="auto", help="split column: auto (well, plate or field) or a name"
     )
     train.add_argument("--crop-size", type=int, help="seed: square crop per field and step (384)")
+    train.add_argument(
+        "--score-threshold",
+        type=float,
+        help="keep cells scored at least this (default: chosen on the validation fields)",
+    )
+    train.add_argument(
+        "--mask-threshold",
+        type=float,
+        help="learned: mask probability a cell pixel exceeds (default: chosen on validation)",
+    )
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
@@ -204,9 +214,15 @@ def _run_train(args: argparse.Namespace) -> int:
         channel_names=_csv(args.channels),
         device=args.device,
         seed=args.seed,
+        score_threshold=args.score_threshold,
     )
     other = {
-        "seed": {"--backbone": args.backbone, "--width": args.width, "--min-size": args.min_size},
+        "seed": {
+            "--backbone": args.backbone,
+            "--width": args.width,
+            "--min-size": args.min_size,
+            "--mask-threshold": args.mask_threshold,
+        },
         "learned": {"--crop-size": args.crop_size},
     }[args.model]
     ignored = [flag for flag, value in other.items() if value is not None]
@@ -233,6 +249,7 @@ def _run_train(args: argparse.Namespace) -> int:
         width=256 if args.width is None else args.width,
         min_size=min_size,
         max_size=max(1024, 2 * min_size),
+        mask_threshold=args.mask_threshold,
     )
     return _report(args, train_finder, options)
 
@@ -247,5 +264,8 @@ def _report(args: argparse.Namespace, train, options) -> int:
             f"validation F1@0.5 {val['f1']:.3f}  precision {val['precision']:.3f}  "
             f"recall {val['recall']:.3f}  mAP(0.5:0.95) {val['map']:.3f}"
         )
+    chosen = {k: result[k] for k in ("score_threshold", "mask_threshold") if k in result}
+    if chosen:
+        print("thresholds " + "  ".join(f"{k.split('_')[0]} {v:g}" for k, v in chosen.items()))
     print(f"time       {result['seconds']:.1f} s on {result['device']}")
     return 0

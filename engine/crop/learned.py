@@ -13,6 +13,7 @@ settings and validation scores), from which :class:`LearnedFinder` rebuilds the 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ WEIGHTS_NAME = "weights.pt"
 CONFIG_NAME = "config.json"
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 ANCHOR_SIZES = (8, 16, 32, 64, 128)
+MARGIN = 2  # px around a box where its mask may still reach
 
 
 def build_model(
@@ -105,6 +107,16 @@ def to_tensor(image: np.ndarray):
     return torch.from_numpy(normalise(image)[None].copy())
 
 
+def box_slices(box, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Rows and columns of a box (x0, y0, x1, y1) plus ``MARGIN`` px, inside a field of ``shape``."""
+    x0, y0, x1, y1 = box
+    h, w = shape
+    return (
+        slice(max(int(y0) - MARGIN, 0), min(int(np.ceil(y1)) + MARGIN, h)),
+        slice(max(int(x0) - MARGIN, 0), min(int(np.ceil(x1)) + MARGIN, w)),
+    )
+
+
 def paint(
     masks: np.ndarray,
     scores: np.ndarray,
@@ -114,8 +126,8 @@ def paint(
 ) -> np.ndarray:
     """Instance label image from masks (N, H, W) in order of decreasing score.
 
-    ``boxes`` (N, 4; x0, y0, x1, y1), when given, limits each mask to its box (plus 2 px), so
-    painting costs the boxes' area rather than N whole fields.
+    ``boxes`` (N, 4; x0, y0, x1, y1), when given, limits each mask to its box (plus ``MARGIN`` px),
+    so painting costs the boxes' area rather than N whole fields.
     """
     h, w = masks.shape[-2:]
     labels = np.zeros((h, w), dtype=np.int32)
@@ -126,16 +138,8 @@ def paint(
         if boxes is None:
             ys, xs = slice(0, h), slice(0, w)
         else:
-            x0, y0, x1, y1 = boxes[i]
-            ys = slice(max(int(y0) - 2, 0), min(int(np.ceil(y1)) + 2, h))
-            xs = slice(max(int(x0) - 2, 0), min(int(np.ceil(x1)) + 2, w))
-        m = masks[i, ys, xs] > 0.5
-        region = labels[ys, xs]
-        free = m & (region == 0)
-        if m.sum() == 0 or free.sum() < keep * m.sum():
-            continue
-        n += 1
-        region[free] = n
+            ys, xs = box_slices(boxes[i], (h, w))
+        n += paint_one(labels, ys, xs, masks[i, ys, xs] > 0.5, n + 1, keep)
     return labels
 
 
@@ -170,6 +174,64 @@ def read_checkpoint(checkpoint: str | Path | None, finder: str) -> tuple[dict, d
     return config, torch.load(path / WEIGHTS_NAME, map_location="cpu", weights_only=True)
 
 
+SCORE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MASK_GRID = (0.4, 0.5, 0.6)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """One field's detections: scores (descending), boxes as pixel slices (box + ``MARGIN``)
+    and each mask's probabilities inside its slice (uint8, 0..255)."""
+
+    shape: tuple[int, int]
+    scores: np.ndarray
+    slices: list[tuple[slice, slice]]
+    masks: list[np.ndarray]
+
+    @classmethod
+    def from_prediction(cls, pred: dict, shape: tuple[int, int], floor: float) -> Detections:
+        """From a torchvision Mask R-CNN output (masks (N, 1, H, W) in 0..1) for one field."""
+        import torch
+
+        keep = pred["scores"] >= floor
+        scores = pred["scores"][keep].float()
+        order = torch.argsort(scores, descending=True, stable=True)
+        scores = scores[order].cpu().numpy()
+        boxes = pred["boxes"][keep][order].float().cpu().numpy()
+        probs = pred["masks"][keep][order, 0]
+        slices, masks = [], []
+        for i, box in enumerate(boxes):
+            ys, xs = box_slices(box, shape)
+            patch = (probs[i, ys, xs].float() * 255).round().to(torch.uint8)
+            slices.append((ys, xs))
+            masks.append(patch.cpu().numpy())
+        return cls(shape, scores, slices, masks)
+
+    def labels(self, score_threshold: float, mask_threshold: float = 0.5, keep: float = 0.5):
+        """Instance label image: masks over ``mask_threshold`` of detections scored at least
+        ``score_threshold``, painted as :func:`paint` does."""
+        labels = np.zeros(self.shape, dtype=np.int32)
+        cut = mask_threshold * 255
+        n = 0
+        for score, (ys, xs), patch in zip(self.scores, self.slices, self.masks):
+            if score < score_threshold:
+                break
+            n += paint_one(labels, ys, xs, patch > cut, n + 1, keep)
+        return labels
+
+
+def paint_one(labels, ys, xs, m, label: int, keep: float) -> int:
+    """Paint mask ``m`` (inside ``labels[ys, xs]``) where no cell is yet; 1 if it was painted,
+    0 if it is empty or keeps less than ``keep`` of itself (a duplicate)."""
+    region = labels[ys, xs]
+    free = m & (region == 0)
+    total = m.sum()
+    if total == 0 or free.sum() < keep * total:
+        return 0
+    region[free] = label
+    return 1
+
+
 @register_finder("learned")
 class LearnedFinder(Finder):
     """Mask R-CNN finder loaded from a ``cytotune crop train`` checkpoint (or given a model).
@@ -179,6 +241,8 @@ class LearnedFinder(Finder):
         device: "auto", "cpu" or "cuda[:i]".
         score_threshold: keep detections at or above this score (default: the checkpoint's).
         batch_size: fields per forward pass in :meth:`find_many`.
+        mask_threshold: a pixel belongs to a cell where its mask probability exceeds this
+            (default: the checkpoint's, else 0.5).
         model: an in-memory model instead of a checkpoint (used by training and benchmarks).
     """
 
@@ -190,6 +254,7 @@ class LearnedFinder(Finder):
         device: str = "auto",
         score_threshold: float | None = None,
         batch_size: int = 4,
+        mask_threshold: float | None = None,
         model=None,
         config: dict | None = None,
     ) -> None:
@@ -203,6 +268,11 @@ class LearnedFinder(Finder):
         self.model = model.to(self.device).eval()
         default = self.config.get("score_threshold", 0.5)
         self.score_threshold = float(default if score_threshold is None else score_threshold)
+        default = self.config.get("mask_threshold", 0.5)
+        self.mask_threshold = float(default if mask_threshold is None else mask_threshold)
+        for name in ("score_threshold", "mask_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
         self.batch_size = int(batch_size)
         self.checkpoint = None if checkpoint is None else str(checkpoint)
 
@@ -212,12 +282,22 @@ class LearnedFinder(Finder):
             "checkpoint": self.checkpoint,
             "model": self.config.get("model"),
             "score_threshold": self.score_threshold,
+            "mask_threshold": self.mask_threshold,
         }
 
     def find(self, image: np.ndarray) -> np.ndarray:
         return self.find_many([image])[0]
 
     def find_many(self, images) -> list[np.ndarray]:
+        floor = self.score_threshold
+        return [
+            d.labels(self.score_threshold, self.mask_threshold)
+            for d in self.detections(images, floor)
+        ]
+
+    def detections(self, images, floor: float) -> list[Detections]:
+        """Each field's detections scored ``floor`` or more, with their soft masks, so that
+        :meth:`Detections.labels` can paint them at any score and mask threshold above it."""
         import torch
 
         images = list(images)
@@ -231,10 +311,30 @@ class LearnedFinder(Finder):
                 chunk = [
                     to_tensor(x).to(self.device) for x in images[start : start + self.batch_size]
                 ]
-                for pred in self.model(chunk):
-                    keep = pred["scores"] >= self.score_threshold
-                    masks = (pred["masks"][keep, 0] > 0.5).cpu().numpy()  # (N, H, W) bool
-                    scores = pred["scores"][keep].float().cpu().numpy()
-                    boxes = pred["boxes"][keep].float().cpu().numpy()
-                    out.append(paint(masks, scores, self.score_threshold, boxes=boxes))
+                for image, pred in zip(chunk, self.model(chunk)):
+                    out.append(Detections.from_prediction(pred, tuple(image.shape[-2:]), floor))
         return out
+
+
+def choose_thresholds(
+    finder: LearnedFinder,
+    items,
+    score_grid=SCORE_GRID,
+    mask_grid=MASK_GRID,
+) -> tuple[dict, list[dict]]:
+    """Score and mask thresholds of the best Bowl score (mAP, then F1) on (image, labels) pairs;
+    sets them on ``finder``. The network runs once per field. Returns the choice and the scores
+    of every grid point."""
+    from .metrics import score_fields
+
+    found = finder.detections([image for image, _ in items], min(score_grid))
+    truths = [labels for _, labels in items]
+    table = []
+    for s in score_grid:
+        for m in mask_grid:
+            scores = score_fields(truths, [d.labels(s, m) for d in found])
+            table.append({"score_threshold": s, "mask_threshold": m, **scores})
+    best = max(table, key=lambda r: (r["map"], r["f1"]))
+    finder.score_threshold = float(best["score_threshold"])
+    finder.mask_threshold = float(best["mask_threshold"])
+    return {k: best[k] for k in ("score_threshold", "mask_threshold")}, table

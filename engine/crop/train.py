@@ -3,8 +3,9 @@
 Fields are split into train and validation by group (well, else plate, else field), so cells of
 one well never sit on both sides. The loop is plain PyTorch: AdamW, linear warm-up then cosine
 decay, random flips and 90-degree turns per field, bf16 autocast on CUDA, gradient clipping.
-After training the validation fields are scored (F1 at IoU 0.5, the Bowl's mAP) and written into
-the checkpoint's ``config.json``.
+After training the score and mask thresholds of the best Bowl score are chosen on the validation
+fields (unless given), and the validation fields are scored (F1 at IoU 0.5, the Bowl's mAP) and
+written into the checkpoint's ``config.json``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class TrainOptions:
     channel_names: tuple[str, ...] | None = None
     device: str = "auto"
     seed: int = 0
-    score_threshold: float = 0.5
+    score_threshold: float | None = None  # None: chosen on the validation fields
+    mask_threshold: float | None = None  # None: chosen with the score threshold
 
     def __post_init__(self) -> None:
         for name, lo in (("epochs", 1), ("batch_size", 1), ("min_size", 32), ("max_size", 32)):
@@ -53,6 +55,10 @@ class TrainOptions:
             raise ValueError(f"--val-fraction must be within [0, 1), got {self.val_fraction}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+        for name in ("score_threshold", "mask_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be within [0, 1], got {value}")
 
 
 def targets_from_labels(labels: np.ndarray) -> dict:
@@ -277,7 +283,7 @@ def train_finder(
     Returns:
         A summary: field counts, validation scores, seconds, device.
     """
-    from .learned import LearnedFinder, save_checkpoint
+    from .learned import MASK_GRID, SCORE_GRID, LearnedFinder, choose_thresholds, save_checkpoint
 
     options = options or TrainOptions()
     start = time.perf_counter()
@@ -287,10 +293,33 @@ def train_finder(
     )
     config = {
         "model": model_args(options),
-        "score_threshold": options.score_threshold,
         **training_record(options, records, key, train_rows, val_rows, history),
     }
-    finder = LearnedFinder(model=model, config=config, device=options.device)
-    config["val"] = evaluate(finder, [items[i] for i in val_rows])
+    finder = LearnedFinder(
+        model=model,
+        config=config,
+        device=options.device,
+        score_threshold=options.score_threshold,
+        mask_threshold=options.mask_threshold,
+    )
+    val = [items[i] for i in val_rows]
+    if val and (options.score_threshold is None or options.mask_threshold is None):
+        grids = {
+            "score_grid": SCORE_GRID
+            if options.score_threshold is None
+            else (finder.score_threshold,),
+            "mask_grid": MASK_GRID if options.mask_threshold is None else (finder.mask_threshold,),
+        }
+        _, table = choose_thresholds(finder, val, **grids)
+        config["threshold_grid"] = [
+            {k: row[k] for k in ("score_threshold", "mask_threshold", "f1", "map")} for row in table
+        ]
+    config.update(score_threshold=finder.score_threshold, mask_threshold=finder.mask_threshold)
+    config["val"] = evaluate(finder, val)
     save_checkpoint(model, out, config)
-    return training_summary(config, train_rows, val_rows, history, start, options.device)
+    summary = training_summary(config, train_rows, val_rows, history, start, options.device)
+    return {
+        **summary,
+        "score_threshold": finder.score_threshold,
+        "mask_threshold": finder.mask_threshold,
+    }

@@ -111,3 +111,95 @@ def test_a_checkpoint_of_the_other_finder_is_refused_naming_the_right_one(tmp_pa
         ValueError, match="holds a 'learned' finder checkpoint; use --finder learned"
     ):
         create_finder("seed", checkpoint=str(learned_dir), device="cpu")
+
+
+def _prediction(probs: np.ndarray, scores, boxes) -> dict:
+    import torch
+
+    return {
+        "masks": torch.from_numpy(probs[:, None].astype(np.float32)),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+    }
+
+
+def test_detections_paint_as_paint_does_at_any_score_and_mask_threshold():
+    from cytotune.engine.crop.learned import Detections
+
+    probs = np.full((3, 12, 12), 0.1)
+    probs[0, 1:6, 1:6] = 0.8  # score 0.9
+    probs[1, 1:6, 3:8] = 0.8  # score 0.6: overlaps 0 by 15 of 25 px, a duplicate
+    probs[2, 7:11, 7:11] = 0.55  # score 0.4, a faint mask
+    probs[2, 8:10, 8:10] = 0.95
+    scores, boxes = [0.6, 0.9, 0.4], [[3, 1, 8, 6], [1, 1, 6, 6], [7, 7, 11, 11]]
+    order = [1, 0, 2]  # the class sorts by score itself
+    found = Detections.from_prediction(_prediction(probs[order], scores, boxes), (12, 12), 0.3)
+    assert found.scores.tolist() == pytest.approx([0.9, 0.6, 0.4])
+    for score_t in (0.3, 0.5, 0.95):
+        for mask_t in (0.5, 0.7):
+            expected = paint(
+                probs[order] > mask_t, np.array(scores), score_t, boxes=np.array(boxes)
+            )
+            np.testing.assert_array_equal(found.labels(score_t, mask_t), expected)
+    assert (found.labels(0.3, 0.5) == 2).sum() == 16  # the faint cell whole
+    assert (found.labels(0.3, 0.7) == 2).sum() == 4  # only its bright core
+    assert found.labels(0.5, 0.5).max() == 1  # the duplicate dropped, the faint cell below 0.5
+
+
+def test_crop_train_chooses_thresholds_on_validation_fields(tmp_path, one_thread):
+    from cytotune.engine.crop.learned import MASK_GRID, SCORE_GRID
+
+    images, truths = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    truths.mkdir()
+    for i in range(3):
+        image, truth = disc_field((64, 64), [(20, 20), (44, 40)], 7, seed=i)
+        Image.fromarray(image).save(images / f"f{i}.png")
+        Image.fromarray(truth.astype(np.uint16)).save(truths / f"f{i}.png")
+    base = ["crop", "train", str(images), "--truth", str(truths), "--max-steps", "1",
+            "--batch-size", "2", "--min-size", "64", "--width", "32", "--val-fraction", "0.34",
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    grid = config["threshold_grid"]
+    assert len(grid) == len(SCORE_GRID) * len(MASK_GRID)
+    best = max(grid, key=lambda r: (r["map"], r["f1"]))
+    chosen = (config["score_threshold"], config["mask_threshold"])
+    assert chosen == (best["score_threshold"], best["mask_threshold"])
+    assert config["val"]["map"] == pytest.approx(best["map"])  # scored at the chosen thresholds
+    finder = create_finder("learned", checkpoint=str(tmp_path / "a"), device="cpu")
+    assert (finder.score_threshold, finder.mask_threshold) == chosen
+    assert main([*base, "--out", str(tmp_path / "b"), "--score-threshold", "0.7"]) == 0
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert {r["score_threshold"] for r in config["threshold_grid"]} == {0.7}
+    assert config["score_threshold"] == 0.7
+    with pytest.raises(ValueError, match="mask_threshold must be within"):
+        create_finder("learned", checkpoint=str(tmp_path / "a"), mask_threshold=1.5)
+
+
+def test_bench_cross_fits_thresholds_on_the_other_folds():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[3] / "bench" / "crop.py"
+    spec = importlib.util.spec_from_file_location("bench_crop", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def row(fold, score_t, tp, n_pred, map_):
+        return {"fold": fold, "score_threshold": score_t, "mask_threshold": 0.5,
+                "precision": tp / n_pred, "predicted_objects": n_pred, "true_objects": 10,
+                "fields": 2, "map": map_, "f1": 2 * tp / (10 + n_pred)}  # fmt: skip
+
+    # Fold 0's own best is 0.3, but folds 1 and 2 favour 0.7; folds 1 and 2 each see fold 0.
+    rows = [row(0, 0.3, 9, 10, 0.9), row(0, 0.7, 5, 5, 0.4),
+            row(1, 0.3, 5, 12, 0.3), row(1, 0.7, 8, 9, 0.7),
+            row(2, 0.3, 6, 12, 0.4), row(2, 0.7, 8, 8, 0.8)]  # fmt: skip
+    tuned = bench.with_tuned(rows)["tuned"]
+    picked = {r["fold"]: r["score_threshold"] for r in tuned["folds"]}
+    assert picked == {0: 0.7, 1: 0.3, 2: 0.3}  # mean mAP of the others: 0.75 vs 0.35, 0.65 vs 0.6
+    assert tuned["pooled"]["map"] == pytest.approx((0.4 + 0.3 + 0.4) / 3)
+    assert tuned["pooled"]["f1"] == pytest.approx(2 * 16 / (30 + 29))
+    rows[2], rows[4] = row(1, 0.3, 8, 9, 0.9), row(2, 0.3, 8, 8, 0.9)  # now 0.3 wins elsewhere
+    picked = {r["fold"]: r["score_threshold"] for r in bench.with_tuned(rows)["tuned"]["folds"]}
+    assert picked == {0: 0.3, 1: 0.3, 2: 0.3}
