@@ -193,7 +193,7 @@ def trained_folds(items, splits, args, fit, after=None) -> dict:
 
 
 def bench_learned(ids, items, splits, args) -> dict:
-    from cytotune.engine.crop.learned import LearnedFinder, choose_thresholds
+    from cytotune.engine.crop.learned import SCORE_GRID, LearnedFinder, choose_thresholds
     from cytotune.engine.crop.train import TrainOptions, train_model
 
     options = TrainOptions(
@@ -209,14 +209,70 @@ def bench_learned(ids, items, splits, args) -> dict:
         )
         return finder, history, None
 
-    grid_rows = []
+    grid_rows, rates = [], []
 
-    def grid(finder, fold, val_items):
+    def after(finder, fold, val_items):
         _, table = choose_thresholds(finder, val_items)
         grid_rows.extend({"fold": fold, **row} for row in table)
+        if args.save_detections:
+            found = finder.detections([image for image, _ in val_items], min(SCORE_GRID))
+            save_detections(args.save_detections / f"fold_{fold}.npz", splits[fold], found)
+        rates.append(rate_at_size(finder, [image for image, _ in val_items], args.rate_size))
+        print(f"fold {fold}: {rates[-1]:.2f} fields/s at {args.rate_size} x {args.rate_size}")
 
-    result = trained_folds(items, splits, args, fit, after=grid)
-    return {**result, **with_tuned(grid_rows), "train": dict(vars(options))}
+    result = trained_folds(items, splits, args, fit, after=after)
+    return {
+        **result,
+        **with_tuned(grid_rows),
+        f"fields_per_s_{args.rate_size}": float(np.mean(rates)),
+        "train": dict(vars(options)),
+    }
+
+
+def rate_at_size(finder, images, size: int) -> float:
+    """Fields/s of ``finder`` on ``images`` resized to ``size`` x ``size`` (after a warm-up)."""
+    from PIL import Image
+
+    resized = [
+        np.asarray(Image.fromarray(np.asarray(x, np.float32)).resize((size, size), Image.BILINEAR))
+        for x in images
+    ]
+    finder.find_many(resized[: finder.batch_size])
+    _, seconds = timed(finder, resized)
+    return len(resized) / seconds
+
+
+def save_detections(path: Path, rows, found) -> None:
+    """A fold's detections (at the grid's lowest score) with the field rows they belong to."""
+    arrays = {"rows": np.asarray(rows, np.int64)}
+    for k, d in enumerate(found):
+        arrays |= {f"{k}/{name}": v for name, v in d.arrays().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+def regrid(paths: list[Path], items, score_grid, mask_grid) -> dict:
+    """The threshold grid and its cross-fitted result from saved detections (no model needed)."""
+    from cytotune.engine.crop.learned import Detections
+    from cytotune.engine.crop.metrics import score_fields
+
+    rows = []
+    for path in paths:
+        fold = int(Path(path).stem.split("_")[-1])
+        with np.load(path) as z:
+            field_rows = z["rows"].tolist()
+            found = [
+                Detections.from_arrays(
+                    {n: z[f"{k}/{n}"] for n in ("shape", "scores", "bounds", "masks")}
+                )
+                for k in range(len(field_rows))
+            ]
+        truths = [items[i][1] for i in field_rows]
+        for st in score_grid:
+            for mt in mask_grid:
+                scores = score_fields(truths, [d.labels(st, mt) for d in found])
+                rows.append({"fold": fold, "score_threshold": st, "mask_threshold": mt, **scores})
+    return with_tuned(rows)
 
 
 def with_tuned(grid_rows: list[dict]) -> dict:
@@ -327,6 +383,17 @@ def main(argv=None) -> int:
         "per GPU; join the runs' JSONs with --merge)",
     )  # fmt: skip
     p.add_argument("--merge", type=Path, nargs="+", help="join these --only-folds runs' JSONs")
+    p.add_argument(
+        "--save-detections", type=Path, help="learned: write each fold's detections here (.npz)"
+    )
+    p.add_argument(
+        "--regrid", type=Path, nargs="+", help="learned: the threshold grid from saved detections"
+    )
+    p.add_argument("--score-grid", type=float, nargs="+", help="--regrid: score thresholds")
+    p.add_argument("--mask-grid", type=float, nargs="+", help="--regrid: mask thresholds")
+    p.add_argument(
+        "--rate-size", type=int, default=512, help="learned: fields/s also at this square size"
+    )
     p.add_argument("--out", type=Path, help="JSON file to merge this finder's results into")
     args = p.parse_args(argv)
     if args.merge:
@@ -336,6 +403,18 @@ def main(argv=None) -> int:
         print(f"dsb2018 not found at {args.data}", file=sys.stderr)
         return 2
     ids, items = load(args.data, args.limit)
+    if args.regrid:
+        from cytotune.engine.crop.learned import MASK_GRID, SCORE_GRID
+
+        grid = regrid(
+            args.regrid, items, args.score_grid or SCORE_GRID, args.mask_grid or MASK_GRID
+        )
+        best = sorted(grid["grid_pooled"], key=lambda r: -r["map"])[:5]
+        for r in [*best, {"tuned": 1, **grid["tuned"]["pooled"]}]:
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
+        if args.out:
+            args.out.write_text(json.dumps(grid, indent=2) + "\n")
+        return 0
     splits = folds(len(items), args.folds, args.seed)
     run = BENCHES[args.finder]
     start = time.perf_counter()

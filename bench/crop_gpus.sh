@@ -2,6 +2,8 @@
 # plus seed-finder variants on the other GPUs; carry [".bb/crop"] (dsb2018 + src.tar, see
 # crop_gpu.sh). Each run scores its folds (bench/crop.py --only-folds); --merge joins them.
 # EPOCHS (learned, default 24), BATCH (8), SEED_VARIANTS ("A|B": bench/crop.py options per run),
+# CROP_ARGS (more bench/crop.py options for the learned runs); each fold's held-out detections
+# come back in crop/det (bench/crop.py --regrid re-scores them at any thresholds on a CPU);
 # FOLDS (default "0 1 2 3 4"; the k-th listed fold runs on GPU k mod the GPU count). At 40 epochs a
 # fold takes about 8 min alone, so two folds on one GPU pass a call's 10 min: run FOLDS="0 1 2 3"
 # on 4 GPUs and FOLDS="4" in a second call, then merge the five JSONs (bench/crop.py --merge).
@@ -10,7 +12,7 @@ mkdir -p /tmp/src && tar -xf .bb/crop/src.tar -C /tmp/src && rm -rf /tmp/dsb2018
 nvidia-smi --query-gpu=name --format=csv,noheader
 export PYTHONUNBUFFERED=1
 n=$(nvidia-smi -L | grep -c '^GPU')
-L="python3 bench/crop.py --finder learned --device cuda --epochs ${EPOCHS:-24} --batch-size ${BATCH:-8} --quiet --data /tmp/dsb2018"
+L="python3 bench/crop.py --finder learned --device cuda --epochs ${EPOCHS:-24} --batch-size ${BATCH:-8} --quiet --data /tmp/dsb2018 --save-detections /tmp/det ${CROP_ARGS}"
 k=0
 for f in ${FOLDS:-0 1 2 3 4}; do
   CUDA_VISIBLE_DEVICES=$((k % n)) timeout ${TIMEOUT:-540} $L --only-folds $f --out /tmp/learned_$f.json > /tmp/learned_$f.log 2>&1 &
@@ -25,4 +27,4 @@ done
 wait
 for f in /tmp/learned_*.log /tmp/seed_*.log; do echo "== $f"; grep -v Warn $f | tail -3; done
 python3 bench/crop.py --finder learned --merge /tmp/learned_*.json --out /tmp/crop.json | tail -2
-mkdir -p $OUT/crop && cp /tmp/learned_*.json /tmp/seed_*.json /tmp/crop.json /tmp/*.log $OUT/crop/ 2>/dev/null; true
+mkdir -p $OUT/crop && cp -r /tmp/det $OUT/crop/ 2>/dev/null; cp /tmp/learned_*.json /tmp/seed_*.json /tmp/crop.json /tmp/*.log $OUT/crop/ 2>/dev/null; true

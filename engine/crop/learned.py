@@ -175,7 +175,7 @@ def read_checkpoint(checkpoint: str | Path | None, finder: str) -> tuple[dict, d
 
 
 SCORE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-MASK_GRID = (0.4, 0.5, 0.6)
+MASK_GRID = (0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 @dataclass(frozen=True)
@@ -199,13 +199,41 @@ class Detections:
         scores = scores[order].cpu().numpy()
         boxes = pred["boxes"][keep][order].float().cpu().numpy()
         probs = pred["masks"][keep][order, 0]
-        slices, masks = [], []
-        for i, box in enumerate(boxes):
-            ys, xs = box_slices(box, shape)
-            patch = (probs[i, ys, xs].float() * 255).round().to(torch.uint8)
-            slices.append((ys, xs))
-            masks.append(patch.cpu().numpy())
+        slices = [box_slices(box, shape) for box in boxes]
+        if not slices:
+            return cls(shape, scores, [], [])
+        flat = torch.cat([probs[i, ys, xs].flatten() for i, (ys, xs) in enumerate(slices)])
+        flat = (flat.float() * 255).round().to(torch.uint8).cpu().numpy()  # one copy off the GPU
+        sizes = [(ys.stop - ys.start) * (xs.stop - xs.start) for ys, xs in slices]
+        ends = np.cumsum(sizes)
+        masks = [
+            flat[end - size : end].reshape(ys.stop - ys.start, xs.stop - xs.start)
+            for end, size, (ys, xs) in zip(ends, sizes, slices)
+        ]
         return cls(shape, scores, slices, masks)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The detections as flat arrays (for ``np.savez``); :meth:`from_arrays` reads them."""
+        bounds = [(ys.start, ys.stop, xs.start, xs.stop) for ys, xs in self.slices]
+        return {
+            "shape": np.array(self.shape, np.int64),
+            "scores": self.scores.astype(np.float32),
+            "bounds": np.array(bounds, np.int64).reshape(-1, 4),
+            "masks": np.concatenate([m.ravel() for m in self.masks] or [np.zeros(0, np.uint8)]),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> Detections:
+        bounds = np.asarray(arrays["bounds"]).reshape(-1, 4)
+        slices = [(slice(y0, y1), slice(x0, x1)) for y0, y1, x0, x1 in bounds.tolist()]
+        sizes = [(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in bounds.tolist()]
+        flat, ends = np.asarray(arrays["masks"]), np.cumsum(sizes)
+        masks = [
+            flat[e - n : e].reshape(ys.stop - ys.start, xs.stop - xs.start)
+            for e, n, (ys, xs) in zip(ends, sizes, slices)
+        ]
+        shape = tuple(int(v) for v in arrays["shape"])
+        return cls(shape, np.asarray(arrays["scores"], np.float32), slices, masks)
 
     def labels(self, score_threshold: float, mask_threshold: float = 0.5, keep: float = 0.5):
         """Instance label image: masks over ``mask_threshold`` of detections scored at least

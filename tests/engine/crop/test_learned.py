@@ -144,6 +144,17 @@ def test_detections_paint_as_paint_does_at_any_score_and_mask_threshold():
     assert (found.labels(0.3, 0.5) == 2).sum() == 16  # the faint cell whole
     assert (found.labels(0.3, 0.7) == 2).sum() == 4  # only its bright core
     assert found.labels(0.5, 0.5).max() == 1  # the duplicate dropped, the faint cell below 0.5
+    again = Detections.from_arrays(dict(np.load(_saved(found.arrays()))))  # saved and read back
+    np.testing.assert_array_equal(again.labels(0.3, 0.7), found.labels(0.3, 0.7))
+
+
+def _saved(arrays: dict):
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    buffer.seek(0)
+    return buffer
 
 
 def test_crop_train_chooses_thresholds_on_validation_fields(tmp_path, one_thread):
