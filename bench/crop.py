@@ -7,7 +7,7 @@ initialisation) is trained on the four training folds and scored on the fifth; r
 machine. The seed finder (AttentionNet's two-scale anchor detector, :mod:`engine.crop.seed`) is
 trained the same way; its score threshold is chosen per fold on the training fields (best F1).
 The learned finder is also scored on a grid of score x mask thresholds; its "tuned" row takes
-each fold's thresholds from the best mAP on the other folds' held-out fields (cross-fitted).
+each fold's thresholds from the best F1 + mAP on the other folds' held-out fields (cross-fitted).
 Fields/s counts the finder alone (fields already in memory), one process.
 
   python bench/crop.py --finder classical --out bench/results/crop.json
@@ -277,8 +277,10 @@ def regrid(paths: list[Path], items, score_grid, mask_grid) -> dict:
 
 def with_tuned(grid_rows: list[dict]) -> dict:
     """The threshold grid's fold rows and, with two folds or more, the cross-fitted result:
-    each fold scored at the (score, mask) thresholds of the best mAP on the *other* folds'
-    held-out fields, so no fold's own truth picks its thresholds."""
+    each fold scored at the (score, mask) thresholds ranked best (``threshold_rank``: F1 + mAP)
+    on the *other* folds' held-out fields, so no fold's own truth picks its thresholds."""
+    from cytotune.engine.crop.learned import threshold_rank
+
     out = {"grid_folds": grid_rows}
     folds_seen = sorted({r["fold"] for r in grid_rows})
     if len(folds_seen) < 2:
@@ -296,7 +298,7 @@ def with_tuned(grid_rows: list[dict]) -> dict:
     for f in folds_seen:
         others = [g for g in folds_seen if g != f]
         pooled = {pt: pool_fold_rows(rows_at(pt, others)) for pt in points}
-        best = max(points, key=lambda pt: (pooled[pt]["map"], pooled[pt]["f1"]))
+        best = max(points, key=lambda pt: threshold_rank(pooled[pt]))
         tuned.extend(rows_at(best, [f]))
     out["tuned"] = {"folds": tuned, "pooled": pool_fold_rows(tuned)}
     out["grid_pooled"] = [
@@ -409,7 +411,7 @@ def main(argv=None) -> int:
         grid = regrid(
             args.regrid, items, args.score_grid or SCORE_GRID, args.mask_grid or MASK_GRID
         )
-        best = sorted(grid["grid_pooled"], key=lambda r: -r["map"])[:5]
+        best = sorted(grid["grid_pooled"], key=lambda r: -(r["f1"] + r["map"]))[:5]
         for r in [*best, {"tuned": 1, **grid["tuned"]["pooled"]}]:
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
         if args.out:

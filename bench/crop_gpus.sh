@@ -27,4 +27,6 @@ done
 wait
 for f in /tmp/learned_*.log /tmp/seed_*.log; do echo "== $f"; grep -v Warn $f | tail -3; done
 python3 bench/crop.py --finder learned --merge /tmp/learned_*.json --out /tmp/crop.json | tail -2
-mkdir -p $OUT/crop && cp -r /tmp/det $OUT/crop/ 2>/dev/null; cp /tmp/learned_*.json /tmp/seed_*.json /tmp/crop.json /tmp/*.log $OUT/crop/ 2>/dev/null; true
+# Few files come back from a call: the JSONs, one log and the detections as one archive.
+mkdir -p $OUT/crop && cp /tmp/learned_*.json /tmp/crop.json $OUT/crop/ && cat /tmp/learned_*.log /tmp/seed_*.log > $OUT/crop/logs.txt 2>/dev/null
+cp /tmp/seed_*.json $OUT/crop/ 2>/dev/null; tar -czf $OUT/crop/det.tgz -C /tmp det 2>/dev/null; true
