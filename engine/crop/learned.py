@@ -275,6 +275,10 @@ class LearnedFinder(Finder):
     """
 
     processes = False  # its model lives on one device: one copy, in the calling process
+    # Boxes scored under the floor are dropped inside the model, before their masks are pasted
+    # one by one into whole fields (torchvision keeps every box over 0.05, up to 512 a field).
+    # NMS only lets a higher score suppress a lower one, so the boxes over the floor are the same.
+    prefilter = True
 
     def __init__(
         self,
@@ -334,13 +338,22 @@ class LearnedFinder(Finder):
                 raise ValueError(f"a finder takes one 2-D channel, got shape {np.shape(image)}")
         out = []
         autocast = self.device.startswith("cuda")
-        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=autocast):
-            for start in range(0, len(images), self.batch_size):
-                chunk = [
-                    to_tensor(x).to(self.device) for x in images[start : start + self.batch_size]
-                ]
-                for image, pred in zip(chunk, self.model(chunk)):
-                    out.append(Detections.from_prediction(pred, tuple(image.shape[-2:]), floor))
+        heads = self.model.roi_heads
+        before = heads.score_thresh
+        if self.prefilter:  # torchvision keeps scores strictly above its threshold
+            heads.score_thresh = float(np.nextafter(np.float32(floor), np.float32(-1)))
+        try:
+            with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=autocast):
+                for start in range(0, len(images), self.batch_size):
+                    chunk = [
+                        to_tensor(x).to(self.device)
+                        for x in images[start : start + self.batch_size]
+                    ]
+                    for image, pred in zip(chunk, self.model(chunk)):
+                        shape = tuple(image.shape[-2:])
+                        out.append(Detections.from_prediction(pred, shape, floor))
+        finally:
+            heads.score_thresh = before
         return out
 
 

@@ -215,3 +215,26 @@ def test_bench_cross_fits_thresholds_on_the_other_folds():
     rows[2], rows[4] = row(1, 0.3, 8, 9, 0.9), row(2, 0.3, 8, 8, 0.9)  # now 0.3 wins elsewhere
     picked = {r["fold"]: r["score_threshold"] for r in bench.with_tuned(rows)["tuned"]["folds"]}
     assert picked == {0: 0.3, 1: 0.3, 2: 0.3}
+
+
+def test_prefilter_keeps_the_same_cells_and_restores_the_model(one_thread):
+    import torch
+    from cytotune.engine.crop.learned import LearnedFinder, build_model
+
+    torch.manual_seed(0)
+    model = build_model(width=16, min_size=64, max_size=64, detections=64)
+    finder = LearnedFinder(model=model, config={}, device="cpu", batch_size=2)
+    fields = [disc_field((64, 64), [(20, 20), (44, 40)], 7, seed=i)[0] for i in range(2)]
+    finder.prefilter = False
+    everything = np.concatenate([d.scores for d in finder.detections(fields, 0.0)])
+    floor = float(np.median(everything))  # half the boxes fall under it
+    found = {}
+    for prefilter in (False, True):
+        finder.prefilter = prefilter
+        found[prefilter] = finder.detections(fields, floor)
+        assert model.roi_heads.score_thresh == pytest.approx(0.05)  # torchvision's, restored
+    for a, b in zip(found[False], found[True]):
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.labels(floor, 0.5), b.labels(floor, 0.5))
+    kept = sum(len(d.scores) for d in found[True])
+    assert 0 < kept < len(everything)
