@@ -119,7 +119,8 @@ def merge_parts(paths: list[Path], finder: str) -> dict:
     if len({r["fold"] for r in rows}) != len(rows):
         raise SystemExit(f"the parts score some folds twice: {[r['fold'] for r in rows]}")
     merged = {**parts[0], "folds": rows, "pooled": pool_fold_rows(rows)}
-    merged["fields_per_s"] = float(np.mean([p["fields_per_s"] for p in parts]))
+    for key in [k for k in parts[0] if k.startswith("fields_per_s") and k != "fields_per_s_device"]:
+        merged[key] = float(np.mean([p[key] for p in parts if key in p]))
     merged["train_seconds_per_fold"] = float(np.mean([p["train_seconds_per_fold"] for p in parts]))
     merged["parts"] = [str(p) for p in paths]
     if any("grid_folds" in part for part in parts):
