@@ -216,9 +216,10 @@ def _maps_dataset(path: str | Path):
     return dataset
 
 
-def read_maps(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """A map table (directory of parts or single file) as one Arrow table."""
-    return _maps_dataset(path).to_table(columns=columns)
+def read_maps(path: str | Path, columns: list[str] | None = None, filter=None) -> pa.Table:
+    """A map table (directory of parts or single file) as one Arrow table (its rows matching
+    ``filter``, a pyarrow dataset expression, when given)."""
+    return _maps_dataset(path).to_table(columns=columns, filter=filter)
 
 
 def maps_schema(path: str | Path) -> pa.Schema:

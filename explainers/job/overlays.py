@@ -7,9 +7,11 @@ first (up to a quarter of it), because those are the ones people open first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from .config import ExplainConfig
@@ -42,15 +44,34 @@ def pick_cells(frame: pd.DataFrame, n: int, seed: int) -> list[str]:
     return [str(c) for c in order[:n]]
 
 
+@dataclass(frozen=True)
+class OverlayWork:
+    """What every (trial, method) pair's overlays need; it pickles (a stage child takes pairs)."""
+
+    study_dir: Path
+    names: tuple[str, ...]
+    regression: bool
+
+
 def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -> pd.DataFrame:
+    """The sample of each trial is picked here (its crops read once), the maps are drawn by
+    :func:`overlays_of` per (trial, method), in stage processes where
+    :func:`~cytotune.explainers.job.processes.tail_processes` allows."""
+    from .processes import map_in_processes
+
     if config.overlays == 0:
         return pd.DataFrame(columns=list(OVERLAY_COLUMNS))
-    names = list(plan.manifest.channel_names)
     row_of = dict(zip(plan.cells["cell_id"], plan.cells["row"]))
     index_path = explain_dir(plan.study_dir) / "overlays.parquet"
     # --overwrite keeps nothing: an older run's table is not read (it may be of an older format)
     old = empty_index("overlays") if config.overwrite else read_index(plan.study_dir, "overlays")
-    records: list[dict] = []
+    common = OverlayWork(
+        Path(plan.study_dir),
+        tuple(plan.manifest.channel_names),
+        plan.manifest.task != "classification",
+    )
+    work: list = []  # (part, key, job) or kept records
+    crops: dict[tuple[str, ...], np.ndarray] = {}  # a trial's sample is the same for its methods
     for trial in plan.trials:
         for method in config.method_names:
             source = maps_path(plan.study_dir, trial.trial_id, method)
@@ -62,38 +83,58 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
             )
             kept = old[(old["trial_id"] == trial.trial_id) & (old["method"] == method)]
             if state.done(part, key) and len(kept) and not config.overwrite:
-                records += kept.to_dict("records")
+                work.append(kept.to_dict("records"))
                 continue
-            table = read_maps(source)
-            first = table
-            if plan.manifest.task != "classification":  # overlays of the first target
-                first = table.filter(pc.equal(table.column("target_index"), 0))
-            meta = first.select(["cell_id", "correct", "label_index"]).to_pandas()
-            chosen = pick_cells(meta, config.overlays, config.seed)
-            picked = first.filter(
-                pc.is_in(first.column("cell_id"), value_set=pa.array(chosen, pa.string()))
-            )
-            images = plan.dataset.images(
-                np.array([row_of[c] for c in picked.column("cell_id").to_pylist()])
-            )
-            for image, row in zip(images, picked.to_pylist()):
-                amap = decode_map(row["map"], row["map_shape"], image.shape[-2:])
-                path = overlay_path(plan.study_dir, trial.trial_id, method, row["cell_id"])
-                path.parent.mkdir(parents=True, exist_ok=True)
-                # crop | map with a colour bar in the method's units (what the dashboard draws)
-                path.write_bytes(render_tile(image, amap, method, channel_names=names))
-                records.append(
-                    {
-                        "trial_id": trial.trial_id,
-                        "method": method,
-                        "cell_id": row["cell_id"],
-                        "path": str(path.relative_to(plan.study_dir)),
-                        "label": row["label"],
-                        "prediction": row["prediction"],
-                        "correct": bool(row["correct"]),
-                    }
-                )
-            state.finish(part, key, images=len(picked))
+            meta = read_maps(source, ["cell_id", "correct", "label_index", "target_index"])
+            if common.regression:  # overlays of the first target
+                meta = meta.filter(pc.equal(meta.column("target_index"), 0))
+            frame = meta.select(["cell_id", "correct", "label_index"]).to_pandas()
+            chosen = set(pick_cells(frame, config.overlays, config.seed))
+            picked = tuple(c for c in frame["cell_id"] if c in chosen)  # in the table's order
+            if picked not in crops:
+                crops[picked] = plan.dataset.images(np.array([row_of[c] for c in picked]))
+            job = (common, trial.trial_id, method, source, picked, crops[picked])
+            work.append((part, key, job))
+    todo = [w for w in work if isinstance(w, tuple)]
+    drawn = iter(map_in_processes(overlays_of, [w[2] for w in todo], 1, "overlays"))
+    records: list[dict] = []
+    for w in work:
+        if not isinstance(w, tuple):
+            records += w
+            continue
+        rows = next(drawn)
+        records += rows
+        state.finish(w[0], w[1], images=len(rows))
     index = pd.DataFrame(records, columns=list(OVERLAY_COLUMNS))
     write_frame(index, index_path)
     return index
+
+
+def overlays_of(work: OverlayWork, trial_id, method, source, picked, images) -> list[dict]:
+    """The overlay PNGs of one (trial, method) for the cells ``picked`` (crops ``images`` in
+    the same order): crop | map with a colour bar in the method's units (what the dashboard
+    draws); their index rows."""
+    table = read_maps(source, filter=pc.field("cell_id").isin(list(picked)))
+    if work.regression:
+        table = table.filter(pc.equal(table.column("target_index"), 0))
+    rows = table.to_pylist()
+    if [r["cell_id"] for r in rows] != list(picked):
+        raise RuntimeError(f"the map table {source} changed while its overlays were drawn")
+    records = []
+    for image, row in zip(images, rows):
+        amap = decode_map(row["map"], row["map_shape"], image.shape[-2:])
+        path = overlay_path(work.study_dir, trial_id, method, row["cell_id"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(render_tile(image, amap, method, channel_names=list(work.names)))
+        records.append(
+            {
+                "trial_id": trial_id,
+                "method": method,
+                "cell_id": row["cell_id"],
+                "path": str(path.relative_to(work.study_dir)),
+                "label": row["label"],
+                "prediction": row["prediction"],
+                "correct": bool(row["correct"]),
+            }
+        )
+    return records

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -100,12 +101,32 @@ def _save_npy(path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+@dataclass(frozen=True)
+class PopulationWork:
+    """What every (trial, method) pair's population figures need; it pickles, so a stage child
+    can take pairs (:func:`~cytotune.explainers.job.processes.map_in_processes`)."""
+
+    study_dir: Path
+    names: tuple[str, ...]
+    hw: tuple[int, int]
+    regression: bool
+    radius: int
+    threshold: float
+    classes: tuple[str, ...]
+    groups: pd.Series  # each planned cell's population, indexed by cell id
+    shape_means: dict
+    eps: float
+
+
 def run_population(
     plan: ExplainPlan, config: ExplainConfig, state: ExplainState, eps: float = 1e-3
 ) -> pd.DataFrame:
     """Write population maps and ``population.parquet``; returns the summary table. The
-    (trial, method) pairs run in threads (numpy, zlib and file writes release the GIL: the
-    MitoCheck job's 10 pairs x 16 classes took 9.5 s one after another)."""
+    (trial, method) pairs go to stage processes where :func:`tail_processes` allows (on one
+    H100 this stage and the overlays shared one interpreter lock for the job's last 12 s),
+    else to threads (numpy, zlib and file writes release the lock)."""
+    from .processes import map_in_processes
+
     classes, groups = class_of_cells(plan)
     key = config.maps_key() + f"-r{config.radius}-t{config.threshold}"
     summary_path = explain_dir(plan.study_dir) / "population.parquet"
@@ -127,55 +148,59 @@ def run_population(
                     continue
             work.append((part, part_key, trial.trial_id, method, source))
     todo = [w for w in work if isinstance(w, tuple)]
-    shape_means = gmean_images(plan, classes, groups, eps) if todo else None
+    common = None
+    if todo:
+        common = PopulationWork(
+            study_dir=Path(plan.study_dir),
+            names=tuple(plan.manifest.channel_names),
+            hw=tuple(plan.manifest.shape[1:]),
+            regression=plan.manifest.task != "classification",
+            radius=config.radius,
+            threshold=config.threshold,
+            classes=tuple(classes),
+            groups=groups,
+            shape_means=gmean_images(plan, classes, groups, eps),
+            eps=eps,
+        )
+    jobs = [(common, *w[2:]) for w in todo]
+    threads = min(8, os.cpu_count() or 1, max(1, len(todo)))
+    done = dict(zip(todo, map_in_processes(population_of, jobs, threads, "population")))
     rows: list[dict] = []
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, max(1, len(todo)))) as pool:
-        futures = {
-            w: pool.submit(_population_of, plan, config, w[2:], (classes, groups), shape_means, eps)
-            for w in todo
-        }
-        for w in work:
-            if not isinstance(w, tuple):
-                rows += w
-                continue
-            rows += futures[w].result()
-            state.finish(w[0], w[1])
+    for w in work:
+        if not isinstance(w, tuple):
+            rows += w
+            continue
+        rows += done[w]
+        state.finish(w[0], w[1])
     table = pd.DataFrame(rows)
     if not table.empty:
         write_frame(table, summary_path)
     return table
 
 
-def _population_of(plan, config, what, populations, shape_means, eps) -> list[dict]:
-    """One ``what`` = (trial_id, method, map table): its geometric-mean maps per class of
-    ``populations`` (classes, each cell's class), their files and summary rows."""
-    (trial_id, method, source), (classes, groups) = what, populations
-    names = list(plan.manifest.channel_names)
-    hw = tuple(plan.manifest.shape[1:])
-    map_means = gmean_maps(source, classes, groups, hw, eps, plan.manifest.task != "classification")
+def population_of(work: PopulationWork, trial_id: str, method: str, source) -> list[dict]:
+    """One (trial, method) map table: its geometric-mean maps per class, their files and
+    summary rows."""
+    map_means = gmean_maps(
+        source, list(work.classes), work.groups, work.hw, work.eps, work.regression
+    )
     rows: list[dict] = []
-    for cls in classes:
-        if cls not in map_means or cls not in shape_means:
+    for cls in work.classes:
+        if cls not in map_means or cls not in work.shape_means:
             continue
+        n = int((work.groups == cls).sum())
         rows += _write_class(
-            plan,
-            config,
-            trial_id,
-            method,
-            cls,
-            shape_means[cls],
-            map_means[cls][0],
-            names,
-            int((groups == cls).sum()),
+            work, trial_id, method, cls, work.shape_means[cls], map_means[cls][0], n
         )
     return rows
 
 
-def _write_class(plan, config, trial_id, method, cls, image, cam, names, n) -> list[dict]:
-    out = population_dir(plan.study_dir, trial_id, method, cls)
+def _write_class(work: PopulationWork, trial_id, method, cls, image, cam, n) -> list[dict]:
+    names = list(work.names)
+    out = population_dir(work.study_dir, trial_id, method, cls)
     channels = [image[c] for c in range(image.shape[0])] + [image.mean(0)]
     labels = names + ["all"]
-    results = [compare_population_maps(ch, cam, config.radius, config.threshold) for ch in channels]
+    results = [compare_population_maps(ch, cam, work.radius, work.threshold) for ch in channels]
     correlation = np.stack([r["r"] for r in results])  # (C + 1, H, W)
     _save_npy(out / "gmean_image.npy", image)
     _save_npy(out / "gmean_map.npy", cam)
@@ -195,7 +220,7 @@ def _write_class(plan, config, trial_id, method, cls, image, cam, names, n) -> l
             scale=4,
         ),
     )
-    rel = lambda name: str((out / name).relative_to(plan.study_dir))  # noqa: E731
+    rel = lambda name: str((out / name).relative_to(work.study_dir))  # noqa: E731
     return [
         {
             "trial_id": trial_id,

@@ -364,3 +364,38 @@ def map_in_threads(fn, jobs: list[tuple], workers: int) -> list:
     if errors:
         raise errors[0]
     return results
+
+
+TAIL_PROCESSES_ENV = "CYTOTUNE_TAIL_PROCESSES"
+
+
+def tail_processes() -> int:
+    """Stage processes for each of the stages that read the finished maps (population figures,
+    overlays): ``CYTOTUNE_TAIL_PROCESSES``, else a quarter of the CPU cores, at most 4 (1, so
+    threads, below 8 cores). They import no torch (about 0.5 s), so they start cold, with the
+    stage."""
+    value = os.environ.get(TAIL_PROCESSES_ENV)
+    if value is not None:
+        return max(1, int(value or 1))
+    cores = os.cpu_count() or 1
+    return 1 if cores < 8 else min(4, cores // 4)
+
+
+def map_in_processes(fn, jobs: list[tuple], threads: int, stage: str) -> list:
+    """``[fn(*job) for job in jobs]`` in job order, dealt out (every k-th job) to
+    :func:`tail_processes` stage children with 2 threads each; with one, on ``threads``
+    threads here. ``fn`` and the jobs must pickle."""
+    count = min(len(jobs), tail_processes())
+    if count <= 1:
+        return map_in_threads(fn, jobs, threads)
+    shares = [jobs[k::count] for k in range(count)]
+    name = f"cytotune-explain-{stage}"
+
+    def share(part: list[tuple]) -> list:
+        return call_in_process(map_in_threads, fn, part, 2, name=name)
+
+    results = map_in_threads(share, [(part,) for part in shares], count)
+    out: list = [None] * len(jobs)
+    for k, part in enumerate(results):
+        out[k::count] = part
+    return out

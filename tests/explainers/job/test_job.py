@@ -486,6 +486,60 @@ def test_side_stages_in_processes_write_what_threads_write(trained_study, tmp_pa
     assert out["0"][1] == out["1"][1]
 
 
+def test_population_and_overlays_in_processes_write_what_threads_write(
+    trained_study, tmp_path, monkeypatch
+):
+    """The stages that read the finished maps, dealt out to stage processes (as on a GPU host
+    with 8 cores or more), write the same tables, arrays and PNGs as in this process."""
+    from cytotune.explainers.job import processes
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.runner import run_explain
+
+    called = []
+    call = processes.call_in_process
+
+    def recorded(fn, *args, name):
+        called.append((name, len(args[1])))  # map_in_threads(fn, jobs, threads)
+        return call(fn, *args, name=name)
+
+    monkeypatch.setattr(processes, "call_in_process", recorded)
+    monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "0")
+    out = {}
+    for count in ("1", "2"):
+        monkeypatch.setenv(processes.TAIL_PROCESSES_ENV, count)
+        study = tmp_path / f"tail{count}"
+        shutil.copytree(trained_study, study)
+        config = ExplainConfig(
+            study=str(study),
+            trials=("small_cnn", "protopnet"),
+            methods=("saliency", "gradcam"),
+            stages=("maps", "population", "overlays"),
+            overlays=6,
+            limit=40,
+        )
+        run_explain(config, progress=False, log=lambda *_: None)
+        explained = explain_dir(study)
+        files = {
+            p.relative_to(explained): p.read_bytes()
+            for folder in ("population", "overlays")
+            for p in (explained / folder).rglob("*")
+            if p.is_file()
+        }
+        tables = [pd.read_parquet(explained / f"{t}.parquet") for t in ("population", "overlays")]
+        out[count] = tables, files
+    # 2 x 2 (trial, method) pairs per stage: two processes of two pairs each, per stage
+    assert (
+        sorted(called)
+        == [("cytotune-explain-overlays", 2)] * 2 + [("cytotune-explain-population", 2)] * 2
+    )
+    for threads, spread in zip(out["1"][0], out["2"][0]):
+        assert len(threads) > 0
+        pd.testing.assert_frame_equal(threads, spread)
+    assert any(p.suffix == ".png" for p in out["1"][1])
+    assert any(p.suffix == ".npy" for p in out["1"][1])
+    assert out["1"][1] == out["2"][1]
+
+
 def test_a_failing_stage_process_raises_its_traceback():
     from cytotune.explainers.job.processes import call_in_process
 
