@@ -15,6 +15,7 @@ Fields/s counts the finder alone (fields already in memory), one process.
   python bench/crop.py --finder learned --device cpu --limit 12 --folds 2 --epochs 1   # smoke
   python bench/crop.py --finder seed --device cuda --epochs 40 --batch-size 16 --out bench/results/crop.json
   python bench/crop.py --finder seed --device cpu --limit 8 --folds 2 --epochs 1 --quiet   # smoke
+  python bench/crop.py --finder learned --regrid det/fold_*.npz --mask-grid 0.6 0.7   # saved detections
 """
 
 from __future__ import annotations
