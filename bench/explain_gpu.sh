@@ -6,6 +6,7 @@
 #   2. `cytotune explain --study ... --top-k 3` (5 methods x 3 trials x 3,277 cells) RUNS times
 #      per executor in EXECUTORS (default "local ray"; local1: local with one worker; local2: local
 #      in two processes sharing the GPU; localq1: the quality's sampled scores in one process;
+#      localt1: population and overlays in threads, not in tail processes;
 #      base: the local executor of the code in .gpu/base.tar), each timed, with the job's own stage
 #      timings (explain/explain.json);
 #   3. SANITY=1: bench/sanity_calibration.py on the same trained weights (--models) on the GPU and
@@ -58,13 +59,15 @@ EOF
     # local1: the local executor with one worker (no threads)
     # local2: the local executor in two processes sharing the GPU; localq1: the quality's sampled
     # scores in one process; base: the local executor of the code in .gpu/base.tar (a git archive)
+    # localt1: population and overlays in threads of this process (no tail processes)
     W=""; [ "$e" = local1 ] && W=1; P=""; [ "$e" = local2 ] && P=2; Q=""; [ "$e" = localq1 ] && Q=1
-    C="cytotune"; X=${e%q1}; X=${X%[12]}
+    T=""; [ "$e" = localt1 ] && T=1
+    C="cytotune"; X=${e%q1}; X=${X%t1}; X=${X%[12]}
     if [ "$e" = base ]; then
       [ -d /tmp/src_base ] || { mkdir -p /tmp/src_base && tar -xf .gpu/base.tar -C /tmp/src_base; }
       C="env PYTHONPATH=/tmp/site:/tmp/src_base python3 -P -m cytotune.engine.cli"; X=local
     fi
-    CYTOTUNE_LOCAL_WORKERS=$W CYTOTUNE_LOCAL_PROCESSES=$P CYTOTUNE_QUALITY_PROCESSES=$Q timeout 240 $C explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
+    CYTOTUNE_LOCAL_WORKERS=$W CYTOTUNE_LOCAL_PROCESSES=$P CYTOTUNE_QUALITY_PROCESSES=$Q CYTOTUNE_TAIL_PROCESSES=$T timeout 240 $C explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
       --executor $X ${EXPLAIN_ARGS} > $R/explain_${e}_$i.txt 2>&1
     echo "explain $e run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)"
     grep -v "Warn\|it/s\|s/it" $R/explain_${e}_$i.txt | grep -v "^ \+[a-z_+]\+ \+[0-9.]\+ \+[0-9.]\+ \+\(passed\|failed\|inconclusive\)" | tail -22

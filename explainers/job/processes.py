@@ -374,9 +374,9 @@ def tail_processes() -> int:
     overlays): ``CYTOTUNE_TAIL_PROCESSES``, else a quarter of the CPU cores, at most 4 (1, so
     threads, below 8 cores). They import no torch (about 0.5 s), so they start cold, with the
     stage."""
-    value = os.environ.get(TAIL_PROCESSES_ENV)
-    if value is not None:
-        return max(1, int(value or 1))
+    value = os.environ.get(TAIL_PROCESSES_ENV, "").strip()  # empty: the default
+    if value:
+        return max(1, int(value))
     cores = os.cpu_count() or 1
     return 1 if cores < 8 else min(4, cores // 4)
 

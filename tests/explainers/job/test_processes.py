@@ -268,3 +268,15 @@ def test_warm_stage_processes_are_used_first_and_the_rest_ended():
     processes.discard_warm()
     assert processes._WARM.empty()
     assert warm[1][0].returncode is not None  # ended
+
+
+def test_tail_processes_default_to_threads_below_8_cores(monkeypatch):
+    from cytotune.explainers.job import processes
+
+    monkeypatch.delenv(processes.TAIL_PROCESSES_ENV, raising=False)
+    for cores, expected in ((2, 1), (7, 1), (8, 2), (16, 4), (128, 4)):
+        monkeypatch.setattr(processes.os, "cpu_count", lambda cores=cores: cores)
+        assert processes.tail_processes() == expected
+    for value, expected in (("", 4), ("3", 3), ("0", 1)):  # empty: the default (16 cores: 4)
+        monkeypatch.setenv(processes.TAIL_PROCESSES_ENV, value)
+        assert processes.tail_processes() == expected
