@@ -221,6 +221,7 @@ def test_crop_train_model_seed_via_the_cli(tmp_path, one_thread):
         ("seed", "--width", "learned"),
         ("seed", "--min-size", "learned"),
         ("learned", "--crop-size", "seed"),
+        ("seed", "--mask-threshold", "learned"),
     ],
 )
 def test_crop_train_refuses_the_other_finders_options(tmp_path, capsys, model, flag, owner):
