@@ -214,11 +214,14 @@ def bench_learned(ids, items, splits, args) -> dict:
     grid_rows, rates = [], []
 
     def after(finder, fold, val_items):
+        fixed = finder.score_threshold, finder.mask_threshold
         _, table = choose_thresholds(finder, val_items)
+        finder.score_threshold, finder.mask_threshold = fixed  # the speed at the fixed ones
         grid_rows.extend({"fold": fold, **row} for row in table)
         if args.save_detections:
             found = finder.detections([image for image, _ in val_items], min(SCORE_GRID))
-            save_detections(args.save_detections / f"fold_{fold}.npz", splits[fold], found)
+            path = args.save_detections / f"fold_{fold}.npz"
+            save_detections(path, splits[fold], found, min(SCORE_GRID))
         rates.append(rate_at_size(finder, [image for image, _ in val_items], args.rate_size))
         print(f"fold {fold}: {rates[-1]:.2f} fields/s at {args.rate_size} x {args.rate_size}")
 
@@ -244,9 +247,10 @@ def rate_at_size(finder, images, size: int) -> float:
     return len(resized) / seconds
 
 
-def save_detections(path: Path, rows, found) -> None:
-    """A fold's detections (at the grid's lowest score) with the field rows they belong to."""
-    arrays = {"rows": np.asarray(rows, np.int64)}
+def save_detections(path: Path, rows, found, floor: float = 0.3) -> None:
+    """A fold's detections (scored ``floor`` or more: the grid's lowest score) with the field
+    rows they belong to."""
+    arrays = {"rows": np.asarray(rows, np.int64), "floor": np.float32(floor)}
     for k, d in enumerate(found):
         arrays |= {f"{k}/{name}": v for name, v in d.arrays().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,6 +266,9 @@ def regrid(paths: list[Path], items, score_grid, mask_grid) -> dict:
     for path in paths:
         fold = int(Path(path).stem.split("_")[-1])
         with np.load(path) as z:
+            floor = float(z["floor"]) if "floor" in z else 0.3
+            if min(score_grid) < floor - 1e-6:
+                raise SystemExit(f"{path} holds detections scored {floor:g} or more only")
             field_rows = z["rows"].tolist()
             found = [
                 Detections.from_arrays(
@@ -413,8 +420,10 @@ def main(argv=None) -> int:
         grid = regrid(
             args.regrid, items, args.score_grid or SCORE_GRID, args.mask_grid or MASK_GRID
         )
-        best = sorted(grid["grid_pooled"], key=lambda r: -(r["f1"] + r["map"]))[:5]
-        for r in [*best, {"tuned": 1, **grid["tuned"]["pooled"]}]:
+        pooled = grid.get("grid_pooled") or grid["grid_folds"]  # one fold: its own rows
+        best = sorted(pooled, key=lambda r: -(r["f1"] + r["map"]))[:5]
+        tuned = [{"tuned": 1, **grid["tuned"]["pooled"]}] if "tuned" in grid else []
+        for r in [*best, *tuned]:
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
         if args.out:
             args.out.write_text(json.dumps(grid, indent=2) + "\n")

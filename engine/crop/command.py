@@ -125,12 +125,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--score-threshold",
         type=float,
-        help="keep cells scored at least this (default: chosen on the validation fields)",
+        help="keep cells scored at least this (crop train: default chosen on the validation "
+        "fields; crop: default the checkpoint's)",
     )
     train.add_argument(
         "--mask-threshold",
         type=float,
-        help="learned: mask probability a cell pixel exceeds (default: chosen on validation)",
+        help="learned: mask probability a cell pixel exceeds (default: chosen on validation; "
+        "crop: the checkpoint's)",
     )
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -169,6 +171,17 @@ def run(args: argparse.Namespace) -> int:
         finder_args.setdefault("checkpoint", args.checkpoint)
         if args.device != "auto":
             finder_args.setdefault("device", args.device)
+    thresholds = {"score_threshold": args.score_threshold, "mask_threshold": args.mask_threshold}
+    for key, value in thresholds.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if args.finder not in ("learned", "seed") or (key, args.finder) == (
+            "mask_threshold",
+            "seed",
+        ):
+            raise ValueError(f"{flag} does not apply to --finder {args.finder}; drop it")
+        finder_args.setdefault(key, value)  # over the checkpoint's own choice
     options = CropOptions(
         size=args.size,
         channel=args.channel,

@@ -237,7 +237,9 @@ class Detections:
 
     def labels(self, score_threshold: float, mask_threshold: float = 0.5, keep: float = 0.5):
         """Instance label image: masks over ``mask_threshold`` of detections scored at least
-        ``score_threshold``, painted as :func:`paint` does."""
+        ``score_threshold``, painted as :func:`paint` does. The masks are kept in steps of
+        1/255: a pixel is in where ``round(255 p) > 255 * mask_threshold`` (at 0.5 that takes
+        p = 0.5 in, which ``p > 0.5`` left out; the bf16 model's own step is 1/256)."""
         labels = np.zeros(self.shape, dtype=np.int32)
         cut = mask_threshold * 255
         n = 0
@@ -341,7 +343,8 @@ class LearnedFinder(Finder):
         heads = self.model.roi_heads
         before = heads.score_thresh
         if self.prefilter:  # torchvision keeps scores strictly above its threshold
-            heads.score_thresh = float(np.nextafter(np.float32(floor), np.float32(-1)))
+            below = float(np.nextafter(np.float32(floor), np.float32(-1)))
+            heads.score_thresh = max(before, below)  # never under torchvision's own cut
         try:
             with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=autocast):
                 for start in range(0, len(images), self.batch_size):

@@ -311,9 +311,11 @@ def train_finder(
             "mask_grid": MASK_GRID if options.mask_threshold is None else (finder.mask_threshold,),
         }
         _, table = choose_thresholds(finder, val, **grids)
+        config["threshold_choice"] = "best F1 + mAP on the validation fields (val is scored there)"
         config["threshold_grid"] = [
             {k: row[k] for k in ("score_threshold", "mask_threshold", "f1", "map")} for row in table
         ]
+    config.setdefault("threshold_choice", "given" if val else "default: no validation fields")
     config.update(score_threshold=finder.score_threshold, mask_threshold=finder.mask_threshold)
     config["val"] = evaluate(finder, val)
     save_checkpoint(model, out, config)

@@ -270,7 +270,8 @@ def discard_warm() -> None:
 
 def call_in_process(fn, *args, name: str = "cytotune-explain-stage"):
     """``fn(*args)`` in a Python process of its own (a warm one when :func:`warm_processes`
-    started some); its result, or a RuntimeError with the child's traceback. ``fn`` must be
+    started some); its result, or the child's exception (its type, with the child's traceback
+    as a note; a RuntimeError where it does not pickle). ``fn`` must be
     importable (a module-level function), ``fn``, ``args`` and the result must pickle. The
     child ends when this process is gone (exited or killed), and an interrupted wait kills it."""
     import pickle
@@ -298,14 +299,18 @@ def call_in_process(fn, *args, name: str = "cytotune-explain-stage"):
         )
     kind, payload = pickle.loads(data)
     if kind == "error":
-        raise RuntimeError(f"the process {name} failed:\n{payload}")
+        text, error = payload
+        if isinstance(error, Exception):  # its own type: callers catch what they would here
+            error.add_note(f"raised in the process {name}:\n{text}")
+            raise error
+        raise RuntimeError(f"the process {name} failed:\n{text}")
     return payload
 
 
 def stage_child_main() -> None:
     """The child of :func:`call_in_process`: ``(fn, args)`` from stdin (a warm child imports
-    the side stages' modules first), ``("done", result)`` or ``("error", traceback)`` to the
-    pipe named on its command line."""
+    the side stages' modules first), ``("done", result)`` or ``("error", (traceback,
+    exception or None))`` to the pipe named on its command line."""
     import pickle
     import sys
 
@@ -322,8 +327,13 @@ def stage_child_main() -> None:
     try:
         fn, args = pickle.load(sys.stdin.buffer)
         out = pickle.dumps(("done", fn(*args)))
-    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
-        out = pickle.dumps(("error", traceback.format_exc()))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        text = traceback.format_exc()
+        try:  # the exception itself where it pickles and unpickles, else its text alone
+            out = pickle.dumps(("error", (text, exc)))
+            pickle.loads(out)
+        except Exception:  # noqa: BLE001
+            out = pickle.dumps(("error", (text, None)))
     try:
         with os.fdopen(fd, "wb") as results:
             results.write(out)
@@ -373,12 +383,21 @@ def tail_processes() -> int:
     """Stage processes for each of the stages that read the finished maps (population figures,
     overlays): ``CYTOTUNE_TAIL_PROCESSES``, else a quarter of the CPU cores, at most 4 (1, so
     threads, below 8 cores). They import no torch (about 0.5 s), so they start cold, with the
-    stage."""
+    stage (or take a warm child the side stages left)."""
     value = os.environ.get(TAIL_PROCESSES_ENV, "").strip()  # empty: the default
     if value:
+        if not value.isdigit():
+            raise ValueError(f"{TAIL_PROCESSES_ENV}={value!r}: give a whole number (1: threads)")
         return max(1, int(value))
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     return 1 if cores < 8 else min(4, cores // 4)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (a container's limit where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def map_in_processes(fn, jobs: list[tuple], threads: int, stage: str) -> list:

@@ -227,14 +227,25 @@ def test_prefilter_keeps_the_same_cells_and_restores_the_model(one_thread):
     fields = [disc_field((64, 64), [(20, 20), (44, 40)], 7, seed=i)[0] for i in range(2)]
     finder.prefilter = False
     everything = np.concatenate([d.scores for d in finder.detections(fields, 0.0)])
-    floor = float(np.median(everything))  # half the boxes fall under it
-    found = {}
-    for prefilter in (False, True):
-        finder.prefilter = prefilter
-        found[prefilter] = finder.detections(fields, floor)
-        assert model.roi_heads.score_thresh == pytest.approx(0.05)  # torchvision's, restored
-    for a, b in zip(found[False], found[True]):
-        np.testing.assert_array_equal(a.scores, b.scores)
-        np.testing.assert_array_equal(a.labels(floor, 0.5), b.labels(floor, 0.5))
-    kept = sum(len(d.scores) for d in found[True])
+    # half the boxes fall under the median; under torchvision's own 0.05 its cut stays
+    for floor in (float(np.median(everything)), 0.01):
+        found = {}
+        for prefilter in (False, True):
+            finder.prefilter = prefilter
+            found[prefilter] = finder.detections(fields, floor)
+            assert model.roi_heads.score_thresh == pytest.approx(0.05)  # torchvision's, restored
+        for a, b in zip(found[False], found[True]):
+            np.testing.assert_array_equal(a.scores, b.scores)
+            np.testing.assert_array_equal(a.labels(floor, 0.5), b.labels(floor, 0.5))
+    kept = sum(len(d.scores) for d in finder.detections(fields, float(np.median(everything))))
     assert 0 < kept < len(everything)
+
+
+def test_crop_takes_thresholds_for_trained_finders_only(tmp_path, capsys):
+    argv = ["crop", str(tmp_path), "--out", str(tmp_path / "d"), "--score-threshold", "0.6"]
+    assert main(argv) == 2  # the classical finder scores nothing
+    assert "--score-threshold does not apply to --finder classical" in capsys.readouterr().err
+    argv = ["crop", str(tmp_path), "--out", str(tmp_path / "d"), "--finder", "seed",
+            "--checkpoint", str(tmp_path), "--mask-threshold", "0.6"]  # fmt: skip
+    assert main(argv) == 2
+    assert "--mask-threshold does not apply to --finder seed" in capsys.readouterr().err

@@ -543,8 +543,10 @@ def test_population_and_overlays_in_processes_write_what_threads_write(
 def test_a_failing_stage_process_raises_its_traceback():
     from cytotune.explainers.job.processes import call_in_process
 
-    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+    with pytest.raises(ZeroDivisionError) as raised:  # its own type: callers catch it as here
         call_in_process(divmod, 1, 0, name="cytotune-test")
+    assert "raised in the process cytotune-test" in raised.value.__notes__[0]
+    assert "ZeroDivisionError: integer division" in raised.value.__notes__[0]  # its traceback
     assert call_in_process(divmod, 7, 2, name="cytotune-test") == (3, 1)
 
 

@@ -275,8 +275,11 @@ def test_tail_processes_default_to_threads_below_8_cores(monkeypatch):
 
     monkeypatch.delenv(processes.TAIL_PROCESSES_ENV, raising=False)
     for cores, expected in ((2, 1), (7, 1), (8, 2), (16, 4), (128, 4)):
-        monkeypatch.setattr(processes.os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(processes, "usable_cores", lambda cores=cores: cores)
         assert processes.tail_processes() == expected
     for value, expected in (("", 4), ("3", 3), ("0", 1)):  # empty: the default (16 cores: 4)
         monkeypatch.setenv(processes.TAIL_PROCESSES_ENV, value)
         assert processes.tail_processes() == expected
+    monkeypatch.setenv(processes.TAIL_PROCESSES_ENV, "two")
+    with pytest.raises(ValueError, match="CYTOTUNE_TAIL_PROCESSES='two': give a whole number"):
+        processes.tail_processes()
