@@ -16,7 +16,9 @@
 #      bench/real/errors.py on BBBC021 (held-out errors per well and field of view);
 #      CEILING="member|member..." the same way: bench/real/ceiling.py on BBBC021 (an ensemble of
 #      the default trial's variants, held-out probabilities averaged);
-#   6. PYSPY=1 with the py-spy wheel in .gpu/wheels: one more explain run (local executor) under
+#   6. SPRECISION=1: bench/sanity_precision.py on the searched study (quality stage in fp32, TF32,
+#      bf16: the sanity verdicts compared, the stage timed);
+#   7. PYSPY=1 with the py-spy wheel in .gpu/wheels: one more explain run (local executor) under
 #      `py-spy record --gil` (which Python holds the interpreter lock), raw stacks per thread.
 set -x
 R=/tmp/res; mkdir -p $R
@@ -76,6 +78,10 @@ EOF
     mkdir -p $R/workers_${e}_$i && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers_${e}_$i/ 2>/dev/null
   done
   done
+  if [ -n "$SPRECISION" ]; then  # the sanity check's verdicts in fp32 vs TF32 vs bf16, timed
+    timeout ${SPRECISION_TIMEOUT:-300} python3 bench/sanity_precision.py --study /tmp/runs/mitocheck \
+      --top-k 3 --out $R/sanity_precision.json 2>&1 | grep -v Warn | tail -8
+  fi
   if [ -n "$PYSPY" ]; then  # which Python holds the interpreter lock, per thread (raw stacks)
     S=$(ls /tmp/site/py_spy-*.data/scripts/py-spy | head -1); chmod +x $S
     timeout 240 $S record --gil --threads --subprocesses --rate 200 --format raw -o $R/explain_local.spy.txt -- \
