@@ -192,6 +192,8 @@ def side_stages_in_processes(devices: list[str] | None = None) -> bool:
     value = os.environ.get(STAGE_PROCESSES_ENV)
     if value is not None:
         return value not in ("", "0")
+    if os.name != "posix":  # the children get their result pipe through pass_fds (POSIX only)
+        return False
     devices = devices if devices is not None else executor.local_devices()
     gpus = [d for d in devices if d != "cpu"]
     return bool(gpus) and min(gpu_memory_gib(d) for d in gpus) >= SIDE_PROCESSES_MIN_GIB
@@ -389,6 +391,8 @@ def tail_processes() -> int:
         if not value.isdigit():
             raise ValueError(f"{TAIL_PROCESSES_ENV}={value!r}: give a whole number (1: threads)")
         return max(1, int(value))
+    if os.name != "posix":  # the children get their result pipe through pass_fds (POSIX only)
+        return 1
     cores = usable_cores()
     return 1 if cores < 8 else min(4, cores // 4)
 

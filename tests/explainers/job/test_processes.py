@@ -280,6 +280,10 @@ def test_tail_processes_default_to_threads_below_8_cores(monkeypatch):
     for value, expected in (("", 4), ("3", 3), ("0", 1)):  # empty: the default (16 cores: 4)
         monkeypatch.setenv(processes.TAIL_PROCESSES_ENV, value)
         assert processes.tail_processes() == expected
+    monkeypatch.delenv(processes.TAIL_PROCESSES_ENV)
+    monkeypatch.setattr(processes.os, "name", "nt")  # no pass_fds: threads
+    assert processes.tail_processes() == 1
+    monkeypatch.setattr(processes.os, "name", "posix")
     monkeypatch.setenv(processes.TAIL_PROCESSES_ENV, "two")
     with pytest.raises(ValueError, match="CYTOTUNE_TAIL_PROCESSES='two': give a whole number"):
         processes.tail_processes()
