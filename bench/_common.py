@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,16 @@ def throughput_train(loader: str) -> dict:
 def study(path: Path, **fields) -> Path:
     path.write_text(yaml.safe_dump(fields))
     return path
+
+
+def write_json(out: Path | None, result: dict, script: str, argv) -> None:
+    """One run's result as a JSON file at ``out`` (when given), with the command that made it."""
+    result["command"] = f"python bench/{script} " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def write_result(out: Path | None, result: dict) -> None:

@@ -13,7 +13,6 @@ off; checks that both give the same label images and reports the held-out scores
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_json  # noqa: E402
 from crop import DEFAULT_DATA, folds, load, machine, rate_at_size, timed  # noqa: E402
 from cytotune.engine.crop.learned import LearnedFinder  # noqa: E402
 from cytotune.engine.crop.metrics import score_fields  # noqa: E402
@@ -79,11 +79,8 @@ def main(argv=None) -> int:
     result = {
         "rows": rows, "fold": args.fold, "epochs": args.epochs, "train_seconds": trained,
         "fields": len(val), "machine": machine(args.device),
-        "command": "python bench/crop_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }  # fmt: skip
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, "crop_speed.py", argv)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from _common import machine
+from _common import machine, write_json
 
 SANITY = ("sanity_rho", "sanity_rho_low", "sanity_rho_high", "sanity_verdict")
 
@@ -119,11 +118,8 @@ def main(argv=None) -> int:
                          **{m: float(r[m]) for m in SANITY if m in r},
                          "rho_fp32": float(ref.loc[key, "sanity_rho"])})  # fmt: skip
         print(f"{precision}: {summary[precision]}")
-    result = {"summary": summary, "rows": rows, "machine": machine(),
-              "command": "python bench/sanity_precision.py " + " ".join(argv if argv is not None else sys.argv[1:])}  # fmt: skip
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result = {"summary": summary, "rows": rows, "machine": machine()}
+    write_json(args.out, result, "sanity_precision.py", argv)
     return 0
 
 

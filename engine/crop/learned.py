@@ -117,32 +117,6 @@ def box_slices(box, shape: tuple[int, int]) -> tuple[slice, slice]:
     )
 
 
-def paint(
-    masks: np.ndarray,
-    scores: np.ndarray,
-    threshold: float,
-    keep: float = 0.5,
-    boxes: np.ndarray | None = None,
-) -> np.ndarray:
-    """Instance label image from masks (N, H, W) in order of decreasing score.
-
-    ``boxes`` (N, 4; x0, y0, x1, y1), when given, limits each mask to its box (plus ``MARGIN`` px),
-    so painting costs the boxes' area rather than N whole fields.
-    """
-    h, w = masks.shape[-2:]
-    labels = np.zeros((h, w), dtype=np.int32)
-    n = 0
-    for i in np.argsort(-scores, kind="stable"):
-        if scores[i] < threshold:
-            break
-        if boxes is None:
-            ys, xs = slice(0, h), slice(0, w)
-        else:
-            ys, xs = box_slices(boxes[i], (h, w))
-        n += paint_one(labels, ys, xs, masks[i, ys, xs] > 0.5, n + 1, keep)
-    return labels
-
-
 def save_checkpoint(model, directory: str | Path, config: dict) -> Path:
     import torch
 
@@ -237,7 +211,8 @@ class Detections:
 
     def labels(self, score_threshold: float, mask_threshold: float = 0.5, keep: float = 0.5):
         """Instance label image: masks over ``mask_threshold`` of detections scored at least
-        ``score_threshold``, painted as :func:`paint` does. The masks are kept in steps of
+        ``score_threshold``, highest score first, each where no cell is yet (one that keeps less
+        than ``keep`` of itself is a duplicate, dropped). The masks are kept in steps of
         1/255: a pixel is in where ``round(255 p) > 255 * mask_threshold`` (at 0.5 that takes
         p = 0.5 in, which ``p > 0.5`` left out; the bf16 model's own step is 1/256)."""
         labels = np.zeros(self.shape, dtype=np.int32)
@@ -371,12 +346,15 @@ def choose_thresholds(
     items,
     score_grid=SCORE_GRID,
     mask_grid=MASK_GRID,
+    limit: int | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Score and mask thresholds of the best :func:`threshold_rank` on (image, labels) pairs;
-    sets them on ``finder``. The network runs once per field. Returns the choice and the scores
-    of every grid point."""
+    """Score and mask thresholds of the best :func:`threshold_rank` on (image, labels) pairs
+    (at most ``limit`` of them, a fixed subset); sets them on ``finder``. The network runs once
+    per field. Returns the choice and the scores of every grid point."""
     from .metrics import score_fields
+    from .train import fixed_subset
 
+    items = fixed_subset(items, limit)
     found = finder.detections([image for image, _ in items], min(score_grid))
     truths = [labels for _, labels in items]
     table = []

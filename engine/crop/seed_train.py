@@ -22,6 +22,7 @@ from .seed import STRIDES, decode, giou
 from .train import (
     augment,
     evaluate,
+    fixed_subset,
     labelled_split,
     optimiser_and_schedule,
     training_record,
@@ -257,10 +258,7 @@ def choose_threshold(finder, items, grid=THRESHOLDS, limit: int = 64) -> tuple[f
     """
     from .metrics import score_fields
 
-    if len(items) > limit:
-        items = [
-            items[i] for i in np.sort(np.random.default_rng(0).permutation(len(items))[:limit])
-        ]
+    items = fixed_subset(items, limit)
     fields = [finder._normalise(image) for image, _ in items]
     found = finder.candidates(fields, min(grid))
     table = {}

@@ -19,6 +19,8 @@ import numpy as np
 
 from .fields import list_fields, read_field, read_truth, resolve_channel
 
+THRESHOLD_FIELDS = 128  # validation fields the threshold grid scores (35 points each)
+
 
 @dataclass(frozen=True)
 class TrainOptions:
@@ -91,6 +93,15 @@ def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
     if rng.random() < 0.5:
         image, labels = np.rot90(image), np.rot90(labels)
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
+
+
+def fixed_subset(items: list, limit: int | None) -> list:
+    """At most ``limit`` of ``items``: a fixed random subset in their order (the threshold
+    grids score every field once per grid point)."""
+    if limit is None or len(items) <= limit:
+        return items
+    keep = np.sort(np.random.default_rng(0).permutation(len(items))[:limit])
+    return [items[i] for i in keep]
 
 
 def split_by_group(
@@ -310,7 +321,7 @@ def train_finder(
             else (finder.score_threshold,),
             "mask_grid": MASK_GRID if options.mask_threshold is None else (finder.mask_threshold,),
         }
-        _, table = choose_thresholds(finder, val, **grids)
+        _, table = choose_thresholds(finder, val, **grids, limit=THRESHOLD_FIELDS)
         config["threshold_choice"] = "best F1 + mAP on the validation fields (val is scored there)"
         config["threshold_grid"] = [
             {k: row[k] for k in ("score_threshold", "mask_threshold", "f1", "map")} for row in table

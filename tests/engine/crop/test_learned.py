@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from cytotune.engine.cli import main
 from cytotune.engine.crop import create_finder
-from cytotune.engine.crop.learned import paint
+from cytotune.engine.crop.learned import Detections
 from cytotune.engine.crop.train import split_by_group, targets_from_labels
 from PIL import Image
 
@@ -29,20 +29,19 @@ def test_targets_from_labels_hand_computed():
     assert tuple(empty["boxes"].shape) == (0, 4)
 
 
-def test_paint_keeps_higher_scores_and_drops_duplicates():
-    masks = np.zeros((3, 8, 8), dtype=bool)
-    masks[0, 0:4, 0:4] = True  # score 0.6
-    masks[1, 0:4, 1:5] = True  # score 0.9, overlaps 0 by 12 of 16 px
-    masks[2, 6:8, 6:8] = True  # score 0.3: below threshold
-    labels = paint(masks, np.array([0.6, 0.9, 0.3]), threshold=0.5)
-    assert labels.max() == 1  # mask 0 keeps 4 of 16 px (< half): dropped as a duplicate
+def test_painting_keeps_higher_scores_and_drops_duplicates():
+    probs = np.full((3, 8, 8), 0.1)
+    probs[0, 0:4, 1:5] = 0.9  # score 0.9
+    probs[1, 0:4, 0:4] = 0.9  # score 0.6, overlaps the first by 12 of 16 px
+    probs[2, 6:8, 6:8] = 0.9  # score 0.3
+    boxes = [[1, 0, 5, 4], [0, 0, 4, 4], [6, 6, 8, 8]]
+    found = Detections.from_prediction(_prediction(probs, [0.9, 0.6, 0.3], boxes), (8, 8), 0.0)
+    labels = found.labels(0.5)
+    assert labels.max() == 1  # the second keeps 4 of 16 px (< half): dropped as a duplicate
     assert (labels == 1).sum() == 16
     assert labels[0, 4] == 1
     assert labels[0, 0] == 0
-    boxes = np.array([[0, 0, 4, 4], [1, 0, 5, 4], [6, 6, 8, 8]], dtype=np.float32)
-    np.testing.assert_array_equal(paint(masks, np.array([0.6, 0.9, 0.3]), 0.5, boxes=boxes), labels)
-    # Lower threshold: the third mask is painted as cell 2.
-    assert (paint(masks, np.array([0.6, 0.9, 0.3]), 0.2, boxes=boxes) == 2).sum() == 4
+    assert (found.labels(0.2) == 2).sum() == 4  # a lower threshold paints the third as cell 2
 
 
 def test_split_by_group_keeps_groups_whole():
@@ -64,14 +63,20 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_train_a_few_steps_on_cpu_then_crop_with_it(tmp_path, one_thread):
-    images, truths = tmp_path / "images", tmp_path / "labels"
+def _labelled_fields(root):
+    """Three 64 px fields of two discs each, with their instance label images: (images, labels)."""
+    images, truths = root / "images", root / "labels"
     images.mkdir()
     truths.mkdir()
     for i in range(3):
         image, truth = disc_field((64, 64), [(20, 20), (44, 40)], 7, seed=i)
         Image.fromarray(image).save(images / f"f{i}.png")
         Image.fromarray(truth.astype(np.uint16)).save(truths / f"f{i}.png")
+    return images, truths
+
+
+def test_train_a_few_steps_on_cpu_then_crop_with_it(tmp_path, one_thread):
+    images, truths = _labelled_fields(tmp_path)
     ckpt = tmp_path / "finder"
     argv = ["crop", "train", str(images), "--truth", str(truths), "--out", str(ckpt),
             "--max-steps", "1", "--batch-size", "2", "--min-size", "64", "--width", "32", "--val-fraction", "0.34",
@@ -123,7 +128,24 @@ def _prediction(probs: np.ndarray, scores, boxes) -> dict:
     }
 
 
-def test_detections_paint_as_paint_does_at_any_score_and_mask_threshold():
+def _painted(masks, scores, boxes, threshold, margin=2):
+    """Reference on whole fields: highest score first, each mask cut to its box + ``margin`` px,
+    painted where no cell is yet unless that keeps less than half of it."""
+    labels = np.zeros(masks.shape[1:], np.int32)
+    for i in np.argsort(-np.asarray(scores), kind="stable"):
+        if scores[i] < threshold:
+            break
+        x0, y0, x1, y1 = boxes[i]
+        inside = np.zeros_like(masks[i])
+        inside[max(y0 - margin, 0) : y1 + margin, max(x0 - margin, 0) : x1 + margin] = True
+        m = masks[i] & inside
+        free = m & (labels == 0)
+        if m.sum() and free.sum() >= 0.5 * m.sum():
+            labels[free] = labels.max() + 1
+    return labels
+
+
+def test_detections_paint_like_a_whole_field_reference_at_any_threshold():
     from cytotune.engine.crop.learned import Detections
 
     probs = np.full((3, 12, 12), 0.1)
@@ -137,9 +159,7 @@ def test_detections_paint_as_paint_does_at_any_score_and_mask_threshold():
     assert found.scores.tolist() == pytest.approx([0.9, 0.6, 0.4])
     for score_t in (0.3, 0.5, 0.95):
         for mask_t in (0.5, 0.7):
-            expected = paint(
-                probs[order] > mask_t, np.array(scores), score_t, boxes=np.array(boxes)
-            )
+            expected = _painted(probs[order] > mask_t, scores, boxes, score_t)
             np.testing.assert_array_equal(found.labels(score_t, mask_t), expected)
     assert (found.labels(0.3, 0.5) == 2).sum() == 16  # the faint cell whole
     assert (found.labels(0.3, 0.7) == 2).sum() == 4  # only its bright core
@@ -160,13 +180,7 @@ def _saved(arrays: dict):
 def test_crop_train_chooses_thresholds_on_validation_fields(tmp_path, one_thread):
     from cytotune.engine.crop.learned import MASK_GRID, SCORE_GRID, threshold_rank
 
-    images, truths = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    truths.mkdir()
-    for i in range(3):
-        image, truth = disc_field((64, 64), [(20, 20), (44, 40)], 7, seed=i)
-        Image.fromarray(image).save(images / f"f{i}.png")
-        Image.fromarray(truth.astype(np.uint16)).save(truths / f"f{i}.png")
+    images, truths = _labelled_fields(tmp_path)
     base = ["crop", "train", str(images), "--truth", str(truths), "--max-steps", "1",
             "--batch-size", "2", "--min-size", "64", "--width", "32", "--val-fraction", "0.34",
             "--device", "cpu", "--quiet"]  # fmt: skip
@@ -249,3 +263,15 @@ def test_crop_takes_thresholds_for_trained_finders_only(tmp_path, capsys):
             "--checkpoint", str(tmp_path), "--mask-threshold", "0.6"]  # fmt: skip
     assert main(argv) == 2
     assert "--mask-threshold does not apply to --finder seed" in capsys.readouterr().err
+
+
+def test_threshold_grids_score_a_fixed_ordered_subset_of_fields():
+    from cytotune.engine.crop.train import fixed_subset
+
+    items = list(range(300))
+    picked = fixed_subset(items, 128)
+    assert len(picked) == 128
+    assert picked == sorted(picked)  # in the fields' order
+    assert picked == fixed_subset(items, 128)  # the same subset every time
+    assert fixed_subset(items[:50], 128) == items[:50]
+    assert fixed_subset(items, None) == items

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -432,22 +433,44 @@ def test_quality_scored_beside_the_maps_equals_quality_scored_after_them(
     assert "prototypes" in set(tables["beside"].query("trial_id == 'protopnet'")["method"])
 
 
-def test_side_stages_in_processes_write_what_threads_write(trained_study, tmp_path, monkeypatch):
-    """The prototype figures and the quality stage's sampled scores (one process per trial) run
-    in spawned processes of their own (as on a GPU) and give the tables and PNGs of running in
-    this process."""
+def _stage_calls(monkeypatch, entry) -> list:
+    """What ``call_in_process`` is asked for (``entry(name, args)`` each time); it still runs."""
     from cytotune.explainers.job import processes
-    from cytotune.explainers.job.config import ExplainConfig
-    from cytotune.explainers.job.runner import run_explain
 
     called = []
     call = processes.call_in_process
 
     def recorded(fn, *args, name):
-        called.append(name)
+        called.append(entry(name, args))
         return call(fn, *args, name=name)
 
     monkeypatch.setattr(processes, "call_in_process", recorded)
+    return called
+
+
+def _explain_copy(trained_study, study, **config) -> Path:
+    """``run_explain`` on a fresh copy of the study at ``study``; its explain directory."""
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.runner import run_explain
+
+    shutil.copytree(trained_study, study)
+    run_explain(ExplainConfig(study=str(study), **config), progress=False, log=lambda *_: None)
+    return explain_dir(study)
+
+
+def _files(folder: Path, pattern: str = "*") -> dict:
+    return {
+        p.relative_to(folder.parent): p.read_bytes() for p in folder.rglob(pattern) if p.is_file()
+    }
+
+
+def test_side_stages_in_processes_write_what_threads_write(trained_study, tmp_path, monkeypatch):
+    """The prototype figures and the quality stage's sampled scores (one process per trial) run
+    in spawned processes of their own (as on a GPU) and give the tables and PNGs of running in
+    this process."""
+    from cytotune.explainers.job import processes
+
+    called = _stage_calls(monkeypatch, lambda name, args: name)
     started = []
     start = processes._start_child
 
@@ -459,23 +482,13 @@ def test_side_stages_in_processes_write_what_threads_write(trained_study, tmp_pa
     out = {}
     for way in ("0", "1"):
         monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, way)
-        study = tmp_path / f"processes{way}"
-        shutil.copytree(trained_study, study)
-        config = ExplainConfig(
-            study=str(study),
-            trials=("protopnet", "small_cnn"),
-            methods=("saliency",),
-            stages=("maps", "quality", "prototypes"),
-            quality_cells=8,
+        explained = _explain_copy(
+            trained_study, tmp_path / f"processes{way}", trials=("protopnet", "small_cnn"),
+            methods=("saliency",), stages=("maps", "quality", "prototypes"), quality_cells=8,
             limit=40,
-        )
-        run_explain(config, progress=False, log=lambda *_: None)
-        explained = explain_dir(study)
+        )  # fmt: skip
         quality = pd.read_parquet(explained / "quality.parquet")
-        pngs = {
-            p.relative_to(explained): p.read_bytes()
-            for p in (explained / "prototypes").rglob("*.png")
-        }
+        pngs = _files(explained / "prototypes", "*.png")
         out[way] = quality.sort_values(["method", "metric"]).reset_index(drop=True), pngs
     # one process per trial for the sampled scores (the trials dealt out), one for the figures
     assert sorted(called) == ["cytotune-explain-prototypes", *["cytotune-explain-quality"] * 2]
@@ -492,39 +505,19 @@ def test_population_and_overlays_in_processes_write_what_threads_write(
     """The stages that read the finished maps, dealt out to stage processes (as on a GPU host
     with 8 cores or more), write the same tables, arrays and PNGs as in this process."""
     from cytotune.explainers.job import processes
-    from cytotune.explainers.job.config import ExplainConfig
-    from cytotune.explainers.job.runner import run_explain
 
-    called = []
-    call = processes.call_in_process
-
-    def recorded(fn, *args, name):
-        called.append((name, len(args[1])))  # map_in_threads(fn, jobs, threads)
-        return call(fn, *args, name=name)
-
-    monkeypatch.setattr(processes, "call_in_process", recorded)
+    # map_in_threads(fn, jobs, threads) in each process: the name and the number of jobs
+    called = _stage_calls(monkeypatch, lambda name, args: (name, len(args[1])))
     monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "0")
     out = {}
     for count in ("1", "2"):
         monkeypatch.setenv(processes.TAIL_PROCESSES_ENV, count)
-        study = tmp_path / f"tail{count}"
-        shutil.copytree(trained_study, study)
-        config = ExplainConfig(
-            study=str(study),
-            trials=("small_cnn", "protopnet"),
-            methods=("saliency", "gradcam"),
-            stages=("maps", "population", "overlays"),
-            overlays=6,
-            limit=40,
-        )
-        run_explain(config, progress=False, log=lambda *_: None)
-        explained = explain_dir(study)
-        files = {
-            p.relative_to(explained): p.read_bytes()
-            for folder in ("population", "overlays")
-            for p in (explained / folder).rglob("*")
-            if p.is_file()
-        }
+        explained = _explain_copy(
+            trained_study, tmp_path / f"tail{count}", trials=("small_cnn", "protopnet"),
+            methods=("saliency", "gradcam"), stages=("maps", "population", "overlays"),
+            overlays=6, limit=40,
+        )  # fmt: skip
+        files = _files(explained / "population") | _files(explained / "overlays")
         tables = [pd.read_parquet(explained / f"{t}.parquet") for t in ("population", "overlays")]
         out[count] = tables, files
     # 2 x 2 (trial, method) pairs per stage: two processes of two pairs each, per stage
