@@ -18,6 +18,8 @@
 #      the default trial's variants, held-out probabilities averaged);
 #   6. SPRECISION=1: bench/sanity_precision.py on the searched study (quality stage in fp32, TF32,
 #      bf16: the sanity verdicts compared, the stage timed);
+#   8. MPROFILE=1: bench/maps_profile.py on the searched study (the maps stage's pieces timed
+#      alone: start-up, each (trial, method) warm, 1 vs 4 workers, a pass's floor, a profile);
 #   7. PYSPY=1 with the py-spy wheel in .gpu/wheels: one more explain run (local executor) under
 #      `py-spy record --gil` (which Python holds the interpreter lock), raw stacks per thread.
 set -x
@@ -78,6 +80,10 @@ EOF
     mkdir -p $R/workers_${e}_$i && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers_${e}_$i/ 2>/dev/null
   done
   done
+  if [ -n "$MPROFILE" ]; then  # the maps stage's pieces, each timed alone
+    timeout ${MPROFILE_TIMEOUT:-300} python3 bench/maps_profile.py --study /tmp/runs/mitocheck \
+      --top-k 3 --out $R/maps_profile.json ${MPROFILE_ARGS} 2>&1 | grep -v Warn | tail -60
+  fi
   if [ -n "$SPRECISION" ]; then  # the sanity check's verdicts in fp32 vs TF32 vs bf16, timed
     timeout ${SPRECISION_TIMEOUT:-300} python3 bench/sanity_precision.py --study /tmp/runs/mitocheck \
       --top-k 3 --out $R/sanity_precision.json 2>&1 | grep -v Warn | tail -8
