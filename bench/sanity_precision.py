@@ -1,11 +1,12 @@
 """Does the sanity check's verdict need fp32? The quality stage of ``cytotune explain`` run on
-the same study three ways: fp32 with TF32 off (what the job does: the check means the same on
-CPU and GPU), TF32 allowed, and bf16 autocast (what the maps use). Compares every (trial,
+the same study three ways: fp32 with TF32 off (the reference: what the CPU computes), TF32
+allowed (what the job does on a GPU since session 17, on this bench's evidence), and bf16
+autocast (what the maps use). Compares every (trial,
 method)'s sanity rho, its interval and its verdict with the fp32 run's, and times the stage.
 
-The quality stage computes its sampled scores in fp32 beside the maps; on one H100 the
-MitoCheck job's maps took 29 s alone and 44 s beside it (BENCHMARKS.md, session 15-16). If the
-verdicts agree, the samples could run at the maps' precision.
+The quality stage computes its sampled scores beside the maps; on one H100 the MitoCheck job's
+maps took 29 s alone and 44 s beside it (BENCHMARKS.md, session 15-16). On the GPU every
+precision gave fp32's verdicts (session 17), so the job now lets the check use TF32 there.
 
   python bench/sanity_precision.py --study STUDY --top-k 3 --out bench/results/sanity_precision.json
   python bench/sanity_precision.py --study STUDY --limit 300 --quality-cells 32 --precisions fp32 bf16  # CPU
@@ -63,8 +64,8 @@ def run(study: Path, precision: str, args) -> tuple[pd.DataFrame, float]:
             dataclass_replace(config, stages=("maps",)), progress=False, log=lambda *_: None
         )
         fixed = lambda device_type="cpu": scope(precision, device_type)  # noqa: E731
-        saved = scores.fp32, sanity.fp32
-        scores.fp32 = sanity.fp32 = fixed
+        saved = scores.check_precision, sanity.check_precision
+        scores.check_precision = sanity.check_precision = fixed
         try:
             start = time.perf_counter()
             run_explain(
@@ -72,7 +73,7 @@ def run(study: Path, precision: str, args) -> tuple[pd.DataFrame, float]:
             )
             seconds = time.perf_counter() - start
         finally:
-            scores.fp32, sanity.fp32 = saved
+            scores.check_precision, sanity.check_precision = saved
         table = pd.read_parquet(explain_dir(copy) / "quality.parquet")
     table = table[table["metric"].isin(SANITY)]
     wide = table.pivot_table(index=["trial_id", "method"], columns="metric", values="mean")

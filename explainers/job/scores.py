@@ -5,7 +5,7 @@ mask and the pointing-game hit rate. On a seeded sample of cells (``quality_cell
 fold model that explained each cell: deletion and insertion AUC, the model-parameter
 randomisation check (trained vs fully re-initialised weights; Spearman, SSIM, passed) and, on
 synthetic data, the evidence mass of the randomised model's maps. The randomisation check is
-:func:`cytotune.explainers.quality.sanity.sanity_check` in fp32 (3 random copies, Spearman inside the
+:func:`cytotune.explainers.quality.sanity.sanity_check` in fp32 (TF32 on a GPU; 3 random copies, Spearman inside the
 cell mask where there is one, bootstrap interval over cells, cascade, the calibrated
 threshold); its ``sanity_*`` rows carry the verdict. Prototype models also get
 prototype diversity. The sample is scored per (trial, method) on a few long-lived Ray actors
@@ -29,7 +29,7 @@ import pandas as pd
 
 from ..quality import deletion_insertion, mass_inside, prototype_diversity
 from ..quality.learned import balanced_accuracy_ci, held_out_decides
-from ..quality.sanity import SanityConfig, combine, fp32, sanity_check
+from ..quality.sanity import SanityConfig, check_precision, combine, sanity_check
 from .config import ExplainConfig
 from .executor import in_threads, resolve_executor, worker_devices
 from .layout import (
@@ -300,7 +300,7 @@ def sample_scores(
                 return explainer.attribute(x, target=target, forward_kwargs=fk)
 
             try:
-                with fp32(device.type):  # the check means the same on CPU and GPU
+                with check_precision(device.type):  # the check means the same on CPU and GPU
                     a = attribute(model).detach().float()
                 check = sanity_check(
                     attribute,
@@ -464,11 +464,10 @@ def score_locally(
     :func:`worker_devices` ``QualityContext`` s, each in a thread of its own with a contiguous
     run of jobs (as :func:`assign` gives actors); results in job order. The contexts of one
     device share a :class:`FoldCache`: a trial's fold models load and its random copies are
-    drawn once, and the copies go after its last job. fp32 is set for the whole stage, so the
-    threads' :func:`fp32` scopes never restore TF32 under one another."""
+    drawn once, and the copies go after its last job. The check's precision is set for the
+    whole stage, so the threads' :func:`check_precision` scopes never restore TF32 under one
+    another."""
     from tqdm.auto import tqdm
-
-    from ..quality.sanity import fp32
 
     if not jobs:
         return []
@@ -487,7 +486,7 @@ def score_locally(
     out: list = [None] * len(jobs)
     desc = f"explain quality ({len(sample)} cells)"
     with (
-        fp32(contexts[0].device.type),
+        check_precision(contexts[0].device.type),
         tqdm(
             total=len(jobs), unit="task", desc=desc, disable=not progress, position=position
         ) as bar,

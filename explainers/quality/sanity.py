@@ -3,7 +3,8 @@
 :func:`randomisation_check` compares two sets of maps once. :func:`sanity_check` turns that
 into a decision a user can trust (Adebayo et al. 2018, "Sanity checks for saliency maps"):
 
-* maps are computed in fp32 with TF32 off (:func:`fp32`), so a GPU gives the CPU's numbers;
+* maps are computed in fp32 (:func:`check_precision`: TF32 convolutions on a GPU, measured to
+  give strict fp32's verdicts), so a GPU gives the CPU's verdicts;
 * the trained model is compared with several fully re-initialised copies (``seeds``); each
   cell's similarity is the mean Spearman rho over the copies;
 * a bootstrap over cells gives a confidence interval of the mean rho;
@@ -21,6 +22,7 @@ evidence masks give known answers (see CALIBRATED_THRESHOLD); BENCHMARKS.md reco
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -49,6 +51,8 @@ __all__ = [
     "VERDICT_NAMES",
     "bootstrap_ci",
     "combine",
+    "check_precision",
+    "check_tf32",
     "fp32",
     "sanity_check",
     "summarise",
@@ -200,15 +204,39 @@ def bootstrap_ci(
 
 
 @contextlib.contextmanager
-def fp32(device_type: str = "cpu"):
-    """Full fp32: autocast off, TF32 off for cuDNN convolutions and CUDA matmuls."""
+def fp32(device_type: str = "cpu", tf32: bool = False):
+    """fp32: autocast off; TF32 off for cuDNN convolutions and CUDA matmuls unless ``tf32``."""
     cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
     try:
         with torch.autocast(device_type, enabled=False):
             yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+def check_tf32(device_type: str) -> bool:
+    """Whether the check's convolutions and matmuls use TF32: on a GPU, unless
+    ``CYTOTUNE_CHECK_TF32=0`` asks for strict fp32 (the CPU has no TF32).
+
+    Measured on the MitoCheck study on one H100 (BENCHMARKS.md, "Session 17"): TF32 gave the
+    verdict of strict fp32 for 15 of 15 (trial, method) pairs, three of them within 0.07 of the
+    threshold, with rho within 0.003 of fp32's (bootstrap intervals 0.0-0.14 wide), and took
+    the quality stage from 25.1 to 15.2 s. bf16 autocast also agreed (within 0.003) but was no
+    faster, and on the CPU it moved rho by up to 0.15, so the check never uses it.
+    """
+    if device_type != "cuda":
+        return False
+    value = os.environ.get("CYTOTUNE_CHECK_TF32", "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"CYTOTUNE_CHECK_TF32 must be 0 (strict fp32) or 1 (TF32), got {value!r}")
+    return value == "1"
+
+
+def check_precision(device_type: str = "cpu"):
+    """The sanity check's arithmetic: fp32 values, autocast off, TF32 where
+    :func:`check_tf32` allows it."""
+    return fp32(device_type, tf32=check_tf32(device_type))
 
 
 def spearman_rows(a: np.ndarray, b: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
@@ -276,7 +304,7 @@ def sanity_check(
 
     Args:
         attribute: ``model -> maps`` of the method on the fixed batch (the same cells and
-            targets for every model); called inside :func:`fp32`.
+            targets for every model); called inside :func:`check_precision`.
         model: the trained model (left untouched; copies are randomised).
         config: seeds, cascade, bootstrap and threshold.
         trained_maps: the trained model's maps when already computed (in fp32).
@@ -291,7 +319,7 @@ def sanity_check(
     device = next(model.parameters()).device.type
 
     def maps_of(m: nn.Module) -> np.ndarray:
-        with fp32(device):
+        with check_precision(device):
             maps = attribute(m).detach().float().cpu().numpy()
         return np.abs(maps) if config.absolute else maps
 

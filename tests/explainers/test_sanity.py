@@ -178,3 +178,24 @@ def test_verdict_table_summary_and_scores(tmp_path):
     assert scores.loc["t1", "explain_sanity"] == 0.5
     assert scores.loc["t1", "explain_score"] == pytest.approx(0.9 - 0.2)  # passing methods only
     assert scores.loc["t1", "explain_deletion_auc"] == pytest.approx(0.4)
+
+
+def test_check_precision_allows_tf32_on_a_gpu_only_and_obeys_the_switch(monkeypatch):
+    from cytotune.explainers.quality.sanity import check_precision, check_tf32
+
+    monkeypatch.delenv("CYTOTUNE_CHECK_TF32", raising=False)
+    assert (check_tf32("cuda"), check_tf32("cpu")) == (True, False)
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with check_precision("cuda"):
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (
+            True,
+            True,
+        )
+    with check_precision("cpu"):
+        assert not torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    monkeypatch.setenv("CYTOTUNE_CHECK_TF32", "0")
+    assert not check_tf32("cuda")
+    monkeypatch.setenv("CYTOTUNE_CHECK_TF32", "yes")
+    with pytest.raises(ValueError, match="CYTOTUNE_CHECK_TF32 must be 0"):
+        check_tf32("cuda")
