@@ -6,7 +6,9 @@
 #   2. `cytotune explain --study ... --top-k 3` (5 methods x 3 trials x 3,277 cells) RUNS times
 #      per executor in EXECUTORS (default "local ray"; local1: local with one worker; local2: local
 #      in two processes sharing the GPU; localq1: the quality's sampled scores in one process;
-#      localt1: population and overlays in threads, not in tail processes;
+#      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
+#      not folded; localw0: side work not waiting for the maps' first batch; locals: the sanity
+#      check in strict fp32 (CYTOTUNE_CHECK_TF32=0);
 #      base: the local executor of the code in .gpu/base.tar), each timed, with the job's own stage
 #      timings (explain/explain.json);
 #   3. SANITY=1: bench/sanity_calibration.py on the same trained weights (--models) on the GPU and
@@ -64,14 +66,19 @@ EOF
     # local2: the local executor in two processes sharing the GPU; localq1: the quality's sampled
     # scores in one process; base: the local executor of the code in .gpu/base.tar (a git archive)
     # localt1: population and overlays in threads of this process (no tail processes)
-    W=""; [ "$e" = local1 ] && W=1; P=""; [ "$e" = local2 ] && P=2; Q=""; [ "$e" = localq1 ] && Q=1
-    T=""; [ "$e" = localt1 ] && T=1
-    C="cytotune"; X=${e%q1}; X=${X%t1}; X=${X%[12]}
+    V=""  # the variant's environment
+    case $e in
+      local1) V="CYTOTUNE_LOCAL_WORKERS=1";; local2) V="CYTOTUNE_LOCAL_PROCESSES=2";;
+      localq1) V="CYTOTUNE_QUALITY_PROCESSES=1";; localt1) V="CYTOTUNE_TAIL_PROCESSES=1";;
+      localf0) V="CYTOTUNE_FOLD_NORMS=0";; localw0) V="CYTOTUNE_SIDE_WAIT=0";;
+      locals) V="CYTOTUNE_CHECK_TF32=0";;
+    esac
+    C="cytotune"; X=local; [ "$e" = ray ] && X=ray
     if [ "$e" = base ]; then
       [ -d /tmp/src_base ] || { mkdir -p /tmp/src_base && tar -xf .gpu/base.tar -C /tmp/src_base; }
-      C="env PYTHONPATH=/tmp/site:/tmp/src_base python3 -P -m cytotune.engine.cli"; X=local
+      C="env PYTHONPATH=/tmp/site:/tmp/src_base python3 -P -m cytotune.engine.cli"
     fi
-    CYTOTUNE_LOCAL_WORKERS=$W CYTOTUNE_LOCAL_PROCESSES=$P CYTOTUNE_QUALITY_PROCESSES=$Q CYTOTUNE_TAIL_PROCESSES=$T timeout 240 $C explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
+    env $V timeout 240 $C explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
       --executor $X ${EXPLAIN_ARGS} > $R/explain_${e}_$i.txt 2>&1
     echo "explain $e run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)"
     grep -v "Warn\|it/s\|s/it" $R/explain_${e}_$i.txt | grep -v "^ \+[a-z_+]\+ \+[0-9.]\+ \+[0-9.]\+ \+\(passed\|failed\|inconclusive\)" | tail -22
@@ -81,8 +88,11 @@ EOF
   done
   done
   if [ -n "$MPROFILE" ]; then  # the maps stage's pieces, each timed alone
-    timeout ${MPROFILE_TIMEOUT:-300} python3 bench/maps_profile.py --study /tmp/runs/mitocheck \
-      --top-k 3 --out $R/maps_profile.json ${MPROFILE_ARGS} 2>&1 | grep -v Warn | tail -60
+    for f in ${MPROFILE_FOLDS:-1}; do  # CYTOTUNE_FOLD_NORMS of each run
+      CYTOTUNE_FOLD_NORMS=$f timeout ${MPROFILE_TIMEOUT:-300} python3 bench/maps_profile.py \
+        --study /tmp/runs/mitocheck --top-k 3 --out $R/maps_profile_f$f.json ${MPROFILE_ARGS} 2>&1 \
+        | grep -v Warn | tail -${MPROFILE_TAIL:-60}
+    done
   fi
   if [ -n "$SPRECISION" ]; then  # the sanity check's verdicts in fp32 vs TF32 vs bf16, timed
     timeout ${SPRECISION_TIMEOUT:-300} python3 bench/sanity_precision.py --study /tmp/runs/mitocheck \
@@ -120,4 +130,4 @@ if [ -n "$MILLION" ]; then  # about 1M Grad-CAM maps (62,500 cells x 16 trials) 
     --trials 16 --batch 1024 --e2e-batch 1024 --actors-per-gpu 4 --no-worker-loop \
     ${MILLION_ARGS} --out $R/million.json 2>&1 | grep -v Warn | tail -8)
 fi
-cp -r $R $OUT/
+tar -czf $OUT/res.tgz -C $(dirname $R) $(basename $R)  # one file: a call returns only a few

@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     parser.add_argument("--floor-batch", type=int, default=2048)
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--quick", action="store_true", help="no per (trial, method) timings and no profile"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
 
     cells = sum(t.num_rows for t in tables)
     rows = []
-    for trial in trials:
+    for trial in [] if args.quick else trials:
         for method in methods:
             w = only(trial, method)
             seconds = timed(lambda w=w: [w.explain(t) for t in tables], device)
@@ -143,7 +146,8 @@ def main(argv=None) -> int:
     mark(f"warm, all, {args.workers} workers in threads")
     result["floor"] = floor(worker, plan, device, args.floor_batch, families)
     mark("floor")
-    if not args.no_profile and device.type == "cuda":
+    result["norms_folded"] = worker.norms_folded
+    if not (args.no_profile or args.quick) and device.type == "cuda":
         result["profile"] = profile(worker, trials[0], methods, tables[0], kwargs)
         mark("profile")
     result["marks"] = marks

@@ -285,6 +285,7 @@ def run_maps(
             batches = _local_batches if local else _batches
             for summary in batches(plan, config, worker_kwargs):
                 first = first or time.perf_counter()
+                state.maps_warm.set()
                 for row in summary.to_pylist():
                     part = (row["trial_id"], row["method"])
                     if row["error"] is not None:

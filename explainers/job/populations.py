@@ -119,15 +119,25 @@ class PopulationWork:
 
 
 def run_population(
-    plan: ExplainPlan, config: ExplainConfig, state: ExplainState, eps: float = 1e-3
+    plan: ExplainPlan,
+    config: ExplainConfig,
+    state: ExplainState,
+    eps: float = 1e-3,
+    maps_ready=None,
 ) -> pd.DataFrame:
-    """Write population maps and ``population.parquet``; returns the summary table. The
+    """Write population maps and ``population.parquet``; returns the summary table. With
+    ``maps_ready`` (the wait for a maps stage beside this one) the classes' mean crops are
+    computed before the wait. The
     (trial, method) pairs go to stage processes where :func:`tail_processes` allows (on one
     H100 this stage and the overlays shared one interpreter lock for the job's last 12 s),
     else to threads (numpy, zlib and file writes release the lock)."""
     from .processes import map_in_processes
 
     classes, groups = class_of_cells(plan)
+    shape_means = None
+    if maps_ready is not None:  # a maps stage runs beside: its tables will be new
+        shape_means = gmean_images(plan, classes, groups, eps)  # reads no map: beside them
+        maps_ready()
     key = config.maps_key() + f"-r{config.radius}-t{config.threshold}"
     summary_path = explain_dir(plan.study_dir) / "population.parquet"
     old = (
@@ -159,7 +169,9 @@ def run_population(
             threshold=config.threshold,
             classes=tuple(classes),
             groups=groups,
-            shape_means=gmean_images(plan, classes, groups, eps),
+            shape_means=gmean_images(plan, classes, groups, eps)
+            if shape_means is None
+            else shape_means,
             eps=eps,
         )
     jobs = [(common, *w[2:]) for w in todo]

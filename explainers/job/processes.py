@@ -199,6 +199,24 @@ def side_stages_in_processes(devices: list[str] | None = None) -> bool:
     return bool(gpus) and min(gpu_memory_gib(d) for d in gpus) >= SIDE_PROCESSES_MIN_GIB
 
 
+def side_work_waits() -> bool:
+    """Whether the side stages' processes (quality samples, prototype figures) start their GPU
+    work only once the maps' first batch is back: the maps' cold start (imports, model loads,
+    the first kernels of every method) then has the GPU to itself instead of time-slicing it
+    with four other processes' contexts. ``CYTOTUNE_SIDE_WAIT=0`` starts them at once."""
+    value = os.environ.get("CYTOTUNE_SIDE_WAIT", "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"CYTOTUNE_SIDE_WAIT must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def wait_for_maps(state) -> None:
+    """Block until the maps are warm (:attr:`ExplainState.maps_warm`) when
+    :func:`side_work_waits`."""
+    if side_work_waits() and hasattr(state, "maps_warm"):
+        state.maps_warm.wait()
+
+
 def gpu_memory_gib(device: str) -> float:
     import torch
 

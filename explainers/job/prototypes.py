@@ -191,10 +191,16 @@ def run_prototypes(
             dataset = str(plan.dataset.path)
             jobs.append((fold_dir, dataset, train, val, str(plan.study_dir), trial.trial_id, fold))
     if resolve_executor(config) == "local":  # no Ray to start: here or in a process of its own
-        from .processes import call_in_process, map_in_threads, side_stages_in_processes
+        from .processes import (
+            call_in_process,
+            map_in_threads,
+            side_stages_in_processes,
+            wait_for_maps,
+        )
 
         work = (fold_prototypes, jobs, len(worker_devices()))
         if side_stages_in_processes():
+            wait_for_maps(state)
             results = call_in_process(map_in_threads, *work, name="cytotune-explain-prototypes")
         else:
             results = map_in_threads(*work)

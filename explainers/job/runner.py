@@ -24,7 +24,9 @@ from .state import ExplainState
 # stage name -> function(plan, config, state, progress); started in this order
 STAGES = {
     "maps": lambda plan, config, state, progress: run_maps(plan, config, state, progress),
-    "population": lambda plan, config, state, progress: run_population(plan, config, state),
+    "population": lambda plan, config, state, progress, ready=None: run_population(
+        plan, config, state, maps_ready=ready
+    ),
     "quality": lambda plan, config, state, progress, ready=None: run_quality(
         plan, config, state, progress, maps_ready=ready
     ),
@@ -33,8 +35,9 @@ STAGES = {
     "attention": lambda plan, config, state, progress: run_attention(plan, config, state),
 }
 # stages that start at once and wait for what they NEED themselves (a ``ready`` callable),
-# after the work that needs none of it: quality scores its sampled cells beside the maps
-WAITS_INSIDE = ("quality",)
+# after the work that needs none of it: quality scores its sampled cells beside the maps, the
+# population stage draws its classes' mean crops
+WAITS_INSIDE = ("quality", "population")
 # the stages whose outputs a stage reads (when they run in the same job)
 NEEDS = {
     "maps": (),
@@ -44,6 +47,11 @@ NEEDS = {
     "prototypes": (),
     "attention": (),
 }
+# stages that read nothing of another stage but wait for it to end, failed or not: the
+# attention figures (a CPU forward and PNGs in this process, about 7 s on the MitoCheck job)
+# took the interpreter lock from the maps' start-up; after the maps this process only waits for
+# the stage processes of the tail
+AFTER = {"attention": ("maps",)}
 
 
 def run_explain(
@@ -121,7 +129,7 @@ def _run_explain(config: ExplainConfig, progress: bool, log) -> tuple[ExplainPla
 def run_stages(plan, config, state, progress: bool = True, log=print) -> None:
     """Every stage of ``config.stages`` in a thread of its own, each started once the stages it
     :data:`NEEDS` are finished (one of :data:`WAITS_INSIDE` at once, with a ``ready`` wait for
-    them; its time includes the wait). The first failure (in :data:`STAGES` order) is raised
+    them; its time includes the wait) and those it comes :data:`AFTER` have ended. The first failure (in :data:`STAGES` order) is raised
     after the stages that do not need the failed one have finished. The threads are daemons and
     the wait is interruptible: Ctrl-C stops the job at once (finished parts are kept; a rerun
     computes the rest), as it did when the stages ran in this thread."""
@@ -129,9 +137,13 @@ def run_stages(plan, config, state, progress: bool = True, log=print) -> None:
 
     names = [name for name in STAGES if name in config.stages]
     futures: dict[str, Future] = {}
+    warm = getattr(state, "maps_warm", threading.Event())
+    if "maps" not in names:
+        warm.set()
 
     def run(name: str, needs: list[Future], future: Future) -> None:
         try:
+            wait([futures[n] for n in AFTER.get(name, ()) if n in futures])
             inside = name in WAITS_INSIDE and needs
             if not inside:
                 for need in needs:
@@ -143,11 +155,15 @@ def run_stages(plan, config, state, progress: bool = True, log=print) -> None:
                 )
             else:
                 STAGES[name](plan, config, state, progress)
+            if name == "maps":
+                warm.set()
             seconds = time.perf_counter() - start
             state.time(f"stage/{name}", seconds)
             log(f"  {name:<11} {seconds:7.1f} s")
             future.set_result(None)
         except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            if name == "maps":
+                warm.set()
             future.set_exception(exc)
 
     for name in names:

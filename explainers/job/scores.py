@@ -559,10 +559,11 @@ def run_quality(
         )
     early = {}
     if maps_ready is not None and local and sample is not None:
-        from .processes import map_in_threads, side_stages_in_processes
+        from .processes import map_in_threads, side_stages_in_processes, wait_for_maps
 
         data = str(plan.dataset.path)
         if side_stages_in_processes():  # the trials dealt out to processes of their own
+            wait_for_maps(state)
             n = min(len(todo), quality_processes())
             shares = [(data, config, sample, todo[i::n], progress and i == 0) for i in range(n)]
             early = {}

@@ -25,6 +25,10 @@ class ExplainState:
         self.path = explain_dir(study_dir) / STATE_FILE
         self._lock = threading.RLock()
         self.data: dict[str, Any] = {"parts": {}, "failures": {}, "timings": {}}
+        # set once the maps stage's first batch is back or the stage ended (or when no maps
+        # stage runs): the side stages' processes start their GPU work after it
+        # (:func:`~cytotune.explainers.job.processes.side_work_waits`)
+        self.maps_warm = threading.Event()
         if self.path.is_file():
             try:
                 self.data = {**self.data, **json.loads(self.path.read_text())}

@@ -30,6 +30,7 @@ from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
 from ..methods.base import own_thread_hook
 from .layout import MAPS, maps_staging_dir
+from .norm_folding import fold_norms
 from .parts import write_part
 
 # the map rows (the maps format's columns) and, on the one row that reports a method failing on
@@ -138,6 +139,16 @@ def layer_info(method: str, model, shape, requested=None) -> dict:
     }
 
 
+def cam_layer_names(model, methods: dict[str, dict]) -> set[str]:
+    """Module names a CAM may read: the model's feature layers and the layers ``methods``
+    request (their ``layer`` option, a name or a list)."""
+    names = set(dict(model.feature_layers())) if hasattr(model, "feature_layers") else set()
+    for options in methods.values():
+        requested = options.get("layer")
+        names.update([requested] if isinstance(requested, str) else list(requested or ()))
+    return names
+
+
 HALF_LIMIT = 32768.0  # float16 holds up to 65504: a map is scaled under half of that
 
 
@@ -225,7 +236,9 @@ class MapWorker:
 
         def load(item) -> LoadedModel:  # file reads and copies release the GIL: 8 at a time
             loaded = load_fold(item[2], self.device, self.device.type == "cuda")
-            return LoadedModel(loaded.model, loaded.offset, loaded.scale, loaded.takes_mask)
+            keep = cam_layer_names(loaded.model, methods)
+            model, folded = fold_norms(loaded.model, self.manifest.shape, loaded.takes_mask, keep)
+            return LoadedModel(model, loaded.offset, loaded.scale, loaded.takes_mask), folded
 
         # the first one alone: its imports (timm pulls in torchvision and torch._dynamo, about
         # 900 modules) then run uncontended. In a GPU profile they ran beside 7 loading threads
@@ -233,11 +246,14 @@ class MapWorker:
         loaded = [load(item) for item in wanted[:1]]
         with ThreadPoolExecutor(min(8, max(1, len(wanted))), "explain-load") as pool:
             loaded += list(pool.map(load, wanted[1:]))
-        for (trial_id, fold, _), model in zip(wanted, loaded):
+        for (trial_id, fold, _), (model, _) in zip(wanted, loaded):
             self.models[(trial_id, fold)] = model
+        # conv -> batch-norm pairs folded in the models loaded here (norm_folding.py)
+        self.norms_folded = sum(folded for _, folded in loaded)
         self.failures: dict[tuple[str, str], str] = {}
         self._native: dict[str, torch.Tensor] = {}  # method -> its last CAM before upsampling
         self.timing = {"created": self._created, "ready": time.time()}
+        self.timing["norms_folded"] = self.norms_folded
         self._report()
 
     def _report(self) -> None:

@@ -58,10 +58,11 @@ def test_stages_start_once_what_they_read_is_done(monkeypatch):
     state = _State()
     runner.run_stages(None, _Config(), state, progress=False, log=lambda _m: None)
     order = {event: i for i, event in enumerate(events)}
-    for name in ("population", "overlays"):
+    for name in ("overlays", "attention"):  # attention: after, off the maps' lock
         assert order[("start", name)] > order[("end", "maps")], name
     assert order[("start", "prototypes")] < order[("end", "maps")]
-    assert order[("start", "quality")] < order[("end", "maps")] < order[("ready", "quality")]
+    for name in ("quality", "population"):  # start beside the maps, read them after
+        assert order[("start", name)] < order[("end", "maps")] < order[("ready", name)]
     assert set(state.timings) == {f"stage/{name}" for name in _Config.stages}
 
 
@@ -70,10 +71,11 @@ def test_a_failed_stage_stops_its_readers_and_the_others_finish(monkeypatch):
     with pytest.raises(RuntimeError, match="maps broke"):
         runner.run_stages(None, _Config(), _State(), progress=False, log=lambda _m: None)
     started = {name for kind, name in events if kind == "start"}
-    assert started == {"maps", "prototypes", "attention", "quality"}  # quality waits inside
+    assert started == {"maps", "prototypes", "attention", "quality", "population"}  # wait inside
     assert ("ready", "quality") not in events
+    assert ("ready", "population") not in events
     assert ("end", "prototypes") in events
-    assert ("end", "attention") in events
+    assert ("end", "attention") in events  # it reads nothing of the maps: it runs after them
 
 
 def test_ctrl_c_stops_the_job_while_a_stage_still_runs(monkeypatch):
@@ -107,3 +109,51 @@ def test_ctrl_c_stops_the_job_while_a_stage_still_runs(monkeypatch):
     finally:
         release.set()
         signal.signal(signal.SIGINT, previous)
+
+
+def test_side_work_waits_for_the_maps_warm_signal_which_every_maps_ending_gives(monkeypatch):
+    """The side stages' GPU work starts once the maps are warm: the maps stage sets the signal
+    at its first batch (run_maps) and, at the latest, when it ends or fails; a job without a
+    maps stage never blocks on it."""
+    from cytotune.explainers.job.processes import wait_for_maps
+
+    for fail, stages in ((None, _Config.stages), ("maps", _Config.stages), (None, ("prototypes",))):
+        events: list[str] = []
+
+        def maps(plan, config, state, progress, events=events, fail=fail):
+            time.sleep(0.05)
+            events.append("maps ended")
+            if fail:
+                raise RuntimeError("maps broke")
+
+        def side(plan, config, state, progress, ready=None, events=events):
+            wait_for_maps(state)
+            events.append("side work")
+
+        stages_ = {name: (lambda *a, **k: None) for name in runner.STAGES}
+        monkeypatch.setattr(runner, "STAGES", stages_ | {"maps": maps, "prototypes": side})
+        state = _State()
+        state.maps_warm = threading.Event()
+        config = type("C", (), {"stages": stages})()
+        if fail:
+            with pytest.raises(RuntimeError, match="maps broke"):
+                runner.run_stages(None, config, state, progress=False, log=lambda _m: None)
+        else:
+            runner.run_stages(None, config, state, progress=False, log=lambda _m: None)
+        expected = ["maps ended", "side work"] if "maps" in stages else ["side work"]
+        assert events == expected
+        assert state.maps_warm.is_set()
+
+
+def test_side_wait_switch(monkeypatch):
+    from cytotune.explainers.job.processes import side_work_waits, wait_for_maps
+
+    assert side_work_waits()
+    monkeypatch.setenv("CYTOTUNE_SIDE_WAIT", "0")
+    unset = _State()
+    unset.maps_warm = threading.Event()
+    wait_for_maps(unset)  # returns at once: the switch is off
+    assert not unset.maps_warm.is_set()
+    monkeypatch.setenv("CYTOTUNE_SIDE_WAIT", "later")
+    with pytest.raises(ValueError, match="CYTOTUNE_SIDE_WAIT must be 0 or 1"):
+        side_work_waits()

@@ -1,0 +1,134 @@
+"""Batch norms folded into the convolutions they follow, for the explain kernel.
+
+In eval mode a ``BatchNorm2d`` is a fixed affine map per channel, so one that reads a
+convolution's output folds into that convolution's weights and bias
+(``torch.nn.utils.fusion.fuse_conv_bn_eval``): the model computes the same function without the
+norm's elementwise pass in the forward and in the backward every attribution takes. In the
+MitoCheck job's ResNet trial on one H100 the norms' kernels were about a third of an
+Integrated Gradients batch's GPU time (BENCHMARKS.md, "Session 17").
+
+Only the map workers fold (a copy of the model); the quality stage draws its random copies and
+cascades from the model as trained, whose layers it counts. A pair is folded when a probe
+forward shows the norm reading the convolution's output tensor and no other module reading
+it; the folded copy is kept only when its outputs equal the original's on a probe batch, else
+the original is used as is. ``CYTOTUNE_FOLD_NORMS=0`` turns folding off.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+# the folded model's outputs on the probe must match the original's to this share of their
+# largest magnitude (fp32, TF32 off: folding only reorders roundings)
+TOLERANCE = 1e-4
+PROBE_BATCH = 4
+
+
+def folding_enabled() -> bool:
+    value = os.environ.get("CYTOTUNE_FOLD_NORMS", "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"CYTOTUNE_FOLD_NORMS must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def conv_norm_pairs(model: nn.Module, probe: torch.Tensor, forward_kwargs: dict) -> list:
+    """``(conv name, norm name)`` pairs where an eval-mode ``BatchNorm2d`` (exactly that type:
+    subclasses such as timm's ``BatchNormAct2d`` also activate) is the only module reading a
+    ``Conv2d``'s output in a forward of ``probe``."""
+    leaves = {n: m for n, m in model.named_modules() if not any(True for _ in m.children())}
+    produced: dict[int, tuple[str, torch.Tensor]] = {}  # tensor id -> (conv, tensor kept alive)
+    readers: dict[int, list[str]] = {}
+    alive: list[torch.Tensor] = []  # every tensor seen stays alive: no id is reused in the probe
+
+    def on_input(name):
+        def hook(module, args, kwargs=None):
+            for value in list(args) + list((kwargs or {}).values()):
+                if isinstance(value, torch.Tensor):
+                    readers.setdefault(id(value), []).append(name)
+                    alive.append(value)
+
+        return hook
+
+    def on_output(name):
+        def hook(module, args, output):
+            if isinstance(output, torch.Tensor):
+                produced[id(output)] = (name, output)
+
+        return hook
+
+    handles = []
+    for name, module in leaves.items():
+        handles.append(module.register_forward_pre_hook(on_input(name), with_kwargs=True))
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(on_output(name)))
+    try:
+        with torch.no_grad():
+            model(probe, **forward_kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    pairs = []
+    for key, (conv, _) in produced.items():
+        names = readers.get(key, [])
+        if len(names) == 1 and type(leaves[names[0]]) is nn.BatchNorm2d:
+            norm = leaves[names[0]]
+            if not norm.training and norm.track_running_stats and norm.running_mean is not None:
+                pairs.append((conv, names[0]))
+    return pairs
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def fold_norms(
+    model: nn.Module, shape: tuple[int, ...], takes_mask: bool = False, keep: Iterable[str] = ()
+) -> tuple[nn.Module, int]:
+    """``(model to explain with, pairs folded)``: a copy of ``model`` (eval mode) with its
+    conv -> batch-norm pairs folded, when its outputs equal the original's on a probe of
+    ``PROBE_BATCH`` random ``shape`` (C, H, W) inputs (with a ``mask`` of ones when the model
+    ``takes_mask``); else ``(model, 0)``. A pair whose convolution or norm is named in ``keep``
+    (layers a CAM reads: a folded convolution would output the norm's values) stays."""
+    if model.training or not folding_enabled():
+        return model, 0
+    param = next(model.parameters(), None)
+    if param is None:
+        return model, 0
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    probe = torch.randn((PROBE_BATCH, *shape), generator=generator).to(param.device)
+    if param.device.type == "cuda":
+        probe = probe.contiguous(memory_format=torch.channels_last)
+    fk = {"mask": torch.ones_like(probe[:, :1])} if takes_mask else {}
+    keep = set(keep)
+    pairs = [p for p in conv_norm_pairs(model, probe, fk) if not keep.intersection(p)]
+    if not pairs:
+        return model, 0
+    folded = copy.deepcopy(model)
+    for conv, norm in pairs:
+        _replace(
+            folded, conv, fuse_conv_bn_eval(folded.get_submodule(conv), folded.get_submodule(norm))
+        )
+        _replace(folded, norm, nn.Identity())
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad(), torch.autocast(param.device.type, enabled=False):
+            expected, got = model(probe, **fk), folded(probe, **fk)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+    if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
+        return model, 0
+    expected, got = expected.float(), got.float()
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    if got.shape != expected.shape or not bool(
+        ((got - expected).abs() <= TOLERANCE * max(scale, 1e-12)).all()
+    ):
+        return model, 0
+    return folded, len(pairs)

@@ -1,0 +1,95 @@
+"""Batch norms folded into convolutions for the map workers: same function, fewer layers."""
+
+import pytest
+import timm
+import torch
+from cytotune.explainers.job.norm_folding import conv_norm_pairs, fold_norms
+from cytotune.explainers.methods import create_explainer
+from torch import nn
+
+
+class Net(nn.Module):
+    """conv -> bn -> relu twice, a head; ``reuse`` also adds the first conv's raw output to
+    the second block's (a functional reader the hooks cannot see)."""
+
+    def __init__(self, reuse: bool = False, norm=nn.BatchNorm2d):
+        super().__init__()
+        self.reuse = reuse
+        self.conv1, self.bn1 = nn.Conv2d(2, 8, 3, padding=1), norm(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), norm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        raw = self.conv1(x)
+        h = torch.relu(self.bn1(raw))
+        h = torch.relu(self.bn2(self.conv2(h)) + (raw if self.reuse else 0))
+        return self.head(h.mean((2, 3)))
+
+
+def trained_like(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, then eval mode."""
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
+    return model.eval()
+
+
+def test_folded_model_computes_the_same_outputs_and_maps_without_norms():
+    model = trained_like(Net())
+    folded, count = fold_norms(model, (2, 16, 16))
+    assert count == 2
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is kept
+    x = torch.randn(5, 2, 16, 16)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+    for method in ("saliency", "integrated_gradients"):
+        expected = create_explainer(method, model).attribute(
+            x, target=torch.tensor([0, 1, 2, 0, 1])
+        )
+        got = create_explainer(method, folded).attribute(x, target=torch.tensor([0, 1, 2, 0, 1]))
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_convolution_read_elsewhere_is_not_folded():
+    model = trained_like(Net(reuse=True))
+    # the hooks see only the norm reading conv1: the pair is proposed ...
+    probe = torch.randn(2, 2, 16, 16)
+    assert ("conv1", "bn1") in conv_norm_pairs(model, probe, {})
+    # ... but the folded copy's outputs differ (the skip read the raw conv), so nothing folds
+    folded, count = fold_norms(model, (2, 16, 16))
+    assert (folded, count) == (model, 0)
+
+
+class ActNorm(nn.BatchNorm2d):
+    """A norm that also activates (like timm's BatchNormAct2d): not a plain affine map."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+def test_norm_subclasses_training_mode_kept_layers_and_the_switch(monkeypatch):
+    assert fold_norms(trained_like(Net(norm=ActNorm)), (2, 16, 16))[1] == 0
+    training = trained_like(Net()).train()
+    assert fold_norms(training, (2, 16, 16)) == (training, 0)
+    assert fold_norms(trained_like(Net()), (2, 16, 16), keep={"conv2"})[1] == 1
+    monkeypatch.setenv("CYTOTUNE_FOLD_NORMS", "0")
+    assert fold_norms(trained_like(Net()), (2, 16, 16))[1] == 0
+    monkeypatch.setenv("CYTOTUNE_FOLD_NORMS", "yes")
+    with pytest.raises(ValueError, match="CYTOTUNE_FOLD_NORMS must be 0 or 1"):
+        fold_norms(trained_like(Net()), (2, 16, 16))
+
+
+def test_timm_resnet_folds_every_norm_and_keeps_its_outputs():
+    model = trained_like(
+        timm.create_model("resnet10t", pretrained=False, num_classes=4, in_chans=1)
+    )
+    norms = sum(type(m) is nn.BatchNorm2d for m in model.modules())
+    folded, count = fold_norms(model, (1, 32, 32))
+    assert norms > 0
+    assert count == norms
+    x = torch.randn(3, 1, 32, 32)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
