@@ -59,9 +59,10 @@ storage: /tmp/runs
 EOF
   t0=$(date +%s%N); timeout 240 cytotune search --config /tmp/mito3.yaml --quiet 2>&1 | grep -v Warn | tail -6
   echo "search wall $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  k=0
   for e in ${EXECUTORS:-local ray}; do
   for i in $(seq ${RUNS:-2}); do
-    t0=$(date +%s%N)
+    t0=$(date +%s%N); k=$((k + 1)); tag=${k}_$e  # a variant named twice keeps both runs
     # local1: the local executor with one worker (no threads)
     # local2: the local executor in two processes sharing the GPU; localq1: the quality's sampled
     # scores in one process; base: the local executor of the code in .gpu/base.tar (a git archive)
@@ -79,12 +80,12 @@ EOF
       C="env PYTHONPATH=/tmp/site:/tmp/src_base python3 -P -m cytotune.engine.cli"
     fi
     env $V timeout 240 $C explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
-      --executor $X ${EXPLAIN_ARGS} > $R/explain_${e}_$i.txt 2>&1
+      --executor $X ${EXPLAIN_ARGS} > $R/explain_$tag.txt 2>&1
     echo "explain $e run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)"
-    grep -v "Warn\|it/s\|s/it" $R/explain_${e}_$i.txt | grep -v "^ \+[a-z_+]\+ \+[0-9.]\+ \+[0-9.]\+ \+\(passed\|failed\|inconclusive\)" | tail -22
-    cp /tmp/runs/mitocheck/explain/explain.json $R/explain_state_${e}_$i.json
-    python3 -c "import json; d=json.load(open('$R/explain_state_${e}_$i.json')); print({k: round(v, 2) if isinstance(v, float) else v for k, v in d.get('timings', {}).items()})"
-    mkdir -p $R/workers_${e}_$i && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers_${e}_$i/ 2>/dev/null
+    grep -E "^  [a-z]+ +[0-9.]+ s$|^(FAILED|INCONCLUSIVE|error|Traceback)" $R/explain_$tag.txt | tail -12
+    cp /tmp/runs/mitocheck/explain/explain.json $R/explain_state_$tag.json
+    python3 -c "import json; d=json.load(open('$R/explain_state_$tag.json')); s=d['maps_run']['started']; print({k: round(v, 2) if isinstance(v, float) else v for k, v in d.get('timings', {}).items()}); print('from the maps start:', {k: round(v - s, 1) for k, v in sorted(d.get('marks', {}).items(), key=lambda kv: kv[1])}, 'end', round(d['finished'] - s, 1))"
+    mkdir -p $R/workers_$tag && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers_$tag/ 2>/dev/null
   done
   done
   if [ -n "$MPROFILE" ]; then  # the maps stage's pieces, each timed alone

@@ -96,6 +96,7 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
             job = (common, trial.trial_id, method, source, picked, crops[picked])
             work.append((part, key, job))
     todo = [w for w in work if isinstance(w, tuple)]
+    state.mark("overlays/picked")
     drawn = iter(map_in_processes(overlays_of, [w[2] for w in todo], 1, "overlays"))
     records: list[dict] = []
     for w in work:

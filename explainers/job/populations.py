@@ -138,6 +138,7 @@ def run_population(
     if maps_ready is not None:  # a maps stage runs beside: its tables will be new
         shape_means = gmean_images(plan, classes, groups, eps)  # reads no map: beside them
         maps_ready()
+        state.mark("population/maps_ready")
     key = config.maps_key() + f"-r{config.radius}-t{config.threshold}"
     summary_path = explain_dir(plan.study_dir) / "population.parquet"
     old = (
@@ -177,6 +178,7 @@ def run_population(
     jobs = [(common, *w[2:]) for w in todo]
     threads = min(8, os.cpu_count() or 1, max(1, len(todo)))
     done = dict(zip(todo, map_in_processes(population_of, jobs, threads, "population")))
+    state.mark("population/drawn")
     rows: list[dict] = []
     for w in work:
         if not isinstance(w, tuple):

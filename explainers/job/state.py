@@ -60,6 +60,13 @@ class ExplainState:
             self.data["timings"][stage] = round(seconds, 3)
             self.save()
 
+    def mark(self, name: str) -> None:
+        """When a step inside a stage ended (``marks``: where the job's tail spends its time;
+        the benchmark reads them against ``maps_run.started``)."""
+        with self._lock:
+            self.data.setdefault("marks", {})[name] = time.time()
+            self.save()
+
     def update(self, **fields: Any) -> None:
         with self._lock:
             self.data.update(fields)
