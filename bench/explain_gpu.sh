@@ -7,7 +7,7 @@
 #      per executor in EXECUTORS (default "local ray"; local1: local with one worker; local2: local
 #      in two processes sharing the GPU; localq1: the quality's sampled scores in one process;
 #      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
-#      not folded; localw0: side work not waiting for the maps' first batch; locals: the sanity
+#      not folded; localw0: side work not waiting for the maps' first batch; localwd0: no GPU warm-up; locals: the sanity
 #      check in strict fp32 (CYTOTUNE_CHECK_TF32=0);
 #      base: the local executor of the code in .gpu/base.tar), each timed, with the job's own stage
 #      timings (explain/explain.json);
@@ -72,7 +72,7 @@ EOF
       local1) V="CYTOTUNE_LOCAL_WORKERS=1";; local2) V="CYTOTUNE_LOCAL_PROCESSES=2";;
       localq1) V="CYTOTUNE_QUALITY_PROCESSES=1";; localt1) V="CYTOTUNE_TAIL_PROCESSES=1";;
       localf0) V="CYTOTUNE_FOLD_NORMS=0";; localw0) V="CYTOTUNE_SIDE_WAIT=0";;
-      locals) V="CYTOTUNE_CHECK_TF32=0";;
+      locals) V="CYTOTUNE_CHECK_TF32=0";; localwd0) V="CYTOTUNE_WARM_DEVICE=0";;
     esac
     C="cytotune"; X=local; [ "$e" = ray ] && X=ray
     if [ "$e" = base ]; then

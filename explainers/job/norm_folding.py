@@ -7,16 +7,17 @@ norm's elementwise pass in the forward and in the backward every attribution tak
 MitoCheck job's ResNet trial on one H100 the norms' kernels were about a third of an
 Integrated Gradients batch's GPU time (BENCHMARKS.md, "Session 17").
 
-Only the map workers fold (a copy of the model); the quality stage draws its random copies and
-cascades from the model as trained, whose layers it counts. A pair is folded when a probe
-forward shows the norm reading the convolution's output tensor and no other module reading
-it; the folded copy is kept only when its outputs equal the original's on a probe batch, else
-the original is used as is. ``CYTOTUNE_FOLD_NORMS=0`` turns folding off.
+Only the map workers fold (their own freshly loaded models, on the CPU before they go to the
+GPU); the quality stage draws its random copies and cascades from the model as trained, whose
+layers it counts. A pair is folded when a probe forward shows the norm reading the
+convolution's output tensor and no other module reading it; the folding is kept only when the
+model's outputs on the probe stay equal, else the original modules are put back.
+``CYTOTUNE_FOLD_NORMS=0`` turns folding off.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import os
 from collections.abc import Iterable
 
@@ -37,10 +38,23 @@ def folding_enabled() -> bool:
     return value == "1"
 
 
-def conv_norm_pairs(model: nn.Module, probe: torch.Tensor, forward_kwargs: dict) -> list:
-    """``(conv name, norm name)`` pairs where an eval-mode ``BatchNorm2d`` (exactly that type:
-    subclasses such as timm's ``BatchNormAct2d`` also activate) is the only module reading a
-    ``Conv2d``'s output in a forward of ``probe``."""
+@contextlib.contextmanager
+def exact(device_type: str):
+    """fp32 without TF32 or autocast, no autograd: folding only reorders roundings."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad(), torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+def conv_norm_pairs(model: nn.Module, probe: torch.Tensor, forward_kwargs: dict):
+    """``(pairs, output)``: the ``(conv name, norm name)`` pairs where an eval-mode
+    ``BatchNorm2d`` (exactly that type: subclasses such as timm's ``BatchNormAct2d`` also
+    activate) is the only module reading a ``Conv2d``'s output in a forward of ``probe``, and
+    that forward's output."""
     leaves = {n: m for n, m in model.named_modules() if not any(True for _ in m.children())}
     produced: dict[int, tuple[str, torch.Tensor]] = {}  # tensor id -> (conv, tensor kept alive)
     readers: dict[int, list[str]] = {}
@@ -68,8 +82,8 @@ def conv_norm_pairs(model: nn.Module, probe: torch.Tensor, forward_kwargs: dict)
         if isinstance(module, nn.Conv2d):
             handles.append(module.register_forward_hook(on_output(name)))
     try:
-        with torch.no_grad():
-            model(probe, **forward_kwargs)
+        with exact(probe.device.type):
+            output = model(probe, **forward_kwargs)
     finally:
         for handle in handles:
             handle.remove()
@@ -80,7 +94,7 @@ def conv_norm_pairs(model: nn.Module, probe: torch.Tensor, forward_kwargs: dict)
             norm = leaves[names[0]]
             if not norm.training and norm.track_running_stats and norm.running_mean is not None:
                 pairs.append((conv, names[0]))
-    return pairs
+    return pairs, output
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -88,47 +102,49 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+def _equal(expected, got) -> bool:
+    if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
+        return False
+    expected, got = expected.float(), got.float()
+    if got.shape != expected.shape:
+        return False
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    return bool(((got - expected).abs() <= TOLERANCE * max(scale, 1e-12)).all())
+
+
 def fold_norms(
     model: nn.Module, shape: tuple[int, ...], takes_mask: bool = False, keep: Iterable[str] = ()
-) -> tuple[nn.Module, int]:
-    """``(model to explain with, pairs folded)``: a copy of ``model`` (eval mode) with its
-    conv -> batch-norm pairs folded, when its outputs equal the original's on a probe of
-    ``PROBE_BATCH`` random ``shape`` (C, H, W) inputs (with a ``mask`` of ones when the model
-    ``takes_mask``); else ``(model, 0)``. A pair whose convolution or norm is named in ``keep``
-    (layers a CAM reads: a folded convolution would output the norm's values) stays."""
+) -> int:
+    """Fold ``model``'s (eval mode) conv -> batch-norm pairs in place; returns how many. The
+    folding stays only when the outputs on a probe of ``PROBE_BATCH`` random ``shape``
+    (C, H, W) inputs (with a ``mask`` of ones when the model ``takes_mask``) stay equal; else
+    the original modules are put back and 0 is returned. A pair whose convolution or norm is
+    named in ``keep`` (layers a CAM reads: a folded convolution would output the norm's values)
+    stays."""
     if model.training or not folding_enabled():
-        return model, 0
+        return 0
     param = next(model.parameters(), None)
     if param is None:
-        return model, 0
+        return 0
     generator = torch.Generator(device="cpu").manual_seed(0)
     probe = torch.randn((PROBE_BATCH, *shape), generator=generator).to(param.device)
     if param.device.type == "cuda":
         probe = probe.contiguous(memory_format=torch.channels_last)
     fk = {"mask": torch.ones_like(probe[:, :1])} if takes_mask else {}
     keep = set(keep)
-    pairs = [p for p in conv_norm_pairs(model, probe, fk) if not keep.intersection(p)]
+    pairs, expected = conv_norm_pairs(model, probe, fk)
+    pairs = [p for p in pairs if not keep.intersection(p)]
     if not pairs:
-        return model, 0
-    folded = copy.deepcopy(model)
+        return 0
+    originals: dict[str, nn.Module] = {}
     for conv, norm in pairs:
-        _replace(
-            folded, conv, fuse_conv_bn_eval(folded.get_submodule(conv), folded.get_submodule(norm))
-        )
-        _replace(folded, norm, nn.Identity())
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.no_grad(), torch.autocast(param.device.type, enabled=False):
-            expected, got = model(probe, **fk), folded(probe, **fk)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
-    if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
-        return model, 0
-    expected, got = expected.float(), got.float()
-    scale = float(expected.abs().max()) if expected.numel() else 0.0
-    if got.shape != expected.shape or not bool(
-        ((got - expected).abs() <= TOLERANCE * max(scale, 1e-12)).all()
-    ):
-        return model, 0
-    return folded, len(pairs)
+        originals[conv], originals[norm] = model.get_submodule(conv), model.get_submodule(norm)
+        _replace(model, conv, fuse_conv_bn_eval(originals[conv], originals[norm]))  # a new conv
+        _replace(model, norm, nn.Identity())
+    with exact(param.device.type):
+        got = model(probe, **fk)
+    if _equal(expected, got):
+        return len(pairs)
+    for name, module in originals.items():
+        _replace(model, name, module)
+    return 0

@@ -11,7 +11,7 @@ import time
 
 from .attention import run_attention
 from .config import ExplainConfig
-from .executor import resolve_executor, worker_devices
+from .executor import resolve_executor, warm_devices, worker_devices
 from .maps import run_maps
 from .overlays import run_overlays
 from .plan import ExplainPlan, build_plan
@@ -82,6 +82,8 @@ def side_processes_wanted(config: ExplainConfig) -> int:
 
 
 def _run_explain(config: ExplainConfig, progress: bool, log) -> tuple[ExplainPlan, ExplainState]:
+    if "maps" in config.stages and resolve_executor(config) == "local":
+        warm_devices()  # the GPU libraries load beside the plan and the model imports
     plan = build_plan(config)
     state = ExplainState(plan.study_dir)
     state.update(

@@ -235,10 +235,16 @@ class MapWorker:
         wanted = [(t, int(f), d) for t, folds in units.items() for f, d in folds.items()]
 
         def load(item) -> LoadedModel:  # file reads and copies release the GIL: 8 at a time
-            loaded = load_fold(item[2], self.device, self.device.type == "cuda")
-            keep = cam_layer_names(loaded.model, methods)
-            model, folded = fold_norms(loaded.model, self.manifest.shape, loaded.takes_mask, keep)
-            return LoadedModel(model, loaded.offset, loaded.scale, loaded.takes_mask), folded
+            # folded on the CPU (exact fp32, no cold GPU kernels), then moved
+            loaded = load_fold(item[2], "cpu")
+            model = loaded.model
+            keep = cam_layer_names(model, methods)
+            folded = fold_norms(model, self.manifest.shape, loaded.takes_mask, keep)
+            model = model.to(self.device)
+            if self.device.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)
+            offset, scale = loaded.offset.to(self.device), loaded.scale.to(self.device)
+            return LoadedModel(model, offset, scale, loaded.takes_mask), folded
 
         # the first one alone: its imports (timm pulls in torchvision and torch._dynamo, about
         # 900 modules) then run uncontended. In a GPU profile they ran beside 7 loading threads

@@ -1,5 +1,7 @@
 """Batch norms folded into convolutions for the map workers: same function, fewer layers."""
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -40,10 +42,10 @@ def trained_like(model: nn.Module) -> nn.Module:
 
 def test_folded_model_computes_the_same_outputs_and_maps_without_norms():
     model = trained_like(Net())
-    folded, count = fold_norms(model, (2, 16, 16))
+    folded = copy.deepcopy(model)
+    count = fold_norms(folded, (2, 16, 16))
     assert count == 2
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is kept
     x = torch.randn(5, 2, 16, 16)
     torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
     for method in ("saliency", "integrated_gradients"):
@@ -58,10 +60,14 @@ def test_a_convolution_read_elsewhere_is_not_folded():
     model = trained_like(Net(reuse=True))
     # the hooks see only the norm reading conv1: the pair is proposed ...
     probe = torch.randn(2, 2, 16, 16)
-    assert ("conv1", "bn1") in conv_norm_pairs(model, probe, {})
-    # ... but the folded copy's outputs differ (the skip read the raw conv), so nothing folds
-    folded, count = fold_norms(model, (2, 16, 16))
-    assert (folded, count) == (model, 0)
+    pairs, output = conv_norm_pairs(model, probe, {})
+    assert ("conv1", "bn1") in pairs
+    torch.testing.assert_close(output, model(probe))
+    # ... but the folded outputs differ (the skip read the raw conv): every module is put back
+    modules = dict(model.named_modules())
+    assert fold_norms(model, (2, 16, 16)) == 0
+    assert dict(model.named_modules()) == modules
+    torch.testing.assert_close(model(probe), output)
 
 
 class ActNorm(nn.BatchNorm2d):
@@ -72,12 +78,11 @@ class ActNorm(nn.BatchNorm2d):
 
 
 def test_norm_subclasses_training_mode_kept_layers_and_the_switch(monkeypatch):
-    assert fold_norms(trained_like(Net(norm=ActNorm)), (2, 16, 16))[1] == 0
-    training = trained_like(Net()).train()
-    assert fold_norms(training, (2, 16, 16)) == (training, 0)
-    assert fold_norms(trained_like(Net()), (2, 16, 16), keep={"conv2"})[1] == 1
+    assert fold_norms(trained_like(Net(norm=ActNorm)), (2, 16, 16)) == 0
+    assert fold_norms(trained_like(Net()).train(), (2, 16, 16)) == 0
+    assert fold_norms(trained_like(Net()), (2, 16, 16), keep={"conv2"}) == 1
     monkeypatch.setenv("CYTOTUNE_FOLD_NORMS", "0")
-    assert fold_norms(trained_like(Net()), (2, 16, 16))[1] == 0
+    assert fold_norms(trained_like(Net()), (2, 16, 16)) == 0
     monkeypatch.setenv("CYTOTUNE_FOLD_NORMS", "yes")
     with pytest.raises(ValueError, match="CYTOTUNE_FOLD_NORMS must be 0 or 1"):
         fold_norms(trained_like(Net()), (2, 16, 16))
@@ -88,7 +93,8 @@ def test_timm_resnet_folds_every_norm_and_keeps_its_outputs():
         timm.create_model("resnet10t", pretrained=False, num_classes=4, in_chans=1)
     )
     norms = sum(type(m) is nn.BatchNorm2d for m in model.modules())
-    folded, count = fold_norms(model, (1, 32, 32))
+    folded = copy.deepcopy(model)
+    count = fold_norms(folded, (1, 32, 32))
     assert norms > 0
     assert count == norms
     x = torch.randn(3, 1, 32, 32)
