@@ -7,7 +7,7 @@
 #      per executor in EXECUTORS (default "local ray"; local1: local with one worker; local2: local
 #      in two processes sharing the GPU; localq1: the quality's sampled scores in one process;
 #      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
-#      not folded; localw0: side work not waiting for the maps' first batch; localwd0: no GPU warm-up; locals: the sanity
+#      not folded; localw0: side work not waiting for the maps' first batch; localwd0: no GPU warm-up; localtp8: 8 tail processes a stage; locals: the sanity
 #      check in strict fp32 (CYTOTUNE_CHECK_TF32=0);
 #      base: the local executor of the code in .gpu/base.tar), each timed, with the job's own stage
 #      timings (explain/explain.json);
@@ -20,6 +20,8 @@
 #      the default trial's variants, held-out probabilities averaged);
 #   6. SPRECISION=1: bench/sanity_precision.py on the searched study (quality stage in fp32, TF32,
 #      bf16: the sanity verdicts compared, the stage timed);
+#   9. TPROFILE=1: bench/tail_profile.py on the searched study (an atomic file write's cost, each
+#      pair's population figures in turn, the population and overlay stages as the job runs them);
 #   8. MPROFILE=1: bench/maps_profile.py on the searched study (the maps stage's pieces timed
 #      alone: start-up, each (trial, method) warm, 1 vs 4 workers, a pass's floor, a profile);
 #   7. PYSPY=1 with the py-spy wheel in .gpu/wheels: one more explain run (local executor) under
@@ -73,6 +75,7 @@ EOF
       localq1) V="CYTOTUNE_QUALITY_PROCESSES=1";; localt1) V="CYTOTUNE_TAIL_PROCESSES=1";;
       localf0) V="CYTOTUNE_FOLD_NORMS=0";; localw0) V="CYTOTUNE_SIDE_WAIT=0";;
       locals) V="CYTOTUNE_CHECK_TF32=0";; localwd0) V="CYTOTUNE_WARM_DEVICE=0";;
+      localtp8) V="CYTOTUNE_TAIL_PROCESSES=8";;
     esac
     C="cytotune"; X=local; [ "$e" = ray ] && X=ray
     if [ "$e" = base ]; then
@@ -94,6 +97,10 @@ EOF
         --study /tmp/runs/mitocheck --top-k 3 --out $R/maps_profile_f$f.json ${MPROFILE_ARGS} 2>&1 \
         | grep -v Warn | tail -${MPROFILE_TAIL:-60}
     done
+  fi
+  if [ -n "$TPROFILE" ]; then  # the tail's pieces: a file write, each pair's figures, the stages
+    timeout ${TPROFILE_TIMEOUT:-200} python3 bench/tail_profile.py --study /tmp/runs/mitocheck \
+      --out $R/tail_profile.json 2>&1 | grep -v Warn | tail -${TPROFILE_TAIL:-8}
   fi
   if [ -n "$SPRECISION" ]; then  # the sanity check's verdicts in fp32 vs TF32 vs bf16, timed
     timeout ${SPRECISION_TIMEOUT:-300} python3 bench/sanity_precision.py --study /tmp/runs/mitocheck \
