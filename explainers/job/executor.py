@@ -122,7 +122,7 @@ def warm_devices(devices: list[str] | None = None) -> threading.Thread | None:
     channels-last convolution and a matmul, forward and backward, on each GPU of ``devices``
     (default :func:`local_devices`). torch releases the interpreter lock inside both, so the
     loading runs beside the imports. ``CYTOTUNE_WARM_DEVICE=0`` skips it; None without a GPU."""
-    value = os.environ.get("CYTOTUNE_WARM_DEVICE", "1").strip()
+    value = os.environ.get("CYTOTUNE_WARM_DEVICE", "").strip() or "1"
     if value not in ("0", "1"):
         raise ValueError(f"CYTOTUNE_WARM_DEVICE must be 0 or 1, got {value!r}")
     devices = [d for d in (devices or local_devices()) if d.startswith("cuda")]

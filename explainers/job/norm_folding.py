@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from collections.abc import Iterable
 
 import torch
@@ -32,7 +33,7 @@ PROBE_BATCH = 4
 
 
 def folding_enabled() -> bool:
-    value = os.environ.get("CYTOTUNE_FOLD_NORMS", "1").strip()
+    value = os.environ.get("CYTOTUNE_FOLD_NORMS", "").strip() or "1"
     if value not in ("0", "1"):
         raise ValueError(f"CYTOTUNE_FOLD_NORMS must be 0 or 1, got {value!r}")
     return value == "1"
@@ -40,7 +41,13 @@ def folding_enabled() -> bool:
 
 @contextlib.contextmanager
 def exact(device_type: str):
-    """fp32 without TF32 or autocast, no autograd: folding only reorders roundings."""
+    """fp32 without autocast, no autograd: folding only reorders roundings. On a GPU TF32 is
+    off too; those flags are process-wide, so the map workers fold on the CPU, where their
+    loading threads leave them alone."""
+    if device_type != "cuda":
+        with torch.no_grad(), torch.autocast(device_type, enabled=False):
+            yield
+        return
     cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -133,18 +140,23 @@ def fold_norms(
     fk = {"mask": torch.ones_like(probe[:, :1])} if takes_mask else {}
     keep = set(keep)
     pairs, expected = conv_norm_pairs(model, probe, fk)
-    pairs = [p for p in pairs if not keep.intersection(p)]
+    # a module in two pairs (a convolution called twice, a norm shared by two) is left as is
+    seen = Counter(name for pair in pairs for name in pair)
+    pairs = [p for p in pairs if not keep.intersection(p) and seen[p[0]] == seen[p[1]] == 1]
     if not pairs:
         return 0
     originals: dict[str, nn.Module] = {}
-    for conv, norm in pairs:
-        originals[conv], originals[norm] = model.get_submodule(conv), model.get_submodule(norm)
-        _replace(model, conv, fuse_conv_bn_eval(originals[conv], originals[norm]))  # a new conv
-        _replace(model, norm, nn.Identity())
-    with exact(param.device.type):
-        got = model(probe, **fk)
-    if _equal(expected, got):
-        return len(pairs)
+    try:
+        for conv, norm in pairs:
+            originals[conv], originals[norm] = model.get_submodule(conv), model.get_submodule(norm)
+            _replace(model, conv, fuse_conv_bn_eval(originals[conv], originals[norm]))  # new conv
+            _replace(model, norm, nn.Identity())
+        with exact(param.device.type):
+            got = model(probe, **fk)
+        if _equal(expected, got):
+            return len(pairs)
+    except Exception:  # noqa: BLE001 - any failure: the model as it was, unfolded
+        pass
     for name, module in originals.items():
         _replace(model, name, module)
     return 0

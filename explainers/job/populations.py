@@ -127,19 +127,26 @@ def run_population(
 ) -> pd.DataFrame:
     """Write population maps and ``population.parquet``; returns the summary table. With
     ``maps_ready`` (the wait for a maps stage beside this one) the classes' mean crops are
-    computed before the wait. The
-    (trial, method) pairs go to stage processes where :func:`tail_processes` allows (on one
+    computed before the wait. The (trial, method) pairs go to stage processes where :func:`tail_processes` allows (on one
     H100 this stage and the overlays shared one interpreter lock for the job's last 12 s),
     else to threads (numpy, zlib and file writes release the lock)."""
     from .processes import map_in_processes
 
     classes, groups = class_of_cells(plan)
+    key = config.maps_key() + f"-r{config.radius}-t{config.threshold}"
     shape_means = None
-    if maps_ready is not None:  # a maps stage runs beside: its tables will be new
-        shape_means = gmean_images(plan, classes, groups, eps)  # reads no map: beside them
+    if maps_ready is not None:
+        # the mean crops read no map: computed beside the maps when some part will be drawn
+        # (which maps exist is known only after them; a resumed job with every part done
+        # reads no crop)
+        if config.overwrite or not all(
+            state.done(f"population/{t.trial_id}/{m}", key + "-" + config.method_key(m))
+            for t in plan.trials
+            for m in config.method_names
+        ):
+            shape_means = gmean_images(plan, classes, groups, eps)
         maps_ready()
         state.mark("population/maps_ready")
-    key = config.maps_key() + f"-r{config.radius}-t{config.threshold}"
     summary_path = explain_dir(plan.study_dir) / "population.parquet"
     old = (
         empty_index("population") if config.overwrite else read_index(plan.study_dir, "population")

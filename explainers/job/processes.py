@@ -204,7 +204,7 @@ def side_work_waits() -> bool:
     work only once the maps' first batch is back: the maps' cold start (imports, model loads,
     the first kernels of every method) then has the GPU to itself instead of time-slicing it
     with four other processes' contexts. ``CYTOTUNE_SIDE_WAIT=0`` starts them at once."""
-    value = os.environ.get("CYTOTUNE_SIDE_WAIT", "1").strip()
+    value = os.environ.get("CYTOTUNE_SIDE_WAIT", "").strip() or "1"
     if value not in ("0", "1"):
         raise ValueError(f"CYTOTUNE_SIDE_WAIT must be 0 or 1, got {value!r}")
     return value == "1"

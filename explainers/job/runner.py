@@ -83,7 +83,9 @@ def side_processes_wanted(config: ExplainConfig) -> int:
 
 def _run_explain(config: ExplainConfig, progress: bool, log) -> tuple[ExplainPlan, ExplainState]:
     if "maps" in config.stages and resolve_executor(config) == "local":
-        warm_devices()  # the GPU libraries load beside the plan and the model imports
+        # the GPU libraries load beside the plan and the model imports (on the GPU(s) of this
+        # process: with one process per GPU the others warm their own)
+        warm_devices(process_devices()[0])
     plan = build_plan(config)
     state = ExplainState(plan.study_dir)
     state.update(
@@ -95,6 +97,7 @@ def _run_explain(config: ExplainConfig, progress: bool, log) -> tuple[ExplainPla
         ],
         cells=len(plan.cells),
         dataset=str(plan.dataset.path),
+        marks={},  # this run's step marks only
     )
     executor = resolve_executor(config)
     state.update(executor=executor)

@@ -33,8 +33,8 @@ class SmoothGrad:
         squared: average the squared attributions (SmoothGrad-Squared).
         batch_size: images per base call (noisy copies of several images go in one call);
             None (default): at least 256, more for small crops (about 33M input values per
-            call: 8,192 images of 64 x 64 px), since a call on small crops costs its launches
-            more than its arithmetic.
+            call on a GPU: 8,192 images of 64 x 64 px, since a call on small crops costs its
+            launches more than its arithmetic; 4M on the CPU).
 
     Example:
         >>> sg = SmoothGrad(Saliency(model), sigma=0.15, n=25)
@@ -124,19 +124,22 @@ class SmoothGrad:
         return f"SmoothGrad({self.base!r}, sigma={self.options['sigma']}, n={self.options['n']})"
 
 
-# input values per base call when ``batch_size`` is None (and never fewer than 256 images):
-# 8,192 crops of 64 x 64 px, so a batch of 128 such cells with n = 25 is one call (the
-# MitoCheck job was bound by kernel launches, not by the GPU: 4 calls of 1,024 crops launched
-# 4 times the kernels of one); 256 crops of 224 x 224 x 3, as before
-CALL_VALUES = 1 << 25
+# input values per base call when ``batch_size`` is None (and never fewer than 256 images).
+# On a GPU 8,192 crops of 64 x 64 px, so a batch of 128 such cells with n = 25 is one call (the
+# MitoCheck job was bound by kernel launches: 4 calls of 1,024 crops launched 4 times the
+# kernels of one), and 256 of 224 x 224 x 3 as before; on the CPU, where arithmetic is the
+# cost and memory is shared, 1,024 of 64 x 64 px (a ResNet-50's 3,200-crop call took 22 GB)
+CALL_VALUES = 1 << 22
+CALL_VALUES_GPU = 1 << 25
 
 
 def call_images(batch_size: int | None, x: Tensor) -> int:
     """Images per base call: ``batch_size``, or by default as many as hold about
-    ``CALL_VALUES`` input values (at least 256)."""
+    ``CALL_VALUES_GPU`` (on a GPU) or ``CALL_VALUES`` input values (at least 256)."""
     if batch_size is not None:
         return int(batch_size)
-    return max(256, CALL_VALUES // max(1, x[0].numel()))
+    values = CALL_VALUES_GPU if x.is_cuda else CALL_VALUES
+    return max(256, values // max(1, x[0].numel()))
 
 
 def _batched(value: Any, batch: int) -> bool:

@@ -227,7 +227,7 @@ def check_tf32(device_type: str) -> bool:
     """
     if device_type != "cuda":
         return False
-    value = os.environ.get("CYTOTUNE_CHECK_TF32", "1").strip()
+    value = os.environ.get("CYTOTUNE_CHECK_TF32", "").strip() or "1"
     if value not in ("0", "1"):
         raise ValueError(f"CYTOTUNE_CHECK_TF32 must be 0 (strict fp32) or 1 (TF32), got {value!r}")
     return value == "1"

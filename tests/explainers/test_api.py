@@ -169,3 +169,13 @@ def test_families_with_folded_batches_and_masks():
     assert cam.shape == (2, 1, 32, 32)
     assert cam.isfinite().all()
     assert no_hooks(proto)
+
+
+def test_smoothgrad_call_size_is_larger_only_on_a_gpu():
+    from cytotune.explainers.methods.smoothgrad import CALL_VALUES, CALL_VALUES_GPU, call_images
+
+    small, large = torch.zeros(2, 1, 64, 64), torch.zeros(2, 3, 224, 224)
+    assert call_images(None, small) == CALL_VALUES // 4096 == 1024  # CPU: 4M input values
+    assert call_images(None, large) == 256  # never fewer than 256 images
+    assert call_images(7, small) == 7
+    assert CALL_VALUES_GPU // 4096 == 8192  # a GPU's calls of 64 px crops (not testable here)

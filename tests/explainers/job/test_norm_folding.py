@@ -99,3 +99,53 @@ def test_timm_resnet_folds_every_norm_and_keeps_its_outputs():
     assert count == norms
     x = torch.randn(3, 1, 32, 32)
     torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+class Shared(nn.Module):
+    """One convolution called twice, each call with its own norm; one norm shared by two
+    convolutions: no module may be folded for two pairs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn_a, self.bn_b = (
+            nn.Conv2d(2, 2, 3, padding=1),
+            nn.BatchNorm2d(2),
+            nn.BatchNorm2d(2),
+        )
+        self.conv2, self.conv3, self.bn_shared = (
+            nn.Conv2d(2, 4, 1),
+            nn.Conv2d(2, 4, 1),
+            nn.BatchNorm2d(4),
+        )
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn_a(self.conv(x)))
+        h = torch.relu(self.bn_b(self.conv(h)))
+        a, b = self.bn_shared(self.conv2(h)), self.bn_shared(self.conv3(h))
+        return self.head(torch.cat([a, b], 1).mean((2, 3)))
+
+
+def test_modules_in_two_pairs_stay_and_the_model_keeps_its_outputs():
+    model = trained_like(Shared())
+    reference = copy.deepcopy(model)
+    assert fold_norms(model, (2, 8, 8)) == 0
+    assert all(
+        isinstance(model.get_submodule(n), nn.BatchNorm2d) for n in ("bn_a", "bn_b", "bn_shared")
+    )
+    x = torch.randn(3, 2, 8, 8)
+    torch.testing.assert_close(model(x), reference(x))
+
+
+def test_the_map_workers_keep_the_cam_layers_unfolded():
+    from cytotune.explainers.job.worker import cam_layer_names
+
+    class WithLayers(Net):
+        def feature_layers(self):
+            return {"conv2": self.conv2}
+
+    model = trained_like(WithLayers())
+    names = cam_layer_names(model, {"gradcam": {}, "layercam": {"layer": ["conv1", "bn2"]}})
+    assert names == {"conv2", "conv1", "bn2"}
+    assert cam_layer_names(Net(), {"gradcam": {"layer": "conv1"}}) == {"conv1"}
+    assert fold_norms(model, (2, 16, 16), keep=names) == 0  # both pairs touch a CAM layer

@@ -148,6 +148,9 @@ def test_side_work_waits_for_the_maps_warm_signal_which_every_maps_ending_gives(
 def test_side_wait_switch(monkeypatch):
     from cytotune.explainers.job.processes import side_work_waits, wait_for_maps
 
+    monkeypatch.delenv("CYTOTUNE_SIDE_WAIT", raising=False)
+    assert side_work_waits()
+    monkeypatch.setenv("CYTOTUNE_SIDE_WAIT", "")  # empty: the default
     assert side_work_waits()
     monkeypatch.setenv("CYTOTUNE_SIDE_WAIT", "0")
     unset = _State()
