@@ -113,7 +113,8 @@ EOF
       --executor local --quiet ${EXPLAIN_ARGS} 2>&1 | grep -v Warn | tail -6
     python3 bench/spy_summary.py $R/explain_local.spy.txt --by-process --top 30 --under run_maps \
       --under MapWorker --under sample_scores --under _population_of --under run_overlays \
-      --under load_fold --under _find_and_load > $R/spy_summary.txt 2>&1; gzip $R/explain_local.spy.txt
+      --under load_fold --under _find_and_load --under population_of --under overlays_of \
+      --under map_scores > $R/spy_summary.txt 2>&1; gzip $R/explain_local.spy.txt
     grep -A3 "^====\|-- threads" $R/spy_summary.txt | head -40
   fi
   if [ -n "$PROFILE" ]; then  # where the local job's time goes, by function (cumulative)
