@@ -4,8 +4,8 @@
 #   1. a MitoCheck search of 3 trials (default space, 40 epochs, 3 at once on the GPU; all folds of
 #      every trial, race: epochs with grace = max, so the job has the issue's 3 trials);
 #   2. `cytotune explain --study ... --top-k 3` (5 methods x 3 trials x 3,277 cells) RUNS times
-#      per executor in EXECUTORS (default "local ray"; local1: local with one worker; local2: local
-#      in two processes sharing the GPU; localq1: the quality's sampled scores in one process;
+#      per executor in EXECUTORS (default "local ray"; local1: local with one worker; local2, local3: local
+#      in two or three processes sharing the GPU (each with its share of the trials); localq1: the quality's sampled scores in one process;
 #      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
 #      not folded; localw0: side work not waiting for the maps' first batch; localwd0: no GPU warm-up; localtp8: 8 tail processes a stage; locals: the sanity
 #      check in strict fp32 (CYTOTUNE_CHECK_TF32=0);
@@ -72,6 +72,7 @@ EOF
     V=""  # the variant's environment
     case $e in
       local1) V="CYTOTUNE_LOCAL_WORKERS=1";; local2) V="CYTOTUNE_LOCAL_PROCESSES=2";;
+      local3) V="CYTOTUNE_LOCAL_PROCESSES=3";;
       localq1) V="CYTOTUNE_QUALITY_PROCESSES=1";; localt1) V="CYTOTUNE_TAIL_PROCESSES=1";;
       localf0) V="CYTOTUNE_FOLD_NORMS=0";; localw0) V="CYTOTUNE_SIDE_WAIT=0";;
       locals) V="CYTOTUNE_CHECK_TF32=0";; localwd0) V="CYTOTUNE_WARM_DEVICE=0";;
