@@ -7,7 +7,8 @@
 #      per executor in EXECUTORS (default "local ray"; local1: local with one worker; local2, local3: local
 #      in two or three processes sharing the GPU (each with its share of the trials); localq1: the quality's sampled scores in one process;
 #      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
-#      not folded; localw0: side work not waiting for the maps' first batch; localwd0: no GPU warm-up; localtp8: 8 tail processes a stage; locals: the sanity
+#      not folded; localw0: side work not waiting for the maps' first batch; localwd0: no GPU warm-up; localtp8: 8 tail processes a stage; localsp0: side work in threads
+#      of this process; mapsonly: --stages maps; locals: the sanity
 #      check in strict fp32 (CYTOTUNE_CHECK_TF32=0);
 #      base: the local executor of the code in .gpu/base.tar), each timed, with the job's own stage
 #      timings (explain/explain.json);
@@ -76,15 +77,16 @@ EOF
       localq1) V="CYTOTUNE_QUALITY_PROCESSES=1";; localt1) V="CYTOTUNE_TAIL_PROCESSES=1";;
       localf0) V="CYTOTUNE_FOLD_NORMS=0";; localw0) V="CYTOTUNE_SIDE_WAIT=0";;
       locals) V="CYTOTUNE_CHECK_TF32=0";; localwd0) V="CYTOTUNE_WARM_DEVICE=0";;
-      localtp8) V="CYTOTUNE_TAIL_PROCESSES=8";;
+      localtp8) V="CYTOTUNE_TAIL_PROCESSES=8";; localsp0) V="CYTOTUNE_STAGE_PROCESSES=0";;
     esac
+    A=""; [ "$e" = mapsonly ] && A="--stages maps"  # the maps stage alone, nothing beside it
     C="cytotune"; X=local; [ "$e" = ray ] && X=ray
     if [ "$e" = base ]; then
       [ -d /tmp/src_base ] || { mkdir -p /tmp/src_base && tar -xf .gpu/base.tar -C /tmp/src_base; }
       C="env PYTHONPATH=/tmp/site:/tmp/src_base python3 -P -m cytotune.engine.cli"
     fi
     env $V timeout 240 $C explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
-      --executor $X ${EXPLAIN_ARGS} > $R/explain_$tag.txt 2>&1
+      --executor $X $A ${EXPLAIN_ARGS} > $R/explain_$tag.txt 2>&1
     echo "explain $e run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)"
     grep -E "^  [a-z]+ +[0-9.]+ s$|^(FAILED|INCONCLUSIVE|error|Traceback)" $R/explain_$tag.txt | tail -12
     cp /tmp/runs/mitocheck/explain/explain.json $R/explain_state_$tag.json
