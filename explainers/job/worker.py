@@ -29,6 +29,7 @@ from cytotune.engine.train.checkpoint import load_fold
 from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
 from ..methods.base import own_thread_hook
+from ..methods.cam import shared_hooked_gradients
 from .layout import MAPS, maps_staging_dir
 from .norm_folding import fold_norms
 from .parts import write_part
@@ -346,12 +347,25 @@ class MapWorker:
                     tables += self._explain(trial_id, int(fold), loaded, x_raw, mask, batch, idx)
         return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
 
+    def _cam_layers(self, method: str) -> int:
+        """Layers a CAM method hooks by default (LayerCAM 2), 0 for the others."""
+        if not uses_layer(method):
+            return 0
+        requested = self.methods[method].get("layer")
+        if requested:
+            return 1 if isinstance(requested, str) else len(requested)
+        return int(getattr(get_explainer_class(method), "default_layers", 1))
+
     def _autocast(self):
         if self.bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _explain(self, trial_id, fold, loaded, x_raw, mask, batch, idx) -> list[pa.Table]:
+        with shared_hooked_gradients():  # the CAMs of this batch and model: one pass
+            return self._explain_shared(trial_id, fold, loaded, x_raw, mask, batch, idx)
+
+    def _explain_shared(self, trial_id, fold, loaded, x_raw, mask, batch, idx) -> list[pa.Table]:
         m = self.manifest
         model = loaded.model
         n = len(idx)
@@ -361,7 +375,9 @@ class MapWorker:
         fk = {"mask": mask} if loaded.takes_mask and mask is not None else {}
         classification = m.task == "classification"
         methods = [k for k in self.trial_methods[trial_id] if (trial_id, k) not in self.failures]
-        methods.sort(key=lambda k: not uses_layer(k))  # CAMs first: their forward predicts too
+        # CAMs first (their forward predicts too), those hooking most layers first: the others
+        # then read the layers they hooked (shared_hooked_gradients)
+        methods.sort(key=lambda k: (not uses_layer(k), -self._cam_layers(k)))
         done: dict[str, torch.Tensor | Exception] = {}
         output = None
         if classification and methods and uses_layer(methods[0]):

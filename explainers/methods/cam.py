@@ -20,6 +20,8 @@ treated as one layer with N*D channels per image: the CAM sums the N channel tru
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any
 
 import torch
@@ -45,6 +47,25 @@ def hooked_gradients(
     return hooked_gradients_and_output(model, x, layers, target, forward_kwargs)[:2]
 
 
+_SHARED = threading.local()
+
+
+@contextlib.contextmanager
+def shared_hooked_gradients():
+    """Within the block, the CAMs of this thread on the same model, input batch, forward
+    arguments and target share one forward and backward: a later CAM whose layers an earlier
+    one hooked reads its activations and gradients (the map workers run LayerCAM on the two
+    deepest layers, then Grad-CAM and Grad-CAM++ on the deepest: one pass instead of three,
+    the launches of two forwards and backwards saved per batch). An input is recognised by
+    its storage, so it must not change in place inside the block. Nothing is kept after it."""
+    previous = getattr(_SHARED, "memo", None)
+    _SHARED.memo = {}
+    try:
+        yield
+    finally:
+        _SHARED.memo = previous
+
+
 def hooked_gradients_and_output(
     model: nn.Module,
     x: Tensor,
@@ -52,7 +73,28 @@ def hooked_gradients_and_output(
     target: Any,
     forward_kwargs: dict[str, Any],
 ) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """:func:`hooked_gradients` plus the model output (B, K) of the same forward, detached."""
+    """:func:`hooked_gradients` plus the model output (B, K) of the same forward, detached
+    (inside :func:`shared_hooked_gradients`, reused where an earlier call had them)."""
+    memo = getattr(_SHARED, "memo", None)
+    names = [name for name, _ in layers]
+    key = (id(model), x.data_ptr(), tuple(x.shape), x.dtype, torch.is_autocast_enabled())
+    key += tuple((k, id(v)) for k, v in sorted(forward_kwargs.items()))
+    entry = memo.get(key) if memo is not None else None
+    if entry is not None and all(n in entry["layers"] for n in names):
+        if torch.equal(resolve_target(model, entry["output"], target), entry["target"]):
+            return (
+                [entry["layers"][n][0] for n in names],
+                [entry["layers"][n][1] for n in names],
+                entry["output"],
+            )
+    acts, grads, output, resolved = _hooked(model, x, layers, target, forward_kwargs)
+    if memo is not None:  # x kept alive: its address cannot be reused by another input
+        pairs = {n: (a, g) for n, a, g in zip(names, acts, grads)}
+        memo[key] = {"layers": pairs, "output": output, "target": resolved, "x": x}
+    return acts, grads, output
+
+
+def _hooked(model, x, layers, target, forward_kwargs):
     acts: dict[int, list[Tensor]] = {i: [] for i in range(len(layers))}
     handles = []
     try:
@@ -72,6 +114,7 @@ def hooked_gradients_and_output(
         [_unfold(a.detach(), b) for a in hooked],
         [_unfold(g, b) for g in grads],
         output.detach(),
+        target,
     )
 
 

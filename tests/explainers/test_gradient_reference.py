@@ -169,3 +169,39 @@ def test_batched_integrated_gradients_equal_captum_with_forward_args(method):
         model, baseline=base, n_steps=12, method=method, internal_batch_size=6
     ).attribute(x, TARGET, **fk)
     torch.testing.assert_close(chunked, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_cams_in_a_shared_block_take_one_pass_and_give_the_same_maps(model):
+    """LayerCAM on two layers, then Grad-CAM and Grad-CAM++ on the deeper one: one forward in
+    a shared block, the maps of three separate passes; another target or input is computed
+    anew, and nothing is shared outside the block."""
+    from cytotune.explainers.methods import GradCAMPlusPlus, LayerCAM
+    from cytotune.explainers.methods.cam import shared_hooked_gradients
+
+    x = inputs(2, 3)
+    forwards = []
+    handle = model.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        explainers = [
+            LayerCAM(model, ["blocks.0", "blocks.1"]),
+            GradCAM(model, "blocks.1"),
+            GradCAMPlusPlus(model, "blocks.1"),
+        ]
+        alone = [e.attribute(x, TARGET) for e in explainers]
+        assert len(forwards) == 3
+        forwards.clear()
+        with shared_hooked_gradients():
+            shared = [e.attribute(x, TARGET) for e in explainers]
+            assert len(forwards) == 1
+            explainers[1].attribute(x, torch.tensor([1, 1]))  # another target: a new pass
+            explainers[1].attribute(x.clone(), TARGET)  # another input: a new pass
+            assert len(forwards) == 3
+            for seed in (2, 3):  # a freed input's address reused by the next: still new
+                explainers[1].attribute(inputs(2, 3, seed=seed), TARGET)
+            assert len(forwards) == 5
+        explainers[1].attribute(x, TARGET)
+        assert len(forwards) == 6  # outside the block: no sharing
+    finally:
+        handle.remove()
+    for got, expected in zip(shared, alone):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
