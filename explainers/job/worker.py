@@ -29,7 +29,7 @@ from cytotune.engine.train.checkpoint import load_fold
 from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
 from ..methods.base import own_thread_hook
-from ..methods.cam import shared_hooked_gradients
+from ..methods.cam import release_hooked_gradients, shared_hooked_gradients
 from .layout import MAPS, maps_staging_dir
 from .norm_folding import fold_norms
 from .parts import write_part
@@ -416,6 +416,8 @@ class MapWorker:
         evidence = self._mask_tensor(batch["evidence"], idx)
         tables = []
         for method in methods:
+            if not uses_layer(method):  # the CAMs (sorted first) are done: free their passes
+                release_hooked_gradients()
             for target in targets:
                 start = time.perf_counter()
                 maps = done.pop(method, None)

@@ -52,18 +52,50 @@ _SHARED = threading.local()
 
 @contextlib.contextmanager
 def shared_hooked_gradients():
-    """Within the block, the CAMs of this thread on the same model, input batch, forward
-    arguments and target share one forward and backward: a later CAM whose layers an earlier
-    one hooked reads its activations and gradients (the map workers run LayerCAM on the two
-    deepest layers, then Grad-CAM and Grad-CAM++ on the deepest: one pass instead of three,
-    the launches of two forwards and backwards saved per batch). An input is recognised by
-    its storage, so it must not change in place inside the block. Nothing is kept after it."""
+    """Within the block, the CAMs of this thread on the same model, input tensor (the same
+    object, unchanged since), forward arguments (the same objects), autocast state and target
+    share one forward and backward: a later CAM whose layers an earlier one hooked reads its
+    activations and gradients (the map workers run LayerCAM on the two deepest layers, then
+    Grad-CAM and Grad-CAM++ on the deepest: one pass instead of three, the launches of two
+    forwards and backwards saved per batch). :func:`release_hooked_gradients` frees what is
+    held; nothing is kept after the block."""
     previous = getattr(_SHARED, "memo", None)
-    _SHARED.memo = {}
+    _SHARED.memo = []
     try:
         yield
     finally:
         _SHARED.memo = previous
+
+
+def release_hooked_gradients() -> None:
+    """Drop the activations and gradients held by this thread's :func:`shared_hooked_gradients`
+    block (the map workers do once their CAMs are done, before the memory-hungry methods)."""
+    memo = getattr(_SHARED, "memo", None)
+    if memo is not None:
+        memo.clear()
+
+
+def _context(model: nn.Module, x: Tensor, forward_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What must be the same for a pass to be shared (compared by identity and value)."""
+    device = x.device.type
+    return {
+        "model": model,
+        "x": x,  # kept alive: no other tensor can take its place
+        "version": x._version,  # changed by any in-place write
+        "kwargs": dict(forward_kwargs),
+        "autocast": (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)),
+    }
+
+
+def _same_context(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (
+        a["model"] is b["model"]
+        and a["x"] is b["x"]
+        and a["version"] == b["version"]
+        and a["autocast"] == b["autocast"]
+        and a["kwargs"].keys() == b["kwargs"].keys()
+        and all(a["kwargs"][k] is b["kwargs"][k] for k in a["kwargs"])
+    )
 
 
 def hooked_gradients_and_output(
@@ -77,20 +109,23 @@ def hooked_gradients_and_output(
     (inside :func:`shared_hooked_gradients`, reused where an earlier call had them)."""
     memo = getattr(_SHARED, "memo", None)
     names = [name for name, _ in layers]
-    key = (id(model), x.data_ptr(), tuple(x.shape), x.dtype, torch.is_autocast_enabled())
-    key += tuple((k, id(v)) for k, v in sorted(forward_kwargs.items()))
-    entry = memo.get(key) if memo is not None else None
-    if entry is not None and all(n in entry["layers"] for n in names):
-        if torch.equal(resolve_target(model, entry["output"], target), entry["target"]):
-            return (
-                [entry["layers"][n][0] for n in names],
-                [entry["layers"][n][1] for n in names],
-                entry["output"],
-            )
+    if memo is not None:
+        context = _context(model, x, forward_kwargs)
+        for entry in memo:
+            if not (
+                _same_context(entry["context"], context) and set(names) <= entry["layers"].keys()
+            ):
+                continue
+            if torch.equal(resolve_target(model, entry["output"], target), entry["target"]):
+                return (
+                    [entry["layers"][n][0] for n in names],
+                    [entry["layers"][n][1] for n in names],
+                    entry["output"],
+                )
     acts, grads, output, resolved = _hooked(model, x, layers, target, forward_kwargs)
-    if memo is not None:  # x kept alive: its address cannot be reused by another input
+    if memo is not None:  # one entry per target (a regression's outputs each get theirs)
         pairs = {n: (a, g) for n, a, g in zip(names, acts, grads)}
-        memo[key] = {"layers": pairs, "output": output, "target": resolved, "x": x}
+        memo.append({"context": context, "layers": pairs, "output": output, "target": resolved})
     return acts, grads, output
 
 

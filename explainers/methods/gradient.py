@@ -163,7 +163,11 @@ class IntegratedGradients(_Captum):
         x = x.detach()
         base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
         shape = (n_steps, *x.shape)
-        scaled = (base + alphas.view(-1, 1, 1, 1, 1) * (x - base)).reshape(-1, *x.shape[1:])
+        # alpha * (x - base) in at least float32 (captum's Python-float alphas), back in x's
+        # dtype: half-precision inputs stay half, as captum's
+        d = x - base
+        step = alphas.view(-1, 1, 1, 1, 1) * d.to(torch.promote_types(d.dtype, torch.float32))
+        scaled = (base + step.to(x.dtype)).reshape(-1, *x.shape[1:])
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             scaled = scaled.contiguous(memory_format=torch.channels_last)  # as captum's cat keeps
         scaled.requires_grad_(True)

@@ -3,6 +3,8 @@ own classes called directly on the same inputs, and IG completeness."""
 
 from __future__ import annotations
 
+import copy
+
 import captum.attr as ca
 import pytest
 import torch
@@ -205,3 +207,60 @@ def test_cams_in_a_shared_block_take_one_pass_and_give_the_same_maps(model):
         handle.remove()
     for got, expected in zip(shared, alone):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_shared_cams_never_mistake_one_input_or_setting_for_another(model):
+    """Views starting at the same address, an input changed in place, forward arguments
+    rebuilt per call (a freed one's id reused) and another autocast state each get their own
+    pass; the targets of several outputs each keep theirs."""
+    from cytotune.explainers.methods.cam import shared_hooked_gradients
+
+    class Gained(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.blocks = model, model.blocks
+
+        def forward(self, x, gain):
+            return self.net(x * gain)
+
+    cam = GradCAM(model, "blocks.1")
+    x = inputs(4, 3)
+    with shared_hooked_gradients():
+        for view in (x[:2], x[::2], x[:2].transpose(2, 3)):
+            torch.testing.assert_close(
+                cam.attribute(view, 1), GradCAM(model, "blocks.1").attribute(view.clone(), 1)
+            )
+        y = inputs(2, 3, seed=4)
+        cam.attribute(y, 1)
+        y.mul_(-1)
+        torch.testing.assert_close(
+            cam.attribute(y, 1), GradCAM(model, "blocks.1").attribute(y.clone(), 1)
+        )
+        gained = GradCAM(Gained(), "blocks.1")
+        for gain in (1.0, -3.0, 2.0):
+            fk = {"forward_kwargs": {"gain": torch.tensor(gain) * 1.0}}  # a new object each call
+            expected = GradCAM(model, "blocks.1").attribute(y.clone() * gain, 1)
+            torch.testing.assert_close(gained.attribute(y, 1, **fk), expected)
+        plain = cam.attribute(y, 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = cam.attribute(y, 1)
+        assert not torch.equal(plain, low)  # bf16 got its own pass
+    forwards = []
+    handle = model.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        with shared_hooked_gradients():
+            for method in (GradCAM, GradCAM, GradCAM):  # the worker: methods outside targets
+                for target in (0, 1, 2):
+                    method(model, "blocks.1").attribute(x, target)
+        assert len(forwards) == 3  # one pass per target
+    finally:
+        handle.remove()
+
+
+def test_batched_integrated_gradients_keep_half_precision_inputs(model):
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    x = inputs(2, 3).to(torch.bfloat16)
+    ours = IntegratedGradients(half, n_steps=8).attribute(x, TARGET)
+    expected = ca.IntegratedGradients(half).attribute(x, target=TARGET, n_steps=8)
+    assert ours.dtype == expected.dtype
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
