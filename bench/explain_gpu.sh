@@ -7,7 +7,7 @@
 #      per executor in EXECUTORS (default "local ray"; local1: local with one worker; local2, local3: local
 #      in two or three processes sharing the GPU (each with its share of the trials); localq1: the quality's sampled scores in one process;
 #      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
-#      not folded; localw0: side work not waiting for the maps' first batch; localwd0: no GPU warm-up; localtp8: 8 tail processes a stage; localsp0: side work in threads
+#      not folded; localw0: side work not waiting for the maps' first batch; localtp8: 8 tail processes a stage; localsp0: side work in threads
 #      of this process; mapsonly: --stages maps; locals: the sanity
 #      check in strict fp32 (CYTOTUNE_CHECK_TF32=0);
 #      base: the local executor of the code in .gpu/base.tar), each timed, with the job's own stage
@@ -76,7 +76,7 @@ EOF
       local3) V="CYTOTUNE_LOCAL_PROCESSES=3";;
       localq1) V="CYTOTUNE_QUALITY_PROCESSES=1";; localt1) V="CYTOTUNE_TAIL_PROCESSES=1";;
       localf0) V="CYTOTUNE_FOLD_NORMS=0";; localw0) V="CYTOTUNE_SIDE_WAIT=0";;
-      locals) V="CYTOTUNE_CHECK_TF32=0";; localwd0) V="CYTOTUNE_WARM_DEVICE=0";;
+      locals) V="CYTOTUNE_CHECK_TF32=0";;
       localtp8) V="CYTOTUNE_TAIL_PROCESSES=8";; localsp0) V="CYTOTUNE_STAGE_PROCESSES=0";;
     esac
     A=""; [ "$e" = mapsonly ] && A="--stages maps"  # the maps stage alone, nothing beside it

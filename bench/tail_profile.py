@@ -66,18 +66,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     shape_means = P.gmean_images(plan, classes, groups, 1e-3)
     out["gmean_images_s"] = round(time.perf_counter() - start, 3)
-    work = P.PopulationWork(
-        study_dir=Path(plan.study_dir),
-        names=tuple(plan.manifest.channel_names),
-        hw=tuple(plan.manifest.shape[1:]),
-        regression=plan.manifest.task != "classification",
-        radius=config.radius,
-        threshold=config.threshold,
-        classes=tuple(classes),
-        groups=groups,
-        shape_means=shape_means,
-        eps=1e-3,
-    )
+    work = P.population_work(plan, config, classes, groups, shape_means, 1e-3)
     pairs = [
         (t.trial_id, m)
         for t in plan.trials

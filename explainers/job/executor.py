@@ -116,39 +116,6 @@ def local_devices() -> list[str]:
     return [f"cuda:{i}" for i in range(count)] or ["cpu"]
 
 
-def warm_devices(devices: list[str] | None = None) -> threading.Thread | None:
-    """Load the GPU libraries the map workers use (cuDNN's convolution engines, cuBLAS), in a
-    daemon thread, while this process imports the model code and reads the fold models: a bf16
-    channels-last convolution and a matmul, forward and backward, on each GPU of ``devices``
-    (default :func:`local_devices`). torch releases the interpreter lock inside both, so the
-    loading runs beside the imports. ``CYTOTUNE_WARM_DEVICE=0`` skips it; None without a GPU."""
-    value = os.environ.get("CYTOTUNE_WARM_DEVICE", "").strip() or "1"
-    if value not in ("0", "1"):
-        raise ValueError(f"CYTOTUNE_WARM_DEVICE must be 0 or 1, got {value!r}")
-    devices = [d for d in (devices or local_devices()) if d.startswith("cuda")]
-    if value == "0" or not devices:
-        return None
-
-    def warm() -> None:
-        import torch
-
-        for device in dict.fromkeys(devices):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                x = torch.randn(8, 16, 16, 16, device=device, requires_grad=True)
-                x = x.contiguous(memory_format=torch.channels_last)
-                w = torch.randn(16, 16, 3, 3, device=device).contiguous(
-                    memory_format=torch.channels_last
-                )
-                y = torch.nn.functional.conv2d(x, w, padding=1)
-                z = y.flatten(1) @ torch.randn(y[0].numel(), 4, device=device)
-                torch.autograd.grad(z.float().sum(), x)
-            torch.cuda.synchronize(device)
-
-    thread = threading.Thread(target=warm, name="explain-warm-device", daemon=True)
-    thread.start()
-    return thread
-
-
 def worker_devices(devices: list[str] | None = None) -> list[str]:
     """One device per local worker: :func:`local_workers` per device of ``devices`` (default:
     :func:`local_devices`), interleaved (the first workers to get work are on different GPUs)."""

@@ -118,6 +118,22 @@ class PopulationWork:
     eps: float
 
 
+def population_work(plan, config, classes, groups, shape_means, eps: float) -> PopulationWork:
+    """The :class:`PopulationWork` of ``plan`` with the classes' mean crops ``shape_means``."""
+    return PopulationWork(
+        study_dir=Path(plan.study_dir),
+        names=tuple(plan.manifest.channel_names),
+        hw=tuple(plan.manifest.shape[1:]),
+        regression=plan.manifest.task != "classification",
+        radius=config.radius,
+        threshold=config.threshold,
+        classes=tuple(classes),
+        groups=groups,
+        shape_means=shape_means,
+        eps=eps,
+    )
+
+
 def run_population(
     plan: ExplainPlan,
     config: ExplainConfig,
@@ -168,20 +184,9 @@ def run_population(
     todo = [w for w in work if isinstance(w, tuple)]
     common = None
     if todo:
-        common = PopulationWork(
-            study_dir=Path(plan.study_dir),
-            names=tuple(plan.manifest.channel_names),
-            hw=tuple(plan.manifest.shape[1:]),
-            regression=plan.manifest.task != "classification",
-            radius=config.radius,
-            threshold=config.threshold,
-            classes=tuple(classes),
-            groups=groups,
-            shape_means=gmean_images(plan, classes, groups, eps)
-            if shape_means is None
-            else shape_means,
-            eps=eps,
-        )
+        if shape_means is None:
+            shape_means = gmean_images(plan, classes, groups, eps)
+        common = population_work(plan, config, classes, groups, shape_means, eps)
     jobs = [(common, *w[2:]) for w in todo]
     threads = min(8, os.cpu_count() or 1, max(1, len(todo)))
     done = dict(zip(todo, map_in_processes(population_of, jobs, threads, "population")))

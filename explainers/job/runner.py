@@ -11,7 +11,7 @@ import time
 
 from .attention import run_attention
 from .config import ExplainConfig
-from .executor import resolve_executor, warm_devices, worker_devices
+from .executor import resolve_executor, worker_devices
 from .maps import run_maps
 from .overlays import run_overlays
 from .plan import ExplainPlan, build_plan
@@ -82,10 +82,6 @@ def side_processes_wanted(config: ExplainConfig) -> int:
 
 
 def _run_explain(config: ExplainConfig, progress: bool, log) -> tuple[ExplainPlan, ExplainState]:
-    if "maps" in config.stages and resolve_executor(config) == "local":
-        # the GPU libraries load beside the plan and the model imports (on the GPU(s) of this
-        # process: with one process per GPU the others warm their own)
-        warm_devices(process_devices()[0])
     plan = build_plan(config)
     state = ExplainState(plan.study_dir)
     state.update(

@@ -375,14 +375,3 @@ def test_quality_contexts_of_one_device_share_fold_models_and_copies(trained_stu
         return pd.DataFrame(r).set_index(["method", "metric"])["mean"].sort_index()
 
     pd.testing.assert_series_equal(table(shared_rows), table(alone_rows), rtol=TOLERANCE)
-
-
-def test_warm_devices_only_for_gpus_and_obeys_its_switch(monkeypatch):
-    from cytotune.explainers.job.executor import warm_devices
-
-    assert warm_devices(["cpu"]) is None  # nothing to load on a CPU
-    monkeypatch.setenv("CYTOTUNE_WARM_DEVICE", "0")
-    assert warm_devices(["cuda:0"]) is None  # switched off: no thread, no CUDA call
-    monkeypatch.setenv("CYTOTUNE_WARM_DEVICE", "on")
-    with pytest.raises(ValueError, match="CYTOTUNE_WARM_DEVICE must be 0 or 1"):
-        warm_devices(["cuda:0"])
