@@ -14,9 +14,9 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from ..pools import worker_pool
 from .cells import grow_cells
 from .extract import CellCut, cut_cells
 from .fields import FieldRecord, read_field, resolve_channel
@@ -124,7 +124,7 @@ def field_results(
     if workers <= 1 or not finder.processes:
         yield (process_field(i, r, options, finder) for i, r in enumerate(records))
         return
-    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(options, finder))
+    pool = worker_pool(workers, initializer=_start_worker, initargs=(options, finder))
     jobs = iter(enumerate(records))
     queued: deque = deque()
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from ..pools import worker_pool
 from .readers import CHANNEL_AXES, normalise_dtype, read_image, to_chw
 from .schema import Manifest
 from .sources import CropRecord, list_source
@@ -157,7 +157,7 @@ def ingest(
     writer = None
     pending: list[tuple[CropRecord, str]] = []  # quarantined before the writer exists
     jobs = ((r, options) for r in records)
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(records) > 64 else None
+    pool = worker_pool(workers) if workers > 1 and len(records) > 64 else None
     results = pool.map(_load_star, jobs, chunksize=32) if pool else map(_load_star, jobs)
     try:
         for record, (image, mask, error) in tqdm(
