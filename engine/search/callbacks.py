@@ -60,8 +60,10 @@ class StoreCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         if self.recorder.is_final(trial.trial_id):
             return  # already recorded before a driver restart; Tune only re-confirms it
-        self.recorder.backfill(trial.trial_id, _logged_results(trial))
         checkpoint = trial.checkpoint
+        self.recorder.backfill(
+            trial.trial_id, _logged_results(trial) + _checkpoint_reports(checkpoint)
+        )
         self.recorder.completed(
             trial.trial_id,
             last_result=trial.last_result,
@@ -115,11 +117,24 @@ def _logged_results(trial) -> list[dict]:
 
 def _fold_details(checkpoint) -> list[dict]:
     """The per-fold metrics a checkpoint holds (its metrics.json; [] when absent)."""
+    return _checkpoint_json(checkpoint, "metrics.json") or []
+
+
+def _checkpoint_reports(checkpoint) -> list[dict]:
+    """Every report of the trial up to its checkpoint (``reports`` in its cv.json). They
+    outlive a killed driver: Tune's ``result.json`` copy in the study is only synced now and
+    then, so the reports between a sync and the kill are in neither it nor the store."""
+    state = _checkpoint_json(checkpoint, "cv.json") if checkpoint is not None else None
+    return list((state or {}).get("reports") or [])
+
+
+def _checkpoint_json(checkpoint, name: str):
+    """A JSON file of a checkpoint; None when absent or unreadable."""
     try:
-        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/metrics.json") as handle:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as handle:
             return json.loads(handle.read())
-    except (FileNotFoundError, OSError):
-        return []
+    except (FileNotFoundError, OSError, ValueError):
+        return None
 
 
 class FailFast(Callback):

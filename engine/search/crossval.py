@@ -98,6 +98,9 @@ class CrossValidation:
             [] if self.race == "folds" else [self._trainer(k) for k in range(self.folds.k)]
         )
         self.fold_details: list[dict] = []  # final metrics of the folds done (fold order)
+        # every report so far, kept in each checkpoint: a driver killed before it stored them
+        # loses none, since the resumed trial goes on after its checkpoint
+        self.reports: list[dict] = []
         self._trained: dict[int, dict] = {}  # folds trained together, not reported yet
         self._scratch = tempfile.TemporaryDirectory(prefix="cytotune-folds-")
         self._written: dict[int, Path] = {}  # finished folds already serialised in _scratch
@@ -315,7 +318,9 @@ class CrossValidation:
 
     def step(self) -> tuple[dict, list[dict]]:
         """One unit of work of the study's race order: a whole fold, or an epoch of all folds."""
-        return self.run_fold() if self.race == "folds" else self.run_epoch()
+        report, details = self.run_fold() if self.race == "folds" else self.run_epoch()
+        self.reports.append(report)
+        return report, details
 
     def save(self, directory: str | Path, details: list[dict] | None = None) -> None:
         directory = Path(directory)
@@ -337,8 +342,9 @@ class CrossValidation:
             "fold_hash": self.folds.hash,
             "race": self.race,
             "fold_details": self.fold_details,
+            "reports": self.reports,
         }
-        (directory / "cv.json").write_text(json.dumps(state))
+        (directory / "cv.json").write_text(json.dumps(state, default=float))
         if details is not None:
             (directory / "metrics.json").write_text(json.dumps(details, default=float))
 
@@ -352,6 +358,7 @@ class CrossValidation:
                 f"checkpoint {directory} was made on other folds ({state['folds']}); it cannot resume this study"
             )
         self.fold_details = list(state.get("fold_details") or [])
+        self.reports = list(state.get("reports") or [])
         done = len(self.fold_details) if self.race == "folds" else self.folds.k
         self.trainers = [
             FoldTrainer.load(

@@ -543,3 +543,50 @@ def test_text_leaderboard_shows_the_folds_each_trial_was_scored_on(tmp_path):
     assert "folds" in lines[0]
     assert lines[1].split()[1:6] == ["full", "backbone", "completed", "40", "5"]
     assert lines[2].split()[1:6] == ["raced", "backbone", "pruned", "40", "1"]
+
+
+def test_checkpoints_keep_every_report_so_a_killed_drivers_rows_come_back(tmp_path):
+    """A driver killed after an epoch's report but before the store's flush (and before Tune
+    synced its result.json to the study) loses that epoch's rows; the resumed trial goes on
+    after its checkpoint. Each checkpoint keeps every report so far, and the trial's end
+    backfills the store from the last one."""
+    from cytotune.engine.data.folds import make_folds, save_folds
+    from cytotune.engine.search.callbacks import _checkpoint_reports
+    from cytotune.engine.search.crossval import CrossValidation
+    from cytotune.engine.search.recorder import StudyRecorder
+    from cytotune.engine.search.store import StudyStore
+    from cytotune.engine.search.study import Budget, FoldsSpec
+    from cytotune.engine.synth import write_dataset
+    from ray.tune import Checkpoint
+
+    write_dataset("metastasis", tmp_path / "d", 64, size=16, seed=0, progress=False)
+    save_folds(tmp_path / "d", make_folds(tmp_path / "d", k=2, group="well", name="k2"))
+    study = StudyConfig(
+        name="kept",
+        dataset=str(tmp_path / "d"),
+        folds=FoldsSpec(name="k2", k=2),
+        budget=Budget(max_epochs=2, grace_epochs=1, race="epochs"),
+        train={"loader": "inprocess"},
+    )
+    sample = {"family": "small_cnn", "small_cnn": {"filters": 8, "dense_units": 8}, "train": {}}
+    cv = CrossValidation(study, sample)
+    first, _ = cv.step()
+    cv.save(tmp_path / "ckpt1")
+    resumed = CrossValidation(study, sample)  # the driver was killed: a new actor restores
+    resumed.restore(tmp_path / "ckpt1")
+    second, details = resumed.step()
+    assert resumed.finished
+    resumed.save(tmp_path / "ckpt2", details)
+    reports = _checkpoint_reports(Checkpoint.from_directory(str(tmp_path / "ckpt2")))
+    assert [r["epoch"] for r in reports] == [1, 2]
+    assert reports[0]["val/f1_weighted"] == pytest.approx(first["val/f1_weighted"])
+
+    store = StudyStore(str(tmp_path / "study"))
+    recorder = StudyRecorder(store, k=2, max_epochs=2, flush_every_s=float("inf"))
+    recorder.started("t1", sample)
+    recorder.reported("t1", second)  # epoch 1's report died with the driver
+    assert recorder.backfill("t1", reports) == 3  # epoch 1: folds 0 and 1, and their mean
+    rows = {(r["epoch"], r["fold"]): r for r in store.rows("epochs")}
+    assert sorted(rows) == [(1, -1), (1, 0), (1, 1), (2, -1), (2, 0), (2, 1)]
+    assert rows[(1, 0)]["f1_weighted"] == pytest.approx(first["fold0/f1_weighted"])
+    assert _checkpoint_reports(None) == []
