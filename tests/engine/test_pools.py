@@ -7,10 +7,9 @@ import os
 
 import numpy as np
 import pandas as pd
-
-from engine.data import ingest as ingest_module
-from engine.data.ingest import IngestOptions, ingest
-from engine.pools import clean_context, worker_pool
+from cytotune.engine.data import ingest as ingest_module
+from cytotune.engine.data.ingest import IngestOptions, ingest
+from cytotune.engine.pools import clean_context, worker_pool
 
 
 def test_workers_are_not_forked_from_the_caller():
