@@ -279,6 +279,7 @@ def run_maps(
     failures: dict[tuple[str, str], str] = {}
     start = time.perf_counter()
     state.update(maps_run={"run_id": run_id, "started": time.time()})
+    state.maps_run_id = run_id
     first = None
     try:
         with tqdm(total=total, unit="map", desc="explain maps", disable=not progress) as bar:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import os
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from .layout import (
     finite_maps,
     iter_maps,
     maps_path,
+    maps_staging_dir,
     population_dir,
     read_index,
     upsample_bilinear,
@@ -65,34 +68,143 @@ def gmean_images(plan: ExplainPlan, classes: list[str], groups: pd.Series, eps: 
     return acc.results()
 
 
+# Each part's log sums are rounded to multiples of 2**-32 and added as integers: the sums then
+# have the same bits in whatever order the parts are added (streamed as the maps stage writes
+# them, or read after it), and a 1M-cell table stays far inside int64.
+FIXED_POINT = 2.0**32
+
+
+def part_files(path: str | Path) -> list[Path]:
+    """The Parquet files of a map table, by name: the parts of its directory (hidden and
+    ``_`` names are not parts), or the table itself where it is a single file; [] where
+    there is none (yet)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    try:
+        names = sorted(p.name for p in path.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [path / n for n in names if n.endswith(".parquet") and not n.startswith((".", "_"))]
+
+
+class MapSums:
+    """Per-class sums of ``log(map + eps)`` over a (trial, method) map table, added a part file
+    at a time (each map: positive part summed over channels, upsampled to the crop, scaled to a
+    maximum of 1, so every cell counts alike). Regression tables use their first target.
+
+    Args:
+        classes: the populations.
+        groups: each planned cell's population, indexed by cell id.
+        hw: the crop's size.
+        eps: the geometric mean's stabiliser.
+        regression: whether the table holds regression targets.
+    """
+
+    def __init__(self, classes, groups: pd.Series, hw, eps: float, regression: bool) -> None:
+        self.classes, self.hw, self.eps, self.regression = list(classes), tuple(hw), eps, regression
+        self.lookup = dict(zip(groups.index.tolist(), groups.tolist()))
+        self.added: set[str] = set()  # the part file names in the sums
+        self._reset()
+
+    def _reset(self) -> None:
+        self.added.clear()
+        self.log = np.zeros((len(self.classes), 1, *self.hw), np.int64)
+        self.count = np.zeros(len(self.classes), np.int64)
+
+    def add(self, path: Path) -> bool:
+        """Add one part file (once per name); False where it was already added or has gone."""
+        if path.name in self.added:
+            return False
+        try:
+            part = self._part(path)
+        except FileNotFoundError:  # published or replaced meanwhile: seen where it is now
+            return False
+        for k, cls in enumerate(self.classes):
+            acc = part.accumulators[cls]
+            if acc.count:
+                self.log[k] += np.rint(acc.log_sum * FIXED_POINT).astype(np.int64)
+                self.count[k] += acc.count
+        self.added.add(path.name)
+        return True
+
+    def add_new(self, table: str | Path) -> int:
+        """Add the parts of ``table`` (a map table or a staging directory) not added yet."""
+        return sum(self.add(p) for p in part_files(table))
+
+    def results(self, table: str | Path) -> dict:
+        """``{class: (1, H, W) geometric mean}`` of the finished table ``table``, for the classes
+        with cells. Parts added earlier under a name the table lacks (a staging directory's part
+        that publishing removed or rewrote) start the sums again from the table."""
+        files = part_files(table)
+        if self.added - {p.name for p in files}:
+            self._reset()
+        for path in files:
+            self.add(path)
+        return {
+            cls: np.exp(self.log[k] / FIXED_POINT / self.count[k]) - self.eps
+            for k, cls in enumerate(self.classes)
+            if self.count[k]
+        }
+
+    def _part(self, path: Path) -> PerClassGeometricMean:
+        """One part's sums (float64). Read as Arrow columns, not data frames: the population
+        stage's threads share the interpreter lock with the other stages, and the frames were a
+        third of this function's share of it."""
+        import pyarrow.compute as pc
+
+        acc = PerClassGeometricMean(self.classes, (1, *self.hw), eps=self.eps)
+        columns = ["cell_id", "map", "map_shape", "target_index"]
+        for batch in iter_maps(path, columns, batch_size=CHUNK):
+            if self.regression:  # one population per target would repeat the cells: the first
+                batch = batch.filter(pc.equal(batch.column("target_index"), 0))
+            if batch.num_rows == 0:
+                continue
+            shape = tuple(batch.column("map_shape")[0].as_py())
+            blob = b"".join(batch.column("map").to_pylist())
+            maps = np.frombuffer(blob, np.float16).reshape(batch.num_rows, *shape)
+            maps = finite_maps(maps.astype(np.float32))  # old tables: inf past float16's range
+            maps = upsample_bilinear(maps, self.hw).astype(np.float64)  # a CAM at its layer's size
+            maps = np.clip(maps, 0, None).sum(1, keepdims=True)  # (B, 1, H, W)
+            peak = maps.reshape(batch.num_rows, -1).max(1)
+            maps = np.where(
+                peak[:, None, None, None] > 0,
+                maps / np.maximum(peak, 1e-30)[:, None, None, None],
+                0,
+            )
+            acc.update(maps, [self.lookup[c] for c in batch.column("cell_id").to_pylist()])
+        return acc
+
+
 def gmean_maps(
     path, classes: list[str], groups: pd.Series, hw: tuple[int, int], eps: float, regression: bool
 ) -> dict:
-    """Gmean of one (trial, method) map table per class (regression: first target only). Read
-    as Arrow columns, not data frames: the population stage's threads share the interpreter
-    lock with the other stages, and the frames were a third of this function's share of it."""
-    import pyarrow.compute as pc
+    """Gmean of one (trial, method) map table per class (regression: first target only)."""
+    return MapSums(classes, groups, hw, eps, regression).results(path)
 
-    acc = PerClassGeometricMean(classes, (1, *hw), eps=eps)
-    lookup = dict(zip(groups.index.tolist(), groups.tolist()))
-    columns = ["cell_id", "map", "map_shape", "target_index"]
-    for batch in iter_maps(path, columns, batch_size=CHUNK):
-        if regression:  # one population per target would repeat the cells: use the first
-            batch = batch.filter(pc.equal(batch.column("target_index"), 0))
-        if batch.num_rows == 0:
-            continue
-        shape = tuple(batch.column("map_shape")[0].as_py())
-        blob = b"".join(batch.column("map").to_pylist())
-        maps = np.frombuffer(blob, np.float16).reshape(batch.num_rows, *shape).astype(np.float32)
-        maps = finite_maps(maps)  # old tables: inf where a value passed float16's range
-        maps = upsample_bilinear(maps, hw).astype(np.float64)  # a CAM at its layer's size
-        maps = np.clip(maps, 0, None).sum(1, keepdims=True)  # (B, 1, H, W)
-        peak = maps.reshape(batch.num_rows, -1).max(1)
-        maps = np.where(
-            peak[:, None, None, None] > 0, maps / np.maximum(peak, 1e-30)[:, None, None, None], 0
-        )
-        acc.update(maps, [lookup[c] for c in batch.column("cell_id").to_pylist()])
-    return acc.results()
+
+@dataclass(frozen=True)
+class FollowMaps:
+    """Where a (trial, method) pair's map parts appear while the maps stage runs, so the
+    population figures add them as they are written instead of reading every map after it.
+
+    Attributes:
+        staging: the maps run's staging directory of the pair.
+        ended: a file the population stage writes once the maps stage has ended: ``ok``, or
+            ``failed`` (nothing is drawn then).
+        poll_s: seconds between looks at ``staging``.
+    """
+
+    staging: Path
+    ended: Path
+    poll_s: float = 0.2
+
+    def follow(self, sums: MapSums) -> bool:
+        """Add the parts as they appear until the maps stage has ended; whether it succeeded."""
+        while not self.ended.exists():
+            sums.add_new(self.staging)
+            time.sleep(self.poll_s)
+        return self.ended.read_text().strip() == "ok"
 
 
 def _save_npy(path, array: np.ndarray) -> None:
@@ -141,75 +253,148 @@ def run_population(
     eps: float = 1e-3,
     maps_ready=None,
 ) -> pd.DataFrame:
-    """Write population maps and ``population.parquet``; returns the summary table. With
-    ``maps_ready`` (the wait for a maps stage beside this one) the classes' mean crops are
-    computed before the wait. The (trial, method) pairs go to stage processes where :func:`tail_processes` allows (on one
-    H100 this stage and the overlays shared one interpreter lock for the job's last 12 s),
-    else to threads (numpy, zlib and file writes release the lock)."""
-    from .processes import map_in_processes
+    """Write population maps and ``population.parquet``; returns the summary table.
+
+    With ``maps_ready`` (the wait for a maps stage beside this one) the classes' mean crops are
+    computed before the wait, and where the pairs go to stage processes
+    (:func:`~cytotune.explainers.job.processes.tail_processes`) those start at the maps' first
+    batch and add each map part as it is written (:class:`FollowMaps`): after the maps only
+    the figures are left to draw. Otherwise the (trial, method) pairs are read and drawn after
+    the maps, in stage processes or threads (numpy, zlib and file writes release the lock)."""
+    from .processes import map_in_processes, tail_processes
 
     classes, groups = class_of_cells(plan)
     key = config.maps_key() + f"-r{config.radius}-t{config.threshold}"
-    shape_means = None
-    if maps_ready is not None:
-        # the mean crops read no map: computed beside the maps when some part will be drawn
-        # (which maps exist is known only after them; a resumed job with every part done
-        # reads no crop)
-        if config.overwrite or not all(
-            state.done(f"population/{t.trial_id}/{m}", key + "-" + config.method_key(m))
-            for t in plan.trials
-            for m in config.method_names
-        ):
-            shape_means = gmean_images(plan, classes, groups, eps)
-        maps_ready()
-        state.mark("population/maps_ready")
     summary_path = explain_dir(plan.study_dir) / "population.parquet"
     old = (
         empty_index("population") if config.overwrite else read_index(plan.study_dir, "population")
     )
-    work: list[tuple] = []  # (part, part_key, trial_id, method, source) or kept rows
+    work: list = []  # (part, part_key, trial_id, method, source) to draw, or kept rows
     for trial in plan.trials:
         for method in config.method_names:
             part = f"population/{trial.trial_id}/{method}"
-            source = maps_path(plan.study_dir, trial.trial_id, method)
-            if not source.exists():
-                continue  # the method failed on this trial (see explain.json failures)
             part_key = key + "-" + config.method_key(method)
             if state.done(part, part_key) and not config.overwrite and not old.empty:
                 kept = old[(old["trial_id"] == trial.trial_id) & (old["method"] == method)]
                 if len(kept):
                     work.append(kept.to_dict("records"))
                     continue
+            source = maps_path(plan.study_dir, trial.trial_id, method)
             work.append((part, part_key, trial.trial_id, method, source))
     todo = [w for w in work if isinstance(w, tuple)]
-    common = None
-    if todo:
-        if shape_means is None:
-            shape_means = gmean_images(plan, classes, groups, eps)
-        common = population_work(plan, config, classes, groups, shape_means, eps)
-    jobs = [(common, *w[2:]) for w in todo]
-    threads = min(8, os.cpu_count() or 1, max(1, len(todo)))
-    done = dict(zip(todo, map_in_processes(population_of, jobs, threads, "population")))
+    # the mean crops read no map: computed beside the maps when some pair will be drawn
+    common = (
+        population_work(
+            plan, config, classes, groups, gmean_images(plan, classes, groups, eps), eps
+        )
+        if todo
+        else None
+    )
+    pairs = todo
+    follow = bool(maps_ready is not None and todo and tail_processes() > 1 and follow_wanted())
+    if follow:
+        run_id = _maps_run_id(state)
+        follow = run_id is not None
+    if maps_ready is not None and not follow:
+        maps_ready()
+        state.mark("population/maps_ready")
+        pairs = [w for w in todo if w[-1].exists()]  # a method that failed has no table
+    jobs = [(common, *w[2:]) for w in pairs]
+    if follow:
+        ended = explain_dir(plan.study_dir) / f".maps-ended-{uuid.uuid4().hex[:10]}"
+        jobs = [
+            (*job, FollowMaps(maps_staging_dir(plan.study_dir, job[1], job[2], run_id), ended))
+            for job in jobs
+        ]
+        drawn = _drawn_beside_maps(jobs, maps_ready, ended, state)
+    else:
+        threads = min(8, os.cpu_count() or 1, max(1, len(jobs)))
+        drawn = map_in_processes(population_of, jobs, threads, "population")
+    done = dict(zip(pairs, drawn))
     state.mark("population/drawn")
     rows: list[dict] = []
     for w in work:
         if not isinstance(w, tuple):
             rows += w
-            continue
-        rows += done[w]
-        state.finish(w[0], w[1])
+        elif done.get(w) is not None:  # None: the method failed on this trial (no map table)
+            rows += done[w]
+            state.finish(w[0], w[1])
     table = pd.DataFrame(rows)
     if not table.empty:
         write_frame(table, summary_path)
     return table
 
 
-def population_of(work: PopulationWork, trial_id: str, method: str, source) -> list[dict]:
+FOLLOW_ENV = "CYTOTUNE_FOLLOW_MAPS"
+
+
+def follow_wanted() -> bool:
+    """Whether the population processes add the map parts as they are written (default), or
+    read the tables after the maps stage (``CYTOTUNE_FOLLOW_MAPS=0``, to compare)."""
+    value = os.environ.get(FOLLOW_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{FOLLOW_ENV}={value!r}: give 1 (follow the maps) or 0 (read after)")
+    return value != "0"
+
+
+def _maps_run_id(state) -> str | None:
+    """This job's maps run, once its first batch is back; None where the maps stage ended
+    without one (nothing to compute) or the state has no maps stage beside it."""
+    warm = getattr(state, "maps_warm", None)
+    if warm is None:
+        return None
+    warm.wait()
+    return getattr(state, "maps_run_id", None)
+
+
+def _drawn_beside_maps(jobs: list[tuple], maps_ready, ended: Path, state) -> list:
+    """:func:`population_of` of every job in stage processes started now, each pair adding its
+    map parts as they are written; ``ended`` tells them the maps stage's outcome. A failed
+    maps stage is raised once the processes have stopped."""
+    import threading
+
+    from .processes import map_in_processes
+
+    out: dict = {}
+
+    def draw() -> None:
+        try:  # every pair of a process follows at once: one thread each
+            out["drawn"] = map_in_processes(
+                population_of, jobs, 1, "population", threads_each=None, take_warm=False
+            )
+        except BaseException as exc:  # noqa: BLE001 - raised in the stage's thread below
+            out["error"] = exc
+
+    thread = threading.Thread(target=draw, name="cytotune-population-follow", daemon=True)
+    thread.start()
+    try:
+        maps_ready()
+    except BaseException:
+        atomic_write_bytes(ended, b"failed")
+        thread.join()
+        ended.unlink(missing_ok=True)
+        raise
+    state.mark("population/maps_ready")
+    atomic_write_bytes(ended, b"ok")
+    thread.join()
+    ended.unlink(missing_ok=True)
+    if "error" in out:
+        raise out["error"]
+    return out["drawn"]
+
+
+def population_of(
+    work: PopulationWork, trial_id: str, method: str, source, follow: FollowMaps | None = None
+) -> list[dict] | None:
     """One (trial, method) map table: its geometric-mean maps per class, their files and
-    summary rows."""
-    map_means = gmean_maps(
-        source, list(work.classes), work.groups, work.hw, work.eps, work.regression
-    )
+    summary rows; None where the table does not exist (the method failed on this trial). With
+    ``follow``, the parts are added as the maps stage writes them."""
+    sums = MapSums(work.classes, work.groups, work.hw, work.eps, work.regression)
+    if follow is not None and not follow.follow(sums):
+        return None  # the maps stage failed: the stage raises its error
+    if not Path(source).exists():
+        return None
+    map_means = sums.results(source)
     rows: list[dict] = []
     for cls in work.classes:
         if cls not in map_means or cls not in work.shape_means:

@@ -288,15 +288,18 @@ def discard_warm() -> None:
         os.close(read_end)
 
 
-def call_in_process(fn, *args, name: str = "cytotune-explain-stage"):
+def call_in_process(fn, *args, name: str = "cytotune-explain-stage", take_warm: bool = True):
     """``fn(*args)`` in a Python process of its own (a warm one when :func:`warm_processes`
     started some); its result, or the child's exception (its type, with the child's traceback
     as a note; a RuntimeError where it does not pickle). ``fn`` must be
     importable (a module-level function), ``fn``, ``args`` and the result must pickle. The
-    child ends when this process is gone (exited or killed), and an interrupted wait kills it."""
+    child ends when this process is gone (exited or killed), and an interrupted wait kills it.
+    ``take_warm=False`` leaves the warm children to the side stages they were started for."""
     import pickle
 
     try:
+        if not take_warm:
+            raise queue.Empty
         child, read_end = _WARM.get_nowait()
     except queue.Empty:
         child, read_end = _start_child(name)
@@ -422,10 +425,18 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def map_in_processes(fn, jobs: list[tuple], threads: int, stage: str) -> list:
+def map_in_processes(
+    fn,
+    jobs: list[tuple],
+    threads: int,
+    stage: str,
+    threads_each: int | None = 2,
+    take_warm: bool = True,
+) -> list:
     """``[fn(*job) for job in jobs]`` in job order, dealt out (every k-th job) to
-    :func:`tail_processes` stage children with 2 threads each; with one, on ``threads``
-    threads here. ``fn`` and the jobs must pickle."""
+    :func:`tail_processes` stage children with ``threads_each`` threads each (None: one per
+    job, all at once); with one, on ``threads`` threads here. ``fn`` and the jobs must pickle;
+    ``take_warm`` as in :func:`call_in_process`."""
     count = min(len(jobs), tail_processes())
     if count <= 1:
         return map_in_threads(fn, jobs, threads)
@@ -433,7 +444,8 @@ def map_in_processes(fn, jobs: list[tuple], threads: int, stage: str) -> list:
     name = f"cytotune-explain-{stage}"
 
     def share(part: list[tuple]) -> list:
-        return call_in_process(map_in_threads, fn, part, 2, name=name)
+        each = len(part) if threads_each is None else threads_each
+        return call_in_process(map_in_threads, fn, part, each, name=name, take_warm=take_warm)
 
     results = map_in_threads(share, [(part,) for part in shares], count)
     out: list = [None] * len(jobs)

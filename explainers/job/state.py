@@ -29,6 +29,9 @@ class ExplainState:
         # stage runs): the side stages' processes start their GPU work after it
         # (:func:`~cytotune.explainers.job.processes.side_work_waits`)
         self.maps_warm = threading.Event()
+        # this job's maps run (its staging directories), once the maps stage has one; the
+        # population stage reads the map parts there as they are written
+        self.maps_run_id: str | None = None
         if self.path.is_file():
             try:
                 self.data = {**self.data, **json.loads(self.path.read_text())}

@@ -440,9 +440,9 @@ def _stage_calls(monkeypatch, entry) -> list:
     called = []
     call = processes.call_in_process
 
-    def recorded(fn, *args, name):
+    def recorded(fn, *args, name, **kwargs):
         called.append(entry(name, args))
-        return call(fn, *args, name=name)
+        return call(fn, *args, name=name, **kwargs)
 
     monkeypatch.setattr(processes, "call_in_process", recorded)
     return called
@@ -505,9 +505,18 @@ def test_population_and_overlays_in_processes_write_what_threads_write(
     """The stages that read the finished maps, dealt out to stage processes (as on a GPU host
     with 8 cores or more), write the same tables, arrays and PNGs as in this process."""
     from cytotune.explainers.job import processes
+    from cytotune.explainers.job.populations import FollowMaps
 
-    # map_in_threads(fn, jobs, threads) in each process: the name and the number of jobs
-    called = _stage_calls(monkeypatch, lambda name, args: (name, len(args[1])))
+    # map_in_threads(fn, jobs, threads) in each process: the name, the number of jobs and
+    # whether they follow the maps stage's parts as they are written
+    called = _stage_calls(
+        monkeypatch,
+        lambda name, args: (
+            name,
+            len(args[1]),
+            any(isinstance(j[-1], FollowMaps) for j in args[1]),
+        ),
+    )
     monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "0")
     out = {}
     for count in ("1", "2"):
@@ -521,9 +530,11 @@ def test_population_and_overlays_in_processes_write_what_threads_write(
         tables = [pd.read_parquet(explained / f"{t}.parquet") for t in ("population", "overlays")]
         out[count] = tables, files
     # 2 x 2 (trial, method) pairs per stage: two processes of two pairs each, per stage
+    # the population processes started at the maps' first batch and added the parts as they came
     assert (
         sorted(called)
-        == [("cytotune-explain-overlays", 2)] * 2 + [("cytotune-explain-population", 2)] * 2
+        == [("cytotune-explain-overlays", 2, False)] * 2
+        + [("cytotune-explain-population", 2, True)] * 2
     )
     for threads, spread in zip(out["1"][0], out["2"][0]):
         assert len(threads) > 0
