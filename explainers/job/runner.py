@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
-from .attention import run_attention
+from .attention import attention_in_process, run_attention
 from .config import ExplainConfig
 from .executor import resolve_executor, worker_devices
 from .maps import run_maps
@@ -48,10 +48,18 @@ NEEDS = {
     "attention": (),
 }
 # stages that read nothing of another stage but wait for it to end, failed or not: the
-# attention figures (a CPU forward and PNGs in this process, about 7 s on the MitoCheck job)
-# took the interpreter lock from the maps' start-up; after the maps this process only waits for
-# the stage processes of the tail
+# attention figures (a CPU forward and PNGs, about 7 s on the MitoCheck job) took the
+# interpreter lock from the maps' start-up where they are drawn in this process; after the maps
+# this process only waits for the stage processes of the tail. In a process of their own
+# (:func:`~cytotune.explainers.job.attention.attention_in_process`) they go beside the maps.
 AFTER = {"attention": ("maps",)}
+
+
+def waits_after(name: str, config) -> tuple[str, ...]:
+    """The stages ``name`` waits for (:data:`AFTER`), here."""
+    if name == "attention" and attention_in_process(config):
+        return ()
+    return AFTER.get(name, ())
 
 
 def run_explain(
@@ -69,13 +77,15 @@ def run_explain(
 
 def side_processes_wanted(config: ExplainConfig) -> int:
     """The processes the side stages will ask for (:func:`side_stages_in_processes`): one for
-    the prototype figures, one per trial (up to ``quality_processes()``) for the quality
-    stage's samples scored beside the maps; 0 off a GPU or with Ray actors."""
+    the prototype figures, one for the attention figures, one per trial (up to
+    ``quality_processes()``) for the quality stage's samples scored beside the maps; 0 off a
+    GPU or with Ray actors."""
     from .scores import quality_processes
 
     if resolve_executor(config) != "local" or not side_stages_in_processes():
         return 0
-    count = int("prototypes" in config.stages)
+    # the attention figures' process may find no trial with attention maps: then it is unused
+    count = int("prototypes" in config.stages) + int("attention" in config.stages)
     if {"maps", "quality"} <= set(config.stages) and config.quality_cells:
         count += min(len(config.trials) or config.top_k, quality_processes())
     return count
@@ -144,7 +154,7 @@ def run_stages(plan, config, state, progress: bool = True, log=print) -> None:
 
     def run(name: str, needs: list[Future], future: Future) -> None:
         try:
-            wait([futures[n] for n in AFTER.get(name, ()) if n in futures])
+            wait([futures[n] for n in waits_after(name, config) if n in futures])
             inside = name in WAITS_INSIDE and needs
             if not inside:
                 for need in needs:

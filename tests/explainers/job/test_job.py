@@ -499,6 +499,42 @@ def test_side_stages_in_processes_write_what_threads_write(trained_study, tmp_pa
     assert out["0"][1] == out["1"][1]
 
 
+def test_attention_figures_in_a_process_beside_the_maps_equal_those_drawn_here(
+    trained_study, tmp_path, monkeypatch
+):
+    """With the side stages in processes (as on a GPU) the attention figures are drawn in a
+    warm process of their own and do not wait for the maps; the table and PNGs are those drawn
+    in this process after the maps."""
+    from cytotune.explainers.job import processes, runner
+    from cytotune.explainers.job.config import ExplainConfig
+
+    called = _stage_calls(monkeypatch, lambda name, args: name)
+    started = []
+    start = processes._start_child
+
+    def counted(name, warm=False):
+        started.append(warm)
+        return start(name, warm)
+
+    monkeypatch.setattr(processes, "_start_child", counted)
+    out = {}
+    for way in ("0", "1"):
+        monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, way)
+        config = ExplainConfig(study=str(trained_study), executor="local")
+        assert runner.waits_after("attention", config) == (() if way == "1" else ("maps",))
+        explained = _explain_copy(
+            trained_study, tmp_path / f"attention{way}", trials=("mhl_attention",),
+            methods=("saliency",), stages=("maps", "attention"), limit=40,
+        )  # fmt: skip
+        table = pd.read_parquet(explained / "attention.parquet")
+        out[way] = table, _files(explained / "attention", "*.png")
+    assert called == ["cytotune-explain-attention"]
+    assert started == [True]  # started warm at the job's start
+    assert len(out["0"][0]) > 0
+    pd.testing.assert_frame_equal(out["0"][0], out["1"][0])
+    assert out["0"][1] == out["1"][1]
+
+
 def test_population_and_overlays_in_processes_write_what_threads_write(
     trained_study, tmp_path, monkeypatch
 ):
