@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     mark("import torch")
     from cytotune.explainers.job.config import ExplainConfig
     from cytotune.explainers.job.executor import in_threads
-    from cytotune.explainers.job.maps import local_cell_tables
+    from cytotune.explainers.job.maps import fold_batches, local_cell_tables
     from cytotune.explainers.job.plan import build_plan
     from cytotune.explainers.job.worker import MapWorker, pick_device
 
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     worker = MapWorker(**kwargs)
     sync(device)
     mark(f"fold models ({len(worker.models)})")
-    tables = list(local_cell_tables(plan, config))
+    tables = list(fold_batches(local_cell_tables(plan, config), args.batch_size))
     mark(f"cells read ({sum(t.num_rows for t in tables)} in {len(tables)} tables)")
     result: dict = {"device": str(device), "trials": trials, "methods": list(methods)}
     if device.type == "cuda":

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -148,6 +148,44 @@ def local_cell_tables(plan: ExplainPlan, config: ExplainConfig):
     )
 
 
+def fold_batches(tables: Iterable[pa.Table], batch_size: int) -> Iterator[pa.Table]:
+    """``tables`` of cells with their fold regrouped into batches of one fold, ``batch_size``
+    rows each (each fold's last one fewer). A batch of MitoCheck's row groups held cells of 4-5
+    folds, so each (trial, method) ran one pass per fold on about 25 cells; on a GPU, where the
+    maps wait on kernel launches rather than on arithmetic, one pass of 128 cells costs about
+    what one of 25 does. At most one batch per fold is held."""
+    held: dict[int, list[pa.Table]] = {}
+    rows: dict[int, int] = {}
+    for table in tables:
+        folds = table.column("fold")
+        unique = np.unique(folds.to_numpy())
+        for fold in unique.tolist():
+            part = table if len(unique) == 1 else table.filter(pc.equal(folds, fold))
+            held.setdefault(fold, []).append(part)
+            rows[fold] = rows.get(fold, 0) + part.num_rows
+            while rows[fold] >= batch_size:
+                merged = pa.concat_tables(held[fold])
+                yield merged.slice(0, batch_size).combine_chunks()
+                held[fold] = [merged.slice(batch_size)]
+                rows[fold] -= batch_size
+    for fold in sorted(held):
+        if rows[fold]:
+            yield pa.concat_tables(held[fold]).combine_chunks()
+
+
+FOLD_BATCHES_ENV = "CYTOTUNE_FOLD_BATCHES"
+
+
+def batch_by_fold() -> bool:
+    """Whether the local executor regroups the cells by fold (:func:`fold_batches`; default),
+    or explains the row groups' batches as they come (``CYTOTUNE_FOLD_BATCHES=0``, to
+    compare)."""
+    value = os.environ.get(FOLD_BATCHES_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{FOLD_BATCHES_ENV}={value!r}: give 1 (batches of one fold) or 0")
+    return value != "0"
+
+
 def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
     """The map workers of this machine (executor ``local``): on one device, threads of this
     process (:func:`thread_batches`); on several GPUs, one process per GPU with its threads
@@ -157,7 +195,10 @@ def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict
 
     groups = process_devices()
     if len(groups) == 1:
-        tables = prefetch(local_cell_tables(plan, config))
+        tables = local_cell_tables(plan, config)
+        if batch_by_fold():
+            tables = fold_batches(tables, config.batch_size)
+        tables = prefetch(tables)
         yield from thread_batches(tables, groups[0], worker_kwargs)
         return
     from .worker import SUMMARY_SCHEMA
@@ -165,11 +206,14 @@ def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict
     read = RowGroupReader(cell_columns(plan), attach_fold(plan), chunk_rows=config.batch_size)
     items = row_groups(plan.dataset.shard_paths)
     shares = trial_shares(worker_kwargs["units"], len(groups))
+    batch = config.batch_size if batch_by_fold() else None
     if shares is None:
-        runs = functools.partial(thread_batches, worker_kwargs=worker_kwargs)
+        runs = functools.partial(thread_batches, worker_kwargs=worker_kwargs, batch_size=batch)
     else:
         runs = [
-            functools.partial(thread_batches, worker_kwargs=trials_only(worker_kwargs, share))
+            functools.partial(
+                thread_batches, worker_kwargs=trials_only(worker_kwargs, share), batch_size=batch
+            )
             for share in shares
         ]
     yield from spread_over_processes(groups, items, read, runs, SUMMARY_SCHEMA)
@@ -183,12 +227,20 @@ def trials_only(worker_kwargs: dict, trials: list[str]) -> dict:
     return {**worker_kwargs, "units": units, "trial_methods": methods}
 
 
-def thread_batches(tables: Iterable[pa.Table], devices: list[str], worker_kwargs: dict):
+def thread_batches(
+    tables: Iterable[pa.Table],
+    devices: list[str],
+    worker_kwargs: dict,
+    batch_size: int | None = None,
+):
     """Summaries of ``tables`` explained by map workers in threads of this process,
     :func:`local_workers` per device of ``devices``: with one worker its map parts are written
     in a thread while the next batch is explained, with several each explains and writes in a
-    thread of its own."""
+    thread of its own. With ``batch_size`` the tables are regrouped first (:func:`fold_batches`)."""
     import torch
+
+    if batch_size is not None:
+        tables = fold_batches(tables, batch_size)
 
     from .worker import MapWorker
 
