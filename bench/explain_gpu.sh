@@ -7,7 +7,9 @@
 #      per executor in EXECUTORS (default "local ray"; local1: local with one worker; local2, local3: local
 #      in two or three processes sharing the GPU (each with its share of the trials); localq1: the quality's sampled scores in one process;
 #      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
-#      not folded; localw0: side work not waiting for the maps' first batch; localtp8: 8 tail processes a stage; localsp0: side work in threads
+#      not folded; localw0: side work not waiting for the maps' first batch; localtp8: 8 tail processes a stage;
+#      localfb0: the row groups' batches as they come (not regrouped by fold); localfm0: the
+#      population read after the maps (not following them); localsp0: side work in threads
 #      of this process; mapsonly: --stages maps; locals: the sanity
 #      check in strict fp32 (CYTOTUNE_CHECK_TF32=0);
 #      base: the local executor of the code in .gpu/base.tar), each timed, with the job's own stage
@@ -21,6 +23,7 @@
 #      the default trial's variants, held-out probabilities averaged);
 #   6. SPRECISION=1: bench/sanity_precision.py on the searched study (quality stage in fp32, TF32,
 #      bf16: the sanity verdicts compared, the stage timed);
+#  10. FOPS=1: bench/fold_batch_ops.py on the GPU (a 5-fold batch vs a 1-fold one: operations, s);
 #   9. TPROFILE=1: bench/tail_profile.py on the searched study (an atomic file write's cost, each
 #      pair's population figures in turn, the population and overlay stages as the job runs them);
 #   8. MPROFILE=1: bench/maps_profile.py on the searched study (the maps stage's pieces timed
@@ -78,6 +81,7 @@ EOF
       localf0) V="CYTOTUNE_FOLD_NORMS=0";; localw0) V="CYTOTUNE_SIDE_WAIT=0";;
       locals) V="CYTOTUNE_CHECK_TF32=0";;
       localtp8) V="CYTOTUNE_TAIL_PROCESSES=8";; localsp0) V="CYTOTUNE_STAGE_PROCESSES=0";;
+      localfb0) V="CYTOTUNE_FOLD_BATCHES=0";; localfm0) V="CYTOTUNE_FOLLOW_MAPS=0";;
     esac
     A=""; [ "$e" = mapsonly ] && A="--stages maps"  # the maps stage alone, nothing beside it
     C="cytotune"; X=local; [ "$e" = ray ] && X=ray
@@ -100,6 +104,10 @@ EOF
         --study /tmp/runs/mitocheck --top-k 3 --out $R/maps_profile_f$f.json ${MPROFILE_ARGS} 2>&1 \
         | grep -v Warn | tail -${MPROFILE_TAIL:-60}
     done
+  fi
+  if [ -n "$FOPS" ]; then  # the kernel's operations per cell: a batch of 5 folds vs one of 1
+    timeout ${FOPS_TIMEOUT:-120} python3 bench/fold_batch_ops.py --study /tmp/runs/mitocheck \
+      --device cuda --out $R/fold_batch_ops.json 2>&1 | grep -v Warn | tail -3
   fi
   if [ -n "$TPROFILE" ]; then  # the tail's pieces: a file write, each pair's figures, the stages
     timeout ${TPROFILE_TIMEOUT:-200} python3 bench/tail_profile.py --study /tmp/runs/mitocheck \
