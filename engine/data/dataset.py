@@ -55,11 +55,44 @@ class CellDataset:
         return self.table(columns).to_pandas()
 
     def images(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """Crops as an (N, C, H, W) array in the dataset dtype (all rows, or the given row indices)."""
-        column = self.table(["image"]).column("image")
-        if rows is not None:
-            column = column.take(pa.array(np.asarray(rows, dtype=np.int64)))
+        """Crops as an (N, C, H, W) array in the dataset dtype (all rows, or the given row
+        indices, in their order). Given rows read only the row groups that hold them: the
+        explain job's 24 overlay cells per (trial, method) read the whole image column, 80 MB
+        for MitoCheck's 3,277 cells, each time."""
+        if rows is None:
+            column = self.table(["image"]).column("image")
+            return decode_images(column, self.manifest.dtype, self.manifest.shape)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        starts, groups = self._row_groups()
+        total = int(starts[-1])
+        if rows.size and (rows.min() < 0 or rows.max() >= total):
+            bad = rows[(rows < 0) | (rows >= total)][:3].tolist()
+            raise IndexError(f"rows {bad} are outside dataset {self.path} ({total} rows)")
+        group_of = np.searchsorted(starts, rows, side="right") - 1
+        chunks, offset = [], np.zeros(len(groups), np.int64)
+        read = 0
+        for g in np.unique(group_of).tolist():
+            path, index = groups[g]
+            column = pq.ParquetFile(path).read_row_group(index, columns=["image"]).column(0)
+            chunks += column.chunks
+            offset[g] = read - starts[g]
+            read += len(column)
+        column = pa.chunked_array(chunks) if chunks else pa.chunked_array([], pa.binary())
+        column = column.take(pa.array(rows + offset[group_of]))
         return decode_images(column, self.manifest.dtype, self.manifest.shape)
+
+    def _row_groups(self) -> tuple[np.ndarray, list[tuple[str, int]]]:
+        """Each row group's first row (and, last, the row count) and its (shard, index), in
+        storage order; read from the shards' footers once."""
+        if getattr(self, "_groups", None) is None:
+            starts, groups = [0], []
+            for path in self.shard_paths:
+                meta = pq.ParquetFile(path).metadata
+                for index in range(meta.num_row_groups):
+                    groups.append((path, index))
+                    starts.append(starts[-1] + meta.row_group(index).num_rows)
+            self._groups = (np.asarray(starts, np.int64), groups)
+        return self._groups
 
     def masks(self, column: str = "mask") -> np.ndarray:
         """Cell masks (or ``column="evidence"``) as (N, H, W) uint8; rows without a mask are all ones."""

@@ -15,7 +15,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ..pools import worker_pool
-from .readers import CHANNEL_AXES, normalise_dtype, read_image, to_chw
+from .readers import (
+    CHANNEL_AXES,
+    install_readers,
+    normalise_dtype,
+    read_image,
+    registered_readers,
+    to_chw,
+)
 from .schema import Manifest
 from .sources import CropRecord, list_source
 from .transforms import FIT_MODES, fit
@@ -157,7 +164,9 @@ def ingest(
     writer = None
     pending: list[tuple[CropRecord, str]] = []  # quarantined before the writer exists
     jobs = ((r, options) for r in records)
-    pool = worker_pool(workers) if workers > 1 and len(records) > 64 else None
+    pool = None
+    if workers > 1 and len(records) > 64:  # readers registered here reach unforked workers too
+        pool = worker_pool(workers, initializer=install_readers, initargs=(registered_readers(),))
     results = pool.map(_load_star, jobs, chunksize=32) if pool else map(_load_star, jobs)
     try:
         for record, (image, mask, error) in tqdm(

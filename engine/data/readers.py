@@ -33,6 +33,21 @@ def register_reader(*extensions: str, channel_axis: str = "auto"):
     return wrap
 
 
+def registered_readers() -> dict[str, tuple[Callable[[Path], np.ndarray], str]]:
+    """Every registered reader, ``{extension: (reader, channel axis)}``: what a worker process
+    that was not forked needs from this one (:func:`install_readers`)."""
+    return {ext: READERS.get(ext) for ext in READERS.list()}
+
+
+def install_readers(readers: dict[str, tuple[Callable[[Path], np.ndarray], str]]) -> None:
+    """Register those of ``readers`` (from :func:`registered_readers` of the calling process)
+    that this process lacks (the built-in ones it registered on import)."""
+    have = set(READERS.list())
+    for ext, entry in readers.items():
+        if ext not in have:
+            READERS.add(ext, entry)
+
+
 def supported_extensions() -> list[str]:
     return READERS.list()
 

@@ -85,6 +85,9 @@ class StoreCallback(Callback):
             if row is None or row.status != "running":
                 continue
             checkpoint = trial.checkpoint
+            self.recorder.backfill(
+                trial.trial_id, _logged_results(trial) + _checkpoint_reports(checkpoint)
+            )
             self.recorder.stopped(
                 trial.trial_id,
                 checkpoint=None if checkpoint is None else checkpoint.path,

@@ -10,6 +10,7 @@ mean, with the shares of pixels above ``|r| > threshold``.
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 import uuid
@@ -112,13 +113,17 @@ class MapSums:
         self.log = np.zeros((len(self.classes), 1, *self.hw), np.int64)
         self.count = np.zeros(len(self.classes), np.int64)
 
-    def add(self, path: Path) -> bool:
-        """Add one part file (once per name); False where it was already added or has gone."""
+    def add(self, path: Path, missing_ok: bool = True) -> bool:
+        """Add one part file (once per name); False where it was already added, or has gone
+        and ``missing_ok`` (a staging directory's part, published or replaced meanwhile: seen
+        where it is now)."""
         if path.name in self.added:
             return False
         try:
             part = self._part(path)
-        except FileNotFoundError:  # published or replaced meanwhile: seen where it is now
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
             return False
         for k, cls in enumerate(self.classes):
             acc = part.accumulators[cls]
@@ -140,7 +145,7 @@ class MapSums:
         if self.added - {p.name for p in files}:
             self._reset()
         for path in files:
-            self.add(path)
+            self.add(path, missing_ok=False)  # a finished table's part must be there
         return {
             cls: np.exp(self.log[k] / FIXED_POINT / self.count[k]) - self.eps
             for k, cls in enumerate(self.classes)
@@ -190,21 +195,43 @@ class FollowMaps:
 
     Attributes:
         staging: the maps run's staging directory of the pair.
-        ended: a file the population stage writes once the maps stage has ended: ``ok``, or
-            ``failed`` (nothing is drawn then).
+        ended: a file the population stage writes once the maps stage has ended
+            (:func:`write_ended`): whether it succeeded, and the pairs that failed in it.
+        part: the pair's maps part (``maps/<trial>/<method>``).
         poll_s: seconds between looks at ``staging``.
     """
 
     staging: Path
     ended: Path
+    part: str = ""
     poll_s: float = 0.2
 
     def follow(self, sums: MapSums) -> bool:
-        """Add the parts as they appear until the maps stage has ended; whether it succeeded."""
+        """Add the parts as they appear until the maps stage has ended; whether it succeeded
+        for this pair (a pair that failed leaves an older table, if any, which its staging
+        parts must not be mixed with)."""
         while not self.ended.exists():
             sums.add_new(self.staging)
             time.sleep(self.poll_s)
-        return self.ended.read_text().strip() == "ok"
+        ended = json.loads(self.ended.read_text())
+        return bool(ended["ok"]) and self.part not in ended["failed"]
+
+
+def write_ended(path: Path, ok: bool, failed=()) -> None:
+    """The file that tells the following pairs the maps stage has ended (:class:`FollowMaps`)."""
+    atomic_write_bytes(path, json.dumps({"ok": ok, "failed": sorted(failed)}).encode())
+
+
+def maps_part(trial_id: str, method: str) -> str:
+    """A (trial, method) pair's part name in the maps stage (``maps.part_name``; not imported:
+    this module's stage processes import no torch)."""
+    return f"maps/{trial_id}/{method}"
+
+
+def failed_maps(state) -> set[str]:
+    """The maps parts that failed (their errors are in the state's failures)."""
+    failures = getattr(state, "data", {}).get("failures", {})
+    return {part for part in failures if part.startswith("maps/")}
 
 
 def _save_npy(path, array: np.ndarray) -> None:
@@ -298,12 +325,20 @@ def run_population(
     if maps_ready is not None and not follow:
         maps_ready()
         state.mark("population/maps_ready")
-        pairs = [w for w in todo if w[-1].exists()]  # a method that failed has no table
+        failed = failed_maps(state)  # a method that failed has no table, or an older one
+        pairs = [w for w in todo if w[-1].exists() and maps_part(w[2], w[3]) not in failed]
     jobs = [(common, *w[2:]) for w in pairs]
     if follow:
         ended = explain_dir(plan.study_dir) / f".maps-ended-{uuid.uuid4().hex[:10]}"
         jobs = [
-            (*job, FollowMaps(maps_staging_dir(plan.study_dir, job[1], job[2], run_id), ended))
+            (
+                *job,
+                FollowMaps(
+                    maps_staging_dir(plan.study_dir, job[1], job[2], run_id),
+                    ended,
+                    maps_part(job[1], job[2]),
+                ),
+            )
             for job in jobs
         ]
         drawn = _drawn_beside_maps(jobs, maps_ready, ended, state)
@@ -370,12 +405,12 @@ def _drawn_beside_maps(jobs: list[tuple], maps_ready, ended: Path, state) -> lis
     try:
         maps_ready()
     except BaseException:
-        atomic_write_bytes(ended, b"failed")
+        write_ended(ended, False)
         thread.join()
         ended.unlink(missing_ok=True)
         raise
     state.mark("population/maps_ready")
-    atomic_write_bytes(ended, b"ok")
+    write_ended(ended, True, failed_maps(state))
     thread.join()
     ended.unlink(missing_ok=True)
     if "error" in out:

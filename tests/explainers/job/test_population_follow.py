@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cytotune.explainers.job import layout
-from cytotune.explainers.job.populations import FollowMaps, MapSums, population_of
+from cytotune.explainers.job.populations import FollowMaps, MapSums, population_of, write_ended
 
 HW = (8, 8)
 EPS = 1e-3
@@ -109,18 +109,23 @@ def test_following_adds_parts_as_they_appear_until_the_maps_stage_ends(tmp_path)
             while len(sums.added) <= k and time.time() < deadline:
                 time.sleep(0.01)
             seen.append(len(sums.added))
-        ended.write_text("ok")
+        write_ended(ended, True)
 
     writer = threading.Thread(target=maps_stage)
     writer.start()
     assert follow.follow(sums) is True
     writer.join()
     assert seen == [1, 2, 3]  # each part added before the next was written
-    ended.write_text("failed")
+    write_ended(ended, False)
     assert (
         FollowMaps(staging, ended, poll_s=0.01).follow(MapSums(["a"], groups, HW, EPS, False))
         is False
     )
+    # the stage succeeded but this pair failed in it: its staging parts are not used
+    write_ended(ended, True, ["maps/t/m"])
+    sums = MapSums(["a"], groups, HW, EPS, False)
+    assert FollowMaps(staging, ended, "maps/t/m", poll_s=0.01).follow(sums) is False
+    assert FollowMaps(staging, ended, "maps/t/other", poll_s=0.01).follow(sums) is True
 
 
 def test_a_pair_without_a_table_draws_nothing(tmp_path):
@@ -131,13 +136,13 @@ def test_a_pair_without_a_table_draws_nothing(tmp_path):
         classes=("a",), groups=pd.Series(["a"], index=["c0"]), shape_means={}, eps=EPS,
     )  # fmt: skip
     ended = tmp_path / ".ended"
-    ended.write_text("ok")
+    write_ended(ended, True)
     assert population_of(work, "t", "m", tmp_path / "none.parquet") is None
     assert (
         population_of(work, "t", "m", tmp_path / "none.parquet", FollowMaps(tmp_path / "s", ended))
         is None
     )
-    ended.write_text("failed")
+    write_ended(ended, False)
     (tmp_path / "table.parquet").mkdir()
     assert (
         population_of(work, "t", "m", tmp_path / "table.parquet", FollowMaps(tmp_path / "s", ended))
@@ -156,7 +161,7 @@ def test_a_failed_maps_stage_stops_the_following_pairs_and_is_raised(tmp_path, m
     )  # fmt: skip
     ended = tmp_path / ".maps-ended-x"
     jobs = [
-        (work, "t", m, tmp_path / f"{m}.parquet", FollowMaps(tmp_path / m, ended, 0.01))
+        (work, "t", m, tmp_path / f"{m}.parquet", FollowMaps(tmp_path / m, ended, poll_s=0.01))
         for m in ("m1", "m2")
     ]
 
@@ -183,3 +188,27 @@ def test_following_can_be_switched_off_and_a_bad_value_says_what_to_give(monkeyp
     monkeypatch.setenv(FOLLOW_ENV, "yes")
     with pytest.raises(ValueError, match="give 1 .* or 0"):
         follow_wanted()
+
+
+def test_a_part_of_the_finished_table_that_cannot_be_read_is_an_error(tmp_path, monkeypatch):
+    """Only a staging directory's parts may vanish (published meanwhile); the finished table's
+    must all be read, or the population would silently hold fewer cells."""
+    cells = [f"c{i}" for i in range(6)]
+    groups = pd.Series(["a"] * 6, index=cells)
+    table = tmp_path / "m.parquet"
+    table.mkdir()
+    rows = _rows(cells)
+    _write(table, "part-0.parquet", rows[:3])
+    _write(table, "part-1.parquet", rows[3:])
+    sums = MapSums(["a"], groups, HW, EPS, False)
+    real = sums._part
+
+    def gone(path):
+        if path.name == "part-1.parquet":
+            raise FileNotFoundError(path)
+        return real(path)
+
+    monkeypatch.setattr(sums, "_part", gone)
+    assert sums.add_new(table) == 1  # following: skipped, looked for again later
+    with pytest.raises(FileNotFoundError):
+        sums.results(table)
