@@ -9,7 +9,8 @@
 #      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
 #      not folded; localw0: side work not waiting for the maps' first batch; localtp8: 8 tail processes a stage;
 #      localfb0: the row groups' batches as they come (not regrouped by fold); localfm0: the
-#      population read after the maps (not following them); localsp0: side work in threads
+#      population read after the maps (not following them); localb256, localb512: batches of
+#      256 or 512 cells (default 128); localsp0: side work in threads
 #      of this process; mapsonly: --stages maps; locals: the sanity
 #      check in strict fp32 (CYTOTUNE_CHECK_TF32=0);
 #      base: the local executor of the code in .gpu/base.tar), each timed, with the job's own stage
@@ -84,6 +85,7 @@ EOF
       localfb0) V="CYTOTUNE_FOLD_BATCHES=0";; localfm0) V="CYTOTUNE_FOLLOW_MAPS=0";;
     esac
     A=""; [ "$e" = mapsonly ] && A="--stages maps"  # the maps stage alone, nothing beside it
+    case $e in localb256) A="--batch-size 256";; localb512) A="--batch-size 512";; esac
     C="cytotune"; X=local; [ "$e" = ray ] && X=ray
     if [ "$e" = base ]; then
       [ -d /tmp/src_base ] || { mkdir -p /tmp/src_base && tar -xf .gpu/base.tar -C /tmp/src_base; }
