@@ -25,29 +25,40 @@ def row_groups(paths: list[str]) -> list[dict]:
 
 class RowGroupReader:
     """Ray Data step: the rows of each (shard, row group) item, in chunks, optionally transformed
-    (e.g. filtered to a split); empty chunks are dropped."""
+    (e.g. filtered to a split); empty chunks are dropped.
+
+    Args:
+        columns: the columns read.
+        transform: applied to each window of rows read (filter, reorder, add columns).
+        chunk_rows: rows per chunk yielded.
+        window_rows: rows read and transformed at once, then cut into chunks (default
+            ``chunk_rows``): a transform that reorders rows (the explain job's cells sorted by
+            fold) then orders longer runs.
+    """
 
     def __init__(
         self,
         columns: list[str],
         transform: Callable[[pa.Table], pa.Table] | None = None,
         chunk_rows: int = 1024,
+        window_rows: int | None = None,
     ) -> None:
         self.columns = columns
         self.transform = transform
         self.chunk_rows = chunk_rows
+        self.window_rows = max(chunk_rows, window_rows or chunk_rows)
 
     def __call__(self, items: dict):
         for path, group in zip(items["path"], items["row_group"]):
             shard = pq.ParquetFile(str(path))
             for batch in shard.iter_batches(
-                batch_size=self.chunk_rows, row_groups=[int(group)], columns=self.columns
+                batch_size=self.window_rows, row_groups=[int(group)], columns=self.columns
             ):
                 table = pa.Table.from_batches([batch])
                 if self.transform is not None:
                     table = self.transform(table)
-                if table.num_rows:
-                    yield table
+                for start in range(0, table.num_rows, self.chunk_rows):
+                    yield table.slice(start, self.chunk_rows)
 
 
 def read_row_groups(
@@ -55,12 +66,15 @@ def read_row_groups(
     columns: list[str],
     transform: Callable[[pa.Table], pa.Table] | None = None,
     chunk_rows: int = 1024,
+    window_rows: int | None = None,
 ):
     """A Ray Dataset of the shards' rows (Arrow blocks of at most ``chunk_rows``), one read task
-    per row group."""
+    per row group (``window_rows``: see :class:`RowGroupReader`)."""
     import ray
 
     items = row_groups(paths)
     return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
-        RowGroupReader(columns, transform, chunk_rows), batch_size=1, batch_format="numpy"
+        RowGroupReader(columns, transform, chunk_rows, window_rows),
+        batch_size=1,
+        batch_format="numpy",
     )

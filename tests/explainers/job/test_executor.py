@@ -129,8 +129,10 @@ def test_prefetch_stops_its_thread_when_the_consumer_stops():
 
 
 def test_maps_in_this_process_equal_the_maps_on_ray_actors(trained_study, tmp_path, ray_local):
-    """Same cells, same fold models, same maps and predictions on both executors (to the bit on
-    the CPU, within bf16 rounding on a GPU)."""
+    """Same cells, same fold models, same maps and predictions on both executors (on the CPU
+    nearly every value to the bit, the rest within a float16 step: the executors cut their
+    batches differently, the local one into whole folds, and a CPU convolution's rounding can
+    depend on the batch; within bf16 rounding on a GPU)."""
     tables = {}
     for executor in ("local", "ray"):
         methods, stages = ("gradcam", "saliency"), ("maps",)
@@ -149,7 +151,8 @@ def test_maps_in_this_process_equal_the_maps_on_ray_actors(trained_study, tmp_pa
         if torch.cuda.is_available():  # kernels are not bitwise repeatable on a GPU
             np.testing.assert_allclose(a, b, rtol=0.05, atol=0.02 * float(np.abs(b).max()))
         else:
-            np.testing.assert_array_equal(a, b)
+            assert (a == b).mean() > 0.999
+            np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-3 * float(np.abs(b).max()))
 
 
 def test_quality_shares_each_fold_models_random_copies_between_methods(trained_study):

@@ -58,3 +58,37 @@ def test_the_regrouping_can_be_switched_off_and_a_bad_value_says_what_to_give(mo
     monkeypatch.setenv(FOLD_BATCHES_ENV, "on")
     with pytest.raises(ValueError, match="give 1"):
         batch_by_fold()
+
+
+def test_ray_read_tasks_sort_the_cells_by_fold_over_windows_of_batches(tmp_path):
+    """The Ray path: a read task sorts each window of rows by fold (``AttachFold``) before
+    cutting it into chunks, so the batches Ray Data cuts from the stream hold fewer folds; every
+    planned cell comes once, in chunks of at most the batch size."""
+    import pyarrow.parquet as pq
+    from cytotune.engine.data.row_groups import RowGroupReader
+    from cytotune.explainers.job.maps import AttachFold
+
+    rng = np.random.default_rng(2)
+    n = 1000
+    cells = np.array([f"c{i}" for i in range(n)])
+    folds = rng.integers(0, 5, n)
+    path = tmp_path / "shard.parquet"
+    pq.write_table(pa.table({"cell_id": cells}), path, row_group_size=1000)
+    planned = rng.permutation(n)[:900]  # 100 cells not planned are dropped
+    attach = AttachFold(cells[planned], folds[planned])
+    items = {"path": [str(path)], "row_group": [0]}
+    out = {}
+    for window in (None, 512):
+        chunks = list(
+            RowGroupReader(["cell_id"], attach, chunk_rows=128, window_rows=window)(items)
+        )
+        assert all(0 < c.num_rows <= 128 for c in chunks)
+        stream = pa.concat_tables(chunks)
+        assert sorted(stream.column("cell_id").to_pylist()) == sorted(cells[planned].tolist())
+        fold_of = dict(zip(cells[planned].tolist(), folds[planned].tolist()))
+        assert stream.column("fold").to_pylist() == [
+            fold_of[c] for c in stream.column("cell_id").to_pylist()
+        ]
+        got = stream.column("fold").to_numpy()
+        out[window] = np.mean([len(set(got[s : s + 128])) for s in range(0, len(got), 128)])
+    assert out[512] < out[None] / 2  # 5 folds in nearly every batch before, about 2 after
