@@ -23,6 +23,7 @@ class CellDataset:
     def __init__(self, path: str | Path, keep_decoded: bool = False) -> None:
         self.path = Path(path)
         self.decoded_cache: dict | None = {} if keep_decoded else None
+        self._groups: tuple[np.ndarray, list[tuple[str, int]]] | None = None  # _row_groups()
         self.manifest = Manifest.load(self.path)
         missing = [s for s in self.manifest.shards if not (self.path / s).is_file()]
         if missing:
@@ -84,7 +85,7 @@ class CellDataset:
     def _row_groups(self) -> tuple[np.ndarray, list[tuple[str, int]]]:
         """Each row group's first row (and, last, the row count) and its (shard, index), in
         storage order; read from the shards' footers once."""
-        if getattr(self, "_groups", None) is None:
+        if self._groups is None:
             starts, groups = [0], []
             for path in self.shard_paths:
                 meta = pq.ParquetFile(path).metadata

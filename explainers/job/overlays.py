@@ -68,7 +68,7 @@ class OverlayWork:
 
 
 def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -> pd.DataFrame:
-    """Each (trial, method) pair's cells are picked and drawn by :func:`overlays_of`, in stage
+    """Each trial's (trial, method) pairs are picked and drawn by :func:`trial_overlays`, in stage
     processes where :func:`~cytotune.explainers.job.processes.tail_processes` allows (the pick
     reads the table's labels and the crops: 1.7 s of this process's lock on one H100 when done
     here, after the maps)."""
@@ -88,7 +88,7 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
         config.overlays,
         config.seed,
     )
-    work: list = []  # (part, key, job) or kept records
+    work: list = []  # (part, key, trial_id, method, source) or kept records
     for trial in plan.trials:
         for method in config.method_names:
             source = maps_path(plan.study_dir, trial.trial_id, method)
@@ -102,15 +102,18 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
             if state.done(part, key) and len(kept) and not config.overwrite:
                 work.append(kept.to_dict("records"))
                 continue
-            work.append((part, key, (common, trial.trial_id, method, source)))
+            work.append((part, key, trial.trial_id, method, source))
     todo = [w for w in work if isinstance(w, tuple)]
-    drawn = iter(map_in_processes(overlays_of, [w[2] for w in todo], 1, "overlays"))
+    # one job per trial: its methods share the pick's crops, read once
+    trials = list(dict.fromkeys(w[2] for w in todo))
+    jobs = [(common, t, [(w[3], w[4]) for w in todo if w[2] == t]) for t in trials]
+    drawn = dict(zip(trials, map_in_processes(trial_overlays, jobs, 1, "overlays")))
     records: list[dict] = []
     for w in work:
         if not isinstance(w, tuple):
             records += w
             continue
-        rows = next(drawn)
+        rows = drawn[w[2]][w[3]]
         records += rows
         state.finish(w[0], w[1], images=len(rows))
     index = pd.DataFrame(records, columns=list(OVERLAY_COLUMNS))
@@ -129,14 +132,26 @@ def picked_cells(work: OverlayWork, source) -> tuple[str, ...]:
     return tuple(c for c in frame["cell_id"] if c in chosen)
 
 
-def overlays_of(work: OverlayWork, trial_id, method, source) -> list[dict]:
-    """The overlay PNGs of one (trial, method) for the cells :func:`picked_cells` chooses:
-    crop | map with a colour bar in the method's units (what the dashboard draws); their index
-    rows."""
+def trial_overlays(work: OverlayWork, trial_id, pairs: list[tuple]) -> dict[str, list[dict]]:
+    """:func:`overlays_of` for each ``(method, map table)`` of a trial, the cells
+    :func:`picked_cells` chooses (their crops read once per pick); ``{method: index rows}``."""
     from cytotune.engine.data import CellDataset
 
-    picked = picked_cells(work, source)
-    images = CellDataset(work.dataset).images(np.array([work.rows[c] for c in picked], np.int64))
+    dataset = CellDataset(work.dataset)
+    crops: dict[tuple[str, ...], np.ndarray] = {}
+    out = {}
+    for method, source in pairs:
+        picked = picked_cells(work, source)
+        if picked not in crops:
+            crops[picked] = dataset.images(np.array([work.rows[c] for c in picked], np.int64))
+        out[method] = overlays_of(work, trial_id, method, source, picked, crops[picked])
+    return out
+
+
+def overlays_of(work: OverlayWork, trial_id, method, source, picked, images) -> list[dict]:
+    """The overlay PNGs of one (trial, method) for the cells ``picked`` (crops ``images`` in
+    the same order): crop | map with a colour bar in the method's units (what the dashboard
+    draws); their index rows."""
     table = read_maps(source, filter=pc.field("cell_id").isin(list(picked)))
     if work.regression:
         table = table.filter(pc.equal(table.column("target_index"), 0))

@@ -477,26 +477,37 @@ def test_families_that_cannot_apply_are_left_out_and_said(tmp_path, capsys):
     assert [m for m, _ in race._brackets[0]._rungs][::-1][:3] == [1, 2, 4]
 
 
+SMALL_CNN = {"family": "small_cnn", "small_cnn": {"filters": 8, "dense_units": 8}, "train": {}}
+
+
+def _two_fold_study(tmp_path, name: str, cells: int, budget) -> StudyConfig:
+    """A study of a synthetic metastasis dataset of ``cells`` cells in 2 grouped folds, trained
+    in this process (no Ray)."""
+    from cytotune.engine.data.folds import make_folds, save_folds
+    from cytotune.engine.search.study import FoldsSpec
+    from cytotune.engine.synth import write_dataset
+
+    write_dataset("metastasis", tmp_path / "d", cells, size=16, seed=0, progress=False)
+    save_folds(tmp_path / "d", make_folds(tmp_path / "d", k=2, group="well", name="k2"))
+    return StudyConfig(
+        name=name,
+        dataset=str(tmp_path / "d"),
+        folds=FoldsSpec(name="k2", k=2),
+        budget=budget,
+        train={"loader": "inprocess"},
+    )
+
+
 def test_fold_race_reports_running_means_and_resumes_at_the_next_fold(tmp_path):
     """race: folds without Ray: each step trains one fold to the end and reports the mean over
     the folds done; a checkpoint restores the finished folds (without optimiser state, linked
     once) and continues with the next fold."""
     import torch
-    from cytotune.engine.data.folds import make_folds, save_folds
     from cytotune.engine.search.crossval import CrossValidation
-    from cytotune.engine.search.study import Budget, FoldsSpec
-    from cytotune.engine.synth import write_dataset
+    from cytotune.engine.search.study import Budget
 
-    write_dataset("metastasis", tmp_path / "d", 96, size=16, seed=0, progress=False)
-    save_folds(tmp_path / "d", make_folds(tmp_path / "d", k=2, group="well", name="k2"))
-    study = StudyConfig(
-        name="race",
-        dataset=str(tmp_path / "d"),
-        folds=FoldsSpec(name="k2", k=2),
-        budget=Budget(max_epochs=2),
-        train={"loader": "inprocess"},
-    )
-    sample = {"family": "small_cnn", "small_cnn": {"filters": 8, "dense_units": 8}, "train": {}}
+    study = _two_fold_study(tmp_path, "race", 96, Budget(max_epochs=2))
+    sample = SMALL_CNN
     cv = CrossValidation(study, sample)
     first, _ = cv.step()
     assert (first["folds_done"], cv.finished) == (1, False)
@@ -550,25 +561,17 @@ def test_checkpoints_keep_every_report_so_a_killed_drivers_rows_come_back(tmp_pa
     synced its result.json to the study) loses that epoch's rows; the resumed trial goes on
     after its checkpoint. Each checkpoint keeps every report so far, and the trial's end
     backfills the store from the last one."""
-    from cytotune.engine.data.folds import make_folds, save_folds
     from cytotune.engine.search.callbacks import _checkpoint_reports
     from cytotune.engine.search.crossval import CrossValidation
     from cytotune.engine.search.recorder import StudyRecorder
     from cytotune.engine.search.store import StudyStore
-    from cytotune.engine.search.study import Budget, FoldsSpec
-    from cytotune.engine.synth import write_dataset
+    from cytotune.engine.search.study import Budget
     from ray.tune import Checkpoint
 
-    write_dataset("metastasis", tmp_path / "d", 64, size=16, seed=0, progress=False)
-    save_folds(tmp_path / "d", make_folds(tmp_path / "d", k=2, group="well", name="k2"))
-    study = StudyConfig(
-        name="kept",
-        dataset=str(tmp_path / "d"),
-        folds=FoldsSpec(name="k2", k=2),
-        budget=Budget(max_epochs=2, grace_epochs=1, race="epochs"),
-        train={"loader": "inprocess"},
+    study = _two_fold_study(
+        tmp_path, "kept", 64, Budget(max_epochs=2, grace_epochs=1, race="epochs")
     )
-    sample = {"family": "small_cnn", "small_cnn": {"filters": 8, "dense_units": 8}, "train": {}}
+    sample = SMALL_CNN
     cv = CrossValidation(study, sample)
     first, _ = cv.step()
     cv.save(tmp_path / "ckpt1")

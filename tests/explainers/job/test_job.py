@@ -448,6 +448,21 @@ def _stage_calls(monkeypatch, entry) -> list:
     return called
 
 
+def _child_starts(monkeypatch) -> list[bool]:
+    """Whether each stage child was started warm (at the job's start), in order."""
+    from cytotune.explainers.job import processes
+
+    started = []
+    start = processes._start_child
+
+    def counted(name, warm=False):
+        started.append(warm)
+        return start(name, warm)
+
+    monkeypatch.setattr(processes, "_start_child", counted)
+    return started
+
+
 def _explain_copy(trained_study, study, **config) -> Path:
     """``run_explain`` on a fresh copy of the study at ``study``; its explain directory."""
     from cytotune.explainers.job.config import ExplainConfig
@@ -471,14 +486,7 @@ def test_side_stages_in_processes_write_what_threads_write(trained_study, tmp_pa
     from cytotune.explainers.job import processes
 
     called = _stage_calls(monkeypatch, lambda name, args: name)
-    started = []
-    start = processes._start_child
-
-    def counted(name, warm=False):
-        started.append(warm)
-        return start(name, warm)
-
-    monkeypatch.setattr(processes, "_start_child", counted)
+    started = _child_starts(monkeypatch)
     out = {}
     for way in ("0", "1"):
         monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, way)
@@ -509,14 +517,7 @@ def test_attention_figures_in_a_process_beside_the_maps_equal_those_drawn_here(
     from cytotune.explainers.job.config import ExplainConfig
 
     called = _stage_calls(monkeypatch, lambda name, args: name)
-    started = []
-    start = processes._start_child
-
-    def counted(name, warm=False):
-        started.append(warm)
-        return start(name, warm)
-
-    monkeypatch.setattr(processes, "_start_child", counted)
+    started = _child_starts(monkeypatch)
     out = {}
     for way in ("0", "1"):
         monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, way)
@@ -566,10 +567,11 @@ def test_population_and_overlays_in_processes_write_what_threads_write(
         tables = [pd.read_parquet(explained / f"{t}.parquet") for t in ("population", "overlays")]
         out[count] = tables, files
     # 2 x 2 (trial, method) pairs per stage: two processes of two pairs each, per stage
-    # the population processes started at the maps' first batch and added the parts as they came
+    # the population processes started at the maps' first batch and added the parts as they
+    # came; the overlays are one job per trial (its methods share the pick's crops)
     assert (
         sorted(called)
-        == [("cytotune-explain-overlays", 2, False)] * 2
+        == [("cytotune-explain-overlays", 1, False)] * 2
         + [("cytotune-explain-population", 2, True)] * 2
     )
     for threads, spread in zip(out["1"][0], out["2"][0]):
