@@ -9,8 +9,8 @@
 #      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
 #      not folded; localw0: side work not waiting for the maps' first batch; localtp8: 8 tail processes a stage;
 #      localfb0: the row groups' batches as they come (not regrouped by fold); localfm0: the
-#      population read after the maps (not following them); localb256, localb512: batches of
-#      256 or 512 cells (default 128); localsp0: side work in threads
+#      population read after the maps (not following them); localb128, localb256, localb512: batches of
+#      128, 256 or 512 cells (default 256 on a GPU); localsp0: side work in threads
 #      of this process; mapsonly: --stages maps; locals: the sanity
 #      check in strict fp32 (CYTOTUNE_CHECK_TF32=0);
 #      base: the local executor of the code in .gpu/base.tar), each timed, with the job's own stage
@@ -65,7 +65,7 @@ seed: 0
 storage: /tmp/runs
 EOF
   t0=$(date +%s%N); timeout 240 cytotune search --config /tmp/mito3.yaml --quiet 2>&1 | grep -v Warn | tail -6
-  echo "search wall $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  echo "search wall $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a $R/walls.txt
   k=0
   for e in ${EXECUTORS:-local ray}; do
   for i in $(seq ${RUNS:-2}); do
@@ -85,7 +85,7 @@ EOF
       localfb0) V="CYTOTUNE_FOLD_BATCHES=0";; localfm0) V="CYTOTUNE_FOLLOW_MAPS=0";;
     esac
     A=""; [ "$e" = mapsonly ] && A="--stages maps"  # the maps stage alone, nothing beside it
-    case $e in localb256) A="--batch-size 256";; localb512) A="--batch-size 512";; esac
+    case $e in localb128) A="--batch-size 128";; localb256) A="--batch-size 256";; localb512) A="--batch-size 512";; esac
     C="cytotune"; X=local; [ "$e" = ray ] && X=ray
     if [ "$e" = base ]; then
       [ -d /tmp/src_base ] || { mkdir -p /tmp/src_base && tar -xf .gpu/base.tar -C /tmp/src_base; }
@@ -93,7 +93,7 @@ EOF
     fi
     env $V timeout 240 $C explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
       --executor $X $A ${EXPLAIN_ARGS} > $R/explain_$tag.txt 2>&1
-    echo "explain $e run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)"
+    echo "explain $e run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)" | tee -a $R/walls.txt
     grep -E "^  [a-z]+ +[0-9.]+ s$|^(FAILED|INCONCLUSIVE|error|Traceback)" $R/explain_$tag.txt | tail -12
     cp /tmp/runs/mitocheck/explain/explain.json $R/explain_state_$tag.json
     python3 -c "import json; d=json.load(open('$R/explain_state_$tag.json')); s=d['maps_run']['started']; print({k: round(v, 2) if isinstance(v, float) else v for k, v in d.get('timings', {}).items()}); print('from the maps start:', {k: round(v - s, 1) for k, v in sorted(d.get('marks', {}).items(), key=lambda kv: kv[1])}, 'end', round(d['finished'] - s, 1))"
@@ -152,4 +152,5 @@ if [ -n "$MILLION" ]; then  # about 1M Grad-CAM maps (62,500 cells x 16 trials) 
     --trials 16 --batch 1024 --e2e-batch 1024 --actors-per-gpu 4 --no-worker-loop \
     ${MILLION_ARGS} --out $R/million.json 2>&1 | grep -v Warn | tail -8)
 fi
+set +x; echo "== whole-command walls"; cat $R/walls.txt 2>/dev/null
 tar -czf $OUT/res.tgz -C $(dirname $R) $(basename $R)  # one file: a call returns only a few

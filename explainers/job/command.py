@@ -48,7 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--limit", type=int, default=None, help="at most N cells (seeded sample)")
     parser.add_argument(
-        "--batch-size", type=int, default=128, help="cells per explainer batch (default 128)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="cells per explainer batch (default 256 on a GPU with the local executor, else 128)",
     )
     parser.add_argument(
         "--actors", type=int, default=None, help="explainer actors (default: one per GPU)"

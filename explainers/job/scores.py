@@ -588,8 +588,14 @@ def run_quality(
             wait_for_maps(state)
             n = min(len(todo), quality_processes())
             shares = [(data, config, sample, todo[i::n], progress and i == 0) for i in range(n)]
+
+            def share_scores(*share) -> dict:  # each share's end marked: where the stage waits
+                scored = early_in_process(*share)
+                state.mark("quality/samples/" + "+".join(t.trial_id for t in share[3]))
+                return scored
+
             early = {}
-            for part in map_in_threads(early_in_process, shares, n):
+            for part in map_in_threads(share_scores, shares, n):
                 early.update(part)
         else:
             early = early_sample_scores(data, config, sample, todo, progress)

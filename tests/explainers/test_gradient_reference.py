@@ -173,6 +173,31 @@ def test_batched_integrated_gradients_equal_captum_with_forward_args(method):
     torch.testing.assert_close(chunked, expected, atol=1e-6, rtol=1e-5)
 
 
+def test_batched_integrated_gradients_split_their_steps_into_calls_of_the_budget(monkeypatch):
+    """Steps beyond SmoothGrad's images-per-call budget go in calls of equal size (a budget
+    of 8 images: 12 steps x 2 cells in 3 calls of 4 steps), with captum's numbers and the
+    forward arguments repeated per call."""
+    import cytotune.explainers.methods.gradient as gradient
+
+    monkeypatch.setattr(gradient, "call_images", lambda batch_size, x: 8)
+    model = _Masked().eval()
+    x, base = inputs(2, 3), 0.1 * inputs(2, 3, seed=5)
+    mask = (inputs(2, 1, seed=3) > 0).float()
+    expected = ca.IntegratedGradients(model).attribute(
+        x, base, target=TARGET, n_steps=12, additional_forward_args=(mask,)
+    )
+    batches = []
+    handle = model.register_forward_hook(lambda m, a, out: batches.append(a[0].shape[0]))
+    try:
+        got = IntegratedGradients(model, baseline=base, n_steps=12).attribute(
+            x, TARGET, forward_kwargs={"mask": mask}
+        )
+    finally:
+        handle.remove()
+    assert batches == [2, 8, 8, 8]  # the target's prediction, then 3 calls of 4 steps
+    torch.testing.assert_close(got, expected, atol=1e-7, rtol=1e-5)
+
+
 def test_cams_in_a_shared_block_take_one_pass_and_give_the_same_maps(model):
     """LayerCAM on two layers, then Grad-CAM and Grad-CAM++ on the deeper one: one forward in
     a shared block, the maps of three separate passes; another target or input is computed
