@@ -7,7 +7,7 @@
 #      per executor in EXECUTORS (default "local ray"; local1: local with one worker; local2, local3: local
 #      in two or three processes sharing the GPU (each with its share of the trials); localq1: the quality's sampled scores in one process;
 #      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
-#      not folded; localw0: side work not waiting for the maps' first batch; localtp8: 8 tail processes a stage;
+#      not folded; localw0, localw1: side work not waiting (the default since 19) or waiting for the maps' first batch; localw3: 3 map worker threads (default 4); localtp8: 8 tail processes a stage;
 #      localfb0: the row groups' batches as they come (not regrouped by fold); localfm0: the
 #      population read after the maps (not following them); localb128, localb256, localb512: batches of
 #      128, 256 or 512 cells (default 256 on a GPU); localsp0: side work in threads
@@ -79,7 +79,8 @@ EOF
       local1) V="CYTOTUNE_LOCAL_WORKERS=1";; local2) V="CYTOTUNE_LOCAL_PROCESSES=2";;
       local3) V="CYTOTUNE_LOCAL_PROCESSES=3";;
       localq1) V="CYTOTUNE_QUALITY_PROCESSES=1";; localt1) V="CYTOTUNE_TAIL_PROCESSES=1";;
-      localf0) V="CYTOTUNE_FOLD_NORMS=0";; localw0) V="CYTOTUNE_SIDE_WAIT=0";;
+      localf0) V="CYTOTUNE_FOLD_NORMS=0";; localw0) V="CYTOTUNE_SIDE_WAIT=0";; localw1) V="CYTOTUNE_SIDE_WAIT=1";;
+      localw3) V="CYTOTUNE_LOCAL_WORKERS=3";;
       locals) V="CYTOTUNE_CHECK_TF32=0";;
       localtp8) V="CYTOTUNE_TAIL_PROCESSES=8";; localsp0) V="CYTOTUNE_STAGE_PROCESSES=0";;
       localfb0) V="CYTOTUNE_FOLD_BATCHES=0";; localfm0) V="CYTOTUNE_FOLLOW_MAPS=0";;

@@ -26,8 +26,8 @@ class ExplainState:
         self._lock = threading.RLock()
         self.data: dict[str, Any] = {"parts": {}, "failures": {}, "timings": {}}
         # set once the maps stage's first batch is back or the stage ended (or when no maps
-        # stage runs): the side stages' processes start their GPU work after it
-        # (:func:`~cytotune.explainers.job.processes.side_work_waits`)
+        # stage runs): with CYTOTUNE_SIDE_WAIT=1 the side stages' processes start their GPU
+        # work after it (:func:`~cytotune.explainers.job.processes.side_work_waits`)
         self.maps_warm = threading.Event()
         # this job's maps run (its staging directories), once the maps stage has one; the
         # population stage reads the map parts there as they are written

@@ -112,11 +112,12 @@ def test_ctrl_c_stops_the_job_while_a_stage_still_runs(monkeypatch):
 
 
 def test_side_work_waits_for_the_maps_warm_signal_which_every_maps_ending_gives(monkeypatch):
-    """The side stages' GPU work starts once the maps are warm: the maps stage sets the signal
-    at its first batch (run_maps) and, at the latest, when it ends or fails; a job without a
-    maps stage never blocks on it."""
+    """With CYTOTUNE_SIDE_WAIT=1 the side stages' GPU work starts once the maps are warm: the
+    maps stage sets the signal at its first batch (run_maps) and, at the latest, when it ends
+    or fails; a job without a maps stage never blocks on it."""
     from cytotune.explainers.job.processes import wait_for_maps
 
+    monkeypatch.setenv("CYTOTUNE_SIDE_WAIT", "1")
     for fail, stages in ((None, _Config.stages), ("maps", _Config.stages), (None, ("prototypes",))):
         events: list[str] = []
 
@@ -149,8 +150,10 @@ def test_side_wait_switch(monkeypatch):
     from cytotune.explainers.job.processes import side_work_waits, wait_for_maps
 
     monkeypatch.delenv("CYTOTUNE_SIDE_WAIT", raising=False)
-    assert side_work_waits()
+    assert not side_work_waits()  # off by default
     monkeypatch.setenv("CYTOTUNE_SIDE_WAIT", "")  # empty: the default
+    assert not side_work_waits()
+    monkeypatch.setenv("CYTOTUNE_SIDE_WAIT", "1")
     assert side_work_waits()
     monkeypatch.setenv("CYTOTUNE_SIDE_WAIT", "0")
     unset = _State()
@@ -160,3 +163,19 @@ def test_side_wait_switch(monkeypatch):
     monkeypatch.setenv("CYTOTUNE_SIDE_WAIT", "later")
     with pytest.raises(ValueError, match="CYTOTUNE_SIDE_WAIT must be 0 or 1"):
         side_work_waits()
+
+
+def test_process_started_is_the_spawn_not_the_call():
+    """The ``command`` mark (the process's start, from /proc) of a child that waits 1 s before
+    asking: within /proc's 1/100 s after the parent spawned it, not when it asked."""
+    import subprocess
+    import sys
+
+    code = (
+        "import time; time.sleep(1.0); "
+        "from cytotune.explainers.job.runner import process_started; print(process_started())"
+    )
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    started = float(out.stdout)
+    assert before - 0.02 <= started < before + 0.6  # the interpreter's start, not 1 s later
