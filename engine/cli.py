@@ -100,19 +100,41 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return _main(argv)[0]
+
+
+def _main(argv: list[str] | None) -> tuple[int, argparse.Namespace | None]:
+    """The exit code and the parsed arguments of one command."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), "")
     parser = build_parser(command if command in SUBCOMMANDS else "")
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
-        return 2
+        return 2, args
     try:
-        return int(args._run(args) or 0)
+        return int(args._run(args) or 0), args
     except USER_ERRORS as exc:
         print(f"cytotune {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return 2, args
+
+
+def entry(argv: list[str] | None = None) -> None:
+    """The ``cytotune`` program: :func:`main`, then the exit. A command that set
+    ``_exit_at_once`` on its arguments (``explain`` without Ray: its threads and children are
+    done, its files written) ends the process with ``os._exit`` once the output is flushed,
+    skipping the interpreter's and CUDA's teardown."""
+    code, args = _main(argv)
+    if getattr(args, "_exit_at_once", False):
+        import logging
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -86,4 +86,4 @@ def test_the_wheel_installs_everything_under_cytotune(tmp_path):
     ):
         assert needed in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "cytotune = cytotune.engine.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "cytotune = cytotune.engine.cli:entry" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -15,7 +15,7 @@ export PYTHONPYCACHEPREFIX=/tmp/pycache
 # first run of a benchmark pays for it and the runs after it do not)
 [ -f /tmp/pycache/.warm ] || { python3 -c "import cytotune.engine.cli, cytotune.engine.search.trainable, cytotune.explainers.job.runner, timm, captum, optuna, ray.tune, ray.data" && touch /tmp/pycache/.warm; }
 mkdir -p /tmp/bin
-printf '#!/bin/sh\nexec python3 -c "import sys; from cytotune.engine.cli import main; sys.exit(main(sys.argv[1:]))" "$@"\n' > /tmp/bin/cytotune
+printf '#!/bin/sh\nexec python3 -c "import sys; from cytotune.engine.cli import entry; entry(sys.argv[1:])" "$@"\n' > /tmp/bin/cytotune
 chmod +x /tmp/bin/cytotune
 command -v python >/dev/null || ln -sf "$(command -v python3)" /tmp/bin/python
 export PATH=/tmp/bin:$PATH

@@ -271,15 +271,18 @@ def _start_child(name: str, warm: bool = False):
 
 
 def warm_processes(count: int) -> None:
-    """Start ``count`` stage children now: their imports (7-8 s of a lock each on the GPU
-    machine) then run while this process plans the job and starts the maps, not after."""
-    for _ in range(count):
+    """Have ``count`` stage children waiting: start those missing now (their imports, 7-8 s
+    of a lock each on the GPU machine, then run while this process plans the job and starts
+    the maps, not after); end any beyond ``count`` (started early by :func:`warm_early` on a
+    guess the job then did not confirm)."""
+    for _ in range(count - _WARM.qsize()):
         _WARM.put(_start_child("cytotune-explain-stage", warm=True))
+    discard_warm(keep=count)
 
 
-def discard_warm() -> None:
-    """End the warm children no stage took."""
-    while True:
+def discard_warm(keep: int = 0) -> None:
+    """End the warm children no stage took (all but ``keep``)."""
+    while _WARM.qsize() > keep:
         try:
             child, read_end = _WARM.get_nowait()
         except queue.Empty:
@@ -288,6 +291,60 @@ def discard_warm() -> None:
         child.wait()
         child.stdin.close()
         os.close(read_end)
+
+
+def warm_early(config) -> int:
+    """Start the side stages' children before this process imports the job (torch, the
+    stages: about 3 s on the GPU machine), where this host seems to have a GPU: a device
+    ``/dev/nvidiaN`` not hidden by ``CUDA_VISIBLE_DEVICES`` (no torch import, no CUDA start to
+    ask). The job confirms the guess with torch (:func:`side_processes_wanted`) and ends the
+    children it does not want. Returns how many were started."""
+    value = os.environ.get(STAGE_PROCESSES_ENV)
+    guess = value not in ("", "0") if value is not None else os.name == "posix" and gpu_devices()
+    count = side_processes_wanted(config, in_processes=True) if guess else 0
+    warm_processes(count)
+    return count
+
+
+def gpu_devices() -> bool:
+    """Whether this host shows an NVIDIA GPU to this process, without torch: a ``/dev/nvidiaN``
+    device, and ``CUDA_VISIBLE_DEVICES`` unset or naming one."""
+    import glob
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def side_processes_wanted(config, in_processes: bool | None = None) -> int:
+    """The processes the side stages will ask for (:func:`side_stages_in_processes`, or
+    ``in_processes`` where given): one for the prototype figures, one for the attention
+    figures, one per trial (up to :func:`quality_processes`) for the quality stage's samples
+    scored beside the maps; 0 off a GPU or with Ray actors."""
+    from .executor import resolve_executor
+
+    if resolve_executor(config) != "local":
+        return 0
+    if not (side_stages_in_processes() if in_processes is None else in_processes):
+        return 0
+    # the attention figures' process may find no trial with attention maps: then it is unused
+    count = int("prototypes" in config.stages) + int("attention" in config.stages)
+    if {"maps", "quality"} <= set(config.stages) and config.quality_cells:
+        count += min(len(config.trials) or config.top_k, quality_processes())
+    return count
+
+
+# processes that score the sampled cells beside the maps (on a GPU), each with its trials: in one,
+# the MitoCheck job's 3 trials x 5 methods ended 12 s after the maps (one H100);
+# CYTOTUNE_QUALITY_PROCESSES sets how many
+QUALITY_PROCESSES_ENV = "CYTOTUNE_QUALITY_PROCESSES"
+QUALITY_PROCESSES = 3
+
+
+def quality_processes() -> int:
+    value = os.environ.get(QUALITY_PROCESSES_ENV)
+    return max(1, int(value)) if value else QUALITY_PROCESSES
 
 
 def call_in_process(fn, *args, name: str = "cytotune-explain-stage", take_warm: bool = True):

@@ -18,7 +18,12 @@ from .maps import run_maps
 from .overlays import run_overlays
 from .plan import ExplainPlan, build_plan
 from .populations import run_population
-from .processes import discard_warm, process_devices, side_stages_in_processes, warm_processes
+from .processes import (
+    discard_warm,
+    process_devices,
+    side_processes_wanted,
+    warm_processes,
+)
 from .prototypes import run_prototypes
 from .scores import run_quality
 from .state import ExplainState
@@ -68,29 +73,13 @@ def run_explain(
     config: ExplainConfig, progress: bool = True, log=print
 ) -> tuple[ExplainPlan, ExplainState]:
     """Run the explain job for ``config``; returns the plan and the final state."""
-    count = side_processes_wanted(config)
-    if count:  # started first: their imports overlap this process's plan and maps start
-        warm_processes(count)
+    # started first (or already, by the command: warm_early): their imports overlap this
+    # process's plan and maps start
+    warm_processes(side_processes_wanted(config))
     try:
         return _run_explain(config, progress, log)
     finally:
         discard_warm()
-
-
-def side_processes_wanted(config: ExplainConfig) -> int:
-    """The processes the side stages will ask for (:func:`side_stages_in_processes`): one for
-    the prototype figures, one for the attention figures, one per trial (up to
-    ``quality_processes()``) for the quality stage's samples scored beside the maps; 0 off a
-    GPU or with Ray actors."""
-    from .scores import quality_processes
-
-    if resolve_executor(config) != "local" or not side_stages_in_processes():
-        return 0
-    # the attention figures' process may find no trial with attention maps: then it is unused
-    count = int("prototypes" in config.stages) + int("attention" in config.stages)
-    if {"maps", "quality"} <= set(config.stages) and config.quality_cells:
-        count += min(len(config.trials) or config.top_k, quality_processes())
-    return count
 
 
 def _run_explain(config: ExplainConfig, progress: bool, log) -> tuple[ExplainPlan, ExplainState]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import threading
 from collections import Counter
 from types import SimpleNamespace
@@ -43,6 +42,7 @@ from .layout import (
     write_frame,
 )
 from .plan import ExplainPlan
+from .processes import quality_processes
 from .state import ExplainState
 
 MAP_SCORES = ("mass_cell", "mass_evidence", "pointing_hit")
@@ -635,18 +635,6 @@ def run_quality(
             f"quality/{trial.trial_id}", key, rows=int((table.trial_id == trial.trial_id).sum())
         )
     return table
-
-
-# processes that score the sampled cells beside the maps (on a GPU), each with its trials: in one,
-# the MitoCheck job's 3 trials x 5 methods ended 12 s after the maps (one H100);
-# CYTOTUNE_QUALITY_PROCESSES sets how many
-QUALITY_PROCESSES_ENV = "CYTOTUNE_QUALITY_PROCESSES"
-QUALITY_PROCESSES = 3
-
-
-def quality_processes() -> int:
-    value = os.environ.get(QUALITY_PROCESSES_ENV)
-    return max(1, int(value)) if value else QUALITY_PROCESSES
 
 
 def early_in_process(*args) -> dict:

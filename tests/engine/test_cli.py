@@ -64,3 +64,38 @@ def test_a_wrongly_typed_study_setting_is_still_one_line(tmp_path, capsys):
     assert err.startswith("cytotune search: error: ")
     assert "epochs" in err
     assert "Traceback" not in err
+
+
+def test_entry_ends_the_process_at_once_only_when_the_command_asks(monkeypatch, capsys):
+    """``cytotune`` (cli.entry) flushes the output and ends with os._exit where the command set
+    ``_exit_at_once`` (explain without Ray), else exits normally with the same code."""
+    import argparse
+    import os
+
+    from cytotune.engine import cli
+
+    ended: list[int] = []
+
+    def fake_exit(code):
+        ended.append(code)
+        raise SystemExit("os._exit")
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+
+    def command(asks):
+        def run(argv):
+            print("table")
+            return 3, argparse.Namespace(_exit_at_once=asks)
+
+        return run
+
+    monkeypatch.setattr(cli, "_main", command(True))
+    with pytest.raises(SystemExit, match="os._exit"):
+        cli.entry(["explain"])
+    assert ended == [3]
+    assert capsys.readouterr().out == "table\n"
+    monkeypatch.setattr(cli, "_main", command(False))
+    with pytest.raises(SystemExit) as exited:
+        cli.entry(["explain"])
+    assert exited.value.code == 3
+    assert ended == [3]  # no second os._exit

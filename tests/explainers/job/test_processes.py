@@ -287,3 +287,64 @@ def test_tail_processes_default_to_threads_below_8_cores(monkeypatch):
     monkeypatch.setenv(processes.TAIL_PROCESSES_ENV, "two")
     with pytest.raises(ValueError, match="CYTOTUNE_TAIL_PROCESSES='two': give a whole number"):
         processes.tail_processes()
+
+
+class _FakeChild:
+    """A warm child that costs nothing: what discard_warm needs of a Popen."""
+
+    def __init__(self):
+        self.killed = False
+        self.stdin = type("Pipe", (), {"close": lambda self: None})()
+
+    def kill(self):
+        self.killed = True
+
+    def wait(self):
+        return -9
+
+
+def test_warm_early_guesses_a_gpu_host_and_the_job_trims_the_guess(monkeypatch):
+    """The command starts the side stages' children before its imports where /dev shows an
+    NVIDIA GPU (not hidden by CUDA_VISIBLE_DEVICES) or CYTOTUNE_STAGE_PROCESSES says so; the
+    job then keeps as many as it confirms and ends the rest, or starts the missing ones."""
+    from cytotune.explainers.job import processes
+    from cytotune.explainers.job.config import ExplainConfig
+
+    started: list[_FakeChild] = []
+
+    def fake_start(name, warm=False):
+        started.append(_FakeChild())
+        return started[-1], os.pipe()[0]
+
+    monkeypatch.setattr(processes, "_start_child", fake_start)
+    monkeypatch.delenv(processes.STAGE_PROCESSES_ENV, raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv(processes.QUALITY_PROCESSES_ENV, raising=False)
+    config = ExplainConfig(study="unused", top_k=3, executor="local")
+    devices: list[str] = []
+    monkeypatch.setattr("glob.glob", lambda pattern: list(devices))
+    assert processes.warm_early(config) == 0  # no GPU device: nothing started
+    assert started == []
+    devices.append("/dev/nvidia0")
+    # prototypes + attention + one per trial (3, at most QUALITY_PROCESSES)
+    assert processes.warm_early(config) == 5 == processes._WARM.qsize() == len(started)
+    processes.warm_processes(3)  # the job wants 3: the 2 started last are ended
+    assert processes._WARM.qsize() == 3
+    assert [c.killed for c in started] == [True, True, False, False, False]
+    processes.warm_processes(4)  # one more wanted: one more started
+    assert processes._WARM.qsize() == 4
+    assert len(started) == 6
+    processes.discard_warm()
+    assert processes._WARM.empty()
+    assert all(c.killed for c in started)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the GPU hidden from this process
+    assert processes.warm_early(config) == 0
+    monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "1")  # told: no guess
+    assert processes.warm_early(config) == 5
+    processes.discard_warm()
+    monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "0")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert processes.warm_early(config) == 0
+    ray_config = ExplainConfig(study="unused", top_k=3, executor="ray")
+    monkeypatch.delenv(processes.STAGE_PROCESSES_ENV)
+    assert processes.warm_early(ray_config) == 0  # Ray actors: no side processes

@@ -99,3 +99,29 @@ def test_the_maps_read_comes_in_blocks_of_one_actor_batch(trained_study, ray_loc
     assert sum(blocks) == len(plan.cells)
     assert max(blocks) <= 2 * 16  # about one batch: Ray Data cuts a block once it is over
     assert len(blocks) >= len(plan.cells) // (2 * 16)
+
+
+def test_explain_program_ends_at_once_with_its_output_and_files(trained_study, tmp_path):
+    """``python -m cytotune.engine.cli explain`` (cli.entry) ends with os._exit after a local
+    job: the quality table and the outputs line are printed whole, the exit code is the job's
+    and every map table is written."""
+    import shutil
+    import subprocess
+    import sys
+
+    from cytotune.explainers.job.layout import maps_path
+
+    study = tmp_path / "study"
+    shutil.copytree(trained_study, study)
+    argv = ["explain", "--study", str(study), "--top-k", "1", "--methods", "saliency", "gradcam"]
+    argv += ["--limit", "12", "--stages", "maps", "quality", "--quality-cells", "4", "--quiet"]
+    code = "import sys; from cytotune.engine.cli import entry; entry(sys.argv[1:])"
+    out = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.rstrip().endswith(f"outputs: {study / 'explain'}")
+    assert "explanation quality" in out.stdout
+    trial = pd.read_parquet(study / "explain" / "quality.parquet")["trial_id"].iloc[0]
+    for method in ("saliency", "gradcam"):
+        assert len(pd.read_parquet(maps_path(study, trial, method))) == 12
