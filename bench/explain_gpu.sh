@@ -148,6 +148,7 @@ if [ -n "$SANITY" ]; then
   cp /tmp/sanity-gpu/calibration.json $R/sanity_calibration_cuda.json; cp /tmp/sanity-cpu/calibration.json $R/sanity_calibration_cpu16.json
   python3 bench/sanity_agreement.py /tmp/sanity-cpu/calibration.json /tmp/sanity-gpu/calibration.json --out $R/sanity_agreement.json 2>&1 | tail -22
 fi
+[ -n "$MILLION" ] && tar -czf $OUT/res_explain.tgz -C $(dirname $R) $(basename $R)  # kept if the 1M run is cut
 if [ -n "$MILLION" ]; then  # about 1M Grad-CAM maps (62,500 cells x 16 trials) vs the kernel
   (cd bench && timeout ${MILLION_TIMEOUT:-300} python3 explain.py --backbone resnet18 --size 64 --cells 62500 \
     --trials 16 --batch 1024 --e2e-batch 1024 --actors-per-gpu 4 --no-worker-loop \
