@@ -250,17 +250,22 @@ _CHILD = "from cytotune.explainers.job.processes import stage_child_main; stage_
 # the job plans and the maps start: (process, read end of its result pipe)
 _WARM: queue.SimpleQueue = queue.SimpleQueue()
 _WARM_IMPORTS = ("torch", "timm", "captum.attr", "cytotune.explainers.job.scores")
+# children of one stage started ahead of it (:func:`prestart`), by their name: they import the
+# stage's module, then wait for its work
+_READY: dict[str, queue.SimpleQueue] = {}
+_EMPTY: queue.SimpleQueue = queue.SimpleQueue()  # never filled
 
 
-def _start_child(name: str, warm: bool = False):
+def _start_child(name: str, warm: bool = False, imports: tuple[str, ...] = ()):
     import subprocess
     import sys
 
     read_end, write_end = os.pipe()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    flags = [*(["warm"] if warm else []), *(f"import={module}" for module in imports)]
     try:
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(write_end), name, *(["warm"] if warm else [])],
+            [sys.executable, "-c", _CHILD, str(write_end), name, *flags],
             stdin=subprocess.PIPE,
             pass_fds=(write_end,),
             env=env,
@@ -282,15 +287,41 @@ def warm_processes(count: int) -> None:
 
 def discard_warm(keep: int = 0) -> None:
     """End the warm children no stage took (all but ``keep``)."""
-    while _WARM.qsize() > keep:
+    _end(_WARM, keep)
+
+
+def prestart(name: str, count: int, imports: tuple[str, ...]) -> None:
+    """Start ``count`` children for the stage whose processes are called ``name`` now, each
+    importing ``imports``: the stage, run later, finds them ready (:func:`call_in_process`
+    takes them first) instead of starting cold after the maps."""
+    ready = _READY.setdefault(name, queue.SimpleQueue())
+    for _ in range(count):
+        ready.put(_start_child(name, imports=imports))
+
+
+def discard_ready() -> None:
+    """End the children :func:`prestart` started that their stage did not take."""
+    for ready in _READY.values():
+        _end(ready, 0)
+
+
+def _end(children: queue.SimpleQueue, keep: int) -> None:
+    while children.qsize() > keep:
         try:
-            child, read_end = _WARM.get_nowait()
+            child, read_end = children.get_nowait()
         except queue.Empty:
             return
         child.kill()
         child.wait()
         child.stdin.close()
         os.close(read_end)
+
+
+def imported(module: str) -> bool:
+    """Whether this process has imported ``module`` (what a child was started with)."""
+    import sys
+
+    return module in sys.modules
 
 
 def warm_early(config) -> int:
@@ -315,6 +346,17 @@ def gpu_devices() -> bool:
     if visible is not None and visible.strip() in ("", "-1"):
         return False
     return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def overlay_processes_wanted(config) -> int:
+    """The processes the overlays stage will deal its trials to (:func:`map_in_processes`, one
+    job per trial, at most :func:`tail_processes`); 0 where it draws in threads here."""
+    from .executor import resolve_executor
+
+    if resolve_executor(config) != "local" or "overlays" not in config.stages:
+        return 0
+    count = min(len(config.trials) or config.top_k, tail_processes()) if config.overlays else 0
+    return count if count > 1 else 0
 
 
 def side_processes_wanted(config, in_processes: bool | None = None) -> int:
@@ -357,11 +399,14 @@ def call_in_process(fn, *args, name: str = "cytotune-explain-stage", take_warm: 
     import pickle
 
     try:
-        if not take_warm:
-            raise queue.Empty
-        child, read_end = _WARM.get_nowait()
+        child, read_end = _READY.get(name, _EMPTY).get_nowait()  # started for this stage
     except queue.Empty:
-        child, read_end = _start_child(name)
+        try:
+            if not take_warm:
+                raise queue.Empty from None
+            child, read_end = _WARM.get_nowait()
+        except queue.Empty:
+            child, read_end = _start_child(name)
     try:
         try:
             with child.stdin as stdin:
@@ -398,10 +443,13 @@ def stage_child_main() -> None:
 
     exit_with_parent()
     fd = int(sys.argv[1])
-    if "warm" in sys.argv[3:]:
+    flags = sys.argv[3:]
+    modules = [*(_WARM_IMPORTS if "warm" in flags else ())]
+    modules += [f.removeprefix("import=") for f in flags if f.startswith("import=")]
+    if modules:
         import importlib
 
-        for module in _WARM_IMPORTS:
+        for module in modules:
             try:
                 importlib.import_module(module)
             except ImportError:  # its stage says what is missing, if it runs

@@ -448,16 +448,17 @@ def _stage_calls(monkeypatch, entry) -> list:
     return called
 
 
-def _child_starts(monkeypatch) -> list[bool]:
-    """Whether each stage child was started warm (at the job's start), in order."""
+def _child_starts(monkeypatch, entry=lambda name, warm, imports: warm) -> list:
+    """``entry(name, warm, imports)`` of each stage child started (by default whether it was
+    started warm, at the job's start), in order."""
     from cytotune.explainers.job import processes
 
     started = []
     start = processes._start_child
 
-    def counted(name, warm=False):
-        started.append(warm)
-        return start(name, warm)
+    def counted(name, warm=False, imports=()):
+        started.append(entry(name, warm, imports))
+        return start(name, warm, imports)
 
     monkeypatch.setattr(processes, "_start_child", counted)
     return started
@@ -554,6 +555,7 @@ def test_population_and_overlays_in_processes_write_what_threads_write(
             any(isinstance(j[-1], FollowMaps) for j in args[1]),
         ),
     )
+    started = _child_starts(monkeypatch, lambda name, warm, imports: (name, imports))
     monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "0")
     out = {}
     for count in ("1", "2"):
@@ -574,6 +576,11 @@ def test_population_and_overlays_in_processes_write_what_threads_write(
         == [("cytotune-explain-overlays", 1, False)] * 2
         + [("cytotune-explain-population", 2, True)] * 2
     )
+    # the overlays' two processes were started with the job, importing their stage's module
+    # (none started for the threads' run); the population's start at the maps' first batch
+    overlays = ("cytotune-explain-overlays", ("cytotune.explainers.job.overlays",))
+    assert started.count(overlays) == 2
+    assert ("cytotune-explain-overlays", ()) not in started  # none started cold after the maps
     for threads, spread in zip(out["1"][0], out["2"][0]):
         assert len(threads) > 0
         pd.testing.assert_frame_equal(threads, spread)

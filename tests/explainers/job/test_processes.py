@@ -348,3 +348,45 @@ def test_warm_early_guesses_a_gpu_host_and_the_job_trims_the_guess(monkeypatch):
     ray_config = ExplainConfig(study="unused", top_k=3, executor="ray")
     monkeypatch.delenv(processes.STAGE_PROCESSES_ENV)
     assert processes.warm_early(ray_config) == 0  # Ray actors: no side processes
+
+
+def test_prestarted_children_import_their_stage_and_are_taken_first():
+    """Children started ahead of their stage (prestart) have imported its module, are taken
+    by the stage's calls before any other, and the ones left are ended."""
+    from cytotune.explainers.job import processes
+
+    name, module = "cytotune-test-ready", "cytotune.explainers.job.overlays"
+    processes.prestart(name, 2, (module,))
+    ready = [processes._READY[name].get_nowait() for _ in range(2)]
+    for child in ready:
+        processes._READY[name].put(child)
+    assert processes.call_in_process(processes.imported, module, name=name)
+    assert ready[0][0].returncode == 0  # the first prestarted child answered, then ended
+    assert ready[1][0].poll() is None  # the other still waits
+    # a plain child (another name) starts cold: it has not imported the module
+    assert not processes.call_in_process(processes.imported, module, name="cytotune-test")
+    processes.discard_ready()
+    assert processes._READY[name].empty()
+    assert ready[1][0].returncode is not None  # ended
+
+
+def test_overlay_processes_wanted_follow_the_tail_processes(monkeypatch):
+    """The overlays' processes prestarted: one per trial up to tail_processes(), none where
+    they would draw in threads here (one process), with no overlays or on Ray."""
+    from cytotune.explainers.job import processes
+    from cytotune.explainers.job.config import ExplainConfig
+
+    def wanted(tail, **config):
+        monkeypatch.setattr(processes, "tail_processes", lambda: tail)
+        return processes.overlay_processes_wanted(
+            ExplainConfig(study="unused", executor=config.pop("executor", "local"), **config)
+        )
+
+    assert wanted(4, top_k=3) == 3
+    assert wanted(2, top_k=3) == 2
+    assert wanted(4, trials=("a", "b")) == 2
+    assert wanted(1, top_k=3) == 0  # threads here
+    assert wanted(4, top_k=1) == 0  # one trial: one job, drawn here
+    assert wanted(4, top_k=3, overlays=0) == 0
+    assert wanted(4, top_k=3, stages=("maps", "population")) == 0
+    assert wanted(4, top_k=3, executor="ray") == 0
