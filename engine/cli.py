@@ -125,13 +125,16 @@ def entry(argv: list[str] | None = None) -> None:
     done, its files written) ends the process with ``os._exit`` once the output is flushed,
     skipping the interpreter's and CUDA's teardown."""
     code, args = _main(argv)
-    if getattr(args, "_exit_at_once", False):
+    if getattr(args, "_exit_at_once", False):  # the command joined its threads and children
         import logging
         import os
 
         logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing left to say there
+                pass
         os._exit(code)
     sys.exit(code)
 

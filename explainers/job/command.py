@@ -134,9 +134,9 @@ def run(args: argparse.Namespace) -> int:
         executor=args.executor,
         overwrite=args.overwrite,
     )
-    # the side stages' children start before this process imports the job (on a GPU host)
-    warm_early(config)
     try:
+        # the side stages' children start before this process imports the job (on a GPU host)
+        warm_early(config)
         from .layout import explain_dir
         from .runner import run_explain
         from .summary import format_quality

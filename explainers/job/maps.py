@@ -373,16 +373,22 @@ def run_maps(
     # one after another on an H100 host), so they run in threads
     done = [part for part in parts if part not in failures]
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(done)))) as pool:
-        rows.update(zip(done, pool.map(staged.commit, done), strict=True))
+        commits = {part: pool.submit(staged.commit, part) for part in done}
+    errors = {part: c.exception() for part, c in commits.items() if c.exception() is not None}
     for part in parts:
         name = part_name(*part)
         if part in failures:
             state.fail(name, failures[part])
             continue
+        if part in errors:  # not published: a rerun computes it again (the others are kept)
+            continue
+        rows[part] = commits[part].result()
         written[name] = rows[part]
         state.clear_failure(name)
         state.finish(name, config.method_key(part[1]), rows=rows[part], seconds=round(seconds, 3))
     staged.abort()  # staging left by failed parts
+    if errors:  # every part that could be published is recorded first
+        raise next(iter(errors.values()))
     state.time("maps", seconds)
     state.time("maps_first_batch", (first or start) - start)
     state.update(maps_rows_per_actor=by_writer)

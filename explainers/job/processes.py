@@ -306,11 +306,16 @@ def discard_ready() -> None:
 
 
 def _end(children: queue.SimpleQueue, keep: int) -> None:
-    while children.qsize() > keep:
+    """End all but the first ``keep`` of ``children`` (the oldest, furthest in their imports)."""
+    held = []
+    while True:
         try:
-            child, read_end = children.get_nowait()
+            held.append(children.get_nowait())
         except queue.Empty:
-            return
+            break
+    for item in held[:keep]:
+        children.put(item)
+    for child, read_end in held[keep:]:
         child.kill()
         child.wait()
         child.stdin.close()
@@ -343,8 +348,10 @@ def gpu_devices() -> bool:
     import glob
 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return False
+    if visible is not None:  # CUDA reads the list up to its first entry that is not a device
+        first = visible.split(",")[0].strip()
+        if not (first.isdigit() or first.startswith(("GPU-", "MIG-"))):
+            return False
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 

@@ -145,8 +145,9 @@ def process_started() -> float:
     """When this process started (epoch seconds; Linux: from /proc, so the interpreter's start
     and imports count; elsewhere: now): the ``command`` mark, where a job's start-up shows."""
     try:
+        # the start in clock ticks since boot, the uptime in seconds
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])  # both in 1/100 s
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
         return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return time.time()

@@ -18,6 +18,7 @@ from cytotune.engine.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_parquet,
+    atomic_write_text,
     publish_directory,
 )
 
@@ -189,3 +190,32 @@ def test_no_module_renames_files_by_hand():
                 if pattern.search(line):
                     offenders.append(f"{source.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == [], "use cytotune.engine.io instead of:\n" + "\n".join(offenders)
+
+
+def test_files_written_from_many_threads_keep_the_umask(tmp_path, monkeypatch):
+    """Atomic writes from 8 threads at once: every file gets 0o640 under umask 0o027 and the
+    process's umask is left as it was. Reading the umask by setting it (os.umask only sets)
+    raced between threads; a umask call that yields (as a thread switch can) shows it each
+    time."""
+    import time
+
+    real = os.umask
+
+    def yielding_umask(mask):
+        previous = real(mask)
+        time.sleep(0.001)
+        return previous
+
+    old = real(0o027)
+    monkeypatch.setattr(os, "umask", yielding_umask)
+    try:
+
+        def write(i):
+            return [atomic_write_text(tmp_path / f"{i}-{k}.txt", "x") for k in range(20)]
+
+        with ThreadPoolExecutor(8) as pool:
+            paths = [p for ps in pool.map(write, range(8)) for p in ps]
+    finally:
+        now = real(old)
+    assert now == 0o027
+    assert {Path(p).stat().st_mode & 0o777 for p in paths} == {0o640}

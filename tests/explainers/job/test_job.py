@@ -627,3 +627,39 @@ def test_prototype_figures_drawn_in_blocks_equal_figures_drawn_at_once(
     assert rows_all.groupby("fold").size().min() > 3  # each fold's prototypes span two blocks
     assert pngs_all == pngs_blocks
     pd.testing.assert_frame_equal(rows_all, rows_blocks)
+
+
+def test_a_failed_map_table_commit_keeps_the_others_recorded(trained_study, tmp_path, monkeypatch):
+    """The tables are published in threads: when one commit fails, the job raises its error
+    after every other table is published and recorded as finished, so a rerun computes only
+    the one that failed."""
+    from cytotune.explainers.job import maps
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.runner import run_explain
+    from cytotune.explainers.job.state import ExplainState
+
+    commit = maps.StagedParts.commit
+
+    def failing(self, part):
+        if part[1] == "gradcam":
+            raise OSError("disk full")
+        return commit(self, part)
+
+    monkeypatch.setattr(maps.StagedParts, "commit", failing)
+    study = tmp_path / "study"
+    shutil.copytree(trained_study, study)
+    config = ExplainConfig(
+        study=str(study), trials=("small_cnn",), methods=("saliency", "gradcam"),
+        stages=("maps",), limit=20,
+    )  # fmt: skip
+    with pytest.raises(OSError, match="disk full"):
+        run_explain(config, progress=False, log=lambda *_: None)
+    parts = ExplainState(study).data["parts"]
+    kept = {p: v["finished"] for p, v in parts.items() if p.startswith("maps/")}
+    assert [p.rsplit("/", 1)[1] for p in kept] == ["saliency"]
+    monkeypatch.setattr(maps.StagedParts, "commit", commit)
+    plan, state = run_explain(config, progress=False, log=lambda *_: None)
+    trial = plan.trials[0].trial_id
+    finished = {p: v["finished"] for p, v in state.data["parts"].items() if p.startswith("maps/")}
+    assert sorted(finished) == [f"maps/{trial}/gradcam", f"maps/{trial}/saliency"]
+    assert finished[f"maps/{trial}/saliency"] == kept[f"maps/{trial}/saliency"]  # not redone

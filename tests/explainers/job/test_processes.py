@@ -330,15 +330,21 @@ def test_warm_early_guesses_a_gpu_host_and_the_job_trims_the_guess(monkeypatch):
     assert processes.warm_early(config) == 5 == processes._WARM.qsize() == len(started)
     processes.warm_processes(3)  # the job wants 3: the 2 started last are ended
     assert processes._WARM.qsize() == 3
-    assert [c.killed for c in started] == [True, True, False, False, False]
+    assert [c.killed for c in started] == [False, False, False, True, True]
     processes.warm_processes(4)  # one more wanted: one more started
     assert processes._WARM.qsize() == 4
     assert len(started) == 6
     processes.discard_warm()
     assert processes._WARM.empty()
     assert all(c.killed for c in started)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the GPU hidden from this process
-    assert processes.warm_early(config) == 0
+    for hidden in ("", "-1", "-1,0", "NoDevFiles", "none"):  # no GPU for CUDA in this process
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert processes.warm_early(config) == 0
+    for shown in ("0", "1,0", "GPU-8d2f", "MIG-4a1c"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", shown)
+        assert processes.warm_early(config) == 5
+        processes.discard_warm()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "1")  # told: no guess
     assert processes.warm_early(config) == 5
     processes.discard_warm()
