@@ -380,7 +380,8 @@ def run_maps(
         if part in failures:
             state.fail(name, failures[part])
             continue
-        if part in errors:  # not published: a rerun computes it again (the others are kept)
+        if part in errors:  # not published (an older table of it stays): said, raised below
+            state.fail(name, f"its map table could not be published: {errors[part]!r}")
             continue
         rows[part] = commits[part].result()
         written[name] = rows[part]
@@ -388,7 +389,10 @@ def run_maps(
         state.finish(name, config.method_key(part[1]), rows=rows[part], seconds=round(seconds, 3))
     staged.abort()  # staging left by failed parts
     if errors:  # every part that could be published is recorded first
-        raise next(iter(errors.values()))
+        error = next(iter(errors.values()))
+        for part, other in errors.items():
+            error.add_note(f"publishing the map table of {part_name(*part)} failed: {other!r}")
+        raise error
     state.time("maps", seconds)
     state.time("maps_first_batch", (first or start) - start)
     state.update(maps_rows_per_actor=by_writer)

@@ -307,6 +307,8 @@ def discard_ready() -> None:
 
 def _end(children: queue.SimpleQueue, keep: int) -> None:
     """End all but the first ``keep`` of ``children`` (the oldest, furthest in their imports)."""
+    if children.qsize() <= keep:
+        return
     held = []
     while True:
         try:
@@ -552,10 +554,13 @@ def map_in_processes(
     job, all at once); with one, on ``threads`` threads here. ``fn`` and the jobs must pickle;
     ``take_warm`` as in :func:`call_in_process`."""
     count = min(len(jobs), tail_processes())
+    name = f"cytotune-explain-{stage}"
+    # children prestarted for this stage beyond what it deals out (trials kept from an earlier
+    # run, or one job drawn here) are ended now, not at the job's end
+    _end(_READY.get(name, _EMPTY), count if count > 1 else 0)
     if count <= 1:
         return map_in_threads(fn, jobs, threads)
     shares = [jobs[k::count] for k in range(count)]
-    name = f"cytotune-explain-{stage}"
 
     def share(part: list[tuple]) -> list:
         each = len(part) if threads_each is None else threads_each

@@ -84,15 +84,17 @@ def run_explain(
     """Run the explain job for ``config``; returns the plan and the final state."""
     # started first (or already, by the command: warm_early): their imports overlap this
     # process's plan and maps start
-    warm_processes(side_processes_wanted(config))
-    # the overlays' processes too: after the maps they only pick and draw (their cold start
-    # and imports were part of the 2.2 s the MitoCheck job's overlays took after its maps)
-    prestart(OVERLAYS_PROCESS, overlay_processes_wanted(config), OVERLAYS_IMPORTS)
     try:
+        warm_processes(side_processes_wanted(config))
+        # the overlays' processes too: after the maps they only pick and draw (their cold
+        # start and imports were part of the 2.2 s the MitoCheck job's overlays took)
+        prestart(OVERLAYS_PROCESS, overlay_processes_wanted(config), OVERLAYS_IMPORTS)
         return _run_explain(config, progress, log)
     finally:
-        discard_warm()
-        discard_ready()
+        try:
+            discard_warm()
+        finally:
+            discard_ready()
 
 
 def _run_explain(config: ExplainConfig, progress: bool, log) -> tuple[ExplainPlan, ExplainState]:

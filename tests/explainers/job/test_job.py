@@ -654,7 +654,10 @@ def test_a_failed_map_table_commit_keeps_the_others_recorded(trained_study, tmp_
     )  # fmt: skip
     with pytest.raises(OSError, match="disk full"):
         run_explain(config, progress=False, log=lambda *_: None)
-    parts = ExplainState(study).data["parts"]
+    recorded = ExplainState(study).data
+    parts, failures = recorded["parts"], recorded["failures"]
+    assert [p.rsplit("/", 1)[1] for p in failures] == ["gradcam"]
+    assert "could not be published: OSError('disk full')" in next(iter(failures.values()))
     kept = {p: v["finished"] for p, v in parts.items() if p.startswith("maps/")}
     assert [p.rsplit("/", 1)[1] for p in kept] == ["saliency"]
     monkeypatch.setattr(maps.StagedParts, "commit", commit)
@@ -663,3 +666,4 @@ def test_a_failed_map_table_commit_keeps_the_others_recorded(trained_study, tmp_
     finished = {p: v["finished"] for p, v in state.data["parts"].items() if p.startswith("maps/")}
     assert sorted(finished) == [f"maps/{trial}/gradcam", f"maps/{trial}/saliency"]
     assert finished[f"maps/{trial}/saliency"] == kept[f"maps/{trial}/saliency"]  # not redone
+    assert state.data["failures"] == {}

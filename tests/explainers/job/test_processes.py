@@ -396,3 +396,18 @@ def test_overlay_processes_wanted_follow_the_tail_processes(monkeypatch):
     assert wanted(4, top_k=3, overlays=0) == 0
     assert wanted(4, top_k=3, stages=("maps", "population")) == 0
     assert wanted(4, top_k=3, executor="ray") == 0
+
+
+def test_prestarted_children_a_stage_does_not_deal_to_are_ended_when_it_starts(monkeypatch):
+    """A stage that deals fewer jobs than children were prestarted for it (here one job,
+    drawn in threads here) ends them when it starts, not at the job's end."""
+    from cytotune.explainers.job import processes
+
+    monkeypatch.setattr(processes, "tail_processes", lambda: 4)
+    processes.prestart("cytotune-explain-teststage", 2, ())
+    ready = [processes._READY["cytotune-explain-teststage"].get_nowait() for _ in range(2)]
+    for child in ready:
+        processes._READY["cytotune-explain-teststage"].put(child)
+    assert processes.map_in_processes(divmod, [(7, 2)], 1, "teststage") == [(3, 1)]
+    assert processes._READY["cytotune-explain-teststage"].empty()
+    assert all(child.returncode is not None for child, _ in ready)  # ended
