@@ -20,6 +20,15 @@ from collections.abc import Iterable, Iterator
 EXECUTORS = ("auto", "local", "ray")
 
 
+def switch(name: str, default: bool) -> bool:
+    """A 0/1 environment switch of the job (``CYTOTUNE_FOLD_BATCHES`` and the like): unset or
+    empty gives ``default``; anything but 0 or 1 is an error that names the switch."""
+    value = os.environ.get(name, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{name}={value!r}: give 1 (on) or 0 (off), or leave it unset")
+    return default if value == "" else value == "1"
+
+
 def resolve_executor(config) -> str:
     """``local`` or ``ray`` for an :class:`ExplainConfig` (``executor`` ``auto``: see module)."""
     if config.executor != "auto":

@@ -26,7 +26,7 @@ from cytotune.engine.io import publish_directory
 from tqdm.auto import tqdm
 
 from .config import ExplainConfig
-from .executor import in_threads, prefetch, resolve_executor, worker_devices
+from .executor import in_threads, prefetch, resolve_executor, switch, worker_devices
 from .layout import MAPS, maps_path, maps_staging_dir, write_maps
 from .parts import finish_parts
 from .plan import ExplainPlan
@@ -194,10 +194,7 @@ def batch_by_fold() -> bool:
     """Whether the local executor regroups the cells by fold (:func:`fold_batches`; default),
     or explains the row groups' batches as they come (``CYTOTUNE_FOLD_BATCHES=0``, to
     compare)."""
-    value = os.environ.get(FOLD_BATCHES_ENV, "").strip()
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{FOLD_BATCHES_ENV}={value!r}: give 1 (batches of one fold) or 0")
-    return value != "0"
+    return switch(FOLD_BATCHES_ENV, default=True)
 
 
 def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
@@ -208,21 +205,20 @@ def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict
     from .processes import process_devices, spread_over_processes, trial_shares
 
     groups = process_devices()
+    cells = config.cells_per_batch()
     if len(groups) == 1:
         tables = local_cell_tables(plan, config)
         if batch_by_fold():
-            tables = fold_batches(tables, config.cells_per_batch())
+            tables = fold_batches(tables, cells)
         tables = prefetch(tables)
         yield from thread_batches(tables, groups[0], worker_kwargs)
         return
     from .worker import SUMMARY_SCHEMA
 
-    read = RowGroupReader(
-        cell_columns(plan), attach_fold(plan), chunk_rows=config.cells_per_batch()
-    )
+    read = RowGroupReader(cell_columns(plan), attach_fold(plan), chunk_rows=cells)
     items = row_groups(plan.dataset.shard_paths)
     shares = trial_shares(worker_kwargs["units"], len(groups))
-    batch = config.cells_per_batch() if batch_by_fold() else None
+    batch = cells if batch_by_fold() else None
     if shares is None:
         runs = functools.partial(thread_batches, worker_kwargs=worker_kwargs, batch_size=batch)
     else:

@@ -18,7 +18,6 @@ model's outputs on the probe stay equal, else the original modules are put back.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import Counter
 from collections.abc import Iterable
 
@@ -33,10 +32,9 @@ PROBE_BATCH = 4
 
 
 def folding_enabled() -> bool:
-    value = os.environ.get("CYTOTUNE_FOLD_NORMS", "").strip() or "1"
-    if value not in ("0", "1"):
-        raise ValueError(f"CYTOTUNE_FOLD_NORMS must be 0 or 1, got {value!r}")
-    return value == "1"
+    from .executor import switch
+
+    return switch("CYTOTUNE_FOLD_NORMS", default=True)
 
 
 @contextlib.contextmanager

@@ -366,10 +366,9 @@ FOLLOW_ENV = "CYTOTUNE_FOLLOW_MAPS"
 def follow_wanted() -> bool:
     """Whether the population processes add the map parts as they are written (default), or
     read the tables after the maps stage (``CYTOTUNE_FOLLOW_MAPS=0``, to compare)."""
-    value = os.environ.get(FOLLOW_ENV, "").strip()
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{FOLLOW_ENV}={value!r}: give 1 (follow the maps) or 0 (read after)")
-    return value != "0"
+    from .executor import switch
+
+    return switch(FOLLOW_ENV, default=True)
 
 
 def _maps_run_id(state) -> str | None:

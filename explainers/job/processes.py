@@ -206,10 +206,9 @@ def side_work_waits() -> bool:
     quality samples were what the MitoCheck job waited for on one H100 (they ended 5-7 s after
     the maps); started at once they ended 2 s after them, and the whole command took 32.8 s
     against 35.8-37.3 s waiting (the maps' first batch came 2 s later, their end no later)."""
-    value = os.environ.get("CYTOTUNE_SIDE_WAIT", "").strip() or "0"
-    if value not in ("0", "1"):
-        raise ValueError(f"CYTOTUNE_SIDE_WAIT must be 0 or 1, got {value!r}")
-    return value == "1"
+    from .executor import switch
+
+    return switch("CYTOTUNE_SIDE_WAIT", default=False)
 
 
 def wait_for_maps(state) -> None:

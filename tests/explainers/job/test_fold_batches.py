@@ -56,7 +56,7 @@ def test_the_regrouping_can_be_switched_off_and_a_bad_value_says_what_to_give(mo
     monkeypatch.setenv(FOLD_BATCHES_ENV, "0")
     assert batch_by_fold() is False
     monkeypatch.setenv(FOLD_BATCHES_ENV, "on")
-    with pytest.raises(ValueError, match="give 1"):
+    with pytest.raises(ValueError, match="CYTOTUNE_FOLD_BATCHES='on': give 1"):
         batch_by_fold()
 
 

@@ -186,7 +186,7 @@ def test_following_can_be_switched_off_and_a_bad_value_says_what_to_give(monkeyp
     monkeypatch.setenv(FOLLOW_ENV, "0")
     assert follow_wanted() is False
     monkeypatch.setenv(FOLLOW_ENV, "yes")
-    with pytest.raises(ValueError, match="give 1 .* or 0"):
+    with pytest.raises(ValueError, match="CYTOTUNE_FOLLOW_MAPS='yes': give 1 .on. or 0"):
         follow_wanted()
 
 

@@ -161,7 +161,7 @@ def test_side_wait_switch(monkeypatch):
     wait_for_maps(unset)  # returns at once: the switch is off
     assert not unset.maps_warm.is_set()
     monkeypatch.setenv("CYTOTUNE_SIDE_WAIT", "later")
-    with pytest.raises(ValueError, match="CYTOTUNE_SIDE_WAIT must be 0 or 1"):
+    with pytest.raises(ValueError, match="CYTOTUNE_SIDE_WAIT='later': give 1 .on. or 0"):
         side_work_waits()
 
 
