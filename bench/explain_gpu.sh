@@ -92,13 +92,18 @@ EOF
       [ -d /tmp/src_base ] || { mkdir -p /tmp/src_base && tar -xf .gpu/base.tar -C /tmp/src_base; }
       C="env PYTHONPATH=/tmp/site:/tmp/src_base python3 -P -m cytotune.engine.cli"
     fi
+    # the GPU's busy share every 100 ms (nvidia-smi's utilization: time with a kernel running)
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \
+      -lms 100 > $R/smi_$tag.csv 2>/dev/null & SMI=$!
     env $V timeout 240 $C explain --study /tmp/runs/mitocheck --top-k 3 --overwrite \
       --executor $X $A ${EXPLAIN_ARGS} > $R/explain_$tag.txt 2>&1
+    kill $SMI 2>/dev/null
     echo "explain $e run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)" | tee -a $R/walls.txt
     grep -E "^  [a-z]+ +[0-9.]+ s$|^(FAILED|INCONCLUSIVE|error|Traceback)" $R/explain_$tag.txt | tail -12
     cp /tmp/runs/mitocheck/explain/explain.json $R/explain_state_$tag.json
     python3 -c "import json; d=json.load(open('$R/explain_state_$tag.json')); s=d['maps_run']['started']; print({k: round(v, 2) if isinstance(v, float) else v for k, v in d.get('timings', {}).items()}); print('from the maps start:', {k: round(v - s, 1) for k, v in sorted(d.get('marks', {}).items(), key=lambda kv: kv[1])}, 'end', round(d['finished'] - s, 1))"
     mkdir -p $R/workers_$tag && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers_$tag/ 2>/dev/null
+    python3 bench/explain_timeline.py $R/explain_state_$tag.json $R/workers_$tag $R/smi_$tag.csv 2>&1 | tail -8
   done
   done
   if [ -n "$MPROFILE" ]; then  # the maps stage's pieces, each timed alone

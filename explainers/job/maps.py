@@ -269,7 +269,8 @@ def thread_batches(
         if device.startswith("cuda"):  # the models are there before other streams use them
             torch.cuda.synchronize(device)
     if len(workers) > 1:
-        yield from in_threads(tables, workers, lambda w, table: w.write(w.explain(table)))
+        # a worker's call writes its parts and records its first batch (explain/workers/)
+        yield from in_threads(tables, workers, lambda w, table: w(table))
     else:
         yield from _pipelined(tables, workers[0])
     for worker in workers:

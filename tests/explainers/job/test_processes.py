@@ -411,3 +411,22 @@ def test_prestarted_children_a_stage_does_not_deal_to_are_ended_when_it_starts(m
     assert processes.map_in_processes(divmod, [(7, 2)], 1, "teststage") == [(3, 1)]
     assert processes._READY["cytotune-explain-teststage"].empty()
     assert all(child.returncode is not None for child, _ in ready)  # ended
+
+
+def test_each_local_worker_records_its_first_batch(trained_study, tmp_path, monkeypatch):
+    """With several worker threads, every worker that explained a batch says in its report
+    when its first batch started and was written, after its models were ready (the timeline
+    bench/explain_timeline.py reads)."""
+    monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", "2")
+    _explain_copy(
+        trained_study, tmp_path / "study", methods=("gradcam",), stages=("maps",), executor="local",
+        top_k=1, batch_size=8,
+    )  # fmt: skip
+    reports = [
+        json.loads(p.read_text())
+        for p in (tmp_path / "study" / "explain" / "workers").glob("*.json")
+    ]
+    assert len(reports) == 2
+    for report in reports:
+        assert report["ready"] <= report["first_batch_start"] <= report["first_batch_done"]
+        assert report["first_batch_done"] <= report["done"]
