@@ -456,9 +456,9 @@ def _child_starts(monkeypatch, entry=lambda name, warm, imports: warm) -> list:
     started = []
     start = processes._start_child
 
-    def counted(name, warm=False, imports=()):
+    def counted(name, warm=False, imports=(), cuda=False):
         started.append(entry(name, warm, imports))
-        return start(name, warm, imports)
+        return start(name, warm, imports, cuda)
 
     monkeypatch.setattr(processes, "_start_child", counted)
     return started
