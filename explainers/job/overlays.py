@@ -68,11 +68,11 @@ class OverlayWork:
 
 
 def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) -> pd.DataFrame:
-    """Each trial's (trial, method) pairs are picked and drawn by :func:`trial_overlays`, in stage
-    processes where :func:`~cytotune.explainers.job.processes.tail_processes` allows (the pick
-    reads the table's labels and the crops: 1.7 s of this process's lock on one H100 when done
-    here, after the maps)."""
-    from .processes import map_in_processes
+    """The (trial, method) pairs are picked and drawn by :func:`pairs_overlays`, dealt out to
+    the stage processes :func:`~cytotune.explainers.job.processes.tail_processes` allows (the
+    pick reads the table's labels and the crops: 1.7 s of this process's lock on one H100 when
+    done here, after the maps)."""
+    from .processes import map_in_processes, tail_processes
 
     if config.overlays == 0:
         return pd.DataFrame(columns=list(OVERLAY_COLUMNS))
@@ -104,16 +104,20 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
                 continue
             work.append((part, key, trial.trial_id, method, source))
     todo = [w for w in work if isinstance(w, tuple)]
-    # one job per trial: its methods share the pick's crops, read once
-    trials = list(dict.fromkeys(w[2] for w in todo))
-    jobs = [(common, t, [(w[3], w[4]) for w in todo if w[2] == t]) for t in trials]
-    drawn = dict(zip(trials, map_in_processes(trial_overlays, jobs, 1, "overlays")))
+    # the pairs dealt out evenly, one job per stage process (a trial's pairs in one job share
+    # the pick's crops, read once): with one job per trial the MitoCheck job's 3 processes drew
+    # 5 pairs each, 1.5-1.7 s after the maps on one H200
+    count = max(1, min(len(todo), tail_processes()))
+    jobs = [(common, [(w[2], w[3], w[4]) for w in todo[k::count]]) for k in range(count)]
+    drawn: dict[tuple[str, str], list[dict]] = {}
+    for part in map_in_processes(pairs_overlays, jobs if todo else [], 1, "overlays"):
+        drawn |= part
     records: list[dict] = []
     for w in work:
         if not isinstance(w, tuple):
             records += w
             continue
-        rows = drawn[w[2]][w[3]]
+        rows = drawn[(w[2], w[3])]
         records += rows
         state.finish(w[0], w[1], images=len(rows))
     index = pd.DataFrame(records, columns=list(OVERLAY_COLUMNS))
@@ -132,19 +136,20 @@ def picked_cells(work: OverlayWork, source) -> tuple[str, ...]:
     return tuple(c for c in frame["cell_id"] if c in chosen)
 
 
-def trial_overlays(work: OverlayWork, trial_id, pairs: list[tuple]) -> dict[str, list[dict]]:
-    """:func:`overlays_of` for each ``(method, map table)`` of a trial, the cells
-    :func:`picked_cells` chooses (their crops read once per pick); ``{method: index rows}``."""
+def pairs_overlays(work: OverlayWork, pairs: list[tuple]) -> dict[tuple[str, str], list[dict]]:
+    """:func:`overlays_of` for each ``(trial_id, method, map table)``, the cells
+    :func:`picked_cells` chooses (their crops read once per pick); ``{(trial_id, method): index
+    rows}``."""
     from cytotune.engine.data import CellDataset
 
     dataset = CellDataset(work.dataset)
     crops: dict[tuple[str, ...], np.ndarray] = {}
     out = {}
-    for method, source in pairs:
+    for trial_id, method, source in pairs:
         picked = picked_cells(work, source)
         if picked not in crops:
             crops[picked] = dataset.images(np.array([work.rows[c] for c in picked], np.int64))
-        out[method] = overlays_of(work, trial_id, method, source, picked, crops[picked])
+        out[(trial_id, method)] = overlays_of(work, trial_id, method, source, picked, crops[picked])
     return out
 
 

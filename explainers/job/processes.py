@@ -381,13 +381,15 @@ def visible_gpus() -> int:
 
 
 def overlay_processes_wanted(config) -> int:
-    """The processes the overlays stage will deal its trials to (:func:`map_in_processes`, one
-    job per trial, at most :func:`tail_processes`); 0 where it draws in threads here."""
+    """The processes the overlays stage will deal its (trial, method) pairs to
+    (:func:`map_in_processes`, at most :func:`tail_processes`); 0 where it draws in threads
+    here."""
     from .executor import resolve_executor
 
     if resolve_executor(config) != "local" or "overlays" not in config.stages:
         return 0
-    count = min(len(config.trials) or config.top_k, tail_processes()) if config.overlays else 0
+    pairs = (len(config.trials) or config.top_k) * len(config.method_names)
+    count = min(pairs, tail_processes()) if config.overlays else 0
     return count if count > 1 else 0
 
 

@@ -570,7 +570,7 @@ def test_population_and_overlays_in_processes_write_what_threads_write(
         out[count] = tables, files
     # 2 x 2 (trial, method) pairs per stage: two processes of two pairs each, per stage
     # the population processes started at the maps' first batch and added the parts as they
-    # came; the overlays are one job per trial (its methods share the pick's crops)
+    # came; the overlays' 4 pairs dealt out as one job per process (2 pairs each)
     assert (
         sorted(called)
         == [("cytotune-explain-overlays", 1, False)] * 2

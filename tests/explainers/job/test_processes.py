@@ -379,8 +379,8 @@ def test_prestarted_children_import_their_stage_and_are_taken_first():
 
 
 def test_overlay_processes_wanted_follow_the_tail_processes(monkeypatch):
-    """The overlays' processes prestarted: one per trial up to tail_processes(), none where
-    they would draw in threads here (one process), with no overlays or on Ray."""
+    """The overlays' processes prestarted: one per (trial, method) pair up to tail_processes(),
+    none where they would draw in threads here (one process), with no overlays or on Ray."""
     from cytotune.explainers.job import processes
     from cytotune.explainers.job.config import ExplainConfig
 
@@ -390,11 +390,13 @@ def test_overlay_processes_wanted_follow_the_tail_processes(monkeypatch):
             ExplainConfig(study="unused", executor=config.pop("executor", "local"), **config)
         )
 
-    assert wanted(4, top_k=3) == 3
+    assert wanted(4, top_k=3) == 4  # 15 pairs (5 methods each)
+    assert wanted(8, top_k=3) == 8
     assert wanted(2, top_k=3) == 2
-    assert wanted(4, trials=("a", "b")) == 2
+    assert wanted(4, trials=("a", "b"), methods=("gradcam",)) == 2
     assert wanted(1, top_k=3) == 0  # threads here
-    assert wanted(4, top_k=1) == 0  # one trial: one job, drawn here
+    assert wanted(4, top_k=1, methods=("gradcam",)) == 0  # one pair: one job, drawn here
+    assert wanted(4, top_k=1) == 4
     assert wanted(4, top_k=3, overlays=0) == 0
     assert wanted(4, top_k=3, stages=("maps", "population")) == 0
     assert wanted(4, top_k=3, executor="ray") == 0
