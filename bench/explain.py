@@ -223,11 +223,6 @@ def end_to_end(args, device: str, kernel_rate: float) -> dict:
 
     root = Path(tempfile.mkdtemp(prefix="bench-explain-"))
     start = time.perf_counter()
-    if "local" in args.executors:  # as the command does before its imports (warm_early)
-        from cytotune.explainers.job import processes
-        from cytotune.explainers.job.maps_process import MAPS_IMPORTS, MAPS_PROCESS
-
-        processes.prestart(MAPS_PROCESS, 1, MAPS_IMPORTS, cuda=True)
     dataset = random_dataset(root / "data", args.cells, args.size)
     study = make_study(root, dataset, args.backbone, args.trials)
     out = {"setup_s": time.perf_counter() - start, "cells": args.cells, "trials": args.trials}
@@ -273,8 +268,6 @@ def end_to_end(args, device: str, kernel_rate: float) -> dict:
 
             gc.collect()
             torch.cuda.empty_cache()
-    if "local" in args.executors:  # a maps child the local variant did not take (on a CPU)
-        processes.discard_ready()
     names = ["local" if e == "local" else f"{k}_actors" for e, k in variants]
     best = max(names, key=lambda k: out[f"explain_{k}_maps_s"])
     out["explain_maps_s"] = out[f"explain_{best}_maps_s"]

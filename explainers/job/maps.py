@@ -153,15 +153,10 @@ def cell_blocks(plan: ExplainPlan, config: ExplainConfig):
 def local_cell_tables(plan: ExplainPlan, config: ExplainConfig):
     """The planned cells with their fold, read here with pyarrow in tables of at most one batch
     (the same reader as the Ray read tasks)."""
-    paths = [str(p) for p in plan.dataset.shard_paths]
-    return read_cells(paths, cell_columns(plan), attach_fold(plan), config.cells_per_batch())
-
-
-def read_cells(paths: list[str], columns: list[str], attach: AttachFold, cells: int):
-    """Every row group of the shards ``paths``: ``columns`` of the planned cells with their fold
-    (``attach``), in tables of at most ``cells`` rows."""
-    items = row_groups(paths)
-    reader = RowGroupReader(columns, attach, chunk_rows=cells)
+    items = row_groups(plan.dataset.shard_paths)
+    reader = RowGroupReader(
+        cell_columns(plan), attach_fold(plan), chunk_rows=config.cells_per_batch()
+    )
     return reader(
         {"path": [i["path"] for i in items], "row_group": [i["row_group"] for i in items]}
     )
@@ -203,36 +198,14 @@ def batch_by_fold() -> bool:
 
 
 def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
-    """The map workers of this machine (executor ``local``): on one device, threads of the
-    maps' child (maps_process.py: on one GPU) or of this process (:func:`thread_batches`); on
-    several GPUs, one process per GPU with its threads (processes.py), each with its share of
-    the trials (or, under two trials a process, of the row groups)."""
-    from .maps_process import MAPS_PROCESS, explain_in_child, maps_in_process
-    from .processes import (
-        discard_prestarted,
-        process_devices,
-        spread_over_processes,
-        stream_in_process,
-        trial_shares,
-    )
+    """The map workers of this machine (executor ``local``): on one device, threads of this
+    process (:func:`thread_batches`); on several GPUs, one process per GPU with its threads
+    (processes.py), each with its share of the trials (or, under two trials a process, of
+    the row groups)."""
+    from .processes import process_devices, spread_over_processes, trial_shares
 
     groups = process_devices()
     cells = config.cells_per_batch()
-    if maps_in_process(config):  # one process group: in the maps' child (maps_process.py)
-        yield from stream_in_process(
-            explain_in_child,
-            [str(p) for p in plan.dataset.shard_paths],
-            cell_columns(plan),
-            attach_fold(plan),
-            cells,
-            batch_by_fold(),
-            groups[0],
-            worker_kwargs,
-            name=MAPS_PROCESS,
-            take_warm=False,
-        )
-        return
-    discard_prestarted(MAPS_PROCESS)  # started on a guess this job did not confirm
     if len(groups) == 1:
         tables = local_cell_tables(plan, config)
         if batch_by_fold():

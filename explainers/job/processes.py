@@ -291,19 +291,13 @@ def discard_warm(keep: int = 0) -> None:
     _end(_WARM, keep)
 
 
-def prestart(name: str, count: int, imports: tuple[str, ...], cuda: bool = False) -> None:
-    """Have ``count`` children waiting for the stage whose processes are called ``name`` (those
-    missing are started now), each importing ``imports`` (and, with ``cuda``, starting CUDA):
-    the stage, run later, finds them ready (:func:`stream_in_process` takes them first)
-    instead of starting cold after the maps."""
+def prestart(name: str, count: int, imports: tuple[str, ...]) -> None:
+    """Start ``count`` children for the stage whose processes are called ``name`` now, each
+    importing ``imports``: the stage, run later, finds them ready (:func:`call_in_process`
+    takes them first) instead of starting cold after the maps."""
     ready = _READY.setdefault(name, queue.SimpleQueue())
-    for _ in range(count - ready.qsize()):
-        ready.put(_start_child(name, imports=imports, cuda=cuda))
-
-
-def discard_prestarted(name: str) -> None:
-    """End the children :func:`prestart` started for ``name`` (a stage that will not use them)."""
-    _end(_READY.get(name, _EMPTY), 0)
+    for _ in range(count):
+        ready.put(_start_child(name, imports=imports))
 
 
 def discard_ready() -> None:
@@ -339,45 +333,29 @@ def imported(module: str) -> bool:
 
 
 def warm_early(config) -> int:
-    """Start the maps' child (maps_process.py) and the side stages' children before this
-    process imports the job (torch, the stages: about 3 s on the GPU machine), where this host
-    seems to have a GPU: a device ``/dev/nvidiaN`` not hidden by ``CUDA_VISIBLE_DEVICES`` (no
-    torch import, no CUDA start to ask). The job confirms the guess with torch
-    (:func:`~.maps_process.maps_in_process`, :func:`side_processes_wanted`) and ends the
+    """Start the side stages' children before this process imports the job (torch, the
+    stages: about 3 s on the GPU machine), where this host seems to have a GPU: a device
+    ``/dev/nvidiaN`` not hidden by ``CUDA_VISIBLE_DEVICES`` (no torch import, no CUDA start to
+    ask). The job confirms the guess with torch (:func:`side_processes_wanted`) and ends the
     children it does not want. Returns how many were started."""
-    from .maps_process import MAPS_IMPORTS, MAPS_PROCESS, maps_process_guess
-
-    maps = int(maps_process_guess(config))  # first: the maps' start is the job's longest path
-    prestart(MAPS_PROCESS, maps, MAPS_IMPORTS, cuda=True)
     value = os.environ.get(STAGE_PROCESSES_ENV)
     guess = value not in ("", "0") if value is not None else os.name == "posix" and gpu_devices()
     count = side_processes_wanted(config, in_processes=True) if guess else 0
     warm_processes(count)
-    return maps + count
+    return count
 
 
 def gpu_devices() -> bool:
-    """Whether this host shows an NVIDIA GPU to this process, without torch (:func:`visible_gpus`)."""
-    return visible_gpus() > 0
-
-
-def visible_gpus() -> int:
-    """The NVIDIA GPUs this host shows to this process, without torch: its ``/dev/nvidiaN``
-    devices, or as many of them as ``CUDA_VISIBLE_DEVICES`` names (CUDA reads the list up to
-    its first entry that is not a device: ``NoDevFiles`` or ``-1,0`` mean none)."""
+    """Whether this host shows an NVIDIA GPU to this process, without torch: a ``/dev/nvidiaN``
+    device, and ``CUDA_VISIBLE_DEVICES`` unset or naming one."""
     import glob
 
-    devices = len(glob.glob("/dev/nvidia[0-9]*"))
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return devices
-    named = 0
-    for entry in visible.split(","):
-        entry = entry.strip()
-        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
-            break
-        named += 1
-    return min(named, devices)
+    if visible is not None:  # CUDA reads the list up to its first entry that is not a device
+        first = visible.split(",")[0].strip()
+        if not (first.isdigit() or first.startswith(("GPU-", "MIG-"))):
+            return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 def overlay_processes_wanted(config) -> int:
@@ -430,18 +408,6 @@ def call_in_process(fn, *args, name: str = "cytotune-explain-stage", take_warm: 
     importable (a module-level function), ``fn``, ``args`` and the result must pickle. The
     child ends when this process is gone (exited or killed), and an interrupted wait kills it.
     ``take_warm=False`` leaves the warm children to the side stages they were started for."""
-    stream = stream_in_process(fn, *args, name=name, take_warm=take_warm)
-    while True:
-        try:
-            next(stream)  # items the child emits: not wanted here
-        except StopIteration as end:
-            return end.value
-
-
-def stream_in_process(fn, *args, name: str = "cytotune-explain-stage", take_warm: bool = True):
-    """:func:`call_in_process` as a generator: yields what ``fn`` passes to :func:`emit` in the
-    child as it comes, and returns ``fn``'s result (``StopIteration.value``). Closing the
-    generator early kills the child."""
     import pickle
 
     try:
@@ -453,7 +419,6 @@ def stream_in_process(fn, *args, name: str = "cytotune-explain-stage", take_warm
             child, read_end = _WARM.get_nowait()
         except queue.Empty:
             child, read_end = _start_child(name)
-    frame = None
     try:
         try:
             with child.stdin as stdin:
@@ -461,25 +426,17 @@ def stream_in_process(fn, *args, name: str = "cytotune-explain-stage", take_warm
         except BrokenPipeError:  # the child died at start: said below, from its exit code
             pass
         with os.fdopen(read_end, "rb") as results:
-            while True:
-                try:
-                    frame = pickle.load(results)
-                except EOFError:  # the child ended without its last frame
-                    frame = None
-                    break
-                if frame[0] != "item":
-                    break
-                yield frame[1]
+            data = results.read()
         child.wait()
     except BaseException:
-        child.kill()  # this wait was interrupted (or the items are not wanted any more)
+        child.kill()  # this wait was interrupted: the child's work is not wanted
         child.wait()
         raise
-    if frame is None:
+    if not data:
         raise RuntimeError(
             f"the process {name} died (exit code {child.returncode}) before returning its result"
         )
-    kind, payload = frame
+    kind, payload = pickle.loads(data)
     if kind == "error":
         text, error = payload
         if isinstance(error, Exception):  # its own type: callers catch what they would here
@@ -489,30 +446,13 @@ def stream_in_process(fn, *args, name: str = "cytotune-explain-stage", take_warm
     return payload
 
 
-# in a stage child: the file its frames go to (its result pipe), for emit()
-_RESULTS = None
-
-
-def emit(item) -> None:
-    """In a stage child (:func:`stream_in_process`): send ``item`` (it must pickle) to the
-    parent now. Outside one, an error."""
-    import pickle
-
-    if _RESULTS is None:
-        raise RuntimeError("emit() is for a function run by stream_in_process, in its child")
-    pickle.dump(("item", item), _RESULTS)
-    _RESULTS.flush()
-
-
 def stage_child_main() -> None:
-    """The child of :func:`stream_in_process`: ``(fn, args)`` from stdin (a warm child imports
-    the side stages' modules first, a ``cuda`` one starts CUDA), then frames to the pipe named
-    on its command line: ``("item", x)`` for each :func:`emit`, and last ``("done", result)``
-    or ``("error", (traceback, exception or None))``."""
+    """The child of :func:`call_in_process`: ``(fn, args)`` from stdin (a warm child imports
+    the side stages' modules first, a ``cuda`` one starts CUDA), ``("done", result)`` or
+    ``("error", (traceback, exception or None))`` to the pipe named on its command line."""
     import pickle
     import sys
 
-    global _RESULTS
     exit_with_parent()
     fd = int(sys.argv[1])
     flags = sys.argv[3:]
@@ -529,10 +469,6 @@ def stage_child_main() -> None:
     if "cuda" in flags:
         start_cuda()
     try:
-        _RESULTS = os.fdopen(fd, "wb")
-    except OSError:
-        return
-    try:
         fn, args = pickle.load(sys.stdin.buffer)
         out = pickle.dumps(("done", fn(*args)))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
@@ -543,7 +479,7 @@ def stage_child_main() -> None:
         except Exception:  # noqa: BLE001
             out = pickle.dumps(("error", (text, None)))
     try:
-        with _RESULTS as results:
+        with os.fdopen(fd, "wb") as results:
             results.write(out)
     except OSError:  # the parent is gone: nobody to tell
         pass

@@ -15,7 +15,6 @@ from .attention import attention_in_process, run_attention
 from .config import ExplainConfig
 from .executor import resolve_executor, worker_devices
 from .maps import run_maps
-from .maps_process import MAPS_IMPORTS, MAPS_PROCESS, maps_in_process
 from .overlays import run_overlays
 from .plan import ExplainPlan, build_plan
 from .populations import run_population
@@ -86,9 +85,6 @@ def run_explain(
     # started first (or already, by the command: warm_early): their imports overlap this
     # process's plan and maps start
     try:
-        # the maps' child first (maps_process.py): the maps' start is the job's longest path
-        if maps_in_process(config):
-            prestart(MAPS_PROCESS, 1, MAPS_IMPORTS, cuda=True)
         warm_processes(side_processes_wanted(config))
         # the overlays' processes too: after the maps they only pick and draw (their cold
         # start and imports were part of the 2.2 s the MitoCheck job's overlays took)

@@ -11,7 +11,6 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
-from cytotune.explainers.job.maps_process import MAPS_PROCESS, MAPS_PROCESS_ENV
 
 from .test_executor import _explain_copy, _stacked
 
@@ -314,11 +313,11 @@ def test_warm_early_guesses_a_gpu_host_and_the_job_trims_the_guess(monkeypatch):
     started: list[_FakeChild] = []
 
     def fake_start(name, warm=False, imports=(), cuda=False):
+        assert warm and cuda  # warm: the side stages' imports, then CUDA started
         started.append(_FakeChild())
         return started[-1], os.pipe()[0]
 
     monkeypatch.setattr(processes, "_start_child", fake_start)
-    monkeypatch.setenv(MAPS_PROCESS_ENV, "0")  # the maps' child: its own test below
     monkeypatch.delenv(processes.STAGE_PROCESSES_ENV, raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv(processes.QUALITY_PROCESSES_ENV, raising=False)
@@ -436,138 +435,13 @@ def test_each_local_worker_records_its_first_batch(trained_study, tmp_path, monk
         assert report["first_batch_done"] <= report["done"]
 
 
-def test_warm_early_starts_the_maps_child_first_on_one_gpu(monkeypatch):
-    """Before its imports the command starts the maps' child (importing the workers' modules,
-    starting CUDA) ahead of the side stages' children where one GPU is shown, not with two
-    GPUs, several local processes, Ray actors or CYTOTUNE_MAPS_PROCESS=0; =1 starts it
-    anywhere."""
+def test_a_child_told_to_start_cuda_still_runs_its_work_without_a_gpu():
+    """A child started with CUDA asked for (the warm ones) works on a host without a GPU too:
+    the start is skipped."""
     from cytotune.explainers.job import processes
-    from cytotune.explainers.job.config import ExplainConfig
 
-    started: list[tuple] = []
-
-    def fake_start(name, warm=False, imports=(), cuda=False):
-        started.append((name, warm, cuda, "timm" in imports))
-        return _FakeChild(), os.pipe()[0]
-
-    def starts(config=None, devices=("/dev/nvidia0",), **env) -> list[tuple]:
-        for key in (MAPS_PROCESS_ENV, processes.PROCESSES_ENV, "CUDA_VISIBLE_DEVICES"):
-            monkeypatch.delenv(key, raising=False)
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.setattr("glob.glob", lambda pattern: list(devices))
-        started.clear()
-        processes.warm_early(config or ExplainConfig(study="unused", top_k=3, executor="local"))
-        processes.discard_warm()
-        processes.discard_ready()
-        return list(started)
-
-    monkeypatch.setattr(processes, "_start_child", fake_start)
-    monkeypatch.delenv(processes.STAGE_PROCESSES_ENV, raising=False)
-    one_gpu = starts()
-    assert one_gpu[0] == (MAPS_PROCESS, False, True, True)  # first, CUDA, timm
-    assert len(one_gpu) == 6  # and the 5 side children
-    assert all(s[0] != MAPS_PROCESS for s in one_gpu[1:])
-    names = lambda found: [s[0] for s in found]  # noqa: E731
-    assert MAPS_PROCESS not in names(starts(devices=("/dev/nvidia0", "/dev/nvidia1")))
-    assert MAPS_PROCESS in names(
-        starts(devices=("/dev/nvidia0", "/dev/nvidia1"), CUDA_VISIBLE_DEVICES="1")
+    name = "cytotune-test-cuda"
+    processes._READY.setdefault(name, __import__("queue").SimpleQueue()).put(
+        processes._start_child(name, cuda=True)
     )
-    assert MAPS_PROCESS not in names(starts(**{processes.PROCESSES_ENV: "2"}))
-    assert MAPS_PROCESS not in names(starts(**{MAPS_PROCESS_ENV: "0"}))
-    assert starts(devices=()) == []  # no GPU
-    assert names(starts(devices=(), **{MAPS_PROCESS_ENV: "1"})) == [MAPS_PROCESS]
-    ray = ExplainConfig(study="unused", top_k=3, executor="ray")
-    assert starts(ray, **{MAPS_PROCESS_ENV: "1"}) == []
-    no_maps = ExplainConfig(study="unused", top_k=3, executor="local", stages=("quality",))
-    assert MAPS_PROCESS not in names(starts(no_maps))
-    monkeypatch.setenv(MAPS_PROCESS_ENV, "yes")
-    with pytest.raises(ValueError, match=MAPS_PROCESS_ENV):
-        processes.warm_early(ExplainConfig(study="unused", top_k=3, executor="local"))
-
-
-def emit_squares(n: int, fail: bool = False, wait: float = 0.0) -> str:
-    """A stage child's work that streams: ``i * i`` for i < n emitted, then (``wait`` seconds
-    later) its result or an error."""
-    import time
-
-    from cytotune.explainers.job.processes import emit
-
-    for i in range(n):
-        emit(i * i)
-    time.sleep(wait)
-    if fail:
-        raise ValueError("failed after its items")
-    return "end"
-
-
-def _drain(stream) -> tuple[list, object]:
-    items = []
-    while True:
-        try:
-            items.append(next(stream))
-        except StopIteration as end:
-            return items, end.value
-
-
-def test_a_child_streams_its_items_then_its_result():
-    """stream_in_process yields what the child emits, in order and as it comes, then returns
-    its result; an error after some items comes after them; call_in_process skips the items;
-    emit outside a child is an error."""
-    from cytotune.explainers.job import processes
-
-    assert _drain(processes.stream_in_process(emit_squares, 4, name="cytotune-test")) == (
-        [0, 1, 4, 9],
-        "end",
-    )
-    assert processes.call_in_process(emit_squares, 3, name="cytotune-test") == "end"
-    seen = []
-    with pytest.raises(ValueError, match="failed after its items"):
-        for item in processes.stream_in_process(emit_squares, 2, True, name="cytotune-test"):
-            seen.append(item)
-    assert seen == [0, 1]
-    with pytest.raises(RuntimeError, match="stream_in_process"):
-        processes.emit(1)
-
-
-def test_closing_a_stream_early_kills_its_child():
-    """A stream closed after its first item (the maps stage interrupted) kills the child, which
-    was still working."""
-    from cytotune.explainers.job import processes
-
-    name = "cytotune-test-stream"
-    processes.prestart(name, 1, ())
-    child, read_end = processes._READY[name].get_nowait()
-    processes._READY[name].put((child, read_end))
-    stream = processes.stream_in_process(emit_squares, 2, False, 300.0, name=name)
-    assert next(stream) == 0
-    assert child.poll() is None  # still working
-    stream.close()
-    assert child.returncode is not None  # killed, not left for 300 s
-
-
-def test_maps_in_their_own_process_equal_those_in_threads(trained_study, tmp_path, monkeypatch):
-    """The maps in the maps' child (CYTOTUNE_MAPS_PROCESS=1, two worker threads there) equal,
-    bit for bit, those of this process's threads; the child's workers wrote them, the job
-    counted every cell and timed its first batch."""
-    monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", "2")
-    results = {}
-    for flag in ("0", "1"):
-        monkeypatch.setenv(MAPS_PROCESS_ENV, flag)
-        plan, state, maps = _explain_copy(
-            trained_study, tmp_path / flag, methods=("gradcam", "saliency"), stages=("maps",),
-            executor="local", top_k=2,
-        )  # fmt: skip
-        reports = (tmp_path / flag / "explain" / "workers").glob("*.json")
-        results[flag] = maps, {json.loads(p.read_text())["pid"] for p in reports}, state
-    (threads, thread_pids, _), (child, child_pids, state) = results["0"], results["1"]
-    assert thread_pids == {os.getpid()}
-    assert len(child_pids) == 1
-    assert os.getpid() not in child_pids
-    assert threads.keys() == child.keys()
-    assert len(child) == 4
-    for part, table in threads.items():
-        assert table["cell_id"].tolist() == child[part]["cell_id"].tolist()
-        np.testing.assert_array_equal(_stacked(table), _stacked(child[part]))
-        assert state.data["parts"][f"maps/{part[0]}/{part[1]}"]["rows"] == len(table)
-    assert 0 < state.data["timings"]["maps_first_batch"] <= state.data["timings"]["maps"]
+    assert processes.call_in_process(divmod, 9, 4, name=name) == (2, 1)
