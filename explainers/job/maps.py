@@ -187,6 +187,27 @@ def fold_batches(tables: Iterable[pa.Table], batch_size: int) -> Iterator[pa.Tab
             yield pa.concat_tables(held[fold]).combine_chunks()
 
 
+def even_batch_size(fold_cells: Iterable[int], batch_size: int) -> int:
+    """The batch size that cuts each fold's cells into as few batches as ``batch_size`` does,
+    of near-equal sizes: the largest over the folds of ceil(cells / batches). MitoCheck's folds
+    of 655 cells made batches of 256, 256 and 143 at 256; at this size (219) they make 219, 219
+    and 217, and padded to it (``MapWorker(pad_to=...)``) every call of the job has one shape."""
+    sizes = [-(-n // -(-n // batch_size)) for n in fold_cells if n > 0]
+    return max(sizes, default=batch_size)
+
+
+EVEN_BATCHES_ENV = "CYTOTUNE_EVEN_BATCHES"
+
+
+def even_batches(devices: Iterable[str]) -> bool:
+    """Whether the local executor's batches are cut evenly and padded to one size
+    (:func:`even_batch_size`): by default on a GPU (where each worker thread builds cuDNN's plans
+    for every new shape) when the batches hold one fold; ``CYTOTUNE_EVEN_BATCHES=0`` or ``1``
+    decides."""
+    on_gpu = any(d != "cpu" for d in devices)
+    return batch_by_fold() and switch(EVEN_BATCHES_ENV, default=on_gpu)
+
+
 FOLD_BATCHES_ENV = "CYTOTUNE_FOLD_BATCHES"
 
 
@@ -206,6 +227,9 @@ def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict
 
     groups = process_devices()
     cells = config.cells_per_batch()
+    if even_batches(d for group in groups for d in group):
+        cells = even_batch_size(plan.cells["fold"].value_counts().tolist(), cells)
+        worker_kwargs = {**worker_kwargs, "pad_to": cells}
     if len(groups) == 1:
         tables = local_cell_tables(plan, config)
         if batch_by_fold():

@@ -192,6 +192,10 @@ class MapWorker:
         output: ``{"study_dir": ..., "run_id": ...}`` to write the map rows as Parquet parts
             into the run's staging directories (the actors write in parallel) and return only
             a summary; None returns the map rows.
+        pad_to: each fold's cells of a batch are padded (their own rows repeated) to this
+            many before they are explained, the extra maps dropped: every call then has one
+            shape, and on a GPU the thread builds cuDNN's plans (kept per thread) once, not
+            again for each fold's last, smaller batch. None: no padding.
         models_from: a worker whose fold models this one uses: shared on the same device (CAM
             hooks keep only their own thread's activations, and nothing else changes a model
             while it explains), copied onto another (the local executor's threads: 4 workers x
@@ -208,11 +212,13 @@ class MapWorker:
         trial_methods: dict[str, list[str]] | None = None,
         output: dict | None = None,
         models_from: MapWorker | None = None,
+        pad_to: int | None = None,
     ) -> None:
         self._created = time.time()
         self.output = output  # {"study_dir", "run_id"}: write map parts here (see ``write``)
         self._writer_id = uuid.uuid4().hex[:12]
         self.device = pick_device(device)
+        self.pad_to = pad_to
         self.manifest = Manifest.from_dict(manifest)
         self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         self.methods = methods
@@ -337,11 +343,13 @@ class MapWorker:
         tables: list[pa.Table] = []
         for fold in np.unique(batch["fold"]):
             idx = np.flatnonzero(batch["fold"] == fold)
-            x_raw = torch.from_numpy(np.ascontiguousarray(take(batch["image"], idx)))
+            # the rows explained: the cells, repeated up to pad_to (their maps dropped)
+            rows = idx if not self.pad_to else np.resize(idx, max(len(idx), self.pad_to))
+            x_raw = torch.from_numpy(np.ascontiguousarray(take(batch["image"], rows)))
             x_raw = x_raw.to(self.device)
             mask = None
             if batch["mask"] is not None:
-                mask = torch.from_numpy(batch["mask"][idx]).to(self.device).float()[:, None]
+                mask = torch.from_numpy(batch["mask"][rows]).to(self.device).float()[:, None]
             for (trial_id, model_fold), loaded in self.models.items():
                 if model_fold == fold:
                     tables += self._explain(trial_id, int(fold), loaded, x_raw, mask, batch, idx)
@@ -368,7 +376,7 @@ class MapWorker:
     def _explain_shared(self, trial_id, fold, loaded, x_raw, mask, batch, idx) -> list[pa.Table]:
         m = self.manifest
         model = loaded.model
-        n = len(idx)
+        n = len(idx)  # the cells; x_raw may hold more rows (pad_to), whose maps are dropped
         x = normalize(x_raw.float(), loaded.offset, loaded.scale)  # (B, C, H, W)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -398,7 +406,7 @@ class MapWorker:
             probs = torch.softmax(output, 1)
             conf, pred = probs.max(1)
             targets = [pred]
-            pred_np = pred.cpu().numpy().astype(np.int32)
+            pred_np = pred[:n].cpu().numpy().astype(np.int32)
             labels = batch["label"][idx]
             label_index = np.array([m.label_map[v] for v in labels], np.int32)
             common |= {
@@ -406,12 +414,13 @@ class MapWorker:
                 "label_index": pa.array(label_index),
                 "prediction": pa.array([m.classes[p] for p in pred_np], pa.string()),
                 "prediction_index": pa.array(pred_np),
-                "confidence": pa.array(conf.cpu().numpy().astype(np.float32)),
+                "confidence": pa.array(conf[:n].cpu().numpy().astype(np.float32)),
                 "correct": pa.array(label_index == pred_np),
             }
         else:
-            targets = [torch.full((n,), t, device=self.device) for t in range(output.shape[1])]
-            values = output.cpu().numpy()
+            rows = len(x)
+            targets = [torch.full((rows,), t, device=self.device) for t in range(output.shape[1])]
+            values = output[:n].cpu().numpy()
         cell_mask = self._mask_tensor(batch["mask"], idx)
         evidence = self._mask_tensor(batch["evidence"], idx)
         tables = []
@@ -432,9 +441,11 @@ class MapWorker:
                     row = {"cell_id": "", "trial_id": trial_id, "method": method, "fold": fold}
                     tables.append(pa.Table.from_pylist([row | {"error": error}], OUTPUT_SCHEMA))
                     break
+                maps = maps[:n]
                 mass_cell, _ = localisation(maps, cell_mask, self._valid(batch, "mask", idx))
                 mass_ev, hits = localisation(maps, evidence, self._valid(batch, "evidence", idx))
-                stored = self._native.pop(method, maps)  # a CAM at its layer's resolution
+                native = self._native.pop(method, None)  # a CAM at its layer's resolution
+                stored = maps if native is None else native[:n]
                 data = as_half(stored).cpu().numpy()  # half the bytes off the device
                 seconds = (time.perf_counter() - start) / n
                 columns = {

@@ -92,3 +92,39 @@ def test_ray_read_tasks_sort_the_cells_by_fold_over_windows_of_batches(tmp_path)
         got = stream.column("fold").to_numpy()
         out[window] = np.mean([len(set(got[s : s + 128])) for s in range(0, len(got), 128)])
     assert out[512] < out[None] / 2  # 5 folds in nearly every batch before, about 2 after
+
+
+def test_even_batch_size_cuts_each_fold_into_as_few_batches_of_near_equal_size():
+    """Hand-computed: MitoCheck-like folds of 654-657 cells at 256 need 3 batches each, of at
+    most 219 cells (657 / 3); a fold under the batch size is one batch; no fold: the size."""
+    from cytotune.explainers.job.maps import even_batch_size
+
+    assert even_batch_size([655, 656, 654, 657, 655], 256) == 219
+    assert even_batch_size([100, 90], 256) == 100
+    assert even_batch_size([512], 256) == 256
+    assert even_batch_size([513], 256) == 171
+    assert even_batch_size([513, 0], 256) == 171
+    assert even_batch_size([], 256) == 256
+    rng = np.random.default_rng(1)
+    for _ in range(200):  # never more batches than the batch size gives, never a bigger one
+        counts = rng.integers(1, 3000, 5).tolist()
+        batch = int(rng.integers(1, 600))
+        size = even_batch_size(counts, batch)
+        assert size <= batch
+        assert all(-(-n // size) == -(-n // batch) for n in counts)
+
+
+def test_even_batches_are_on_by_default_only_on_a_gpu_and_only_by_fold(monkeypatch):
+    from cytotune.explainers.job import maps
+
+    for name in (maps.EVEN_BATCHES_ENV, maps.FOLD_BATCHES_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert maps.even_batches(["cuda:0"])
+    assert not maps.even_batches(["cpu"])
+    monkeypatch.setenv(maps.EVEN_BATCHES_ENV, "1")
+    assert maps.even_batches(["cpu"])
+    monkeypatch.setenv(maps.EVEN_BATCHES_ENV, "0")
+    assert not maps.even_batches(["cuda:0"])
+    monkeypatch.delenv(maps.EVEN_BATCHES_ENV)
+    monkeypatch.setenv(maps.FOLD_BATCHES_ENV, "0")  # batches of several folds: never padded
+    assert not maps.even_batches(["cuda:0"])

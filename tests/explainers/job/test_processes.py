@@ -445,3 +445,29 @@ def test_a_child_told_to_start_cuda_still_runs_its_work_without_a_gpu():
         processes._start_child(name, cuda=True)
     )
     assert processes.call_in_process(divmod, 9, 4, name=name) == (2, 1)
+
+
+def test_even_padded_batches_store_the_maps_of_plain_ones(trained_study, tmp_path, monkeypatch):
+    """Batches cut evenly and padded to one size (CYTOTUNE_EVEN_BATCHES=1, the GPU default)
+    store the same cells and maps as plain ones (the padded rows' maps dropped): every cell
+    once, maps equal to float rounding (the same rows in batches of another size)."""
+    from cytotune.explainers.job import maps as maps_module
+
+    monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", "1")
+    results = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv(maps_module.EVEN_BATCHES_ENV, flag)
+        _, _, results[flag] = _explain_copy(
+            trained_study, tmp_path / flag, stages=("maps",), executor="local", top_k=2,
+            methods=("gradcam", "saliency", "integrated_gradients:n_steps=4"), batch_size=7,
+        )  # fmt: skip
+    plain, even = results["0"], results["1"]
+    assert plain.keys() == even.keys()
+    assert len(plain) == 6
+    for part, table in plain.items():
+        assert table["cell_id"].tolist() == even[part]["cell_id"].tolist()
+        assert table["cell_id"].is_unique
+        np.testing.assert_allclose(_stacked(table), _stacked(even[part]), rtol=1e-4, atol=1e-5)
+        for column in ("confidence", "mass_cell"):
+            np.testing.assert_allclose(table[column], even[part][column], rtol=1e-4, atol=1e-5)
+        assert table["prediction"].tolist() == even[part]["prediction"].tolist()
