@@ -313,7 +313,8 @@ def test_warm_early_guesses_a_gpu_host_and_the_job_trims_the_guess(monkeypatch):
     started: list[_FakeChild] = []
 
     def fake_start(name, warm=False, imports=(), cuda=False):
-        assert warm and cuda  # warm: the side stages' imports, then CUDA started
+        assert warm  # the side stages' imports
+        assert cuda  # then CUDA started
         started.append(_FakeChild())
         return started[-1], os.pipe()[0]
 
