@@ -13,10 +13,9 @@ import copy
 import dataclasses
 import json
 import os
-import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -151,25 +150,6 @@ def cam_layer_names(model, methods: dict[str, dict]) -> set[str]:
     return names
 
 
-WARM_UP_ENV = "CYTOTUNE_WARM_UP"
-
-
-def warm_up_wanted(device: torch.device, rows: int | None) -> bool:
-    """Whether the worker that loads the fold models explains a blank batch of ``rows`` crops
-    with each trial's first model while the others load (``MapWorker._warm_up``): by default on
-    a GPU with padded batches (one shape: the one warmed up). ``CYTOTUNE_WARM_UP=0`` or ``1``
-    decides (never without ``rows``)."""
-    from .executor import switch
-
-    return bool(rows) and switch(WARM_UP_ENV, default=device.type == "cuda")
-
-
-def _done(value) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
-
-
 HALF_LIMIT = 32768.0  # float16 holds up to 65504: a map is scaled under half of that
 
 
@@ -276,82 +256,18 @@ class MapWorker:
         # the first one alone: its imports (timm pulls in torchvision and torch._dynamo, about
         # 900 modules) then run uncontended. In a GPU profile they ran beside 7 loading threads
         # and 13 custom-op registrations took 18.8 s (0.2 s in a process doing nothing else)
-        self.failures: dict[tuple[str, str], str] = {}
-        self._native: dict[str, torch.Tensor] = {}  # method -> its last CAM before upsampling
-        self.timing = {"created": self._created}
         loaded = [load(item) for item in wanted[:1]]
         with ThreadPoolExecutor(min(8, max(1, len(wanted))), "explain-load") as pool:
-            rest = [pool.submit(load, item) for item in wanted[1:]]
-            warming = self._start_warm_up(wanted, loaded, rest)
-            loaded += [future.result() for future in rest]
-            if warming is not None:
-                warming.join()
+            loaded += list(pool.map(load, wanted[1:]))
         for (trial_id, fold, _), (model, _) in zip(wanted, loaded):
             self.models[(trial_id, fold)] = model
         # conv -> batch-norm pairs folded in the models loaded here (norm_folding.py)
         self.norms_folded = sum(folded for _, folded in loaded)
-        self.timing["ready"] = time.time()
+        self.failures: dict[tuple[str, str], str] = {}
+        self._native: dict[str, torch.Tensor] = {}  # method -> its last CAM before upsampling
+        self.timing = {"created": self._created, "ready": time.time()}
         self.timing["norms_folded"] = self.norms_folded
         self._report()
-
-    def _start_warm_up(self, wanted, first, rest):
-        """A thread that explains a batch of blank crops with each trial's first fold model as
-        soon as it is loaded, while the other fold models load (:func:`warm_up_wanted`); None
-        where there is none to start."""
-        if not wanted or not warm_up_wanted(self.device, self.pad_to):
-            return None
-        futures = [_done(first[0]), *rest]
-        firsts: dict[str, int] = {}
-        for i, (trial_id, _, _) in enumerate(wanted):
-            firsts.setdefault(trial_id, i)
-
-        def run() -> None:
-            start = time.perf_counter()
-            seen = set()  # architectures warmed up (the kernels and shapes of one are the same)
-            calls = [0]
-            for trial_id, i in firsts.items():
-                try:
-                    loaded = futures[i].result()[0]
-                    architecture = (repr(getattr(loaded.model, "config", None)), loaded.takes_mask)
-                    if architecture[0] == "None" or architecture not in seen:
-                        seen.add(architecture)
-                        calls[0] += self._warm_up(trial_id, loaded)
-                except Exception:  # noqa: BLE001 - a real batch says what fails, if anything
-                    pass
-            self._native.clear()
-            self.timing["warm_up_s"] = round(time.perf_counter() - start, 3)
-            self.timing["warm_up_calls"] = calls[0]
-
-        thread = threading.Thread(target=run, name="explain-warm-up", daemon=True)
-        thread.start()
-        return thread
-
-    def _warm_up(self, trial_id: str, loaded: LoadedModel) -> int:
-        """Every method of ``trial_id`` on ``pad_to`` blank crops: the process's first launch of
-        each kernel (CUDA loads them lazily), cuDNN's first plans of the batch's shapes and the
-        CAM layers' probe happen here, beside the loading, not in the first batch. Returns the
-        methods that ran."""
-        m = self.manifest
-        rows = int(self.pad_to)
-        x = normalize(torch.zeros(rows, *m.shape, device=self.device), loaded.offset, loaded.scale)
-        x = x.contiguous(memory_format=torch.channels_last)
-        fk = {"mask": torch.ones(rows, 1, *m.shape[1:], device=self.device)}
-        fk = fk if loaded.takes_mask else {}
-        target = torch.zeros(rows, dtype=torch.long, device=self.device)
-        methods = sorted(
-            self.trial_methods.get(trial_id, []),
-            key=lambda k: (not uses_layer(k), -self._cam_layers(k)),
-        )
-        ran = 0
-        with shared_hooked_gradients():
-            for k, method in enumerate(methods):
-                if not uses_layer(method):
-                    release_hooked_gradients()
-                maps = self._attribute(method, loaded.model, x, None if k == 0 else target, fk)
-                if isinstance(maps, torch.Tensor):
-                    as_half(maps).cpu()
-                    ran += 1
-        return ran
 
     def _report(self) -> None:
         """Start-up timings of this actor in ``explain/workers/`` (where a slow start shows)."""

@@ -472,35 +472,3 @@ def test_even_padded_batches_store_the_maps_of_plain_ones(trained_study, tmp_pat
         for column in ("confidence", "mass_cell"):
             np.testing.assert_allclose(table[column], even[part][column], rtol=1e-4, atol=1e-5)
         assert table["prediction"].tolist() == even[part]["prediction"].tolist()
-
-
-def test_a_warm_up_beside_the_loading_leaves_the_maps_as_they_were(
-    trained_study, tmp_path, monkeypatch
-):
-    """The loading worker's warm-up on blank crops (CYTOTUNE_WARM_UP=1, the GPU default with
-    padded batches) changes no map: the same tables as without it, and the worker says how
-    long it took."""
-    from cytotune.explainers.job import maps as maps_module
-    from cytotune.explainers.job import worker
-
-    monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", "2")
-    monkeypatch.setenv(maps_module.EVEN_BATCHES_ENV, "1")
-    results, reports = {}, {}
-    for flag in ("0", "1"):
-        monkeypatch.setenv(worker.WARM_UP_ENV, flag)
-        _, _, results[flag] = _explain_copy(
-            trained_study, tmp_path / flag, stages=("maps",), executor="local", top_k=2,
-            methods=("gradcam", "layercam", "integrated_gradients:n_steps=4"), batch_size=8,
-        )  # fmt: skip
-        files = (tmp_path / flag / "explain" / "workers").glob("*.json")
-        reports[flag] = [json.loads(p.read_text()) for p in files]
-    assert len(results["1"]) == 6
-    for part, table in results["0"].items():
-        assert table["cell_id"].tolist() == results["1"][part]["cell_id"].tolist()
-        np.testing.assert_array_equal(_stacked(table), _stacked(results["1"][part]))
-    assert [r for r in reports["0"] if "warm_up_s" in r] == []
-    warmed = [r for r in reports["1"] if "warm_up_s" in r]
-    assert len(warmed) == 1  # the worker that loads the models; the other shares them
-    assert warmed[0]["warm_up_s"] > 0
-    assert warmed[0]["warm_up_calls"] == 2 * 3  # 2 architectures x 3 methods, none failed
-    assert warmed[0]["created"] < warmed[0]["ready"]
