@@ -1,5 +1,6 @@
 """One explain run's timeline, in seconds from its maps stage's start: the job's marks, each map
-worker's start-up and first batch (``explain/workers/``), and how busy the GPU was in each phase
+worker's start-up and first batch (``explain/workers/``; a lone worker, which writes in a thread
+of its own, records no first batch), and how busy the GPU was in each phase
 (nvidia-smi's utilization, sampled every 100 ms by bench/explain_gpu.sh: the share of time some
 kernel ran).
 

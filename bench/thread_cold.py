@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     full = next(t for t in tables if t.num_rows == args.batch_size)
     fold = full.column("fold")[0].as_py()
     small = next(
-        t for t in tables if t.num_rows < args.batch_size and t.column("fold")[0].as_py() == fold
+        (t for t in tables if t.num_rows < args.batch_size and t.column("fold")[0].as_py() == fold),
+        full.slice(0, args.batch_size * 3 // 4),  # the fold divides evenly: a cut of a full one
     )
     # the small batch padded with its own first rows to the full size (the extra maps dropped)
     repeats = -(-args.batch_size // small.num_rows)

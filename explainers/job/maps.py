@@ -227,7 +227,9 @@ def _local_batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict
 
     groups = process_devices()
     cells = config.cells_per_batch()
-    if even_batches(d for group in groups for d in group):
+    # one process: it sees every cell of a fold (processes splitting the row groups see a
+    # part of each, whose batches would be padded far)
+    if len(groups) == 1 and even_batches(groups[0]):
         cells = even_batch_size(plan.cells["fold"].value_counts().tolist(), cells)
         worker_kwargs = {**worker_kwargs, "pad_to": cells}
     if len(groups) == 1:

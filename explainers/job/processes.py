@@ -281,7 +281,7 @@ def warm_processes(count: int) -> None:
     the maps, not after); end any beyond ``count`` (started early by :func:`warm_early` on a
     guess the job then did not confirm)."""
     for _ in range(count - _WARM.qsize()):
-        # CUDA started too: the quality's and the prototypes' children explain on the GPU
+        # CUDA initialised too: the quality's and the prototypes' children explain on the GPU
         _WARM.put(_start_child("cytotune-explain-stage", warm=True, cuda=True))
     discard_warm(keep=count)
 
@@ -486,7 +486,8 @@ def stage_child_main() -> None:
 
 
 def start_cuda() -> None:
-    """Create this process's CUDA context now (about 0.5 s), where there is a GPU."""
+    """Initialise CUDA in this process now (``torch.cuda.init``: the runtime and the device
+    count, not yet a context, which comes with the first allocation), where there is a GPU."""
     try:
         import torch
 

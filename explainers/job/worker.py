@@ -192,10 +192,11 @@ class MapWorker:
         output: ``{"study_dir": ..., "run_id": ...}`` to write the map rows as Parquet parts
             into the run's staging directories (the actors write in parallel) and return only
             a summary; None returns the map rows.
-        pad_to: each fold's cells of a batch are padded (their own rows repeated) to this
-            many before they are explained, the extra maps dropped: every call then has one
-            shape, and on a GPU the thread builds cuDNN's plans (kept per thread) once, not
-            again for each fold's last, smaller batch. None: no padding.
+        pad_to: each fold's cells of a batch (batches of one fold: ``fold_batches``) are
+            padded (their own rows repeated) to this many before they are explained, the extra
+            maps dropped, unless they are under half of it: every call then has one shape, and
+            on a GPU the thread does not meet a new shape's cold cost again for each fold's
+            last, smaller batch. None: no padding.
         models_from: a worker whose fold models this one uses: shared on the same device (CAM
             hooks keep only their own thread's activations, and nothing else changes a model
             while it explains), copied onto another (the local executor's threads: 4 workers x
@@ -343,8 +344,11 @@ class MapWorker:
         tables: list[pa.Table] = []
         for fold in np.unique(batch["fold"]):
             idx = np.flatnonzero(batch["fold"] == fold)
-            # the rows explained: the cells, repeated up to pad_to (their maps dropped)
-            rows = idx if not self.pad_to else np.resize(idx, max(len(idx), self.pad_to))
+            # the rows explained: the cells, repeated up to pad_to (their maps dropped); a batch
+            # under half of it (a small fold) goes as it is: padding would cost more than the
+            # shape's new plans
+            pad = self.pad_to and 2 * len(idx) >= self.pad_to
+            rows = np.resize(idx, max(len(idx), self.pad_to)) if pad else idx
             x_raw = torch.from_numpy(np.ascontiguousarray(take(batch["image"], rows)))
             x_raw = x_raw.to(self.device)
             mask = None
@@ -447,7 +451,7 @@ class MapWorker:
                 native = self._native.pop(method, None)  # a CAM at its layer's resolution
                 stored = maps if native is None else native[:n]
                 data = as_half(stored).cpu().numpy()  # half the bytes off the device
-                seconds = (time.perf_counter() - start) / n
+                seconds = (time.perf_counter() - start) / len(x)  # padded rows count
                 columns = {
                     **common,
                     "method": pa.array([method] * n, pa.string()),
@@ -533,8 +537,8 @@ def group_parts(table: pa.Table):
 
 
 def take(array: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``array[idx]``, as a view (no copy) when ``idx`` is one contiguous run."""
-    if len(idx) and idx[-1] - idx[0] == len(idx) - 1:
+    """``array[idx]``, as a view (no copy) when ``idx`` is one increasing contiguous run."""
+    if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and np.all(np.diff(idx) == 1):
         return array[idx[0] : idx[-1] + 1]
     return array[idx]
 

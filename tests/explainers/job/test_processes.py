@@ -453,7 +453,16 @@ def test_even_padded_batches_store_the_maps_of_plain_ones(trained_study, tmp_pat
     store the same cells and maps as plain ones (the padded rows' maps dropped): every cell
     once, maps equal to float rounding (the same rows in batches of another size)."""
     from cytotune.explainers.job import maps as maps_module
+    from cytotune.explainers.job.worker import MapWorker
 
+    seen: list[tuple[int, int | None]] = []  # (cells of a batch, pad_to) of every batch
+    explain = MapWorker.explain
+
+    def recorded(self, table):
+        seen.append((table.num_rows, self.pad_to))
+        return explain(self, table)
+
+    monkeypatch.setattr(MapWorker, "explain", recorded)
     monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", "1")
     results = {}
     for flag in ("0", "1"):
@@ -463,6 +472,9 @@ def test_even_padded_batches_store_the_maps_of_plain_ones(trained_study, tmp_pat
             methods=("gradcam", "saliency", "integrated_gradients:n_steps=4"), batch_size=7,
         )  # fmt: skip
     plain, even = results["0"], results["1"]
+    padded = [n for n, pad_to in seen if pad_to and pad_to / 2 <= n < pad_to]
+    assert padded  # some batch was padded, so the comparison covers it
+    assert len({pad_to for n, pad_to in seen if pad_to}) == 1  # one size for the job
     assert plain.keys() == even.keys()
     assert len(plain) == 6
     for part, table in plain.items():
@@ -472,3 +484,39 @@ def test_even_padded_batches_store_the_maps_of_plain_ones(trained_study, tmp_pat
         for column in ("confidence", "mass_cell"):
             np.testing.assert_allclose(table[column], even[part][column], rtol=1e-4, atol=1e-5)
         assert table["prediction"].tolist() == even[part]["prediction"].tolist()
+
+
+def test_even_padded_batches_of_a_regression_study_keep_every_target(tmp_path, monkeypatch):
+    """Two targets, two worker threads: padded batches (CYTOTUNE_EVEN_BATCHES=1) store the
+    cells, targets, predicted values and maps of plain ones."""
+    from cytotune.explainers.job import maps as maps_module
+
+    from tests.studies import make_study, regression_dataset, sample
+
+    dataset = regression_dataset(tmp_path / "reg", n=48)
+    study = make_study(tmp_path / "studies", dataset, {"reg": sample("small_cnn")}, "r2", "k2")
+    monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", "2")
+    frames = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv(maps_module.EVEN_BATCHES_ENV, flag)
+        _, _, frames[flag] = _explain_copy(
+            study, tmp_path / flag, stages=("maps",), executor="local", top_k=1,
+            methods=("saliency", "gradcam"), batch_size=5,
+        )  # fmt: skip
+    for part, table in frames["0"].items():
+        other = frames["1"][part].sort_values(["cell_id", "target_index"]).reset_index(drop=True)
+        table = table.sort_values(["cell_id", "target_index"]).reset_index(drop=True)
+        assert len(table) == 2 * 48  # every cell once per target
+        assert table[["cell_id", "target_index"]].equals(other[["cell_id", "target_index"]])
+        np.testing.assert_allclose(table["predicted_value"], other["predicted_value"], rtol=1e-5)
+        np.testing.assert_allclose(_stacked(table), _stacked(other), rtol=1e-4, atol=1e-5)
+
+
+def test_take_is_a_view_only_for_an_increasing_contiguous_run():
+    """A padded row list ([0, 5, 0, 5, ...]) spans as many rows as it has, but is no run."""
+    from cytotune.explainers.job.worker import take
+
+    array = np.arange(10) * 10
+    np.testing.assert_array_equal(take(array, np.resize([0, 5], 6)), [0, 50, 0, 50, 0, 50])
+    np.testing.assert_array_equal(take(array, np.array([2, 3, 4])), [20, 30, 40])
+    assert take(array, np.array([2, 3, 4])).base is array  # a view
