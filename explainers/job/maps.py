@@ -201,9 +201,9 @@ EVEN_BATCHES_ENV = "CYTOTUNE_EVEN_BATCHES"
 
 def even_batches(devices: Iterable[str]) -> bool:
     """Whether the local executor's batches are cut evenly and padded to one size
-    (:func:`even_batch_size`): by default on a GPU (where each worker thread builds cuDNN's plans
-    for every new shape) when the batches hold one fold; ``CYTOTUNE_EVEN_BATCHES=0`` or ``1``
-    decides."""
+    (:func:`even_batch_size`): by default on a GPU (a new batch shape cost a worker about 0.3 s
+    cold on one H200: ``bench/thread_cold.py``) when the batches hold one fold;
+    ``CYTOTUNE_EVEN_BATCHES=0`` or ``1`` decides."""
     on_gpu = any(d != "cpu" for d in devices)
     return batch_by_fold() and switch(EVEN_BATCHES_ENV, default=on_gpu)
 

@@ -107,13 +107,13 @@ def run_overlays(plan: ExplainPlan, config: ExplainConfig, state: ExplainState) 
     # the pairs cut into as many runs as stage processes, one job each (a trial's pairs in one
     # job share the pick's crops, read once): with one job per trial the MitoCheck job's 3
     # processes drew 5 pairs each, 1.5-1.7 s after the maps on one H200
-    count = max(1, min(len(todo), tail_processes()))
-    cuts = [k * len(todo) // count for k in range(count + 1)]  # contiguous: trials stay together
-    jobs = [
+    count = min(len(todo), tail_processes())
+    cuts = [k * len(todo) // count for k in range(count + 1)] if count else []
+    jobs = [  # contiguous runs: a trial's pairs stay together
         (common, [(w[2], w[3], w[4]) for w in todo[cuts[k] : cuts[k + 1]]]) for k in range(count)
     ]
     drawn: dict[tuple[str, str], list[dict]] = {}
-    for part in map_in_processes(pairs_overlays, jobs if todo else [], 1, "overlays"):
+    for part in map_in_processes(pairs_overlays, jobs, 1, "overlays"):
         drawn |= part
     records: list[dict] = []
     for w in work:

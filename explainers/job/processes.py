@@ -397,7 +397,9 @@ QUALITY_PROCESSES = 3
 
 
 def quality_processes() -> int:
-    value = os.environ.get(QUALITY_PROCESSES_ENV)
+    value = os.environ.get(QUALITY_PROCESSES_ENV, "").strip()
+    if value and not value.isdigit():
+        raise ValueError(f"{QUALITY_PROCESSES_ENV}={value!r}: give a whole number of processes")
     return max(1, int(value)) if value else QUALITY_PROCESSES
 
 

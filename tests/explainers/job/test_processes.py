@@ -520,3 +520,15 @@ def test_take_is_a_view_only_for_an_increasing_contiguous_run():
     np.testing.assert_array_equal(take(array, np.resize([0, 5], 6)), [0, 50, 0, 50, 0, 50])
     np.testing.assert_array_equal(take(array, np.array([2, 3, 4])), [20, 30, 40])
     assert take(array, np.array([2, 3, 4])).base is array  # a view
+
+
+def test_a_bad_quality_processes_value_says_what_to_give(monkeypatch):
+    from cytotune.explainers.job import processes
+
+    monkeypatch.setenv(processes.QUALITY_PROCESSES_ENV, "two")
+    with pytest.raises(ValueError, match="CYTOTUNE_QUALITY_PROCESSES='two': give a whole number"):
+        processes.quality_processes()
+    monkeypatch.setenv(processes.QUALITY_PROCESSES_ENV, "2")
+    assert processes.quality_processes() == 2
+    monkeypatch.setenv(processes.QUALITY_PROCESSES_ENV, "")
+    assert processes.quality_processes() == processes.QUALITY_PROCESSES
