@@ -9,7 +9,8 @@
 #      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
 #      not folded; localw0, localw1: side work not waiting (the default since 19) or waiting for the maps' first batch; localw3: 3 map worker threads (default 4); localtp8: 8 tail processes a stage;
 #      localfb0: the row groups' batches as they come (not regrouped by fold); localfm0: the
-#      population read after the maps (not following them); localeb0: batches as cut (not even, not padded to one size); localb128, localb256, localb512: batches of
+#      population read after the maps (not following them); localcb: cuDNN benchmark mode in the
+#      map workers; localqcl: the quality samples channels-last; qualityonly: --stages quality; localeb0: batches as cut (not even, not padded to one size); localb128, localb256, localb512: batches of
 #      128, 256 or 512 cells (default 256 on a GPU); localsp0: side work in threads
 #      of this process; mapsonly: --stages maps; locals: the sanity
 #      check in strict fp32 (CYTOTUNE_CHECK_TF32=0);
@@ -29,6 +30,8 @@
 #      pair's population figures in turn, the population and overlay stages as the job runs them);
 #   8. MPROFILE=1: bench/maps_profile.py on the searched study (the maps stage's pieces timed
 #      alone: start-up, each (trial, method) warm, 1 vs 4 workers, a pass's floor, a profile);
+#  11. PASSPROF=1: bench/pass_profile.py (one pass per family in the maps' and the quality's
+#      settings, timed, and its top CUDA kernels);
 #   7. PYSPY=1 with the py-spy wheel in .gpu/wheels: one more explain run (local executor) under
 #      `py-spy record --gil` (which Python holds the interpreter lock), raw stacks per thread.
 set -x
@@ -81,11 +84,13 @@ EOF
       localq1) V="CYTOTUNE_QUALITY_PROCESSES=1";; localt1) V="CYTOTUNE_TAIL_PROCESSES=1";;
       localf0) V="CYTOTUNE_FOLD_NORMS=0";; localw0) V="CYTOTUNE_SIDE_WAIT=0";; localw1) V="CYTOTUNE_SIDE_WAIT=1";;
       localw3) V="CYTOTUNE_LOCAL_WORKERS=3";; localeb0) V="CYTOTUNE_EVEN_BATCHES=0";;
-      locals) V="CYTOTUNE_CHECK_TF32=0";;
+      locals) V="CYTOTUNE_CHECK_TF32=0";; localcb) V="CYTOTUNE_CUDNN_BENCHMARK=1";;
+      localqcl) V="CYTOTUNE_QUALITY_CHANNELS_LAST=1";;
       localtp8) V="CYTOTUNE_TAIL_PROCESSES=8";; localsp0) V="CYTOTUNE_STAGE_PROCESSES=0";;
       localfb0) V="CYTOTUNE_FOLD_BATCHES=0";; localfm0) V="CYTOTUNE_FOLLOW_MAPS=0";;
     esac
     A=""; [ "$e" = mapsonly ] && A="--stages maps"  # the maps stage alone, nothing beside it
+    [ "$e" = qualityonly ] && A="--stages quality"  # the quality stage alone, on the last maps
     case $e in localb128) A="--batch-size 128";; localb256) A="--batch-size 256";; localb512) A="--batch-size 512";; esac
     C="cytotune"; X=local; [ "$e" = ray ] && X=ray
     if [ "$e" = base ]; then
@@ -106,6 +111,10 @@ EOF
     python3 bench/explain_timeline.py $R/explain_state_$tag.json $R/workers_$tag $R/smi_$tag.csv 2>&1 | tail -8
   done
   done
+  if [ -n "$PASSPROF" ]; then  # one pass per family: maps' bf16 and quality's TF32 settings
+    timeout ${PASSPROF_TIMEOUT:-120} python3 bench/pass_profile.py --study /tmp/runs/mitocheck \
+      --top-k 3 --out $R/pass_profile.json 2>&1 | grep -v Warn | tail -40
+  fi
   if [ -n "$COLD" ]; then  # a worker's first batch cold and warm, in a second thread, a smaller batch
     timeout ${COLD_TIMEOUT:-90} python3 bench/thread_cold.py --study /tmp/runs/mitocheck --top-k 3 \
       --out $R/thread_cold.json 2>&1 | grep -v Warn | tail -14

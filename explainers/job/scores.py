@@ -31,7 +31,7 @@ from ..quality import deletion_insertion, mass_inside, prototype_diversity
 from ..quality.learned import balanced_accuracy_ci, held_out_decides
 from ..quality.sanity import SanityConfig, check_precision, combine, sanity_check
 from .config import ExplainConfig
-from .executor import in_threads, resolve_executor, worker_devices
+from .executor import in_threads, resolve_executor, switch, worker_devices
 from .layout import (
     QUALITY_COLUMNS,
     empty_index,
@@ -46,6 +46,7 @@ from .processes import quality_processes
 from .state import ExplainState
 
 MAP_SCORES = ("mass_cell", "mass_evidence", "pointing_hit")
+QUALITY_CHANNELS_LAST_ENV = "CYTOTUNE_QUALITY_CHANNELS_LAST"
 
 
 def _row(trial_id, method, metric, values) -> dict:
@@ -163,6 +164,9 @@ class QualityContext:
             width,
         )
         self.cache = cache or FoldCache()
+        # 1: the models and crops on a GPU in channels-last memory (TF32 convolutions without
+        # layout transposes); off by default
+        self.channels_last = self.device.type == "cuda" and switch(QUALITY_CHANNELS_LAST_ENV, False)
         self._images: dict[bytes, np.ndarray] = {}
         self._copies_of: str | None = None  # the trial scored last
 
@@ -222,11 +226,14 @@ class QualityContext:
 
     def model(self, directory: str):
         """``(model, offset, scale)`` of a fold checkpoint, loaded on first use."""
+        import torch
         from cytotune.engine.train.checkpoint import load_fold
 
         with self.cache.lock:
             if directory not in self.cache.models:
                 loaded = load_fold(directory, self.device)
+                if self.channels_last:
+                    loaded.model.to(memory_format=torch.channels_last)
                 self.cache.models[directory] = (loaded.model, loaded.offset, loaded.scale)
                 self.cache.loads += 1
             return self.cache.models[directory]
@@ -292,6 +299,8 @@ def sample_scores(
         rows = group["row"].to_numpy()
         model, offset, scale = context.model(str(fold_dirs[int(fold)]))
         x = normalize(torch.from_numpy(context.images(rows)).to(device), offset, scale)
+        if context.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         takes_mask = capabilities_of(model).takes_mask
         fk = {}
         if takes_mask and masks is not None:

@@ -30,6 +30,7 @@ from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
 from ..methods.base import own_thread_hook
 from ..methods.cam import release_hooked_gradients, shared_hooked_gradients
+from .executor import switch
 from .layout import MAPS, maps_staging_dir
 from .norm_folding import fold_norms
 from .parts import write_part
@@ -46,6 +47,9 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 MIN_CAM_SIDE = 4
+# 1: the map workers' process autotunes its convolutions (cuDNN benchmark mode; each thread
+# tunes its own, PyTorch keeps the plans per thread); off by default
+CUDNN_BENCHMARK_ENV = "CYTOTUNE_CUDNN_BENCHMARK"
 
 
 def layer_sizes(model, shape) -> dict[str, tuple[int, int]]:
@@ -219,6 +223,8 @@ class MapWorker:
         self.output = output  # {"study_dir", "run_id"}: write map parts here (see ``write``)
         self._writer_id = uuid.uuid4().hex[:12]
         self.device = pick_device(device)
+        if self.device.type == "cuda" and switch(CUDNN_BENCHMARK_ENV, default=False):
+            torch.backends.cudnn.benchmark = True  # the process's convolutions autotuned
         self.pad_to = pad_to
         self.manifest = Manifest.from_dict(manifest)
         self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
