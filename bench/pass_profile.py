@@ -39,7 +39,7 @@ def sync() -> None:
     import torch
 
     if torch.cuda.is_available():
-        sync()
+        torch.cuda.synchronize()
 
 
 def pass_fn(model, x, fk, bf16: bool):

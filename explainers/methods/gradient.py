@@ -1,4 +1,8 @@
-"""Input attributions through captum: Saliency, InputXGradient, IntegratedGradients, Occlusion.
+"""Input attributions: Saliency, InputXGradient, IntegratedGradients, Occlusion.
+
+Saliency and Integrated Gradients (without ``internal_batch_size``) are computed here in plain
+torch, with captum's numbers (tested against captum) and without importing it: the explain job's
+default methods then never pay captum's import. InputXGradient and Occlusion call captum.
 
 All return (B, C, H, W): one map per input channel (channels are never merged, so the share of
 each stain can be read off with :func:`~cytotune.explainers.methods.channel_attribution`).
@@ -10,6 +14,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -79,7 +84,8 @@ class _Captum(Explainer):
 
 @register_explainer("saliency")
 class Saliency(_Captum):
-    """Gradient of the score with respect to each input pixel and channel (captum Saliency).
+    """Gradient of the score with respect to each input pixel and channel (captum's Saliency,
+    computed by :func:`input_gradients`).
 
     Args:
         model: the model, in eval mode.
@@ -90,7 +96,24 @@ class Saliency(_Captum):
     defaults = {"abs": True}
 
     def _attribute(self, x: Tensor, target: Any, *, abs: bool, forward_kwargs: dict) -> Tensor:
-        return self._call("Saliency", x, target, forward_kwargs, {}, abs=abs)
+        t = predict_target(self.model, x, target, forward_kwargs)
+        grads = input_gradients(self.model, x, t, forward_kwargs)
+        return grads.abs() if abs else grads
+
+
+def input_gradients(model: nn.Module, x: Tensor, target: Tensor, fk: dict) -> Tensor:
+    """Gradient of each image's ``target`` output with respect to its pixels, (B, C, H, W): what
+    captum's Saliency computes (with :func:`summed_gradients`: one backward seed for the batch),
+    without importing captum. captum's import (with the matplotlib it pulls in) took 0.7 s of
+    the explain job's interpreter lock, which every map worker's first batch waited for."""
+    x = x.detach().requires_grad_(True)
+    with torch.autograd.set_grad_enabled(True):
+        out = model(x, **fk)
+        if out.ndim != 2:
+            raise ValueError(f"model output must be (B, outputs), got {tuple(out.shape)}")
+        picked = out.gather(1, target.reshape(-1, 1))
+        (grads,) = torch.autograd.grad(picked, x, grad_outputs=torch.ones_like(picked))
+    return grads
 
 
 @register_explainer("inputxgradient")
@@ -204,12 +227,32 @@ def _repeat(value: Any, n_steps: int, batch: int) -> Any:
     return value
 
 
+RIEMANN_ALPHAS = {  # captum's alphas of n steps per Riemann rule, as (start, end) of a linspace
+    "riemann_left": lambda n: (0.0, 1 - 1 / n),
+    "riemann_right": lambda n: (1 / n, 1.0),
+    "riemann_middle": lambda n: (1 / (2 * n), 1 - 1 / (2 * n)),
+    "riemann_trapezoid": lambda n: (0.0, 1.0),
+}
+QUADRATURES = ("gausslegendre", *RIEMANN_ALPHAS)
+
+
 @functools.lru_cache(maxsize=64)
 def _nodes(method: str, n_steps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from captum.attr._utils.approximation_methods import approximation_parameters
-
-    step_sizes, alphas = approximation_parameters(method)
-    return tuple(step_sizes(n_steps)), tuple(alphas(n_steps))
+    """captum's ``approximation_parameters(method)`` (step sizes, alphas) for ``n_steps``, the
+    same numbers computed the same way (tested against captum), without importing captum."""
+    if method == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+        return tuple(0.5 * weights), tuple(0.5 * (1 + nodes))
+    if method not in RIEMANN_ALPHAS:
+        raise ValueError(f"unknown integration method {method!r}; use one of {list(QUADRATURES)}")
+    if n_steps < 2:
+        raise ValueError(f"{method} needs n_steps >= 2, got {n_steps}")
+    steps = [1 / n_steps] * n_steps
+    if method == "riemann_trapezoid":
+        steps[0] /= 2
+        steps[-1] /= 2
+    start, end = RIEMANN_ALPHAS[method](n_steps)
+    return tuple(steps), tuple(torch.linspace(start, end, n_steps).tolist())
 
 
 def quadrature(method: str, n_steps: int, device) -> tuple[Tensor, Tensor]:

@@ -289,3 +289,64 @@ def test_batched_integrated_gradients_keep_half_precision_inputs(model):
     expected = ca.IntegratedGradients(half).attribute(x, target=TARGET, n_steps=8)
     assert ours.dtype == expected.dtype
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "method,steps",
+    [
+        ("gausslegendre", (1, 2, 7, 50)),
+        *[
+            (m, (2, 7, 50))
+            for m in ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
+        ],
+    ],
+)
+def test_quadrature_nodes_equal_captums(method, steps):
+    """The step sizes and alphas computed here are captum's, number for number."""
+    from captum.attr._utils.approximation_methods import approximation_parameters
+    from cytotune.explainers.methods.gradient import _nodes
+
+    step_sizes, alphas = approximation_parameters(method)
+    for n in steps:
+        ours_steps, ours_alphas = _nodes(method, n)
+        assert list(ours_steps) == list(step_sizes(n)), (method, n)
+        assert list(ours_alphas) == list(alphas(n)), (method, n)
+
+
+def test_quadrature_nodes_reject_bad_methods_and_step_counts():
+    from cytotune.explainers.methods.gradient import _nodes
+
+    with pytest.raises(ValueError, match="unknown integration method 'simpson'"):
+        _nodes("simpson", 10)
+    with pytest.raises(ValueError, match="riemann_left needs n_steps >= 2"):
+        _nodes("riemann_left", 1)
+
+
+def test_saliency_with_forward_arguments_equals_captum():
+    model = _Masked().eval()
+    x, mask = inputs(2, 3), (inputs(2, 1, seed=3) > 0).float()
+    expected = ca.Saliency(model).attribute(x, target=TARGET, additional_forward_args=(mask,))
+    got = Saliency(model).attribute(x, TARGET, forward_kwargs={"mask": mask})
+    torch.testing.assert_close(got, expected, atol=1e-7, rtol=1e-5)
+
+
+def test_default_input_methods_do_not_import_captum():
+    """Saliency, SmoothGrad of it and batched Integrated Gradients run without captum's import
+    (0.7 s of the explain job's interpreter lock, matplotlib included)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from cytotune.explainers.methods import create_explainer\n"
+        "model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(),"
+        " torch.nn.LazyLinear(3)).eval()\n"
+        "x = torch.randn(2, 1, 8, 8)\n"
+        "model(x)\n"
+        "for name, kw in [('saliency', {}), ('smoothgrad', {'n': 2}),"
+        " ('integrated_gradients', {'n_steps': 4})]:\n"
+        "    assert create_explainer(name, model, **kw).attribute(x).shape == x.shape\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'captum'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
