@@ -106,9 +106,11 @@ EOF
     echo "explain $e run $i wall $(( ($(date +%s%N) - t0) / 1000000 )) ms (started $t0 ns)" | tee -a $R/walls.txt
     grep -E "^  [a-z]+ +[0-9.]+ s$|^(FAILED|INCONCLUSIVE|error|Traceback)" $R/explain_$tag.txt | tail -12
     cp /tmp/runs/mitocheck/explain/explain.json $R/explain_state_$tag.json
+    cp /tmp/runs/mitocheck/explain/quality.parquet $R/quality_$tag.parquet 2>/dev/null  # verdicts, rho
     python3 -c "import json; d=json.load(open('$R/explain_state_$tag.json')); s=d['maps_run']['started']; print({k: round(v, 2) if isinstance(v, float) else v for k, v in d.get('timings', {}).items()}); print('from the maps start:', {k: round(v - s, 1) for k, v in sorted(d.get('marks', {}).items(), key=lambda kv: kv[1])}, 'end', round(d['finished'] - s, 1))"
     mkdir -p $R/workers_$tag && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers_$tag/ 2>/dev/null
     python3 bench/explain_timeline.py $R/explain_state_$tag.json $R/workers_$tag $R/smi_$tag.csv 2>&1 | tail -8
+    rm -rf /tmp/runs/mitocheck/explain/workers  # the next run's workers only
   done
   done
   if [ -n "$PASSPROF" ]; then  # one pass per family: maps' bf16 and quality's TF32 settings
