@@ -123,11 +123,15 @@ def train(model, d, epochs: int, seed: int) -> float:
 def attribute_fn(method: str, x, target, bf16: bool = False):
     from cytotune.explainers.job.worker import layer_for
     from cytotune.explainers.methods import create_explainer
+    from cytotune.explainers.quality.sanity import check_precision
 
     def run(model):
         layer = layer_for(method, model, tuple(x.shape[1:]))
         explainer = create_explainer(method, model, layer, **METHODS[method])
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        # the job's precision for the check (check_precision), or bf16 autocast for the re-runs
+        device_type = x.device.type
+        bf = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else None
+        with bf or check_precision(device_type):
             return explainer.attribute(x, target=target).float()
 
     return run
