@@ -32,6 +32,7 @@
 #      alone: start-up, each (trial, method) warm, 1 vs 4 workers, a pass's floor, a profile);
 #  11. PASSPROF=1: bench/pass_profile.py (one pass per family in the maps' and the quality's
 #      settings, timed, and its top CUDA kernels);
+#  12. GTESTS="tests/... -k expr": those tests on the GPU (pytest), before the rest;
 #   7. PYSPY=1 with the py-spy wheel in .gpu/wheels: one more explain run (local executor) under
 #      `py-spy record --gil` (which Python holds the interpreter lock), raw stacks per thread.
 set -x
@@ -53,6 +54,10 @@ if [ -n "$ERRORS" ] && ls /tmp/bb/part.* >/dev/null 2>&1; then
   [ -d /tmp/data/bbbc021 ] || cat /tmp/bb/part.* | tar -xf - -C /tmp/data
   timeout ${ERRORS_TIMEOUT:-150} python3 bench/real/errors.py /tmp/data/bbbc021 --out $R/bbbc021_errors.json \
     --montage $R/bbbc021_errors.png ${ERRORS_ARGS} 2>&1 | grep -v Warn | tail -30
+fi
+if [ -n "$GTESTS" ]; then  # tests that need a GPU (they skip on the CPU): GTESTS="path -k expr"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider -p no:dash.testing.plugin -rA $GTESTS 2>&1 \
+    | grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed" | tail -12
 fi
 if [ -z "$NOEXPLAIN" ]; then
   cat > /tmp/mito3.yaml <<EOF

@@ -181,6 +181,38 @@ def test_distance_gradients_equal_cdists_without_its_buffer():
         assert masked_distances(z, prototypes, None, 0.0).grad_fn is None
 
 
+@pytest.mark.parametrize("limit", [1, 7 * 5 * 16, 10**9])  # a row, 7 rows, all rows at once
+def test_chunked_distances_equal_torch_cdist_and_keep_exact_zeros(limit):
+    """The GPU's distances (differences in chunks of rows, one norm each) are torch.cdist's
+    direct distances to float rounding, in any chunking, and exactly 0 where a patch is a
+    prototype (a pushed prototype and its own patch)."""
+    from cytotune.search_spaces.models.families.protopnet import chunked_distances
+
+    torch.manual_seed(1)
+    patches = 3 * torch.randn(20, 7, 16)  # (B, P, D)
+    prototypes = torch.randn(5, 16)
+    patches[4, 2] = prototypes[3]
+    reference = torch.cdist(patches, prototypes[None], compute_mode="donot_use_mm_for_euclid_dist")
+    got = chunked_distances(patches, prototypes, limit=limit)
+    assert got.shape == (20, 7, 5)
+    torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-6)
+    assert got[4, 2, 3] == 0.0
+    half = chunked_distances(patches.to(torch.bfloat16), prototypes, limit=limit)
+    assert half.dtype == torch.float32  # bf16 patches (autocast) measured in fp32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: its distances")
+def test_distances_on_the_gpu_equal_the_cpus():
+    from cytotune.search_spaces.models.families.protopnet import _cdist
+
+    torch.manual_seed(2)
+    patches, prototypes = torch.randn(300, 16, 128), torch.randn(160, 128)
+    patches[7, 3] = prototypes[11]
+    got = _cdist(patches.cuda(), prototypes.cuda()).cpu()
+    torch.testing.assert_close(got, _cdist(patches, prototypes), rtol=1e-5, atol=1e-5)
+    assert got[7, 3, 11] == 0.0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: a fold model there")
 def test_receptive_field_of_a_model_on_the_gpu_equals_the_cpus():
     """The probe follows the model's device (a GPU explain job's prototype stage passed a CPU

@@ -145,7 +145,36 @@ def masked_distances(z: Tensor, prototypes: Tensor, background: Tensor | None, a
 
 
 def _cdist(patches: Tensor, prototypes: Tensor) -> Tensor:
+    """Euclidean distances (B, P, M) of patches (B, P, D) to prototypes (M, D), from their
+    differences: never as |z|^2 + |p|^2 - 2 z.p, whose cancellation near a prototype is of the
+    order of the similarity's eps (and leaves a pushed prototype a small distance from its own
+    patch instead of 0). On a GPU, :func:`chunked_distances`."""
+    exporting = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+    if patches.is_cuda and not exporting:  # an exported graph keeps torch.cdist's one operation
+        return chunked_distances(patches, prototypes)
     return torch.cdist(patches, prototypes[None], compute_mode="donot_use_mm_for_euclid_dist")
+
+
+# (rows, P, M, D) differences formed at once on a GPU: 2^26 values, 256 MB in fp32
+DIFFERENCE_VALUES = 1 << 26
+
+
+@torch.jit.unused
+def chunked_distances(patches: Tensor, prototypes: Tensor, limit: int = DIFFERENCE_VALUES):
+    """:func:`_cdist` as a subtraction and one norm kernel per chunk of rows. torch.cdist's
+    direct CUDA kernel took 35% of a ProtoPNet's attribution pass on one H200 (91 of 258 ms of
+    kernel time for 6,400 crops of 64 px; ``bench/pass_profile.py``); the differences of a chunk
+    go through the GPU's memory at its bandwidth instead. The same distances up to float
+    rounding, and exactly 0 for a patch equal to a prototype."""
+    dtype = torch.promote_types(patches.dtype, prototypes.dtype)
+    b, p, d = patches.shape
+    rows = max(1, limit // max(1, p * prototypes.shape[0] * d))
+    protos = prototypes.to(dtype)
+    parts = [
+        torch.linalg.vector_norm(patches[i : i + rows, :, None, :].to(dtype) - protos, dim=-1)
+        for i in range(0, b, rows)
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class PatchDistances(torch.autograd.Function):
