@@ -385,15 +385,27 @@ def side_processes_wanted(config, in_processes: bool | None = None) -> int:
     # the attention figures' process may find no trial with attention maps: then it is unused
     count = int("prototypes" in config.stages) + int("attention" in config.stages)
     if {"maps", "quality"} <= set(config.stages) and config.quality_cells:
-        count += min(len(config.trials) or config.top_k, quality_processes())
+        count += quality_share_count(len(config.trials) or config.top_k, len(config.method_names))
     return count
 
 
-# processes that score the sampled cells beside the maps (on a GPU), each with its trials: in one,
-# the MitoCheck job's 3 trials x 5 methods ended 12 s after the maps (one H100);
-# CYTOTUNE_QUALITY_PROCESSES sets how many
+def quality_share_count(trials: int, methods: int) -> int:
+    """Processes the quality's samples of ``trials`` x ``methods`` go to: up to
+    :func:`quality_processes`, whole trials each while there are fewer processes than trials,
+    else each trial's methods split into the same number of groups (at most one per method)."""
+    n = quality_processes()
+    if n <= trials:
+        return n
+    return trials * max(1, min(methods, n // max(1, trials)))
+
+
+# processes that score the sampled cells beside the maps (on a GPU), each with its trials or a
+# group of a trial's methods: in one, the MitoCheck job's 3 trials x 5 methods ended 12 s after
+# the maps (one H100); in 3, one per trial, the backbone trial's ended 3.5-4 s after them, with
+# the GPU idle (one H200, once the maps took half the time); CYTOTUNE_QUALITY_PROCESSES sets how
+# many
 QUALITY_PROCESSES_ENV = "CYTOTUNE_QUALITY_PROCESSES"
-QUALITY_PROCESSES = 3
+QUALITY_PROCESSES = 6
 
 
 def quality_processes() -> int:

@@ -42,7 +42,6 @@ from .layout import (
     write_frame,
 )
 from .plan import ExplainPlan
-from .processes import quality_processes
 from .state import ExplainState
 
 MAP_SCORES = ("mass_cell", "mass_evidence", "pointing_hit")
@@ -595,16 +594,20 @@ def run_quality(
         data = str(plan.dataset.path)
         if side_stages_in_processes():  # the trials dealt out to processes of their own
             wait_for_maps(state)
-            n = min(len(todo), quality_processes())
-            shares = [(data, config, sample, todo[i::n], progress and i == 0) for i in range(n)]
+            groups = sample_shares(todo, config)
+            shares = [
+                (data, config, sample, trials, progress and i == 0, methods)
+                for i, (trials, methods) in enumerate(groups)
+            ]
 
             def share_scores(*share) -> dict:  # each share's end marked: where the stage waits
                 scored = early_in_process(*share)
-                state.mark("quality/samples/" + "+".join(t.trial_id for t in share[3]))
+                methods = f"({'+'.join(share[5])})" if share[5] else ""
+                state.mark("quality/samples/" + "+".join(t.trial_id for t in share[3]) + methods)
                 return scored
 
             early = {}
-            for part in map_in_threads(share_scores, shares, n):
+            for part in map_in_threads(share_scores, shares, len(shares)):
                 early.update(part)
         else:
             early = early_sample_scores(data, config, sample, todo, progress)
@@ -653,17 +656,20 @@ def early_in_process(*args) -> dict:
     return call_in_process(early_sample_scores, *args, name="cytotune-explain-quality")
 
 
-def early_sample_scores(dataset_path: str, config, sample, trials, progress: bool = True) -> dict:
-    """Sample scores of every configured method of ``trials`` without the head-only score
-    (unless ``head_check``), before the maps say which methods apply: ``{(trial id, method):
-    rows}``, prototype rows under ``(trial id, "prototypes")``. Arguments and result pickle: it
-    may run in a process of its own."""
+def early_sample_scores(
+    dataset_path: str, config, sample, trials, progress: bool = True, methods=None
+) -> dict:
+    """Sample scores of ``methods`` (default: every configured method) of ``trials`` without
+    the head-only score (unless ``head_check``), before the maps say which methods apply:
+    ``{(trial id, method): rows}``, prototype rows under ``(trial id, "prototypes")`` (scored
+    with the last configured method). Arguments and result pickle: it may run in a process of
+    its own."""
     plan = SimpleNamespace(dataset=SimpleNamespace(path=dataset_path))  # all score_locally reads
     last = config.method_names[-1]
     jobs = [
         (t, {m: config.method_options[m]}, m == last, config.head_check)
         for t in trials
-        for m in config.method_names
+        for m in methods or config.method_names
     ]
     out: dict = {}
     for (trial, methods, *_), result in zip(
@@ -674,6 +680,49 @@ def early_sample_scores(dataset_path: str, config, sample, trials, progress: boo
             out.setdefault((trial.trial_id, method), []).append(row)
         out.setdefault((trial.trial_id, next(iter(methods))), [])
     return out
+
+
+def sample_shares(trials: list, config) -> list[tuple[list, tuple[str, ...] | None]]:
+    """The quality's sample scores of ``trials`` dealt to :func:`quality_share_count`
+    processes: ``(trials, methods)`` each, methods None for all of them. With fewer processes
+    than trials, whole trials; else each trial's methods in that many groups of near-equal cost
+    (:func:`sample_cost`; longest first, each to the lightest group): the Integrated Gradients
+    of a trial then go beside its other methods, not after them."""
+    from .processes import quality_share_count
+
+    names = list(config.method_names)
+    n = quality_share_count(len(trials), len(names))
+    if n <= len(trials):
+        return [(trials[i::n], None) for i in range(n)]
+    k = n // len(trials)
+    groups: list[list[str]] = [[] for _ in range(k)]
+    cost = [0.0] * k
+    for name in sorted(names, key=lambda m: -sample_cost(m, config.method_options[m])):
+        i = cost.index(min(cost))
+        groups[i].append(name)
+        cost[i] += sample_cost(name, config.method_options[name])
+    ordered = [tuple(m for m in names if m in group) for group in groups if group]
+    return [([trial], methods) for trial in trials for methods in ordered]
+
+
+def sample_cost(method: str, options: dict) -> int:
+    """Forward-and-backward passes per sampled cell of a method's maps (Integrated Gradients'
+    steps, SmoothGrad's noisy copies; 1 for the others), plus the deletion and insertion
+    curves' forward passes (2 x 16, about 11 passes' worth), each for the trained model and
+    every random copy alike."""
+    import inspect
+
+    from ..methods._registry import get_explainer_class
+
+    cls = get_explainer_class(method)
+    merged = {**getattr(cls, "defaults", {}), **options}
+    passes = 1
+    if "n_steps" in merged:
+        passes = int(merged["n_steps"]) + 1
+    elif method == "smoothgrad":
+        default = inspect.signature(cls.__init__).parameters["n"].default
+        passes = int(merged.get("n", default)) + 1
+    return passes + 11
 
 
 def early_rows(early: dict, job, head_check: bool) -> list[dict] | None:

@@ -328,14 +328,15 @@ def test_warm_early_guesses_a_gpu_host_and_the_job_trims_the_guess(monkeypatch):
     assert processes.warm_early(config) == 0  # no GPU device: nothing started
     assert started == []
     devices.append("/dev/nvidia0")
-    # prototypes + attention + one per trial (3, at most QUALITY_PROCESSES)
-    assert processes.warm_early(config) == 5 == processes._WARM.qsize() == len(started)
-    processes.warm_processes(3)  # the job wants 3: the 2 started last are ended
+    # prototypes + attention + the quality's samples: 3 trials x 2 groups of their 5 methods
+    # (QUALITY_PROCESSES = 6)
+    assert processes.warm_early(config) == 8 == processes._WARM.qsize() == len(started)
+    processes.warm_processes(3)  # the job wants 3: the 5 started last are ended
     assert processes._WARM.qsize() == 3
-    assert [c.killed for c in started] == [False, False, False, True, True]
+    assert [c.killed for c in started] == [False] * 3 + [True] * 5
     processes.warm_processes(4)  # one more wanted: one more started
     assert processes._WARM.qsize() == 4
-    assert len(started) == 6
+    assert len(started) == 9
     processes.discard_warm()
     assert processes._WARM.empty()
     assert all(c.killed for c in started)
@@ -344,11 +345,11 @@ def test_warm_early_guesses_a_gpu_host_and_the_job_trims_the_guess(monkeypatch):
         assert processes.warm_early(config) == 0
     for shown in ("0", "1,0", "GPU-8d2f", "MIG-4a1c"):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", shown)
-        assert processes.warm_early(config) == 5
+        assert processes.warm_early(config) == 8
         processes.discard_warm()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "1")  # told: no guess
-    assert processes.warm_early(config) == 5
+    assert processes.warm_early(config) == 8
     processes.discard_warm()
     monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "0")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
@@ -532,3 +533,38 @@ def test_a_bad_quality_processes_value_says_what_to_give(monkeypatch):
     assert processes.quality_processes() == 2
     monkeypatch.setenv(processes.QUALITY_PROCESSES_ENV, "")
     assert processes.quality_processes() == processes.QUALITY_PROCESSES
+
+
+def test_quality_samples_are_dealt_by_trial_then_by_groups_of_methods_of_equal_cost(monkeypatch):
+    """Fewer processes than trials: whole trials each. More: each trial's methods in as many
+    groups of near-equal cost (passes per cell: IG 51 steps, SmoothGrad 26 copies, a CAM 1, plus
+    11 for the deletion and insertion curves), so a trial's Integrated Gradients go beside its
+    other methods; the count the command starts children for is the count dealt to."""
+    from cytotune.explainers.job import processes
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.scores import sample_cost, sample_shares
+
+    config = ExplainConfig(study="unused", top_k=3, executor="local")
+    names = list(config.method_names)
+    costs = {m: sample_cost(m, config.method_options[m]) for m in names}
+    assert costs == {
+        "gradcam": 12, "gradcam++": 12, "layercam": 12, "smoothgrad": 37,
+        "integrated_gradients": 62,
+    }  # fmt: skip
+    assert sample_cost("integrated_gradients", {"n_steps": 16}) == 28
+    assert sample_cost("smoothgrad", {"n": 8, "base": "gradcam"}) == 20
+    trials = ["a", "b", "c"]
+    monkeypatch.setenv(processes.QUALITY_PROCESSES_ENV, "2")
+    assert sample_shares(trials, config) == [(["a", "c"], None), (["b"], None)]
+    assert processes.quality_share_count(3, 5) == 2
+    monkeypatch.setenv(processes.QUALITY_PROCESSES_ENV, "6")
+    shares = sample_shares(trials, config)
+    assert processes.quality_share_count(3, 5) == len(shares) == 6
+    rest = ("gradcam", "gradcam++", "layercam", "smoothgrad")
+    for trial in trials:
+        groups = [methods for t, methods in shares if t == [trial]]
+        assert sorted(groups) == sorted([("integrated_gradients",), rest])
+    monkeypatch.setenv(processes.QUALITY_PROCESSES_ENV, "100")  # at most a group per method
+    shares = sample_shares(trials, config)
+    assert processes.quality_share_count(3, 5) == len(shares) == 15
+    assert sorted(m for _, methods in shares for m in methods) == sorted(names * 3)
