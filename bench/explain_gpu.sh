@@ -57,7 +57,7 @@ if [ -n "$ERRORS" ] && ls /tmp/bb/part.* >/dev/null 2>&1; then
 fi
 if [ -n "$GTESTS" ]; then  # tests that need a GPU (they skip on the CPU): GTESTS="path -k expr"
   timeout 120 python3 -m pytest -q -p no:cacheprovider -p no:dash.testing.plugin -rA $GTESTS 2>&1 \
-    | grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed" | tail -12
+    | grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed" | tail -12 | tee $R/gtests.txt
 fi
 if [ -z "$NOEXPLAIN" ]; then
   cat > /tmp/mito3.yaml <<EOF
