@@ -401,11 +401,11 @@ def quality_share_count(trials: int, methods: int) -> int:
 
 # processes that score the sampled cells beside the maps (on a GPU), each with its trials or a
 # group of a trial's methods: in one, the MitoCheck job's 3 trials x 5 methods ended 12 s after
-# the maps (one H100); in 3, one per trial, the backbone trial's ended 3.5-4 s after them, with
-# the GPU idle (one H200, once the maps took half the time); CYTOTUNE_QUALITY_PROCESSES sets how
-# many
+# the maps (one H100). On one H200, 6 (each trial's Integrated Gradients beside its other
+# methods) took 27.9-29.3 s against 3's 25.9-27.8 s: the maps ended 2 s later, and so did the
+# samples. CYTOTUNE_QUALITY_PROCESSES sets how many
 QUALITY_PROCESSES_ENV = "CYTOTUNE_QUALITY_PROCESSES"
-QUALITY_PROCESSES = 6
+QUALITY_PROCESSES = 3
 
 
 def quality_processes() -> int:

@@ -710,18 +710,15 @@ def sample_cost(method: str, options: dict) -> int:
     steps, SmoothGrad's noisy copies; 1 for the others), plus the deletion and insertion
     curves' forward passes (2 x 16, about 11 passes' worth), each for the trained model and
     every random copy alike."""
-    import inspect
-
     from ..methods._registry import get_explainer_class
+    from ..methods.smoothgrad import DEFAULT_COPIES
 
-    cls = get_explainer_class(method)
-    merged = {**getattr(cls, "defaults", {}), **options}
+    merged = {**getattr(get_explainer_class(method), "defaults", {}), **options}
     passes = 1
     if "n_steps" in merged:
         passes = int(merged["n_steps"]) + 1
     elif method == "smoothgrad":
-        default = inspect.signature(cls.__init__).parameters["n"].default
-        passes = int(merged.get("n", default)) + 1
+        passes = int(merged.get("n", DEFAULT_COPIES)) + 1
     return passes + 11
 
 

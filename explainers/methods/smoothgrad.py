@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from ._registry import get_explainer_class, register_explainer
 from .base import Explainer, LayerSpec, check_input, predict_target
 
+DEFAULT_COPIES = 25  # noisy copies per image
+
 
 @register_explainer("smoothgrad")
 class SmoothGrad:
@@ -47,7 +49,7 @@ class SmoothGrad:
         self,
         base: Explainer,
         sigma: float = 0.15,
-        n: int = 25,
+        n: int = DEFAULT_COPIES,
         *,
         seed: int | None = 0,
         squared: bool = False,

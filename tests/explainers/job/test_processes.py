@@ -328,15 +328,14 @@ def test_warm_early_guesses_a_gpu_host_and_the_job_trims_the_guess(monkeypatch):
     assert processes.warm_early(config) == 0  # no GPU device: nothing started
     assert started == []
     devices.append("/dev/nvidia0")
-    # prototypes + attention + the quality's samples: 3 trials x 2 groups of their 5 methods
-    # (QUALITY_PROCESSES = 6)
-    assert processes.warm_early(config) == 8 == processes._WARM.qsize() == len(started)
-    processes.warm_processes(3)  # the job wants 3: the 5 started last are ended
+    # prototypes + attention + one per trial (3: QUALITY_PROCESSES)
+    assert processes.warm_early(config) == 5 == processes._WARM.qsize() == len(started)
+    processes.warm_processes(3)  # the job wants 3: the 2 started last are ended
     assert processes._WARM.qsize() == 3
-    assert [c.killed for c in started] == [False] * 3 + [True] * 5
+    assert [c.killed for c in started] == [False, False, False, True, True]
     processes.warm_processes(4)  # one more wanted: one more started
     assert processes._WARM.qsize() == 4
-    assert len(started) == 9
+    assert len(started) == 6
     processes.discard_warm()
     assert processes._WARM.empty()
     assert all(c.killed for c in started)
@@ -345,11 +344,11 @@ def test_warm_early_guesses_a_gpu_host_and_the_job_trims_the_guess(monkeypatch):
         assert processes.warm_early(config) == 0
     for shown in ("0", "1,0", "GPU-8d2f", "MIG-4a1c"):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", shown)
-        assert processes.warm_early(config) == 8
+        assert processes.warm_early(config) == 5
         processes.discard_warm()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "1")  # told: no guess
-    assert processes.warm_early(config) == 8
+    assert processes.warm_early(config) == 5
     processes.discard_warm()
     monkeypatch.setenv(processes.STAGE_PROCESSES_ENV, "0")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
