@@ -391,12 +391,15 @@ def side_processes_wanted(config, in_processes: bool | None = None) -> int:
 
 
 def quality_share_count(trials: int, methods: int) -> int:
-    """Processes the quality's samples of ``trials`` x ``methods`` go to: up to
-    :func:`quality_processes`, whole trials each while there are fewer processes than trials,
-    else each trial's methods split into the same number of groups (at most one per method)."""
+    """Processes the quality's samples of ``trials`` x ``methods`` go to: by default one per
+    trial, up to :func:`quality_processes`. Only where ``CYTOTUNE_QUALITY_PROCESSES`` asks for
+    more processes than trials is each trial's methods split into the same number of groups
+    (at most one per method): measured slower on one H200 for 3 trials (6 processes), so never
+    by default (each group's process loads the trial's fold models and draws its random copies
+    again)."""
     n = quality_processes()
-    if n <= trials:
-        return n
+    if n <= trials or not os.environ.get(QUALITY_PROCESSES_ENV, "").strip():
+        return min(n, trials)
     return trials * max(1, min(methods, n // max(1, trials)))
 
 

@@ -47,8 +47,9 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 MIN_CAM_SIDE = 4
-# 1: the map workers' process autotunes its convolutions (cuDNN benchmark mode; each thread
-# tunes its own, PyTorch keeps the plans per thread); off by default
+# 1: cuDNN benchmark mode for the map workers' process (set once, for the process; PyTorch keeps
+# the tuned plans per thread, so each worker thread tunes its own): measured slower, off by
+# default
 CUDNN_BENCHMARK_ENV = "CYTOTUNE_CUDNN_BENCHMARK"
 
 

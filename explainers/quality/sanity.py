@@ -237,7 +237,10 @@ def check_precision(device_type: str = "cpu"):
     """The sanity check's arithmetic: fp32 values, autocast off, TF32 where
     :func:`check_tf32` allows it (``CYTOTUNE_CHECK_BF16=1``, to measure: bf16 autocast on a
     GPU)."""
-    if device_type == "cuda" and os.environ.get("CYTOTUNE_CHECK_BF16", "").strip() == "1":
+    value = os.environ.get("CYTOTUNE_CHECK_BF16", "").strip() or "0"
+    if value not in ("0", "1"):
+        raise ValueError(f"CYTOTUNE_CHECK_BF16 must be 0 (the default) or 1, got {value!r}")
+    if device_type == "cuda" and value == "1":  # measured: not reproducible (BENCHMARKS.md)
         return torch.autocast(device_type, dtype=torch.bfloat16)
     return fp32(device_type, tf32=check_tf32(device_type))
 

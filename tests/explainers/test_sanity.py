@@ -199,3 +199,9 @@ def test_check_precision_allows_tf32_on_a_gpu_only_and_obeys_the_switch(monkeypa
     monkeypatch.setenv("CYTOTUNE_CHECK_TF32", "yes")
     with pytest.raises(ValueError, match="CYTOTUNE_CHECK_TF32 must be 0"):
         check_tf32("cuda")
+    monkeypatch.setenv("CYTOTUNE_CHECK_BF16", "on")  # the measuring switch: 0 or 1 only
+    with pytest.raises(ValueError, match="CYTOTUNE_CHECK_BF16 must be 0"):
+        check_precision("cuda")
+    monkeypatch.setenv("CYTOTUNE_CHECK_BF16", "1")  # bf16 on a GPU only, fp32 on the CPU
+    with check_precision("cpu"):
+        assert not torch.is_autocast_enabled("cpu")

@@ -181,7 +181,7 @@ def test_distance_gradients_equal_cdists_without_its_buffer():
         assert masked_distances(z, prototypes, None, 0.0).grad_fn is None
 
 
-@pytest.mark.parametrize("limit", [1, 7 * 5 * 16, 10**9])  # a row, 7 rows, all rows at once
+@pytest.mark.parametrize("limit", [1, 3 * 5 * 16, 10**9])  # a patch, 3 patches, all at once
 def test_chunked_distances_equal_torch_cdist_and_keep_exact_zeros(limit):
     """The GPU's distances (differences in chunks of rows, one norm each) are torch.cdist's
     direct distances to float rounding, in any chunking, and exactly 0 where a patch is a
@@ -199,6 +199,33 @@ def test_chunked_distances_equal_torch_cdist_and_keep_exact_zeros(limit):
     assert got[4, 2, 3] == 0.0
     half = chunked_distances(patches.to(torch.bfloat16), prototypes, limit=limit)
     assert half.dtype == torch.float32  # bf16 patches (autocast) measured in fp32
+    both = chunked_distances(patches.to(torch.bfloat16), prototypes.to(torch.bfloat16))
+    assert both.dtype == torch.float32  # never differences in bf16
+    assert chunked_distances(patches[:0], prototypes, limit=limit).shape == (0, 7, 5)
+
+
+def test_chunked_distances_hold_at_most_their_limit_of_differences(monkeypatch):
+    """However many patches a crop has, at most ``limit`` differences exist at once (one
+    patch's where those are more): a large latent map does not take the memory of a batch."""
+    from cytotune.search_spaces.models.families import protopnet
+
+    sizes = []
+    norm = torch.linalg.vector_norm
+
+    def counted(x, *args, **kwargs):
+        sizes.append(x.numel())
+        return norm(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "vector_norm", counted)
+    patches, prototypes = torch.randn(2, 50, 16), torch.randn(5, 16)  # 80 per patch
+    for limit, most in [(800, 800), (50, 80)]:
+        sizes.clear()
+        got = protopnet.chunked_distances(patches, prototypes, limit=limit)
+        assert max(sizes) == most
+        assert sum(sizes) == 2 * 50 * 80
+        torch.testing.assert_close(
+            got, torch.cdist(patches, prototypes[None]), rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: its distances")

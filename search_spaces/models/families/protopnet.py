@@ -155,26 +155,30 @@ def _cdist(patches: Tensor, prototypes: Tensor) -> Tensor:
     return torch.cdist(patches, prototypes[None], compute_mode="donot_use_mm_for_euclid_dist")
 
 
-# (rows, P, M, D) differences formed at once on a GPU: 2^26 values, 256 MB in fp32
+# (patches, M, D) differences formed at once on a GPU: 2^26 values, 256 MB in fp32
 DIFFERENCE_VALUES = 1 << 26
 
 
 @torch.jit.unused
 def chunked_distances(patches: Tensor, prototypes: Tensor, limit: int = DIFFERENCE_VALUES):
-    """:func:`_cdist` as a subtraction and one norm kernel per chunk of rows. torch.cdist's
-    direct CUDA kernel took 35% of a ProtoPNet's attribution pass on one H200 (91 of 258 ms of
-    kernel time for 6,400 crops of 64 px; ``bench/pass_profile.py``); the differences of a chunk
-    go through the GPU's memory at its bandwidth instead. The same distances up to float
-    rounding, and exactly 0 for a patch equal to a prototype."""
-    dtype = torch.promote_types(patches.dtype, prototypes.dtype)
+    """:func:`_cdist` as a subtraction and one norm kernel per chunk of patches (in at least
+    fp32, as torch.cdist under autocast). torch.cdist's direct CUDA kernel took 35% of a
+    ProtoPNet's attribution pass on one H200 (91 of 258 ms of kernel time for 6,400 crops of
+    64 px; ``bench/pass_profile.py``); the differences of a chunk go through the GPU's memory at
+    its bandwidth instead. The same distances up to float rounding, exactly 0 for a patch equal
+    to a prototype; at most ``limit`` differences at once (one patch's where those are more)."""
     b, p, d = patches.shape
-    rows = max(1, limit // max(1, p * prototypes.shape[0] * d))
+    m = prototypes.shape[0]
+    dtype = torch.promote_types(torch.promote_types(patches.dtype, prototypes.dtype), torch.float32)
+    flat = patches.reshape(b * p, d)
     protos = prototypes.to(dtype)
+    rows = max(1, limit // max(1, m * d))
     parts = [
-        torch.linalg.vector_norm(patches[i : i + rows, :, None, :].to(dtype) - protos, dim=-1)
-        for i in range(0, b, rows)
+        torch.linalg.vector_norm(flat[i : i + rows, None, :].to(dtype) - protos, dim=-1)
+        for i in range(0, b * p, rows)
     ]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    out = torch.cat(parts) if parts else flat.new_zeros((0, m), dtype=dtype)
+    return out.reshape(b, p, m)
 
 
 class PatchDistances(torch.autograd.Function):

@@ -535,10 +535,11 @@ def test_a_bad_quality_processes_value_says_what_to_give(monkeypatch):
 
 
 def test_quality_samples_are_dealt_by_trial_then_by_groups_of_methods_of_equal_cost(monkeypatch):
-    """Fewer processes than trials: whole trials each. More: each trial's methods in as many
-    groups of near-equal cost (passes per cell: IG 51 steps, SmoothGrad 26 copies, a CAM 1, plus
-    11 for the deletion and insertion curves), so a trial's Integrated Gradients go beside its
-    other methods; the count the command starts children for is the count dealt to."""
+    """By default, and with fewer processes than trials: whole trials each. Where
+    CYTOTUNE_QUALITY_PROCESSES asks for more: each trial's methods in as many groups of
+    near-equal cost (passes per cell: IG 51 steps, SmoothGrad 26 copies, a CAM 1, plus 11 for
+    the deletion and insertion curves), so a trial's Integrated Gradients go beside its other
+    methods; the count the command starts children for is the count dealt to."""
     from cytotune.explainers.job import processes
     from cytotune.explainers.job.config import ExplainConfig
     from cytotune.explainers.job.scores import sample_cost, sample_shares
@@ -552,7 +553,12 @@ def test_quality_samples_are_dealt_by_trial_then_by_groups_of_methods_of_equal_c
     }  # fmt: skip
     assert sample_cost("integrated_gradients", {"n_steps": 16}) == 28
     assert sample_cost("smoothgrad", {"n": 8, "base": "gradcam"}) == 20
+    # n copies of the base's passes: 8 x (16 steps + 1) + 1, + 11
+    assert sample_cost("smoothgrad", {"n": 8, "base": "integrated_gradients", "n_steps": 16}) == 148
     trials = ["a", "b", "c"]
+    monkeypatch.delenv(processes.QUALITY_PROCESSES_ENV, raising=False)  # the default: by trial
+    assert sample_shares(trials[:1], config) == [(["a"], None)]
+    assert processes.quality_share_count(1, 5) == 1
     monkeypatch.setenv(processes.QUALITY_PROCESSES_ENV, "2")
     assert sample_shares(trials, config) == [(["a", "c"], None), (["b"], None)]
     assert processes.quality_share_count(3, 5) == 2
