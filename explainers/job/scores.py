@@ -706,24 +706,13 @@ def sample_shares(trials: list, config) -> list[tuple[list, tuple[str, ...] | No
 
 
 def sample_cost(method: str, options: dict) -> int:
-    """Forward-and-backward passes per sampled cell of a method's maps (Integrated Gradients'
-    steps, SmoothGrad's noisy copies of its base method's passes; 1 for the others), plus the
-    deletion and insertion curves' forward passes (2 x 16, about 11 passes' worth), each for
-    the trained model and every random copy alike."""
-    return map_passes(method, options) + 11
-
-
-def map_passes(method: str, options: dict) -> int:
-    """Forward-and-backward passes per cell of one map of ``method`` with ``options``."""
+    """Forward-and-backward passes per sampled cell of a method's maps (its class's
+    ``passes``: Integrated Gradients' steps, SmoothGrad's noisy copies of its base method's
+    passes, 1 for the others), plus the deletion and insertion curves' forward passes (2 x 16,
+    about 11 passes' worth), each for the trained model and every random copy alike."""
     from ..methods._registry import get_explainer_class
-    from ..methods.smoothgrad import DEFAULT_COPIES
 
-    if method == "smoothgrad":  # n copies of the base's passes, and the target's prediction
-        base = {k: v for k, v in options.items() if k not in ("n", "sigma", "seed", "squared")}
-        copies = int(options.get("n", DEFAULT_COPIES))
-        return copies * map_passes(str(base.pop("base", "saliency")), base) + 1
-    merged = {**getattr(get_explainer_class(method), "defaults", {}), **options}
-    return int(merged["n_steps"]) + 1 if "n_steps" in merged else 1
+    return get_explainer_class(method).passes(options) + 11
 
 
 def early_rows(early: dict, job, head_check: bool) -> list[dict] | None:

@@ -77,6 +77,15 @@ class SmoothGrad:
             raise ValueError("with an explainer instance as base, set layer and options on it")
         return cls(base, **own)
 
+    @classmethod
+    def passes(cls, options: dict[str, Any]) -> int:
+        """``n`` noisy copies of the base method's passes, and the target's prediction."""
+        own = ("sigma", "n", "seed", "squared", "batch_size")
+        rest = {k: v for k, v in options.items() if k not in own}
+        base = rest.pop("base", "saliency")
+        base_cls = get_explainer_class(base) if isinstance(base, str) else type(base)
+        return int(options.get("n", DEFAULT_COPIES)) * base_cls.passes(rest) + 1
+
     @property
     def model(self) -> nn.Module:
         return self.base.model
