@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import threading
 from collections import Counter
 from types import SimpleNamespace
@@ -46,6 +47,20 @@ from .state import ExplainState
 
 MAP_SCORES = ("mass_cell", "mass_evidence", "pointing_hit")
 QUALITY_CHANNELS_LAST_ENV = "CYTOTUNE_QUALITY_CHANNELS_LAST"
+QUALITY_FOLD_THREADS_ENV = "CYTOTUNE_QUALITY_FOLD_THREADS"
+QUALITY_FOLD_THREADS = 1
+
+
+def fold_threads(device_type: str) -> int:
+    """Threads a quality context scores a method's folds in (:meth:`QualityContext.map_folds`):
+    ``CYTOTUNE_QUALITY_FOLD_THREADS``, else :data:`QUALITY_FOLD_THREADS` on a GPU and 1 on the
+    CPU (whose cores torch already uses)."""
+    value = os.environ.get(QUALITY_FOLD_THREADS_ENV, "").strip()
+    if value and not value.isdigit():
+        raise ValueError(f"{QUALITY_FOLD_THREADS_ENV}={value!r}: give a whole number of threads")
+    if value:
+        return max(1, int(value))
+    return QUALITY_FOLD_THREADS if device_type == "cuda" else 1
 
 
 def _row(trial_id, method, metric, values) -> dict:
@@ -167,6 +182,8 @@ class QualityContext:
         # layout transposes); off by default
         self.channels_last = self.device.type == "cuda" and switch(QUALITY_CHANNELS_LAST_ENV, False)
         self._images: dict[bytes, np.ndarray] = {}
+        self._fold_pool = None  # map_folds' threads, started on first use
+        self._streams = threading.local()
         self._copies_of: str | None = None  # the trial scored last
 
     @property
@@ -237,6 +254,29 @@ class QualityContext:
                 self.cache.loads += 1
             return self.cache.models[directory]
 
+    def map_folds(self, fn, folds: list) -> list:
+        """``[fn(fold) for fold in folds]``, in :func:`fold_threads` threads of this context
+        (on a GPU each on a CUDA stream of its own, kept between calls so its working copies of
+        the models are too), in fold order. A method's folds are independent; one after another
+        they left the GPU idle at the job's end, each waiting on its own host syncs."""
+        threads = fold_threads(self.device.type)
+        if threads <= 1 or len(folds) <= 1:
+            return [fn(fold) for fold in folds]
+        if self._fold_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._fold_pool = ThreadPoolExecutor(threads, thread_name_prefix="explain-quality")
+        return list(self._fold_pool.map(lambda fold: self._on_own_stream(fn, fold), folds))
+
+    def _on_own_stream(self, fn, fold):
+        from .executor import _new_stream, _on_stream
+
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            stream = self._streams.stream = _new_stream(self.device)
+        with _on_stream(stream):
+            return fn(fold)
+
     def images(self, rows: np.ndarray) -> np.ndarray:
         key = np.asarray(rows, dtype=np.int64).tobytes()
         if key not in self._images:
@@ -293,8 +333,11 @@ def sample_scores(
     masks, evidence, has_evidence = context.masks, context.evidence, context.has_evidence
     sanity_config = SanityConfig(seed=seed, head_only=head)
     randomize = context.randomized(trial_id)
-    collected: dict[tuple[str, str], list] = {}
-    for fold, group in cells.groupby("fold"):
+
+    def score_fold(item) -> list[tuple[tuple[str, str], dict]]:
+        """The records of one fold's cells: ``[(key, record)]`` in method order."""
+        fold, group = item
+        entries: list[tuple[tuple[str, str], dict]] = []
         rows = group["row"].to_numpy()
         model, offset, scale = context.model(str(fold_dirs[int(fold)]))
         x = normalize(torch.from_numpy(context.images(rows)).to(device), offset, scale)
@@ -346,25 +389,36 @@ def sample_scores(
             except (RuntimeError, ValueError, TypeError):
                 continue  # the map stage recorded why this method does not apply
             b = torch.from_numpy(check.random_maps)
-            rec = collected.setdefault((method, "all"), [])
-            rec.append(
-                {
-                    "deletion_auc": faith["deletion_auc"],
-                    "insertion_auc": faith["insertion_auc"],
-                    "randomisation_spearman": check.rho,
-                    "mass_evidence_trained": _inside(a, evidence, has_evidence, rows),
-                    "mass_evidence_random": _inside(b, evidence, has_evidence, rows),
-                    "sanity": check,
-                }
+            entries.append(
+                (
+                    (method, "all"),
+                    {
+                        "deletion_auc": faith["deletion_auc"],
+                        "insertion_auc": faith["insertion_auc"],
+                        "randomisation_spearman": check.rho,
+                        "mass_evidence_trained": _inside(a, evidence, has_evidence, rows),
+                        "mass_evidence_random": _inside(b, evidence, has_evidence, rows),
+                        "sanity": check,
+                    },
+                )
             )
         if prototypes and capabilities_of(model).prototypes:
             div = prototype_diversity(model.prototypes.detach().cpu().numpy())
-            collected.setdefault(("prototypes", "all"), []).append(
-                {
-                    "n_distinct_prototypes": [div["n_distinct"]],
-                    "duplicate_prototype_pairs": [div["n_duplicate_pairs"]],
-                }
+            entries.append(
+                (
+                    ("prototypes", "all"),
+                    {
+                        "n_distinct_prototypes": [div["n_distinct"]],
+                        "duplicate_prototype_pairs": [div["n_duplicate_pairs"]],
+                    },
+                )
             )
+        return entries
+
+    collected: dict[tuple[str, str], list] = {}
+    for entries in context.map_folds(score_fold, list(cells.groupby("fold"))):
+        for key, record in entries:  # fold order, as one loop over the folds gives
+            collected.setdefault(key, []).append(record)
     out = []
     for (method, _), parts in collected.items():
         metrics = {k for p in parts for k, v in p.items() if v is not None and k != "sanity"}

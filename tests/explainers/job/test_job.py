@@ -463,6 +463,42 @@ def test_sample_scores_of_method_groups_merge_into_those_of_all_methods(trained_
         assert pd.DataFrame(merged[key]).equals(pd.DataFrame(rows)), key
 
 
+def test_sample_scores_with_folds_in_threads_equal_one_fold_after_another(
+    trained_study, monkeypatch
+):
+    """A method's folds scored in threads (CYTOTUNE_QUALITY_FOLD_THREADS) give the rows of one
+    fold after another, in the same order; a bad value names the switch."""
+    from cytotune.explainers.job import scores
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.plan import build_plan
+
+    config = ExplainConfig(
+        study=str(trained_study),
+        trials=("small_cnn", "protopnet"),
+        methods=("saliency", "gradcam"),
+        quality_cells=12,
+        limit=40,
+    )
+    plan = build_plan(config)
+    sample = plan.cells.sample(n=12, random_state=config.seed)
+    assert sample["fold"].nunique() > 1
+    data = str(plan.dataset.path)
+    tables = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv(scores.QUALITY_FOLD_THREADS_ENV, threads)
+        assert scores.fold_threads("cpu") == int(threads)
+        early = scores.early_sample_scores(data, config, sample, plan.trials, False)
+        tables[threads] = {key: pd.DataFrame(rows) for key, rows in early.items()}
+    assert list(tables["3"]) == list(tables["1"])
+    for key, table in tables["1"].items():
+        assert tables["3"][key].equals(table), key
+    monkeypatch.setenv(scores.QUALITY_FOLD_THREADS_ENV, "two")
+    with pytest.raises(ValueError, match="CYTOTUNE_QUALITY_FOLD_THREADS='two'"):
+        scores.fold_threads("cuda")
+    monkeypatch.delenv(scores.QUALITY_FOLD_THREADS_ENV)
+    assert scores.fold_threads("cpu") == 1
+
+
 def _stage_calls(monkeypatch, entry) -> list:
     """What ``call_in_process`` is asked for (``entry(name, args)`` each time); it still runs."""
     from cytotune.explainers.job import processes
