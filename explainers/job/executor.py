@@ -29,6 +29,16 @@ def switch(name: str, default: bool) -> bool:
     return default if value == "" else value == "1"
 
 
+def whole_number(name: str, default: int, what: str) -> int:
+    """A count the job reads from the environment (``CYTOTUNE_QUALITY_PROCESSES`` and the
+    like): unset or empty gives ``default``; anything but a whole number is an error that names
+    the variable and ``what`` it counts; at least 1."""
+    value = os.environ.get(name, "").strip()
+    if value and not value.isdigit():
+        raise ValueError(f"{name}={value!r}: give a whole number {what}")
+    return max(1, int(value)) if value else default
+
+
 def resolve_executor(config) -> str:
     """``local`` or ``ray`` for an :class:`ExplainConfig` (``executor`` ``auto``: see module)."""
     if config.executor != "auto":

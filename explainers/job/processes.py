@@ -386,37 +386,22 @@ def side_processes_wanted(config, in_processes: bool | None = None) -> int:
     # the attention figures' process may find no trial with attention maps: then it is unused
     count = int("prototypes" in config.stages) + int("attention" in config.stages)
     if {"maps", "quality"} <= set(config.stages) and config.quality_cells:
-        count += quality_share_count(len(config.trials) or config.top_k, len(config.method_names))
+        count += min(len(config.trials) or config.top_k, quality_processes())
     return count
 
 
-def quality_share_count(trials: int, methods: int) -> int:
-    """Processes the quality's samples of ``trials`` x ``methods`` go to: by default one per
-    trial, up to :func:`quality_processes`. Only where ``CYTOTUNE_QUALITY_PROCESSES`` asks for
-    more processes than trials is each trial's methods split into the same number of groups
-    (at most one per method): measured slower on one H200 for 3 trials (6 processes), so never
-    by default (each group's process loads the trial's fold models and draws its random copies
-    again)."""
-    n = quality_processes()
-    if n <= trials or not os.environ.get(QUALITY_PROCESSES_ENV, "").strip():
-        return min(n, trials)
-    return trials * max(1, min(methods, n // max(1, trials)))
-
-
-# processes that score the sampled cells beside the maps (on a GPU), each with its trials or a
-# group of a trial's methods: in one, the MitoCheck job's 3 trials x 5 methods ended 12 s after
-# the maps (one H100). On one H200, 6 (each trial's Integrated Gradients beside its other
-# methods) took 27.9-29.3 s against 3's 25.9-27.8 s: the maps ended 2 s later, and so did the
-# samples. CYTOTUNE_QUALITY_PROCESSES sets how many
+# processes that score the sampled cells beside the maps (on a GPU), each with its trials: in one,
+# the MitoCheck job's 3 trials x 5 methods ended 12 s after the maps (one H100); 6, with each
+# trial's methods split in two groups of equal cost, took 27.9-29.3 s against 3's 25.9-27.8 s
+# on one H200 (BENCHMARKS.md, session 21). CYTOTUNE_QUALITY_PROCESSES sets how many
 QUALITY_PROCESSES_ENV = "CYTOTUNE_QUALITY_PROCESSES"
 QUALITY_PROCESSES = 3
 
 
 def quality_processes() -> int:
-    value = os.environ.get(QUALITY_PROCESSES_ENV, "").strip()
-    if value and not value.isdigit():
-        raise ValueError(f"{QUALITY_PROCESSES_ENV}={value!r}: give a whole number of processes")
-    return max(1, int(value)) if value else QUALITY_PROCESSES
+    from .executor import whole_number
+
+    return whole_number(QUALITY_PROCESSES_ENV, QUALITY_PROCESSES, "of processes")
 
 
 def call_in_process(fn, *args, name: str = "cytotune-explain-stage", take_warm: bool = True):
@@ -558,15 +543,14 @@ def tail_processes() -> int:
     overlays): ``CYTOTUNE_TAIL_PROCESSES``, else a quarter of the CPU cores, at most 4 (1, so
     threads, below 8 cores). They import no torch (about 0.5 s), so they start cold, with the
     stage (or take a warm child the side stages left)."""
-    value = os.environ.get(TAIL_PROCESSES_ENV, "").strip()  # empty: the default
-    if value:
-        if not value.isdigit():
-            raise ValueError(f"{TAIL_PROCESSES_ENV}={value!r}: give a whole number (1: threads)")
-        return max(1, int(value))
+    from .executor import whole_number
+
     if os.name != "posix":  # the children get their result pipe through pass_fds (POSIX only)
-        return 1
-    cores = usable_cores()
-    return 1 if cores < 8 else min(4, cores // 4)
+        default = 1
+    else:
+        cores = usable_cores()
+        default = 1 if cores < 8 else min(4, cores // 4)
+    return whole_number(TAIL_PROCESSES_ENV, default, "(1: threads)")
 
 
 def usable_cores() -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import threading
 from collections import Counter
 from types import SimpleNamespace
@@ -32,7 +31,7 @@ from ..quality import deletion_insertion, mass_inside, prototype_diversity
 from ..quality.learned import balanced_accuracy_ci, held_out_decides
 from ..quality.sanity import SanityConfig, check_precision, combine, sanity_check
 from .config import ExplainConfig
-from .executor import in_threads, resolve_executor, switch, worker_devices
+from .executor import in_threads, resolve_executor, whole_number, worker_devices
 from .layout import (
     QUALITY_COLUMNS,
     empty_index,
@@ -43,10 +42,10 @@ from .layout import (
     write_frame,
 )
 from .plan import ExplainPlan
+from .processes import quality_processes
 from .state import ExplainState
 
 MAP_SCORES = ("mass_cell", "mass_evidence", "pointing_hit")
-QUALITY_CHANNELS_LAST_ENV = "CYTOTUNE_QUALITY_CHANNELS_LAST"
 QUALITY_FOLD_THREADS_ENV = "CYTOTUNE_QUALITY_FOLD_THREADS"
 QUALITY_FOLD_THREADS = 1
 
@@ -55,12 +54,8 @@ def fold_threads(device_type: str) -> int:
     """Threads a quality context scores a method's folds in (:meth:`QualityContext.map_folds`):
     ``CYTOTUNE_QUALITY_FOLD_THREADS``, else :data:`QUALITY_FOLD_THREADS` on a GPU and 1 on the
     CPU (whose cores torch already uses)."""
-    value = os.environ.get(QUALITY_FOLD_THREADS_ENV, "").strip()
-    if value and not value.isdigit():
-        raise ValueError(f"{QUALITY_FOLD_THREADS_ENV}={value!r}: give a whole number of threads")
-    if value:
-        return max(1, int(value))
-    return QUALITY_FOLD_THREADS if device_type == "cuda" else 1
+    default = QUALITY_FOLD_THREADS if device_type == "cuda" else 1
+    return whole_number(QUALITY_FOLD_THREADS_ENV, default, "of threads")
 
 
 def _row(trial_id, method, metric, values) -> dict:
@@ -178,9 +173,6 @@ class QualityContext:
             width,
         )
         self.cache = cache or FoldCache()
-        # 1: the models and crops on a GPU in channels-last memory (TF32 convolutions without
-        # layout transposes); off by default
-        self.channels_last = self.device.type == "cuda" and switch(QUALITY_CHANNELS_LAST_ENV, False)
         self._images: dict[bytes, np.ndarray] = {}
         self._fold_pool = None  # map_folds' threads, started on first use
         self._streams = threading.local()
@@ -242,14 +234,11 @@ class QualityContext:
 
     def model(self, directory: str):
         """``(model, offset, scale)`` of a fold checkpoint, loaded on first use."""
-        import torch
         from cytotune.engine.train.checkpoint import load_fold
 
         with self.cache.lock:
             if directory not in self.cache.models:
                 loaded = load_fold(directory, self.device)
-                if self.channels_last:
-                    loaded.model.to(memory_format=torch.channels_last)
                 self.cache.models[directory] = (loaded.model, loaded.offset, loaded.scale)
                 self.cache.loads += 1
             return self.cache.models[directory]
@@ -341,8 +330,6 @@ def sample_scores(
         rows = group["row"].to_numpy()
         model, offset, scale = context.model(str(fold_dirs[int(fold)]))
         x = normalize(torch.from_numpy(context.images(rows)).to(device), offset, scale)
-        if context.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         takes_mask = capabilities_of(model).takes_mask
         fk = {}
         if takes_mask and masks is not None:
@@ -648,20 +635,16 @@ def run_quality(
         data = str(plan.dataset.path)
         if side_stages_in_processes():  # the trials dealt out to processes of their own
             wait_for_maps(state)
-            groups = sample_shares(todo, config)
-            shares = [
-                (data, config, sample, trials, progress and i == 0, methods)
-                for i, (trials, methods) in enumerate(groups)
-            ]
+            n = min(len(todo), quality_processes())
+            shares = [(data, config, sample, todo[i::n], progress and i == 0) for i in range(n)]
 
             def share_scores(*share) -> dict:  # each share's end marked: where the stage waits
                 scored = early_in_process(*share)
-                methods = f"({'+'.join(share[5])})" if share[5] else ""
-                state.mark("quality/samples/" + "+".join(t.trial_id for t in share[3]) + methods)
+                state.mark("quality/samples/" + "+".join(t.trial_id for t in share[3]))
                 return scored
 
             early = {}
-            for part in map_in_threads(share_scores, shares, len(shares)):
+            for part in map_in_threads(share_scores, shares, n):
                 early.update(part)
         else:
             early = early_sample_scores(data, config, sample, todo, progress)
@@ -710,20 +693,17 @@ def early_in_process(*args) -> dict:
     return call_in_process(early_sample_scores, *args, name="cytotune-explain-quality")
 
 
-def early_sample_scores(
-    dataset_path: str, config, sample, trials, progress: bool = True, methods=None
-) -> dict:
-    """Sample scores of ``methods`` (default: every configured method) of ``trials`` without
-    the head-only score (unless ``head_check``), before the maps say which methods apply:
-    ``{(trial id, method): rows}``, prototype rows under ``(trial id, "prototypes")`` (scored
-    with the last configured method). Arguments and result pickle: it may run in a process of
-    its own."""
+def early_sample_scores(dataset_path: str, config, sample, trials, progress: bool = True) -> dict:
+    """Sample scores of every configured method of ``trials`` without the head-only score
+    (unless ``head_check``), before the maps say which methods apply: ``{(trial id, method):
+    rows}``, prototype rows under ``(trial id, "prototypes")``. Arguments and result pickle: it
+    may run in a process of its own."""
     plan = SimpleNamespace(dataset=SimpleNamespace(path=dataset_path))  # all score_locally reads
     last = config.method_names[-1]
     jobs = [
         (t, {m: config.method_options[m]}, m == last, config.head_check)
         for t in trials
-        for m in methods or config.method_names
+        for m in config.method_names
     ]
     out: dict = {}
     for (trial, methods, *_), result in zip(
@@ -734,39 +714,6 @@ def early_sample_scores(
             out.setdefault((trial.trial_id, method), []).append(row)
         out.setdefault((trial.trial_id, next(iter(methods))), [])
     return out
-
-
-def sample_shares(trials: list, config) -> list[tuple[list, tuple[str, ...] | None]]:
-    """The quality's sample scores of ``trials`` dealt to :func:`quality_share_count`
-    processes: ``(trials, methods)`` each, methods None for all of them. With fewer processes
-    than trials, whole trials; else each trial's methods in that many groups of near-equal cost
-    (:func:`sample_cost`; longest first, each to the lightest group): the Integrated Gradients
-    of a trial then go beside its other methods, not after them."""
-    from .processes import quality_share_count
-
-    names = list(config.method_names)
-    n = quality_share_count(len(trials), len(names))
-    if n <= len(trials):
-        return [(trials[i::n], None) for i in range(n)]
-    k = n // len(trials)
-    groups: list[list[str]] = [[] for _ in range(k)]
-    cost = [0.0] * k
-    for name in sorted(names, key=lambda m: -sample_cost(m, config.method_options[m])):
-        i = cost.index(min(cost))
-        groups[i].append(name)
-        cost[i] += sample_cost(name, config.method_options[name])
-    ordered = [tuple(m for m in names if m in group) for group in groups if group]
-    return [([trial], methods) for trial in trials for methods in ordered]
-
-
-def sample_cost(method: str, options: dict) -> int:
-    """Forward-and-backward passes per sampled cell of a method's maps (its class's
-    ``passes``: Integrated Gradients' steps, SmoothGrad's noisy copies of its base method's
-    passes, 1 for the others), plus the deletion and insertion curves' forward passes (2 x 16,
-    about 11 passes' worth), each for the trained model and every random copy alike."""
-    from ..methods._registry import get_explainer_class
-
-    return get_explainer_class(method).passes(options) + 11
 
 
 def early_rows(early: dict, job, head_check: bool) -> list[dict] | None:

@@ -30,7 +30,6 @@ from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
 from ..methods.base import own_thread_hook
 from ..methods.cam import release_hooked_gradients, shared_hooked_gradients
-from .executor import switch
 from .layout import MAPS, maps_staging_dir
 from .norm_folding import fold_norms
 from .parts import write_part
@@ -47,10 +46,6 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 MIN_CAM_SIDE = 4
-# 1: cuDNN benchmark mode for the map workers' process (set once, for the process; PyTorch keeps
-# the tuned plans per thread, so each worker thread tunes its own): measured slower, off by
-# default
-CUDNN_BENCHMARK_ENV = "CYTOTUNE_CUDNN_BENCHMARK"
 
 
 def layer_sizes(model, shape) -> dict[str, tuple[int, int]]:
@@ -224,8 +219,6 @@ class MapWorker:
         self.output = output  # {"study_dir", "run_id"}: write map parts here (see ``write``)
         self._writer_id = uuid.uuid4().hex[:12]
         self.device = pick_device(device)
-        if self.device.type == "cuda" and switch(CUDNN_BENCHMARK_ENV, default=False):
-            torch.backends.cudnn.benchmark = True  # the process's convolutions autotuned
         self.pad_to = pad_to
         self.manifest = Manifest.from_dict(manifest)
         self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")

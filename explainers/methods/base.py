@@ -201,12 +201,6 @@ class Explainer:
         """Factory hook used by :func:`create_explainer`."""
         return cls(model, layer, **kwargs)
 
-    @classmethod
-    def passes(cls, options: dict[str, Any]) -> int:
-        """Forward-and-backward passes per image of one map with ``options`` (what a job's
-        work is weighed by): 1."""
-        return 1
-
     def _merge(self, base: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
         for key in options:
             if key not in base:

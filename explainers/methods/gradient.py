@@ -148,11 +148,6 @@ class IntegratedGradients(_Captum):
         "internal_batch_size": None,
     }
 
-    @classmethod
-    def passes(cls, options: dict[str, Any]) -> int:
-        """The steps' passes and the target's prediction."""
-        return int({**cls.defaults, **options}["n_steps"]) + 1
-
     def _attribute(
         self,
         x: Tensor,

@@ -19,8 +19,6 @@ from torch import Tensor, nn
 from ._registry import get_explainer_class, register_explainer
 from .base import Explainer, LayerSpec, check_input, predict_target
 
-DEFAULT_COPIES = 25  # noisy copies per image
-
 
 @register_explainer("smoothgrad")
 class SmoothGrad:
@@ -49,7 +47,7 @@ class SmoothGrad:
         self,
         base: Explainer,
         sigma: float = 0.15,
-        n: int = DEFAULT_COPIES,
+        n: int = 25,
         *,
         seed: int | None = 0,
         squared: bool = False,
@@ -76,15 +74,6 @@ class SmoothGrad:
         elif layer is not None or kw:
             raise ValueError("with an explainer instance as base, set layer and options on it")
         return cls(base, **own)
-
-    @classmethod
-    def passes(cls, options: dict[str, Any]) -> int:
-        """``n`` noisy copies of the base method's passes, and the target's prediction."""
-        own = ("sigma", "n", "seed", "squared", "batch_size")
-        rest = {k: v for k, v in options.items() if k not in own}
-        base = rest.pop("base", "saliency")
-        base_cls = get_explainer_class(base) if isinstance(base, str) else type(base)
-        return int(options.get("n", DEFAULT_COPIES)) * base_cls.passes(rest) + 1
 
     @property
     def model(self) -> nn.Module:

@@ -433,36 +433,6 @@ def test_quality_scored_beside_the_maps_equals_quality_scored_after_them(
     assert "prototypes" in set(tables["beside"].query("trial_id == 'protopnet'")["method"])
 
 
-def test_sample_scores_of_method_groups_merge_into_those_of_all_methods(trained_study):
-    """A trial's methods scored in groups (the quality's processes on a GPU each take one)
-    give, merged, the rows of all of them scored together; the prototype rows come once, with
-    the group that holds the last method."""
-    from cytotune.explainers.job.config import ExplainConfig
-    from cytotune.explainers.job.plan import build_plan
-    from cytotune.explainers.job.scores import early_sample_scores
-
-    config = ExplainConfig(
-        study=str(trained_study),
-        trials=("small_cnn", "protopnet"),
-        methods=("saliency", "gradcam"),
-        quality_cells=8,
-        limit=40,
-    )
-    plan = build_plan(config)
-    sample = plan.cells.sample(n=8, random_state=config.seed)
-    data = str(plan.dataset.path)
-    together = early_sample_scores(data, config, sample, plan.trials, False)
-    merged = {}
-    for methods in (("gradcam",), ("saliency",)):
-        part = early_sample_scores(data, config, sample, plan.trials, False, methods)
-        assert not set(part) & set(merged)
-        merged |= part
-    assert merged.keys() == together.keys()
-    assert ("protopnet", "prototypes") in merged
-    for key, rows in together.items():
-        assert pd.DataFrame(merged[key]).equals(pd.DataFrame(rows)), key
-
-
 def test_sample_scores_with_folds_in_threads_equal_one_fold_after_another(
     trained_study, monkeypatch
 ):
