@@ -19,9 +19,15 @@ fold), is computed only for trials without it (``needs_head``) or with ``head_ch
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
+import json
+import os
 import threading
+import time
+import uuid
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,7 +37,7 @@ from ..quality import deletion_insertion, mass_inside, prototype_diversity
 from ..quality.learned import balanced_accuracy_ci, held_out_decides
 from ..quality.sanity import SanityConfig, check_precision, combine, sanity_check
 from .config import ExplainConfig
-from .executor import in_threads, resolve_executor, whole_number, worker_devices
+from .executor import in_threads, resolve_executor, worker_devices
 from .layout import (
     QUALITY_COLUMNS,
     empty_index,
@@ -46,16 +52,6 @@ from .processes import quality_processes
 from .state import ExplainState
 
 MAP_SCORES = ("mass_cell", "mass_evidence", "pointing_hit")
-QUALITY_FOLD_THREADS_ENV = "CYTOTUNE_QUALITY_FOLD_THREADS"
-QUALITY_FOLD_THREADS = 1
-
-
-def fold_threads(device_type: str) -> int:
-    """Threads a quality context scores a method's folds in (:meth:`QualityContext.map_folds`):
-    ``CYTOTUNE_QUALITY_FOLD_THREADS``, else :data:`QUALITY_FOLD_THREADS` on a GPU and 1 on the
-    CPU (whose cores torch already uses)."""
-    default = QUALITY_FOLD_THREADS if device_type == "cuda" else 1
-    return whole_number(QUALITY_FOLD_THREADS_ENV, default, "of threads")
 
 
 def _row(trial_id, method, metric, values) -> dict:
@@ -174,8 +170,6 @@ class QualityContext:
         )
         self.cache = cache or FoldCache()
         self._images: dict[bytes, np.ndarray] = {}
-        self._fold_pool = None  # map_folds' threads, started on first use
-        self._streams = threading.local()
         self._copies_of: str | None = None  # the trial scored last
 
     @property
@@ -243,29 +237,6 @@ class QualityContext:
                 self.cache.loads += 1
             return self.cache.models[directory]
 
-    def map_folds(self, fn, folds: list) -> list:
-        """``[fn(fold) for fold in folds]``, in :func:`fold_threads` threads of this context
-        (on a GPU each on a CUDA stream of its own, kept between calls so its working copies of
-        the models are too), in fold order. A method's folds are independent; one after another
-        they left the GPU idle at the job's end, each waiting on its own host syncs."""
-        threads = fold_threads(self.device.type)
-        if threads <= 1 or len(folds) <= 1:
-            return [fn(fold) for fold in folds]
-        if self._fold_pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._fold_pool = ThreadPoolExecutor(threads, thread_name_prefix="explain-quality")
-        return list(self._fold_pool.map(lambda fold: self._on_own_stream(fn, fold), folds))
-
-    def _on_own_stream(self, fn, fold):
-        from .executor import _new_stream, _on_stream
-
-        stream = getattr(self._streams, "stream", None)
-        if stream is None:
-            stream = self._streams.stream = _new_stream(self.device)
-        with _on_stream(stream):
-            return fn(fold)
-
     def images(self, rows: np.ndarray) -> np.ndarray:
         key = np.asarray(rows, dtype=np.int64).tobytes()
         if key not in self._images:
@@ -309,26 +280,52 @@ def sample_scores(
     and its prototype diversity when ``prototypes`` (a prototype model). ``context`` holds the
     dataset and loaded models between calls (default: a new one on ``dataset_dir``); ``head``:
     with the head-only randomisation score (else its rows read ``learned_head_skipped``)."""
-    import torch
-    from cytotune.engine.data.augment import normalize
-    from cytotune.search_spaces.models import capabilities_of
-
-    from ..methods import create_explainer
-    from .worker import layer_for
-
     context = context or QualityContext(dataset_dir)
-    device, dataset = context.device, context.dataset
-    m = dataset.manifest
-    masks, evidence, has_evidence = context.masks, context.evidence, context.has_evidence
-    sanity_config = SanityConfig(seed=seed, head_only=head)
-    randomize = context.randomized(trial_id)
+    job = ScoreJob(fold_dirs, methods, trial_id, seed, prototypes, head)
+    return job.rows([job.fold_entries(context, item) for item in cells.groupby("fold")])
 
-    def score_fold(item) -> list[tuple[tuple[str, str], dict]]:
-        """The records of one fold's cells: ``[(key, record)]`` in method order."""
+
+@dataclasses.dataclass(frozen=True)
+class ScoreJob:
+    """One trial's ``methods`` scored on the sampled cells: :meth:`fold_entries` per fold (the
+    folds are independent: :func:`score_locally` spreads them over its threads), then
+    :meth:`rows` from every fold's entries, in fold order."""
+
+    fold_dirs: dict[int, str]
+    methods: dict[str, dict]
+    trial_id: str
+    seed: int
+    prototypes: bool = True
+    head: bool = True
+
+    @property
+    def sanity_config(self) -> SanityConfig:
+        return SanityConfig(seed=self.seed, head_only=self.head)
+
+    def cost(self, cells: int) -> int:
+        """Passes per cell of the methods (:func:`method_passes`) times ``cells``: how long one
+        fold's work takes against another's."""
+        from ..methods import method_passes
+
+        return cells * sum(method_passes(m, options) for m, options in self.methods.items())
+
+    def fold_entries(self, context: QualityContext, item) -> list[tuple[tuple[str, str], dict]]:
+        """The records of one ``(fold, cells)`` group: ``[(key, record)]`` in method order."""
+        import torch
+        from cytotune.engine.data.augment import normalize
+        from cytotune.search_spaces.models import capabilities_of
+
+        from ..methods import create_explainer
+        from .worker import layer_for
+
+        device, m = context.device, context.dataset.manifest
+        masks, evidence, has_evidence = context.masks, context.evidence, context.has_evidence
+        sanity_config = self.sanity_config
+        randomize = context.randomized(self.trial_id)
         fold, group = item
         entries: list[tuple[tuple[str, str], dict]] = []
         rows = group["row"].to_numpy()
-        model, offset, scale = context.model(str(fold_dirs[int(fold)]))
+        model, offset, scale = context.model(str(self.fold_dirs[int(fold)]))
         x = normalize(torch.from_numpy(context.images(rows)).to(device), offset, scale)
         takes_mask = capabilities_of(model).takes_mask
         fk = {}
@@ -349,7 +346,7 @@ def sample_scores(
             return torch.softmax(out, 1) if softmax else out
 
         cell_masks = masks[rows] if masks is not None else None
-        for method, options in methods.items():
+        for method, options in self.methods.items():
             options = dict(options)
             layer = layer_for(method, model, tuple(x.shape[1:]), options.pop("layer", None))
 
@@ -389,7 +386,7 @@ def sample_scores(
                     },
                 )
             )
-        if prototypes and capabilities_of(model).prototypes:
+        if self.prototypes and capabilities_of(model).prototypes:
             div = prototype_diversity(model.prototypes.detach().cpu().numpy())
             entries.append(
                 (
@@ -402,36 +399,39 @@ def sample_scores(
             )
         return entries
 
-    collected: dict[tuple[str, str], list] = {}
-    for entries in context.map_folds(score_fold, list(cells.groupby("fold"))):
-        for key, record in entries:  # fold order, as one loop over the folds gives
-            collected.setdefault(key, []).append(record)
-    out = []
-    for (method, _), parts in collected.items():
-        metrics = {k for p in parts for k, v in p.items() if v is not None and k != "sanity"}
-        for metric in sorted(metrics):
-            values = np.concatenate(
-                [np.asarray(p[metric], dtype=float) for p in parts if p.get(metric) is not None]
-            )
-            out.append(_row(trial_id, method, metric, values))
-        if method != "prototypes":
-            check = combine([p["sanity"] for p in parts], sanity_config)
-            n = int(np.isfinite(check.rho).sum())
-            for metric, value in check.metrics().items():
-                out.append({**_row(trial_id, method, metric, [value]), "n": n})
-            out.append(_row(trial_id, method, "randomisation_passed", [float(check.passed)]))
-            if parts[0]["mass_evidence_trained"] is not None:
-                t = np.concatenate([p["mass_evidence_trained"] for p in parts])
-                r = np.concatenate([p["mass_evidence_random"] for p in parts])
-                out.append(
-                    _row(
-                        trial_id,
-                        method,
-                        "evidence_ratio_vs_random",
-                        [np.nanmean(t) / np.nanmean(r)],
-                    )
+    def rows(self, folds: list[list[tuple[tuple[str, str], dict]]]) -> list[dict]:
+        """The quality rows of every fold's entries (given in fold order)."""
+        trial_id, sanity_config = self.trial_id, self.sanity_config
+        collected: dict[tuple[str, str], list] = {}
+        for entries in folds:
+            for key, record in entries:
+                collected.setdefault(key, []).append(record)
+        out = []
+        for (method, _), parts in collected.items():
+            metrics = {k for p in parts for k, v in p.items() if v is not None and k != "sanity"}
+            for metric in sorted(metrics):
+                values = np.concatenate(
+                    [np.asarray(p[metric], dtype=float) for p in parts if p.get(metric) is not None]
                 )
-    return out
+                out.append(_row(trial_id, method, metric, values))
+            if method != "prototypes":
+                check = combine([p["sanity"] for p in parts], sanity_config)
+                n = int(np.isfinite(check.rho).sum())
+                for metric, value in check.metrics().items():
+                    out.append({**_row(trial_id, method, metric, [value]), "n": n})
+                out.append(_row(trial_id, method, "randomisation_passed", [float(check.passed)]))
+                if parts[0]["mass_evidence_trained"] is not None:
+                    t = np.concatenate([p["mass_evidence_trained"] for p in parts])
+                    r = np.concatenate([p["mass_evidence_random"] for p in parts])
+                    out.append(
+                        _row(
+                            trial_id,
+                            method,
+                            "evidence_ratio_vs_random",
+                            [np.nanmean(t) / np.nanmean(r)],
+                        )
+                    )
+        return out
 
 
 def _gather(refs: list, progress: bool, desc: str) -> list:
@@ -531,29 +531,42 @@ def score_on_actors(plan, config, sample, jobs, progress: bool = True) -> list[l
 def score_locally(
     plan, config, sample, jobs, progress: bool = True, position: int = 0
 ) -> list[list[dict]]:
-    """The ``(trial, methods, prototypes, head)`` jobs in this process (executor ``local``): on
-    :func:`worker_devices` ``QualityContext`` s, each in a thread of its own with a contiguous
-    run of jobs (as :func:`assign` gives actors); results in job order. The contexts of one
-    device share a :class:`FoldCache`: a trial's fold models load and its random copies are
-    drawn once, and the copies go after its last job. The check's precision is set for the
-    whole stage, so the threads' :func:`check_precision` scopes never restore TF32 under one
-    another."""
+    """The ``(trial, methods, prototypes, head)`` jobs in this process (executor ``local``),
+    results in job order. Each job's folds are tasks of their own, the costliest first
+    (:meth:`ScoreJob.cost`), taken by whichever of the :func:`worker_devices`
+    ``QualityContext`` s is free, each in a thread (on a GPU, a CUDA stream) of its own. One
+    context per job left a trial's Integrated Gradients (50 passes a cell) going through its
+    5 folds one by one at the MitoCheck job's end while its CAMs' contexts were idle.
+
+    The contexts of one device share a :class:`FoldCache`: a trial's fold models load and its
+    random copies are drawn once, and the copies go after its last job. The check's precision
+    is set for the whole stage, so the threads' :func:`check_precision` scopes never restore
+    TF32 under one another. Where ``plan`` has a ``study_dir``, each task's start and end are
+    written to ``explain/workers/quality/`` (:class:`QualityTrace`)."""
     from tqdm.auto import tqdm
 
     if not jobs:
         return []
-    devices = worker_devices()[: len(jobs)]
-    n = len(devices)
-    owner = assign(jobs, n)
-    runs = [[i for i, a in enumerate(owner) if a == k] for k in range(n)]
+    trace = QualityTrace(getattr(plan, "study_dir", None))
+    folds = list(sample.groupby("fold"))
+    score_jobs = [
+        ScoreJob(trial.fold_dirs, methods, trial.trial_id, config.seed, *flags)
+        for trial, methods, *flags in jobs
+    ]
+    tasks = [(i, k) for i in range(len(jobs)) for k in range(len(folds))]
+    tasks.sort(key=lambda t: -score_jobs[t[0]].cost(len(folds[t[1]][1])))  # stable: job order
+    devices = worker_devices()[: len(tasks)]
     caches = {device: FoldCache(one_trial=False) for device in dict.fromkeys(devices)}
     contexts = [QualityContext(str(plan.dataset.path), d, caches[d]) for d in devices]
-    left = Counter(trial.trial_id for trial, *_ in jobs)  # its copies go with its last job
-    counting = threading.Lock()
     # one model loaded here first: its imports (timm: about 900 modules) then run in one thread
     # instead of in every context's thread at once, fighting over the GIL and the import lock
-    first_trial = jobs[runs[0][0]][0]
-    contexts[0].model(first_trial.fold_dirs[min(first_trial.fold_dirs)])
+    first = score_jobs[tasks[0][0]]
+    contexts[0].model(first.fold_dirs[int(folds[tasks[0][1]][0])])
+    trace.mark("ready")
+    left = Counter(job.trial_id for job in score_jobs)  # its copies go with its last job
+    parts: list[list] = [[None] * len(folds) for _ in jobs]
+    folds_left = [len(folds)] * len(jobs)
+    counting = threading.Lock()
     out: list = [None] * len(jobs)
     desc = f"explain quality ({len(sample)} cells)"
     with (
@@ -563,23 +576,81 @@ def score_locally(
         ) as bar,
     ):
 
-        def score_run(context, run):
-            for i in run:
-                trial, methods, *flags = jobs[i]
-                out[i] = context.score(
-                    trial.fold_dirs, sample, methods, trial.trial_id, config.seed,
-                    config.precision, *flags,
-                )  # fmt: skip
-                with counting:
-                    left[trial.trial_id] -= 1
-                    if not left[trial.trial_id]:
-                        for cache in caches.values():
-                            cache.release(trial.trial_id)
-                bar.update(1)
+        def score_task(context, task) -> None:
+            i, k = task
+            job = score_jobs[i]
+            start = time.time()
+            entries = job.fold_entries(context, folds[k])
+            trace.task(job, folds[k], contexts.index(context), start)
+            with counting:
+                parts[i][k] = entries
+                folds_left[i] -= 1
+                complete = not folds_left[i]
+            if not complete:
+                return
+            out[i] = job.rows(parts[i])
+            with counting:
+                parts[i] = []
+                left[job.trial_id] -= 1
+                if not left[job.trial_id]:
+                    for cache in caches.values():
+                        cache.release(job.trial_id)
+            bar.update(1)
 
-        # each run on whichever context is free: n runs, n contexts, one each
-        list(in_threads(runs, contexts, score_run, ahead=1))
+        list(in_threads(tasks, contexts, score_task, ahead=len(tasks)))
+    trace.write(devices)
     return out
+
+
+class QualityTrace:
+    """When each quality task (one job's methods on one fold's cells) ran, on which context,
+    and the GPU memory its process held at most: ``explain/workers/quality/<pid>-<id>.json``
+    under ``study_dir`` (None: nothing is written). Read by bench/explain_timeline.py, beside
+    the map workers' records, where the quality's end shows."""
+
+    def __init__(self, study_dir) -> None:
+        self.directory = Path(study_dir) / "explain" / "workers" / "quality" if study_dir else None
+        self.record: dict = {"pid": os.getpid(), "started": time.time(), "tasks": []}
+        self.lock = threading.Lock()
+
+    def mark(self, name: str) -> None:
+        self.record[name] = time.time()
+
+    def task(self, job: ScoreJob, fold_item, context: int, start: float) -> None:
+        fold, group = fold_item
+        entry = {
+            "trial_id": job.trial_id,
+            "methods": list(job.methods),
+            "fold": int(fold),
+            "cells": len(group),
+            "context": context,
+            "start": start,
+            "end": time.time(),
+        }
+        with self.lock:
+            self.record["tasks"].append(entry)
+
+    def write(self, devices: list[str]) -> None:
+        if self.directory is None:
+            return
+        import torch
+
+        self.record["end"] = time.time()
+        self.record["max_memory_gib"] = {
+            d: round(torch.cuda.max_memory_reserved(torch.device(d)) / 2**30, 2)
+            for d in dict.fromkeys(devices)
+            if d.startswith("cuda")
+        }
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        path.write_text(json.dumps(self.record))
+
+
+def clear_traces(study_dir) -> None:
+    """Remove the previous run's :class:`QualityTrace` records (a run writes its own)."""
+    directory = Path(study_dir) / "explain" / "workers" / "quality"
+    for path in directory.glob("*.json") if directory.is_dir() else ():
+        path.unlink(missing_ok=True)
 
 
 def run_quality(
@@ -623,6 +694,7 @@ def run_quality(
             maps_ready()
         return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
     local = resolve_executor(config) == "local"
+    clear_traces(plan.study_dir)
     sample = None
     if config.quality_cells:
         sample = plan.cells.sample(
@@ -636,7 +708,10 @@ def run_quality(
         if side_stages_in_processes():  # the trials dealt out to processes of their own
             wait_for_maps(state)
             n = min(len(todo), quality_processes())
-            shares = [(data, config, sample, todo[i::n], progress and i == 0) for i in range(n)]
+            shares = [
+                (data, config, sample, todo[i::n], progress and i == 0, str(plan.study_dir))
+                for i in range(n)
+            ]
 
             def share_scores(*share) -> dict:  # each share's end marked: where the stage waits
                 scored = early_in_process(*share)
@@ -647,7 +722,7 @@ def run_quality(
             for part in map_in_threads(share_scores, shares, n):
                 early.update(part)
         else:
-            early = early_sample_scores(data, config, sample, todo, progress)
+            early = early_sample_scores(data, config, sample, todo, progress, str(plan.study_dir))
         state.mark("quality/samples")
     if maps_ready is not None:
         maps_ready()
@@ -693,12 +768,15 @@ def early_in_process(*args) -> dict:
     return call_in_process(early_sample_scores, *args, name="cytotune-explain-quality")
 
 
-def early_sample_scores(dataset_path: str, config, sample, trials, progress: bool = True) -> dict:
+def early_sample_scores(
+    dataset_path: str, config, sample, trials, progress: bool = True, study_dir: str | None = None
+) -> dict:
     """Sample scores of every configured method of ``trials`` without the head-only score
     (unless ``head_check``), before the maps say which methods apply: ``{(trial id, method):
     rows}``, prototype rows under ``(trial id, "prototypes")``. Arguments and result pickle: it
-    may run in a process of its own."""
-    plan = SimpleNamespace(dataset=SimpleNamespace(path=dataset_path))  # all score_locally reads
+    may run in a process of its own. ``study_dir``: where its tasks' timings go (QualityTrace)."""
+    # all score_locally reads
+    plan = SimpleNamespace(dataset=SimpleNamespace(path=dataset_path), study_dir=study_dir)
     last = config.method_names[-1]
     jobs = [
         (t, {m: config.method_options[m]}, m == last, config.head_check)

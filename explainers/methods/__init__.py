@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from cytotune.lazy import lazy_exports
 
-from ._registry import create_explainer, get_explainer_class, list_explainers, register_explainer
+from ._registry import (
+    create_explainer,
+    get_explainer_class,
+    list_explainers,
+    method_passes,
+    register_explainer,
+)
 
 # Exported name -> submodule, imported on first use: the registry (and the built-in methods'
 # names, registered lazily) and the numpy colour helpers load without torch.
@@ -56,6 +62,7 @@ __all__ = [
     "get_explainer_class",
     "hooked_gradients",
     "list_explainers",
+    "method_passes",
     "normalize_maps",
     "overlay",
     "register_explainer",

@@ -70,3 +70,10 @@ def create_explainer(name: str, model: nn.Module, layer: Any = None, **kwargs: A
         >>> maps = cam.attribute(x)  # (B, 1, H, W)
     """
     return get_explainer_class(name).create(model, layer, **kwargs)
+
+
+def method_passes(name: str, options: dict[str, Any]) -> int:
+    """Passes per image of method ``name`` with ``options`` (its class's ``passes``; 1 for a
+    class without one): how the explain job ranks the cost of its methods' work."""
+    passes = getattr(get_explainer_class(name), "passes", None)
+    return max(1, int(passes(dict(options)))) if passes is not None else 1

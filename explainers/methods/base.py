@@ -201,6 +201,12 @@ class Explainer:
         """Factory hook used by :func:`create_explainer`."""
         return cls(model, layer, **kwargs)
 
+    @classmethod
+    def passes(cls, options: dict[str, Any]) -> int:
+        """Forward and backward passes per image with ``options``: what one map costs against
+        a CAM's one (the explain job's quality schedules its costliest work first)."""
+        return 1
+
     def _merge(self, base: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
         for key in options:
             if key not in base:

@@ -148,6 +148,10 @@ class IntegratedGradients(_Captum):
         "internal_batch_size": None,
     }
 
+    @classmethod
+    def passes(cls, options: dict[str, Any]) -> int:
+        return int(options.get("n_steps", cls.defaults["n_steps"]))
+
     def _attribute(
         self,
         x: Tensor,

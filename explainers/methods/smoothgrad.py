@@ -75,6 +75,18 @@ class SmoothGrad:
             raise ValueError("with an explainer instance as base, set layer and options on it")
         return cls(base, **own)
 
+    @classmethod
+    def passes(cls, options: dict[str, Any]) -> int:
+        """``n`` noisy copies, each costing the base method's passes."""
+        own = ("sigma", "n", "seed", "squared", "batch_size", "base")
+        base = options.get("base", "saliency")
+        base_passes = (
+            get_explainer_class(base).passes({k: v for k, v in options.items() if k not in own})
+            if isinstance(base, str)
+            else 1
+        )
+        return int(options.get("n", 25)) * base_passes
+
     @property
     def model(self) -> nn.Module:
         return self.base.model

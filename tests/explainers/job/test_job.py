@@ -433,11 +433,12 @@ def test_quality_scored_beside_the_maps_equals_quality_scored_after_them(
     assert "prototypes" in set(tables["beside"].query("trial_id == 'protopnet'")["method"])
 
 
-def test_sample_scores_with_folds_in_threads_equal_one_fold_after_another(
-    trained_study, monkeypatch
-):
-    """A method's folds scored in threads (CYTOTUNE_QUALITY_FOLD_THREADS) give the rows of one
-    fold after another, in the same order; a bad value names the switch."""
+def test_quality_folds_on_several_contexts_equal_one_fold_after_another(trained_study, monkeypatch):
+    """The quality's fold tasks spread over 3 contexts (CYTOTUNE_LOCAL_WORKERS) give the rows
+    one context gives, in the same order; each task's timing is written (QualityTrace), the
+    costliest first, and a new run removes the last run's timings."""
+    import json
+
     from cytotune.explainers.job import scores
     from cytotune.explainers.job.config import ExplainConfig
     from cytotune.explainers.job.plan import build_plan
@@ -445,28 +446,53 @@ def test_sample_scores_with_folds_in_threads_equal_one_fold_after_another(
     config = ExplainConfig(
         study=str(trained_study),
         trials=("small_cnn", "protopnet"),
-        methods=("saliency", "gradcam"),
+        methods=("gradcam", "smoothgrad:n=3"),
         quality_cells=12,
         limit=40,
     )
     plan = build_plan(config)
     sample = plan.cells.sample(n=12, random_state=config.seed)
-    assert sample["fold"].nunique() > 1
+    folds = sample["fold"].nunique()
+    assert folds > 1
     data = str(plan.dataset.path)
+    traces = plan.study_dir / "explain" / "workers" / "quality"
     tables = {}
-    for threads in ("1", "3"):
-        monkeypatch.setenv(scores.QUALITY_FOLD_THREADS_ENV, threads)
-        assert scores.fold_threads("cpu") == int(threads)
-        early = scores.early_sample_scores(data, config, sample, plan.trials, False)
-        tables[threads] = {key: pd.DataFrame(rows) for key, rows in early.items()}
+    for workers in ("1", "3"):
+        monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", workers)
+        scores.clear_traces(plan.study_dir)
+        early = scores.early_sample_scores(
+            data, config, sample, plan.trials, False, str(plan.study_dir)
+        )
+        tables[workers] = {key: pd.DataFrame(rows) for key, rows in early.items()}
+        (path,) = traces.glob("*.json")
+        record = json.loads(path.read_text())
+        tasks = record["tasks"]
+        assert len(tasks) == 2 * 2 * folds  # 2 trials x 2 methods x the folds
+        assert {t["context"] for t in tasks} <= set(range(int(workers)))
+        assert all(record["started"] <= t["start"] <= t["end"] <= record["end"] for t in tasks)
+        if workers == "1":  # one after another, the costliest first: cells x passes a cell
+            passes = {"smoothgrad": 3, "gradcam": 1}
+            ordered = sorted(tasks, key=lambda t: t["start"])
+            costs = [t["cells"] * passes[t["methods"][0]] for t in ordered]
+            assert costs == sorted(costs, reverse=True)
+            assert ordered[0]["methods"] == ["smoothgrad"]
     assert list(tables["3"]) == list(tables["1"])
     for key, table in tables["1"].items():
         assert tables["3"][key].equals(table), key
-    monkeypatch.setenv(scores.QUALITY_FOLD_THREADS_ENV, "two")
-    with pytest.raises(ValueError, match="CYTOTUNE_QUALITY_FOLD_THREADS='two'"):
-        scores.fold_threads("cuda")
-    monkeypatch.delenv(scores.QUALITY_FOLD_THREADS_ENV)
-    assert scores.fold_threads("cpu") == 1
+
+
+def test_the_quality_ranks_its_tasks_by_the_methods_passes():
+    """A fold task's cost: the cells times the passes per cell of its methods (Integrated
+    Gradients' steps, SmoothGrad's noisy copies times its base's passes, a CAM's one)."""
+    from cytotune.explainers.job.scores import ScoreJob
+    from cytotune.explainers.methods import method_passes
+
+    assert method_passes("gradcam", {}) == 1
+    assert method_passes("integrated_gradients", {}) == 50
+    assert method_passes("integrated_gradients", {"n_steps": 8}) == 8
+    assert method_passes("smoothgrad", {"n": 4, "base": "integrated_gradients", "n_steps": 3}) == 12
+    job = ScoreJob({0: "x"}, {"gradcam": {}, "smoothgrad": {"n": 5}}, "t", 0)
+    assert job.cost(10) == 10 * (1 + 5)
 
 
 def _stage_calls(monkeypatch, entry) -> list:
