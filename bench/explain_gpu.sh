@@ -9,7 +9,7 @@
 #      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
 #      not folded; localw0, localw1: side work not waiting (the default since 19) or waiting for the maps' first batch; localw3: 3 map worker threads (default 4); localtp8: 8 tail processes a stage;
 #      localfb0: the row groups' batches as they come (not regrouped by fold); localfm0: the
-#      population read after the maps (not following them); localqb: the sanity check in bf16; localft1, localft3, localft5: a quality method's folds in 1, 3 or 5 threads; qualityonly: --stages quality; localeb0: batches as cut (not even, not padded to one size); localb128, localb256, localb512: batches of
+#      population read after the maps (not following them); localqb: the sanity check in bf16; localexp: torch's expandable allocator segments; qualityonly: --stages quality; localeb0: batches as cut (not even, not padded to one size); localb128, localb256, localb512: batches of
 #      128, 256 or 512 cells (default 256 on a GPU); localsp0: side work in threads
 #      of this process; mapsonly: --stages maps; locals: the sanity
 #      check in strict fp32 (CYTOTUNE_CHECK_TF32=0);
@@ -89,8 +89,8 @@ EOF
       localf0) V="CYTOTUNE_FOLD_NORMS=0";; localw0) V="CYTOTUNE_SIDE_WAIT=0";; localw1) V="CYTOTUNE_SIDE_WAIT=1";;
       localw3) V="CYTOTUNE_LOCAL_WORKERS=3";; localeb0) V="CYTOTUNE_EVEN_BATCHES=0";;
       locals) V="CYTOTUNE_CHECK_TF32=0";;
-      localft1) V="CYTOTUNE_QUALITY_FOLD_THREADS=1";;
-      localft3) V="CYTOTUNE_QUALITY_FOLD_THREADS=3";; localft5) V="CYTOTUNE_QUALITY_FOLD_THREADS=5";; localqb) V="CYTOTUNE_CHECK_BF16=1";;
+      localqb) V="CYTOTUNE_CHECK_BF16=1";;
+      localexp) V="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True";;
       localtp8) V="CYTOTUNE_TAIL_PROCESSES=8";; localsp0) V="CYTOTUNE_STAGE_PROCESSES=0";;
       localfb0) V="CYTOTUNE_FOLD_BATCHES=0";; localfm0) V="CYTOTUNE_FOLLOW_MAPS=0";;
     esac
@@ -114,6 +114,7 @@ EOF
     cp /tmp/runs/mitocheck/explain/quality.parquet $R/quality_$tag.parquet 2>/dev/null  # verdicts, rho
     python3 -c "import json; d=json.load(open('$R/explain_state_$tag.json')); s=d['maps_run']['started']; print({k: round(v, 2) if isinstance(v, float) else v for k, v in d.get('timings', {}).items()}); print('from the maps start:', {k: round(v - s, 1) for k, v in sorted(d.get('marks', {}).items(), key=lambda kv: kv[1])}, 'end', round(d['finished'] - s, 1))"
     mkdir -p $R/workers_$tag && cp /tmp/runs/mitocheck/explain/workers/*.json $R/workers_$tag/ 2>/dev/null
+    cp -r /tmp/runs/mitocheck/explain/workers/quality $R/workers_$tag/ 2>/dev/null  # quality tasks
     python3 bench/explain_timeline.py $R/explain_state_$tag.json $R/workers_$tag $R/smi_$tag.csv 2>&1 | tail -8
     rm -rf /tmp/runs/mitocheck/explain/workers  # the next run's workers only
   done

@@ -1,6 +1,7 @@
 """One explain run's timeline, in seconds from its maps stage's start: the job's marks, each map
 worker's start-up and first batch (``explain/workers/``; a lone worker, which writes in a thread
-of its own, records no first batch), and how busy the GPU was in each phase
+of its own, records no first batch), each quality process's tasks (``explain/workers/quality/``)
+and how busy the GPU was in each phase
 (nvidia-smi's utilization, sampled every 100 ms by bench/explain_gpu.sh: the share of time some
 kernel ran).
 
@@ -43,7 +44,42 @@ def busy(samples: list[tuple[float, float]], start: float, end: float) -> float 
     return round(sum(values) / len(values), 1) if values else None
 
 
-def timeline(state: dict, workers: list[dict], samples: list[tuple[float, float]]) -> dict:
+def quality_of(directory: Path, start: float) -> list[dict]:
+    """Each quality process's record (``quality/`` under the workers' directory, written by
+    scores.QualityTrace): when its models were ready, its first task started and its last
+    ended, how long each context worked, its last task and its peak GPU memory reserved."""
+    out = []
+    for path in sorted((directory / "quality").glob("*.json")):
+        r = json.loads(path.read_text())
+        tasks = sorted(r["tasks"], key=lambda t: t["end"])
+        if not tasks:
+            continue
+        busy_s: dict[int, float] = {}
+        for t in tasks:
+            busy_s[t["context"]] = busy_s.get(t["context"], 0.0) + t["end"] - t["start"]
+        last = tasks[-1]
+        out.append(
+            {
+                "trials": sorted({t["trial_id"] for t in tasks}),
+                "started": round(r["started"] - start, 2),
+                "ready": round(r.get("ready", r["started"]) - start, 2),
+                "first_task": round(min(t["start"] for t in tasks) - start, 2),
+                "last_end": round(last["end"] - start, 2),
+                "context_busy_s": {k: round(v, 2) for k, v in sorted(busy_s.items())},
+                "last_task": f"{last['trial_id']} {'+'.join(last['methods'])} fold {last['fold']}"
+                f" ({round(last['end'] - last['start'], 2)} s)",
+                "max_memory_gib": r.get("max_memory_gib"),
+            }
+        )
+    return out
+
+
+def timeline(
+    state: dict,
+    workers: list[dict],
+    samples: list[tuple[float, float]],
+    quality: list[dict] | None = None,
+) -> dict:
     start = state["maps_run"]["started"]
     marks = {
         k: round(v - start, 2)
@@ -63,6 +99,7 @@ def timeline(state: dict, workers: list[dict], samples: list[tuple[float, float]
             }
             for r in workers
         ],
+        "quality": quality or [],
     }
     if samples:
         command = start + marks.get("command", 0.0)
@@ -89,7 +126,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     state = json.loads(args.state.read_text())
     samples = gpu_samples(args.smi) if args.smi and args.smi.is_file() else []
-    out = timeline(state, workers_of(args.workers, state["maps_run"]["run_id"]), samples)
+    start = state["maps_run"]["started"]
+    workers = workers_of(args.workers, state["maps_run"]["run_id"])
+    out = timeline(state, workers, samples, quality_of(args.workers, start))
     for key, value in out.items():
         print(f"{key}: {value}")
     if args.json:
