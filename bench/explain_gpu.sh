@@ -22,6 +22,7 @@
 #      bench/real/errors.py on BBBC021 (held-out errors per well and field of view);
 #      CEILING="member|member..." the same way: bench/real/ceiling.py on BBBC021 (an ensemble of
 #      the default trial's variants, held-out probabilities averaged);
+#   CHILDSTART=1: bench/child_start.py (a stage child's imports and CUDA start, alone and at once);
 #   6. SPRECISION=1: bench/sanity_precision.py on the searched study (quality stage in fp32, TF32,
 #      bf16: the sanity verdicts compared, the stage timed);
 #  10. FOPS=1: bench/fold_batch_ops.py on the GPU (a 5-fold batch vs a 1-fold one: operations, s);
@@ -119,6 +120,9 @@ EOF
     rm -rf /tmp/runs/mitocheck/explain/workers  # the next run's workers only
   done
   done
+  if [ -n "$CHILDSTART" ]; then  # a stage child's imports and CUDA start, alone and 5 or 9 at once
+    timeout 120 python3 bench/child_start.py --out $R/child_start.json 2>&1 | grep -v Warn | tail -4
+  fi
   if [ -n "$PASSPROF" ]; then  # one pass per family: maps' bf16 and quality's TF32 settings
     timeout ${PASSPROF_TIMEOUT:-120} python3 bench/pass_profile.py --study /tmp/runs/mitocheck \
       --top-k 3 --out $R/pass_profile.json 2>&1 | grep -v Warn | tail -40
