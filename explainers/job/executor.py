@@ -171,6 +171,34 @@ def in_threads(items: Iterable, workers: list, fn, ahead: int = 2) -> Iterator:
             yield pending.popleft().result()
 
 
+def with_less_memory(fn, attempts: int = 6):
+    """``fn()``; after a CUDA out-of-memory error, again with the device's cache emptied and
+    half the input values a call may hold (:func:`call_limit`), up to ``attempts`` times, the
+    last error raised. The job's processes share one GPU: a call that met another's peak is
+    tried again smaller, not dropped (on one H100 the MitoCheck job lost a trial's Integrated
+    Gradients and SmoothGrad maps to such errors)."""
+    import time
+
+    import torch
+
+    from ..methods.smoothgrad import CALL_VALUES_GPU, call_limit, current_call_limit
+
+    limit = None
+    failed = 0
+    while True:
+        try:
+            with call_limit(limit):
+                return fn()
+        except torch.OutOfMemoryError:
+            failed += 1
+            if failed > attempts:
+                raise
+        # out of the except clause: the failed call's frames (and tensors) are let go
+        torch.cuda.empty_cache()
+        time.sleep(0.05 * failed)  # the other processes' calls move on meanwhile
+        limit = (limit or current_call_limit() or CALL_VALUES_GPU) // 2
+
+
 def by_weight(tasks: list, workers: list, fn, weight, limits: list[float]) -> None:
     """``fn(worker, task)`` for every task, one thread per worker (on its own CUDA stream on a
     GPU, as :func:`in_threads`): each worker takes the first task left, in ``tasks`` order,

@@ -37,7 +37,7 @@ from ..quality import deletion_insertion, mass_inside, prototype_diversity
 from ..quality.learned import balanced_accuracy_ci, held_out_decides
 from ..quality.sanity import SanityConfig, check_precision, combine, sanity_check
 from .config import ExplainConfig
-from .executor import by_weight, resolve_executor, worker_devices
+from .executor import by_weight, resolve_executor, with_less_memory, worker_devices
 from .layout import (
     QUALITY_COLUMNS,
     empty_index,
@@ -54,6 +54,11 @@ from .state import ExplainState
 MAP_SCORES = ("mass_cell", "mass_evidence", "pointing_hit")
 
 
+# input values a quality call holds at most (fp32, beside the maps' bf16 calls): 1,024 crops of
+# 64 x 64 px. The default budget (32M) put a ResNet-50's 1,300-crop Integrated Gradients calls
+# in one, about 8 GB each; 4 of them at once in one process, beside the maps and two more
+# quality processes, ran one H100 out of memory
+QUALITY_CALL_VALUES = 1 << 22
 QUALITY_LIGHT_CONTEXTS_ENV = "CYTOTUNE_QUALITY_LIGHT_CONTEXTS"
 LIGHT_SHARE = 8  # a light task costs at most 1/8 of the costliest (Grad-CAM's 1 pass a cell)
 
@@ -334,6 +339,7 @@ class ScoreJob:
         from cytotune.search_spaces.models import capabilities_of
 
         from ..methods import create_explainer
+        from ..methods.smoothgrad import call_limit
         from .worker import layer_for
 
         device, m = context.device, context.dataset.manifest
@@ -374,7 +380,7 @@ class ScoreJob:
                 explainer = create_explainer(method, m, layer, **options)
                 return explainer.attribute(x, target=target, forward_kwargs=fk)
 
-            try:
+            def scored(attribute=attribute, score_fn=score_fn):
                 with check_precision(device.type):  # the check means the same on CPU and GPU
                     a = attribute(model).detach().float()
                 check = sanity_check(
@@ -388,6 +394,11 @@ class ScoreJob:
                 faith = deletion_insertion(
                     score_fn, x, a, steps=16, baseline="blur", target=target, batch_size=256
                 )
+                return a, check, faith
+
+            try:
+                with call_limit(QUALITY_CALL_VALUES):
+                    a, check, faith = with_less_memory(scored)
             except (RuntimeError, ValueError, TypeError):
                 continue  # the map stage recorded why this method does not apply
             b = torch.from_numpy(check.random_maps)

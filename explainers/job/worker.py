@@ -30,6 +30,7 @@ from ..methods import create_explainer
 from ..methods._registry import get_explainer_class
 from ..methods.base import own_thread_hook
 from ..methods.cam import release_hooked_gradients, shared_hooked_gradients
+from .executor import with_less_memory
 from .layout import MAPS, maps_staging_dir
 from .norm_folding import fold_norms
 from .parts import write_part
@@ -493,7 +494,9 @@ class MapWorker:
             layer = layer_for(method, model, tuple(x.shape[1:]), options.pop("layer", None))
             explainer = create_explainer(method, model, layer, **options)
             with self._autocast():
-                maps = explainer.attribute(x, target=target, forward_kwargs=fk)
+                maps = with_less_memory(
+                    lambda: explainer.attribute(x, target=target, forward_kwargs=fk)
+                )
             self._last_output = getattr(explainer, "last_output", None)
             native = getattr(explainer, "last_native", None)
             if native is not None and tuple(native.shape[-2:]) != tuple(maps.shape[-2:]):

@@ -11,6 +11,8 @@ memory by ``batch_size``.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any
 
 import torch
@@ -145,12 +147,38 @@ CALL_VALUES = 1 << 22
 CALL_VALUES_GPU = 1 << 25
 
 
+_LIMIT = threading.local()
+
+
+@contextlib.contextmanager
+def call_limit(values: int | None):
+    """Default-sized calls of at most ``values`` input values in this thread, inside the block
+    (None: no new limit; nested limits keep the smaller): the explain job's quality calls in
+    fp32, and its calls again after the GPU ran out of memory."""
+    previous = getattr(_LIMIT, "values", None)
+    if values is not None:
+        _LIMIT.values = int(values) if previous is None else min(int(values), previous)
+    try:
+        yield
+    finally:
+        _LIMIT.values = previous
+
+
+def current_call_limit() -> int | None:
+    """This thread's :func:`call_limit` (None: none)."""
+    return getattr(_LIMIT, "values", None)
+
+
 def call_images(batch_size: int | None, x: Tensor) -> int:
     """Images per base call: ``batch_size``, or by default as many as hold about
-    ``CALL_VALUES_GPU`` (on a GPU) or ``CALL_VALUES`` input values (at least 256)."""
+    ``CALL_VALUES_GPU`` (on a GPU) or ``CALL_VALUES`` input values (at least 256), or the
+    :func:`call_limit` of this thread where it is smaller (at least 1)."""
     if batch_size is not None:
         return int(batch_size)
     values = CALL_VALUES_GPU if x.is_cuda else CALL_VALUES
+    limit = getattr(_LIMIT, "values", None)
+    if limit is not None and limit < values:
+        return max(1, limit // max(1, x[0].numel()))
     return max(256, values // max(1, x[0].numel()))
 
 

@@ -405,3 +405,97 @@ def test_by_weight_gives_each_worker_only_what_its_limit_allows():
 
     with pytest.raises(RuntimeError, match="failed"):
         by_weight([1, 2, 3], ["a", "b"], fails, weight=lambda t: t, limits=[3, 3])
+
+
+def test_a_call_that_ran_out_of_memory_is_tried_again_with_half_the_values():
+    """with_less_memory: after each CUDA out-of-memory error the call is made again with half
+    the input values a call may hold (call_images follows), the limit restored after; past
+    its attempts the error is raised."""
+    from cytotune.explainers.job.executor import with_less_memory
+    from cytotune.explainers.methods.smoothgrad import (
+        CALL_VALUES_GPU,
+        call_images,
+        call_limit,
+        current_call_limit,
+    )
+
+    seen: list[int | None] = []
+
+    def flaky():
+        seen.append(current_call_limit())
+        if len(seen) < 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return "done"
+
+    assert with_less_memory(flaky) == "done"
+    assert seen == [None, CALL_VALUES_GPU // 2, CALL_VALUES_GPU // 4]
+    assert current_call_limit() is None
+    x = torch.zeros(2, 1, 64, 64)
+    with call_limit(1 << 16):  # 16 crops of 64 x 64: under the default's 256 floor
+        assert call_images(None, x) == 16
+        with call_limit(1 << 20):  # a nested, larger limit keeps the smaller
+            assert call_images(None, x) == 16
+        seen.clear()
+        assert with_less_memory(flaky) == "done"
+        assert seen == [1 << 16, 1 << 15, 1 << 14]
+    assert call_images(None, x) == max(256, (1 << 22) // 4096)
+    assert call_images(8, x) == 8
+
+    def always():
+        raise torch.OutOfMemoryError("CUDA out of memory (test)")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        with_less_memory(always, attempts=2)
+
+
+def test_integrated_gradients_in_smaller_calls_equal_one_call():
+    """A call limit only splits Integrated Gradients' steps into more calls: the maps are those
+    of one call (float32 sums in another order)."""
+    from cytotune.explainers.methods import create_explainer
+    from cytotune.explainers.methods.smoothgrad import call_limit
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 8 * 8, 3),
+    ).eval()  # fmt: skip
+    x = torch.randn(5, 1, 8, 8)
+    ig = create_explainer("integrated_gradients", model, n_steps=20)
+    whole = ig.attribute(x, target=1)
+    with call_limit(64 * 7):  # 7 images a call: 100 step images in 15 calls
+        split = ig.attribute(x, target=1)
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_a_map_worker_tries_a_method_again_after_running_out_of_memory(trained_study, monkeypatch):
+    """A method whose call met a CUDA out-of-memory error is computed again in smaller calls,
+    not recorded as failed (its maps equal those of a call that never failed)."""
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.plan import build_plan
+    from cytotune.explainers.job.worker import MapWorker
+    from cytotune.explainers.methods.gradient import Saliency
+
+    plan = build_plan(ExplainConfig(study=str(trained_study), top_k=1, methods=("saliency",)))
+    worker = MapWorker(
+        units={t.trial_id: t.fold_dirs for t in plan.trials},
+        methods={"saliency": {}},
+        manifest=plan.manifest.to_dict(),
+        device="cpu",
+    )
+    loaded = next(iter(worker.models.values()))
+    x = torch.randn(3, *plan.manifest.shape)
+    expected = worker._attribute("saliency", loaded.model, x, None, {})
+    original = Saliency.attribute
+    failures = []
+
+    def once(self, *args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Saliency, "attribute", once)
+    again = worker._attribute("saliency", loaded.model, x, None, {})
+    assert failures == [1]
+    assert isinstance(again, torch.Tensor)
+    torch.testing.assert_close(again, expected)
