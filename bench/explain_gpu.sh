@@ -9,7 +9,7 @@
 #      localt1: population and overlays in threads, not in tail processes; localf0: batch norms
 #      not folded; localw0, localw1: side work not waiting (the default since 19) or waiting for the maps' first batch; localw3: 3 map worker threads (default 4); localtp8: 8 tail processes a stage;
 #      localfb0: the row groups' batches as they come (not regrouped by fold); localfm0: the
-#      population read after the maps (not following them); localqb: the sanity check in bf16; localexp: torch's expandable allocator segments; locall0, locall8: no or 8 light quality contexts; qualityonly: --stages quality; localeb0: batches as cut (not even, not padded to one size); localb128, localb256, localb512: batches of
+#      population read after the maps (not following them); localqb: the sanity check in bf16; localexp: torch's expandable allocator segments; qualityonly: --stages quality; localeb0: batches as cut (not even, not padded to one size); localb128, localb256, localb512: batches of
 #      128, 256 or 512 cells (default 256 on a GPU); localsp0: side work in threads
 #      of this process; mapsonly: --stages maps; locals: the sanity
 #      check in strict fp32 (CYTOTUNE_CHECK_TF32=0);
@@ -92,7 +92,6 @@ EOF
       locals) V="CYTOTUNE_CHECK_TF32=0";;
       localqb) V="CYTOTUNE_CHECK_BF16=1";;
       localexp) V="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True";;
-      locall0) V="CYTOTUNE_QUALITY_LIGHT_CONTEXTS=0";; locall8) V="CYTOTUNE_QUALITY_LIGHT_CONTEXTS=8";;
       localtp8) V="CYTOTUNE_TAIL_PROCESSES=8";; localsp0) V="CYTOTUNE_STAGE_PROCESSES=0";;
       localfb0) V="CYTOTUNE_FOLD_BATCHES=0";; localfm0) V="CYTOTUNE_FOLLOW_MAPS=0";;
     esac

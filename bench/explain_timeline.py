@@ -69,6 +69,7 @@ def quality_of(directory: Path, start: float) -> list[dict]:
                 "last_task": f"{last['trial_id']} {'+'.join(last['methods'])} fold {last['fold']}"
                 f" ({round(last['end'] - last['start'], 2)} s)",
                 "max_memory_gib": r.get("max_memory_gib"),
+                "memory_retries": r.get("memory_retries"),
             }
         )
     return out
@@ -97,6 +98,7 @@ def timeline(
                 for k in ("created", "ready", "first_batch_start", "first_batch_done", "done")
                 if isinstance(r.get(k), float)
             }
+            | ({"memory_retries": r["memory_retries"]} if "memory_retries" in r else {})
             for r in workers
         ],
         "quality": quality or [],

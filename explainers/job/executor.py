@@ -171,6 +171,16 @@ def in_threads(items: Iterable, workers: list, fn, ahead: int = 2) -> Iterator:
             yield pending.popleft().result()
 
 
+_RETRIES = [0]
+_RETRIES_LOCK = threading.Lock()
+
+
+def memory_retries() -> int:
+    """Calls :func:`with_less_memory` made again in this process so far (the map workers' and
+    the quality processes' records in ``explain/workers/`` carry it)."""
+    return _RETRIES[0]
+
+
 def with_less_memory(fn, attempts: int = 6):
     """``fn()``; after a CUDA out-of-memory error, again with the device's cache emptied and
     half the input values a call may hold (:func:`call_limit`), up to ``attempts`` times, the
@@ -193,56 +203,12 @@ def with_less_memory(fn, attempts: int = 6):
             failed += 1
             if failed > attempts:
                 raise
+        with _RETRIES_LOCK:
+            _RETRIES[0] += 1
         # out of the except clause: the failed call's frames (and tensors) are let go
         torch.cuda.empty_cache()
         time.sleep(0.05 * failed)  # the other processes' calls move on meanwhile
         limit = (limit or current_call_limit() or CALL_VALUES_GPU) // 2
-
-
-def by_weight(tasks: list, workers: list, fn, weight, limits: list[float]) -> None:
-    """``fn(worker, task)`` for every task, one thread per worker (on its own CUDA stream on a
-    GPU, as :func:`in_threads`): each worker takes the first task left, in ``tasks`` order,
-    whose ``weight(task)`` is at most its limit in ``limits``, and stops where none is left.
-    Tasks no worker may take are an error. The first exception stops the taking and is
-    raised here once the running tasks have ended."""
-    heaviest = max(limits)
-    too_heavy = [task for task in tasks if weight(task) > heaviest]
-    if too_heavy:
-        raise ValueError(f"no worker may take {too_heavy[0]!r} (limits {limits})")
-    pending = list(tasks)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def take(limit: float):
-        with lock:
-            if errors:
-                return None
-            for i, task in enumerate(pending):
-                if weight(task) <= limit:
-                    return pending.pop(i)
-        return None
-
-    def run(worker, limit: float) -> None:
-        stream = _new_stream(getattr(worker, "device", None))
-        while (task := take(limit)) is not None:
-            try:
-                with _on_stream(stream):
-                    fn(worker, task)
-            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
-                with lock:
-                    errors.append(exc)
-                return
-
-    threads = [
-        threading.Thread(target=run, args=(w, limit), name=f"explain-quality_{i}", daemon=True)
-        for i, (w, limit) in enumerate(zip(workers, limits, strict=True))
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
 
 
 def _new_stream(device=None):

@@ -26,7 +26,14 @@ from cytotune.engine.io import publish_directory
 from tqdm.auto import tqdm
 
 from .config import ExplainConfig
-from .executor import in_threads, prefetch, resolve_executor, switch, worker_devices
+from .executor import (
+    in_threads,
+    memory_retries,
+    prefetch,
+    resolve_executor,
+    switch,
+    worker_devices,
+)
 from .layout import MAPS, maps_path, maps_staging_dir, write_maps
 from .parts import finish_parts
 from .plan import ExplainPlan
@@ -301,6 +308,7 @@ def thread_batches(
         yield from _pipelined(tables, workers[0])
     for worker in workers:
         worker.timing["done"] = time.time()
+        worker.timing["memory_retries"] = memory_retries()
         worker._report()
 
 

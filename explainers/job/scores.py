@@ -37,7 +37,13 @@ from ..quality import deletion_insertion, mass_inside, prototype_diversity
 from ..quality.learned import balanced_accuracy_ci, held_out_decides
 from ..quality.sanity import SanityConfig, check_precision, combine, sanity_check
 from .config import ExplainConfig
-from .executor import by_weight, resolve_executor, with_less_memory, worker_devices
+from .executor import (
+    in_threads,
+    memory_retries,
+    resolve_executor,
+    with_less_memory,
+    worker_devices,
+)
 from .layout import (
     QUALITY_COLUMNS,
     empty_index,
@@ -59,22 +65,6 @@ MAP_SCORES = ("mass_cell", "mass_evidence", "pointing_hit")
 # in one, about 8 GB each; 4 of them at once in one process, beside the maps and two more
 # quality processes, ran one H100 out of memory
 QUALITY_CALL_VALUES = 1 << 22
-QUALITY_LIGHT_CONTEXTS_ENV = "CYTOTUNE_QUALITY_LIGHT_CONTEXTS"
-LIGHT_SHARE = 8  # a light task costs at most 1/8 of the costliest (Grad-CAM's 1 pass a cell)
-
-
-def light_contexts(devices: list[str]) -> int:
-    """Quality contexts beside the :func:`worker_devices` ones that take only light tasks
-    (:func:`score_locally`): ``CYTOTUNE_QUALITY_LIGHT_CONTEXTS`` (0: none), else as many as
-    those on a GPU and none on the CPU (whose cores torch already uses)."""
-    value = os.environ.get(QUALITY_LIGHT_CONTEXTS_ENV, "").strip()
-    if value:
-        if not value.isdigit():
-            raise ValueError(
-                f"{QUALITY_LIGHT_CONTEXTS_ENV}={value!r}: give a whole number of contexts (0: none)"
-            )
-        return int(value)
-    return len(devices) if any(d.startswith("cuda") for d in devices) else 0
 
 
 def _row(trial_id, method, metric, values) -> dict:
@@ -562,14 +552,10 @@ def score_locally(
 ) -> list[list[dict]]:
     """The ``(trial, methods, prototypes, head)`` jobs in this process (executor ``local``),
     results in job order. Each job's folds are tasks of their own, the costliest first
-    (:meth:`ScoreJob.cost`), taken by whichever ``QualityContext`` is free, each in a thread
-    (on a GPU, a CUDA stream) of its own (:func:`by_weight`): one per :func:`worker_devices`
-    taking any task, and :func:`light_contexts` more taking only tasks that cost at most
-    1/:data:`LIGHT_SHARE` of the costliest. One context per job left a trial's Integrated
-    Gradients (50 passes a cell) going through its 5 folds one by one at the MitoCheck job's
-    end while its CAMs' contexts were idle; with the folds spread, the CAMs' folds (each about
-    0.5 s of host syncs on one H100, whatever the GPU does) came last, after the maps. The
-    light contexts score them beside the costly ones, and hold no costly call's memory.
+    (:meth:`ScoreJob.cost`), taken by whichever of the :func:`worker_devices`
+    ``QualityContext`` s is free, each in a thread (on a GPU, a CUDA stream) of its own. One
+    context per job left a trial's Integrated Gradients (50 passes a cell) going through its
+    5 folds one by one at the MitoCheck job's end while its CAMs' contexts were idle.
 
     The contexts of one device share a :class:`FoldCache`: a trial's fold models load and its
     random copies are drawn once, and the copies go after its last job. The check's precision
@@ -588,10 +574,7 @@ def score_locally(
     ]
     tasks = [(i, k) for i in range(len(jobs)) for k in range(len(folds))]
     tasks.sort(key=lambda t: -score_jobs[t[0]].cost(len(folds[t[1]][1])))  # stable: job order
-    full = worker_devices()[: len(tasks)]
-    devices = full + [full[i % len(full)] for i in range(light_contexts(full))]
-    heaviest = max(score_jobs[i].cost(len(folds[k][1])) for i, k in tasks)
-    limits = [float(heaviest)] * len(full) + [heaviest / LIGHT_SHARE] * (len(devices) - len(full))
+    devices = worker_devices()[: len(tasks)]
     caches = {device: FoldCache(one_trial=False) for device in dict.fromkeys(devices)}
     contexts = [QualityContext(str(plan.dataset.path), d, caches[d]) for d in devices]
     # one model loaded here first: its imports (timm: about 900 modules) then run in one thread
@@ -633,11 +616,7 @@ def score_locally(
                         cache.release(job.trial_id)
             bar.update(1)
 
-        def weight(task) -> int:
-            i, k = task
-            return score_jobs[i].cost(len(folds[k][1]))
-
-        by_weight(tasks, contexts, score_task, weight, limits)
+        list(in_threads(tasks, contexts, score_task, ahead=len(tasks)))
     trace.write(devices)
     return out
 
@@ -676,6 +655,7 @@ class QualityTrace:
         import torch
 
         self.record["end"] = time.time()
+        self.record["memory_retries"] = memory_retries()
         self.record["max_memory_gib"] = {
             d: round(torch.cuda.max_memory_reserved(torch.device(d)) / 2**30, 2)
             for d in dict.fromkeys(devices)

@@ -380,38 +380,11 @@ def test_quality_contexts_of_one_device_share_fold_models_and_copies(trained_stu
     pd.testing.assert_series_equal(table(shared_rows), table(alone_rows), rtol=TOLERANCE)
 
 
-def test_by_weight_gives_each_worker_only_what_its_limit_allows():
-    """Every task runs once; a worker takes only tasks under its limit, in the given order; a
-    task no worker may take and a failing task are errors raised in the caller."""
-    from cytotune.explainers.job.executor import by_weight
-
-    done: list[tuple[str, int]] = []
-    lock = threading.Lock()
-
-    def fn(worker, task):
-        with lock:
-            done.append((worker, task))
-
-    tasks = [9, 8, 7, 2, 1, 1]
-    by_weight(tasks, ["full", "light"], fn, weight=lambda t: t, limits=[9, 2])
-    assert sorted(t for _, t in done) == sorted(tasks)
-    assert all(t <= 2 for worker, t in done if worker == "light")
-    assert [t for worker, t in done if worker == "full"][:1] == [9]  # the costliest first
-    with pytest.raises(ValueError, match="no worker may take 5"):
-        by_weight([5], ["light"], fn, weight=lambda t: t, limits=[2])
-
-    def fails(worker, task):
-        raise RuntimeError(f"task {task} failed")
-
-    with pytest.raises(RuntimeError, match="failed"):
-        by_weight([1, 2, 3], ["a", "b"], fails, weight=lambda t: t, limits=[3, 3])
-
-
 def test_a_call_that_ran_out_of_memory_is_tried_again_with_half_the_values():
     """with_less_memory: after each CUDA out-of-memory error the call is made again with half
     the input values a call may hold (call_images follows), the limit restored after; past
     its attempts the error is raised."""
-    from cytotune.explainers.job.executor import with_less_memory
+    from cytotune.explainers.job.executor import memory_retries, with_less_memory
     from cytotune.explainers.methods.smoothgrad import (
         CALL_VALUES_GPU,
         call_images,
@@ -427,8 +400,10 @@ def test_a_call_that_ran_out_of_memory_is_tried_again_with_half_the_values():
             raise torch.OutOfMemoryError("CUDA out of memory (test)")
         return "done"
 
+    before = memory_retries()
     assert with_less_memory(flaky) == "done"
     assert seen == [None, CALL_VALUES_GPU // 2, CALL_VALUES_GPU // 4]
+    assert memory_retries() == before + 2
     assert current_call_limit() is None
     x = torch.zeros(2, 1, 64, 64)
     with call_limit(1 << 16):  # 16 crops of 64 x 64: under the default's 256 floor

@@ -434,10 +434,9 @@ def test_quality_scored_beside_the_maps_equals_quality_scored_after_them(
 
 
 def test_quality_folds_on_several_contexts_equal_one_fold_after_another(trained_study, monkeypatch):
-    """The quality's fold tasks spread over 3 contexts (CYTOTUNE_LOCAL_WORKERS) and 2 light ones
-    (CYTOTUNE_QUALITY_LIGHT_CONTEXTS) give the rows one context gives, in the same order; each
-    task's timing is written (QualityTrace), the costliest first, the light contexts only
-    taking light tasks."""
+    """The quality's fold tasks spread over 3 contexts (CYTOTUNE_LOCAL_WORKERS) give the rows
+    one context gives, in the same order; each task's timing is written (QualityTrace), the
+    costliest first, and a new run removes the last run's timings."""
     import json
 
     from cytotune.explainers.job import scores
@@ -458,9 +457,8 @@ def test_quality_folds_on_several_contexts_equal_one_fold_after_another(trained_
     data = str(plan.dataset.path)
     traces = plan.study_dir / "explain" / "workers" / "quality"
     tables = {}
-    for workers, light in (("1", "0"), ("3", "2")):
+    for workers in ("1", "3"):
         monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", workers)
-        monkeypatch.setenv(scores.QUALITY_LIGHT_CONTEXTS_ENV, light)
         scores.clear_traces(plan.study_dir)
         early = scores.early_sample_scores(
             data, config, sample, plan.trials, False, str(plan.study_dir)
@@ -470,13 +468,7 @@ def test_quality_folds_on_several_contexts_equal_one_fold_after_another(trained_
         record = json.loads(path.read_text())
         tasks = record["tasks"]
         assert len(tasks) == 2 * 2 * folds  # 2 trials x 2 methods x the folds
-        assert {t["context"] for t in tasks} <= set(range(int(workers) + int(light)))
-        # the light contexts (after the full ones) took only Grad-CAM's folds: 1 pass a cell
-        # against SmoothGrad's 16, at most 1/8 of the costliest fold
-        light_tasks = [t for t in tasks if t["context"] >= int(workers)]
-        assert {tuple(t["methods"]) for t in light_tasks} == (
-            {("gradcam",)} if light != "0" else set()
-        )
+        assert {t["context"] for t in tasks} <= set(range(int(workers)))
         assert all(record["started"] <= t["start"] <= t["end"] <= record["end"] for t in tasks)
         if workers == "1":  # one after another, the costliest first: cells x passes a cell
             passes = {"smoothgrad": 16, "gradcam": 1}
