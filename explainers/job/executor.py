@@ -186,7 +186,8 @@ def with_less_memory(fn, attempts: int = 6):
     half the input values a call may hold (:func:`call_limit`), up to ``attempts`` times, the
     last error raised. The job's processes share one GPU: a call that met another's peak is
     tried again smaller, not dropped (on one H100 the MitoCheck job lost a trial's Integrated
-    Gradients and SmoothGrad maps to such errors)."""
+    Gradients and SmoothGrad maps to such errors). A SmoothGrad call made again draws its noise
+    in smaller chunks: on a GPU, other draws of the same noise than a first call would take."""
     import time
 
     import torch

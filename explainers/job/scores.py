@@ -138,6 +138,7 @@ class FoldCache:
         self.models: dict[str, tuple] = {}
         self.copies: dict[str, dict] = {}  # trial id -> {copy key: the random copy's state}
         self.scratch: dict[str, dict] = {}  # trial id -> {(model id, thread): working copy}
+        self.templates: dict[int, object] = {}  # model id -> an unhooked copy to copy from
         self.one_trial = one_trial
         self.loads = 0  # fold models loaded (the tests and the benchmark read it)
         self.copies_made = 0
@@ -223,8 +224,9 @@ class QualityContext:
             key = (id(model), seed, tuple(selected), std)
             with cache.lock:
                 work = scratch.get((id(model), threading.get_ident()))
-                if work is None:
-                    work = scratch[id(model), threading.get_ident()] = copy.deepcopy(model)
+                if work is None:  # from the hook-free template: other threads hook the model
+                    template = cache.templates.get(id(model), model)
+                    work = scratch[id(model), threading.get_ident()] = copy.deepcopy(template)
                 state = copies.get(key)
                 if state is None:
                     work.load_state_dict(model.state_dict())
@@ -247,6 +249,9 @@ class QualityContext:
             if directory not in self.cache.models:
                 loaded = load_fold(directory, self.device)
                 self.cache.models[directory] = (loaded.model, loaded.offset, loaded.scale)
+                # copied before any thread has it: a deep copy of the model itself could meet a
+                # CAM hook another thread is adding (and keep it, with that thread's tensors)
+                self.cache.templates[id(loaded.model)] = copy.deepcopy(loaded.model)
                 self.cache.loads += 1
             return self.cache.models[directory]
 
@@ -389,6 +394,8 @@ class ScoreJob:
             try:
                 with call_limit(QUALITY_CALL_VALUES):
                     a, check, faith = with_less_memory(scored)
+            except torch.OutOfMemoryError:
+                raise  # after its retries: the fold is tried again whole, or the stage fails
             except (RuntimeError, ValueError, TypeError):
                 continue  # the map stage recorded why this method does not apply
             b = torch.from_numpy(check.random_maps)
@@ -573,6 +580,8 @@ def score_locally(
         for trial, methods, *flags in jobs
     ]
     tasks = [(i, k) for i in range(len(jobs)) for k in range(len(folds))]
+    if not tasks:  # no sampled cell
+        return [[] for _ in jobs]
     tasks.sort(key=lambda t: -score_jobs[t[0]].cost(len(folds[t[1]][1])))  # stable: job order
     devices = worker_devices()[: len(tasks)]
     caches = {device: FoldCache(one_trial=False) for device in dict.fromkeys(devices)}
@@ -599,7 +608,7 @@ def score_locally(
             i, k = task
             job = score_jobs[i]
             start = time.time()
-            entries = job.fold_entries(context, folds[k])
+            entries = with_less_memory(lambda: job.fold_entries(context, folds[k]), attempts=2)
             trace.task(job, folds[k], contexts.index(context), start)
             with counting:
                 parts[i][k] = entries
@@ -623,13 +632,15 @@ def score_locally(
 
 class QualityTrace:
     """When each quality task (one job's methods on one fold's cells) ran, on which context,
-    and the GPU memory its process held at most: ``explain/workers/quality/<pid>-<id>.json``
+    the calls it made again after running out of memory and the GPU memory its process
+    reserved at most (since the process started): ``explain/workers/quality/<pid>-<id>.json``
     under ``study_dir`` (None: nothing is written). Read by bench/explain_timeline.py, beside
     the map workers' records, where the quality's end shows."""
 
     def __init__(self, study_dir) -> None:
         self.directory = Path(study_dir) / "explain" / "workers" / "quality" if study_dir else None
         self.record: dict = {"pid": os.getpid(), "started": time.time(), "tasks": []}
+        self.retries_before = memory_retries()
         self.lock = threading.Lock()
 
     def mark(self, name: str) -> None:
@@ -655,7 +666,7 @@ class QualityTrace:
         import torch
 
         self.record["end"] = time.time()
-        self.record["memory_retries"] = memory_retries()
+        self.record["memory_retries"] = memory_retries() - self.retries_before
         self.record["max_memory_gib"] = {
             d: round(torch.cuda.max_memory_reserved(torch.device(d)) / 2**30, 2)
             for d in dict.fromkeys(devices)

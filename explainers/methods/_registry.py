@@ -74,6 +74,10 @@ def create_explainer(name: str, model: nn.Module, layer: Any = None, **kwargs: A
 
 def method_passes(name: str, options: dict[str, Any]) -> int:
     """Passes per image of method ``name`` with ``options`` (its class's ``passes``; 1 for a
-    class without one): how the explain job ranks the cost of its methods' work."""
+    class without one, or for options it cannot read, which the method reports when it runs):
+    how the explain job ranks the cost of its methods' work."""
     passes = getattr(get_explainer_class(name), "passes", None)
-    return max(1, int(passes(dict(options)))) if passes is not None else 1
+    try:
+        return max(1, int(passes(dict(options)))) if passes is not None else 1
+    except (ValueError, TypeError, KeyError):  # bad options: the method itself says what is wrong
+        return 1

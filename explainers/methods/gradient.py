@@ -187,9 +187,10 @@ class IntegratedGradients(_Captum):
         call, as many kernel launches on a GPU as the model's forward and backward together,
         and it recomputes the quadrature nodes (numpy eigenvalues) on every call.
 
-        The steps go in calls of about :func:`call_images` images (SmoothGrad's budget), of
-        equal size: 256 cells of 64 px x 50 steps on a GPU are 2 calls of 6,400 crops, not one
-        of 12,800 (4 map workers' such calls took 63 GB of an H100)."""
+        The steps go in calls of at most :func:`call_images` images (SmoothGrad's budget; one
+        step of the whole batch at the least), of equal size: 256 cells of 64 px x 50 steps on a
+        GPU are 2 calls of 6,400 crops, not one of 12,800 (4 map workers' such calls took 63 GB
+        of an H100)."""
         t = predict_target(self.model, x, target, fk)
         steps, alphas = quadrature(method, n_steps, x.device)
         x = x.detach()
@@ -199,8 +200,9 @@ class IntegratedGradients(_Captum):
         d = x - base
         d_wide = d.to(torch.promote_types(d.dtype, torch.float32))
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        calls = -(-n_steps * x.shape[0] // call_images(None, x))
-        size = -(-n_steps // calls)  # steps per call
+        most = max(1, call_images(None, x) // x.shape[0])  # steps a call may hold (at least 1)
+        calls = -(-n_steps // most)
+        size = -(-n_steps // calls)  # steps per call, equal but for the last: at most ``most``
         total = None
         for first in range(0, n_steps, size):
             k = min(size, n_steps - first)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -360,8 +361,9 @@ def test_quality_contexts_of_one_device_share_fold_models_and_copies(trained_stu
 
     monkeypatch.setattr(scores, "FoldCache", recorded)
     monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", "2")
+    here = SimpleNamespace(dataset=plan.dataset, study_dir=None)  # no traces in the shared study
     shared_rows = [
-        r for rows in scores.score_locally(plan, config, sample, jobs, False) for r in rows
+        r for rows in scores.score_locally(here, config, sample, jobs, False) for r in rows
     ]
     assert len(caches) == 1  # two contexts, one device
     alone = scores.QualityContext(str(plan.dataset.path), cache=fold_cache())
@@ -424,8 +426,9 @@ def test_a_call_that_ran_out_of_memory_is_tried_again_with_half_the_values():
 
 
 def test_integrated_gradients_in_smaller_calls_equal_one_call():
-    """A call limit only splits Integrated Gradients' steps into more calls: the maps are those
-    of one call (float32 sums in another order)."""
+    """A call limit splits Integrated Gradients' steps into calls of at most that many images
+    (one step of the batch at the least), of equal size; the maps are those of one call
+    (float32 sums in another order)."""
     from cytotune.explainers.methods import create_explainer
     from cytotune.explainers.methods.smoothgrad import call_limit
 
@@ -435,11 +438,20 @@ def test_integrated_gradients_in_smaller_calls_equal_one_call():
         torch.nn.Linear(4 * 8 * 8, 3),
     ).eval()  # fmt: skip
     x = torch.randn(5, 1, 8, 8)
+    calls: list[int] = []
+    model[0].register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
     ig = create_explainer("integrated_gradients", model, n_steps=20)
     whole = ig.attribute(x, target=1)
-    with call_limit(64 * 7):  # 7 images a call: 100 step images in 15 calls
+    assert calls == [5, 100]  # the target's forward, then every step image in one call
+    calls.clear()
+    with call_limit(64 * 12):  # 12 images a call: 2 steps of the 5 images, 10 calls of 10
         split = ig.attribute(x, target=1)
+    assert calls == [5] + [10] * 10
     torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-6)
+    calls.clear()
+    with call_limit(64 * 3):  # under one step of the batch: one step a call, the least there is
+        ig.attribute(x, target=1)
+    assert calls == [5] + [5] * 20
 
 
 def test_a_map_worker_tries_a_method_again_after_running_out_of_memory(trained_study, monkeypatch):
@@ -474,3 +486,42 @@ def test_a_map_worker_tries_a_method_again_after_running_out_of_memory(trained_s
     assert failures == [1]
     assert isinstance(again, torch.Tensor)
     torch.testing.assert_close(again, expected)
+
+
+def test_a_quality_method_that_runs_out_of_memory_is_scored_again_never_dropped(
+    trained_study, monkeypatch
+):
+    """A quality method whose scoring met a CUDA out-of-memory error is scored again (the rows
+    of a run that never met it); one that always meets it fails the stage, with the error,
+    instead of leaving its fold out of the rows."""
+    from cytotune.explainers.job import scores
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.plan import build_plan
+
+    config = ExplainConfig(study=str(trained_study), top_k=1, methods=("saliency",))
+    plan = build_plan(config)
+    here = SimpleNamespace(dataset=plan.dataset, study_dir=None)
+    sample = plan.cells.sample(n=6, random_state=0)
+    jobs = [(plan.trials[0], {"saliency": {}}, False, False)]
+    (expected,) = scores.score_locally(here, config, sample, jobs, False)
+    check = scores.sanity_check
+    calls = []
+
+    def once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(scores, "sanity_check", once)
+    (again,) = scores.score_locally(here, config, sample, jobs, False)
+    assert len(calls) == sample["fold"].nunique() + 1
+    pd.testing.assert_frame_equal(pd.DataFrame(again), pd.DataFrame(expected))
+
+    def always(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (test)")
+
+    monkeypatch.setattr(scores, "sanity_check", always)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    with pytest.raises(torch.OutOfMemoryError):
+        scores.score_locally(here, config, sample, jobs, False)

@@ -433,7 +433,9 @@ def test_quality_scored_beside_the_maps_equals_quality_scored_after_them(
     assert "prototypes" in set(tables["beside"].query("trial_id == 'protopnet'")["method"])
 
 
-def test_quality_folds_on_several_contexts_equal_one_fold_after_another(trained_study, monkeypatch):
+def test_quality_folds_on_several_contexts_equal_one_fold_after_another(
+    trained_study, monkeypatch, tmp_path
+):
     """The quality's fold tasks spread over 3 contexts (CYTOTUNE_LOCAL_WORKERS) give the rows
     one context gives, in the same order; each task's timing is written (QualityTrace), the
     costliest first, and a new run removes the last run's timings."""
@@ -455,14 +457,12 @@ def test_quality_folds_on_several_contexts_equal_one_fold_after_another(trained_
     folds = sample["fold"].nunique()
     assert folds > 1
     data = str(plan.dataset.path)
-    traces = plan.study_dir / "explain" / "workers" / "quality"
+    traces = tmp_path / "explain" / "workers" / "quality"  # not in the shared study
     tables = {}
     for workers in ("1", "3"):
         monkeypatch.setenv("CYTOTUNE_LOCAL_WORKERS", workers)
-        scores.clear_traces(plan.study_dir)
-        early = scores.early_sample_scores(
-            data, config, sample, plan.trials, False, str(plan.study_dir)
-        )
+        scores.clear_traces(tmp_path)
+        early = scores.early_sample_scores(data, config, sample, plan.trials, False, str(tmp_path))
         tables[workers] = {key: pd.DataFrame(rows) for key, rows in early.items()}
         (path,) = traces.glob("*.json")
         record = json.loads(path.read_text())
@@ -493,6 +493,10 @@ def test_the_quality_ranks_its_tasks_by_the_methods_passes():
     assert method_passes("smoothgrad", {"n": 4, "base": "integrated_gradients", "n_steps": 3}) == 12
     job = ScoreJob({0: "x"}, {"gradcam": {}, "smoothgrad": {"n": 5}}, "t", 0)
     assert job.cost(10) == 10 * (1 + 5)
+    # options the method cannot read cost 1 pass here: the method says what is wrong when run
+    assert method_passes("smoothgrad", {"base": "nosuch"}) == 1
+    assert method_passes("integrated_gradients", {"n_steps": "abc"}) == 1
+    assert method_passes("smoothgrad", {"n": None}) == 1
 
 
 def _stage_calls(monkeypatch, entry) -> list:
