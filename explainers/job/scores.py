@@ -148,6 +148,20 @@ class FoldCache:
             self.copies.pop(trial_id, None)
             self.scratch.pop(trial_id, None)
 
+    def release_fold(self, trial_id: str, directory: str) -> None:
+        """Let go of one fold model of ``trial_id`` (loaded from ``directory``): the model, its
+        template, its working copies and random copies, once no task needs them (the quality's
+        tasks take folds of every trial in cost order, so a trial's last job comes late)."""
+        with self.lock:
+            loaded = self.models.pop(directory, None)
+            if loaded is None:
+                return
+            key = id(loaded[0])
+            self.templates.pop(key, None)
+            for held in (self.scratch.get(trial_id, {}), self.copies.get(trial_id, {})):
+                for name in [name for name in held if name[0] == key]:
+                    del held[name]
+
 
 def _finish_copies(state: dict) -> None:
     """Wait for the copies into ``state`` queued on this thread's CUDA stream."""
@@ -594,6 +608,7 @@ def score_locally(
     left = Counter(job.trial_id for job in score_jobs)  # its copies go with its last job
     parts: list[list] = [[None] * len(folds) for _ in jobs]
     folds_left = [len(folds)] * len(jobs)
+    fold_tasks = Counter((score_jobs[i].trial_id, k) for i, k in tasks)  # a fold model's tasks
     counting = threading.Lock()
     out: list = [None] * len(jobs)
     desc = f"explain quality ({len(sample)} cells)"
@@ -614,6 +629,11 @@ def score_locally(
                 parts[i][k] = entries
                 folds_left[i] -= 1
                 complete = not folds_left[i]
+                fold_tasks[job.trial_id, k] -= 1
+                fold_done = not fold_tasks[job.trial_id, k]
+            if fold_done:
+                for cache in caches.values():
+                    cache.release_fold(job.trial_id, str(job.fold_dirs[int(folds[k][0])]))
             if not complete:
                 return
             out[i] = job.rows(parts[i])

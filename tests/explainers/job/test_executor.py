@@ -339,8 +339,8 @@ def test_the_job_says_where_its_workers_run(trained_study, tmp_path, monkeypatch
 
 def test_quality_contexts_of_one_device_share_fold_models_and_copies(trained_study, monkeypatch):
     """Two contexts on one device scoring one trial's three methods load each fold model once
-    and draw its random copies once (as one context does), score as one context, and let the
-    copies go after the trial's last job."""
+    and draw its random copies once (as one context does), score as one context, and let each
+    fold model go after its last task and the copies after the trial's last job."""
     import pandas as pd
     from cytotune.explainers.job import scores
     from cytotune.explainers.job.config import ExplainConfig
@@ -375,6 +375,8 @@ def test_quality_contexts_of_one_device_share_fold_models_and_copies(trained_stu
     assert caches[0].loads == alone.loads == sample["fold"].nunique()
     assert caches[0].copies_made == alone.copies_made > 0
     assert caches[0].copies == {}  # let go after the trial's last job
+    assert caches[0].models == {}  # each fold model after its fold's last task, never reloaded
+    assert caches[0].templates == {}
 
     def table(r):
         return pd.DataFrame(r).set_index(["method", "metric"])["mean"].sort_index()
