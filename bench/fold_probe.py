@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     args = parser.parse_args(argv)
 
-    from _common import machine, random_dataset
+    from _common import machine, random_dataset, write_json
     from cytotune.explainers.job import norm_folding
     from cytotune.explainers.job.config import ExplainConfig
     from cytotune.explainers.job.plan import build_plan
@@ -75,9 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         result[f"probe{probe}_cpu_s"] = statistics.median(v[0] for v in values)
         result[f"probe{probe}_norms_folded"] = values[0][2]
     result["wall_ratio"] = result["probe4_wall_s"] / result["probe1_wall_s"]
+    write_json(args.out, result, "fold_probe.py", argv)
     print(json.dumps(result, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
     return 0
 
 

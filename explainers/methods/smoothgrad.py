@@ -176,7 +176,7 @@ def call_images(batch_size: int | None, x: Tensor) -> int:
     if batch_size is not None:
         return int(batch_size)
     values = CALL_VALUES_GPU if x.is_cuda else CALL_VALUES
-    limit = getattr(_LIMIT, "values", None)
+    limit = current_call_limit()
     if limit is not None and limit < values:
         return max(1, limit // max(1, x[0].numel()))
     return max(256, values // max(1, x[0].numel()))
