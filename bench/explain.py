@@ -174,6 +174,9 @@ def worker_timings(study: Path, state, prefix: str) -> dict:
         values = [r[key] - run["started"] for r in records if key in r]
         if values:
             out[f"{prefix}_{key}_s"] = max(values)
+    # thread-seconds of the model loading (file read and build, norm folding, move to the GPU)
+    for key in ("models_loaded", "load_read_s", "load_fold_s", "load_move_s"):
+        out[f"{prefix}_{key}"] = sum(r.get(key, 0) for r in records)
     return out
 
 

@@ -22,6 +22,7 @@
 #      bench/real/errors.py on BBBC021 (held-out errors per well and field of view);
 #      CEILING="member|member..." the same way: bench/real/ceiling.py on BBBC021 (an ensemble of
 #      the default trial's variants, held-out probabilities averaged);
+#   WSTART=1: bench/worker_start.py --device cuda ${WSTART_ARGS} (a map worker's model loading per variant);
 #   CHILDSTART=1: bench/child_start.py (a stage child's imports and CUDA start, alone and at once);
 #   6. SPRECISION=1: bench/sanity_precision.py on the searched study (quality stage in fp32, TF32,
 #      bf16: the sanity verdicts compared, the stage timed);
@@ -54,6 +55,10 @@ if [ -n "$ERRORS" ] && ls /tmp/bb/part.* >/dev/null 2>&1; then
   [ -d /tmp/data/bbbc021 ] || cat /tmp/bb/part.* | tar -xf - -C /tmp/data
   timeout ${ERRORS_TIMEOUT:-150} python3 bench/real/errors.py /tmp/data/bbbc021 --out $R/bbbc021_errors.json \
     --montage $R/bbbc021_errors.png ${ERRORS_ARGS} 2>&1 | grep -v Warn | tail -30
+fi
+if [ -n "$WSTART" ]; then  # a map worker's start-up per loading variant (bench/worker_start.py)
+  (cd bench && timeout ${WSTART_TIMEOUT:-200} python3 worker_start.py --device cuda ${WSTART_ARGS} \
+    --out $R/worker_start.json 2>&1 | grep -v Warn | grep -E "_s\"|_vs_|Error" | tail -40)
 fi
 if [ -n "$GTESTS" ]; then  # tests that need a GPU (they skip on the CPU): GTESTS="path -k expr"
   timeout 120 python3 -m pytest -q -p no:cacheprovider -p no:dash.testing.plugin -rA $GTESTS 2>&1 \

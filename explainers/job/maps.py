@@ -9,6 +9,7 @@ table and a rerun recomputes only the unfinished parts.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -344,6 +345,24 @@ def _batches(plan: ExplainPlan, config: ExplainConfig, worker_kwargs: dict):
     )
 
 
+@contextlib.contextmanager
+def cudnn_heuristics():
+    """cuDNN picks its convolution plans by heuristics while the maps run in this process,
+    whatever the caller set (restored after): in benchmark mode each map thread autotuned its own
+    plans for the padded batch shape, and the MitoCheck job's first batch came 16.6-25.5 s in
+    instead of about 10 s (BENCHMARKS.md, session 20, ``localcb``), for no faster batches after
+    (92.9k vs 92.1k passes/s: ``bench/pass_profile.py``). Ray actors and the local executor's
+    device processes start with the default (heuristics)."""
+    import torch
+
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def run_maps(
     plan: ExplainPlan, config: ExplainConfig, state: ExplainState, progress: bool = True
 ) -> dict:
@@ -381,7 +400,8 @@ def run_maps(
     state.maps_run_id = run_id
     first = None
     try:
-        with tqdm(total=total, unit="map", desc="explain maps", disable=not progress) as bar:
+        bar = tqdm(total=total, unit="map", desc="explain maps", disable=not progress)
+        with cudnn_heuristics(), bar:
             batches = _local_batches if local else _batches
             for summary in batches(plan, config, worker_kwargs):
                 first = first or time.perf_counter()

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import os
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,40 @@ from .parts import write_part
 # the map rows (the maps format's columns) and, on the one row that reports a method failing on
 # a trial, its error (dropped before the rows are written)
 OUTPUT_SCHEMA = pa.schema([*MAPS.fields.items(), ("error", pa.string())])
+
+
+LOAD_THREADS_ENV = "CYTOTUNE_LOAD_THREADS"
+LOAD_SHARE_ENV = "CYTOTUNE_LOAD_SHARE"
+
+
+def load_threads() -> int:
+    """Threads a map worker loads its fold models in (file reads, model builds, the norm
+    folding's CPU probes): ``CYTOTUNE_LOAD_THREADS``, default 8."""
+    from .executor import whole_number
+
+    return whole_number(LOAD_THREADS_ENV, 8, "of threads loading the fold models")
+
+
+@contextlib.contextmanager
+def cpu_share(threads: int):
+    """Torch's CPU ops in threads started inside this block use ``1/threads`` of the process's
+    intra-op threads (at least 1), restored after. Threads pick the setting up when they start:
+    each loading thread's probe forwards then run on its share of the cores, where 8 threads of
+    16 intra-op threads each would have 128 on a 16-core host. ``CYTOTUNE_LOAD_SHARE=0`` leaves
+    the setting alone. Only for workers on a GPU: other threads that start meanwhile (the side
+    stages' threads, when not in processes) take the share too, which on the CPU would change
+    their results' rounding."""
+    from .executor import switch
+
+    before = torch.get_num_threads()
+    if threads <= 1 or not switch(LOAD_SHARE_ENV, default=True):
+        yield
+        return
+    torch.set_num_threads(max(1, before // threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -243,23 +278,35 @@ class MapWorker:
             units = {}
         wanted = [(t, int(f), d) for t, folds in units.items() for f, d in folds.items()]
 
+        phases = dict.fromkeys(("read", "fold", "move"), 0.0)  # thread-seconds per phase
+        phases_lock = threading.Lock()
+
         def load(item) -> LoadedModel:  # file reads and copies release the GIL: 8 at a time
             # folded on the CPU (exact fp32, no cold GPU kernels), then moved
+            start = time.perf_counter()
             loaded = load_fold(item[2], "cpu")
             model = loaded.model
             keep = cam_layer_names(model, methods)
+            read = time.perf_counter()
             folded = fold_norms(model, self.manifest.shape, loaded.takes_mask, keep)
+            fold = time.perf_counter()
             model = model.to(self.device)
             if self.device.type == "cuda":
                 model = model.to(memory_format=torch.channels_last)
             offset, scale = loaded.offset.to(self.device), loaded.scale.to(self.device)
+            with phases_lock:
+                phases["read"] += read - start
+                phases["fold"] += fold - read
+                phases["move"] += time.perf_counter() - fold
             return LoadedModel(model, offset, scale, loaded.takes_mask), folded
 
         # the first one alone: its imports (timm pulls in torchvision and torch._dynamo, about
         # 900 modules) then run uncontended. In a GPU profile they ran beside 7 loading threads
         # and 13 custom-op registrations took 18.8 s (0.2 s in a process doing nothing else)
         loaded = [load(item) for item in wanted[:1]]
-        with ThreadPoolExecutor(min(8, max(1, len(wanted))), "explain-load") as pool:
+        threads = min(load_threads(), max(1, len(wanted) - 1))
+        share = cpu_share(threads) if self.device.type == "cuda" else contextlib.nullcontext()
+        with share, ThreadPoolExecutor(threads, "explain-load") as pool:
             loaded += list(pool.map(load, wanted[1:]))
         for (trial_id, fold, _), (model, _) in zip(wanted, loaded):
             self.models[(trial_id, fold)] = model
@@ -269,6 +316,8 @@ class MapWorker:
         self._native: dict[str, torch.Tensor] = {}  # method -> its last CAM before upsampling
         self.timing = {"created": self._created, "ready": time.time()}
         self.timing["norms_folded"] = self.norms_folded
+        self.timing["models_loaded"] = len(wanted)
+        self.timing |= {f"load_{k}_s": round(v, 3) for k, v in phases.items()}
         self._report()
 
     def _report(self) -> None:
