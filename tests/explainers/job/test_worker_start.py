@@ -1,0 +1,160 @@
+"""A map worker's start-up: its loading threads' CPU share, its phase timings, and the cuDNN
+setting the maps run with."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import pytest
+import torch
+
+
+def _threads_seen_by_a_new_thread() -> int:
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+@pytest.fixture
+def four_cpu_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_loading_threads_take_a_share_of_the_cpu_threads_and_give_them_back(
+    four_cpu_threads, monkeypatch
+):
+    from cytotune.explainers.job.worker import cpu_share
+
+    monkeypatch.delenv("CYTOTUNE_LOAD_SHARE", raising=False)
+    with cpu_share(2):
+        assert _threads_seen_by_a_new_thread() == 2  # 4 intra-op threads / 2 loading threads
+    assert torch.get_num_threads() == 4
+    assert _threads_seen_by_a_new_thread() == 4
+    with cpu_share(8):  # never under one
+        assert _threads_seen_by_a_new_thread() == 1
+    with cpu_share(1):  # one loading thread keeps them all
+        assert _threads_seen_by_a_new_thread() == 4
+    monkeypatch.setenv("CYTOTUNE_LOAD_SHARE", "0")
+    with cpu_share(2):
+        assert _threads_seen_by_a_new_thread() == 4
+
+
+def test_the_share_is_given_back_when_loading_fails(four_cpu_threads):
+    from cytotune.explainers.job.worker import cpu_share
+
+    with pytest.raises(RuntimeError, match="unreadable"), cpu_share(4):
+        raise RuntimeError("unreadable checkpoint")
+    assert torch.get_num_threads() == 4
+
+
+def test_loading_threads_come_from_the_environment(monkeypatch):
+    from cytotune.explainers.job.worker import load_threads
+
+    monkeypatch.delenv("CYTOTUNE_LOAD_THREADS", raising=False)
+    assert load_threads() == 8
+    monkeypatch.setenv("CYTOTUNE_LOAD_THREADS", "3")
+    assert load_threads() == 3
+    monkeypatch.setenv("CYTOTUNE_LOAD_THREADS", "many")
+    with pytest.raises(ValueError, match="CYTOTUNE_LOAD_THREADS='many'"):
+        load_threads()
+
+
+def _worker_kwargs(trained_study, tmp_path=None):
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.plan import build_plan
+
+    plan = build_plan(ExplainConfig(study=str(trained_study), top_k=2, methods=("gradcam",)))
+    kwargs = {
+        "units": {t.trial_id: t.fold_dirs for t in plan.trials},
+        "methods": {"gradcam": {}},
+        "manifest": plan.manifest.to_dict(),
+        "device": "cpu",
+    }
+    if tmp_path is not None:
+        kwargs["output"] = {"study_dir": str(tmp_path), "run_id": "r1"}
+    return kwargs, sum(len(t.fold_dirs) for t in plan.trials)
+
+
+def test_a_worker_reports_its_loading_per_phase(trained_study, tmp_path, monkeypatch):
+    """Every fold model is counted; reading and folding took time (their thread-seconds); the
+    record in explain/workers/ carries them."""
+    from cytotune.explainers.job.worker import MapWorker
+
+    monkeypatch.setenv("CYTOTUNE_LOAD_THREADS", "2")
+    kwargs, fold_models = _worker_kwargs(trained_study, tmp_path)
+    worker = MapWorker(**kwargs)
+    assert fold_models > 1
+    assert worker.timing["models_loaded"] == fold_models == len(worker.models)
+    assert worker.norms_folded > 0
+    assert worker.timing["load_read_s"] > 0
+    assert worker.timing["load_fold_s"] > 0
+    assert worker.timing["load_move_s"] >= 0
+    (record,) = (tmp_path / "explain" / "workers").glob("*.json")
+    saved = json.loads(record.read_text())
+    assert saved["models_loaded"] == fold_models
+    assert saved["load_fold_s"] == worker.timing["load_fold_s"]
+
+
+def test_a_worker_that_folds_nothing_spends_no_folding_time(trained_study, monkeypatch):
+    from cytotune.explainers.job.worker import MapWorker
+
+    monkeypatch.setenv("CYTOTUNE_FOLD_NORMS", "0")
+    kwargs, fold_models = _worker_kwargs(trained_study)
+    worker = MapWorker(**kwargs)
+    assert worker.norms_folded == 0
+    assert worker.timing["models_loaded"] == fold_models
+    assert worker.timing["load_fold_s"] < worker.timing["load_read_s"]
+
+
+def test_cudnn_heuristics_pin_benchmark_off_and_restore_it():
+    from cytotune.explainers.job.maps import cudnn_heuristics
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = True
+        with pytest.raises(KeyError), cudnn_heuristics():
+            assert torch.backends.cudnn.benchmark is False
+            raise KeyError("a failed batch")
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_the_maps_run_on_cudnn_heuristics_whatever_the_caller_set(
+    trained_study, tmp_path, monkeypatch
+):
+    """A caller that trained with ``cudnn.benchmark`` on (a notebook) does not make every map
+    thread autotune: the workers see it off, and the caller gets its setting back."""
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.runner import run_explain
+    from cytotune.explainers.job.worker import MapWorker
+
+    seen: list[bool] = []
+    explain = MapWorker.explain
+
+    def recording(self, table):
+        seen.append(torch.backends.cudnn.benchmark)
+        return explain(self, table)
+
+    monkeypatch.setattr(MapWorker, "explain", recording)
+    shutil.copytree(trained_study, tmp_path / "study")
+    config = ExplainConfig(
+        study=str(tmp_path / "study"), top_k=1, methods=("gradcam",), stages=("maps",),
+        limit=8, executor="local",
+    )  # fmt: skip
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = True
+        run_explain(config, progress=False, log=lambda *_: None)
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
+    assert seen
+    assert not any(seen)
