@@ -30,7 +30,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 TOLERANCE = 1e-4
 # one crop: a norm in eval mode treats each crop alone, so more crops add no check, only CPU
 # time (with 4, the two probe forwards were most of a 224 px ResNet-50's loading; with 1 a map
-# worker started 1.85x as fast on the CPU: bench/fold_probe.py)
+# worker started 1.85x as fast on the CPU: bench/worker_start.py)
 PROBE_BATCH = 1
 
 
