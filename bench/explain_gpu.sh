@@ -58,7 +58,8 @@ if [ -n "$ERRORS" ] && ls /tmp/bb/part.* >/dev/null 2>&1; then
 fi
 if [ -n "$WSTART" ]; then  # a map worker's start-up per loading variant (bench/worker_start.py)
   (cd bench && timeout ${WSTART_TIMEOUT:-200} python3 worker_start.py --device cuda ${WSTART_ARGS} \
-    --out $R/worker_start.json 2>&1 | grep -v Warn | grep -E "_s\"|_vs_|Error" | tail -40)
+    --out $R/worker_start.json 2>&1 | grep -v Warn | grep -E "_s\"|_vs_|Error|variant" | tail -40; \
+    echo "worker_start exit ${PIPESTATUS[0]}")
 fi
 if [ -n "$GTESTS" ]; then  # tests that need a GPU (they skip on the CPU): GTESTS="path -k expr"
   timeout 120 python3 -m pytest -q -p no:cacheprovider -p no:dash.testing.plugin -rA $GTESTS 2>&1 \

@@ -34,8 +34,10 @@ def parse_variant(text: str) -> tuple[str, dict[str, str], int | None]:
     if text == "probe4":
         return text, {}, 4
     name, _, rest = text.partition("=")
-    env = dict(item.split("=", 1) for item in rest.split(",") if item)
-    return name, env, None
+    items = [item for item in rest.split(",") if item]
+    if not name or not name.isidentifier() or any("=" not in item for item in items):
+        raise SystemExit(f"variant {text!r}: give NAME or NAME=ENV=VALUE[,ENV=VALUE...]")
+    return name, dict(item.split("=", 1) for item in items), None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     from explain import make_study
 
     variants = [parse_variant(v) for v in args.variants]
+    names = [name for name, _, _ in variants]
+    if len(set(names)) < len(names):
+        raise SystemExit(f"variant names must differ: {names}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         dataset = random_dataset(root / "data", 16, args.size)

@@ -53,26 +53,50 @@ def load_threads() -> int:
     return whole_number(LOAD_THREADS_ENV, 8, "of threads loading the fold models")
 
 
-@contextlib.contextmanager
-def cpu_share(threads: int):
-    """Torch's CPU ops in threads started inside this block use ``1/threads`` of the process's
-    intra-op threads (at least 1), restored after. Threads pick the setting up when they start:
-    each loading thread's probe forwards then run on its share of the cores, where 8 threads of
-    16 intra-op threads each would have 128 on a 16-core host. ``CYTOTUNE_LOAD_SHARE=0`` leaves
-    the setting alone. Only for workers on a GPU: other threads that start meanwhile (the side
-    stages' threads, when not in processes) take the share too, which on the CPU would change
-    their results' rounding."""
+def load_share() -> bool:
+    """Whether a map worker's loading threads on a GPU each take a share of the CPU's intra-op
+    threads (:func:`loading_pool`): ``CYTOTUNE_LOAD_SHARE``, default on."""
     from .executor import switch
 
-    before = torch.get_num_threads()
-    if threads <= 1 or not switch(LOAD_SHARE_ENV, default=True):
-        yield
-        return
-    torch.set_num_threads(max(1, before // threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return switch(LOAD_SHARE_ENV, default=True)
+
+
+_SHARE_LOCK = threading.Lock()  # one pool at a time lowers the process-wide setting
+
+
+def _take_share(barrier: threading.Barrier) -> None:
+    torch.get_num_threads()  # a thread's intra-op count is set at its first torch call
+    barrier.wait()
+
+
+def loading_pool(threads: int, share: bool) -> ThreadPoolExecutor:
+    """A pool of ``threads`` loading threads. With ``share``, each keeps ``1/threads`` of this
+    thread's intra-op threads (at least 1) for its CPU ops: its probe forwards then run on its
+    share of the cores, where 8 threads of 16 intra-op threads each had 128 on a 16-core host.
+
+    Torch fixes a thread's count at its first torch call from a process-wide setting, so the
+    setting is lowered only while the pool's threads make that call (they wait for each other
+    at a barrier), then restored: a thread whose first call falls in that moment (a few
+    milliseconds) keeps the share too. The map workers use it on a GPU only, where the other
+    threads' CPU work is small; on the CPU their results' rounding would depend on the timing."""
+    pool = ThreadPoolExecutor(threads, "explain-load")
+    if not share or threads <= 1:
+        return pool
+    with _SHARE_LOCK:
+        before = torch.get_num_threads()
+        barrier = threading.Barrier(threads + 1)
+        torch.set_num_threads(max(1, before // threads))
+        try:
+            # each task blocks at the barrier, so each submit starts a thread of its own
+            started = [pool.submit(_take_share, barrier) for _ in range(threads)]
+            barrier.wait(timeout=60)
+        except threading.BrokenBarrierError:  # a thread did not start: loads still run
+            barrier.abort()
+        finally:
+            torch.set_num_threads(before)
+    for future in started:
+        future.exception()  # the threads are past the barrier (or it broke): nothing waits
+    return pool
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -277,6 +301,8 @@ class MapWorker:
             }
             units = {}
         wanted = [(t, int(f), d) for t, folds in units.items() for f, d in folds.items()]
+        # read first: a bad value fails before any model is read
+        share, threads = load_share(), min(load_threads(), max(1, len(wanted) - 1))
 
         phases = dict.fromkeys(("read", "fold", "move"), 0.0)  # thread-seconds per phase
         phases_lock = threading.Lock()
@@ -304,9 +330,7 @@ class MapWorker:
         # 900 modules) then run uncontended. In a GPU profile they ran beside 7 loading threads
         # and 13 custom-op registrations took 18.8 s (0.2 s in a process doing nothing else)
         loaded = [load(item) for item in wanted[:1]]
-        threads = min(load_threads(), max(1, len(wanted) - 1))
-        share = cpu_share(threads) if self.device.type == "cuda" else contextlib.nullcontext()
-        with share, ThreadPoolExecutor(threads, "explain-load") as pool:
+        with loading_pool(threads, share and self.device.type == "cuda") as pool:
             loaded += list(pool.map(load, wanted[1:]))
         for (trial_id, fold, _), (model, _) in zip(wanted, loaded):
             self.models[(trial_id, fold)] = model

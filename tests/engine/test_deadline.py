@@ -45,7 +45,9 @@ def test_the_searcher_finishes_instead_of_proposing_a_trial_too_late(tmp_path):
         first = searcher.suggest("t0")
         assert isinstance(first, dict)
         assert 0 <= first["x"] <= 1
-        searcher.on_trial_result("t0", {"score": 0.5, "time_total_s": 500.0, "training_iteration": 1})
+        searcher.on_trial_result(
+            "t0", {"score": 0.5, "time_total_s": 500.0, "training_iteration": 1}
+        )
         assert searcher.suggest("t1") == Searcher.FINISHED  # 100 s left < 500 s
         DEADLINE.start(1000.0)
         DEADLINE.record("t0", {"time_total_s": 500.0})

@@ -44,7 +44,9 @@ def test_rotation_and_shift_fill_with_the_crops_background_not_zero():
     torch.testing.assert_close(corners[:, 0], torch.full((32, 4), 500.0))
     torch.testing.assert_close(corners[:, 1], torch.full((32, 4), 80.0))
     assert (out[:, 0].amax(dim=(-2, -1)) > 1500).all()  # the cell is still in every crop
-    ring = np.concatenate([images[0, 0, 0], images[0, 0, -1], images[0, 0, 1:-1, 0], images[0, 0, 1:-1, -1]])
+    ring = np.concatenate(
+        [images[0, 0, 0], images[0, 0, -1], images[0, 0, 1:-1, 0], images[0, 0, 1:-1, -1]]
+    )
     assert border_median(images)[0, 0, 0, 0].item() == float(np.median(ring))
 
 

@@ -27,31 +27,52 @@ def four_cpu_threads():
     torch.set_num_threads(before)
 
 
-def test_loading_threads_take_a_share_of_the_cpu_threads_and_give_them_back(
-    four_cpu_threads, monkeypatch
+def test_loading_threads_keep_a_share_of_the_cpu_threads_and_no_other_thread_does(
+    four_cpu_threads,
 ):
-    from cytotune.explainers.job.worker import cpu_share
+    """The pool's threads each keep 4 / 2 intra-op threads; a thread that was waiting before
+    the pool was made and makes its first torch call after gets all 4, as do new threads."""
+    from cytotune.explainers.job.worker import loading_pool
 
-    monkeypatch.delenv("CYTOTUNE_LOAD_SHARE", raising=False)
-    with cpu_share(2):
-        assert _threads_seen_by_a_new_thread() == 2  # 4 intra-op threads / 2 loading threads
-    assert torch.get_num_threads() == 4
+    go, seen = threading.Event(), []
+
+    def waiting_thread():
+        go.wait()
+        seen.append(torch.get_num_threads())
+
+    earlier = threading.Thread(target=waiting_thread)
+    earlier.start()
+    with loading_pool(2, share=True) as pool:
+        assert torch.get_num_threads() == 4
+        go.set()
+        earlier.join()
+        counts = list(pool.map(lambda _: torch.get_num_threads(), range(8)))
+    assert counts == [2] * 8
+    assert seen == [4]
     assert _threads_seen_by_a_new_thread() == 4
-    with cpu_share(8):  # never under one
-        assert _threads_seen_by_a_new_thread() == 1
-    with cpu_share(1):  # one loading thread keeps them all
-        assert _threads_seen_by_a_new_thread() == 4
-    monkeypatch.setenv("CYTOTUNE_LOAD_SHARE", "0")
-    with cpu_share(2):
-        assert _threads_seen_by_a_new_thread() == 4
 
 
-def test_the_share_is_given_back_when_loading_fails(four_cpu_threads):
-    from cytotune.explainers.job.worker import cpu_share
+@pytest.mark.parametrize(("threads", "share", "each"), [(8, True, 1), (1, True, 4), (2, False, 4)])
+def test_a_loading_threads_share_is_never_under_one_and_can_be_left_alone(
+    four_cpu_threads, threads, share, each
+):
+    from cytotune.explainers.job.worker import loading_pool
 
-    with pytest.raises(RuntimeError, match="unreadable"), cpu_share(4):
-        raise RuntimeError("unreadable checkpoint")
+    with loading_pool(threads, share) as pool:
+        assert set(pool.map(lambda _: torch.get_num_threads(), range(threads))) == {each}
     assert torch.get_num_threads() == 4
+
+
+def test_a_bad_share_switch_fails_before_any_model_is_read(trained_study, monkeypatch):
+    from cytotune.explainers.job import worker as worker_module
+
+    reads = []
+    monkeypatch.setattr(worker_module, "load_fold", lambda *a, **k: reads.append(a))
+    monkeypatch.setenv("CYTOTUNE_LOAD_SHARE", "off")
+    kwargs, _ = _worker_kwargs(trained_study)
+    with pytest.raises(ValueError, match="CYTOTUNE_LOAD_SHARE='off'"):
+        worker_module.MapWorker(**kwargs)
+    assert reads == []
 
 
 def test_loading_threads_come_from_the_environment(monkeypatch):
