@@ -13,3 +13,19 @@ def encode_map(array: np.ndarray) -> tuple[bytes, list[int]]:
     if array.ndim == 2:
         array = array[None]
     return array.tobytes(), list(array.shape)
+
+
+def map_worker_kwargs(study, top_k: int = 2, **changes) -> dict:
+    """``MapWorker`` arguments for the Grad-CAM maps of ``study``'s best ``top_k`` trials on the
+    CPU (``changes`` added or replaced)."""
+    from cytotune.explainers.job.config import ExplainConfig
+    from cytotune.explainers.job.plan import build_plan
+
+    plan = build_plan(ExplainConfig(study=str(study), top_k=top_k, methods=("gradcam",)))
+    return {
+        "units": {t.trial_id: t.fold_dirs for t in plan.trials},
+        "methods": {"gradcam": {}},
+        "manifest": plan.manifest.to_dict(),
+        "device": "cpu",
+        **changes,
+    }

@@ -260,17 +260,11 @@ def test_several_local_workers_give_the_maps_and_scores_of_one(
 def test_workers_share_models_on_one_device_and_copy_them_to_another(trained_study):
     """Workers on one device use the same fold models (CAM hooks are per thread); a worker on
     another device gets copies of its own, equal to the loaded ones."""
-    from cytotune.explainers.job.config import ExplainConfig
-    from cytotune.explainers.job.plan import build_plan
     from cytotune.explainers.job.worker import MapWorker
 
-    plan = build_plan(ExplainConfig(study=str(trained_study), top_k=2, methods=("gradcam",)))
-    kwargs = {
-        "units": {t.trial_id: t.fold_dirs for t in plan.trials},
-        "methods": {"gradcam": {}},
-        "manifest": plan.manifest.to_dict(),
-        "device": "cpu",
-    }
+    from tests.maps import map_worker_kwargs
+
+    kwargs = map_worker_kwargs(trained_study)
     first = MapWorker(**kwargs)
     second = MapWorker(**kwargs, models_from=first)
     assert second.models.keys() == first.models.keys()

@@ -88,19 +88,13 @@ def test_loading_threads_come_from_the_environment(monkeypatch):
 
 
 def _worker_kwargs(trained_study, tmp_path=None):
-    from cytotune.explainers.job.config import ExplainConfig
-    from cytotune.explainers.job.plan import build_plan
+    """The worker's arguments (writing its record under ``tmp_path`` when given) and how many
+    fold models they name."""
+    from tests.maps import map_worker_kwargs
 
-    plan = build_plan(ExplainConfig(study=str(trained_study), top_k=2, methods=("gradcam",)))
-    kwargs = {
-        "units": {t.trial_id: t.fold_dirs for t in plan.trials},
-        "methods": {"gradcam": {}},
-        "manifest": plan.manifest.to_dict(),
-        "device": "cpu",
-    }
-    if tmp_path is not None:
-        kwargs["output"] = {"study_dir": str(tmp_path), "run_id": "r1"}
-    return kwargs, sum(len(t.fold_dirs) for t in plan.trials)
+    output = {"output": {"study_dir": str(tmp_path), "run_id": "r1"}} if tmp_path else {}
+    kwargs = map_worker_kwargs(trained_study, **output)
+    return kwargs, sum(len(folds) for folds in kwargs["units"].values())
 
 
 def test_a_worker_reports_its_loading_per_phase(trained_study, tmp_path, monkeypatch):
